@@ -1,0 +1,176 @@
+// CPU kernels for LayerNorm, softmax, batched matmul and permute (context networks).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "../ops/dense.h"
+#include "../threadpool.h"
+#include "reduce.h"
+
+namespace adashift {
+namespace cpu {
+
+static int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)); }
+
+void layernorm_forward(const float* x, const float* w, const float* b, float eps, int64_t rows,
+                       int64_t C, float* y, float* mean, float* rstd) {
+  parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * C;
+      double s = 0.0;
+      for (int64_t j = 0; j < C; ++j) s += xr[j];
+      const double mu = s / double(C);
+      double v = 0.0;
+      for (int64_t j = 0; j < C; ++j) { double d = xr[j] - mu; v += d * d; }
+      const float rs = float(1.0 / std::sqrt(v / double(C) + double(eps)));
+      const float m = float(mu);
+      float* yr = y + r * C;
+      for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
+      mean[r] = m;
+      rstd[r] = rs;
+    }
+  });
+}
+
+void layernorm_backward(const float* dy, const float* x, const float* mean, const float* rstd,
+                        const float* w, int64_t rows, int64_t C, float* dx, float* dw, float* db) {
+  // dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat))
+  parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * C;
+      const float* dyr = dy + r * C;
+      const float m = mean[r], rs = rstd[r];
+      double a = 0.0, bsum = 0.0;
+      for (int64_t j = 0; j < C; ++j) {
+        const double g = double(dyr[j]) * w[j];
+        a += g;
+        bsum += g * double((xr[j] - m) * rs);
+      }
+      const float ma = float(a / double(C)), mb = float(bsum / double(C));
+      float* dxr = dx + r * C;
+      for (int64_t j = 0; j < C; ++j) {
+        const float xhat = (xr[j] - m) * rs;
+        dxr[j] = rs * (dyr[j] * w[j] - ma - xhat * mb);
+      }
+    }
+  });
+  deterministic_column_sums(rows, C, dw, [&](int64_t r, int64_t j) {
+    return double(dy[r * C + j]) * double((x[r * C + j] - mean[r]) * rstd[r]);
+  });
+  deterministic_column_sums(rows, C, db, [&](int64_t r, int64_t j) { return double(dy[r * C + j]); });
+}
+
+void softmax_forward(const float* x, int64_t rows, int64_t n, float* y) {
+  parallel_for(rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * n;
+      float* yr = y + r * n;
+      float mx = xr[0];
+      for (int64_t j = 1; j < n; ++j) mx = std::max(mx, xr[j]);
+      double s = 0.0;
+      for (int64_t j = 0; j < n; ++j) { yr[j] = std::exp(xr[j] - mx); s += yr[j]; }
+      const float inv = float(1.0 / s);
+      for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
+    }
+  });
+}
+
+void softmax_backward(const float* y, const float* dy, int64_t rows, int64_t n, float* dx) {
+  parallel_for(rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* yr = y + r * n;
+      const float* dyr = dy + r * n;
+      double s = 0.0;
+      for (int64_t j = 0; j < n; ++j) s += double(yr[j]) * dyr[j];
+      const float sf = float(s);
+      float* dxr = dx + r * n;
+      for (int64_t j = 0; j < n; ++j) dxr[j] = yr[j] * (dyr[j] - sf);
+    }
+  });
+}
+
+// C = A @ B with A [M, K], B [K, N] row-major after packing. Rows of C are independent; the
+// inner loop streams a row of B (vectorised), and k is blocked so B's block stays in cache.
+static void gemm_rows(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* A,
+                      const float* B, float* C) {
+  constexpr int64_t kKB = 256;
+  for (int64_t i = i0; i < i1; ++i) std::fill(C + i * N, C + (i + 1) * N, 0.0f);
+  for (int64_t k0 = 0; k0 < K; k0 += kKB) {
+    const int64_t k1 = std::min(K, k0 + kKB);
+    for (int64_t i = i0; i < i1; ++i) {
+      float* c = C + i * N;
+      for (int64_t k = k0; k < k1; ++k) {
+        const float a = A[i * K + k];
+        const float* b = B + k * N;
+        for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
+      }
+    }
+  }
+}
+
+// One batch entry: packs transposed operands into row-major [M, K] / [K, N], then multiplies
+// rows [i0, i1).
+static void matmul_entry(const MatmulDims& d, const float* A, const float* B, float* C,
+                         int64_t i0, int64_t i1, std::vector<float>& pa, std::vector<float>& pb) {
+  const int64_t M = d.M, N = d.N, K = d.K;
+  if (d.trans_a) {
+    pa.resize(size_t(M * K));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = i0; i < i1; ++i) pa[size_t(i * K + k)] = A[k * M + i];
+  }
+  if (d.trans_b) {
+    pb.resize(size_t(K * N));
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) pb[size_t(k * N + j)] = B[j * K + k];
+  }
+  gemm_rows(i0, i1, N, K, d.trans_a ? pa.data() : A, d.trans_b ? pb.data() : B, C);
+}
+
+void matmul(const MatmulDims& d, const float* a, const float* b, float* c) {
+  if (d.batch >= num_threads() || d.M == 1) {
+    // Many small products (attention heads): one batch entry per task.
+    parallel_for(d.batch, 1, [&](int64_t e0, int64_t e1) {
+      std::vector<float> pa, pb;
+      for (int64_t e = e0; e < e1; ++e)
+        matmul_entry(d, a + e * d.stride_a, b + e * d.stride_b, c + e * d.stride_c, 0, d.M, pa, pb);
+    });
+    return;
+  }
+  for (int64_t e = 0; e < d.batch; ++e) {
+    // Few large products: split rows of the output.
+    const float* A = a + e * d.stride_a;
+    const float* B = b + e * d.stride_b;
+    float* C = c + e * d.stride_c;
+    std::vector<float> pb;
+    if (d.trans_b) {
+      pb.resize(size_t(d.K * d.N));
+      for (int64_t j = 0; j < d.N; ++j)
+        for (int64_t k = 0; k < d.K; ++k) pb[size_t(k * d.N + j)] = B[j * d.K + k];
+    }
+    MatmulDims rows = d;
+    rows.trans_b = false;
+    const float* Bp = d.trans_b ? pb.data() : B;
+    parallel_for(d.M, std::max<int64_t>(1, 16384 / std::max<int64_t>(d.N * d.K, 1)),
+                 [&](int64_t i0, int64_t i1) {
+                   std::vector<float> pa, unused;
+                   matmul_entry(rows, A, Bp, C, i0, i1, pa, unused);
+                 });
+  }
+}
+
+void permute(const PermuteDims& d, const float* x, float* out) {
+  int64_t total = 1;
+  for (int i = 0; i < d.rank; ++i) total *= d.out_shape[i];
+  parallel_for(total, 1 << 14, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      int64_t rem = o, src = 0;
+      for (int i = d.rank - 1; i >= 0; --i) {
+        src += (rem % d.out_shape[i]) * d.in_strides[i];
+        rem /= d.out_shape[i];
+      }
+      out[o] = x[src];
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace adashift

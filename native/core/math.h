@@ -1,0 +1,105 @@
+// Scalar math shared by the CPU and CUDA backends. Every kernel's per-element formula lives
+// here, so the CPU tests exercise the exact expressions the GPU runs.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include "common.h"
+
+namespace adashift {
+namespace math {
+
+AS_HD float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// --- baseline activations ------------------------------------------------------------------
+AS_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
+AS_HD float relu_grad(float x, float dy) { return x > 0.0f ? dy : 0.0f; }
+
+AS_HD float silu(float x) { return x * sigmoid(x); }
+AS_HD float silu_grad(float x, float dy) {
+  float g = sigmoid(x);
+  return dy * (g + x * g * (1.0f - g));
+}
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+constexpr float kGeluTanhC = 0.044715f;
+
+// GELU, exact form: x * Phi(x)
+AS_HD float gelu(float x) { return 0.5f * x * (1.0f + erff(x * kInvSqrt2)); }
+AS_HD float gelu_grad(float x, float dy) {
+  float cdf = 0.5f * (1.0f + erff(x * kInvSqrt2));
+  float pdf = kInvSqrt2Pi * expf(-0.5f * x * x);
+  return dy * (cdf + x * pdf);
+}
+// GELU, tanh approximation (PyTorch approximate='tanh')
+AS_HD float gelu_tanh(float x) {
+  float u = kSqrt2OverPi * (x + kGeluTanhC * x * x * x);
+  return 0.5f * x * (1.0f + tanhf(u));
+}
+AS_HD float gelu_tanh_grad(float x, float dy) {
+  float u = kSqrt2OverPi * (x + kGeluTanhC * x * x * x);
+  float t = tanhf(u);
+  float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x);
+  return dy * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+}
+
+// --- the AdaShift gate: y = x * sigmoid(x + s) -----------------------------------------------
+AS_HD float gate(float x, float s) { return x * sigmoid(x + s); }
+// With g = sigmoid(x + s): dy/dx = g + x g (1 - g), dy/ds = x g (1 - g). One sigmoid for both.
+struct GateGrad { float dx; float ds; };
+AS_HD GateGrad gate_grad(float x, float s, float dy) {
+  float g = sigmoid(x + s);
+  float t = dy * x * g * (1.0f - g);
+  return GateGrad{dy * g + t, t};
+}
+
+// --- region grid (AdaShift-MA cells; B is the 1 x 1 grid) ---------------------------------------
+// Pixel row h of H belongs to cell row floor(h * P / H) (P <= H).
+AS_HD int cell_of(int h, int H, int P) { return int((int64_t(h) * P) / H); }
+// First pixel row of cell r: the smallest h with floor(h*P/H) >= r, i.e. ceil(r*H/P).
+AS_HD int cell_begin(int r, int H, int P) { return int((int64_t(r) * H + P - 1) / P); }
+
+// --- counter-based RNG (Philox4x32-10): the same stream on every device ----------------------
+struct Philox4 { uint32_t v[4]; };
+AS_HD uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
+  uint64_t p = uint64_t(a) * uint64_t(b);
+  *hi = uint32_t(p >> 32);
+  return uint32_t(p);
+}
+AS_HD Philox4 philox(uint64_t seed, uint64_t counter) {
+  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    uint32_t hi0, hi1;
+    uint32_t lo0 = mulhilo(0xD2511F53u, c0, &hi0);
+    uint32_t lo1 = mulhilo(0xCD9E8D57u, c2, &hi1);
+    uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+// Uniform in (0, 1]: 24 random bits, never 0 so log() is safe.
+AS_HD float u32_to_unit(uint32_t x) { return (float(x >> 8) + 1.0f) * (1.0f / 16777216.0f); }
+// Element i of a uniform [lo, hi) stream / standard normal stream (Box-Muller on one Philox
+// block: elements 4k..4k+3 share counter k).
+AS_HD float rand_uniform(uint64_t seed, uint64_t offset, int64_t i, float lo, float hi) {
+  uint64_t idx = offset + uint64_t(i);
+  Philox4 r = philox(seed, idx >> 2);
+  float u = u32_to_unit(r.v[idx & 3]);
+  return lo + (hi - lo) * (1.0f - u);
+}
+AS_HD float rand_normal(uint64_t seed, uint64_t offset, int64_t i, float mean, float std) {
+  uint64_t idx = offset + uint64_t(i);
+  Philox4 r = philox(seed, idx >> 2);
+  int pair = int(idx & 2);
+  float u1 = u32_to_unit(r.v[pair]), u2 = u32_to_unit(r.v[pair + 1]);
+  float rad = sqrtf(-2.0f * logf(u1));
+  float ang = 6.283185307179586f * u2;
+  float z = (idx & 1) ? rad * sinf(ang) : rad * cosf(ang);
+  return mean + std * z;
+}
+
+}  // namespace math
+}  // namespace adashift

@@ -1,0 +1,59 @@
+// The AdaShift shift-gate and its region pooling. x is [N, C, H, W]; the region grid is
+// Ph x Pw cells (AdaShift-B: 1 x 1; AdaShift-MA: P x P with P clamped to H and W per axis),
+// pixel (h, w) in cell (floor(h*Ph/H), floor(w*Pw/W)). Per-region tensors (pooled means t,
+// shift s, their gradients) are token-major [N, Ph*Pw, C] so the context network can treat
+// C as the feature axis.
+//
+// Passes and their traffic per element of x (float32):
+//   region_pool_forward   reads x                          4 B
+//   gate_forward          reads x, writes y                8 B
+//   gate_backward_reduce  reads x, dy                      8 B   -> ds (per region)
+//   gate_backward_apply   reads x, dy, writes dx          12 B   (adds dt/|cell| when given)
+// The gate sigmoid(x + s) is recomputed in each pass, never stored.
+#pragma once
+#include "../tensor.h"
+#ifdef ADASHIFT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace adashift {
+
+struct RegionGrid {
+  int64_t N, C, H, W;
+  int Ph, Pw;
+  int64_t tokens() const { return int64_t(Ph) * Pw; }
+};
+// Validates x ([N, C, H, W]) and the requested grid (>= 1), clamping P to H and W.
+RegionGrid region_grid(const Tensor& x, int64_t grid);
+
+Tensor region_pool_forward(const Tensor& x, int64_t grid);              // -> [N, T, C]
+Tensor region_pool_backward(const Tensor& dt, const std::vector<int64_t>& x_shape, int64_t grid);
+Tensor gate_forward(const Tensor& x, const Tensor& s, int64_t grid);     // -> like x
+Tensor gate_backward_reduce(const Tensor& x, const Tensor& dy, const Tensor& s, int64_t grid);
+// dt may be undefined (then dx is the gate's direct gradient only).
+Tensor gate_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& s, const Tensor& dt,
+                           int64_t grid);
+
+namespace cpu {
+void region_pool_forward(const RegionGrid& g, const float* x, float* t);
+void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
+void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);
+void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, const float* s,
+                          float* ds);
+void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
+                         const float* dt /* nullable */, float* dx);
+}  // namespace cpu
+
+#ifdef ADASHIFT_WITH_CUDA
+namespace cuda {
+void region_pool_forward(cudaStream_t st, const RegionGrid& g, const float* x, float* t);
+void region_pool_backward(cudaStream_t st, const RegionGrid& g, const float* dt, float* dx);
+void gate_forward(cudaStream_t st, const RegionGrid& g, const float* x, const float* s, float* y);
+void gate_backward_reduce(cudaStream_t st, const RegionGrid& g, const float* x, const float* dy,
+                          const float* s, float* ds);
+void gate_backward_apply(cudaStream_t st, const RegionGrid& g, const float* x, const float* dy,
+                         const float* s, const float* dt, float* dx);
+}  // namespace cuda
+#endif
+
+}  // namespace adashift

@@ -1,0 +1,81 @@
+// Shared helpers of the N-API layer: argument readers that say what was wrong, the Tensor
+// handle class, and error conversion (every native failure becomes a JS Error with a code).
+#pragma once
+#include <napi.h>
+#include <atomic>
+#include <string>
+#include <vector>
+#include "../core/tensor.h"
+
+namespace adashift {
+namespace napi {
+
+// ---- the JS-visible tensor handle -----------------------------------------------------------
+class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  static Napi::Object Wrap(Napi::Env env, Tensor t);
+  explicit TensorHandle(const Napi::CallbackInfo& info);
+  ~TensorHandle() override;
+  const Tensor& tensor(const char* what) const;
+  bool disposed() const { return !t_.defined(); }
+  void release();
+
+ private:
+  Napi::Value Shape(const Napi::CallbackInfo& info);
+  Napi::Value DeviceName(const Napi::CallbackInfo& info);
+  Napi::Value Numel(const Napi::CallbackInfo& info);
+  Napi::Value Disposed(const Napi::CallbackInfo& info);
+  Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Reshape(const Napi::CallbackInfo& info);
+  Tensor t_;
+  Device dev_;
+};
+
+// Live handles per device (index 0: CPU, 1 + i: cuda:i); bytes come from the core counters.
+std::atomic<int64_t>& live_handles(Device d);
+
+// Per-instance data (the addon is context-aware: one per main thread / worker).
+struct InstanceData {
+  Napi::FunctionReference tensor_ctor;
+};
+
+// ---- errors -------------------------------------------------------------------------------
+Napi::Error make_error(Napi::Env env, ErrorCode code, const std::string& msg);
+
+// Wraps a binding so that every C++ exception reaches JS as an Error with a code.
+template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
+Napi::Value guarded(const Napi::CallbackInfo& info) {
+  try {
+    return Fn(info);
+  } catch (const Error& e) {
+    throw make_error(info.Env(), e.code(), e.what());
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw make_error(info.Env(), ErrorCode::Arg, "out of host memory");
+  } catch (const std::exception& e) {
+    throw make_error(info.Env(), ErrorCode::Arg, e.what());
+  }
+}
+
+// ---- argument readers ---------------------------------------------------------------------
+struct Args {
+  const Napi::CallbackInfo& info;
+  const char* fn;
+  Napi::Value at(size_t i, const char* name) const;
+  const Tensor& tensor(size_t i, const char* name) const;
+  // null/undefined -> undefined Tensor
+  Tensor optional_tensor(size_t i, const char* name) const;
+  std::vector<int64_t> shape(size_t i, const char* name) const;
+  Device device(size_t i, const char* name) const;
+  double number(size_t i, const char* name) const;          // finite
+  int64_t integer(size_t i, const char* name, int64_t lo, int64_t hi) const;
+  bool boolean(size_t i, const char* name) const;
+};
+
+Device parse_device(const std::string& s);  // 'cpu' | 'cuda' | 'cuda:N'
+
+}  // namespace napi
+}  // namespace adashift

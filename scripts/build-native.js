@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Builds the native addon during `npm ci` / `npm install`, with no downloads:
+//   - CMake present (default): cmake-js, which adds the CUDA backend when nvcc is found.
+//   - CMake missing, or ADASHIFT_BUILD=gyp: node-gyp (CPU backend only), against the local
+//     Node headers npm is configured with.
+// ADASHIFT_CUDA=0 forces a CPU-only CMake build; ADASHIFT_CUDA_ARCH picks CUDA architectures.
+'use strict';
+const { spawnSync } = require('child_process');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+
+const root = path.resolve(__dirname, '..');
+
+function run(cmd, args) {
+  console.error(`[adashift] ${cmd} ${args.join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env: process.env });
+  if (r.error) throw r.error;
+  return r.status === 0;
+}
+
+function hasCmake() {
+  const r = spawnSync('cmake', ['--version'], { stdio: 'ignore' });
+  return !r.error && r.status === 0;
+}
+
+function findNodeGyp() {
+  const candidates = [
+    process.env.npm_config_node_gyp,
+    (() => { try { return require.resolve('node-gyp/bin/node-gyp.js'); } catch { return undefined; } })(),
+    path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    '/usr/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js',
+    '/usr/local/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js',
+  ];
+  return candidates.find((p) => p && fs.existsSync(p));
+}
+
+function buildWithGyp() {
+  const gyp = findNodeGyp();
+  if (!gyp) {
+    console.error('[adashift] neither CMake nor node-gyp was found: install CMake (>= 3.18) to build the addon');
+    process.exit(1);
+  }
+  // Build against the headers of the running Node (no header download).
+  const nodedir = process.env.npm_config_nodedir || path.resolve(path.dirname(process.execPath), '..');
+  const args = [gyp, 'rebuild', `--nodedir=${nodedir}`, `-j`, String(os.availableParallelism?.() ?? os.cpus().length)];
+  if (!run(process.execPath, args)) process.exit(1);
+}
+
+function buildWithCmake() {
+  const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
+  const args = [cmakeJs, 'compile', '--parallel', String(os.availableParallelism?.() ?? os.cpus().length)];
+  if (process.env.ADASHIFT_CUDA === '0') args.push('--CDADASHIFT_CUDA=OFF');
+  if (!process.env.ADASHIFT_VERBOSE) args.push('--log-level', 'warn');
+  if (!run(process.execPath, args)) process.exit(1);
+}
+
+if (process.env.ADASHIFT_BUILD === 'gyp' || !hasCmake()) {
+  if (process.env.ADASHIFT_BUILD !== 'gyp') console.error('[adashift] CMake not found: building the CPU backend with node-gyp');
+  buildWithGyp();
+} else {
+  buildWithCmake();
+}
