@@ -1,0 +1,62 @@
+// Device selection: 'auto' | 'cuda' | 'cuda:N' | 'cpu', per call or from ADASHIFT_DEVICE.
+// 'auto' takes CUDA when usable, else the CPU, and says why on stderr once per process;
+// an explicit 'cuda' that cannot be honoured throws ERR_NO_CUDA.
+import { AdaShiftError } from './errors';
+import { native, NativeBackendInfo } from './native';
+
+export type DeviceSpec = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
+
+let cachedInfo: NativeBackendInfo | undefined;
+export function backendInfo(): NativeBackendInfo {
+  if (!cachedInfo) cachedInfo = native.backendInfo();
+  return { ...cachedInfo, cpuThreads: native.getNumThreads(), devices: cachedInfo.devices.map((d) => ({ ...d })) };
+}
+
+let warnedFallback = false;
+let defaultOverride: DeviceSpec | undefined;
+
+/** Sets the device used when none is given (default: ADASHIFT_DEVICE or 'auto'). */
+export function setDefaultDevice(spec: DeviceSpec | undefined): void {
+  if (spec !== undefined) resolveDevice(spec);
+  defaultOverride = spec;
+}
+
+function envDevice(): DeviceSpec {
+  const v = process.env.ADASHIFT_DEVICE;
+  if (v === undefined || v === '') return 'auto';
+  return v as DeviceSpec;
+}
+
+/** Turns a device spec into a concrete device string ('cpu' or 'cuda:N'). */
+export function resolveDevice(spec?: DeviceSpec | string): string {
+  const s = spec ?? defaultOverride ?? envDevice();
+  if (s === 'cpu') return 'cpu';
+  const info = backendInfo();
+  if (s === 'auto') {
+    if (info.cudaUsable) return 'cuda:0';
+    if (!warnedFallback && info.cudaCompiled) {
+      warnedFallback = true;
+      process.stderr.write(`adashift: using the CPU backend: ${info.reason}\n`);
+    }
+    return 'cpu';
+  }
+  const m = /^cuda(?::(\d+))?$/.exec(String(s));
+  if (!m) {
+    throw new AdaShiftError('ERR_DEVICE', `unknown device '${String(s)}'; expected 'auto', 'cpu', 'cuda' or 'cuda:N'`);
+  }
+  if (!info.cudaUsable) {
+    throw new AdaShiftError('ERR_NO_CUDA', `device '${s}' was requested but CUDA is not usable: ${info.reason}`);
+  }
+  const index = m[1] === undefined ? 0 : Number(m[1]);
+  if (index >= info.devices.length) {
+    throw new AdaShiftError('ERR_DEVICE', `device cuda:${index} does not exist; this host has ${info.devices.length} CUDA device(s)`);
+  }
+  return `cuda:${index}`;
+}
+
+export function setNumThreads(n: number): void {
+  native.setNumThreads(n);
+}
+export function getNumThreads(): number {
+  return native.getNumThreads();
+}

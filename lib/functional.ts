@@ -1,0 +1,6 @@
+// Stateless, differentiable functions (PyTorch's torch.nn.functional).
+export { relu, gelu, silu } from './ops/activation';
+export type { GeluOptions } from './ops/activation';
+export { adashift, adashiftGate, regionPool, regionTokens } from './ops/adashift';
+export { layerNorm, linear, matmul, softmax } from './ops/dense';
+export { add, addScalar, div, flatten, mean, mul, permute, reshape, scale, sub, sum, transpose } from './ops/elementwise';

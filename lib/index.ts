@@ -1,0 +1,19 @@
+// adashift: train convolutional networks from Node with the AdaShift activation.
+export { AdaShiftError } from './errors';
+export type { ErrorCode } from './errors';
+export { backendInfo, getNumThreads, resolveDevice, setDefaultDevice, setNumThreads } from './device';
+export type { DeviceSpec } from './device';
+export {
+  empty, full, getRngState, keep, manualSeed, memory, ones, rand, randn, setRngState, Tensor, tensor, tidy, zeros,
+} from './tensor';
+export type { MemoryInfo, Shape, TensorOptions } from './tensor';
+export { isGradEnabled, noGrad } from './autograd';
+export * as functional from './functional';
+export * as nn from './nn';
+export * as io from './io';
+import { native } from './native';
+
+/** Waits until all queued work on a device has finished (no-op on the CPU). */
+export function synchronize(device = 'cpu'): void {
+  native.synchronize(device);
+}

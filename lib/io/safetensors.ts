@@ -1,0 +1,208 @@
+// The safetensors format: 8-byte little-endian header length, a JSON header
+// {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {..}}, then raw
+// little-endian data. Files are written atomically (temp file, fsync, rename); reading checks
+// every offset and size and says what is wrong with a corrupt or truncated file.
+import * as fs from 'fs';
+import * as path from 'path';
+import { AdaShiftError } from '../errors';
+import { DeviceSpec } from '../device';
+import { Tensor, tensor } from '../tensor';
+
+/** An integer tensor kept in JS memory (the compute tensors are float32 only). */
+export interface IntTensor {
+  dtype: 'I64' | 'I32';
+  shape: number[];
+  data: BigInt64Array | Int32Array;
+}
+
+export type SafetensorsEntry = Tensor | IntTensor;
+
+const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
+const MAX_HEADER = 100 * 1024 * 1024;
+
+function ioError(file: string, msg: string): AdaShiftError {
+  return new AdaShiftError('ERR_IO', `${file}: ${msg}`);
+}
+
+export function isIntTensor(v: unknown): v is IntTensor {
+  return !!v && typeof v === 'object' && !(v instanceof Tensor) && ((v as IntTensor).dtype === 'I64' || (v as IntTensor).dtype === 'I32');
+}
+
+/** Writes tensors (and optional string metadata) to `file`, atomically. */
+export function saveSafetensors(file: string, tensors: Record<string, SafetensorsEntry>, metadata: Record<string, string> = {}): void {
+  const header: Record<string, unknown> = {};
+  const chunks: Buffer[] = [];
+  let offset = 0;
+  for (const name of Object.keys(tensors).sort()) {
+    if (name === '__metadata__') throw new AdaShiftError('ERR_ARG', "saveSafetensors: '__metadata__' is reserved");
+    const v = tensors[name];
+    let buf: Buffer, dtype: string, shape: number[];
+    if (v instanceof Tensor) {
+      const data = v.toFloat32Array();
+      buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      dtype = 'F32';
+      shape = v.shape;
+    } else if (isIntTensor(v)) {
+      const n = v.shape.reduce((a, b) => a * b, 1);
+      if (v.data.length !== n) throw new AdaShiftError('ERR_SHAPE', `saveSafetensors: '${name}' has ${v.data.length} values for shape [${v.shape.join(', ')}]`);
+      buf = Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength);
+      dtype = v.dtype;
+      shape = v.shape;
+    } else {
+      throw new AdaShiftError('ERR_ARG', `saveSafetensors: '${name}' must be a Tensor or {dtype: 'I64' | 'I32', shape, data}`);
+    }
+    if (!isLittleEndian()) throw new AdaShiftError('ERR_IO', 'saveSafetensors: big-endian hosts are not supported');
+    header[name] = { dtype, shape, data_offsets: [offset, offset + buf.length] };
+    chunks.push(buf);
+    offset += buf.length;
+  }
+  for (const [k, v] of Object.entries(metadata)) {
+    if (typeof v !== 'string') throw new AdaShiftError('ERR_ARG', `saveSafetensors: metadata '${k}' must be a string`);
+  }
+  if (Object.keys(metadata).length) header.__metadata__ = metadata;
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const head = Buffer.alloc(8);
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  writeAtomic(file, [head, Buffer.from(json, 'utf8'), ...chunks]);
+}
+
+/** Writes buffers to a temp file beside `file`, flushes it, then renames over `file`. */
+export function writeAtomic(file: string, parts: Buffer[]): void {
+  const dir = path.dirname(path.resolve(file));
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`);
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(tmp, 'w', 0o644);
+    for (const p of parts) {
+      let done = 0;
+      while (done < p.length) done += fs.writeSync(fd, p, done, p.length - done);
+    }
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    if (fd !== undefined) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e instanceof AdaShiftError ? e : ioError(file, `could not write: ${(e as Error).message}`);
+  }
+}
+
+function isLittleEndian(): boolean {
+  return new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+}
+
+export interface SafetensorsFile {
+  metadata: Record<string, string>;
+  tensors: Record<string, SafetensorsEntry>;
+}
+
+/** Reads a safetensors file: F32 (and F64/F16/BF16, converted) as Tensors, I64/I32 as IntTensor. */
+export function readSafetensors(file: string, options: { device?: DeviceSpec | string } = {}): SafetensorsFile {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    throw ioError(file, `cannot read: ${(e as Error).message}`);
+  }
+  if (buf.length < 8) throw ioError(file, `truncated: ${buf.length} bytes, a safetensors file starts with an 8-byte header length`);
+  const n = buf.readBigUInt64LE(0);
+  if (n > BigInt(Math.min(MAX_HEADER, buf.length - 8))) {
+    throw ioError(file, `corrupt or truncated: header length ${n} exceeds the ${buf.length - 8} bytes after it`);
+  }
+  const headerLen = Number(n);
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8'));
+  } catch (e) {
+    throw ioError(file, `corrupt header (not JSON): ${(e as Error).message}`);
+  }
+  if (!header || typeof header !== 'object' || Array.isArray(header)) throw ioError(file, 'corrupt header: expected a JSON object');
+  const dataStart = 8 + headerLen;
+  const dataLen = buf.length - dataStart;
+  const out: Record<string, SafetensorsEntry> = {};
+  let metadata: Record<string, string> = {};
+  const ranges: [number, number, string][] = [];
+  try {
+  for (const [name, raw] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      if (raw && typeof raw === 'object') metadata = raw as Record<string, string>;
+      continue;
+    }
+    const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    const dtype = String(info?.dtype);
+    const size = DTYPE_BYTES[dtype];
+    if (!size) throw ioError(file, `tensor '${name}' has unsupported dtype '${dtype}'`);
+    const shape = info.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw ioError(file, `tensor '${name}' has an invalid shape`);
+    const offs = info.data_offsets;
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((d) => Number.isSafeInteger(d) && d >= 0) || offs[0] > offs[1]) {
+      throw ioError(file, `tensor '${name}' has invalid data_offsets`);
+    }
+    const [b, e] = offs as [number, number];
+    const count = (shape as number[]).reduce((a, d) => a * d, 1);
+    if (e - b !== count * size) throw ioError(file, `tensor '${name}': ${e - b} bytes of data for shape [${shape.join(', ')}] of ${dtype} (expected ${count * size})`);
+    if (e > dataLen) throw ioError(file, `truncated: tensor '${name}' ends at byte ${e} of the data section, which has ${dataLen} bytes`);
+    ranges.push([b, e, name]);
+    const bytes = buf.subarray(dataStart + b, dataStart + e);
+    out[name] = decode(bytes, dtype, shape as number[], count, options.device);
+  }
+  } catch (e) {
+    // Free what was decoded before the error.
+    for (const v of Object.values(out)) if (v instanceof Tensor) v.dispose();
+    throw e;
+  }
+  ranges.sort((x, y) => x[0] - y[0]);
+  for (let i = 1; i < ranges.length; i++) {
+    if (ranges[i][0] < ranges[i - 1][1]) {
+      for (const v of Object.values(out)) if (v instanceof Tensor) v.dispose();
+      throw ioError(file, `corrupt: tensors '${ranges[i - 1][2]}' and '${ranges[i][2]}' overlap`);
+    }
+  }
+  return { metadata, tensors: out };
+}
+
+/** Reads the tensors of a safetensors file (see readSafetensors for the metadata too). */
+export function loadSafetensors(file: string, options: { device?: DeviceSpec | string } = {}): Record<string, SafetensorsEntry> {
+  return readSafetensors(file, options).tensors;
+}
+
+function decode(bytes: Buffer, dtype: string, shape: number[], count: number, device?: DeviceSpec | string): SafetensorsEntry {
+  const copy = new Uint8Array(bytes); // aligned copy
+  const view = new DataView(copy.buffer);
+  switch (dtype) {
+    case 'F32':
+      return tensor(new Float32Array(copy.buffer, 0, count), shape, { device });
+    case 'F64': {
+      const f = new Float32Array(count);
+      for (let i = 0; i < count; i++) f[i] = view.getFloat64(i * 8, true);
+      return tensor(f, shape, { device });
+    }
+    case 'F16':
+    case 'BF16': {
+      const f = new Float32Array(count);
+      for (let i = 0; i < count; i++) f[i] = dtype === 'F16' ? halfToFloat(view.getUint16(i * 2, true)) : bf16ToFloat(view.getUint16(i * 2, true));
+      return tensor(f, shape, { device });
+    }
+    case 'I64':
+      return { dtype: 'I64', shape, data: new BigInt64Array(copy.buffer, 0, count) };
+    case 'I32':
+      return { dtype: 'I32', shape, data: new Int32Array(copy.buffer, 0, count) };
+    default:
+      throw new AdaShiftError('ERR_DTYPE', `safetensors dtype ${dtype} cannot be loaded as a tensor (supported: F32, F64, F16, BF16, I64, I32)`);
+  }
+}
+
+function halfToFloat(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+function bf16ToFloat(b: number): number {
+  const f = new Float32Array(new Uint32Array([b << 16]).buffer);
+  return f[0];
+}

@@ -1,0 +1,199 @@
+// Activation modules: the baselines (ReLU, GELU, SiLU) and AdaShift-B / AdaShift-MA, with the
+// parameter names and initialisation of the reference implementation (see ADASHIFT.md).
+import { AdaShiftError, check } from '../errors';
+import { DeviceSpec } from '../device';
+import { adashift } from '../ops/adashift';
+import { gelu, relu, silu } from '../ops/activation';
+import { layerNorm, linear, matmul, softmax } from '../ops/dense';
+import { permute, reshape, scale } from '../ops/elementwise';
+import { full, rand, randn, Tensor } from '../tensor';
+import { Module, Sequential } from './module';
+
+export interface ModuleOptions {
+  device?: DeviceSpec | string;
+}
+
+export class ReLU extends Module {
+  override forward(x: Tensor): Tensor {
+    return relu(x);
+  }
+}
+
+export class GELU extends Module {
+  constructor(readonly approximate: 'none' | 'tanh' = 'none') {
+    super();
+  }
+  override forward(x: Tensor): Tensor {
+    return gelu(x, { approximate: this.approximate });
+  }
+}
+
+export class SiLU extends Module {
+  override forward(x: Tensor): Tensor {
+    return silu(x);
+  }
+}
+
+/** LayerNorm over the last axis (weight, bias), as a module so names nest ("norm.weight"). */
+export class LayerNorm extends Module {
+  readonly weight: Tensor;
+  readonly bias: Tensor;
+  constructor(readonly features: number, readonly eps = 1e-5, options: ModuleOptions & { weightInit?: number } = {}) {
+    super();
+    checkChannels(features, 'LayerNorm');
+    this.weight = this.registerParameter('weight', full([features], options.weightInit ?? 1, options))!;
+    this.bias = this.registerParameter('bias', full([features], 0, options))!;
+  }
+  override forward(x: Tensor): Tensor {
+    return layerNorm(x, this.weight, this.bias, this.eps);
+  }
+}
+
+/** y = x W^T + b, PyTorch's default init (uniform in +-1/sqrt(in) for weight and bias). */
+export class Linear extends Module {
+  readonly weight: Tensor;
+  readonly bias: Tensor | null;
+  constructor(readonly inFeatures: number, readonly outFeatures: number, options: ModuleOptions & { bias?: boolean; weightStd?: number } = {}) {
+    super();
+    checkChannels(inFeatures, 'Linear');
+    checkChannels(outFeatures, 'Linear');
+    const bound = 1 / Math.sqrt(inFeatures);
+    const w =
+      options.weightStd !== undefined
+        ? randn([outFeatures, inFeatures], { ...options, std: options.weightStd })
+        : rand([outFeatures, inFeatures], { ...options, low: -bound, high: bound });
+    this.weight = this.registerParameter('weight', w)!;
+    this.bias = (options.bias ?? true) ? this.registerParameter('bias', rand([outFeatures], { ...options, low: -bound, high: bound })) : null;
+  }
+  override forward(x: Tensor): Tensor {
+    return linear(x, this.weight, this.bias);
+  }
+}
+
+function checkChannels(c: number, who: string): void {
+  check(Number.isInteger(c) && c >= 1, 'ERR_ARG', () => `${who}: channels must be a positive integer, got ${c}`);
+}
+
+const SHIFT_EPS = 1e-6;
+
+export interface AdaShiftBOptions extends ModuleOptions {
+  /** A Linear(C, C) on the pooled context before the LayerNorm. Default false. */
+  proj?: boolean;
+}
+
+/** AdaShift-B: one shift per sample and channel from the global average (ADASHIFT.md). */
+export class AdaShiftB extends Module {
+  readonly norm: LayerNorm;
+  readonly proj: Linear | null;
+  constructor(readonly channels: number, options: AdaShiftBOptions = {}) {
+    super();
+    checkChannels(channels, 'AdaShiftB');
+    this.proj = options.proj ? this.registerModule('proj', new Linear(channels, channels, options)) : null;
+    this.norm = this.registerModule('norm', new LayerNorm(channels, SHIFT_EPS, { ...options, weightInit: 0.01 }));
+  }
+  override forward(x: Tensor): Tensor {
+    checkInput(x, this.channels, 'AdaShiftB');
+    return adashift(x, 1, (t) => {
+      const m = this.proj ? this.proj.forward(t) : t;
+      return this.norm.forward(m);
+    });
+  }
+}
+
+export interface AdaShiftMAOptions extends ModuleOptions {
+  /** Regions per side (P); clamped to H and W per axis. Default 7. */
+  grid?: number;
+  /** Channels per attention head; heads = max(floor(C / headDim), 1). Default 64. */
+  headDim?: number;
+  /** 'norm' (LayerNorm, weight 0.01; default) or 'linear' (Linear without bias, then LayerNorm). */
+  rect?: 'norm' | 'linear';
+}
+
+/** AdaShift-MA: multi-range context, attention over a P x P grid of regions (ADASHIFT.md). */
+export class AdaShiftMA extends Module {
+  readonly grid: number;
+  readonly headDim: number;
+  readonly heads: number;
+  readonly rect: 'norm' | 'linear';
+  readonly q: LayerNorm;
+  readonly k: LayerNorm;
+  readonly v: LayerNorm;
+  private readonly rectNorm: LayerNorm | null = null;
+  private readonly rectSeq: { linear: Linear; norm: LayerNorm } | null = null;
+
+  constructor(readonly channels: number, options: AdaShiftMAOptions = {}) {
+    super();
+    checkChannels(channels, 'AdaShiftMA');
+    this.grid = options.grid ?? 7;
+    this.headDim = options.headDim ?? 64;
+    this.rect = options.rect ?? 'norm';
+    check(Number.isInteger(this.grid) && this.grid >= 1 && this.grid <= 1024, 'ERR_ARG', () => `AdaShiftMA: grid must be an integer in [1, 1024], got ${options.grid}`);
+    check(Number.isInteger(this.headDim) && this.headDim >= 1, 'ERR_ARG', () => `AdaShiftMA: headDim must be a positive integer, got ${options.headDim}`);
+    check(this.rect === 'norm' || this.rect === 'linear', 'ERR_ARG', () => `AdaShiftMA: rect must be 'norm' or 'linear', got '${String(options.rect)}'`);
+    this.heads = Math.max(Math.floor(channels / this.headDim), 1);
+    if (channels % this.heads !== 0) {
+      throw new AdaShiftError('ERR_ARG', `AdaShiftMA: ${channels} channels do not split into ${this.heads} heads (headDim ${this.headDim}); pick a headDim that divides the channels`);
+    }
+    this.q = this.registerModule('q', new LayerNorm(channels, SHIFT_EPS, options));
+    this.k = this.registerModule('k', new LayerNorm(channels, SHIFT_EPS, options));
+    this.v = this.registerModule('v', new LayerNorm(channels, SHIFT_EPS, options));
+    if (this.rect === 'norm') {
+      this.rectNorm = this.registerModule('rect', new LayerNorm(channels, SHIFT_EPS, { ...options, weightInit: 0.01 }));
+    } else {
+      // Named like PyTorch's nn.Sequential: rect.0 (Linear), rect.1 (LayerNorm).
+      // trunc-normal(std 0.02) truncated at +-2 (absolute) as in the reference: at this std
+      // the truncation never triggers, so a plain normal draw is the same distribution.
+      const lin = new Linear(channels, channels, { ...options, bias: false, weightStd: 0.02 });
+      const norm = new LayerNorm(channels, SHIFT_EPS, options);
+      this.registerModule('rect', new Sequential(lin, norm));
+      this.rectSeq = { linear: lin, norm };
+    }
+  }
+
+  override forward(x: Tensor): Tensor {
+    checkInput(x, this.channels, 'AdaShiftMA');
+    return adashift(x, this.grid, (t) => this.context(t));
+  }
+
+  /** Attention over region tokens: t [N, T, C] -> shift [N, T, C]. */
+  private context(t: Tensor): Tensor {
+    const [N, T, C] = t.shape;
+    const G = this.heads, d = C / G;
+    const split = (z: Tensor): Tensor => reshape(permute(reshape(z, [N, T, G, d]), [0, 2, 1, 3]), [N * G, T, d]);
+    const q = split(this.q.forward(t));
+    const k = split(this.k.forward(t));
+    const v = split(this.v.forward(t));
+    const attn = softmax(scale(matmul(q, k, { transB: true }), 1 / Math.sqrt(d)));
+    const o = reshape(permute(reshape(matmul(attn, v), [N, G, T, d]), [0, 2, 1, 3]), [N, T, C]);
+    if (this.rectNorm) return this.rectNorm.forward(o);
+    return this.rectSeq!.norm.forward(this.rectSeq!.linear.forward(o));
+  }
+}
+
+function checkInput(x: Tensor, channels: number, who: string): void {
+  const s = x.shape;
+  check(s.length === 4 && s[1] === channels, 'ERR_SHAPE', () => `${who}(${channels}): expected an input of shape [N, ${channels}, H, W], got [${s.join(', ')}]`);
+}
+
+export type ActivationName = 'relu' | 'gelu' | 'silu' | 'adashift-b' | 'adashift-ma';
+export const ACTIVATIONS: readonly ActivationName[] = ['relu', 'gelu', 'silu', 'adashift-b', 'adashift-ma'];
+
+export type ActivationOptions = AdaShiftBOptions & AdaShiftMAOptions & { approximate?: 'none' | 'tanh' };
+
+/** The activation registry: a module for `name` acting on `channels` channels. */
+export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): Module {
+  switch (name) {
+    case 'relu':
+      return new ReLU();
+    case 'gelu':
+      return new GELU(options.approximate ?? 'none');
+    case 'silu':
+      return new SiLU();
+    case 'adashift-b':
+      return new AdaShiftB(channels, options);
+    case 'adashift-ma':
+      return new AdaShiftMA(channels, options);
+    default:
+      throw new AdaShiftError('ERR_ARG', `unknown activation '${name}'; expected one of ${ACTIVATIONS.join(', ')}`);
+  }
+}

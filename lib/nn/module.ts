@@ -1,0 +1,150 @@
+// Module: a tree of named parameters, buffers and sub-modules, with PyTorch's naming
+// ("layer1.0.conv1.weight") so state dicts move between the two without renaming.
+import { AdaShiftError, check } from '../errors';
+import { DeviceSpec, resolveDevice } from '../device';
+import { noGrad } from '../autograd';
+import { native } from '../native';
+import { keep, Tensor } from '../tensor';
+
+export class Module {
+  private readonly _params = new Map<string, Tensor | null>();
+  private readonly _buffers = new Map<string, Tensor>();
+  private readonly _modules = new Map<string, Module>();
+  training = true;
+
+  /** Registers a trainable tensor (kept out of tidy scopes; requiresGrad is set). */
+  protected registerParameter(name: string, t: Tensor | null): Tensor | null {
+    if (t) {
+      keep(t);
+      t.requiresGrad = true;
+    }
+    this._params.set(name, t);
+    return t;
+  }
+  protected registerBuffer(name: string, t: Tensor): Tensor {
+    keep(t);
+    this._buffers.set(name, t);
+    return t;
+  }
+  protected registerModule<M extends Module>(name: string, m: M): M {
+    this._modules.set(name, m);
+    return m;
+  }
+
+  forward(..._args: unknown[]): unknown {
+    throw new AdaShiftError('ERR_ARG', `${this.constructor.name}.forward is not implemented`);
+  }
+
+  *namedModules(prefix = ''): Generator<[string, Module]> {
+    yield [prefix, this];
+    for (const [n, m] of this._modules) yield* m.namedModules(prefix ? `${prefix}.${n}` : n);
+  }
+
+  namedParameters(): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [prefix, m] of this.namedModules()) {
+      for (const [n, p] of m._params) if (p) out.push([prefix ? `${prefix}.${n}` : n, p]);
+    }
+    return out;
+  }
+  parameters(): Tensor[] {
+    return this.namedParameters().map(([, p]) => p);
+  }
+  namedBuffers(): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [prefix, m] of this.namedModules()) {
+      for (const [n, b] of m._buffers) out.push([prefix ? `${prefix}.${n}` : n, b]);
+    }
+    return out;
+  }
+
+  /** Parameters and buffers by name. The tensors are the module's own: do not dispose them. */
+  stateDict(): Record<string, Tensor> {
+    const out: Record<string, Tensor> = {};
+    for (const [n, p] of this.namedParameters()) out[n] = p;
+    for (const [n, b] of this.namedBuffers()) out[n] = b;
+    return out;
+  }
+
+  /**
+   * Copies values from a state dict (shapes must match). strict (default true): every key of
+   * the module must be present and no unknown key may appear.
+   */
+  loadStateDict(dict: Record<string, Tensor>, options: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
+    const strict = options.strict ?? true;
+    const own = this.stateDict();
+    const missing = Object.keys(own).filter((k) => !(k in dict));
+    const unexpected = Object.keys(dict).filter((k) => !(k in own));
+    if (strict && (missing.length || unexpected.length)) {
+      throw new AdaShiftError(
+        'ERR_ARG',
+        `loadStateDict: ${missing.length ? `missing keys: ${missing.join(', ')}` : ''}${missing.length && unexpected.length ? '; ' : ''}${unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''}`,
+      );
+    }
+    for (const [k, target] of Object.entries(own)) {
+      const src = dict[k];
+      if (!src) continue;
+      check(src instanceof Tensor, 'ERR_ARG', () => `loadStateDict: '${k}' is not a Tensor`);
+      const a = target.shape, b = src.shape;
+      check(a.length === b.length && a.every((v, i) => v === b[i]), 'ERR_SHAPE', () => `loadStateDict: '${k}' has shape [${b.join(', ')}], the module expects [${a.join(', ')}]`);
+      noGrad(() => target._setData(new Tensor(native.to(src.handle, target.device))));
+    }
+    return { missing, unexpected };
+  }
+
+  /** Moves every parameter and buffer to a device (in place; returns this). */
+  to(device: DeviceSpec | string): this {
+    const d = resolveDevice(device);
+    for (const t of [...this.parameters(), ...this.namedBuffers().map(([, b]) => b)]) {
+      if (t.device !== d) t._setData(new Tensor(native.to(t.handle, d)));
+      if (t.grad) {
+        t.grad.dispose();
+        t.grad = null;
+      }
+    }
+    return this;
+  }
+
+  train(mode = true): this {
+    for (const [, m] of this.namedModules()) m.training = mode;
+    return this;
+  }
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Clears (disposes) every parameter's gradient. */
+  zeroGrad(): void {
+    for (const p of this.parameters()) {
+      if (p.grad) p.grad.dispose();
+      p.grad = null;
+    }
+  }
+
+  /** Frees every parameter and buffer. */
+  dispose(): void {
+    for (const t of [...this.parameters(), ...this.namedBuffers().map(([, b]) => b)]) {
+      t.grad?.dispose();
+      t.dispose();
+    }
+  }
+
+  numParameters(): number {
+    return this.parameters().reduce((a, p) => a + p.numel, 0);
+  }
+}
+
+/** Runs modules in order; children are named '0', '1', ... like PyTorch's nn.Sequential. */
+export class Sequential extends Module {
+  readonly layers: Module[];
+  constructor(...layers: Module[]) {
+    super();
+    this.layers = layers;
+    layers.forEach((m, i) => this.registerModule(String(i), m));
+  }
+  override forward(x: Tensor): Tensor {
+    let y = x;
+    for (const m of this.layers) y = m.forward(y) as Tensor;
+    return y;
+  }
+}

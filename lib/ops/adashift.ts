@@ -1,0 +1,103 @@
+// AdaShift's fused path: y = x * sigmoid(x + s), with s = context(pool(x)) per region.
+//
+// Forward:  pool pass (reads x) -> context network on the tiny pooled tensor -> gate pass
+//           (reads x, writes y): 12 bytes per element.
+// Backward: reduce pass (reads x, dy -> ds per region) -> backward through the context network
+//           (parameter gradients, dt) -> apply pass (reads x, dy, writes dx, adding
+//           dt / |cell|): 20 bytes per element. The gate is recomputed, never stored.
+import { isGradEnabled, needsGrad, noGrad, record } from '../autograd';
+import { check } from '../errors';
+import { native } from '../native';
+import { Tensor } from '../tensor';
+import { assertTensor, shapeStr, wrap } from './util';
+
+/** Number of region tokens for an input of shape [N, C, H, W] and a grid of P. */
+export function regionTokens(shape: readonly number[], grid: number): number {
+  return Math.min(grid, Math.max(shape[2], 1)) * Math.min(grid, Math.max(shape[3], 1));
+}
+
+/** Mean of x over each cell of a grid x grid region layout: [N, C, H, W] -> [N, P*P, C]. */
+export function regionPool(x: Tensor, grid = 1): Tensor {
+  assertTensor(x, 'regionPool', 'x');
+  const out = wrap(native.regionPoolForward(x.handle, grid));
+  if (!needsGrad(x)) return out;
+  const shape = x.shape;
+  return record(out, 'regionPool', [x], (g) => [wrap(native.regionPoolBackward(g.handle, shape, grid))]);
+}
+
+/**
+ * The shift gate y = x * sigmoid(x + s[n, cell(h, w), c]) with s of shape [N, P*P, C],
+ * differentiable in x and s (reduce pass + apply pass).
+ */
+export function adashiftGate(x: Tensor, s: Tensor, grid = 1): Tensor {
+  assertTensor(x, 'adashiftGate', 'x');
+  assertTensor(s, 'adashiftGate', 's');
+  const out = wrap(native.gateForward(x.handle, s.handle, grid));
+  if (!needsGrad(x, s)) return out;
+  return record(out, 'adashiftGate', [x, s], (g) => [
+    x.requiresGrad ? wrap(native.gateBackwardApply(x.handle, g.handle, s.handle, null, grid)) : null,
+    s.requiresGrad ? wrap(native.gateBackwardReduce(x.handle, g.handle, s.handle, grid)) : null,
+  ]);
+}
+
+/**
+ * The fused AdaShift op. `context` maps the pooled tensor t [N, T, C] to the shift s of the
+ * same shape using differentiable ops on its parameters (LayerNorm, linear, attention); it is
+ * recorded as a private inner graph whose backward runs between the reduce and apply passes.
+ * Parameter gradients accumulate into the parameters' .grad as for any other op.
+ */
+export function adashift(x: Tensor, grid: number, context: (t: Tensor) => Tensor): Tensor {
+  assertTensor(x, 'adashift', 'x');
+  check(x.shape.length === 4, 'ERR_SHAPE', () => `AdaShift expects an input of shape [N, C, H, W], got ${shapeStr(x.shape)}`);
+  const tH = native.regionPoolForward(x.handle, grid);
+  const tokenShape = tH.shape;
+  if (!isGradEnabled()) {
+    const t = wrap(tH);
+    const s = context(t);
+    checkShift(s, tokenShape);
+    const y = wrap(native.gateForward(x.handle, s.handle, grid));
+    t.dispose();
+    s.dispose();
+    return y;
+  }
+  // Inner graph: t is its leaf (requiresGrad so that dt comes back), s its root.
+  const t = new Tensor(tH, true);
+  const s = context(t);
+  checkShift(s, tokenShape);
+  const y = wrap(native.gateForward(x.handle, s.handle, grid));
+  if (!s.requiresGrad && !x.requiresGrad) {
+    // Nothing upstream wants a gradient: drop the inner graph now.
+    noGrad(() => undefined);
+    if (s.gradFn) s.gradFn.release();
+    t.dispose();
+    s.dispose();
+    return y;
+  }
+  const sView = s.detach();
+  return record(
+    y,
+    'adashift',
+    [x],
+    (dy) => {
+      const ds = wrap(native.gateBackwardReduce(x.handle, dy.handle, sView.handle, grid));
+      if (s.gradFn) s.backward(ds); // parameter gradients, and dt into t.grad
+      ds.dispose();
+      const dt = t.grad;
+      const dx = x.requiresGrad ? wrap(native.gateBackwardApply(x.handle, dy.handle, sView.handle, dt ? dt.handle : null, grid)) : null;
+      if (dt) {
+        dt.dispose();
+        t.grad = null;
+      }
+      return [dx];
+    },
+    [t, s, sView],
+  );
+}
+
+function checkShift(s: Tensor, tokenShape: number[]): void {
+  check(
+    s instanceof Tensor && s.shape.length === 3 && s.shape.every((v, i) => v === tokenShape[i]),
+    'ERR_SHAPE',
+    () => `AdaShift context network must return a shift of shape ${shapeStr(tokenShape)}, got ${s instanceof Tensor ? shapeStr(s.shape) : typeof s}`,
+  );
+}

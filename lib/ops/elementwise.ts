@@ -1,0 +1,130 @@
+// Element-wise arithmetic, reductions and shape ops, differentiable.
+import { needsGrad, record } from '../autograd';
+import { AdaShiftError, check } from '../errors';
+import { BinaryOp, native } from '../native';
+import { Tensor } from '../tensor';
+import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
+
+function binaryOp(op: keyof typeof BinaryOp, a: Tensor, b: Tensor): Tensor {
+  assertTensor(a, op, 'a');
+  assertTensor(b, op, 'b');
+  const out = wrap(native.binary(BinaryOp[op], a.handle, b.handle));
+  if (!needsGrad(a, b)) return out;
+  switch (op) {
+    case 'add':
+      return record(out, 'add', [a, b], (g) => [g, g]);
+    case 'sub':
+      return record(out, 'sub', [a, b], (g) => [g, b.requiresGrad ? wrap(native.axpby(-1, g.handle, 0, null)) : null]);
+    case 'mul':
+      return record(out, 'mul', [a, b], (g) => [
+        a.requiresGrad ? wrap(native.binary(BinaryOp.mul, g.handle, b.handle)) : null,
+        b.requiresGrad ? wrap(native.binary(BinaryOp.mul, g.handle, a.handle)) : null,
+      ]);
+    case 'div':
+      return record(out, 'div', [a, b], (g) => {
+        const ga = wrap(native.binary(BinaryOp.div, g.handle, b.handle));
+        if (!b.requiresGrad) return [ga, null];
+        // d(a/b)/db = -a/b^2 * g = -(g/b) * (a/b)
+        const ratio = native.binary(BinaryOp.div, a.handle, b.handle);
+        const prod = native.binary(BinaryOp.mul, ga.handle, ratio);
+        ratio.dispose();
+        const gb = wrap(native.axpby(-1, prod, 0, null));
+        prod.dispose();
+        if (!a.requiresGrad) {
+          ga.dispose();
+          return [null, gb];
+        }
+        return [ga, gb];
+      });
+  }
+}
+
+export const add = (a: Tensor, b: Tensor): Tensor => binaryOp('add', a, b);
+export const sub = (a: Tensor, b: Tensor): Tensor => binaryOp('sub', a, b);
+export const mul = (a: Tensor, b: Tensor): Tensor => binaryOp('mul', a, b);
+export const div = (a: Tensor, b: Tensor): Tensor => binaryOp('div', a, b);
+
+/** alpha * x */
+export function scale(x: Tensor, alpha: number): Tensor {
+  assertTensor(x, 'scale', 'x');
+  const out = wrap(native.axpby(alpha, x.handle, 0, null));
+  if (!needsGrad(x)) return out;
+  return record(out, 'scale', [x], (g) => [wrap(native.axpby(alpha, g.handle, 0, null))]);
+}
+
+/** x + c */
+export function addScalar(x: Tensor, c: number): Tensor {
+  assertTensor(x, 'addScalar', 'x');
+  const out = wrap(native.axpby(1, x.handle, c, null));
+  if (!needsGrad(x)) return out;
+  return record(out, 'addScalar', [x], (g) => [g]);
+}
+
+/** Sum of all elements, shape []. */
+export function sum(x: Tensor): Tensor {
+  assertTensor(x, 'sum', 'x');
+  const out = wrap(reshapeOwned(native.sumAll(x.handle), []));
+  if (!needsGrad(x)) return out;
+  const shape = x.shape;
+  return record(out, 'sum', [x], (g) => {
+    const v = g.item();
+    return [wrap(native.full(shape, v, x.device))];
+  });
+}
+
+/** Mean of all elements, shape []. */
+export function mean(x: Tensor): Tensor {
+  assertTensor(x, 'mean', 'x');
+  const n = x.numel;
+  check(n > 0, 'ERR_SHAPE', () => 'mean of an empty tensor');
+  const s = native.sumAll(x.handle);
+  const out = wrap(reshapeOwned(native.axpby(1 / n, s, 0, null), []));
+  s.dispose();
+  if (!needsGrad(x)) return out;
+  const shape = x.shape;
+  return record(out, 'mean', [x], (g) => [wrap(native.full(shape, g.item() / n, x.device))]);
+}
+
+/** Same data, new shape (one dimension may be -1). */
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  assertTensor(x, 'reshape', 'x');
+  const dims = Array.from(shape);
+  const neg = dims.filter((d) => d === -1).length;
+  if (neg > 1) throw new AdaShiftError('ERR_SHAPE', 'reshape: at most one dimension may be -1');
+  if (neg === 1) {
+    const known = dims.filter((d) => d !== -1).reduce((p, d) => p * d, 1);
+    check(known > 0 && x.numel % known === 0, 'ERR_SHAPE', () => `reshape: cannot reshape ${shapeStr(x.shape)} into ${shapeStr(shape)}`);
+    dims[dims.indexOf(-1)] = x.numel / known;
+  }
+  const inShape = x.shape;
+  const out = wrap(x.handle.reshape(dims));
+  if (!needsGrad(x)) return out;
+  return record(out, 'reshape', [x], (g) => [wrap(g.handle.reshape(inShape))]);
+}
+
+/** Flattens dimensions from `startDim` on into one. */
+export function flatten(x: Tensor, startDim = 1): Tensor {
+  const s = x.shape;
+  check(startDim >= 0 && startDim < Math.max(s.length, 1), 'ERR_ARG', () => `flatten: startDim ${startDim} out of range for ${shapeStr(s)}`);
+  return reshape(x, [...s.slice(0, startDim), s.slice(startDim).reduce((a, b) => a * b, 1)]);
+}
+
+/** Reorders the axes: out.shape[i] = x.shape[axes[i]]. */
+export function permute(x: Tensor, axes: readonly number[]): Tensor {
+  assertTensor(x, 'permute', 'x');
+  const out = wrap(native.permute(x.handle, Array.from(axes)));
+  if (!needsGrad(x)) return out;
+  const inverse = new Array<number>(axes.length);
+  axes.forEach((a, i) => (inverse[a] = i));
+  return record(out, 'permute', [x], (g) => [wrap(native.permute(g.handle, inverse))]);
+}
+
+/** Swaps two axes. */
+export function transpose(x: Tensor, dim0: number, dim1: number): Tensor {
+  const r = x.shape.length;
+  const axes = Array.from({ length: r }, (_, i) => i);
+  const a = dim0 < 0 ? dim0 + r : dim0, b = dim1 < 0 ? dim1 + r : dim1;
+  check(a >= 0 && a < r && b >= 0 && b < r, 'ERR_ARG', () => `transpose: axes ${dim0}, ${dim1} out of range for rank ${r}`);
+  [axes[a], axes[b]] = [axes[b], axes[a]];
+  return permute(x, axes);
+}

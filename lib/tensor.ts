@@ -1,0 +1,320 @@
+// Tensor: a float32, contiguous array in native memory (CPU or CUDA) plus the autograd fields.
+// Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
+// the program forgot (and counts it, see memory().leaked).
+import { AdaShiftError, check } from './errors';
+import { DeviceSpec, resolveDevice } from './device';
+import { native, NativeTensor, RandKind } from './native';
+import type { GradFn } from './autograd';
+import { runBackward } from './autograd';
+
+export type Shape = readonly number[];
+
+export interface TensorOptions {
+  device?: DeviceSpec | string;
+  requiresGrad?: boolean;
+}
+
+// ---- leak safety net -------------------------------------------------------------------------
+let leaked = 0;
+const finalizer = new FinalizationRegistry<NativeTensor>((h) => {
+  if (!h.disposed) {
+    h.dispose();
+    leaked++;
+  }
+});
+
+// ---- tidy scopes ----------------------------------------------------------------------------
+const scopes: Set<Tensor>[] = [];
+
+export class Tensor {
+  private h: NativeTensor;
+  /** Whether gradients flow to this tensor (leaves: user's choice; results: derived). */
+  requiresGrad: boolean;
+  /** Accumulated gradient of a leaf after backward(). */
+  grad: Tensor | null = null;
+  /** The autograd node that produced this tensor (null for leaves). */
+  gradFn: GradFn | null = null;
+
+  /** @internal Wraps a native handle; use tensor(), zeros(), randn(), ... */
+  constructor(handle: NativeTensor, requiresGrad = false) {
+    this.h = handle;
+    this.requiresGrad = requiresGrad;
+    finalizer.register(this, handle, this);
+    if (scopes.length) scopes[scopes.length - 1].add(this);
+  }
+
+  /** @internal The native handle (throws ERR_DISPOSED once disposed). */
+  get handle(): NativeTensor {
+    if (this.h.disposed) throw new AdaShiftError('ERR_DISPOSED', 'the tensor was disposed and can no longer be used');
+    return this.h;
+  }
+
+  get shape(): number[] {
+    return this.handle.shape;
+  }
+  get device(): string {
+    return this.h.device;
+  }
+  get numel(): number {
+    return this.handle.numel;
+  }
+  get isDisposed(): boolean {
+    return this.h.disposed;
+  }
+  get isLeaf(): boolean {
+    return this.gradFn === null;
+  }
+
+  /** Copies the values to a new Float32Array (waits for queued device work). */
+  toFloat32Array(): Float32Array {
+    return this.handle.toFloat32Array();
+  }
+
+  /** Nested JS arrays shaped like the tensor. */
+  toArray(): unknown {
+    const data = Array.from(this.toFloat32Array());
+    const shape = this.shape;
+    if (shape.length === 0) return data[0];
+    const build = (dim: number, offset: number): unknown => {
+      const n = shape[dim];
+      if (dim === shape.length - 1) return data.slice(offset, offset + n);
+      const stride = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
+      return Array.from({ length: n }, (_, i) => build(dim + 1, offset + i * stride));
+    };
+    return build(0, 0);
+  }
+
+  /** The single value of a one-element tensor. */
+  item(): number {
+    check(this.numel === 1, 'ERR_SHAPE', () => `item() needs a tensor with one element, got shape [${this.shape.join(', ')}]`);
+    return this.toFloat32Array()[0];
+  }
+
+  /** A copy on another device (the same tensor when already there). Not differentiable. */
+  to(device: DeviceSpec | string): Tensor {
+    const d = resolveDevice(device);
+    if (d === this.device) return this;
+    return new Tensor(native.to(this.handle, d), false);
+  }
+
+  /** A tensor sharing this one's data, cut off from the autograd graph. */
+  detach(): Tensor {
+    return new Tensor(this.handle.reshape(this.shape), false);
+  }
+
+  /** Frees the native memory now. Further use throws ERR_DISPOSED. Idempotent. */
+  dispose(): void {
+    if (!this.h.disposed) this.h.dispose();
+    finalizer.unregister(this);
+    for (const s of scopes) s.delete(this);
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /**
+   * Back-propagates from this tensor: gradients accumulate (+=) into the .grad of every leaf
+   * with requiresGrad. A non-scalar tensor needs an explicit upstream gradient.
+   */
+  backward(grad?: Tensor, options: { retainGraph?: boolean } = {}): void {
+    runBackward(this, grad, options.retainGraph ?? false);
+  }
+
+  /** Sets requiresGrad on a leaf (returns this). */
+  requiresGrad_(flag = true): this {
+    check(this.isLeaf, 'ERR_AUTOGRAD', () => 'requiresGrad_ can only be changed on a leaf tensor (one not computed by an op)');
+    this.requiresGrad = flag;
+    return this;
+  }
+
+  /** @internal Replaces the data (same shape), disposing the old handle. Used by loadStateDict and .to() on modules. */
+  _setData(other: Tensor): void {
+    const h = other.handle;
+    check(other !== this, 'ERR_ARG', () => '_setData: a tensor cannot take its own data');
+    if (!this.h.disposed) this.h.dispose();
+    finalizer.unregister(this);
+    this.h = h;
+    finalizer.register(this, h, this);
+    // `other` gives up its handle: make it an empty shell that does not free it again.
+    other.h = h.reshape(h.shape);
+    other.dispose();
+  }
+
+  toString(): string {
+    if (this.isDisposed) return 'Tensor(disposed)';
+    return `Tensor(shape=[${this.shape.join(', ')}], device=${this.device}${this.requiresGrad ? ', requiresGrad' : ''})`;
+  }
+}
+
+// ---- creation -------------------------------------------------------------------------------
+function flatten(data: unknown, shape: number[], depth: number, out: number[]): void {
+  if (Array.isArray(data)) {
+    if (shape.length === depth) shape.push(data.length);
+    else if (shape[depth] !== data.length) {
+      throw new AdaShiftError('ERR_SHAPE', `ragged nested array: expected ${shape[depth]} entries at depth ${depth}, got ${data.length}`);
+    }
+    for (const d of data) flatten(d, shape, depth + 1, out);
+  } else {
+    if (typeof data !== 'number') {
+      throw new AdaShiftError('ERR_DTYPE', `tensor data must be numbers, got ${data === null ? 'null' : typeof data}`);
+    }
+    if (depth !== shape.length) throw new AdaShiftError('ERR_SHAPE', 'ragged nested array');
+    out.push(data);
+  }
+}
+
+/**
+ * Creates a tensor from a Float32Array, a number array (with `shape`), nested arrays, or a
+ * number (a scalar of shape []).
+ */
+export function tensor(
+  data: Float32Array | ArrayLike<number> | number | unknown[],
+  shape?: Shape,
+  options: TensorOptions = {},
+): Tensor {
+  let values: Float32Array;
+  let inferred: number[];
+  if (data instanceof Float32Array) {
+    values = data;
+    inferred = [data.length];
+  } else if (typeof data === 'number') {
+    values = Float32Array.of(data);
+    inferred = [];
+  } else if (Array.isArray(data)) {
+    const flat: number[] = [];
+    inferred = [];
+    flatten(data, inferred, 0, flat);
+    values = Float32Array.from(flat);
+  } else if (data && typeof (data as ArrayLike<number>).length === 'number' && ArrayBuffer.isView(data)) {
+    values = Float32Array.from(data as ArrayLike<number>);
+    inferred = [values.length];
+  } else {
+    throw new AdaShiftError('ERR_DTYPE', `tensor(): data must be a Float32Array, a number array or a number, got ${data === null ? 'null' : typeof data}`);
+  }
+  const s = shape ? Array.from(shape) : inferred;
+  return new Tensor(native.fromArray(values, s, resolveDevice(options.device)), options.requiresGrad ?? false);
+}
+
+export function empty(shape: Shape, options: TensorOptions = {}): Tensor {
+  return new Tensor(native.empty(Array.from(shape), resolveDevice(options.device)), options.requiresGrad ?? false);
+}
+export function full(shape: Shape, value: number, options: TensorOptions = {}): Tensor {
+  return new Tensor(native.full(Array.from(shape), value, resolveDevice(options.device)), options.requiresGrad ?? false);
+}
+export function zeros(shape: Shape, options: TensorOptions = {}): Tensor {
+  return full(shape, 0, options);
+}
+export function ones(shape: Shape, options: TensorOptions = {}): Tensor {
+  return full(shape, 1, options);
+}
+
+// ---- random numbers: a counter-based stream (Philox), identical on every device ----------------
+const rng = { seed: 0x5eed, offset: 0 };
+
+/** Seeds the generator that rand/randn and parameter initialisation draw from. */
+export function manualSeed(seed: number): void {
+  check(Number.isSafeInteger(seed) && seed >= 0, 'ERR_ARG', () => `manualSeed: seed must be a non-negative safe integer, got ${seed}`);
+  rng.seed = seed;
+  rng.offset = 0;
+}
+export function getRngState(): { seed: number; offset: number } {
+  return { ...rng };
+}
+export function setRngState(state: { seed: number; offset: number }): void {
+  check(
+    Number.isSafeInteger(state?.seed) && Number.isSafeInteger(state?.offset) && state.seed >= 0 && state.offset >= 0,
+    'ERR_ARG',
+    () => 'setRngState: expected {seed, offset} as non-negative safe integers',
+  );
+  rng.seed = state.seed;
+  rng.offset = state.offset;
+}
+
+function draw(shape: Shape, kind: number, a: number, b: number, options: TensorOptions): Tensor {
+  const dims = Array.from(shape);
+  const h = native.rand(dims, kind, a, b, rng.seed, rng.offset, resolveDevice(options.device));
+  rng.offset += Math.ceil(h.numel / 4) * 4; // whole Philox blocks: streams never overlap
+  return new Tensor(h, options.requiresGrad ?? false);
+}
+
+/** Uniform samples in [low, high) (default [0, 1)). */
+export function rand(shape: Shape, options: TensorOptions & { low?: number; high?: number } = {}): Tensor {
+  return draw(shape, RandKind.uniform, options.low ?? 0, options.high ?? 1, options);
+}
+/** Normal samples (default mean 0, std 1). */
+export function randn(shape: Shape, options: TensorOptions & { mean?: number; std?: number } = {}): Tensor {
+  return draw(shape, RandKind.normal, options.mean ?? 0, options.std ?? 1, options);
+}
+
+// ---- scopes and memory ----------------------------------------------------------------------
+function collect(value: unknown, keep: Set<Tensor>, seen: Set<unknown>): void {
+  if (value instanceof Tensor) {
+    keep.add(value);
+    if (value.grad) keep.add(value.grad);
+    return;
+  }
+  if (value === null || typeof value !== 'object' || seen.has(value)) return;
+  seen.add(value);
+  if (Array.isArray(value)) for (const v of value) collect(v, keep, seen);
+  else if (value instanceof Map) for (const v of value.values()) collect(v, keep, seen);
+  else if (Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) collect(v, keep, seen);
+}
+
+/**
+ * Runs fn and disposes every tensor created inside it, except those it returns (in arrays,
+ * Maps or plain objects), those passed to keep(), and gradients stored in leaves' .grad.
+ */
+export function tidy<R>(fn: () => R): R {
+  const scope = new Set<Tensor>();
+  scopes.push(scope);
+  let result: R;
+  try {
+    result = fn();
+  } finally {
+    scopes.pop();
+  }
+  check(!(result instanceof Promise), 'ERR_ARG', () => 'tidy(): fn must be synchronous (it returned a Promise)');
+  const kept = new Set<Tensor>();
+  collect(result, kept, new Set());
+  for (const t of scope) {
+    if (kept.has(t)) {
+      if (scopes.length) scopes[scopes.length - 1].add(t);
+    } else {
+      t.dispose();
+    }
+  }
+  return result;
+}
+
+/** Excludes a tensor from the enclosing tidy() scopes. */
+export function keep<T extends Tensor>(t: T): T {
+  for (const s of scopes) s.delete(t);
+  return t;
+}
+
+export interface MemoryInfo {
+  /** Live tensors (handles) on every device. */
+  tensors: number;
+  /** Bytes held by live tensors on every device. */
+  bytes: number;
+  devices: { device: string; tensors: number; bytes: number; reservedBytes?: number }[];
+  /** Tensors the garbage collector freed because nobody disposed them. */
+  leaked: number;
+}
+
+/** Exact live tensor counts and bytes, from the native counters. */
+export function memory(): MemoryInfo {
+  const devices = native.memory().map((m) => ({
+    device: m.device,
+    tensors: m.tensors,
+    bytes: m.bytes,
+    ...(m.reservedBytes !== undefined ? { reservedBytes: m.reservedBytes } : {}),
+  }));
+  return {
+    tensors: devices.reduce((a, d) => a + d.tensors, 0),
+    bytes: devices.reduce((a, d) => a + d.bytes, 0),
+    devices,
+    leaked,
+  };
+}
