@@ -1,0 +1,92 @@
+// Forward and every gradient (input and each parameter) of every activation against PyTorch
+// fixtures (test/fixtures/make_fixtures.py, float64 references), on awkward shapes.
+import * as fs from 'fs';
+import * as path from 'path';
+import * as as from '../lib';
+import { compareArrays } from './helpers/compare';
+
+const dir = path.join(__dirname, 'fixtures', 'activations');
+interface Case {
+  name: string;
+  file: string;
+  kind: string;
+  options: Record<string, unknown>;
+  inputShape: number[];
+}
+const cases: Case[] = JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), 'utf8'));
+
+// float32 kernels against float64 references: relative 1e-4 per element, with an absolute
+// floor of 1e-5 x the tensor's largest magnitude (entries that cancel to ~0 cannot keep a
+// relative error; see test/helpers/compare.ts).
+const RTOL = 1e-4;
+const ATOL_SCALE = 1e-5;
+
+function build(c: Case): as.nn.Module {
+  const C = c.inputShape[1];
+  switch (c.kind) {
+    case 'adashift-b':
+      return new as.nn.AdaShiftB(C, { proj: Boolean(c.options.proj) });
+    case 'adashift-ma':
+      return new as.nn.AdaShiftMA(C, c.options as as.nn.AdaShiftMAOptions);
+    case 'gelu-tanh':
+      return as.nn.activation('gelu', C, { approximate: 'tanh' });
+    default:
+      return as.nn.activation(c.kind, C);
+  }
+}
+
+function run(c: Case) {
+  return as.tidy(() => {
+    const f = as.io.loadSafetensors(path.join(dir, c.file)) as Record<string, as.Tensor>;
+    const m = build(c);
+    const params: Record<string, as.Tensor> = {};
+    for (const [k, v] of Object.entries(f)) if (k.startsWith('param.')) params[k.slice('param.'.length)] = v;
+    m.loadStateDict(params);
+    const x = f.x.requiresGrad_();
+    const y = m.forward(x) as as.Tensor;
+    y.backward(f.dy);
+    const results = [
+      compareArrays(y.toFloat32Array(), f.y.toFloat32Array(), RTOL, ATOL_SCALE, 'y'),
+      compareArrays(x.grad!.toFloat32Array(), f.dx.toFloat32Array(), RTOL, ATOL_SCALE, 'dx'),
+    ];
+    const names = m.namedParameters().map(([n]) => n);
+    expect(names.sort()).toEqual(Object.keys(params).sort());
+    // Scale of the gradients of each sub-module (q, k, rect.1, ...): a bias whose exact
+    // gradient is 0 (keys shifted uniformly leave the softmax unchanged) is judged on it.
+    const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const moduleScale = new Map<string, number>();
+    for (const [n] of m.namedParameters()) {
+      const mod = n.slice(0, n.lastIndexOf('.'));
+      moduleScale.set(mod, Math.max(moduleScale.get(mod) ?? 0, maxAbs(f[`grad.${n}`].toFloat32Array())));
+    }
+    for (const [n, p] of m.namedParameters()) {
+      const floor = moduleScale.get(n.slice(0, n.lastIndexOf('.')))!;
+      results.push(compareArrays(p.grad!.toFloat32Array(), f[`grad.${n}`].toFloat32Array(), RTOL, ATOL_SCALE, `grad.${n}`, floor));
+    }
+    x.grad!.dispose();
+    m.dispose();
+    return results;
+  });
+}
+
+describe('activations against PyTorch fixtures', () => {
+  test.each(cases.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    const results = run(c);
+    const bad = results.filter((r) => !r.ok).map((r) => r.message);
+    expect(bad).toEqual([]);
+  });
+
+  test('the fixtures cover the shapes the contract asks for', () => {
+    const hw = new Set(cases.filter((c) => c.kind.startsWith('adashift')).map((c) => c.inputShape[2]));
+    for (const s of [1, 3, 7, 9, 14, 28]) expect(hw.has(s)).toBe(true);
+    expect(cases.some((c) => c.inputShape[0] === 1)).toBe(true);
+    expect(cases.some((c) => c.inputShape[1] % 4 !== 0)).toBe(true);
+    const ma = cases.filter((c) => c.kind === 'adashift-ma');
+    expect(new Set(ma.map((c) => c.options.rect))).toEqual(new Set(['norm', 'linear']));
+    expect(ma.some((c) => c.options.headDim === 32)).toBe(true);
+    expect(ma.some((c) => c.options.headDim === 64)).toBe(true);
+    expect(ma.some((c) => c.inputShape[2] % (c.options.grid as number) !== 0 && c.inputShape[2] > (c.options.grid as number))).toBe(true);
+    const b = cases.filter((c) => c.kind === 'adashift-b');
+    expect(new Set(b.map((c) => Boolean(c.options.proj)))).toEqual(new Set([true, false]));
+  });
+});
