@@ -17,3 +17,8 @@ import { native } from './native';
 export function synchronize(device = 'cpu'): void {
   native.synchronize(device);
 }
+
+/** Returns cached (freed, kept for reuse) device or host memory to the system. */
+export function emptyCache(device = 'cpu'): void {
+  native.emptyCache(device);
+}

@@ -36,7 +36,10 @@ export interface NativeMemoryEntry {
   tensors: number;
   storages: number;
   bytes: number;
+  /** CUDA: bytes the caching allocator holds from the driver (live + cached). */
   reservedBytes?: number;
+  /** CPU: freed blocks kept for reuse. */
+  cachedBytes?: number;
 }
 
 type T = NativeTensor;

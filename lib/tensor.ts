@@ -298,7 +298,7 @@ export interface MemoryInfo {
   tensors: number;
   /** Bytes held by live tensors on every device. */
   bytes: number;
-  devices: { device: string; tensors: number; bytes: number; reservedBytes?: number }[];
+  devices: { device: string; tensors: number; bytes: number; reservedBytes?: number; cachedBytes?: number }[];
   /** Tensors the garbage collector freed because nobody disposed them. */
   leaked: number;
 }
@@ -310,6 +310,7 @@ export function memory(): MemoryInfo {
     tensors: m.tensors,
     bytes: m.bytes,
     ...(m.reservedBytes !== undefined ? { reservedBytes: m.reservedBytes } : {}),
+    ...(m.cachedBytes !== undefined ? { cachedBytes: m.cachedBytes } : {}),
   }));
   return {
     tensors: devices.reduce((a, d) => a + d.tensors, 0),

@@ -159,12 +159,14 @@ export class AdaShiftMA extends Module {
   private context(t: Tensor): Tensor {
     const [N, T, C] = t.shape;
     const G = this.heads, d = C / G;
-    const split = (z: Tensor): Tensor => reshape(permute(reshape(z, [N, T, G, d]), [0, 2, 1, 3]), [N * G, T, d]);
+    // [N, T, C] -> [N*G, T, d]; with one head the layout is already right (a view).
+    const split = (z: Tensor): Tensor => (G === 1 ? z : reshape(permute(reshape(z, [N, T, G, d]), [0, 2, 1, 3]), [N * G, T, d]));
     const q = split(this.q.forward(t));
     const k = split(this.k.forward(t));
     const v = split(this.v.forward(t));
     const attn = softmax(scale(matmul(q, k, { transB: true }), 1 / Math.sqrt(d)));
-    const o = reshape(permute(reshape(matmul(attn, v), [N, G, T, d]), [0, 2, 1, 3]), [N, T, C]);
+    const av = matmul(attn, v);
+    const o = G === 1 ? av : reshape(permute(reshape(av, [N, G, T, d]), [0, 2, 1, 3]), [N, T, C]);
     if (this.rectNorm) return this.rectNorm.forward(o);
     return this.rectSeq!.norm.forward(this.rectSeq!.linear.forward(o));
   }

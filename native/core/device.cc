@@ -1,10 +1,93 @@
 #include "device.h"
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
 #include "dispatch.h"
 
 namespace adashift {
+
+// ---- CPU caching allocator -------------------------------------------------------------------
+// Large blocks are kept after free and handed out again for the next request of the same
+// rounded size: a fresh multi-megabyte buffer costs a page fault per 4 KiB on first touch,
+// which on a training step costs more than the kernels themselves. Small blocks go straight
+// to the C allocator. The cache is bounded (ADASHIFT_CPU_CACHE_MB, default 2048).
+namespace {
+constexpr size_t kCpuCacheMin = size_t(64) << 10;
+
+struct CpuCache {
+  std::mutex m;
+  std::multimap<size_t, void*> blocks;
+  size_t cached = 0;
+  size_t limit = 0;
+  CpuCache() {
+    size_t mb = 2048;
+    if (const char* env = std::getenv("ADASHIFT_CPU_CACHE_MB")) mb = size_t(std::strtoull(env, nullptr, 10));
+    limit = mb << 20;
+  }
+};
+CpuCache& cpu_cache() {
+  static CpuCache* c = new CpuCache();  // never destroyed: frees may run during static teardown
+  return *c;
+}
+size_t cpu_round(size_t n) {
+  if (n < kCpuCacheMin) return (n + 63) / 64 * 64;
+  // 1/8-octave classes: at most 12.5% slack, few distinct sizes
+  size_t p = 1;
+  while (p * 2 <= n) p *= 2;
+  size_t step = std::max<size_t>(p / 8, 4096);
+  return (n + step - 1) / step * step;
+}
+void* cpu_alloc(size_t bytes) {
+  size_t n = cpu_round(bytes);
+  if (n >= kCpuCacheMin) {
+    CpuCache& c = cpu_cache();
+    std::lock_guard<std::mutex> lk(c.m);
+    auto it = c.blocks.find(n);
+    if (it != c.blocks.end()) {
+      void* p = it->second;
+      c.blocks.erase(it);
+      c.cached -= n;
+      return p;
+    }
+  }
+  void* p = std::aligned_alloc(64, n);
+  if (!p) {
+    cpu_empty_cache();
+    p = std::aligned_alloc(64, n);
+  }
+  if (!p) fail(ErrorCode::Arg, cat("out of host memory allocating ", bytes, " bytes"));
+  return p;
+}
+void cpu_free(void* p, size_t bytes) {
+  size_t n = cpu_round(bytes);
+  if (n >= kCpuCacheMin) {
+    CpuCache& c = cpu_cache();
+    std::lock_guard<std::mutex> lk(c.m);
+    if (c.cached + n <= c.limit) {
+      c.blocks.emplace(n, p);
+      c.cached += n;
+      return;
+    }
+  }
+  std::free(p);
+}
+}  // namespace
+
+void cpu_empty_cache() {
+  CpuCache& c = cpu_cache();
+  std::lock_guard<std::mutex> lk(c.m);
+  for (auto& kv : c.blocks) std::free(kv.second);
+  c.blocks.clear();
+  c.cached = 0;
+}
+
+size_t cpu_cached_bytes() {
+  CpuCache& c = cpu_cache();
+  std::lock_guard<std::mutex> lk(c.m);
+  return c.cached;
+}
 
 static MemoryCounters g_counters[1 + kMaxCudaDevices];
 
@@ -15,12 +98,7 @@ MemoryCounters& memory_counters(Device d) {
 
 void* device_alloc(Device d, size_t bytes) {
   size_t n = bytes == 0 ? 64 : bytes;
-  if (d.is_cpu()) {
-    // 64-byte alignment: whole cache lines, aligned vector loads
-    void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
-    if (!p) fail(ErrorCode::Arg, cat("out of host memory allocating ", bytes, " bytes"));
-    return p;
-  }
+  if (d.is_cpu()) return cpu_alloc(n);  // 64-byte aligned: cache lines, vector loads
 #ifdef ADASHIFT_WITH_CUDA
   return cuda_cached_alloc(d.index, n);
 #else
@@ -30,7 +108,7 @@ void* device_alloc(Device d, size_t bytes) {
 
 void device_free(Device d, void* p, size_t bytes) {
   if (!p) return;
-  if (d.is_cpu()) { std::free(p); return; }
+  if (d.is_cpu()) { cpu_free(p, bytes == 0 ? 64 : bytes); return; }
 #ifdef ADASHIFT_WITH_CUDA
   cuda_cached_free(d.index, p, bytes == 0 ? 64 : bytes);
 #else

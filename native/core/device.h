@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
+#include <string>
 #include "common.h"
 
 namespace adashift {
@@ -33,6 +34,9 @@ MemoryCounters& memory_counters(Device d);
 // Raw allocation on a device. CUDA memory comes from a caching allocator; freeing returns the
 // block to the cache (stream-ordered reuse on the device's one stream).
 void* device_alloc(Device d, size_t bytes);
+// Host blocks held by the CPU cache for reuse (not counted as live bytes), and releasing them.
+size_t cpu_cached_bytes();
+void cpu_empty_cache();
 void device_free(Device d, void* p, size_t bytes);
 
 class Storage {

@@ -58,6 +58,7 @@ Napi::Object memory_entry(Napi::Env env, Device d) {
   o.Set("tensors", double(live_handles(d).load()));
   o.Set("storages", double(memory_counters(d).storages.load()));
   o.Set("bytes", double(memory_counters(d).bytes.load()));
+  if (d.is_cpu()) o.Set("cachedBytes", double(cpu_cached_bytes()));
 #ifdef ADASHIFT_WITH_CUDA
   if (d.is_cuda()) o.Set("reservedBytes", double(cuda_cached_reserved(d.index)));
 #endif
@@ -93,6 +94,7 @@ Napi::Value Synchronize(const CI& info) {
 Napi::Value EmptyCache(const CI& info) {
   Device d = Args{info, "emptyCache"}.device(0, "device");
   require_device(d);
+  if (d.is_cpu()) cpu_empty_cache();
 #ifdef ADASHIFT_WITH_CUDA
   if (d.is_cuda()) cuda_empty_cache(d.index);
 #endif

@@ -4,6 +4,8 @@
 #include <vector>
 #include "../ops/dense.h"
 #include "../threadpool.h"
+#include "../math.h"
+#include "loops.h"
 #include "reduce.h"
 
 namespace adashift {
@@ -66,8 +68,9 @@ void softmax_forward(const float* x, int64_t rows, int64_t n, float* y) {
       float* yr = y + r * n;
       float mx = xr[0];
       for (int64_t j = 1; j < n; ++j) mx = std::max(mx, xr[j]);
+      for (int64_t j = 0; j < n; ++j) yr[j] = math::vexp(xr[j] - mx);
       double s = 0.0;
-      for (int64_t j = 0; j < n; ++j) { yr[j] = std::exp(xr[j] - mx); s += yr[j]; }
+      for (int64_t j = 0; j < n; ++j) s += yr[j];
       const float inv = float(1.0 / s);
       for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
     }
@@ -88,24 +91,7 @@ void softmax_backward(const float* y, const float* dy, int64_t rows, int64_t n, 
   });
 }
 
-// C = A @ B with A [M, K], B [K, N] row-major after packing. Rows of C are independent; the
-// inner loop streams a row of B (vectorised), and k is blocked so B's block stays in cache.
-static void gemm_rows(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* A,
-                      const float* B, float* C) {
-  constexpr int64_t kKB = 256;
-  for (int64_t i = i0; i < i1; ++i) std::fill(C + i * N, C + (i + 1) * N, 0.0f);
-  for (int64_t k0 = 0; k0 < K; k0 += kKB) {
-    const int64_t k1 = std::min(K, k0 + kKB);
-    for (int64_t i = i0; i < i1; ++i) {
-      float* c = C + i * N;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float a = A[i * K + k];
-        const float* b = B + k * N;
-        for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
-      }
-    }
-  }
-}
+using loops::gemm_rows;
 
 // One batch entry: packs transposed operands into row-major [M, K] / [K, N], then multiplies
 // rows [i0, i1).
@@ -160,14 +146,23 @@ void matmul(const MatmulDims& d, const float* a, const float* b, float* c) {
 void permute(const PermuteDims& d, const float* x, float* out) {
   int64_t total = 1;
   for (int i = 0; i < d.rank; ++i) total *= d.out_shape[i];
-  parallel_for(total, 1 << 14, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      int64_t rem = o, src = 0;
-      for (int i = d.rank - 1; i >= 0; --i) {
+  if (d.rank == 0) { out[0] = x[0]; return; }
+  // The last output axis is copied as a run; when it is contiguous in x too, that run is a
+  // plain copy. Index arithmetic happens once per run, not per element.
+  const int last = d.rank - 1;
+  const int64_t run = d.out_shape[last], rstride = d.in_strides[last];
+  const int64_t runs = total / std::max<int64_t>(run, 1);
+  parallel_for(runs, std::max<int64_t>(1, 16384 / std::max<int64_t>(run, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t rem = r, src = 0;
+      for (int i = last - 1; i >= 0; --i) {
         src += (rem % d.out_shape[i]) * d.in_strides[i];
         rem /= d.out_shape[i];
       }
-      out[o] = x[src];
+      float* o = out + r * run;
+      const float* in = x + src;
+      if (rstride == 1) std::copy(in, in + run, o);
+      else for (int64_t j = 0; j < run; ++j) o[j] = in[j * rstride];
     }
   });
 }

@@ -2,6 +2,7 @@
 // compiler vectorises them (no aliasing across a chunk, no branches in the hot loop).
 #include "../ops/elementwise.h"
 #include "../math.h"
+#include "loops.h"
 #include "reduce.h"
 
 namespace adashift {
@@ -64,33 +65,12 @@ void add_rowvec(const float* x, const float* b, float* y, int64_t rows, int64_t 
                });
 }
 
-template <typename F>
-static void map1(const float* x, float* y, int64_t n, F f) {
-  for_each(n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] = f(x[i]); });
-}
-template <typename F>
-static void map2(const float* x, const float* dy, float* dx, int64_t n, F f) {
-  for_each(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) dx[i] = f(x[i], dy[i]);
-  });
-}
-
 void act_forward(Act a, const float* x, float* y, int64_t n) {
-  switch (a) {
-    case Act::ReLU: map1(x, y, n, math::relu); break;
-    case Act::GELU: map1(x, y, n, math::gelu); break;
-    case Act::GELUTanh: map1(x, y, n, math::gelu_tanh); break;
-    case Act::SiLU: map1(x, y, n, math::silu); break;
-  }
+  for_each(n, [&](int64_t b, int64_t e) { loops::act_forward(a, x + b, y + b, e - b); });
 }
 
 void act_backward(Act a, const float* x, const float* dy, float* dx, int64_t n) {
-  switch (a) {
-    case Act::ReLU: map2(x, dy, dx, n, math::relu_grad); break;
-    case Act::GELU: map2(x, dy, dx, n, math::gelu_grad); break;
-    case Act::GELUTanh: map2(x, dy, dx, n, math::gelu_tanh_grad); break;
-    case Act::SiLU: map2(x, dy, dx, n, math::silu_grad); break;
-  }
+  for_each(n, [&](int64_t b, int64_t e) { loops::act_backward(a, x + b, dy + b, dx + b, e - b); });
 }
 
 }  // namespace cpu

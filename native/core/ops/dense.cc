@@ -100,7 +100,23 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& perm) {
     d.in_strides[i] = strides[p];
   }
   Tensor out(shape, x.device());
-  if (out.numel() > 0) AS_DISPATCH(x.device(), permute, d, x.data(), out.data());
+  if (out.numel() == 0) return out;
+  // Canonical form: drop size-1 axes, then merge neighbours that stay neighbours in x
+  // (in_stride[i] == in_stride[i+1] * size[i+1]). A pure reshape becomes one contiguous run.
+  PermuteDims c{};
+  for (int i = 0; i < rank; ++i) {
+    if (d.out_shape[i] == 1) continue;
+    if (c.rank > 0 && c.in_strides[c.rank - 1] == d.in_strides[i] * d.out_shape[i]) {
+      c.out_shape[c.rank - 1] *= d.out_shape[i];
+      c.in_strides[c.rank - 1] = d.in_strides[i];
+    } else {
+      c.out_shape[c.rank] = d.out_shape[i];
+      c.in_strides[c.rank] = d.in_strides[i];
+      ++c.rank;
+    }
+  }
+  if (c.rank == 0) { c.rank = 1; c.out_shape[0] = 1; c.in_strides[0] = 1; }
+  AS_DISPATCH(x.device(), permute, c, x.data(), out.data());
   return out;
 }
 

@@ -1,0 +1,146 @@
+// `adashift bench act`: forward+backward of each activation on a few shapes, with effective
+// bandwidth from the counted bytes (ADASHIFT.md) and, when PyTorch is present, the same
+// activations in PyTorch measured in the same run.
+import { resolveDevice } from '../device';
+import { noGrad } from '../autograd';
+import { native } from '../native';
+import { activation, ActivationName, ACTIVATIONS } from '../nn/activation';
+import { Module } from '../nn/module';
+import { manualSeed, randn, Tensor, tidy } from '../tensor';
+import { environment, findTorchPython, median, runPython, scriptPath, timeIt, writeResult } from './common';
+
+export interface BenchActOptions {
+  shapes?: number[][];
+  acts?: ActivationName[];
+  device?: string;
+  repeats?: number;
+  warmup?: number;
+  torch?: boolean;
+  outDir?: string | null;
+  onResult?: (r: ActResult) => void;
+}
+
+export interface ActResult {
+  act: string;
+  shape: number[];
+  forwardMs: number;
+  backwardMs: number;
+  totalMs: number;
+  /** Million elements per second through forward+backward. */
+  melemPerSec: number;
+  /** Counted bytes per element (ADASHIFT.md): forward + backward. */
+  bytesPerElement: number;
+  gbPerSec: number;
+  torch?: { forwardMs: number; backwardMs: number; totalMs: number; melemPerSec: number };
+  /** Torch's time over ours (> 1: we are faster). */
+  speedupVsTorch?: number;
+}
+
+// read x + write y, then read x + dy + write dx
+const BASELINE_BYTES = 8 + 12;
+// pool (4) + gate (8), then reduce (8) + apply (12)
+const ADASHIFT_BYTES = 12 + 20;
+
+export const DEFAULT_ACT_SHAPES = [
+  [64, 64, 28, 28],
+  [32, 256, 56, 56],
+];
+
+function bytesPerElement(act: string): number {
+  return act.startsWith('adashift') ? ADASHIFT_BYTES : BASELINE_BYTES;
+}
+
+function measure(m: Module, shape: number[], device: string, repeats: number, warmup: number) {
+  const x = randn(shape, { device, requiresGrad: true });
+  const dy = randn(shape, { device });
+  const fwd: number[] = [], bwd: number[] = [];
+  for (let i = 0; i < warmup + repeats; i++) {
+    tidy(() => {
+      let y!: Tensor;
+      const tf = timeIt(device, () => {
+        y = m.forward(x) as Tensor;
+      });
+      const tb = timeIt(device, () => y.backward(dy));
+      x.grad?.dispose();
+      x.grad = null;
+      for (const p of m.parameters()) {
+        p.grad?.dispose();
+        p.grad = null;
+      }
+      if (i >= warmup) {
+        fwd.push(tf);
+        bwd.push(tb);
+      }
+    });
+  }
+  x.dispose();
+  dy.dispose();
+  return { fwd: median(fwd), bwd: median(bwd) };
+}
+
+/** Measured device-to-device copy bandwidth (read + write), GB/s, on a tensor of n floats. */
+export function copyBandwidth(n: number, device: string, repeats = 10): number {
+  return noGrad(() => {
+    const x = randn([n], { device });
+    const times: number[] = [];
+    for (let i = 0; i < repeats + 2; i++) {
+      const t = timeIt(device, () => native.clone(x.handle).dispose());
+      if (i >= 2) times.push(t);
+    }
+    x.dispose();
+    return (8 * n) / median(times) / 1e9;
+  });
+}
+
+export function benchAct(options: BenchActOptions = {}) {
+  const device = resolveDevice(options.device ?? 'auto');
+  const shapes = options.shapes ?? DEFAULT_ACT_SHAPES;
+  const acts = options.acts ?? [...ACTIVATIONS];
+  const repeats = options.repeats ?? 10;
+  const warmup = options.warmup ?? 2;
+  manualSeed(0);
+  const results: ActResult[] = [];
+  const python = options.torch === false ? undefined : findTorchPython();
+  const copy = shapes.map((s) => ({ shape: s, gbPerSec: copyBandwidth(s.reduce((a, b) => a * b, 1), device) }));
+  for (const shape of shapes) {
+    for (const act of acts) {
+      const m = activation(act, shape[1]).to(device);
+      const { fwd, bwd } = measure(m, shape, device, repeats, warmup);
+      m.dispose();
+      const n = shape.reduce((a, b) => a * b, 1);
+      const total = fwd + bwd;
+      const r: ActResult = {
+        act,
+        shape,
+        forwardMs: fwd * 1e3,
+        backwardMs: bwd * 1e3,
+        totalMs: total * 1e3,
+        melemPerSec: n / total / 1e6,
+        bytesPerElement: bytesPerElement(act),
+        gbPerSec: (n * bytesPerElement(act)) / total / 1e9,
+      };
+      if (python) {
+        const t = runPython(python, scriptPath('torch_act.py'), {
+          act,
+          shape,
+          device: device.startsWith('cuda') ? 'cuda' : 'cpu',
+          threads: native.getNumThreads(),
+          repeats,
+          warmup,
+        }) as { forwardMs: number; backwardMs: number };
+        const tt = t.forwardMs + t.backwardMs;
+        r.torch = { forwardMs: t.forwardMs, backwardMs: t.backwardMs, totalMs: tt, melemPerSec: n / (tt / 1e3) / 1e6 };
+        r.speedupVsTorch = tt / r.totalMs;
+      }
+      results.push(r);
+      options.onResult?.(r);
+    }
+  }
+  const report = { benchmark: 'act', ...environment(device), repeats, warmup, torchPython: python ?? null, copyBandwidth: copy, results };
+  let file: string | undefined;
+  if (options.outDir !== null) {
+    const stamp = report.date.replace(/[:.]/g, '-');
+    file = writeResult(options.outDir ?? 'bench/results', `act-${device.replace(':', '')}-${stamp}.json`, report);
+  }
+  return { ...report, file };
+}
