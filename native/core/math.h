@@ -146,7 +146,9 @@ AS_HD float rand_uniform(uint64_t seed, uint64_t offset, int64_t i, float lo, fl
   uint64_t idx = offset + uint64_t(i);
   Philox4 r = philox(seed, idx >> 2);
   float u = u32_to_unit(r.v[idx & 3]);
-  return lo + (hi - lo) * (1.0f - u);
+  float v = lo + (hi - lo) * (1.0f - u);
+  // (1 - u) < 1, but the product can still round up to hi: keep the interval half-open.
+  return v < hi ? v : nextafterf(hi, lo);
 }
 AS_HD float rand_normal(uint64_t seed, uint64_t offset, int64_t i, float mean, float std) {
   uint64_t idx = offset + uint64_t(i);
@@ -157,6 +159,86 @@ AS_HD float rand_normal(uint64_t seed, uint64_t offset, int64_t i, float mean, f
   float ang = 6.283185307179586f * u2;
   float z = (idx & 1) ? rad * sinf(ang) : rad * cosf(ang);
   return mean + std * z;
+}
+
+}  // namespace math
+}  // namespace adashift
+
+// ==== BatchNorm (+ fused activation), pooling windows, cross-entropy ==========================
+// (appended by the norm/pool/loss family: native/core/{ops,cpu,cuda}/{norm,pool,loss}.*)
+namespace adashift {
+namespace math {
+
+// Activation fused after BatchNorm; the values match NormAct in ops/norm.h.
+namespace bnact {
+constexpr int kNone = 0, kReLU = 1, kSiLU = 2, kGate = 3;
+}
+
+// BatchNorm's output z = (x - mean) * scale + bias, scale = invstd * weight (per channel).
+AS_HD float bn_norm(float x, float mean, float scale, float bias) { return (x - mean) * scale + bias; }
+
+// The activation applied to z (s: the AdaShift shift of the plane; unused otherwise).
+template <int ACT>
+AS_HD float bn_act(float z, float s) {
+  if (ACT == bnact::kReLU) return relu(z);
+  if (ACT == bnact::kSiLU) return silu(z);
+  if (ACT == bnact::kGate) return gate(z, s);
+  return z;
+}
+
+// The activation's direct gradient dz_d = dy * act'(z), and (gate only) the shift term
+// dy * z g (1 - g) that sums to ds.
+template <int ACT>
+AS_HD GateGrad bn_act_grad(float z, float s, float dy) {
+  if (ACT == bnact::kReLU) return GateGrad{relu_grad(z, dy), 0.0f};
+  if (ACT == bnact::kSiLU) return GateGrad{silu_grad(z, dy), 0.0f};
+  if (ACT == bnact::kGate) return gate_grad(z, s, dy);
+  return GateGrad{dy, 0.0f};
+}
+
+// BatchNorm's input gradient from the full gradient dz at its output. Training:
+//   dx = scale * (dz - k1 - xhat * k2), xhat = (x - mean) * invstd,
+//   k1 = sum(dz) / M, k2 = sum(dz * xhat) / M over the channel's M = N*H*W elements.
+// Eval (running statistics are constants): k1 = k2 = 0, dx = scale * dz.
+AS_HD float bn_input_grad(float dz, float x, float mean, float invstd, float scale, float k1,
+                          float k2) {
+  return scale * (dz - k1 - (x - mean) * invstd * k2);
+}
+
+// One pooling window (PyTorch's max_pool2d / avg_pool2d, ceil_mode=False): output (oh, ow)
+// covers input rows [h0, h1) and columns [w0, w1), already clipped to the input. divisor:
+// avg_pool2d's count: the window clipped to the padded input (count_include_pad) or to the
+// input itself.
+struct PoolWindow { int h0, h1, w0, w1, divisor; };
+AS_HD PoolWindow pool_window(int oh, int ow, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                             int pw, bool count_include_pad) {
+  int h0 = oh * sh - ph, w0 = ow * sw - pw;
+  int h1 = h0 + kh < H + ph ? h0 + kh : H + ph;
+  int w1 = w0 + kw < W + pw ? w0 + kw : W + pw;
+  const int padded = (h1 - h0) * (w1 - w0);
+  h0 = h0 > 0 ? h0 : 0;
+  w0 = w0 > 0 ? w0 : 0;
+  h1 = h1 < H ? h1 : H;
+  w1 = w1 < W ? w1 : W;
+  return PoolWindow{h0, h1, w0, w1, count_include_pad ? padded : (h1 - h0) * (w1 - w0)};
+}
+// The outputs whose windows contain input row h (the same rule per column): [o0, o1).
+struct OutRange { int o0, o1; };
+AS_HD OutRange pool_outputs_of(int h, int k, int s, int p, int out) {
+  // window o covers [o*s - p, o*s - p + k): contains h iff h + p - k < o*s <= h + p
+  const int hi = h + p;                         // >= 0
+  int o0 = hi - k + 1 <= 0 ? 0 : (hi - k + 1 + s - 1) / s;
+  int o1 = hi / s + 1;
+  o1 = o1 < out ? o1 : out;
+  return OutRange{o0, o1 > o0 ? o1 : o0};
+}
+// max_pool2d's comparison: a NaN always wins (propagates), ties keep the first maximum.
+AS_HD bool pool_takes(float v, float best) { return v > best || v != v; }
+
+// Cross-entropy gradient of one logit: (softmax - target) * scale, with
+// softmax = e^(x - lse) and target = (1 - eps) [k == label] + eps / K; scale = g / N.
+AS_HD float ce_grad(float x, float lse, float target, float scale) {
+  return (vexp(x - lse) - target) * scale;
 }
 
 }  // namespace math

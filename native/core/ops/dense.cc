@@ -28,6 +28,9 @@ LayerNormGrad layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor
   AS_CHECK(x.dim() >= 1, Shape, "layernorm backward: bad input shape");
   int64_t C = x.size(-1), rows = rows_of(x);
   check_same_device(x, dy, "layernorm backward");
+  check_same_device(x, mean, "layernorm backward: saved mean");
+  check_same_device(x, rstd, "layernorm backward: saved rstd");
+  check_same_device(x, weight, "layernorm backward: weight");
   check_shape(dy, x.shape(), "layernorm backward: output gradient");
   check_shape(mean, {rows}, "layernorm backward: saved mean");
   check_shape(rstd, {rows}, "layernorm backward: saved rstd");
@@ -47,6 +50,8 @@ Tensor softmax_forward(const Tensor& x) {
 }
 
 Tensor softmax_backward(const Tensor& y, const Tensor& dy) {
+  AS_CHECK(y.dim() >= 1 && y.size(-1) >= 1, Shape, "softmax backward: output needs a non-empty last axis, got ",
+           shape_str(y.shape()));
   check_same_device(y, dy, "softmax backward");
   check_shape(dy, y.shape(), "softmax backward: output gradient");
   Tensor dx(y.shape(), y.device());
