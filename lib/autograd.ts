@@ -19,6 +19,25 @@ export interface GradFn {
 }
 
 let gradDepthDisabled = 0;
+let retainDepth = 0;
+
+/** Inside a backward pass: whether the caller asked to keep the graph (nested backwards follow it). */
+export function isRetainingGraph(): boolean {
+  return retainDepth > 0;
+}
+
+/** Releases every node of the graph behind `root` (what it saved is freed). */
+export function releaseGraph(root: Tensor): void {
+  const stack: GradFn[] = root.gradFn ? [root.gradFn] : [];
+  const seen = new Set<GradFn>();
+  while (stack.length) {
+    const fn = stack.pop()!;
+    if (seen.has(fn)) continue;
+    seen.add(fn);
+    for (const t of fn.inputs) if (t?.gradFn) stack.push(t.gradFn);
+    fn.release();
+  }
+}
 
 /** Whether ops record the graph now (false inside noGrad). */
 export function isGradEnabled(): boolean {
@@ -46,13 +65,22 @@ export function needsGrad(...inputs: (Tensor | null | undefined)[]): boolean {
  * Attaches a node to an op's output. `fn` receives the output gradient; the node keeps
  * `inputs` so the engine can route the returned gradients.
  */
-export function record(out: Tensor, name: string, inputs: (Tensor | null)[], backward: (g: Tensor) => (Tensor | null)[], saved: Tensor[] = []): Tensor {
+export function record(
+  out: Tensor,
+  name: string,
+  inputs: (Tensor | null)[],
+  backward: (g: Tensor) => (Tensor | null)[],
+  saved: Tensor[] = [],
+  onRelease?: () => void,
+): Tensor {
   out.requiresGrad = true;
   out.gradFn = {
     name,
     inputs: inputs.map((t) => (t && t.requiresGrad ? t : null)),
     backward,
     release() {
+      if (this.released) return;
+      onRelease?.();
       for (const t of saved) t.dispose();
       saved.length = 0;
       this.inputs = [];
@@ -112,7 +140,9 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
 
   const accumulateLeaf = (leaf: Tensor, g: Tensor): void => {
     if (leaf.grad === null || leaf.grad.isDisposed) {
-      if (refs.sole(g)) {
+      // Adopt the tensor only when nothing else can see its memory (a view of the upstream
+      // gradient would later be accumulated into in place).
+      if (refs.sole(g) && !g.handle.storageShared) {
         refs.forget(g);
         leaf.grad = keep(g);
       } else {
@@ -158,6 +188,7 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
   const pending = new Map<GradFn, Tensor>();
   refs.hold(upstream);
   pending.set(root.gradFn, upstream);
+  if (retainGraph) retainDepth++;
   try {
     for (let k = order.length - 1; k >= 0; k--) {
       const fn = order[k];
@@ -188,6 +219,7 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
       if (!retainGraph) fn.release();
     }
   } finally {
+    if (retainGraph) retainDepth--;
     for (const g of pending.values()) refs.drop(g);
     if (grad === undefined) upstream.dispose();
   }

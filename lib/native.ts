@@ -7,6 +7,8 @@ export interface NativeTensor {
   readonly device: string;
   readonly numel: number;
   readonly disposed: boolean;
+  /** Whether another handle (a view) shares this one's storage. */
+  readonly storageShared: boolean;
   toFloat32Array(): Float32Array;
   dispose(): void;
   reshape(shape: number[]): NativeTensor;
@@ -45,7 +47,11 @@ export interface NativeMemoryEntry {
 type T = NativeTensor;
 type OptT = NativeTensor | null;
 
-export interface NativeBinding {
+import type { ConvBinding } from './bindings/conv';
+import type { NormBinding } from './bindings/norm';
+import type { OptimBinding } from './bindings/optim';
+
+export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   NativeTensor: Function;
   backendInfo(): NativeBackendInfo;
   memory(): NativeMemoryEntry[];

@@ -93,7 +93,7 @@ export class Tensor {
   /** A copy on another device (the same tensor when already there). Not differentiable. */
   to(device: DeviceSpec | string): Tensor {
     const d = resolveDevice(device);
-    if (d === this.device) return this;
+    if (d === this.handle.device) return this;
     return new Tensor(native.to(this.handle, d), false);
   }
 
@@ -148,6 +148,26 @@ export class Tensor {
 }
 
 // ---- creation -------------------------------------------------------------------------------
+/** Checks a user-given shape: an array of non-negative integers. */
+export function toShape(shape: unknown, fn: string): number[] {
+  if (!Array.isArray(shape) && !(ArrayBuffer.isView(shape) && !(shape instanceof DataView))) {
+    throw new AdaShiftError('ERR_SHAPE', `${fn}: shape must be an array of dimensions, got ${shape === null ? 'null' : typeof shape}`);
+  }
+  const dims = Array.from(shape as ArrayLike<unknown>);
+  dims.forEach((d, i) => {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
+      throw new AdaShiftError('ERR_SHAPE', `${fn}: shape[${i}] must be a non-negative integer, got ${typeof d === 'number' ? d : typeof d}`);
+    }
+  });
+  return dims as number[];
+}
+
+function opts<T extends object>(o: T | null | undefined, fn: string): T {
+  if (o === undefined || o === null) return {} as T;
+  if (typeof o !== 'object') throw new AdaShiftError('ERR_ARG', `${fn}: options must be an object, got ${typeof o}`);
+  return o;
+}
+
 function flatten(data: unknown, shape: number[], depth: number, out: number[]): void {
   if (Array.isArray(data)) {
     if (shape.length === depth) shape.push(data.length);
@@ -192,15 +212,18 @@ export function tensor(
   } else {
     throw new AdaShiftError('ERR_DTYPE', `tensor(): data must be a Float32Array, a number array or a number, got ${data === null ? 'null' : typeof data}`);
   }
-  const s = shape ? Array.from(shape) : inferred;
-  return new Tensor(native.fromArray(values, s, resolveDevice(options.device)), options.requiresGrad ?? false);
+  const o = opts(options, 'tensor');
+  const s = shape === undefined || shape === null ? inferred : toShape(shape, 'tensor');
+  return new Tensor(native.fromArray(values, s, resolveDevice(o.device)), o.requiresGrad ?? false);
 }
 
 export function empty(shape: Shape, options: TensorOptions = {}): Tensor {
-  return new Tensor(native.empty(Array.from(shape), resolveDevice(options.device)), options.requiresGrad ?? false);
+  const o = opts(options, 'empty');
+  return new Tensor(native.empty(toShape(shape, 'empty'), resolveDevice(o.device)), o.requiresGrad ?? false);
 }
 export function full(shape: Shape, value: number, options: TensorOptions = {}): Tensor {
-  return new Tensor(native.full(Array.from(shape), value, resolveDevice(options.device)), options.requiresGrad ?? false);
+  const o = opts(options, 'full');
+  return new Tensor(native.full(toShape(shape, 'full'), value, resolveDevice(o.device)), o.requiresGrad ?? false);
 }
 export function zeros(shape: Shape, options: TensorOptions = {}): Tensor {
   return full(shape, 0, options);
@@ -232,7 +255,7 @@ export function setRngState(state: { seed: number; offset: number }): void {
 }
 
 function draw(shape: Shape, kind: number, a: number, b: number, options: TensorOptions): Tensor {
-  const dims = Array.from(shape);
+  const dims = toShape(shape, kind === RandKind.normal ? 'randn' : 'rand');
   const h = native.rand(dims, kind, a, b, rng.seed, rng.offset, resolveDevice(options.device));
   rng.offset += Math.ceil(h.numel / 4) * 4; // whole Philox blocks: streams never overlap
   return new Tensor(h, options.requiresGrad ?? false);
@@ -240,10 +263,12 @@ function draw(shape: Shape, kind: number, a: number, b: number, options: TensorO
 
 /** Uniform samples in [low, high) (default [0, 1)). */
 export function rand(shape: Shape, options: TensorOptions & { low?: number; high?: number } = {}): Tensor {
+  options = opts(options, 'rand');
   return draw(shape, RandKind.uniform, options.low ?? 0, options.high ?? 1, options);
 }
 /** Normal samples (default mean 0, std 1). */
 export function randn(shape: Shape, options: TensorOptions & { mean?: number; std?: number } = {}): Tensor {
+  options = opts(options, 'randn');
   return draw(shape, RandKind.normal, options.mean ?? 0, options.std ?? 1, options);
 }
 
@@ -266,14 +291,18 @@ function collect(value: unknown, keep: Set<Tensor>, seen: Set<unknown>): void {
  * Maps or plain objects), those passed to keep(), and gradients stored in leaves' .grad.
  */
 export function tidy<R>(fn: () => R): R {
+  check(typeof fn === 'function', 'ERR_ARG', () => `tidy(fn): fn must be a function, got ${typeof fn}`);
   const scope = new Set<Tensor>();
   scopes.push(scope);
   let result: R;
   try {
     result = fn();
-  } finally {
+  } catch (e) {
     scopes.pop();
+    for (const t of scope) t.dispose();
+    throw e;
   }
+  scopes.pop();
   check(!(result instanceof Promise), 'ERR_ARG', () => 'tidy(): fn must be synchronous (it returned a Promise)');
   const kept = new Set<Tensor>();
   collect(result, kept, new Set());

@@ -87,16 +87,20 @@ export class AdaShiftB extends Module {
   readonly proj: Linear | null;
   constructor(readonly channels: number, options: AdaShiftBOptions = {}) {
     super();
+    options = options ?? {};
     checkChannels(channels, 'AdaShiftB');
     this.proj = options.proj ? this.registerModule('proj', new Linear(channels, channels, options)) : null;
     this.norm = this.registerModule('norm', new LayerNorm(channels, SHIFT_EPS, { ...options, weightInit: 0.01 }));
   }
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftB');
-    return adashift(x, 1, (t) => {
-      const m = this.proj ? this.proj.forward(t) : t;
-      return this.norm.forward(m);
-    });
+    return adashift(x, 1, (t) => this.context(t));
+  }
+
+  /** The context network: pooled means [N, 1, C] -> shift [N, 1, C]. */
+  context(t: Tensor): Tensor {
+    const m = this.proj ? this.proj.forward(t) : t;
+    return this.norm.forward(m);
   }
 }
 
@@ -123,6 +127,7 @@ export class AdaShiftMA extends Module {
 
   constructor(readonly channels: number, options: AdaShiftMAOptions = {}) {
     super();
+    options = options ?? {};
     checkChannels(channels, 'AdaShiftMA');
     this.grid = options.grid ?? 7;
     this.headDim = options.headDim ?? 64;
@@ -155,8 +160,8 @@ export class AdaShiftMA extends Module {
     return adashift(x, this.grid, (t) => this.context(t));
   }
 
-  /** Attention over region tokens: t [N, T, C] -> shift [N, T, C]. */
-  private context(t: Tensor): Tensor {
+  /** The context network, attention over region tokens: t [N, T, C] -> shift [N, T, C]. */
+  context(t: Tensor): Tensor {
     const [N, T, C] = t.shape;
     const G = this.heads, d = C / G;
     // [N, T, C] -> [N*G, T, d]; with one head the layout is already right (a view).
@@ -173,6 +178,7 @@ export class AdaShiftMA extends Module {
 }
 
 function checkInput(x: Tensor, channels: number, who: string): void {
+  check(x instanceof Tensor, 'ERR_ARG', () => `${who}.forward: input must be a Tensor, got ${x === null ? 'null' : typeof x}`);
   const s = x.shape;
   check(s.length === 4 && s[1] === channels, 'ERR_SHAPE', () => `${who}(${channels}): expected an input of shape [N, ${channels}, H, W], got [${s.join(', ')}]`);
 }

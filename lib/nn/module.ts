@@ -5,11 +5,18 @@ import { DeviceSpec, resolveDevice } from '../device';
 import { noGrad } from '../autograd';
 import { native } from '../native';
 import { keep, Tensor } from '../tensor';
+import { IntTensor, isIntTensor } from '../io/safetensors';
+
+/** A scalar integer buffer (PyTorch's int64 num_batches_tracked). */
+export interface IntBuffer {
+  value: bigint;
+}
 
 export class Module {
   private readonly _params = new Map<string, Tensor | null>();
   private readonly _buffers = new Map<string, Tensor>();
   private readonly _modules = new Map<string, Module>();
+  private readonly _intBuffers = new Map<string, IntBuffer>();
   training = true;
 
   /** Registers a trainable tensor (kept out of tidy scopes; requiresGrad is set). */
@@ -25,6 +32,11 @@ export class Module {
     keep(t);
     this._buffers.set(name, t);
     return t;
+  }
+  protected registerIntBuffer(name: string, initial = 0n): IntBuffer {
+    const b = { value: initial };
+    this._intBuffers.set(name, b);
+    return b;
   }
   protected registerModule<M extends Module>(name: string, m: M): M {
     this._modules.set(name, m);
@@ -58,11 +70,23 @@ export class Module {
     return out;
   }
 
-  /** Parameters and buffers by name. The tensors are the module's own: do not dispose them. */
-  stateDict(): Record<string, Tensor> {
-    const out: Record<string, Tensor> = {};
+  namedIntBuffers(): [string, IntBuffer][] {
+    const out: [string, IntBuffer][] = [];
+    for (const [prefix, m] of this.namedModules()) {
+      for (const [n, b] of m._intBuffers) out.push([prefix ? `${prefix}.${n}` : n, b]);
+    }
+    return out;
+  }
+
+  /**
+   * Parameters and buffers by name, in PyTorch's layout (integer buffers such as
+   * num_batches_tracked as I64 scalars). The tensors are the module's own: do not dispose them.
+   */
+  stateDict(): Record<string, Tensor | IntTensor> {
+    const out: Record<string, Tensor | IntTensor> = {};
     for (const [n, p] of this.namedParameters()) out[n] = p;
     for (const [n, b] of this.namedBuffers()) out[n] = b;
+    for (const [n, b] of this.namedIntBuffers()) out[n] = { dtype: 'I64', shape: [], data: BigInt64Array.of(b.value) };
     return out;
   }
 
@@ -70,9 +94,11 @@ export class Module {
    * Copies values from a state dict (shapes must match). strict (default true): every key of
    * the module must be present and no unknown key may appear.
    */
-  loadStateDict(dict: Record<string, Tensor>, options: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
-    const strict = options.strict ?? true;
+  loadStateDict(dict: Record<string, Tensor | IntTensor>, options: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
+    check(dict !== null && typeof dict === 'object' && !Array.isArray(dict), 'ERR_ARG', () => `loadStateDict: expected an object of name -> Tensor, got ${dict === null ? 'null' : typeof dict}`);
+    const strict = (options ?? {}).strict ?? true;
     const own = this.stateDict();
+    const ints = new Map(this.namedIntBuffers());
     const missing = Object.keys(own).filter((k) => !(k in dict));
     const unexpected = Object.keys(dict).filter((k) => !(k in own));
     if (strict && (missing.length || unexpected.length)) {
@@ -84,6 +110,18 @@ export class Module {
     for (const [k, target] of Object.entries(own)) {
       const src = dict[k];
       if (!src) continue;
+      const intBuf = ints.get(k);
+      if (intBuf) {
+        if (isIntTensor(src)) {
+          check(src.data.length === 1, 'ERR_SHAPE', () => `loadStateDict: '${k}' must hold one integer`);
+          intBuf.value = BigInt(src.data[0]);
+        } else {
+          check(src instanceof Tensor && src.numel === 1, 'ERR_ARG', () => `loadStateDict: '${k}' must be an integer scalar`);
+          intBuf.value = BigInt(Math.round(src.item()));
+        }
+        continue;
+      }
+      if (!(target instanceof Tensor)) continue;
       check(src instanceof Tensor, 'ERR_ARG', () => `loadStateDict: '${k}' is not a Tensor`);
       const a = target.shape, b = src.shape;
       check(a.length === b.length && a.every((v, i) => v === b[i]), 'ERR_SHAPE', () => `loadStateDict: '${k}' has shape [${b.join(', ')}], the module expects [${a.join(', ')}]`);

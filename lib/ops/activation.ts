@@ -22,6 +22,7 @@ export interface GeluOptions {
   approximate?: 'none' | 'tanh';
 }
 export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
+  options = options ?? {};
   const tanh = options.approximate === 'tanh';
   if (options.approximate !== undefined && !tanh && options.approximate !== 'none') {
     throw new AdaShiftError('ERR_ARG', `gelu: approximate must be 'none' or 'tanh', got '${String(options.approximate)}'`);

@@ -5,7 +5,7 @@
 // Backward: reduce pass (reads x, dy -> ds per region) -> backward through the context network
 //           (parameter gradients, dt) -> apply pass (reads x, dy, writes dx, adding
 //           dt / |cell|): 20 bytes per element. The gate is recomputed, never stored.
-import { isGradEnabled, needsGrad, noGrad, record } from '../autograd';
+import { isGradEnabled, isRetainingGraph, needsGrad, record, releaseGraph } from '../autograd';
 import { check } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
@@ -48,29 +48,26 @@ export function adashiftGate(x: Tensor, s: Tensor, grid = 1): Tensor {
  */
 export function adashift(x: Tensor, grid: number, context: (t: Tensor) => Tensor): Tensor {
   assertTensor(x, 'adashift', 'x');
+  check(typeof context === 'function', 'ERR_ARG', () => `adashift: context must be a function (t: Tensor) => Tensor, got ${typeof context}`);
   check(x.shape.length === 4, 'ERR_SHAPE', () => `AdaShift expects an input of shape [N, C, H, W], got ${shapeStr(x.shape)}`);
-  const tH = native.regionPoolForward(x.handle, grid);
-  const tokenShape = tH.shape;
-  if (!isGradEnabled()) {
-    const t = wrap(tH);
-    const s = context(t);
-    checkShift(s, tokenShape);
-    const y = wrap(native.gateForward(x.handle, s.handle, grid));
-    t.dispose();
-    s.dispose();
-    return y;
-  }
+  const grad = isGradEnabled();
   // Inner graph: t is its leaf (requiresGrad so that dt comes back), s its root.
-  const t = new Tensor(tH, true);
-  const s = context(t);
-  checkShift(s, tokenShape);
-  const y = wrap(native.gateForward(x.handle, s.handle, grid));
-  if (!s.requiresGrad && !x.requiresGrad) {
-    // Nothing upstream wants a gradient: drop the inner graph now.
-    noGrad(() => undefined);
-    if (s.gradFn) s.gradFn.release();
+  const t = new Tensor(native.regionPoolForward(x.handle, grid), grad);
+  const tokenShape = t.shape;
+  let s: Tensor;
+  try {
+    s = context(t);
+    checkShift(s, tokenShape);
+  } catch (e) {
     t.dispose();
-    s.dispose();
+    throw e;
+  }
+  const y = wrap(native.gateForward(x.handle, s.handle, grid));
+  if (!grad || (!s.requiresGrad && !x.requiresGrad)) {
+    // Nothing upstream wants a gradient: drop the inner graph now.
+    releaseGraph(s);
+    if (s !== t) s.dispose();
+    t.dispose();
     return y;
   }
   const sView = s.detach();
@@ -80,7 +77,8 @@ export function adashift(x: Tensor, grid: number, context: (t: Tensor) => Tensor
     [x],
     (dy) => {
       const ds = wrap(native.gateBackwardReduce(x.handle, dy.handle, sView.handle, grid));
-      if (s.gradFn) s.backward(ds); // parameter gradients, and dt into t.grad
+      // Parameter gradients, and dt into t.grad (also when the context is the identity).
+      if (s.requiresGrad) s.backward(ds, { retainGraph: isRetainingGraph() });
       ds.dispose();
       const dt = t.grad;
       const dx = x.requiresGrad ? wrap(native.gateBackwardApply(x.handle, dy.handle, sView.handle, dt ? dt.handle : null, grid)) : null;
@@ -91,6 +89,7 @@ export function adashift(x: Tensor, grid: number, context: (t: Tensor) => Tensor
       return [dx];
     },
     [t, s, sView],
+    () => releaseGraph(s),
   );
 }
 

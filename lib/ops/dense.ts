@@ -54,7 +54,9 @@ export interface MatmulOptions {
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
   assertTensor(a, 'matmul', 'a');
   assertTensor(b, 'matmul', 'b');
-  const ta = options.transA ?? false, tb = options.transB ?? false;
+  const o = options ?? {};
+  const ta = o.transA ?? false, tb = o.transB ?? false;
+  check(typeof ta === 'boolean' && typeof tb === 'boolean', 'ERR_ARG', () => 'matmul: transA and transB must be booleans');
   const out = wrap(native.matmul(a.handle, b.handle, ta, tb));
   if (!needsGrad(a, b)) return out;
   const aShape = a.shape, bShape = b.shape;
@@ -92,6 +94,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   const inF = xs[xs.length - 1];
   check(weight.shape.length === 2 && weight.shape[1] === inF, 'ERR_SHAPE', () => `linear: weight must be [out, ${inF}] for input ${shapeStr(xs)}, got ${shapeStr(weight.shape)}`);
   const outF = weight.shape[0];
+  if (bias !== undefined && bias !== null) assertTensor(bias, 'linear', 'bias');
   if (bias) check(bias.shape.length === 1 && bias.shape[0] === outF, 'ERR_SHAPE', () => `linear: bias must be [${outF}], got ${shapeStr(bias.shape)}`);
   const rows = xs.slice(0, -1).reduce((p, d) => p * d, 1);
   const x2 = x.handle.reshape([rows, inF]);

@@ -88,7 +88,9 @@ export function mean(x: Tensor): Tensor {
 /** Same data, new shape (one dimension may be -1). */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   assertTensor(x, 'reshape', 'x');
+  check(Array.isArray(shape), 'ERR_SHAPE', () => `reshape: shape must be an array, got ${shape === null ? 'null' : typeof shape}`);
   const dims = Array.from(shape);
+  dims.forEach((d, i) => check(Number.isSafeInteger(d) && d >= -1, 'ERR_SHAPE', () => `reshape: shape[${i}] must be an integer >= -1, got ${String(d)}`));
   const neg = dims.filter((d) => d === -1).length;
   if (neg > 1) throw new AdaShiftError('ERR_SHAPE', 'reshape: at most one dimension may be -1');
   if (neg === 1) {
@@ -104,14 +106,16 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
 
 /** Flattens dimensions from `startDim` on into one. */
 export function flatten(x: Tensor, startDim = 1): Tensor {
+  assertTensor(x, 'flatten', 'x');
   const s = x.shape;
-  check(startDim >= 0 && startDim < Math.max(s.length, 1), 'ERR_ARG', () => `flatten: startDim ${startDim} out of range for ${shapeStr(s)}`);
+  check(Number.isInteger(startDim) && startDim >= 0 && startDim < Math.max(s.length, 1), 'ERR_ARG', () => `flatten: startDim ${startDim} out of range for ${shapeStr(s)}`);
   return reshape(x, [...s.slice(0, startDim), s.slice(startDim).reduce((a, b) => a * b, 1)]);
 }
 
 /** Reorders the axes: out.shape[i] = x.shape[axes[i]]. */
 export function permute(x: Tensor, axes: readonly number[]): Tensor {
   assertTensor(x, 'permute', 'x');
+  check(Array.isArray(axes), 'ERR_ARG', () => `permute: axes must be an array of integers, got ${axes === null ? 'null' : typeof axes}`);
   const out = wrap(native.permute(x.handle, Array.from(axes)));
   if (!needsGrad(x)) return out;
   const inverse = new Array<number>(axes.length);
@@ -121,6 +125,8 @@ export function permute(x: Tensor, axes: readonly number[]): Tensor {
 
 /** Swaps two axes. */
 export function transpose(x: Tensor, dim0: number, dim1: number): Tensor {
+  assertTensor(x, 'transpose', 'x');
+  check(Number.isInteger(dim0) && Number.isInteger(dim1), 'ERR_ARG', () => `transpose: axes must be integers, got ${String(dim0)}, ${String(dim1)}`);
   const r = x.shape.length;
   const axes = Array.from({ length: r }, (_, i) => i);
   const a = dim0 < 0 ? dim0 + r : dim0, b = dim1 < 0 ? dim1 + r : dim1;

@@ -14,16 +14,18 @@
 
 namespace adashift {
 namespace napi {
-namespace {
 
-using CI = Napi::CallbackInfo;
-Napi::Value wrap(const CI& info, Tensor t) { return TensorHandle::Wrap(info.Env(), std::move(t)); }
-Napi::Array wrap_all(const CI& info, std::initializer_list<Tensor> ts) {
+Napi::Value wrap(const Napi::CallbackInfo& info, Tensor t) { return TensorHandle::Wrap(info.Env(), std::move(t)); }
+Napi::Array wrap_all(const Napi::CallbackInfo& info, std::initializer_list<Tensor> ts) {
   Napi::Array a = Napi::Array::New(info.Env(), ts.size());
   uint32_t i = 0;
   for (const Tensor& t : ts) a.Set(i++, TensorHandle::Wrap(info.Env(), t));
   return a;
 }
+
+namespace {
+
+using CI = Napi::CallbackInfo;
 
 // ---- backend, memory, threads --------------------------------------------------------------
 Napi::Value BackendInfoJs(const CI& info) {
@@ -300,6 +302,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("softmaxForward", SoftmaxForward); FN("softmaxBackward", SoftmaxBackward);
   FN("matmul", Matmul); FN("permute", Permute);
 #undef FN
+  register_conv(env, exports);
+  register_norm(env, exports);
+  register_optim(env, exports);
   return exports;
 }
 

@@ -26,6 +26,7 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   Napi::Value DeviceName(const Napi::CallbackInfo& info);
   Napi::Value Numel(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
+  Napi::Value StorageShared(const Napi::CallbackInfo& info);
   Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Reshape(const Napi::CallbackInfo& info);
@@ -76,6 +77,17 @@ struct Args {
 };
 
 Device parse_device(const std::string& s);  // 'cpu' | 'cuda' | 'cuda:N'
+
+Napi::Value wrap(const Napi::CallbackInfo& info, Tensor t);
+Napi::Array wrap_all(const Napi::CallbackInfo& info, std::initializer_list<Tensor> ts);
+// Exports fn under name, guarded (every native error becomes a JS Error with a code).
+#define AS_EXPORT(exports, env, name, fn) \
+  (exports).Set(name, Napi::Function::New<::adashift::napi::guarded<fn>>(env, name))
+
+// Each op family registers its bindings (native/napi/<family>.cc).
+void register_conv(Napi::Env env, Napi::Object exports);
+void register_norm(Napi::Env env, Napi::Object exports);
+void register_optim(Napi::Env env, Napi::Object exports);
 
 }  // namespace napi
 }  // namespace adashift

@@ -24,6 +24,7 @@ Napi::Function TensorHandle::Init(Napi::Env env) {
                       InstanceAccessor<&TensorHandle::DeviceName>("device"),
                       InstanceAccessor<&TensorHandle::Numel>("numel"),
                       InstanceAccessor<&TensorHandle::Disposed>("disposed"),
+                      InstanceAccessor<&TensorHandle::StorageShared>("storageShared"),
                       InstanceMethod<&TensorHandle::ToFloat32Array>("toFloat32Array"),
                       InstanceMethod<&TensorHandle::Dispose>("dispose"),
                       InstanceMethod<&TensorHandle::Reshape>("reshape")});
@@ -64,11 +65,21 @@ const Tensor& TensorHandle::tensor(const char* what) const {
   return t_;
 }
 
+// Getters and methods run outside guarded<>: convert errors here.
+#define AS_MEMBER_TRY try {
+#define AS_MEMBER_CATCH                                        \
+  }                                                            \
+  catch (const Error& e) {                                     \
+    throw make_error(info.Env(), e.code(), e.what());          \
+  }
+
 Napi::Value TensorHandle::Shape(const Napi::CallbackInfo& info) {
+  AS_MEMBER_TRY
   const Tensor& t = tensor("shape");
   Napi::Array a = Napi::Array::New(info.Env(), t.shape().size());
   for (size_t i = 0; i < t.shape().size(); ++i) a.Set(uint32_t(i), double(t.shape()[i]));
   return a;
+  AS_MEMBER_CATCH
 }
 
 Napi::Value TensorHandle::DeviceName(const Napi::CallbackInfo& info) {
@@ -76,7 +87,15 @@ Napi::Value TensorHandle::DeviceName(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value TensorHandle::Numel(const Napi::CallbackInfo& info) {
+  AS_MEMBER_TRY
   return Napi::Number::New(info.Env(), double(tensor("numel").numel()));
+  AS_MEMBER_CATCH
+}
+
+Napi::Value TensorHandle::StorageShared(const Napi::CallbackInfo& info) {
+  AS_MEMBER_TRY
+  return Napi::Boolean::New(info.Env(), tensor("storageShared").storage().use_count() > 1);
+  AS_MEMBER_CATCH
 }
 
 Napi::Value TensorHandle::Disposed(const Napi::CallbackInfo& info) {
@@ -138,7 +157,16 @@ const Tensor& Args::tensor(size_t i, const char* name) const {
   auto* data = info.Env().GetInstanceData<InstanceData>();
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
     fail(ErrorCode::Arg, cat(fn, ": argument '", name, "' must be a tensor, got ", type_of(v)));
-  return TensorHandle::Unwrap(v.As<Napi::Object>())->tensor(fn);
+  // An object can share the prototype without being a wrapped handle (Object.create, Proxy).
+  void* raw = nullptr;
+  if (napi_unwrap(info.Env(), v, &raw) != napi_ok || raw == nullptr) {
+    Napi::Env env = info.Env();
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) { napi_value ignored; napi_get_and_clear_last_exception(env, &ignored); }
+    fail(ErrorCode::Arg, cat(fn, ": argument '", name, "' must be a tensor made by adashift, got an imitation"));
+  }
+  return static_cast<TensorHandle*>(raw)->tensor(fn);
 }
 
 Tensor Args::optional_tensor(size_t i, const char* name) const {

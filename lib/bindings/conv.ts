@@ -1,0 +1,30 @@
+// Native functions of the conv op family (native/napi/conv.cc).
+import type { NativeTensor as T } from '../native';
+
+export type GemmBackendName = 'openblas' | 'own';
+
+export interface ConvBinding {
+  /** y [N, Cout, Ho, Wo] = conv2d(x [N, Cin, H, W], w [Cout, Cin, kh, kw]) + b [Cout]. */
+  conv2dForward(x: T, w: T, b: T | null, strideH: number, strideW: number, padH: number, padW: number): T;
+  /** Gradients of sum(y * dy): [dx, dw, db], null where not asked for. */
+  conv2dBackward(
+    dy: T, x: T, w: T, strideH: number, strideW: number, padH: number, padW: number,
+    needDx: boolean, needDw: boolean, needDb: boolean,
+  ): [T | null, T | null, T | null];
+  /** The CPU GEMM conv2d and matmul use; with an argument, switches it first (process-wide). */
+  gemmBackend(choice?: 'own' | 'openblas' | 'auto'): GemmBackendName;
+  /** What the build offers: the backend in use, whether BLAS is compiled in, the own kernel's register tile. */
+  gemmInfo(): { backend: GemmBackendName; blasCompiled: boolean; kernel: string };
+  /**
+   * Raw row-major CPU GEMM for tests and benchmarks: returns a copy of c with
+   * C = alpha * op(A) op(B) + beta * C (C is m x n with leading dimension ldc). backend:
+   * 'own' (the package's kernel), 'serial' (the same on one thread), 'blas', or 'default'.
+   */
+  gemm(
+    a: T, b: T, c: T, transA: boolean, transB: boolean, m: number, n: number, k: number,
+    lda: number, ldb: number, ldc: number, alpha: number, beta: number,
+    backend: 'own' | 'serial' | 'blas' | 'default',
+  ): T;
+}
+
+export type { T };
