@@ -22,3 +22,4 @@ export function synchronize(device = 'cpu'): void {
 export function emptyCache(device = 'cpu'): void {
   native.emptyCache(device);
 }
+export * as optim from './optim';

@@ -1,0 +1,49 @@
+// Optimizers (SGD, AdamW, LAMB) with fused native updates, parameter groups, and
+// learning-rate schedules.
+import { check } from '../errors';
+import type { Tensor } from '../tensor';
+import type { NamedParam, ParamGroupSpec } from './optimizer';
+
+export { Optimizer } from './optimizer';
+export type { BaseHyper, CommonOptions, NamedParam, OptimizerStateDict, ParamGroup, ParamGroupSpec, ParamList, ParamsArg, ParamState } from './optimizer';
+export { SGD } from './sgd';
+export type { SGDHyper, SGDOptions } from './sgd';
+export { AdamW } from './adamw';
+export type { AdamWHyper, AdamWOptions } from './adamw';
+export { LAMB } from './lamb';
+export type { LAMBHyper, LAMBOptions } from './lamb';
+export { cosineWithWarmup, LrScheduler, oneCycle, stepLr } from './schedule';
+export type { CosineWithWarmupOptions, LrSchedule, OneCycleOptions, StepLrOptions } from './schedule';
+
+/** 1-D parameters (BatchNorm / LayerNorm weights and biases) and every parameter named '*bias'. */
+export function isBnOrBias(name: string, p: Tensor): boolean {
+  return p.shape.length <= 1 || name === 'bias' || name.endsWith('.bias');
+}
+
+export interface ParamGroupsOptions {
+  weightDecay: number;
+  /** Which parameters get weight decay 0: 'bn-and-bias' (default), 'none', or a predicate. */
+  exempt?: 'bn-and-bias' | 'none' | ((name: string, p: Tensor) => boolean);
+}
+
+/**
+ * Two parameter groups of a module (or of [name, tensor] pairs): [decayed with weightDecay,
+ * exempt with weightDecay 0]. Both groups are always present (possibly empty), so group 0 and
+ * group 1 keep their meaning.
+ */
+export function paramGroups(module: { namedParameters(): NamedParam[] } | NamedParam[], options: ParamGroupsOptions): ParamGroupSpec[] {
+  check(options !== null && typeof options === 'object', 'ERR_ARG', () => 'paramGroups: options {weightDecay, exempt?} are required');
+  const wd = options.weightDecay;
+  check(typeof wd === 'number' && Number.isFinite(wd) && wd >= 0, 'ERR_ARG', () => `paramGroups: weightDecay must be a finite number >= 0, got ${String(wd)}`);
+  const ex = options.exempt ?? 'bn-and-bias';
+  check(ex === 'bn-and-bias' || ex === 'none' || typeof ex === 'function', 'ERR_ARG', () => `paramGroups: exempt must be 'bn-and-bias', 'none' or a function, got ${String(ex)}`);
+  const named = Array.isArray(module) ? module : module && typeof module.namedParameters === 'function' ? module.namedParameters() : null;
+  check(named !== null, 'ERR_ARG', () => 'paramGroups: expected a Module or [name, tensor] pairs');
+  const isExempt = ex === 'bn-and-bias' ? isBnOrBias : ex === 'none' ? () => false : ex;
+  const decay: NamedParam[] = [], noDecay: NamedParam[] = [];
+  for (const [n, p] of named) (isExempt(n, p) ? noDecay : decay).push([n, p]);
+  return [
+    { params: decay, weightDecay: wd },
+    { params: noDecay, weightDecay: 0 },
+  ];
+}

@@ -1,0 +1,70 @@
+// SGD with momentum, dampening, Nesterov and (coupled) weight decay: torch.optim.SGD's update.
+import { check } from '../errors';
+import { native } from '../native';
+import { checkBool, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg } from './optimizer';
+
+export interface SGDHyper {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  nesterov: boolean;
+  weightDecay: number;
+}
+
+export interface SGDOptions extends CommonOptions {
+  lr: number;
+  momentum?: number;
+  dampening?: number;
+  nesterov?: boolean;
+  weightDecay?: number;
+}
+
+/**
+ * PyTorch's SGD: g += wd * p; with momentum the first step seeds buf = g, later
+ * buf = momentum * buf + (1 - dampening) * g; Nesterov: g += momentum * buf, else g = buf;
+ * p -= lr * g. One fused native update per parameter; state buffer 'momentum_buffer'.
+ */
+export class SGD extends Optimizer<SGDHyper> {
+  constructor(params: ParamsArg, options: SGDOptions) {
+    check(options !== null && typeof options === 'object', 'ERR_ARG', () => 'SGD: options {lr, ...} are required');
+    super(
+      params,
+      {
+        lr: options.lr,
+        momentum: options.momentum ?? 0,
+        dampening: options.dampening ?? 0,
+        nesterov: options.nesterov ?? false,
+        weightDecay: options.weightDecay ?? 0,
+      },
+      options,
+      'SGD',
+    );
+  }
+
+  protected validate(h: SGDHyper, where: string): void {
+    checkNumber(h.lr, `${where}: lr`, (x) => x >= 0, 'a finite number >= 0');
+    checkNumber(h.momentum, `${where}: momentum`, (x) => x >= 0, 'a finite number >= 0');
+    checkNumber(h.dampening, `${where}: dampening`, () => true, 'a finite number');
+    checkNumber(h.weightDecay, `${where}: weightDecay`, (x) => x >= 0, 'a finite number >= 0');
+    checkBool(h.nesterov, `${where}: nesterov`);
+    check(!h.nesterov || (h.momentum > 0 && h.dampening === 0), 'ERR_ARG', () => `${where}: Nesterov momentum requires momentum > 0 and dampening 0, got momentum ${h.momentum} and dampening ${h.dampening}`);
+  }
+
+  protected bufferNames(g: ParamGroup<SGDHyper>): string[] {
+    return g.momentum !== 0 ? ['momentum_buffer'] : [];
+  }
+
+  protected updateGroup(g: ParamGroup<SGDHyper>): void {
+    for (const p of this.withGrad(g)) {
+      let buf = null;
+      let first = false;
+      if (g.momentum !== 0) {
+        // A missing buffer (first update, or a state without one) is seeded with the gradient.
+        first = !this.state.get(p)?.buffers.momentum_buffer;
+        buf = this.stateOf(p, ['momentum_buffer'], null).buffers.momentum_buffer;
+      }
+      native.sgdStep(p.handle, p.grad!.handle, buf ? buf.handle : null, g.lr, g.momentum, g.dampening, g.nesterov, g.weightDecay, first);
+      this.stateOf(p, []).step++;
+    }
+  }
+}
