@@ -4,3 +4,8 @@ export type { GeluOptions } from './ops/activation';
 export { adashift, adashiftGate, regionPool, regionTokens } from './ops/adashift';
 export { layerNorm, linear, matmul, softmax } from './ops/dense';
 export { add, addScalar, div, flatten, mean, mul, permute, reshape, scale, sub, sum, transpose } from './ops/elementwise';
+export { batchNorm2d, batchNormAct } from './ops/norm';
+export type { BatchNormActName, BatchNormActOptions, BatchNormOptions, BatchNormParams } from './ops/norm';
+export { avgPool2d, globalAvgPool, maxPool2d } from './ops/pool';
+export { accuracy, countCorrect, crossEntropy, crossEntropyWithCorrect } from './ops/loss';
+export type { CrossEntropyOptions, Labels } from './ops/loss';

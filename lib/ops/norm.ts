@@ -1,0 +1,213 @@
+// BatchNorm2d and the fused BatchNorm + activation (ReLU, SiLU, AdaShift-B), differentiable.
+//
+// Training forward (native/core/ops/norm.h):
+//   stats pass    reads x once: per-(n, c) plane means and M2 -> channel mean / invstd (Chan's
+//                 formula, fixed order), running stats updated in place; for AdaShift-B also
+//                 the pooled mean of BN's output m[n, c] = (mean_x[n, c] - mu_c) invstd_c w_c + b_c
+//   context       (AdaShift-B) s = context(m) on the tiny [N, 1, C] tensor, an inner autograd
+//                 graph exactly as in ops/adashift.ts
+//   apply pass    reads x, writes y = act(bn(x))
+// Backward:
+//   reduce pass   reads x, dy: per plane sum(dz_d), sum(dz_d xhat), and ds (gate), with
+//                 z = bn(x) and the gate recomputed
+//   context       (AdaShift-B) ds -> the context parameters' grads and dm
+//   params        channel sums in a fixed order, the pooled path's dm added in closed form
+//   apply pass    reads x, dy, writes dx
+import { isGradEnabled, isRetainingGraph, needsGrad, record, releaseGraph } from '../autograd';
+import { NormActKind } from '../bindings/norm';
+import { AdaShiftError, check } from '../errors';
+import { native, NativeTensor } from '../native';
+import { Tensor } from '../tensor';
+import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
+
+export interface BatchNormOptions {
+  /** Batch statistics (and a running-stats update) when true; running statistics when false. Default false, as F.batch_norm. */
+  training?: boolean;
+  /** Running-stats update: running = (1 - momentum) * running + momentum * batch. Default 0.1. */
+  momentum?: number;
+  /** Added to the variance. Default 1e-5. */
+  eps?: number;
+}
+
+/** A BatchNorm2d's tensors: affine weight and bias [C], running statistics [C] (updated in place in training). */
+export interface BatchNormParams {
+  weight: Tensor;
+  bias: Tensor;
+  runningMean?: Tensor | null;
+  runningVar?: Tensor | null;
+}
+
+export type BatchNormActName = 'relu' | 'silu' | 'adashift-b';
+/** The activations batchNormAct fuses (alias). */
+export type FusableAct = BatchNormActName;
+
+export interface BatchNormActOptions extends BatchNormOptions {
+  /**
+   * AdaShift-B's context network: the pooled mean of BN's output m [N, 1, C] -> the shift s of
+   * the same shape, with differentiable ops on its parameters (for nn.AdaShiftB:
+   * `(m) => norm.forward(proj ? proj.forward(m) : m)`). Required for 'adashift-b'.
+   */
+  context?: (m: Tensor) => Tensor;
+}
+
+/**
+ * BatchNorm over the channels of x [N, C, H, W] (PyTorch's F.batch_norm). Training normalises
+ * with the batch mean and biased variance and updates runningMean / runningVar in place with
+ * the unbiased variance; eval uses the running statistics.
+ */
+export function batchNorm2d(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  runningMean: Tensor | null,
+  runningVar: Tensor | null,
+  options: BatchNormOptions = {},
+): Tensor {
+  checkOptions('batchNorm2d', options);
+  return bnAct('batchNorm2d', x, { weight, bias, runningMean, runningVar }, NormActKind.none, options);
+}
+
+/**
+ * BatchNorm2d followed by an activation, fused: the same results (to float rounding) as
+ * batchNorm2d then relu / silu / nn.AdaShiftB, with fewer passes over memory. For
+ * 'adashift-b' the BN statistics and the AdaShift pool come from one reduction pass.
+ */
+export function batchNormAct(x: Tensor, bn: BatchNormParams, act: BatchNormActName, options: BatchNormActOptions = {}): Tensor {
+  const kind = act === 'relu' ? NormActKind.relu : act === 'silu' ? NormActKind.silu : act === 'adashift-b' ? NormActKind.gate : -1;
+  if (kind < 0) throw new AdaShiftError('ERR_ARG', `batchNormAct: act must be 'relu', 'silu' or 'adashift-b', got '${String(act)}'`);
+  check(bn !== null && typeof bn === 'object', 'ERR_ARG', () => 'batchNormAct: bn must be {weight, bias, runningMean, runningVar}');
+  checkOptions('batchNormAct', options);
+  return bnAct('batchNormAct', x, bn, kind, options);
+}
+
+function checkOptions(fn: string, options: unknown): void {
+  check(options !== null && typeof options === 'object', 'ERR_ARG', () => `${fn}: options must be an object, got ${options === null ? 'null' : typeof options}`);
+}
+
+function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, options: BatchNormActOptions): Tensor {
+  assertTensor(x, name, 'x');
+  assertTensor(bn.weight, name, 'weight');
+  assertTensor(bn.bias, name, 'bias');
+  const rm = bn.runningMean ?? null, rv = bn.runningVar ?? null;
+  if (rm !== null) assertTensor(rm, name, 'runningMean');
+  if (rv !== null) assertTensor(rv, name, 'runningVar');
+  const xs = x.shape;
+  check(xs.length === 4, 'ERR_SHAPE', () => `${name}: expected an input of shape [N, C, H, W], got ${shapeStr(xs)}`);
+  const training = options.training ?? false;
+  const momentum = options.momentum ?? 0.1;
+  const eps = options.eps ?? 1e-5;
+  check(typeof training === 'boolean', 'ERR_ARG', () => `${name}: training must be a boolean`);
+  check(Number.isFinite(momentum), 'ERR_ARG', () => `${name}: momentum must be a finite number, got ${momentum}`);
+  check(Number.isFinite(eps) && eps >= 0, 'ERR_ARG', () => `${name}: eps must be a finite number >= 0, got ${eps}`);
+  const gate = act === NormActKind.gate;
+  const context = options.context;
+  if (gate) check(typeof context === 'function', 'ERR_ARG', () => `${name}: 'adashift-b' needs options.context, the shift's context network (m [N, 1, C]) => s`);
+
+  const w = bn.weight, b = bn.bias;
+  const [meanH, invstdH, pxH, pooledH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, gate);
+  const mean = wrap(meanH), invstd = wrap(invstdH);
+  const [N, C] = xs;
+  const wantInput = needsGrad(x, w, b);
+
+  if (!gate) {
+    const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, null));
+    if (!wantInput) {
+      mean.dispose();
+      invstd.dispose();
+      return y;
+    }
+    return record(y, name, [x, w, b], (g) => bnBackward(x, g, w, b, mean, invstd, act, null, null, null, training), [mean, invstd]);
+  }
+
+  // AdaShift-B: the context network on the pooled mean of BN's output.
+  const px = wrap(pxH as NativeTensor);
+  const pooledShape = [N, 1, C];
+  const grad = isGradEnabled();
+  // m needs a gradient only when one must flow back into x, weight or bias; the context
+  // parameters get theirs from ds either way.
+  const m = new Tensor(reshapeOwned(pooledH as NativeTensor, pooledShape), grad && wantInput);
+  let s: Tensor;
+  try {
+    s = context!(m);
+    check(
+      s instanceof Tensor && s.shape.length === 3 && s.shape.every((v, i) => v === pooledShape[i]),
+      'ERR_SHAPE',
+      () => `${name}: the context network must return a shift of shape ${shapeStr(pooledShape)}, got ${s instanceof Tensor ? shapeStr(s.shape) : typeof s}`,
+    );
+  } catch (e) {
+    for (const t of [mean, invstd, px, m]) t.dispose();
+    throw e;
+  }
+  const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, s.handle));
+  if (!grad || (!wantInput && !s.requiresGrad)) {
+    // Nothing upstream wants a gradient: drop the inner graph now.
+    releaseGraph(s);
+    for (const t of [mean, invstd, px, m, s]) t.dispose();
+    return y;
+  }
+  const sView = s.detach();
+  return record(
+    y,
+    name,
+    [x, w, b],
+    (g) => bnBackward(x, g, w, b, mean, invstd, act, { m, s, sView }, px, pooledShape, training),
+    [mean, invstd, px, m, s, sView],
+    () => releaseGraph(s),
+  );
+}
+
+interface Shift {
+  m: Tensor;
+  s: Tensor;
+  sView: Tensor;
+}
+
+function bnBackward(
+  x: Tensor,
+  g: Tensor,
+  w: Tensor,
+  b: Tensor,
+  mean: Tensor,
+  invstd: Tensor,
+  act: number,
+  shift: Shift | null,
+  px: Tensor | null,
+  pooledShape: number[] | null,
+  training: boolean,
+): (Tensor | null)[] {
+  const sH = shift ? shift.sView.handle : null;
+  const [sumDz, sumDzX, dsH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH);
+  let dm: Tensor | null = null;
+  if (shift) {
+    const ds = wrap(reshapeOwned(dsH as NativeTensor, pooledShape!));
+    try {
+      // The context parameters' gradients, and dm into m.grad (when m requires grad; also
+      // when the context is the identity).
+      if (shift.s.requiresGrad) shift.s.backward(ds, { retainGraph: isRetainingGraph() });
+    } finally {
+      ds.dispose();
+    }
+    dm = shift.m.grad;
+    shift.m.grad = null;
+  }
+  const want = [x.requiresGrad, w.requiresGrad, b.requiresGrad];
+  if (!want.some(Boolean)) {
+    sumDz.dispose();
+    sumDzX.dispose();
+    dm?.dispose();
+    return [null, null, null];
+  }
+  const [dwH, dbH] = native.batchNormBackwardParams(sumDz, sumDzX, dm ? dm.handle : null, dm ? px!.handle : null);
+  sumDz.dispose();
+  sumDzX.dispose();
+  let dx: Tensor | null = null;
+  try {
+    if (want[0]) {
+      dx = wrap(native.batchNormActBackwardApply(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, dm ? dm.handle : null, dwH, dbH, training));
+    }
+  } finally {
+    dm?.dispose();
+  }
+  const dw = wrap(dwH), db = wrap(dbH);
+  return [dx, want[1] ? dw : (dw.dispose(), null), want[2] ? db : (db.dispose(), null)];
+}

@@ -1,0 +1,368 @@
+// CUDA BatchNorm (+ fused activation) kernels.
+//
+// x is [N, C, H, W] contiguous; work is split by (n, c) planes: each block loops over planes in
+// grid-stride order (gridDim.x capped, any N * C works) and walks its plane as a flat array
+// (float4 when H*W % 4 == 0 and the pointers are 16-byte aligned).
+//
+//   k_plane_moments   per plane: shifted sums (shift = the plane's first element, so the sums
+//                     of squares do not cancel when |mean| >> std), per-thread float partials,
+//                     block sums in double in a fixed order -> plane mean and M2 (double).
+//   k_channel_*       one thread per channel: Chan's formula over n in order -> mean, invstd,
+//                     running-stats update (in place); then one thread per plane for
+//                     plane_xhat and pooled.
+//   k_bn_ew           forward y = act(bn(x)) or backward dx (per-plane constants in registers)
+//   k_bn_reduce       per plane: block sums of dz_d, dz_d (x - mean), ds (fixed order)
+//   k_bn_params       one thread per channel: planes in order of n, in double
+// No atomics: every sum has a fixed order that depends only on the launch shape, so the same
+// inputs give the same bits on every run on one device. Per-element formulas: math.h.
+#include "../ops/norm.h"
+#include "common.cuh"
+
+namespace adashift {
+namespace cuda {
+
+using namespace detail;
+
+namespace {
+
+// ---- statistics ------------------------------------------------------------------------------
+// M2: also the sum of squared deviations (training); else only the mean (eval planes).
+template <bool M2, bool VEC>
+__global__ void k_plane_moments(int64_t planes, int64_t hw, const float* __restrict__ x,
+                                double* __restrict__ pm, double* __restrict__ pm2) {
+  __shared__ double sh[32];
+  for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
+    const int64_t base = p * hw;
+    const float k = M2 ? x[base] : 0.0f;  // the shift
+    float a = 0.0f, b = 0.0f;
+    if (VEC) {
+      const int64_t n4 = hw >> 2, b4 = base >> 2;
+      for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 v = ld4(x, b4 + i);
+        const float d0 = v.x - k, d1 = v.y - k, d2 = v.z - k, d3 = v.w - k;
+        a += (d0 + d1) + (d2 + d3);
+        if (M2) b += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+        const float d = x[base + i] - k;
+        a += d;
+        if (M2) b += d * d;
+      }
+    }
+    const double A = block_sum(double(a), sh);
+    double B = 0.0;
+    if (M2) B = block_sum(double(b), sh);
+    if (threadIdx.x == 0) {
+      const double n = double(hw);
+      pm[p] = double(k) + A / n;
+      if (M2) {
+        const double m2 = B - A * A / n;
+        pm2[p] = m2 > 0.0 ? m2 : 0.0;
+      }
+    }
+  }
+}
+
+__global__ void k_channel_train(int64_t N, int64_t C, int64_t hw, const double* __restrict__ pm,
+                                const double* __restrict__ pm2, float momentum, float eps,
+                                float* running_mean, float* running_var, float* __restrict__ mean,
+                                float* __restrict__ invstd) {
+  const double nb = double(hw);
+  for (int64_t c = global_thread(); c < C; c += global_stride()) {
+    double cnt = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t p = n * C + c;
+      const double tot = cnt + nb, delta = pm[p] - mu;
+      mu += delta * (nb / tot);
+      m2 += pm2[p] + delta * delta * (cnt * nb / tot);
+      cnt = tot;
+    }
+    const double var = m2 / cnt;
+    mean[c] = float(mu);
+    invstd[c] = float(1.0 / sqrt(var + double(eps)));
+    if (running_mean) {
+      const double m = double(momentum);
+      running_mean[c] = float((1.0 - m) * double(running_mean[c]) + m * mu);
+      running_var[c] = float((1.0 - m) * double(running_var[c]) + m * (m2 / (cnt - 1.0)));
+    }
+  }
+}
+
+__global__ void k_channel_eval(int64_t C, const float* __restrict__ running_mean,
+                               const float* __restrict__ running_var, float eps,
+                               float* __restrict__ mean, float* __restrict__ invstd) {
+  for (int64_t c = global_thread(); c < C; c += global_stride()) {
+    mean[c] = running_mean[c];
+    invstd[c] = float(1.0 / sqrt(double(running_var[c]) + double(eps)));
+  }
+}
+
+__global__ void k_planes(int64_t planes, int64_t C, const double* __restrict__ pm,
+                         const float* __restrict__ mean, const float* __restrict__ invstd,
+                         const float* __restrict__ weight, const float* __restrict__ bias,
+                         float* __restrict__ plane_xhat, float* __restrict__ pooled) {
+  for (int64_t p = global_thread(); p < planes; p += global_stride()) {
+    const int64_t c = p % C;
+    const double xh = (pm[p] - double(mean[c])) * double(invstd[c]);
+    plane_xhat[p] = float(xh);
+    pooled[p] = float(xh * double(weight[c]) + double(bias[c]));
+  }
+}
+
+// ---- element-wise passes ---------------------------------------------------------------------
+struct PlaneK {
+  float mean, invstd, scale, bias, s, add, k1, k2;
+};
+
+__device__ __forceinline__ PlaneK plane_constants(const BnApply& k, int64_t p, int64_t c,
+                                                  int64_t hw, const float* dm, const float* dweight,
+                                                  const float* dbias, float inv_count) {
+  PlaneK q;
+  q.mean = k.mean[c];
+  q.invstd = k.invstd[c];
+  q.scale = q.invstd * k.weight[c];
+  q.bias = k.bias[c];
+  q.s = k.s ? k.s[p] : 0.0f;
+  q.add = dm ? dm[p] / float(hw) : 0.0f;
+  q.k1 = dbias ? dbias[c] * inv_count : 0.0f;
+  q.k2 = dweight ? dweight[c] * inv_count : 0.0f;
+  return q;
+}
+
+template <int ACT, bool BWD>
+__device__ __forceinline__ float ew_value(const PlaneK& q, float x, float dy) {
+  const float z = math::bn_norm(x, q.mean, q.scale, q.bias);
+  if (!BWD) return math::bn_act<ACT>(z, q.s);
+  const float dz = math::bn_act_grad<ACT>(z, q.s, dy).dx + q.add;
+  return math::bn_input_grad(dz, x, q.mean, q.invstd, q.scale, q.k1, q.k2);
+}
+
+template <int ACT, bool BWD, bool VEC>
+__global__ void k_bn_ew(int64_t planes, int64_t C, int64_t hw, BnApply k,
+                        const float* __restrict__ x, const float* __restrict__ dy,
+                        const float* __restrict__ dm, const float* __restrict__ dweight,
+                        const float* __restrict__ dbias, float inv_count, float* __restrict__ out) {
+  for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
+    const PlaneK q = plane_constants(k, p, p % C, hw, dm, dweight, dbias, inv_count);
+    const int64_t base = p * hw;
+    if (VEC) {
+      const int64_t n4 = hw >> 2, b4 = base >> 2;
+      for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 xv = ld4(x, b4 + i);
+        const float4 dv = BWD ? ld4(dy, b4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        st4(out, b4 + i,
+            make_float4(ew_value<ACT, BWD>(q, xv.x, dv.x), ew_value<ACT, BWD>(q, xv.y, dv.y),
+                        ew_value<ACT, BWD>(q, xv.z, dv.z), ew_value<ACT, BWD>(q, xv.w, dv.w)));
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x)
+        out[base + i] = ew_value<ACT, BWD>(q, x[base + i], BWD ? dy[base + i] : 0.0f);
+    }
+  }
+}
+
+template <int ACT>
+__device__ __forceinline__ void red_add(const PlaneK& q, float x, float dy, float& a, float& b,
+                                        float& e) {
+  const float z = math::bn_norm(x, q.mean, q.scale, q.bias);
+  const math::GateGrad g = math::bn_act_grad<ACT>(z, q.s, dy);
+  a += g.dx;
+  b += g.dx * (x - q.mean);
+  e += g.ds;
+}
+
+template <int ACT, bool VEC>
+__global__ void k_bn_reduce(int64_t planes, int64_t C, int64_t hw, BnApply k,
+                            const float* __restrict__ x, const float* __restrict__ dy,
+                            float* __restrict__ sum_dz, float* __restrict__ sum_dz_xhat,
+                            float* __restrict__ ds) {
+  __shared__ float sh[32];
+  for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
+    const PlaneK q = plane_constants(k, p, p % C, hw, nullptr, nullptr, nullptr, 0.0f);
+    const int64_t base = p * hw;
+    float a = 0.0f, b = 0.0f, e = 0.0f;
+    if (VEC) {
+      const int64_t n4 = hw >> 2, b4 = base >> 2;
+      for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 xv = ld4(x, b4 + i), dv = ld4(dy, b4 + i);
+        red_add<ACT>(q, xv.x, dv.x, a, b, e);
+        red_add<ACT>(q, xv.y, dv.y, a, b, e);
+        red_add<ACT>(q, xv.z, dv.z, a, b, e);
+        red_add<ACT>(q, xv.w, dv.w, a, b, e);
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x)
+        red_add<ACT>(q, x[base + i], dy[base + i], a, b, e);
+    }
+    const float A = block_sum(a, sh);
+    const float B = block_sum(b, sh);
+    float E = 0.0f;
+    if (ds) E = block_sum(e, sh);  // ds is the same for the whole block: no divergence
+    if (threadIdx.x == 0) {
+      sum_dz[p] = A;
+      sum_dz_xhat[p] = float(double(B) * double(q.invstd));
+      if (ds) ds[p] = E;
+    }
+  }
+}
+
+__global__ void k_bn_params(int64_t N, int64_t C, const float* __restrict__ sum_dz,
+                            const float* __restrict__ sum_dz_xhat, const float* __restrict__ dm,
+                            const float* __restrict__ plane_xhat, float* __restrict__ dweight,
+                            float* __restrict__ dbias) {
+  for (int64_t c = global_thread(); c < C; c += global_stride()) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t p = n * C + c;
+      s1 += double(sum_dz[p]);
+      s2 += double(sum_dz_xhat[p]);
+      if (dm) {
+        s1 += double(dm[p]);
+        s2 += double(dm[p]) * double(plane_xhat[p]);
+      }
+    }
+    dweight[c] = float(s2);
+    dbias[c] = float(s1);
+  }
+}
+
+// ---- launch helpers -------------------------------------------------------------------------
+bool vec_ok(int64_t hw, const float* a, const float* b, const float* c) {
+  return hw % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(c);
+}
+
+void launch_moments(cudaStream_t st, const BnShape& d, const float* x, double* pm, double* pm2) {
+  const bool vec = vec_ok(d.HW, x, nullptr, nullptr);
+  const int block = block_for_items(vec ? d.HW / 4 : d.HW);
+  const int grid = grid_for_items(d.planes(), block);
+  if (pm2) {
+    if (vec) k_plane_moments<true, true><<<grid, block, 0, st>>>(d.planes(), d.HW, x, pm, pm2);
+    else k_plane_moments<true, false><<<grid, block, 0, st>>>(d.planes(), d.HW, x, pm, pm2);
+  } else {
+    if (vec) k_plane_moments<false, true><<<grid, block, 0, st>>>(d.planes(), d.HW, x, pm, nullptr);
+    else k_plane_moments<false, false><<<grid, block, 0, st>>>(d.planes(), d.HW, x, pm, nullptr);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void launch_planes(cudaStream_t st, const BnShape& d, const double* pm, const float* mean,
+                   const float* invstd, const float* weight, const float* bias, float* plane_xhat,
+                   float* pooled) {
+  k_planes<<<grid_for(d.planes(), 256), 256, 0, st>>>(d.planes(), d.C, pm, mean, invstd, weight,
+                                                       bias, plane_xhat, pooled);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int ACT, bool BWD>
+void launch_ew_act(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
+                   const float* dy, const float* dm, const float* dweight, const float* dbias,
+                   float* out) {
+  const bool vec = vec_ok(d.HW, x, dy, out);
+  const int block = block_for_items(vec ? d.HW / 4 : d.HW);
+  const int grid = grid_for_items(d.planes(), block);
+  const float inv_count = float(1.0 / double(d.count()));
+  if (vec)
+    k_bn_ew<ACT, BWD, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, dm, dweight,
+                                                    dbias, inv_count, out);
+  else
+    k_bn_ew<ACT, BWD, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, dm, dweight,
+                                                     dbias, inv_count, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <bool BWD>
+void launch_ew(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& k, const float* x,
+               const float* dy, const float* dm, const float* dweight, const float* dbias,
+               float* out) {
+  if (d.planes() <= 0 || d.HW <= 0) return;
+  switch (act) {
+    case NormAct::ReLU: launch_ew_act<math::bnact::kReLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
+    case NormAct::SiLU: launch_ew_act<math::bnact::kSiLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
+    case NormAct::Gate: launch_ew_act<math::bnact::kGate, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
+    default: launch_ew_act<math::bnact::kNone, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
+  }
+}
+
+template <int ACT>
+void launch_reduce_act(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
+                       const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds) {
+  const bool vec = vec_ok(d.HW, x, dy, nullptr);
+  const int block = block_for_items(vec ? d.HW / 4 : d.HW);
+  const int grid = grid_for_items(d.planes(), block);
+  if (vec)
+    k_bn_reduce<ACT, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
+                                                   sum_dz_xhat, ds);
+  else
+    k_bn_reduce<ACT, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
+                                                    sum_dz_xhat, ds);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+// ---- launchers ------------------------------------------------------------------------------
+void batchnorm_stats_train(cudaStream_t st, const BnShape& d, const float* x,
+                           const float* weight, const float* bias, float momentum, float eps,
+                           float* running_mean, float* running_var, float* mean, float* invstd,
+                           float* plane_xhat, float* pooled) {
+  const int64_t P = d.planes();
+  Scratch scratch(size_t(2 * (P > 0 ? P : 1)) * sizeof(double));
+  double* pm = scratch.as<double>();
+  double* pm2 = pm + P;
+  if (P > 0) launch_moments(st, d, x, pm, pm2);
+  k_channel_train<<<grid_for(d.C, 128), 128, 0, st>>>(d.N, d.C, d.HW, pm, pm2, momentum, eps,
+                                                       running_mean, running_var, mean, invstd);
+  CUDA_CHECK_LAUNCH();
+  if (plane_xhat && P > 0)
+    launch_planes(st, d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
+}
+
+void batchnorm_stats_eval(cudaStream_t st, const BnShape& d, const float* x, const float* weight,
+                          const float* bias, const float* running_mean, const float* running_var,
+                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled) {
+  k_channel_eval<<<grid_for(d.C, 128), 128, 0, st>>>(d.C, running_mean, running_var, eps, mean,
+                                                      invstd);
+  CUDA_CHECK_LAUNCH();
+  const int64_t P = d.planes();
+  if (!plane_xhat || P <= 0) return;
+  Scratch scratch(size_t(P) * sizeof(double));
+  double* pm = scratch.as<double>();
+  launch_moments(st, d, x, pm, nullptr);
+  launch_planes(st, d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
+}
+
+void batchnorm_act_forward(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& p,
+                           const float* x, float* y) {
+  launch_ew<false>(st, d, act, p, x, nullptr, nullptr, nullptr, nullptr, y);
+}
+
+void batchnorm_act_backward_reduce(cudaStream_t st, const BnShape& d, NormAct act,
+                                   const BnApply& p, const float* x, const float* dy,
+                                   float* sum_dz, float* sum_dz_xhat, float* ds) {
+  if (d.planes() <= 0) return;
+  switch (act) {
+    case NormAct::ReLU: launch_reduce_act<math::bnact::kReLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
+    case NormAct::SiLU: launch_reduce_act<math::bnact::kSiLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
+    case NormAct::Gate: launch_reduce_act<math::bnact::kGate>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
+    default: launch_reduce_act<math::bnact::kNone>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
+  }
+}
+
+void batchnorm_backward_params(cudaStream_t st, const BnShape& d, const float* sum_dz,
+                               const float* sum_dz_xhat, const float* dm, const float* plane_xhat,
+                               float* dweight, float* dbias) {
+  k_bn_params<<<grid_for(d.C, 128), 128, 0, st>>>(d.N, d.C, sum_dz, sum_dz_xhat, dm, plane_xhat,
+                                                   dweight, dbias);
+  CUDA_CHECK_LAUNCH();
+}
+
+void batchnorm_act_backward_apply(cudaStream_t st, const BnShape& d, NormAct act,
+                                  const BnApply& p, const float* x, const float* dy,
+                                  const float* dm, const float* dweight, const float* dbias,
+                                  float* dx) {
+  launch_ew<true>(st, d, act, p, x, dy, dm, dweight, dbias, dx);
+}
+
+}  // namespace cuda
+}  // namespace adashift

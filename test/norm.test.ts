@@ -1,0 +1,470 @@
+// BatchNorm2d and the fused BatchNorm + activation op: forward, every gradient and the running
+// statistics against PyTorch fixtures (test/fixtures/make_norm_fixtures.py, float64 references);
+// the fused op against the separate ops (batchNorm2d then relu / silu / nn.AdaShiftB) for
+// values and every gradient; determinism across thread counts; errors; handle hygiene.
+import * as fs from 'fs';
+import * as path from 'path';
+import * as as from '../lib';
+import { relu, silu } from '../lib/ops/activation';
+import { batchNorm2d, batchNormAct, BatchNormActName } from '../lib/ops/norm';
+import { compareArrays, CloseResult } from './helpers/compare';
+
+const dir = path.join(__dirname, 'fixtures', 'norm');
+interface Case {
+  name: string;
+  file: string;
+  kind: string;
+  options: Record<string, unknown> & { training?: boolean; momentum?: number; eps?: number; act?: string; proj?: boolean };
+  inputShape: number[];
+}
+const cases: Case[] = JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), 'utf8'));
+
+// float32 kernels against float64 references: relative 1e-4 per element with an absolute floor
+// of 1e-5 x the tensor's largest magnitude (see test/helpers/compare.ts).
+const RTOL = 1e-4;
+const ATOL_SCALE = 1e-5;
+
+beforeAll(() => as.setDefaultDevice('cpu'));
+afterAll(() => as.setDefaultDevice(undefined));
+
+const copy = (t: as.Tensor): as.Tensor => as.tensor(t.toFloat32Array(), t.shape);
+const leaf = (t: as.Tensor): as.Tensor => copy(t).requiresGrad_();
+const arr = (t: as.Tensor | null): Float32Array => {
+  if (!t) throw new Error('missing tensor (no gradient reached it?)');
+  return t.toFloat32Array();
+};
+const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+// Bitwise equality of two float arrays (jest's toEqual is slow on large typed arrays).
+const sameBits = (a: Float32Array, b: Float32Array): boolean =>
+  a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+const failures = (rs: CloseResult[]) => rs.filter((r) => !r.ok).map((r) => r.message);
+
+function adashiftB(C: number, proj: boolean, f?: Record<string, as.Tensor>): as.nn.AdaShiftB {
+  const m = new as.nn.AdaShiftB(C, { proj });
+  if (f) {
+    const params: Record<string, as.Tensor> = {};
+    for (const [k, v] of Object.entries(f)) if (k.startsWith('param.')) params[k.slice('param.'.length)] = v;
+    m.loadStateDict(params);
+  }
+  return m;
+}
+// AdaShift-B's context network, spelled out from the module's public parts.
+const contextOf = (m: as.nn.AdaShiftB) => (t: as.Tensor) => m.norm.forward(m.proj ? m.proj.forward(t) : t);
+
+/**
+ * The size of the terms BN's input gradient is made of, max |w invstd| * max |dy|: training's
+ * dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)) cancels to almost nothing when a channel
+ * has very few values (two values: xhat = +-1 and dx is ~eps/var of its terms), and is then
+ * judged on this scale (the float32 rounding of the terms), not on its own.
+ */
+function dxTermScale(f: Record<string, as.Tensor>, training: boolean, eps: number): number {
+  const [N, C, H, W] = f.x.shape;
+  const x = f.x.toFloat32Array(), w = f.weight.toFloat32Array(), rv = f.running_var.toFloat32Array();
+  let s = 0;
+  for (let c = 0; c < C; c++) {
+    let v = rv[c];
+    if (training) {
+      let m = 0, q = 0;
+      for (let n = 0; n < N; n++) for (let i = 0; i < H * W; i++) m += x[(n * C + c) * H * W + i];
+      m /= N * H * W;
+      for (let n = 0; n < N; n++) for (let i = 0; i < H * W; i++) q += (x[(n * C + c) * H * W + i] - m) ** 2;
+      v = q / (N * H * W);
+    }
+    s = Math.max(s, Math.abs(w[c]) / Math.sqrt(v + eps));
+  }
+  return s * maxAbs(f.dy.toFloat32Array());
+}
+
+describe('batchNorm2d against PyTorch fixtures', () => {
+  test.each(cases.filter((c) => c.kind === 'bn').map((c) => [c.name, c] as const))('%s', (_n, c) => {
+    const bad = as.tidy(() => {
+      const f = as.io.loadSafetensors(path.join(dir, c.file)) as Record<string, as.Tensor>;
+      const x = leaf(f.x), w = leaf(f.weight), b = leaf(f.bias);
+      const rm = copy(f.running_mean), rv = copy(f.running_var);
+      const o = c.options;
+      const y = batchNorm2d(x, w, b, rm, rv, { training: o.training, momentum: o.momentum, eps: o.eps });
+      y.backward(f.dy);
+      const rs = [
+        compareArrays(arr(y), arr(f.y), RTOL, ATOL_SCALE, 'y'),
+        compareArrays(arr(x.grad), arr(f.dx), RTOL, ATOL_SCALE, 'dx', dxTermScale(f, o.training!, o.eps!)),
+        compareArrays(arr(w.grad), arr(f.dweight), RTOL, ATOL_SCALE, 'dweight'),
+        compareArrays(arr(b.grad), arr(f.dbias), RTOL, ATOL_SCALE, 'dbias'),
+        compareArrays(arr(rm), arr(f.running_mean_out), RTOL, ATOL_SCALE, 'running_mean'),
+        compareArrays(arr(rv), arr(f.running_var_out), RTOL, ATOL_SCALE, 'running_var'),
+      ];
+      for (const t of [x, w, b]) t.grad?.dispose();
+      return failures(rs);
+    });
+    expect(bad).toEqual([]);
+  });
+
+  test('the fixtures cover the shapes the contract asks for', () => {
+    const bn = cases.filter((c) => c.kind === 'bn');
+    const has = (s: number[], training: boolean) => bn.some((c) => c.options.training === training && c.inputShape.join() === s.join());
+    expect(has([2, 3, 5, 7], true) && has([3, 17, 9, 9], true) && has([2, 3, 5, 7], false) && has([3, 17, 9, 9], false)).toBe(true);
+    expect(bn.some((c) => (c.options.offset as number) >= 1000)).toBe(true);
+    for (const act of ['relu', 'silu', 'adashift-b']) {
+      expect(cases.some((c) => c.kind === 'bnact' && c.options.act === act && c.options.training)).toBe(true);
+      expect(cases.some((c) => c.kind === 'bnact' && c.options.act === act && !c.options.training)).toBe(true);
+    }
+  });
+});
+
+describe('BatchNorm + activation, separate and fused, against PyTorch fixtures', () => {
+  const bnact = cases.filter((c) => c.kind === 'bnact');
+  test.each(bnact.flatMap((c) => (['separate', 'fused'] as const).map((mode) => [`${c.name} ${mode}`, c, mode] as const)))('%s', (_n, c, mode) => {
+    const bad = as.tidy(() => {
+      const f = as.io.loadSafetensors(path.join(dir, c.file)) as Record<string, as.Tensor>;
+      const x = leaf(f.x), w = leaf(f.weight), b = leaf(f.bias);
+      const rm = copy(f.running_mean), rv = copy(f.running_var);
+      const o = c.options;
+      const act = o.act as BatchNormActName;
+      const opts = { training: o.training, momentum: o.momentum, eps: o.eps };
+      const mod = act === 'adashift-b' ? adashiftB(c.inputShape[1], Boolean(o.proj), f) : null;
+      let y: as.Tensor;
+      if (mode === 'fused') {
+        y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, ...(mod ? { context: contextOf(mod) } : {}) });
+      } else {
+        const z = batchNorm2d(x, w, b, rm, rv, opts);
+        y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : (mod!.forward(z) as as.Tensor);
+      }
+      y.backward(f.dy);
+      const rs = [
+        compareArrays(arr(y), arr(f.y), RTOL, ATOL_SCALE, 'y'),
+        compareArrays(arr(x.grad), arr(f.dx), RTOL, ATOL_SCALE, 'dx'),
+        compareArrays(arr(w.grad), arr(f.dweight), RTOL, ATOL_SCALE, 'dweight'),
+        compareArrays(arr(b.grad), arr(f.dbias), RTOL, ATOL_SCALE, 'dbias'),
+        compareArrays(arr(rm), arr(f.running_mean_out), RTOL, ATOL_SCALE, 'running_mean'),
+        compareArrays(arr(rv), arr(f.running_var_out), RTOL, ATOL_SCALE, 'running_var'),
+      ];
+      if (mod) {
+        const names = mod.namedParameters().map(([n]) => n).sort();
+        expect(names).toEqual(Object.keys(f).filter((k) => k.startsWith('grad.')).map((k) => k.slice(5)).sort());
+        for (const [n, p] of mod.namedParameters()) rs.push(compareArrays(arr(p.grad), arr(f[`grad.${n}`]), RTOL, ATOL_SCALE, `grad.${n}`));
+        mod.dispose();
+      }
+      for (const t of [x, w, b]) t.grad?.dispose();
+      return failures(rs);
+    });
+    expect(bad).toEqual([]);
+  });
+});
+
+// ---- fused == separate ---------------------------------------------------------------------------
+interface RunOut {
+  values: Record<string, Float32Array>;
+}
+
+/** One forward + backward of BN + act on fixed random data; every output and gradient. */
+function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: number[], training: boolean, proj = false, seed = 7): RunOut {
+  return as.tidy(() => {
+    as.manualSeed(seed);
+    const C = shape[1];
+    const x = as.randn(shape, { mean: 0.4, std: 1.3 }).requiresGrad_();
+    const dy = as.randn(shape);
+    const w = as.randn([C], { mean: 1, std: 0.4 }).requiresGrad_();
+    const b = as.randn([C], { std: 0.4 }).requiresGrad_();
+    const rm = as.randn([C], { std: 0.2 });
+    const rv = as.rand([C], { low: 0.5, high: 1.5 });
+    let mod: as.nn.AdaShiftB | null = null;
+    if (act === 'adashift-b') {
+      mod = new as.nn.AdaShiftB(C, { proj });
+      // spec init puts norm.weight at 0.01: make the shift large enough to matter
+      as.noGrad(() => {
+        const nw = as.randn([C], { mean: 1, std: 0.5 });
+        const nb = as.randn([C], { std: 0.5 });
+        mod!.loadStateDict({ ...mod!.stateDict(), 'norm.weight': nw, 'norm.bias': nb } as Record<string, as.Tensor>);
+      });
+    }
+    const opts = { training, momentum: 0.2, eps: 1e-5 };
+    let y: as.Tensor;
+    if (mode === 'fused') {
+      y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, ...(mod ? { context: contextOf(mod) } : {}) });
+    } else {
+      const z = batchNorm2d(x, w, b, rm, rv, opts);
+      y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : (mod!.forward(z) as as.Tensor);
+    }
+    y.backward(dy);
+    const values: Record<string, Float32Array> = {
+      y: arr(y),
+      dx: arr(x.grad),
+      dweight: arr(w.grad),
+      dbias: arr(b.grad),
+      running_mean: arr(rm),
+      running_var: arr(rv),
+    };
+    if (mod) {
+      for (const [n, p] of mod.namedParameters()) values[`grad.${n}`] = arr(p.grad);
+      mod.dispose();
+    }
+    for (const t of [x, w, b]) t.grad?.dispose();
+    return { values };
+  });
+}
+
+describe('batchNormAct equals batchNorm2d followed by the activation', () => {
+  // Both sides are float32 on the same backend; they differ only in rounding: the fused op
+  // takes AdaShift's pooled mean from the statistics pass (double) instead of pooling BN's
+  // float output, so the shift differs by ~1e-7 relative, and gradients by a few ulp more.
+  const TIGHT_R = 1e-5, TIGHT_A = 1e-6;
+  const combos: [BatchNormActName, number[], boolean, boolean][] = [];
+  for (const act of ['relu', 'silu', 'adashift-b'] as BatchNormActName[]) {
+    for (const training of [true, false]) {
+      combos.push([act, [4, 6, 7, 7], training, false]);
+      combos.push([act, [3, 5, 9, 12], training, false]);
+    }
+  }
+  combos.push(['adashift-b', [2, 8, 14, 14], true, true]);
+  combos.push(['adashift-b', [5, 3, 1, 1], true, false]);
+  combos.push(['adashift-b', [1, 3, 4, 3], false, true]);
+  test.each(combos.map((c) => [`${c[0]} ${c[1].join('x')} ${c[2] ? 'train' : 'eval'}${c[3] ? ' proj' : ''}`, ...c] as const))('%s', (_n, act, shape, training, proj) => {
+    const a = runBnAct('separate', act, shape, training, proj);
+    const b = runBnAct('fused', act, shape, training, proj);
+    expect(Object.keys(b.values).sort()).toEqual(Object.keys(a.values).sort());
+    if (act === 'adashift-b') expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.norm.weight', 'grad.norm.bias']));
+    if (proj) expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.proj.weight', 'grad.proj.bias']));
+    const rs = Object.keys(a.values).map((k) => compareArrays(b.values[k], a.values[k], TIGHT_R, TIGHT_A, k));
+    expect(failures(rs)).toEqual([]);
+    // ReLU and SiLU recompute exactly the separate ops' expressions
+    if (act !== 'adashift-b') for (const k of ['y', 'dweight', 'dbias', 'running_mean', 'running_var']) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
+  });
+
+  test('gradients for some inputs only (weight; only the context parameters) match the full run', () => {
+    for (const [act, wantW] of [['relu', true], ['adashift-b', true], ['adashift-b', false]] as [BatchNormActName, boolean][]) {
+      const full = runBnAct('fused', act, [3, 4, 5, 5], true);
+      const partial = as.tidy(() => {
+        as.manualSeed(7);
+        const x = as.randn([3, 4, 5, 5], { mean: 0.4, std: 1.3 });
+        const dy = as.randn([3, 4, 5, 5]);
+        const w = as.randn([4], { mean: 1, std: 0.4 }).requiresGrad_(wantW);
+        const b = as.randn([4], { std: 0.4 });
+        const rm = as.randn([4], { std: 0.2 }), rv = as.rand([4], { low: 0.5, high: 1.5 });
+        let mod: as.nn.AdaShiftB | null = null;
+        if (act === 'adashift-b') {
+          mod = new as.nn.AdaShiftB(4);
+          as.noGrad(() => mod!.loadStateDict({ 'norm.weight': as.randn([4], { mean: 1, std: 0.5 }), 'norm.bias': as.randn([4], { std: 0.5 }) }));
+        }
+        const y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { training: true, momentum: 0.2, ...(mod ? { context: contextOf(mod) } : {}) });
+        y.backward(dy);
+        const out: Record<string, Float32Array> = wantW ? { dweight: arr(w.grad) } : {};
+        if (!wantW) expect(w.grad).toBeNull();
+        if (mod) for (const [n, p] of mod.namedParameters()) out[`grad.${n}`] = arr(p.grad);
+        mod?.dispose();
+        w.grad?.dispose();
+        return out;
+      });
+      for (const k of Object.keys(partial)) expect(`${k} ${sameBits(partial[k], full.values[k])}`).toBe(`${k} true`);
+    }
+  });
+});
+
+describe('determinism', () => {
+  test('the same bits with 1 and 2 CPU threads, and run to run', () => {
+    const before = as.getNumThreads();
+    try {
+      const runs: RunOut[] = [];
+      for (const threads of [1, 2, 2]) {
+        as.setNumThreads(threads);
+        runs.push(runBnAct('fused', 'adashift-b', [6, 10, 14, 14], true, true, 11));
+        runs.push(runBnAct('separate', 'silu', [6, 10, 14, 14], true, false, 12));
+      }
+      for (const k of Object.keys(runs[0].values)) {
+        expect(`${k} ${sameBits(runs[2].values[k], runs[0].values[k])} ${sameBits(runs[4].values[k], runs[0].values[k])}`).toBe(`${k} true true`);
+      }
+      for (const k of Object.keys(runs[1].values)) {
+        expect(`${k} ${sameBits(runs[3].values[k], runs[1].values[k])} ${sameBits(runs[5].values[k], runs[1].values[k])}`).toBe(`${k} true true`);
+      }
+    } finally {
+      as.setNumThreads(before);
+    }
+  });
+});
+
+describe('behaviour', () => {
+  test('no handle is left behind by forward + backward, nor by an inference forward', () => {
+    const before = as.memory().tensors;
+    for (const act of ['relu', 'adashift-b'] as BatchNormActName[]) {
+      for (const training of [true, false]) {
+        runBnAct('fused', act, [2, 3, 4, 4], training, true);
+        runBnAct('separate', act, [2, 3, 4, 4], training, true);
+      }
+    }
+    as.tidy(() => {
+      const x = as.randn([2, 3, 4, 4]);
+      const w = as.ones([3]), b = as.zeros([3]), rm = as.zeros([3]), rv = as.ones([3]);
+      const mod = new as.nn.AdaShiftB(3);
+      as.noGrad(() => batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, 'adashift-b', { training: true, context: contextOf(mod) }));
+      // grad mode, but nothing requires a gradient (parameters frozen)
+      for (const p of mod.parameters()) p.requiresGrad = false;
+      const y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, 'adashift-b', { training: true, context: contextOf(mod) });
+      expect(y.requiresGrad).toBe(false);
+      mod.dispose();
+    });
+    expect(as.memory().tensors).toBe(before);
+  });
+
+  test('retainGraph reaches the inner context graph; an identity context keeps the pooled path', () => {
+    as.tidy(() => {
+      as.manualSeed(5);
+      const x = as.randn([3, 4, 5, 5]).requiresGrad_();
+      const w = as.randn([4], { mean: 1, std: 0.3 }).requiresGrad_(), b = as.randn([4]).requiresGrad_();
+      const mod = new as.nn.AdaShiftB(4);
+      const dy = as.randn([3, 4, 5, 5]);
+      const y = batchNormAct(x, { weight: w, bias: b }, 'adashift-b', { training: true, context: contextOf(mod) });
+      y.backward(dy, { retainGraph: true });
+      const first = [arr(x.grad), arr(w.grad), arr(mod.norm.weight.grad)];
+      y.backward(dy);
+      const second = [arr(x.grad), arr(w.grad), arr(mod.norm.weight.grad)];
+      for (let k = 0; k < 3; k++) for (let i = 0; i < first[k].length; i++) expect(second[k][i]).toBeCloseTo(2 * first[k][i], 5);
+      for (const t of [x, w, b, ...mod.parameters()]) t.grad?.dispose();
+      // identity context: s = m, the shift is the pooled mean itself
+      const run = (fused: boolean) => {
+        const y2 = fused
+          ? batchNormAct(x, { weight: w, bias: b }, 'adashift-b', { training: true, context: (m) => m })
+          : (() => {
+              const z = batchNorm2d(x, w, b, null, null, { training: true });
+              return as.functional.adashift(z, 1, (t) => t);
+            })();
+        y2.backward(dy);
+        const out = [arr(y2), arr(x.grad), arr(w.grad), arr(b.grad)];
+        for (const t of [x, w, b]) {
+          t.grad!.dispose();
+          t.grad = null;
+        }
+        return out;
+      };
+      const a = run(false), c = run(true);
+      expect(failures(a.map((v, i) => compareArrays(c[i], v, 1e-5, 1e-6, `identity ${i}`)))).toEqual([]);
+      mod.dispose();
+    });
+  });
+
+  test('training updates the running statistics in place; eval leaves them alone', () => {
+    as.tidy(() => {
+      const x = as.randn([4, 3, 5, 5], { mean: 2, std: 3 });
+      const w = as.ones([3]), b = as.zeros([3]);
+      const rm = as.zeros([3]), rv = as.ones([3]);
+      const rmH = rm.handle, rvH = rv.handle;
+      batchNorm2d(x, w, b, rm, rv, { training: true, momentum: 1 });
+      expect(rm.handle).toBe(rmH);
+      expect(rv.handle).toBe(rvH);
+      // momentum 1: the running stats become the batch mean and unbiased variance
+      const xs = x.toFloat32Array();
+      for (let c = 0; c < 3; c++) {
+        const vals: number[] = [];
+        for (let n = 0; n < 4; n++) for (let i = 0; i < 25; i++) vals.push(xs[(n * 3 + c) * 25 + i]);
+        const mu = vals.reduce((s, v) => s + v, 0) / vals.length;
+        const v = vals.reduce((s, q) => s + (q - mu) ** 2, 0) / (vals.length - 1);
+        expect(rm.toFloat32Array()[c]).toBeCloseTo(mu, 4);
+        expect(rv.toFloat32Array()[c] / v).toBeCloseTo(1, 5);
+      }
+      const snap = [rm.toFloat32Array(), rv.toFloat32Array()];
+      batchNorm2d(x, w, b, rm, rv, { training: false });
+      expect(rm.toFloat32Array()).toEqual(snap[0]);
+      expect(rv.toFloat32Array()).toEqual(snap[1]);
+      // training without running statistics: the batch statistics alone
+      const y1 = batchNorm2d(x, w, b, null, null, { training: true });
+      const y2 = batchNorm2d(x, w, b, as.zeros([3]), as.ones([3]), { training: true });
+      expect(y1.toFloat32Array()).toEqual(y2.toFloat32Array());
+    });
+  });
+
+  test('normalised output has zero mean and unit (biased) variance per channel', () => {
+    as.tidy(() => {
+      const x = as.randn([3, 2, 6, 5], { mean: -50, std: 0.01 });
+      const y = batchNorm2d(x, as.ones([2]), as.zeros([2]), null, null, { training: true, eps: 0 }).toFloat32Array();
+      for (let c = 0; c < 2; c++) {
+        const vals: number[] = [];
+        for (let n = 0; n < 3; n++) for (let i = 0; i < 30; i++) vals.push(y[(n * 2 + c) * 30 + i]);
+        const mu = vals.reduce((s, v) => s + v, 0) / vals.length;
+        const v = vals.reduce((s, q) => s + (q - mu) ** 2, 0) / vals.length;
+        // the mean is stored as float32: at |mean| = 50 its rounding is ~2e-6 = 2e-4 std
+        expect(Math.abs(mu)).toBeLessThan(1e-3);
+        expect(Math.abs(v - 1)).toBeLessThan(1e-3);
+      }
+    });
+  });
+});
+
+describe('errors', () => {
+  const code = (fn: () => unknown): { code?: string; message: string } => {
+    try {
+      fn();
+    } catch (e) {
+      return e as { code?: string; message: string };
+    }
+    throw new Error('expected an error');
+  };
+  const params = (C: number) => ({ weight: as.ones([C]), bias: as.zeros([C]), runningMean: as.zeros([C]), runningVar: as.ones([C]) });
+
+  test('training needs more than one value per channel (N = 1, H = W = 1), as in PyTorch', () => {
+    as.tidy(() => {
+      const p = params(3);
+      const x = as.randn([1, 3, 1, 1]);
+      const e = code(() => batchNorm2d(x, p.weight, p.bias, p.runningMean, p.runningVar, { training: true }));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/expected more than 1 value per channel when training, got input of shape \[1, 3, 1, 1\]/);
+      const e2 = code(() => batchNormAct(x, p, 'relu', { training: true }));
+      expect(e2.code).toBe('ERR_SHAPE');
+      // eval is fine
+      expect(batchNorm2d(x, p.weight, p.bias, p.runningMean, p.runningVar, { training: false }).shape).toEqual([1, 3, 1, 1]);
+    });
+  });
+
+  test('shapes, arguments and the context network are checked', () => {
+    as.tidy(() => {
+      const p = params(3);
+      const x = as.randn([2, 3, 4, 4]);
+      let e = code(() => batchNorm2d(as.randn([2, 3, 4]), p.weight, p.bias, null, null, { training: true }));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/\[N, C, H, W\], got \[2, 3, 4\]/);
+      e = code(() => batchNorm2d(x, as.ones([4]), p.bias, null, null, { training: true }));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/'weight' must have shape \[3\]/);
+      e = code(() => batchNorm2d(x, p.weight, p.bias, as.zeros([2]), as.ones([2]), { training: true }));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/'running_mean' must have shape \[3\]/);
+      e = code(() => batchNorm2d(x, p.weight, p.bias, null, null, { training: false }));
+      expect(e.code).toBe('ERR_ARG');
+      expect(e.message).toMatch(/eval mode .* needs running_mean and running_var/);
+      e = code(() => batchNorm2d(x, p.weight, p.bias, p.runningMean, null, { training: true }));
+      expect(e.code).toBe('ERR_ARG');
+      e = code(() => batchNorm2d(x, p.weight, p.bias, null, null, { training: true, eps: -1 }));
+      expect(e.code).toBe('ERR_ARG');
+      e = code(() => batchNormAct(x, p, 'gelu' as BatchNormActName, { training: true }));
+      expect(e.code).toBe('ERR_ARG');
+      expect(e.message).toMatch(/act must be 'relu', 'silu' or 'adashift-b', got 'gelu'/);
+      e = code(() => batchNormAct(x, p, 'adashift-b', { training: true }));
+      expect(e.code).toBe('ERR_ARG');
+      expect(e.message).toMatch(/needs options.context/);
+      e = code(() => batchNormAct(x, p, 'adashift-b', { training: true, context: () => as.zeros([2, 3]) }));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/must return a shift of shape \[2, 1, 3\], got \[2, 3\]/);
+      e = code(() => batchNorm2d('x' as unknown as as.Tensor, p.weight, p.bias, null, null));
+      expect(e.code).toBe('ERR_ARG');
+      e = code(() => batchNorm2d(x, p.weight, p.bias, null, null, null as unknown as object));
+      expect(e.code).toBe('ERR_ARG');
+      expect(e.message).toMatch(/batchNorm2d: options must be an object, got null/);
+      e = code(() => batchNormAct(x, null as unknown as typeof p, 'relu'));
+      expect(e.code).toBe('ERR_ARG');
+      e = code(() => batchNorm2d(x, p.weight, p.bias, null, null, { training: 'yes' as unknown as boolean }));
+      expect(e.code).toBe('ERR_ARG');
+    });
+  });
+
+  test('a failed context network leaves no handle behind', () => {
+    const before = as.memory().tensors;
+    const p = params(3);
+    const x = as.randn([2, 3, 4, 4]);
+    expect(() =>
+      batchNormAct(x, p, 'adashift-b', {
+        training: true,
+        context: () => {
+          throw new Error('boom');
+        },
+      }),
+    ).toThrow('boom');
+    for (const t of [x, p.weight, p.bias, p.runningMean, p.runningVar]) t.dispose();
+    expect(as.memory().tensors).toBe(before);
+  });
+});
