@@ -9,3 +9,5 @@ export type { BatchNormActName, BatchNormActOptions, BatchNormOptions, BatchNorm
 export { avgPool2d, globalAvgPool, maxPool2d } from './ops/pool';
 export { accuracy, countCorrect, crossEntropy, crossEntropyWithCorrect } from './ops/loss';
 export type { CrossEntropyOptions, Labels } from './ops/loss';
+export { conv2d } from './ops/conv';
+export type { Conv2dOptions } from './ops/conv';

@@ -11,8 +11,11 @@ export interface ConvBinding {
     dy: T, x: T, w: T, strideH: number, strideW: number, padH: number, padW: number,
     needDx: boolean, needDw: boolean, needDb: boolean,
   ): [T | null, T | null, T | null];
-  /** The CPU GEMM conv2d and matmul use; with an argument, switches it first (process-wide). */
-  gemmBackend(choice?: 'own' | 'openblas' | 'auto'): GemmBackendName;
+  /**
+   * The CPU GEMM conv2d uses ('own' by default; ADASHIFT_GEMM=openblas at load picks OpenBLAS in
+   * builds that have it). With an argument, switches it first (process-wide).
+   */
+  gemmBackend(choice?: GemmBackendName): GemmBackendName;
   /** What the build offers: the backend in use, whether BLAS is compiled in, the own kernel's register tile. */
   gemmInfo(): { backend: GemmBackendName; blasCompiled: boolean; kernel: string };
   /**

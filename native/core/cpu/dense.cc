@@ -5,6 +5,7 @@
 #include "../ops/dense.h"
 #include "../threadpool.h"
 #include "../math.h"
+#include "gemm.h"
 #include "loops.h"
 #include "reduce.h"
 
@@ -91,56 +92,24 @@ void softmax_backward(const float* y, const float* dy, int64_t rows, int64_t n, 
   });
 }
 
-using loops::gemm_rows;
-
-// One batch entry: packs transposed operands into row-major [M, K] / [K, N], then multiplies
-// rows [i0, i1).
-static void matmul_entry(const MatmulDims& d, const float* A, const float* B, float* C,
-                         int64_t i0, int64_t i1, std::vector<float>& pa, std::vector<float>& pb) {
-  const int64_t M = d.M, N = d.N, K = d.K;
-  if (d.trans_a) {
-    pa.resize(size_t(M * K));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t i = i0; i < i1; ++i) pa[size_t(i * K + k)] = A[k * M + i];
-  }
-  if (d.trans_b) {
-    pb.resize(size_t(K * N));
-    for (int64_t j = 0; j < N; ++j)
-      for (int64_t k = 0; k < K; ++k) pb[size_t(k * N + j)] = B[j * K + k];
-  }
-  gemm_rows(i0, i1, N, K, d.trans_a ? pa.data() : A, d.trans_b ? pb.data() : B, C);
-}
-
+// Batched matmul on the package's own GEMM (cpu/gemm.h), whose bits do not depend on the
+// thread count (BLAS libraries split their work by thread count and round differently). Many
+// small products (attention heads): one batch entry per pool task, each on the single-threaded
+// kernel; otherwise entries in order, each GEMM parallel over blocks of C.
 void matmul(const MatmulDims& d, const float* a, const float* b, float* c) {
-  if (d.batch >= num_threads() || d.M == 1) {
-    // Many small products (attention heads): one batch entry per task.
+  const int64_t lda = d.trans_a ? d.M : d.K, ldb = d.trans_b ? d.K : d.N;
+  const double macs = double(d.M) * double(d.N) * double(d.K);
+  if (d.batch >= num_threads() && num_threads() > 1 && macs < double(1 << 20)) {
     parallel_for(d.batch, 1, [&](int64_t e0, int64_t e1) {
-      std::vector<float> pa, pb;
       for (int64_t e = e0; e < e1; ++e)
-        matmul_entry(d, a + e * d.stride_a, b + e * d.stride_b, c + e * d.stride_c, 0, d.M, pa, pb);
+        gemm_serial(d.trans_a, d.trans_b, d.M, d.N, d.K, 1.0f, a + e * d.stride_a, lda,
+                    b + e * d.stride_b, ldb, 0.0f, c + e * d.stride_c, d.N);
     });
     return;
   }
-  for (int64_t e = 0; e < d.batch; ++e) {
-    // Few large products: split rows of the output.
-    const float* A = a + e * d.stride_a;
-    const float* B = b + e * d.stride_b;
-    float* C = c + e * d.stride_c;
-    std::vector<float> pb;
-    if (d.trans_b) {
-      pb.resize(size_t(d.K * d.N));
-      for (int64_t j = 0; j < d.N; ++j)
-        for (int64_t k = 0; k < d.K; ++k) pb[size_t(k * d.N + j)] = B[j * d.K + k];
-    }
-    MatmulDims rows = d;
-    rows.trans_b = false;
-    const float* Bp = d.trans_b ? pb.data() : B;
-    parallel_for(d.M, std::max<int64_t>(1, 16384 / std::max<int64_t>(d.N * d.K, 1)),
-                 [&](int64_t i0, int64_t i1) {
-                   std::vector<float> pa, unused;
-                   matmul_entry(rows, A, Bp, C, i0, i1, pa, unused);
-                 });
-  }
+  for (int64_t e = 0; e < d.batch; ++e)
+    gemm_reference_kernel(d.trans_a, d.trans_b, d.M, d.N, d.K, 1.0f, a + e * d.stride_a, lda,
+                          b + e * d.stride_b, ldb, 0.0f, c + e * d.stride_c, d.N);
 }
 
 void permute(const PermuteDims& d, const float* x, float* out) {

@@ -1,0 +1,593 @@
+// CPU 2-D convolution on the GEMM (cpu/gemm.h). Two lowerings, picked by shape and backend:
+//
+// Stride 1 with the own GEMM ("windows"): each sample is copied once into zero-padded planes
+// of width Wp = W + 2 pad_w. On that layout every kernel tap (c, i, j) sees the output pixels
+// as one contiguous run: output (oh, ow) of tap (c, i, j) is xp[c][oh + i][ow + j] =
+// xp[off(c, i, j) + oh * Wp + ow]. So with Q = Ho * Wp columns (Wp - Wo per row unused):
+//   forward   ytmp [Cout, Q] = W [Cout, K] @ X~ [K, Q], X~[r][q] = xp[off(r) + q]; the GEMM
+//             packs X~'s slivers straight from xp (contiguous copies, no im2col matrix); the
+//             used columns go to y (+ bias).
+//   dX        the same forward on dy padded by (kh-1-pad_h, kw-1-pad_w) with the weight
+//             flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no col2im.
+//   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q]: dot products along q, contiguous
+//             in both operands (gemm_dot), with dy~ = dy in the padded layout (0 in the
+//             unused columns), accumulated over samples.
+// Otherwise ("columns", and always with BLAS): im2col + GEMM. With K = Cin*kh*kw and
+// P = Ho*Wo: forward y[n] = W @ cols(x[n]); dW += dy[n] @ cols(x[n])^T; dcols = W^T @ dy[n]
+// then col2im (scatter-add into dx[n]). Columns are built a chunk of output pixels at a time
+// (at most kColsBudget floats). A 1x1, stride-1, unpadded convolution is a GEMM on x itself.
+// db: per-channel sums of dy (cpu/reduce.h: fixed blocks, double partials).
+//
+// Threads: with the own GEMM and enough samples, samples are spread over the pool and each
+// runs single-threaded kernels; otherwise samples run in order and the GEMM (own: blocks of C
+// over the pool; BLAS: its own threads, called from this thread only) and the copies are
+// parallel inside. dW is accumulated in a structure fixed by the shape: samples are cut into
+// min(N, kMaxGroups) contiguous groups, each group sums its samples in order into its own
+// partial, and the partials are added in group order. The own kernels' bits do not depend on
+// the thread count or on how their output is split, so with the own GEMM every result is
+// bit-identical for any number of threads. (OpenBLAS splits its work by its thread count, so
+// with it results are reproducible at a fixed thread count only.)
+//
+// Non-finite inputs: in the windows lowering of dW the unused columns multiply 0 by real input
+// values, so an infinite input can turn more dW entries into NaN than an exact evaluation.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+#include "../ops/conv.h"
+#include "../threadpool.h"
+#include "gemm.h"
+#include "loops.h"
+#include "reduce.h"
+
+namespace adashift {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t kColsBudget = int64_t(1) << 20;  // floats of im2col columns held at once
+constexpr int64_t kMaxGroups = 16;                  // dW partials (fixed by N, not threads)
+constexpr int64_t kDotMinDepth = 512;               // dW by dot products from this row length
+
+using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                        const float*, int64_t, float, float*, int64_t);
+
+// Per-thread buffers, grown on demand and reused across calls: 0 im2col columns, 1 their
+// gradient, 2 a padded copy of one sample, 3 a GEMM output tile, 4 dy in the padded layout.
+std::vector<float>& scratch(int which, size_t n) {
+  thread_local std::vector<float> buf[5];
+  if (buf[which].size() < n) buf[which].resize(n);
+  return buf[which];
+}
+
+// Output pixels per im2col chunk: all of them when the columns fit the budget.
+int64_t pixel_chunk(const Conv2dDims& d) {
+  const int64_t K = d.K(), P = d.P();
+  if (K * P <= kColsBudget) return P;
+  return std::max<int64_t>(std::min<int64_t>(P, 64), kColsBudget / K);
+}
+
+// Valid output columns [lo, hi) of kernel column j: 0 <= ow*sw - pw + j < W.
+inline void valid_cols(const Conv2dDims& d, int64_t j, int64_t& lo, int64_t& hi) {
+  const int64_t m = d.pad_w - j;
+  lo = m <= 0 ? 0 : (m + d.stride_w - 1) / d.stride_w;
+  const int64_t n = d.W - 1 + d.pad_w - j;
+  hi = n < 0 ? 0 : std::min<int64_t>(d.Wo, n / d.stride_w + 1);
+  lo = std::min(lo, d.Wo);
+  if (hi < lo) hi = lo;
+}
+
+// Calls run(r_offset_in_row_of_cols, oh, ow0, ow1) over the output rows that overlap the pixel
+// range [p0, p1).
+template <typename F>
+inline void for_each_out_row(const Conv2dDims& d, int64_t p0, int64_t p1, F run) {
+  int64_t p = p0;
+  while (p < p1) {
+    const int64_t oh = p / d.Wo, ow0 = p % d.Wo;
+    const int64_t ow1 = std::min<int64_t>(d.Wo, ow0 + (p1 - p));
+    run(p - p0, oh, ow0, ow1);
+    p += ow1 - ow0;
+  }
+}
+
+// cols[r][q], r in [r0, r1) of K, q < p1 - p0: the input of one sample under kernel tap r at
+// output pixel p0 + q (0 in the padding).
+void im2col(const Conv2dDims& d, const float* x, int64_t p0, int64_t p1, int64_t r0, int64_t r1,
+            float* cols) {
+  const int64_t L = p1 - p0, kk = d.kh * d.kw;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t c = r / kk, i = (r / d.kw) % d.kh, j = r % d.kw;
+    const float* xc = x + c * d.H * d.W;
+    float* out = cols + r * L;
+    int64_t lo_j, hi_j;
+    valid_cols(d, j, lo_j, hi_j);
+    for_each_out_row(d, p0, p1, [&](int64_t q, int64_t oh, int64_t ow0, int64_t ow1) {
+      float* o = out + q;  // o[ow - ow0]
+      const int64_t ih = oh * d.stride_h - d.pad_h + i;
+      if (ih < 0 || ih >= d.H) {
+        std::fill(o, o + (ow1 - ow0), 0.0f);
+        return;
+      }
+      const int64_t lo = std::min(std::max(lo_j, ow0), ow1), hi = std::max(std::min(hi_j, ow1), lo);
+      std::fill(o, o + (lo - ow0), 0.0f);
+      if (hi > lo) {
+        const float* xr = xc + ih * d.W + (lo * d.stride_w - d.pad_w + j);  // input at ow = lo
+        float* ol = o + (lo - ow0);
+        if (d.stride_w == 1)
+          std::memcpy(ol, xr, size_t(hi - lo) * sizeof(float));
+        else
+          for (int64_t t = 0; t < hi - lo; ++t) ol[t] = xr[t * d.stride_w];
+      }
+      std::fill(o + (hi - ow0), o + (ow1 - ow0), 0.0f);
+    });
+  }
+}
+
+// dx[c] += the columns of channels [c0, c1) at pixels [p0, p1) (scatter-add, in a fixed
+// order: taps, then pixels).
+void col2im(const Conv2dDims& d, const float* cols, int64_t p0, int64_t p1, int64_t c0,
+            int64_t c1, float* dx) {
+  const int64_t L = p1 - p0;
+  for (int64_t c = c0; c < c1; ++c) {
+    float* dxc = dx + c * d.H * d.W;
+    for (int64_t i = 0; i < d.kh; ++i)
+      for (int64_t j = 0; j < d.kw; ++j) {
+        const float* in = cols + ((c * d.kh + i) * d.kw + j) * L;
+        int64_t lo_j, hi_j;
+        valid_cols(d, j, lo_j, hi_j);
+        for_each_out_row(d, p0, p1, [&](int64_t q, int64_t oh, int64_t ow0, int64_t ow1) {
+          const int64_t ih = oh * d.stride_h - d.pad_h + i;
+          if (ih < 0 || ih >= d.H) return;
+          const int64_t lo = std::max(lo_j, ow0), hi = std::min(hi_j, ow1);
+          if (hi <= lo) return;
+          const float* src = in + q + (lo - ow0);
+          float* xr = dxc + ih * d.W + (lo * d.stride_w - d.pad_w + j);  // input at ow = lo
+          const int64_t n = hi - lo;
+          if (d.stride_w == 1) {
+#pragma omp simd
+            for (int64_t t = 0; t < n; ++t) xr[t] += src[t];
+          } else {
+            for (int64_t t = 0; t < n; ++t) xr[t * d.stride_w] += src[t];
+          }
+        });
+      }
+  }
+}
+
+// Samples across the pool (single-threaded GEMMs inside) or one after another (parallel
+// inside). Only the own GEMM goes inside pool tasks; BLAS is called from this thread only.
+bool across_samples(int64_t units) {
+  const int t = num_threads();
+  return t > 1 && gemm_backend() == GemmBackend::Own && units >= 2 * int64_t(t);
+}
+
+// The copies around a BLAS call stay on this thread: OpenBLAS's workers keep spinning for a
+// while after each call, and pool threads next to them would only oversubscribe the cores.
+bool parallel_copies(bool inner_parallel) {
+  return inner_parallel && gemm_backend() == GemmBackend::Own;
+}
+
+void build_cols(const Conv2dDims& d, const float* x, int64_t p0, int64_t p1, float* cols,
+                bool inner_parallel) {
+  const int64_t K = d.K(), L = p1 - p0;
+  if (!parallel_copies(inner_parallel)) {
+    im2col(d, x, p0, p1, 0, K, cols);
+    return;
+  }
+  parallel_for(K, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)),
+               [&](int64_t r0, int64_t r1) { im2col(d, x, p0, p1, r0, r1, cols); });
+}
+
+void scatter_cols(const Conv2dDims& d, const float* cols, int64_t p0, int64_t p1, float* dx,
+                  bool inner_parallel) {
+  if (!parallel_copies(inner_parallel)) {
+    col2im(d, cols, p0, p1, 0, d.Cin, dx);
+    return;
+  }
+  const int64_t per_channel = d.kh * d.kw * (p1 - p0);
+  parallel_for(d.Cin, std::max<int64_t>(1, 16384 / std::max<int64_t>(per_channel, 1)),
+               [&](int64_t c0, int64_t c1) { col2im(d, cols, p0, p1, c0, c1, dx); });
+}
+
+AS_VECTORIZE void add_bias(float* __restrict y, const float* __restrict b, int64_t C, int64_t P) {
+  for (int64_t c = 0; c < C; ++c) {
+    float* __restrict yc = y + c * P;
+    const float bc = b[c];
+#pragma omp simd
+    for (int64_t p = 0; p < P; ++p) yc[p] += bc;
+  }
+}
+
+AS_VECTORIZE void add_into(float* __restrict acc, const float* __restrict v, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) acc[i] += v[i];
+}
+
+// ---- the windows lowering (stride 1, own GEMM) -------------------------------------------------
+struct Padded {
+  int64_t C, H, W, ph, pw, Hp, Wp, plane, total;
+};
+
+Padded padded(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t kw) {
+  Padded g{C, H, W, ph, pw, H + 2 * ph, W + 2 * pw, 0, 0};
+  g.plane = g.Hp * g.Wp;
+  // Reads run past the last plane by up to kw - 1 (windows) plus kGemmDotLanes (dot blocks).
+  g.total = C * g.plane + kw + kGemmDotLanes;
+  return g;
+}
+
+AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t c0, int64_t c1,
+                             float* __restrict xp) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const float* __restrict xc = x + c * g.H * g.W;
+    float* __restrict o = xp + c * g.plane;
+    for (int64_t t = 0; t < g.ph * g.Wp; ++t) o[t] = 0.0f;
+    for (int64_t h = 0; h < g.H; ++h) {
+      float* __restrict row = o + (g.ph + h) * g.Wp;
+      for (int64_t t = 0; t < g.pw; ++t) row[t] = 0.0f;
+#pragma omp simd
+      for (int64_t t = 0; t < g.W; ++t) row[g.pw + t] = xc[h * g.W + t];
+      for (int64_t t = g.pw + g.W; t < g.Wp; ++t) row[t] = 0.0f;
+    }
+    for (int64_t t = (g.ph + g.H) * g.Wp; t < g.plane; ++t) o[t] = 0.0f;
+  }
+}
+
+void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel) {
+  if (inner_parallel)
+    parallel_for(g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(g.plane, 1)),
+                 [&](int64_t c0, int64_t c1) { pad_planes(x, g, c0, c1, xp); });
+  else
+    pad_planes(x, g, 0, g.C, xp);
+  std::fill(xp + g.C * g.plane, xp + g.total, 0.0f);
+}
+
+// off[r] for taps r = (c, i, j): where tap r's run of output columns starts in the planes.
+std::vector<int64_t> tap_offsets(int64_t C, int64_t kh, int64_t kw, const Padded& g) {
+  std::vector<int64_t> off(size_t(C * kh * kw));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j)
+        off[size_t((c * kh + i) * kw + j)] = c * g.plane + i * g.Wp + j;
+  return off;
+}
+
+template <int NR>
+__attribute__((always_inline)) inline void copy_windows(const float* xp, const int64_t* off,
+                                                        int64_t p0, int64_t kc, int64_t q0,
+                                                        int nr, float* o) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* __restrict src = xp + off[p0 + k] + q0;
+    float* __restrict d = o + k * NR;
+    if (nr == NR) {
+#pragma omp simd
+      for (int t = 0; t < NR; ++t) d[t] = src[t];
+    } else {
+      for (int t = 0; t < nr; ++t) d[t] = src[t];
+      for (int t = nr; t < NR; ++t) d[t] = 0.0f;
+    }
+  }
+}
+
+AS_VECTORIZE void pack_windows(const float* xp, const int64_t* off, int64_t q_base, int64_t p0,
+                               int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+                               float* out) {
+  for (int64_t s = s0; s < s1; ++s) {
+    float* o = out + s * kc * NR;
+    const int64_t c0 = j0 + s * NR;
+    const int nr = int(std::min<int64_t>(NR, j0 + nc - c0));
+    if (NR == 32) copy_windows<32>(xp, off, p0, kc, q_base + c0, nr, o);
+    else if (NR == 16) copy_windows<16>(xp, off, p0, kc, q_base + c0, nr, o);
+    else
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = xp + off[p0 + k] + q_base + c0;
+        for (int t = 0; t < NR; ++t) o[k * NR + t] = t < nr ? src[t] : 0.0f;
+      }
+  }
+}
+
+// The implicit matrix X~[r][q] = xp[off[r] + q_base + q] as the GEMM's B.
+struct Windows final : GemmBSource {
+  const float* xp;
+  const int64_t* off;
+  int64_t q_base;
+  Windows(const float* x, const int64_t* o, int64_t q) : xp(x), off(o), q_base(q) {}
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+            float* out) const override {
+    pack_windows(xp, off, q_base, p0, kc, j0, nc, NR, s0, s1, out);
+  }
+};
+
+// The transposed implicit matrix X~^T[q][r] = xp[off[r] + q] as the GEMM's B (for dW when
+// the rows are short): slivers of NR taps, gathered per depth q.
+AS_VECTORIZE void pack_windows_t(const float* xp, const int64_t* off, int64_t p0, int64_t kc,
+                                 int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+                                 float* out) {
+  for (int64_t s = s0; s < s1; ++s) {
+    float* __restrict o = out + s * kc * NR;
+    const int64_t c0 = j0 + s * NR;
+    const int nr = int(std::min<int64_t>(NR, j0 + nc - c0));
+    for (int t = 0; t < nr; ++t) {
+      const float* __restrict src = xp + off[c0 + t] + p0;
+      for (int64_t k = 0; k < kc; ++k) o[k * NR + t] = src[k];
+    }
+    for (int t = nr; t < NR; ++t)
+      for (int64_t k = 0; k < kc; ++k) o[k * NR + t] = 0.0f;
+  }
+}
+
+struct WindowsT final : GemmBSource {
+  const float* xp;
+  const int64_t* off;
+  WindowsT(const float* x, const int64_t* o) : xp(x), off(o) {}
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+            float* out) const override {
+    pack_windows_t(xp, off, p0, kc, j0, nc, NR, s0, s1, out);
+  }
+};
+
+// y [Cout, Ho, Wo] (+ bias) from the GEMM rows [oh0, oh1) in the padded layout.
+AS_VECTORIZE void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp,
+                            int64_t Wo, int64_t HoWo, const float* __restrict b,
+                            float* __restrict y) {
+  for (int64_t co = 0; co < Cout; ++co) {
+    const float bc = b ? b[co] : 0.0f;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* __restrict src = t + (co * rows + r) * Wp;
+      float* __restrict dst = y + co * HoWo + r * Wo;
+#pragma omp simd
+      for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow] + bc;
+    }
+  }
+}
+
+// One sample of a stride-1 convolution in the windows lowering: x [Cin, H, W] -> y [Cout, Ho,
+// Wo] with the weight [Cout, Cin*kh*kw] packed once per call; off from tap_offsets.
+void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, const float* x,
+                     const GemmPackedA& w, const float* b, float* y, bool inner_parallel) {
+  float* xp = scratch(2, size_t(g.total)).data();
+  pad_sample(x, g, xp, inner_parallel);
+  // Whole output rows per GEMM, with at most kColsBudget floats of output tile.
+  const int64_t rows = std::max<int64_t>(
+      1, std::min<int64_t>(d.Ho, kColsBudget / std::max<int64_t>(d.Cout * g.Wp, 1)));
+  float* t = scratch(3, size_t(d.Cout * rows * g.Wp)).data();
+  for (int64_t oh0 = 0; oh0 < d.Ho; oh0 += rows) {
+    const int64_t nr = std::min(rows, d.Ho - oh0), L = nr * g.Wp;
+    Windows src(xp, off, oh0 * g.Wp);
+    gemm_packed_a(w, L, 1.0f, src, 0.0f, t, L, inner_parallel);
+    take_rows(t, d.Cout, nr, g.Wp, d.Wo, d.P(), b, y + oh0 * d.Wo);
+  }
+}
+
+// dy [Cout, Ho, Wo] into rows of length Q16 in the padded layout (Wp per output row, 0 in the
+// unused columns and past Q).
+AS_VECTORIZE void dy_rows(const float* __restrict dy, int64_t Cout, int64_t Ho, int64_t Wo,
+                          int64_t Wp, int64_t Q16, float* __restrict out) {
+  for (int64_t co = 0; co < Cout; ++co) {
+    float* __restrict o = out + co * Q16;
+    for (int64_t oh = 0; oh < Ho; ++oh) {
+      const float* __restrict src = dy + (co * Ho + oh) * Wo;
+#pragma omp simd
+      for (int64_t ow = 0; ow < Wo; ++ow) o[oh * Wp + ow] = src[ow];
+      for (int64_t ow = Wo; ow < Wp; ++ow) o[oh * Wp + ow] = 0.0f;
+    }
+    for (int64_t q = Ho * Wp; q < Q16; ++q) o[q] = 0.0f;
+  }
+}
+
+// dw_acc [Cout, K] (=, or += when accumulate) the weight gradient of one sample.
+void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* off,
+                         const float* x, const float* dy, float* dw_acc, bool accumulate,
+                         bool inner_parallel) {
+  const int64_t K = d.K(), Q = d.Ho * g.Wp;
+  const int64_t Q16 = (Q + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
+  float* xp = scratch(2, size_t(g.total)).data();
+  pad_sample(x, g, xp, inner_parallel);
+  float* a = scratch(4, size_t(d.Cout * Q16)).data();
+  dy_rows(dy, d.Cout, d.Ho, d.Wo, g.Wp, Q16, a);
+  const float beta = accumulate ? 1.0f : 0.0f;
+  if (Q < kDotMinDepth) {
+    // Short rows: a packed GEMM (dot products would spend their time in the final reductions).
+    WindowsT src(xp, off);
+    gemm_source_b(false, d.Cout, K, Q, 1.0f, a, Q16, src, beta, dw_acc, K, inner_parallel);
+    return;
+  }
+  if (!inner_parallel) {
+    gemm_dot(d.Cout, Q, a, Q16, xp, off, beta, dw_acc, K, 0, K);
+    return;
+  }
+  const int64_t tile = gemm_dot_tile_cols(), tiles = (K + tile - 1) / tile;
+  parallel_for(tiles, std::max<int64_t>(1, 65536 / std::max<int64_t>(d.Cout * Q * tile, 1)),
+               [&](int64_t t0, int64_t t1) {
+                 gemm_dot(d.Cout, Q, a, Q16, xp, off, beta, dw_acc, K, t0 * tile,
+                          std::min(K, t1 * tile));
+               });
+}
+
+// The data every sample of a windows-lowered call shares.
+struct WindowsPlan {
+  bool fwd = false, bwd_dx = false, bwd_dw = false;
+  Padded gx{}, gdy{};                 // padded x (forward, dW); padded dy (dX)
+  std::vector<int64_t> offx, offdy;   // tap offsets on each
+  Conv2dDims dxd{};                   // dX as a forward convolution of dy
+  std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
+  std::unique_ptr<GemmPackedA> wflip; // the flipped weight [Cin, Cout*kh*kw], packed (dX)
+};
+
+bool windows_usable(const Conv2dDims& d) {
+  return gemm_backend() == GemmBackend::Own && d.stride_h == 1 && d.stride_w == 1 &&
+         !d.pointwise();
+}
+
+// ---- per sample: windows, columns (any stride; the BLAS path) or pointwise -------------------
+void forward_sample(const Conv2dDims& d, const float* x, const float* w, const float* b, float* y,
+                    const WindowsPlan& plan, bool inner_parallel) {
+  if (plan.fwd) {
+    windows_forward(d, plan.gx, plan.offx.data(), x, *plan.w, b, y, inner_parallel);
+    return;
+  }
+  const GemmFn G = inner_parallel ? &gemm : &gemm_serial;
+  const int64_t K = d.K(), P = d.P();
+  if (d.pointwise()) {
+    G(false, false, d.Cout, P, d.Cin, 1.0f, w, d.Cin, x, P, 0.0f, y, P);
+  } else {
+    const int64_t chunk = pixel_chunk(d);
+    float* cols = scratch(0, size_t(K * chunk)).data();
+    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+      const int64_t p1 = std::min(P, p0 + chunk), L = p1 - p0;
+      build_cols(d, x, p0, p1, cols, inner_parallel);
+      G(false, false, d.Cout, L, K, 1.0f, w, K, cols, L, 0.0f, y + p0, P);
+    }
+  }
+  if (b) add_bias(y, b, d.Cout, P);
+}
+
+// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample),
+// dx written per sample.
+void backward_group(const Conv2dDims& d, const float* dy, const float* x, const float* w,
+                    float* dx, float* dw_acc, int64_t n0, int64_t n1, const WindowsPlan& plan,
+                    bool inner_parallel) {
+  const GemmFn G = inner_parallel ? &gemm : &gemm_serial;
+  const int64_t K = d.K(), P = d.P();
+  const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
+  const int64_t chunk = pixel_chunk(d);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* xn = x + n * x_stride;
+    const float* dyn = dy + n * y_stride;
+    if (dw_acc) {
+      if (plan.bwd_dw) {
+        windows_weight_grad(d, plan.gx, plan.offx.data(), xn, dyn, dw_acc, n > n0, inner_parallel);
+      } else if (d.pointwise()) {
+        G(false, true, d.Cout, d.Cin, P, 1.0f, dyn, P, xn, P, n == n0 ? 0.0f : 1.0f, dw_acc, d.Cin);
+      } else {
+        float* cols = scratch(0, size_t(K * chunk)).data();
+        for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+          const int64_t p1 = std::min(P, p0 + chunk), L = p1 - p0;
+          build_cols(d, xn, p0, p1, cols, inner_parallel);
+          G(false, true, d.Cout, K, L, 1.0f, dyn + p0, P, cols, L,
+            n == n0 && p0 == 0 ? 0.0f : 1.0f, dw_acc, K);
+        }
+      }
+    }
+    if (dx) {
+      float* dxn = dx + n * x_stride;
+      if (plan.bwd_dx) {
+        windows_forward(plan.dxd, plan.gdy, plan.offdy.data(), dyn, *plan.wflip, nullptr, dxn,
+                        inner_parallel);
+      } else if (d.pointwise()) {
+        G(true, false, d.Cin, P, d.Cout, 1.0f, w, d.Cin, dyn, P, 0.0f, dxn, P);
+      } else {
+        std::fill(dxn, dxn + x_stride, 0.0f);
+        float* dcols = scratch(1, size_t(K * chunk)).data();
+        for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+          const int64_t p1 = std::min(P, p0 + chunk), L = p1 - p0;
+          G(true, false, K, L, d.Cout, 1.0f, w, K, dyn + p0, P, 0.0f, dcols, L);
+          scatter_cols(d, dcols, p0, p1, dxn, inner_parallel);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const float* b,
+                    float* y) {
+  const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * d.P();
+  WindowsPlan plan;
+  if (windows_usable(d)) {
+    plan.fwd = true;
+    plan.gx = padded(d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.kw);
+    plan.offx = tap_offsets(d.Cin, d.kh, d.kw, plan.gx);
+    plan.w = std::make_unique<GemmPackedA>(false, d.Cout, d.K(), w, d.K());
+  }
+  if (across_samples(d.N)) {
+    parallel_for(d.N, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        forward_sample(d, x + n * x_stride, w, b, y + n * y_stride, plan, false);
+    });
+    return;
+  }
+  for (int64_t n = 0; n < d.N; ++n)
+    forward_sample(d, x + n * x_stride, w, b, y + n * y_stride, plan, true);
+}
+
+void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* db) {
+  const int64_t P = d.P();
+  if (db) {
+    // db[c] = sum over samples (fixed blocks, in order) of the plane sums of dy[n, c].
+    deterministic_column_sums(d.N, d.Cout, db, [&](int64_t n, int64_t c) {
+      return double(loops::sum(dy + (n * d.Cout + c) * P, P));
+    });
+  }
+  if (!dx && !dw) return;
+  const int64_t K = d.K(), CK = d.Cout * K;
+  if (dw && d.N == 0) std::fill(dw, dw + CK, 0.0f);
+  const int64_t groups = std::min<int64_t>(d.N, kMaxGroups);
+  if (groups == 0) return;
+
+  WindowsPlan plan;
+  if (windows_usable(d)) {
+    plan.gx = padded(d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.kw);
+    plan.offx = tap_offsets(d.Cin, d.kh, d.kw, plan.gx);
+    plan.bwd_dw = dw != nullptr;
+    // dX = a stride-1 convolution of dy padded by (k - 1 - pad) with the flipped weight.
+    if (dx && d.pad_h <= d.kh - 1 && d.pad_w <= d.kw - 1) {
+      plan.bwd_dx = true;
+      Conv2dDims t{};
+      t.N = d.N;
+      t.Cin = d.Cout;
+      t.H = d.Ho;
+      t.W = d.Wo;
+      t.Cout = d.Cin;
+      t.kh = d.kh;
+      t.kw = d.kw;
+      t.Ho = d.H;
+      t.Wo = d.W;
+      t.stride_h = t.stride_w = 1;
+      t.pad_h = d.kh - 1 - d.pad_h;
+      t.pad_w = d.kw - 1 - d.pad_w;
+      plan.dxd = t;
+      plan.gdy = padded(t.Cin, t.H, t.W, t.pad_h, t.pad_w, t.kw);
+      plan.offdy = tap_offsets(t.Cin, t.kh, t.kw, plan.gdy);
+      const int64_t kk = d.kh * d.kw;
+      std::vector<float> flip(size_t(d.Cin * d.Cout * kk));
+      for (int64_t co = 0; co < d.Cout; ++co)
+        for (int64_t c = 0; c < d.Cin; ++c)
+          for (int64_t i = 0; i < d.kh; ++i)
+            for (int64_t j = 0; j < d.kw; ++j)
+              flip[size_t((c * d.Cout + co) * kk + (d.kh - 1 - i) * d.kw + (d.kw - 1 - j))] =
+                  w[((co * d.Cin + c) * d.kh + i) * d.kw + j];
+      plan.wflip =
+          std::make_unique<GemmPackedA>(false, d.Cin, d.Cout * kk, flip.data(), d.Cout * kk);
+    }
+  }
+
+  std::vector<float> part;
+  if (dw && groups > 1) part.resize(size_t(groups * CK));
+  auto dw_of = [&](int64_t g) -> float* {
+    if (!dw) return nullptr;
+    return groups == 1 ? dw : part.data() + g * CK;
+  };
+  auto group_begin = [&](int64_t g) { return d.N * g / groups; };
+  if (across_samples(groups)) {
+    parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g)
+        backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, false);
+    });
+  } else {
+    for (int64_t g = 0; g < groups; ++g)
+      backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, true);
+  }
+  if (dw && groups > 1) {
+    // dw = partial 0 + partial 1 + ... in group order, element-wise (split over the pool).
+    parallel_for(CK, 4096, [&](int64_t e0, int64_t e1) {
+      std::memcpy(dw + e0, part.data() + e0, size_t(e1 - e0) * sizeof(float));
+      for (int64_t g = 1; g < groups; ++g) add_into(dw + e0, part.data() + g * CK + e0, e1 - e0);
+    });
+  }
+}
+
+}  // namespace cpu
+}  // namespace adashift

@@ -1,0 +1,572 @@
+// CPU SGEMM: the package's own cache-blocked, packed kernel and the BLAS path (gemm.h).
+//
+// Own kernel (the BLIS loop nest):
+//   for jc over N in steps of NC:           a panel of B columns
+//     for pc over K in steps of KC:         a depth block (the summation block)
+//       pack B[pc:pc+kc, jc:jc+nc] into NR-wide slivers, k-major   (shared, parallel)
+//       for each MC block of rows of C, for a range of B slivers:  (tasks over blocks of C)
+//         pack A[ic:ic+mc, pc:pc+kc] into MR-tall slivers, k-major (thread-local)
+//         for each B sliver, for each A sliver: MR x NR register tile over kc, then
+//         C_tile = alpha * tile + beta * C_tile (first depth block) or C_tile += alpha * tile.
+// Every element of C is the sum over depth blocks, in order, of one kc-long chain of FMAs in
+// k order: the bits do not depend on how C is split among threads, nor on the thread count.
+// Packing pads partial slivers with zeros, so the micro-kernel always runs a full tile.
+//
+// The register tile is MR x NR floats of accumulators. The micro-kernel is plain C++ over
+// fixed-size arrays (compiled per instruction set by AS_VECTORIZE: the j loop becomes NR/16
+// zmm or NR/8 ymm registers); the tile is picked at run time for the CPU so that the
+// accumulators fit the register file: 8 x 32 with AVX-512 (16 of 32 zmm), 6 x 16 with AVX2
+// (12 of 16 ymm), 4 x 16 otherwise.
+//
+// The same driver serves the convolution's implicit operands: B packed by a GemmBSource (image
+// windows, never materialised as an im2col matrix) and A packed once for many products
+// (GemmPackedA). gemm_dot is a separate kernel for products whose depth is contiguous in both
+// operands (a convolution's weight gradient): MI x NJ dot products with L-lane accumulators.
+#include "gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../common.h"
+#include "../threadpool.h"
+#include "loops.h"
+
+#ifdef ADASHIFT_WITH_BLAS
+// The Fortran interface (every argument by pointer; the trailing hidden lengths of the two
+// character arguments are passed for Fortran-compiled BLAS and ignored by OpenBLAS's C one).
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
+                       const int* k, const float* alpha, const float* a, const int* lda,
+                       const float* b, const int* ldb, const float* beta, float* c,
+                       const int* ldc, size_t len_transa, size_t len_transb);
+#ifdef ADASHIFT_BLAS_OPENBLAS
+extern "C" void openblas_set_num_threads(int n);
+#endif
+#endif
+
+namespace adashift {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t KC = kGemmKC;
+constexpr int64_t kNC = 4096;    // columns of B per packed panel (rounded to NR)
+constexpr int64_t kMCRows = 128;  // rows of A per packed block (rounded down to MR)
+// Below this many multiply-adds a product runs on one thread (the pool's wake-up costs more).
+constexpr double kParallelMacs = 1 << 17;
+
+// ---- aligned, growing, reused buffers ------------------------------------------------------
+struct Buffer {
+  std::vector<float> v;
+  float* get(size_t n) {
+    if (v.size() < n + 16) v.resize(n + 16);
+    uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+    return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));  // 64-byte aligned
+  }
+};
+Buffer& a_buffer() {
+  thread_local Buffer b;
+  return b;
+}
+Buffer& b_buffer() {
+  thread_local Buffer b;
+  return b;
+}
+
+// ---- packing ---------------------------------------------------------------------------------
+// op(A)[i][k] for rows [i0, i0 + mc), depth [p0, p0 + kc) into slivers out[s][k][MR].
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
+            int64_t kc, int MR, float* out) {
+  for (int64_t s = 0; s * MR < mc; ++s) {
+    float* o = out + s * kc * MR;
+    const int64_t r0 = i0 + s * MR;
+    const int mr = int(std::min<int64_t>(MR, i0 + mc - r0));
+    if (!trans) {
+      for (int r = 0; r < mr; ++r) {
+        const float* src = A + (r0 + r) * lda + p0;
+        for (int64_t k = 0; k < kc; ++k) o[k * MR + r] = src[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = A + (p0 + k) * lda + r0;
+        for (int r = 0; r < mr; ++r) o[k * MR + r] = src[r];
+      }
+    }
+    if (mr < MR)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int r = mr; r < MR; ++r) o[k * MR + r] = 0.0f;
+  }
+}
+
+// op(B)[k][j] for depth [p0, p0 + kc), the slivers [s0, s1) of columns from j0 (panel width
+// nc) into out[s][k][NR].
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0,
+            int64_t nc, int NR, int64_t s0, int64_t s1, float* out) {
+  for (int64_t s = s0; s < s1; ++s) {
+    float* o = out + s * kc * NR;
+    const int64_t c0 = j0 + s * NR;
+    const int nr = int(std::min<int64_t>(NR, j0 + nc - c0));
+    if (!trans) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = B + (p0 + k) * ldb + c0;
+        float* d = o + k * NR;
+        for (int j = 0; j < nr; ++j) d[j] = src[j];
+        for (int j = nr; j < NR; ++j) d[j] = 0.0f;
+      }
+    } else {
+      for (int j = 0; j < nr; ++j) {
+        const float* src = B + (c0 + j) * ldb + p0;
+        for (int64_t k = 0; k < kc; ++k) o[k * NR + j] = src[k];
+      }
+      if (nr < NR)
+        for (int64_t k = 0; k < kc; ++k)
+          for (int j = nr; j < NR; ++j) o[k * NR + j] = 0.0f;
+    }
+  }
+}
+
+// ---- the macro-kernel: one packed A block against a range of packed B slivers ---------------
+struct Block {
+  const float* Ap;   // packed A block (ceil(mc / MR) slivers of kc x MR)
+  const float* Bp;   // packed B panel (slivers of kc x NR)
+  int64_t mc, nc, kc;
+  int64_t s0, s1;    // B slivers to run
+  float* C;          // C at (ic, jc)
+  int64_t ldc;
+  float alpha, beta;
+  bool first;        // first depth block: apply beta
+};
+
+template <int MR, int NR>
+__attribute__((always_inline)) inline void macro_body(const Block& p) {
+  for (int64_t s = p.s0; s < p.s1; ++s) {
+    const float* __restrict b = p.Bp + s * p.kc * NR;
+    const int64_t j0 = s * NR;
+    const int nr = int(std::min<int64_t>(NR, p.nc - j0));
+    for (int64_t t = 0; t * MR < p.mc; ++t) {
+      const float* __restrict a = p.Ap + t * p.kc * MR;
+      float acc[MR][NR];
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i)
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) acc[i][j] = 0.0f;
+      for (int64_t k = 0; k < p.kc; ++k) {
+        const float* __restrict bk = b + k * NR;
+        const float* __restrict ak = a + k * MR;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          const float av = ak[i];
+#pragma omp simd
+          for (int j = 0; j < NR; ++j) acc[i][j] += av * bk[j];
+        }
+      }
+      const int mr = int(std::min<int64_t>(MR, p.mc - t * MR));
+      float* c = p.C + t * MR * p.ldc + j0;
+      const float alpha = p.alpha, beta = p.beta;
+      if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          float* __restrict ci = c + i * p.ldc;
+          if (!p.first) {
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) ci[j] += alpha * acc[i][j];
+          } else if (beta == 0.0f) {
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) ci[j] = alpha * acc[i][j];
+          } else {
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+          }
+        }
+      } else {
+        for (int i = 0; i < mr; ++i) {
+          float* ci = c + i * p.ldc;
+          if (!p.first)
+            for (int j = 0; j < nr; ++j) ci[j] += alpha * acc[i][j];
+          else if (beta == 0.0f)
+            for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j];
+          else
+            for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+        }
+      }
+    }
+  }
+}
+
+// One entry point per register tile, each compiled for every instruction set.
+AS_VECTORIZE void macro_8x32(const Block& p) { macro_body<8, 32>(p); }
+AS_VECTORIZE void macro_6x16(const Block& p) { macro_body<6, 16>(p); }
+AS_VECTORIZE void macro_4x16(const Block& p) { macro_body<4, 16>(p); }
+
+struct Kernel {
+  int MR, NR;
+  void (*run)(const Block&);
+  const char* name;
+};
+
+Kernel pick_kernel() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return {8, 32, macro_8x32, "8x32 (avx512)"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return {6, 16, macro_6x16, "6x16 (avx2)"};
+  return {4, 16, macro_4x16, "4x16 (sse)"};
+#else
+  return {6, 16, macro_6x16, "6x16"};
+#endif
+}
+
+const Kernel& kernel() {
+  static const Kernel k = pick_kernel();
+  return k;
+}
+
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f)
+      std::fill(c, c + N, 0.0f);
+    else if (beta != 1.0f)
+      for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+  }
+}
+
+struct PackAOnTheFly {
+  bool ta;
+  const float* A;
+  int64_t lda;
+  const float* operator()(int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* scratch) const {
+    pack_a(ta, A, lda, ic, mc, pc, kc, kernel().MR, scratch);
+    return scratch;
+  }
+};
+
+int64_t mc_rows(int MR) { return std::max<int64_t>(MR, kMCRows / MR * MR); }
+
+// geta(ic, mc, pc, kc, scratch): the packed A block for rows [ic, ic + mc), depth [pc, pc + kc)
+// (packed into scratch, or found prepacked); packb(p0, kc, j0, nc, NR, s0, s1, out): fills
+// slivers [s0, s1) of the B panel.
+template <class GetA, class PackB>
+void gemm_driver(int64_t M, int64_t N, int64_t K, float alpha, const GetA& geta,
+                 const PackB& packb, float beta, float* C, int64_t ldc, bool allow_parallel) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Kernel& kern = kernel();
+  const int MR = kern.MR, NR = kern.NR;
+  const int64_t MC = mc_rows(MR);
+  const int64_t NC = std::max<int64_t>(NR, kNC / NR * NR);
+  const int threads = allow_parallel ? num_threads() : 1;
+  const bool par = threads > 1 && double(M) * double(N) * double(K) >= kParallelMacs;
+
+  const int64_t nc_max = std::min(NC, (N + NR - 1) / NR * NR);
+  const int64_t kc_max = std::min(KC, K);
+  float* Bp = b_buffer().get(size_t(nc_max * kc_max));
+
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min(NC, N - jc);
+    const int64_t slivers = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min(KC, K - pc);
+      const bool first = pc == 0;
+      const int64_t m_blocks = (M + MC - 1) / MC;
+      if (!par) {
+        packb(pc, kc, jc, nc, NR, int64_t(0), slivers, Bp);
+        float* scratch = a_buffer().get(size_t(MC * kc));
+        for (int64_t mb = 0; mb < m_blocks; ++mb) {
+          const int64_t ic = mb * MC, mc = std::min(MC, M - ic);
+          const float* Ap = geta(ic, mc, pc, kc, scratch);
+          kern.run(Block{Ap, Bp, mc, nc, kc, 0, slivers, C + ic * ldc + jc, ldc, alpha, beta,
+                         first});
+        }
+        continue;
+      }
+      // Pack the B panel across the pool, then split C into tasks: row blocks x ranges of B
+      // slivers, enough for every thread to get about two (contiguous chunks of tasks share
+      // their packed A block).
+      parallel_for(slivers, std::max<int64_t>(1, 8192 / (kc * NR)), [&](int64_t s0, int64_t s1) {
+        packb(pc, kc, jc, nc, NR, s0, s1, Bp);
+      });
+      const int64_t want = 2 * int64_t(threads);
+      const int64_t n_parts =
+          std::min<int64_t>(slivers, std::max<int64_t>(1, (want + m_blocks - 1) / m_blocks));
+      const int64_t tasks = m_blocks * n_parts;
+      parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+        float* scratch = a_buffer().get(size_t(MC * kc));
+        const float* Ap = nullptr;
+        int64_t packed = -1;
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t mb = t / n_parts, part = t % n_parts;
+          const int64_t ic = mb * MC, mc = std::min(MC, M - ic);
+          if (packed != mb) {
+            Ap = geta(ic, mc, pc, kc, scratch);
+            packed = mb;
+          }
+          const int64_t s0 = slivers * part / n_parts, s1 = slivers * (part + 1) / n_parts;
+          if (s0 < s1)
+            kern.run(Block{Ap, Bp, mc, nc, kc, s0, s1, C + ic * ldc + jc, ldc, alpha, beta, first});
+        }
+      });
+    }
+  }
+}
+
+void gemm_own(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+              bool allow_parallel) {
+  gemm_driver(M, N, K, alpha, PackAOnTheFly{ta, A, lda},
+              [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+                  float* out) { pack_b(tb, B, ldb, p0, kc, j0, nc, NR, s0, s1, out); },
+              beta, C, ldc, allow_parallel);
+}
+
+// ---- dot-product kernel ----------------------------------------------------------------------
+// An MI x NJ tile of dot products: MI * NJ vector accumulators of L lanes over k (lane l adds
+// k = l, l + L, ... in order), then each accumulator is reduced by a fixed pairwise tree.
+template <int MI, int NJ, int L>
+__attribute__((always_inline)) inline void dot_body(int64_t M, int64_t len, const float* A,
+                                                    int64_t lda, const float* B,
+                                                    const int64_t* boff, float beta, float* C,
+                                                    int64_t ldc, int64_t j0, int64_t j1) {
+  const int64_t klen = (len + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
+  for (int64_t jt = j0; jt < j1; jt += NJ) {
+    const float* b[NJ];
+    for (int jj = 0; jj < NJ; ++jj) b[jj] = B + boff[std::min<int64_t>(jt + jj, j1 - 1)];
+    for (int64_t it = 0; it < M; it += MI) {
+      const float* a[MI];
+      for (int ii = 0; ii < MI; ++ii) a[ii] = A + std::min<int64_t>(it + ii, M - 1) * lda;
+      float acc[MI][NJ][L];
+#pragma GCC unroll 16
+      for (int ii = 0; ii < MI; ++ii)
+#pragma GCC unroll 16
+        for (int jj = 0; jj < NJ; ++jj)
+#pragma omp simd
+          for (int l = 0; l < L; ++l) acc[ii][jj][l] = 0.0f;
+      for (int64_t k = 0; k < klen; k += L) {
+#pragma GCC unroll 16
+        for (int ii = 0; ii < MI; ++ii)
+#pragma GCC unroll 16
+          for (int jj = 0; jj < NJ; ++jj)
+#pragma omp simd
+            for (int l = 0; l < L; ++l) acc[ii][jj][l] += a[ii][k + l] * b[jj][k + l];
+      }
+      for (int ii = 0; ii < MI && it + ii < M; ++ii)
+        for (int jj = 0; jj < NJ && jt + jj < j1; ++jj) {
+          float v[L];
+          for (int l = 0; l < L; ++l) v[l] = acc[ii][jj][l];
+          for (int w = L / 2; w > 0; w /= 2)
+            for (int l = 0; l < w; ++l) v[l] += v[l + w];
+          float* c = C + (it + ii) * ldc + jt + jj;
+          *c = beta == 0.0f ? v[0] : v[0] + beta * *c;
+        }
+    }
+  }
+}
+
+AS_VECTORIZE void dot_4x4x16(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
+                             const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0,
+                             int64_t j1) {
+  dot_body<4, 4, 16>(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
+}
+AS_VECTORIZE void dot_3x4x8(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
+                            const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0,
+                            int64_t j1) {
+  dot_body<3, 4, 8>(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
+}
+AS_VECTORIZE void dot_2x2x8(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
+                            const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0,
+                            int64_t j1) {
+  dot_body<2, 2, 8>(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
+}
+
+using DotFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, const int64_t*,
+                       float, float*, int64_t, int64_t, int64_t);
+struct DotKernel {
+  int NJ;
+  DotFn run;
+};
+DotKernel pick_dot() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return {4, dot_4x4x16};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {4, dot_3x4x8};
+  return {2, dot_2x2x8};
+#else
+  return {4, dot_3x4x8};
+#endif
+}
+const DotKernel& dot_kernel() {
+  static const DotKernel k = pick_dot();
+  return k;
+}
+
+// ---- backend choice --------------------------------------------------------------------------
+// The own kernel by default (its bits do not depend on the thread count, and on convolution
+// shapes it is the faster one); ADASHIFT_GEMM=openblas picks BLAS when compiled in.
+std::atomic<int>& backend_state() {
+  static std::atomic<int> s{[] {
+#ifdef ADASHIFT_WITH_BLAS
+    const char* e = std::getenv("ADASHIFT_GEMM");
+    if (e && (std::strcmp(e, "openblas") == 0 || std::strcmp(e, "blas") == 0))
+      return int(GemmBackend::Blas);
+#endif
+    return int(GemmBackend::Own);
+  }()};
+  return s;
+}
+
+}  // namespace
+
+void gemm_reference_kernel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+                           float beta, float* C, int64_t ldc) {
+  gemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, true);
+}
+
+void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc) {
+  gemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, false);
+}
+
+void gemm_source_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const GemmBSource& B, float beta, float* C, int64_t ldc,
+                   bool parallel) {
+  gemm_driver(M, N, K, alpha, PackAOnTheFly{trans_a, A, lda},
+              [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+                  float* out) { B.pack(p0, kc, j0, nc, NR, s0, s1, out); },
+              beta, C, ldc, parallel);
+}
+
+GemmPackedA::GemmPackedA(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda)
+    : M_(M), K_(K) {
+  const int MR = kernel().MR;
+  const int64_t MC = mc_rows(MR);
+  const int64_t m_blocks = (M + MC - 1) / MC, k_blocks = (K + KC - 1) / KC;
+  offsets_.resize(size_t(std::max<int64_t>(m_blocks * k_blocks, 1)));
+  size_t total = 0;
+  for (int64_t kb = 0; kb < k_blocks; ++kb)
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      offsets_[size_t(kb * m_blocks + mb)] = total;
+      const int64_t mc = std::min(MC, M - mb * MC), kc = std::min(KC, K - kb * KC);
+      total += size_t((mc + MR - 1) / MR * MR * kc);
+    }
+  data_.resize(total + 16);
+  uintptr_t p = reinterpret_cast<uintptr_t>(data_.data());
+  base_ = reinterpret_cast<float*>((p + 63) & ~uintptr_t(63)) - data_.data();
+  for (int64_t kb = 0; kb < k_blocks; ++kb)
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      const int64_t mc = std::min(MC, M - mb * MC), kc = std::min(KC, K - kb * KC);
+      pack_a(trans_a, A, lda, mb * MC, mc, kb * KC, kc, MR,
+             data_.data() + base_ + offsets_[size_t(kb * m_blocks + mb)]);
+    }
+  m_blocks_ = m_blocks;
+}
+
+const float* GemmPackedA::block(int64_t ic, int64_t pc) const {
+  const int64_t MC = mc_rows(kernel().MR);
+  return data_.data() + base_ + offsets_[size_t((pc / KC) * m_blocks_ + ic / MC)];
+}
+
+void gemm_packed_a(const GemmPackedA& A, int64_t N, float alpha, const GemmBSource& B,
+                   float beta, float* C, int64_t ldc, bool parallel) {
+  gemm_driver(A.rows(), N, A.depth(), alpha,
+              [&](int64_t ic, int64_t, int64_t pc, int64_t, float*) { return A.block(ic, pc); },
+              [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+                  float* out) { B.pack(p0, kc, j0, nc, NR, s0, s1, out); },
+              beta, C, ldc, parallel);
+}
+
+void GemmMatrixB::pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0,
+                       int64_t s1, float* out) const {
+  pack_b(trans, B, ldb, p0, kc, j0, nc, NR, s0, s1, out);
+}
+
+void gemm_dot(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
+              const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1) {
+  if (M <= 0 || j1 <= j0) return;
+  dot_kernel().run(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
+}
+
+int64_t gemm_dot_tile_cols() { return dot_kernel().NJ; }
+
+bool gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+               int64_t ldc) {
+#ifdef ADASHIFT_WITH_BLAS
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  if (M > kMax || N > kMax || K > kMax || lda > kMax || ldb > kMax || ldc > kMax) return false;
+  if (M <= 0 || N <= 0) return true;
+#ifdef ADASHIFT_BLAS_OPENBLAS
+  // The BLAS runs its own threads while the pool's workers sleep: give it the pool's count.
+  static std::atomic<int> blas_threads{0};
+  const int t = num_threads();
+  if (blas_threads.exchange(t) != t) openblas_set_num_threads(t);
+#endif
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  const char transa = trans_b ? 'T' : 'N', transb = trans_a ? 'T' : 'N';
+  const int m = int(N), n = int(M), k = int(K);
+  // BLAS wants leading dimensions >= 1 even for empty operands.
+  const int la = int(std::max<int64_t>(ldb, 1)), lb = int(std::max<int64_t>(lda, 1)),
+            lc = int(std::max<int64_t>(ldc, 1));
+  sgemm_(&transa, &transb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc, 1, 1);
+  return true;
+#else
+  (void)trans_a; (void)trans_b; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda;
+  (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
+  return false;
+#endif
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc) {
+  if (gemm_backend() == GemmBackend::Blas &&
+      gemm_blas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    return;
+  gemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, true);
+}
+
+bool gemm_blas_compiled() {
+#ifdef ADASHIFT_WITH_BLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+GemmBackend gemm_backend() { return GemmBackend(backend_state().load(std::memory_order_relaxed)); }
+
+const char* gemm_backend_name() {
+  if (gemm_backend() == GemmBackend::Own) return "own";
+#ifdef ADASHIFT_BLAS_OPENBLAS
+  return "openblas";
+#else
+  return "blas";
+#endif
+}
+
+void set_gemm_backend(const std::string& choice) {
+  if (choice == "own") {
+    backend_state().store(int(GemmBackend::Own));
+    return;
+  }
+  if (choice == "openblas" || choice == "blas") {
+    AS_CHECK(gemm_blas_compiled(), Arg, "gemm backend '", choice,
+             "' is not available: this build has no BLAS (configure with ADASHIFT_BLAS=ON and "
+             "OpenBLAS installed); use 'own'");
+    backend_state().store(int(GemmBackend::Blas));
+    return;
+  }
+  fail(ErrorCode::Arg, cat("gemm backend must be 'own' or 'openblas', got '", choice, "'"));
+}
+
+const char* gemm_kernel_name() { return kernel().name; }
+
+}  // namespace cpu
+}  // namespace adashift

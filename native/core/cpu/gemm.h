@@ -1,0 +1,126 @@
+// Single-precision GEMM for the CPU backend: C = alpha * op(A) op(B) + beta * C, row-major,
+// with transposes and leading dimensions (elements between consecutive rows of the stored
+// matrix). op(A) is M x K (A stored M x K, or K x M when trans_a), op(B) is K x N (B stored
+// K x N, or N x K when trans_b), C is M x N. beta == 0 means C is not read (NaN there is
+// overwritten); K == 0 or alpha == 0 gives C = beta * C.
+//
+// Two implementations, both always compiled and callable:
+//   - the package's own: cache-blocked (KC x NC panels of B, MC x KC blocks of A), packed into
+//     register-tile slivers, with a register-tiled micro-kernel compiled per instruction set
+//     (AS_VECTORIZE); parallelised with parallel_for over blocks of C. Each element of C is
+//     summed in an order that depends only on K (blocks of kGemmKC, then in order), never on the
+//     thread count or on how C is split: the same bits for any number of threads.
+//   - BLAS sgemm (OpenBLAS when CMake found it: ADASHIFT_WITH_BLAS), called through the Fortran
+//     interface with the row-major transpose trick, from the calling thread only, with the BLAS's
+//     own thread count set to num_threads() (never inside parallel_for: no oversubscription).
+// gemm() uses the own kernel unless BLAS is picked at run time (environment
+// ADASHIFT_GEMM=openblas at load, or set_gemm_backend("openblas")) in a build that has it. The
+// own kernel is the default because its results do not depend on the thread count (OpenBLAS
+// partitions its work by thread count and rounds differently for each) and because, through
+// the implicit-operand entry points below, convolutions never build im2col matrices with it.
+#pragma once
+#include <cstdint>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace adashift {
+namespace cpu {
+
+constexpr int64_t kGemmKC = 256;  // depth of one packed panel: the summation block
+
+// The selected backend. Call from outside
+// parallel_for: it may run threads of its own (the pool's, or the BLAS library's).
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc);
+
+// The package's own kernel, parallelised over blocks of C with the thread pool.
+void gemm_reference_kernel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+                           float beta, float* C, int64_t ldc);
+
+// The own kernel on the calling thread only: safe inside parallel_for tasks (bit-identical to
+// gemm_reference_kernel).
+void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc);
+
+// BLAS sgemm when compiled in (returns false and does nothing otherwise, or when a size does
+// not fit the BLAS integer type).
+bool gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+               int64_t ldc);
+
+// ---- own-kernel variants for implicit operands (convolutions) --------------------------------
+// A source of op(B) that packs itself (columns of an image that are never materialised):
+// pack() fills the slivers [s0, s1) of a panel covering depth [p0, p0 + kc) and columns
+// [j0, j0 + nc): sliver s lives at out + s * kc * NR as [k][NR], columns past nc are zero.
+struct GemmBSource {
+  virtual void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0,
+                    int64_t s1, float* out) const = 0;
+
+ protected:
+  ~GemmBSource() = default;
+};
+// C = alpha * op(A) B + beta * C with the own kernel and B from a source (parallel over blocks
+// of C when `parallel`; the bits do not depend on it).
+void gemm_source_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const GemmBSource& B, float beta, float* C, int64_t ldc,
+                   bool parallel);
+
+// op(B) stored as a matrix (the usual B of gemm()).
+struct GemmMatrixB final : GemmBSource {
+  bool trans;
+  const float* B;
+  int64_t ldb;
+  GemmMatrixB(bool trans_b, const float* b, int64_t ld) : trans(trans_b), B(b), ldb(ld) {}
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
+            float* out) const override;
+};
+
+// op(A) packed once for the own kernel, for many products with the same A (a convolution's
+// weight across samples): saves re-packing it per product.
+class GemmPackedA {
+ public:
+  GemmPackedA(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda);
+  int64_t rows() const { return M_; }
+  int64_t depth() const { return K_; }
+  const float* block(int64_t ic, int64_t pc) const;  // the block at row ic, depth pc
+
+ private:
+  int64_t M_, K_, m_blocks_ = 0;
+  std::vector<float> data_;
+  std::ptrdiff_t base_ = 0;
+  std::vector<size_t> offsets_;
+};
+// C = alpha * A B + beta * C with a prepacked A (bit-identical to the unpacked call).
+void gemm_packed_a(const GemmPackedA& A, int64_t N, float alpha, const GemmBSource& B,
+                   float beta, float* C, int64_t ldc, bool parallel);
+
+// Dot-product kernel for products whose depth is contiguous in both operands:
+//   C[i][j] = sum_{k < len} A[i * lda + k] * B[boff[j] + k]  (+ beta * C[i][j]),
+// for rows i < M and columns j in [j0, j1), on the calling thread. It reads every row in
+// blocks of kGemmDotLanes: A[i * lda + k] must be 0 for len <= k < round_up(len, kGemmDotLanes)
+// and the B elements there readable and finite. Each element is summed in a fixed order (lanes
+// of k, then a fixed tree), so splitting the j range across threads does not change any bit.
+constexpr int64_t kGemmDotLanes = 16;
+void gemm_dot(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
+              const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1);
+// Columns per tile of gemm_dot (split j ranges at multiples of it for balanced tasks).
+int64_t gemm_dot_tile_cols();
+
+enum class GemmBackend : int { Own = 0, Blas = 1 };
+bool gemm_blas_compiled();
+// What gemm() uses now.
+GemmBackend gemm_backend();
+// "openblas" (or "blas" for another BLAS) or "own".
+const char* gemm_backend_name();
+// "own" or "openblas"/"blas" (an Arg error when no BLAS is compiled in). Process-wide; takes
+// effect for the next call.
+void set_gemm_backend(const std::string& choice);
+// The register tile of the own kernel on this CPU ("8x32 avx512" ...), for benchmarks.
+const char* gemm_kernel_name();
+
+}  // namespace cpu
+}  // namespace adashift

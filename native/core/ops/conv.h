@@ -1,0 +1,68 @@
+// 2-D convolution (cross-correlation, like PyTorch's conv2d; groups 1, dilation 1), forward and
+// backward, and a Tensor-level entry to the CPU GEMM for tests and benchmarks.
+//
+// Layout: x [N, Cin, H, W], weight [Cout, Cin, kh, kw], bias [Cout] (optional),
+// y [N, Cout, Ho, Wo] with Ho = (H + 2 pad_h - kh) / stride_h + 1 (likewise Wo).
+// Both backends lower the convolution to GEMMs (CPU: cpu/conv.cc, implicit "window" operands
+// for stride 1, im2col columns otherwise; CUDA: im2col/col2im around a tiled SGEMM; a 1x1,
+// stride-1, unpadded convolution is a GEMM on the input itself) and reduce in fixed orders: the
+// results are bit-identical run to run on one device, and on the CPU for any thread count with
+// the default (own) GEMM.
+#pragma once
+#include <string>
+#include "../tensor.h"
+#ifdef ADASHIFT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace adashift {
+
+struct Conv2dGrad { Tensor dx, dw, db; };
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, int stride_h,
+                      int stride_w, int pad_h, int pad_w);
+// Gradients of sum(y * dy); the ones not asked for are left undefined.
+Conv2dGrad conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int stride_h,
+                           int stride_w, int pad_h, int pad_w, bool need_dx, bool need_dw,
+                           bool need_db);
+
+// CPU GEMM on raw row-major operands held in tensors (any shape; only the element count
+// matters): returns a copy of c updated with C = alpha * op(A) op(B) + beta * C, where C is
+// M x N with leading dimension ldc. backend: "own" (the package's kernel), "serial" (the same
+// on one thread), "blas" (BLAS sgemm; an Arg error when not compiled in) or "default" (what
+// conv2d uses now). For tests and benchmarks.
+Tensor gemm_cpu(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b,
+                int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
+                float alpha, float beta, const std::string& backend);
+
+struct Conv2dDims {
+  int64_t N, Cin, H, W;
+  int64_t Cout, kh, kw;
+  int64_t Ho, Wo;
+  int64_t stride_h, stride_w, pad_h, pad_w;
+  int64_t K() const { return Cin * kh * kw; }   // GEMM depth: rows of the im2col matrix
+  int64_t P() const { return Ho * Wo; }          // output pixels per sample
+  bool pointwise() const {                        // a GEMM on x itself, no im2col
+    return kh == 1 && kw == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
+  }
+};
+
+namespace cpu {
+// b may be null. y [N, Cout, Ho, Wo] is fully written.
+void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const float* b,
+                    float* y);
+// dx, dw, db: null when not needed; each given one is fully written.
+void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* db);
+}  // namespace cpu
+
+#ifdef ADASHIFT_WITH_CUDA
+namespace cuda {
+void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const float* w,
+                    const float* b, float* y);
+void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const float* x,
+                     const float* w, float* dx, float* dw, float* db);
+}  // namespace cuda
+#endif
+
+}  // namespace adashift

@@ -1,0 +1,245 @@
+// CUDA parity of the conv family: conv2d_forward and conv2d_backward (dx, dw, db) on CUDA
+// against the CPU op, through the Tensor-level API, on random awkward shapes (odd channel
+// counts, non-square inputs and kernels, strides and paddings, a 1x1 pointwise conv, one big
+// enough to run in two sample chunks), plus timings of the ResNet-20 shapes. Called from
+// native/tests/cuda_check.cc; returns the number of failed checks.
+//
+// Poisoning: before each CUDA run the CUDA cache is emptied and NaN-filled blocks of the output
+// sizes are left in it, so an output element a kernel fails to write stays NaN and fails.
+//
+// Tolerance, per element: |gpu - cpu| <= 1e-6 + 1e-5 |cpu| + (4 sqrt(n) + 4) 2^-24 S, where n
+// is the number of products summed into the element and S the sum of their magnitudes,
+// computed exactly as the same op on |inputs| on the CPU (conv of |x| with |w| for y, the
+// backward of |dy| for dx and dw, the sum of |dy| for db). Both sides add the same products in
+// different groupings (the CPU in blocks of 256 with FMAs, the GPU one FMA chain, then dw over
+// samples in double), so they differ by float rounding of an n-term sum: about sqrt(n) u S
+// statistically; the factor 4 is the margin, and any indexing error is O(S).
+// Determinism: every output of the CUDA backward and forward is computed twice from the same
+// inputs and must be bit-identical (no atomics; fixed reduction orders).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+#include "core/backend.h"
+#include "core/ops/conv.h"
+#include "core/ops/elementwise.h"
+#ifdef ADASHIFT_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
+using namespace adashift;
+
+namespace {
+namespace conv_parity {
+
+const Device kCPU{DeviceType::CPU, 0};
+const Device kGPU{DeviceType::CUDA, 0};
+constexpr double kU = 5.9604644775390625e-08;  // 2^-24
+
+struct Case {
+  const char* name;
+  int64_t N, Cin, Cout, H, W, kh, kw;
+  int sh, sw, ph, pw;
+  bool bias;
+};
+
+struct Parity {
+  int checks = 0, failures = 0;
+  uint64_t seed = 99001;
+
+  std::vector<float> host(const Tensor& t) {
+    if (!t.defined()) return {};
+    Tensor c = to_device(t, kCPU);
+    return std::vector<float>(c.data(), c.data() + c.numel());
+  }
+  Tensor nrm(const std::vector<int64_t>& s) {
+    return rand(s, RandKind::Normal, 0.0f, 1.0f, seed++, 0, kCPU);
+  }
+  Tensor abs_of(const Tensor& t) {
+    Tensor o(t.shape(), kCPU);
+    for (int64_t i = 0; i < t.numel(); ++i) o.data()[i] = std::fabs(t.data()[i]);
+    return o;
+  }
+
+  void poison(const std::vector<std::vector<int64_t>>& shapes) {
+#ifdef ADASHIFT_WITH_CUDA
+    synchronize(kGPU);
+    cuda_empty_cache(kGPU.index);
+    std::vector<Tensor> held;
+    for (const auto& s : shapes) held.push_back(full(s, NAN, kGPU));
+    synchronize(kGPU);
+#else
+    (void)shapes;
+#endif
+  }
+
+  void compare(const std::string& what, const std::string& desc, const Tensor& gpu,
+               const Tensor& cpu, const Tensor& mag, double terms) {
+    ++checks;
+    std::vector<float> g = host(gpu), c = host(cpu), m = host(mag);
+    bool ok = g.size() == c.size() && m.size() == c.size();
+    double max_abs = 0.0, max_rel = 0.0;
+    int64_t bad = 0, first = -1;
+    const double stat = (4.0 * std::sqrt(terms) + 4.0) * kU;
+    for (size_t i = 0; ok && i < c.size(); ++i) {
+      const double d = std::fabs(double(g[i]) - double(c[i]));
+      const double lim = 1e-6 + 1e-5 * std::fabs(double(c[i])) + stat * double(m[i]);
+      const bool good = std::isfinite(g[i]) && std::isfinite(c[i]) && d <= lim;
+      max_abs = std::max(max_abs, std::isfinite(d) ? d : INFINITY);
+      max_rel = std::max(max_rel, d / std::max(std::fabs(double(c[i])), 1e-6));
+      if (!good) {
+        if (first < 0) first = int64_t(i);
+        ++bad;
+      }
+    }
+    ok = ok && bad == 0;
+    std::printf("%-22s %-44s n=%-9zu max_abs=%.2e max_rel=%.2e %s\n", what.c_str(), desc.c_str(),
+                c.size(), max_abs, max_rel, ok ? "PASS" : "FAIL");
+    if (!ok) {
+      ++failures;
+      if (g.size() != c.size())
+        std::printf("    size mismatch: gpu %zu, cpu %zu\n", g.size(), c.size());
+      else if (first >= 0)
+        std::printf("    %lld bad elements; first at %lld: gpu %.9g cpu %.9g\n", (long long)bad,
+                    (long long)first, double(g[size_t(first)]), double(c[size_t(first)]));
+    }
+  }
+
+  void same_bits(const std::string& what, const std::string& desc,
+                 const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+    ++checks;
+    bool same = a.size() == b.size();
+    for (size_t k = 0; same && k < a.size(); ++k) {
+      std::vector<float> x = host(a[k]), y = host(b[k]);
+      same = x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+    }
+    if (!same) ++failures;
+    std::printf("%-22s %-44s run twice: %s\n", what.c_str(), desc.c_str(),
+                same ? "bit-identical PASS" : "results differ FAIL");
+  }
+
+  void run(const Case& c) {
+    char desc[160];
+    std::snprintf(desc, sizeof desc, "%s N%lld %lld->%lld %lldx%lld k%lldx%lld s%d,%d p%d,%d%s",
+                  c.name, (long long)c.N, (long long)c.Cin, (long long)c.Cout, (long long)c.H,
+                  (long long)c.W, (long long)c.kh, (long long)c.kw, c.sh, c.sw, c.ph, c.pw,
+                  c.bias ? " +b" : "");
+    try {
+      Tensor x = nrm({c.N, c.Cin, c.H, c.W}), w = nrm({c.Cout, c.Cin, c.kh, c.kw});
+      Tensor b = c.bias ? nrm({c.Cout}) : Tensor();
+      Tensor y = conv2d_forward(x, w, b, c.sh, c.sw, c.ph, c.pw);
+      Tensor dy = nrm(y.shape());
+      Conv2dGrad g = conv2d_backward(dy, x, w, c.sh, c.sw, c.ph, c.pw, true, true, c.bias);
+      // magnitudes: the same ops on |inputs| (bias magnitude added to y's)
+      Tensor ax = abs_of(x), aw = abs_of(w), ady = abs_of(dy);
+      Tensor my = conv2d_forward(ax, aw, c.bias ? abs_of(b) : Tensor(), c.sh, c.sw, c.ph, c.pw);
+      Conv2dGrad mg = conv2d_backward(ady, ax, aw, c.sh, c.sw, c.ph, c.pw, true, true, c.bias);
+
+      Tensor gx = to_device(x, kGPU), gw = to_device(w, kGPU), gdy = to_device(dy, kGPU);
+      Tensor gb = c.bias ? to_device(b, kGPU) : Tensor();
+      poison({y.shape()});
+      Tensor gy = conv2d_forward(gx, gw, gb, c.sh, c.sw, c.ph, c.pw);
+      std::vector<std::vector<int64_t>> gshapes = {x.shape(), w.shape()};
+      if (c.bias) gshapes.push_back({c.Cout});
+      poison(gshapes);
+      Conv2dGrad gg = conv2d_backward(gdy, gx, gw, c.sh, c.sw, c.ph, c.pw, true, true, c.bias);
+
+      const double P = double(y.size(2) * y.size(3));
+      compare("conv2d.y", desc, gy, y, my, double(c.Cin * c.kh * c.kw) + (c.bias ? 1 : 0));
+      compare("conv2d.dx", desc, gg.dx, g.dx, mg.dx, double(c.Cout * c.kh * c.kw));
+      compare("conv2d.dw", desc, gg.dw, g.dw, mg.dw, double(c.N) * P);
+      if (c.bias) compare("conv2d.db", desc, gg.db, g.db, mg.db, double(c.N) * P);
+
+      // only some gradients asked for: the others stay undefined, the asked one is unchanged
+      Conv2dGrad only_dw = conv2d_backward(gdy, gx, gw, c.sh, c.sw, c.ph, c.pw, false, true, false);
+      ++checks;
+      const bool shape_ok = !only_dw.dx.defined() && !only_dw.db.defined() && only_dw.dw.defined();
+      if (!shape_ok) ++failures;
+      std::printf("%-22s %-44s %s\n", "conv2d.need flags", desc, shape_ok ? "PASS" : "FAIL");
+      same_bits("conv2d.dw (dw only)", desc, {only_dw.dw}, {gg.dw});
+
+      poison({y.shape()});
+      Tensor gy2 = conv2d_forward(gx, gw, gb, c.sh, c.sw, c.ph, c.pw);
+      poison(gshapes);
+      Conv2dGrad gg2 = conv2d_backward(gdy, gx, gw, c.sh, c.sw, c.ph, c.pw, true, true, c.bias);
+      std::vector<Tensor> first = {gy, gg.dx, gg.dw}, second = {gy2, gg2.dx, gg2.dw};
+      if (c.bias) {
+        first.push_back(gg.db);
+        second.push_back(gg2.db);
+      }
+      same_bits("conv2d determinism", desc, first, second);
+    } catch (const std::exception& e) {
+      ++checks;
+      ++failures;
+      std::printf("%-22s %-44s FAIL (%s)\n", "conv2d", desc, e.what());
+    }
+  }
+
+  // Median of 5 timed runs after a warm-up; host clock around a device synchronise.
+  template <typename F>
+  double time_ms(F f) {
+    f();
+    synchronize(kGPU);
+    std::vector<double> t;
+    for (int r = 0; r < 5; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      f();
+      synchronize(kGPU);
+      const auto t1 = std::chrono::steady_clock::now();
+      t.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[2];
+  }
+
+  void timings() {
+    struct S { const char* name; int64_t C, H; };
+    for (S s : {S{"16ch 28x28", 16, 28}, S{"32ch 14x14", 32, 14}, S{"64ch 7x7", 64, 7}}) {
+      try {
+        Tensor x = to_device(nrm({64, s.C, s.H, s.H}), kGPU);
+        Tensor w = to_device(nrm({s.C, s.C, 3, 3}), kGPU);
+        Tensor dy = to_device(nrm({64, s.C, s.H, s.H}), kGPU);
+        const double flops = 2.0 * 64 * s.C * s.H * s.H * s.C * 9;
+        const double f = time_ms([&] { conv2d_forward(x, w, Tensor(), 1, 1, 1, 1); });
+        const double b = time_ms([&] { conv2d_backward(dy, x, w, 1, 1, 1, 1, true, true, false); });
+        std::printf("time conv2d 3x3 batch 64 %-10s fwd %.3f ms (%.0f GFLOP/s)  "
+                    "bwd dx+dw %.3f ms (%.0f GFLOP/s)\n",
+                    s.name, f, flops / f / 1e6, b, 2 * flops / b / 1e6);
+      } catch (const std::exception& e) {
+        std::printf("time conv2d %s: failed (%s)\n", s.name, e.what());
+      }
+    }
+  }
+};
+
+}  // namespace conv_parity
+}  // namespace
+
+int parity_conv() {
+  BackendInfo info = backend_info();
+  if (!info.cuda_usable) {
+    std::printf("parity_conv: SKIPPED (%s)\n", info.reason.c_str());
+    return 0;
+  }
+  using conv_parity::Case;
+  conv_parity::Parity t;
+  const Case cases[] = {
+      {"3x3 same", 3, 17, 5, 13, 11, 3, 3, 1, 1, 1, 1, true},
+      {"7x7 stem", 2, 3, 33, 29, 31, 7, 7, 2, 2, 3, 3, false},
+      {"resnet-like", 5, 64, 64, 7, 7, 3, 3, 1, 1, 1, 1, true},
+      {"1x1 pointwise", 4, 20, 130, 9, 9, 1, 1, 1, 1, 0, 0, true},
+      {"1x1 strided", 3, 20, 9, 9, 10, 1, 1, 2, 2, 0, 0, false},
+      {"wide K (128x128 tile)", 2, 150, 7, 12, 12, 3, 3, 1, 1, 1, 1, true},
+      {"3x1 mixed", 3, 8, 40, 10, 14, 3, 1, 2, 1, 1, 0, true},
+      {"one pixel", 1, 5, 3, 1, 1, 3, 3, 2, 2, 1, 1, true},
+      {"pad > kernel reach", 2, 3, 17, 5, 5, 3, 3, 1, 1, 3, 3, false},
+      {"two sample chunks", 20, 64, 8, 56, 56, 3, 3, 1, 1, 1, 1, true},
+  };
+  for (const Case& c : cases) t.run(c);
+  t.timings();
+  std::printf("parity_conv: %d checks, %d failures\n", t.checks, t.failures);
+  return t.failures;
+}

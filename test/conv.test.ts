@@ -1,0 +1,334 @@
+// conv2d forward and every gradient against PyTorch fixtures (test/fixtures/make_conv_fixtures.py,
+// float64 references) with each CPU GEMM backend; the own GEMM against a float64 reference and
+// against BLAS on awkward shapes; bit-identical results for 1 and 2 threads; error cases.
+import * as fs from 'fs';
+import * as path from 'path';
+import { types } from 'util';
+import * as as from '../lib';
+import { native } from '../lib/native';
+import { conv2d } from '../lib/ops/conv';
+import { compareArrays } from './helpers/compare';
+
+const dir = path.join(__dirname, 'fixtures', 'conv');
+interface Case {
+  name: string;
+  file: string;
+  N: number;
+  Cin: number;
+  Cout: number;
+  H: number;
+  W: number;
+  kernel: [number, number];
+  stride: [number, number];
+  padding: [number, number];
+  bias: boolean;
+}
+const cases: Case[] = JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), 'utf8'));
+
+// float32 kernels against float64 references: relative 1e-4 per element, with an absolute floor
+// of 1e-5 x the tensor's largest magnitude (outputs that cancel to ~0 cannot keep a relative
+// error; see test/helpers/compare.ts). The longest sums here (dw: N*Ho*Wo <= 3*784 terms) have
+// float32 rounding errors around 1e-6 of the scale.
+const RTOL = 1e-4;
+const ATOL_SCALE = 1e-5;
+
+const gemmInfo = native.gemmInfo();
+const backends: ('own' | 'openblas')[] = gemmInfo.blasCompiled ? ['own', 'openblas'] : ['own'];
+const initialBackend = native.gemmBackend();
+const initialThreads = as.getNumThreads();
+afterAll(() => {
+  native.gemmBackend(initialBackend);
+  as.setNumThreads(initialThreads);
+});
+
+function runCase(c: Case) {
+  return as.tidy(() => {
+    const f = as.io.loadSafetensors(path.join(dir, c.file)) as Record<string, as.Tensor>;
+    const x = f.x.requiresGrad_();
+    const w = f.w.requiresGrad_();
+    const b = c.bias ? f.b.requiresGrad_() : null;
+    const y = conv2d(x, w, b, { stride: c.stride, padding: c.padding });
+    expect(y.shape).toEqual(f.y.shape);
+    y.backward(f.dy);
+    const results = [
+      compareArrays(y.toFloat32Array(), f.y.toFloat32Array(), RTOL, ATOL_SCALE, 'y'),
+      compareArrays(x.grad!.toFloat32Array(), f.dx.toFloat32Array(), RTOL, ATOL_SCALE, 'dx'),
+      compareArrays(w.grad!.toFloat32Array(), f.dw.toFloat32Array(), RTOL, ATOL_SCALE, 'dw'),
+    ];
+    if (b) results.push(compareArrays(b.grad!.toFloat32Array(), f.db.toFloat32Array(), RTOL, ATOL_SCALE, 'db'));
+    for (const t of [x, w, b]) if (t) t.grad!.dispose();
+    return results;
+  });
+}
+
+describe.each(backends)('conv2d against PyTorch fixtures, %s GEMM', (backend) => {
+  beforeAll(() => native.gemmBackend(backend));
+
+  test.each(cases.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    const before = as.memory().tensors;
+    const bad = runCase(c).filter((r) => !r.ok).map((r) => r.message);
+    expect(bad).toEqual([]);
+    expect(as.memory().tensors).toBe(before);
+  });
+});
+
+test('the fixtures cover the shapes the contract asks for', () => {
+  const ks = new Set(cases.map((c) => c.kernel[0]));
+  for (const k of [1, 3, 7]) expect(ks.has(k)).toBe(true);
+  for (const s of [1, 2]) expect(cases.some((c) => c.stride[0] === s)).toBe(true);
+  for (const p of [0, 1, 3]) expect(cases.some((c) => c.padding[0] === p)).toBe(true);
+  for (const ch of [3, 5, 16, 17]) expect(cases.some((c) => c.Cin === ch || c.Cout === ch)).toBe(true);
+  for (const n of [1, 3]) expect(cases.some((c) => c.N === n)).toBe(true);
+  for (const hw of [1, 5, 8, 28]) expect(cases.some((c) => c.H === hw && c.W === hw)).toBe(true);
+  expect(cases.some((c) => c.H === 9 && c.W === 12)).toBe(true);
+  expect(cases.some((c) => c.bias) && cases.some((c) => !c.bias)).toBe(true);
+  // the pure-GEMM 1x1 path and a 1x1 through im2col
+  expect(cases.some((c) => c.kernel[0] === 1 && c.stride[0] === 1 && c.padding[0] === 0)).toBe(true);
+  expect(cases.some((c) => c.kernel[0] === 1 && (c.stride[0] > 1 || c.padding[0] > 0))).toBe(true);
+});
+
+test('gradients are only computed for the inputs that need them', () => {
+  as.tidy(() => {
+    const x = as.randn([2, 3, 6, 6]);
+    const w = as.randn([4, 3, 3, 3]).requiresGrad_();
+    const b = as.randn([4]);
+    const y = conv2d(x, w, b, { padding: 1 });
+    y.backward(as.randn(y.shape));
+    expect(x.grad).toBeNull();
+    expect(b.grad).toBeNull();
+    expect(w.grad!.shape).toEqual([4, 3, 3, 3]);
+    const [dx, dw, db] = native.conv2dBackward(as.randn(y.shape).handle, x.handle, w.handle, 1, 1, 1, 1, false, false, true);
+    expect(dx).toBeNull();
+    expect(dw).toBeNull();
+    expect(db!.shape).toEqual([4]);
+    db!.dispose();
+    // nothing requires grad: no graph
+    const z = conv2d(x, as.randn([4, 3, 1, 1]));
+    expect(z.gradFn).toBeNull();
+  });
+});
+
+// ---- GEMM ------------------------------------------------------------------------------------
+// Deterministic small PRNG (mulberry32) so the shapes and values are the same on every run.
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface GemmCase {
+  m: number; n: number; k: number; ta: boolean; tb: boolean;
+  lda: number; ldb: number; ldc: number; alpha: number; beta: number;
+}
+
+function gemmCases(): GemmCase[] {
+  const sizes = [1, 7, 64, 129, 300];
+  const r = rng(1234);
+  const pick = <T>(a: T[]) => a[Math.floor(r() * a.length)];
+  const out: GemmCase[] = [];
+  const add = (m: number, n: number, k: number, ta: boolean, tb: boolean, pad: boolean, alpha: number, beta: number) => {
+    const padBy = pad ? 1 + Math.floor(r() * 5) : 0;
+    out.push({
+      m, n, k, ta, tb,
+      lda: Math.max(1, ta ? m : k) + padBy,
+      ldb: Math.max(1, tb ? k : n) + padBy,
+      ldc: Math.max(1, n) + padBy,
+      alpha, beta,
+    });
+  };
+  // every transpose combination on the extremes, then random shapes from the size set
+  for (const ta of [false, true])
+    for (const tb of [false, true]) {
+      add(1, 1, 1, ta, tb, false, 1, 0);
+      if (!ta && !tb) add(300, 300, 300, ta, tb, false, 1, 0);
+      else add(300, 129, 64, ta, tb, false, 1, 0);
+      add(129, 7, 300, ta, tb, true, 0.5, -0.5);
+      add(7, 129, 1, ta, tb, true, 1, 1);
+    }
+  for (let i = 0; i < 24; i++) {
+    add(pick(sizes), pick(sizes), pick(sizes), r() < 0.5, r() < 0.5, r() < 0.5, pick([1, 1, 0.5, -2]), pick([0, 0, 1, 0.25]));
+  }
+  return out;
+}
+
+function fillRandom(n: number, r: () => number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = r() * 2 - 1;
+  return a;
+}
+
+function gemmRef(g: GemmCase, A: Float32Array, B: Float32Array, C: Float32Array): Float64Array {
+  const out = new Float64Array(C.length);
+  for (let i = 0; i < C.length; i++) out[i] = C[i];
+  for (let i = 0; i < g.m; i++)
+    for (let j = 0; j < g.n; j++) {
+      let acc = 0;
+      for (let p = 0; p < g.k; p++) {
+        const a = g.ta ? A[p * g.lda + i] : A[i * g.lda + p];
+        const b = g.tb ? B[j * g.ldb + p] : B[p * g.ldb + j];
+        acc += a * b;
+      }
+      const c = i * g.ldc + j;
+      out[c] = g.alpha * acc + (g.beta === 0 ? 0 : g.beta * C[c]);
+    }
+  return out;
+}
+
+describe('CPU GEMM', () => {
+  const all = gemmCases();
+  test.each(all.map((g) => [`${g.m}x${g.n}x${g.k} ta=${+g.ta} tb=${+g.tb} ld+${g.lda - Math.max(1, g.ta ? g.m : g.k)} a=${g.alpha} b=${g.beta}`, g] as const))('%s', (_n, g) => {
+    const r = rng(g.m * 1000003 + g.n * 1009 + g.k);
+    const aRows = g.ta ? g.k : g.m, bRows = g.tb ? g.n : g.k;
+    const A = fillRandom(Math.max(1, aRows * g.lda), r);
+    const B = fillRandom(Math.max(1, bRows * g.ldb), r);
+    const C = fillRandom(g.m * g.ldc, r);
+    // beta == 0: C must not be read (NaN there must not leak through)
+    if (g.beta === 0) for (let i = 0; i < C.length; i += 3) C[i] = NaN;
+    const ref = gemmRef(g, A, B, C);
+    as.tidy(() => {
+      const a = as.tensor(A), b = as.tensor(B), c = as.tensor(C);
+      const run = (backend: 'own' | 'serial' | 'blas') =>
+        new as.Tensor(native.gemm(a.handle, b.handle, c.handle, g.ta, g.tb, g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.alpha, g.beta, backend)).toFloat32Array();
+      const own = run('own');
+      // entries outside the m x n window (the ldc padding) are left as they were
+      for (let i = 0; i < g.m; i++)
+        for (let j = g.n; j < g.ldc; j++) {
+          const v = own[i * g.ldc + j], was = C[i * g.ldc + j];
+          expect(Number.isNaN(was) ? Number.isNaN(v) : v === was).toBe(true);
+        }
+      const window = (arr: ArrayLike<number>) => {
+        const o = new Float32Array(g.m * g.n);
+        for (let i = 0; i < g.m; i++) for (let j = 0; j < g.n; j++) o[i * g.n + j] = arr[i * g.ldc + j];
+        return o;
+      };
+      // float32 sums of k <= 300 products of values in [-1, 1]: error well below 1e-5 of the scale
+      const refW = window(ref);
+      const res = compareArrays(window(own), refW, 1e-4, 1e-5, 'own');
+      expect(res.message).toMatch(/ok/);
+      // the single-threaded own kernel gives the very same bits
+      expect(Buffer.from(run('serial').buffer).equals(Buffer.from(own.buffer))).toBe(true);
+      if (gemmInfo.blasCompiled) {
+        const blas = run('blas');
+        expect(compareArrays(window(blas), refW, 1e-4, 1e-5, 'blas').message).toMatch(/ok/);
+        expect(compareArrays(window(own), window(blas), 1e-4, 1e-5, 'own vs blas').message).toMatch(/ok/);
+      }
+    });
+  });
+
+  test('the backend switch reports what is in use', () => {
+    expect(native.gemmBackend('own')).toBe('own');
+    expect(native.gemmInfo().backend).toBe('own');
+    if (gemmInfo.blasCompiled) {
+      expect(native.gemmBackend('openblas')).toBe('openblas');
+      expect(native.gemmBackend()).toBe('openblas');
+    } else {
+      expect(() => native.gemmBackend('openblas')).toThrow(/no BLAS/);
+    }
+    expect(() => native.gemmBackend('mkl' as 'own')).toThrow(/'own' or 'openblas'/);
+    expect(gemmInfo.kernel).toMatch(/^\d+x\d+/);
+    native.gemmBackend(initialBackend);
+  });
+
+  test('GEMM argument checks', () => {
+    as.tidy(() => {
+      const t = as.zeros([12]);
+      expect(() => native.gemm(t.handle, t.handle, t.handle, false, false, 3, 4, 5, 5, 4, 4, 1, 0, 'own')).toThrow(/holds 12 elements/);
+      expect(() => native.gemm(t.handle, t.handle, t.handle, false, false, 2, 2, 3, 2, 2, 2, 1, 0, 'own')).toThrow(/leading dimension of a must be at least 3/);
+      expect(() => native.gemm(t.handle, t.handle, t.handle, false, false, 2, 2, 2, 2, 2, 2, 1, 0, 'fast' as 'own')).toThrow(/backend must be/);
+    });
+  });
+});
+
+// ---- determinism -----------------------------------------------------------------------------
+// The own GEMM sums every output element in an order fixed by the shapes, and conv2d's own
+// reductions (dW over samples, db) are fixed too: the bits are the same for any thread count.
+// OpenBLAS partitions its work by its thread count (outputs differ in the last bits between 1
+// and 2 threads), so with it only run-to-run identity at a fixed thread count is promised.
+describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
+  beforeAll(() => native.gemmBackend(backend));
+  afterAll(() => as.setNumThreads(initialThreads));
+
+  const shapes: { name: string; x: number[]; w: number[]; stride: number; padding: number }[] = [
+    { name: '3x3 s1 p1, N=8 (samples across threads)', x: [8, 16, 14, 14], w: [16, 16, 3, 3], stride: 1, padding: 1 },
+    { name: '3x3 s2 p1, N=3 (threads inside the GEMM)', x: [3, 17, 15, 13], w: [33, 17, 3, 3], stride: 2, padding: 1 },
+    { name: '1x1 s1 p0, N=20', x: [20, 32, 7, 7], w: [64, 32, 1, 1], stride: 1, padding: 0 },
+    { name: '7x7 s2 p3, N=2, big columns', x: [2, 3, 64, 64], w: [16, 3, 7, 7], stride: 2, padding: 3 },
+    { name: '3x3 s1 p1, N=2, long rows (dW by dot products)', x: [2, 16, 28, 28], w: [16, 16, 3, 3], stride: 1, padding: 1 },
+    { name: '5x5 s1 p2, N=1', x: [1, 32, 14, 14], w: [24, 32, 5, 5], stride: 1, padding: 2 },
+    { name: '7x7 s1 p3, N=6', x: [6, 5, 12, 9], w: [7, 5, 7, 7], stride: 1, padding: 3 },
+  ];
+  const run = (s: (typeof shapes)[number], threads: number) =>
+    as.tidy(() => {
+      as.setNumThreads(threads);
+      as.manualSeed(7);
+      const x = as.randn(s.x), w = as.randn(s.w), b = as.randn([s.w[0]]);
+      const y = native.conv2dForward(x.handle, w.handle, b.handle, s.stride, s.stride, s.padding, s.padding);
+      const dy = as.randn(y.shape);
+      const grads = native.conv2dBackward(dy.handle, x.handle, w.handle, s.stride, s.stride, s.padding, s.padding, true, true, true);
+      return [y, ...grads].map((h) => {
+        const a = h!.toFloat32Array();
+        h!.dispose();
+        return a;
+      });
+    });
+  const same = (a: Float32Array[], b: Float32Array[]) => a.every((v, i) => Buffer.from(v.buffer).equals(Buffer.from(b[i].buffer)));
+  test.each(shapes.map((s) => [s.name, s] as const))(backend === 'own' ? '%s: 1 and 2 threads bit-identical' : '%s: run to run bit-identical', (_n, s) => {
+    const one = run(s, 1), oneAgain = run(s, 1), two = run(s, 2), twoAgain = run(s, 2);
+    for (const a of one) expect(a.every(Number.isFinite)).toBe(true);
+    expect(same(one, oneAgain)).toBe(true);
+    expect(same(two, twoAgain)).toBe(true);
+    if (backend === 'own') expect(same(one, two)).toBe(true);
+  });
+});
+
+// ---- errors ----------------------------------------------------------------------------------
+function thrown(fn: () => unknown, code: string, message: RegExp): void {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  if (err === undefined) throw new Error(`expected ${code}, but the call returned normally`);
+  expect(types.isNativeError(err) || err instanceof Error).toBe(true);
+  expect((err as { code?: string }).code).toBe(code);
+  expect((err as Error).message).toMatch(message);
+}
+
+describe('conv2d errors', () => {
+  const x = () => as.zeros([2, 3, 5, 5]);
+  const w = () => as.zeros([4, 3, 3, 3]);
+  test('wrong ranks', () =>
+    as.tidy(() => {
+      thrown(() => conv2d(as.zeros([3, 5, 5]), w()), 'ERR_SHAPE', /input must have shape \[N, C, H, W\], got \[3, 5, 5\]/);
+      thrown(() => conv2d(x(), as.zeros([4, 3, 3])), 'ERR_SHAPE', /weight must have shape \[Cout, Cin, kh, kw\], got \[4, 3, 3\]/);
+    }));
+  test('channel mismatch', () =>
+    as.tidy(() => thrown(() => conv2d(x(), as.zeros([4, 2, 3, 3])), 'ERR_SHAPE', /input has 3 channels but the weight expects 2/)));
+  test('bias of the wrong size', () =>
+    as.tidy(() => thrown(() => conv2d(x(), w(), as.zeros([3])), 'ERR_SHAPE', /bias must have shape \[4\]/)));
+  test('input smaller than the kernel', () =>
+    as.tidy(() => {
+      thrown(() => conv2d(as.zeros([1, 3, 2, 5]), w()), 'ERR_SHAPE', /spatial size 2x5 \(2x5 with padding\) is smaller than the kernel 3x3/);
+      expect(conv2d(as.zeros([1, 3, 2, 5]), w(), null, { padding: 1 }).shape).toEqual([1, 4, 2, 5]);
+    }));
+  test('bad stride, padding, dilation, groups', () =>
+    as.tidy(() => {
+      thrown(() => conv2d(x(), w(), null, { stride: 0 }), 'ERR_ARG', /'stride' must be an integer >= 1/);
+      thrown(() => conv2d(x(), w(), null, { padding: -1 }), 'ERR_ARG', /'padding' must be an integer >= 0/);
+      thrown(() => conv2d(x(), w(), null, { stride: [1, 2, 3] as unknown as [number, number] }), 'ERR_ARG', /pair \[h, w\]/);
+      thrown(() => conv2d(x(), w(), null, { dilation: 2 }), 'ERR_ARG', /only dilation 1/);
+      thrown(() => conv2d(x(), w(), null, { groups: 3 }), 'ERR_ARG', /only groups 1/);
+      thrown(() => native.conv2dForward(x().handle, w().handle, null, 0, 1, 0, 0), 'ERR_ARG', /'strideH' must be an integer/);
+    }));
+  test('backward with a gradient of the wrong shape', () =>
+    as.tidy(() =>
+      thrown(() => native.conv2dBackward(as.zeros([2, 4, 3, 4]).handle, x().handle, w().handle, 1, 1, 0, 0, true, true, true), 'ERR_SHAPE', /output gradient: expected shape \[2, 4, 3, 3\], got \[2, 4, 3, 4\]/)));
+  test('non-tensor arguments', () =>
+    as.tidy(() => thrown(() => conv2d(x(), 'w' as unknown as as.Tensor), 'ERR_ARG', /conv2d: 'weight' must be a Tensor/)));
+});
