@@ -6,6 +6,11 @@ import { backendInfo, resolveDevice, setNumThreads } from './device';
 import { memory } from './tensor';
 import { ACTIVATIONS, ActivationName } from './nn/activation';
 import { ActResult, benchAct } from './bench/act';
+import { RESNETS } from './nn/resnet';
+import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, TrainOptions } from './train/train';
+import { compare } from './train/compare';
+import { DEFAULT_DATA_DIRS } from './data';
+import * as path from 'path';
 
 function parseIntArg(name: string, lo: number, hi: number) {
   return (v: string): number => {
@@ -74,6 +79,153 @@ function actRow(r: ActResult): string {
   return `${r.act.padEnd(12)} ${shape.padEnd(14)} fwd ${r.forwardMs.toFixed(2).padStart(8)} ms  bwd ${r.backwardMs.toFixed(2).padStart(8)} ms  ${r.melemPerSec.toFixed(0).padStart(6)} Melem/s  ${r.gbPerSec.toFixed(1).padStart(6)} GB/s${torch}`;
 }
 
+function parseNumberArg(name: string, lo: number, hi: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < lo || n > hi || v.trim() === '') throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}], got '${v}'`);
+    return n;
+  };
+}
+
+function choice(name: string, values: readonly string[]) {
+  return (v: string): string => {
+    if (!values.includes(v)) throw new InvalidArgumentError(`${name} must be one of ${values.join(', ')}, got '${v}'`);
+    return v;
+  };
+}
+
+/** Progress for a training run: a bar on a terminal, plain periodic lines otherwise. */
+export function progressCallbacks(label = '', stream: NodeJS.WriteStream = process.stderr): TrainCallbacks & { stop(): void } {
+  const tty = Boolean(stream.isTTY) && !process.env.CI;
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const cliProgress = require('cli-progress') as typeof import('cli-progress');
+  let bar: import('cli-progress').SingleBar | null = null;
+  let lastLine = 0;
+  let epochs = 0;
+  let started = 0;
+  let done = 0;
+  const prefix = label ? `${label} ` : '';
+  const fmtEta = (s: number) => (Number.isFinite(s) ? `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, '0')}s` : '?');
+  const stopBar = () => {
+    if (bar) {
+      bar.stop();
+      bar = null;
+    }
+  };
+  return {
+    onStart(info) {
+      epochs = info.config.epochs;
+      stream.write(
+        `${prefix}${info.config.model} ${info.config.act} on ${info.config.dataset} (${info.trainCount} train / ${info.testCount} test images), ` +
+          `${info.params.toLocaleString('en-US')} parameters, device ${info.device}` +
+          (info.startEpoch || info.startBatch ? `, resuming at epoch ${info.startEpoch + 1} batch ${info.startBatch + 1}` : '') +
+          '\n',
+      );
+    },
+    onBatch(b: BatchInfo) {
+      // ETA from the batches timed so far in this process (evaluation time not included)
+      if (started === 0) started = Date.now();
+      done++;
+      const remaining = b.batches - b.batch - 1 + (epochs - b.epoch - 1) * b.batches;
+      const eta = (((Date.now() - started) / 1000) / done) * remaining;
+      if (tty) {
+        if (!bar) {
+          bar = new cliProgress.SingleBar(
+            { format: `${prefix}epoch {epoch}/{epochs} [{bar}] {value}/{total} | loss {loss} | acc {acc}% | {ips} img/s | ETA {eta}`, hideCursor: true, clearOnComplete: true, stream },
+            cliProgress.Presets.shades_classic,
+          );
+          bar.start(b.batches, b.batch, { epoch: b.epoch + 1, epochs, loss: '-', acc: '-', ips: '-', eta: '?' });
+        }
+        bar.update(b.batch + 1, { loss: b.loss.toFixed(4), acc: (100 * b.acc).toFixed(2), ips: b.imagesPerSec.toFixed(0), eta: fmtEta(eta) });
+      } else {
+        const now = Date.now();
+        if (now - lastLine > 10000 || b.batch + 1 === b.batches) {
+          lastLine = now;
+          stream.write(`${prefix}epoch ${b.epoch + 1}/${epochs} batch ${b.batch + 1}/${b.batches} loss ${b.loss.toFixed(4)} acc ${(100 * b.acc).toFixed(2)}% ${b.imagesPerSec.toFixed(0)} img/s ETA ${fmtEta(eta)}\n`);
+        }
+      }
+    },
+    onEvalStart() {
+      stopBar();
+    },
+    onEpoch(m: EpochMetrics) {
+      stopBar();
+      stream.write(
+        `${prefix}epoch ${m.epoch}/${epochs}: train loss ${m.trainLoss.toFixed(4)} acc ${(100 * m.trainAcc).toFixed(2)}% | test loss ${m.testLoss.toFixed(4)} acc ${(100 * m.testAcc).toFixed(2)}% | ` +
+          `lr ${m.lr.toPrecision(3)} | ${m.imagesPerSec.toFixed(0)} img/s | ${m.seconds.toFixed(1)} s\n`,
+      );
+    },
+    stop: stopBar,
+  };
+}
+
+function addTrainFlags(cmd: Command): Command {
+  return cmd
+    .option('--model <name>', `model: ${RESNETS.join(', ')}`, choice('--model', RESNETS), 'resnet20')
+    .option('--dataset <name>', 'fashion-mnist, mnist, cifar10 or cifar100', choice('--dataset', ['fashion-mnist', 'mnist', 'cifar10', 'cifar100']), 'fashion-mnist')
+    .option('--data-dir <dir>', `dataset folder (fashion-mnist default: ${DEFAULT_DATA_DIRS['fashion-mnist']})`)
+    .option('--epochs <n>', 'epochs', parseIntArg('--epochs', 1, 100000), 10)
+    .option('--batch <n>', 'batch size', parseIntArg('--batch', 1, 65536), 128)
+    .option('--opt <name>', 'sgd, adamw or lamb', choice('--opt', ['sgd', 'adamw', 'lamb']), 'sgd')
+    .option('--lr <x>', 'learning rate (peak)', parseNumberArg('--lr', 1e-12, 100), 0.1)
+    .option('--momentum <x>', 'SGD momentum', parseNumberArg('--momentum', 0, 0.999999), 0.9)
+    .option('--wd <x>', 'weight decay (BN and bias parameters exempt)', parseNumberArg('--wd', 0, 10), 5e-4)
+    .option('--schedule <name>', 'cosine, step, onecycle or none', choice('--schedule', ['cosine', 'step', 'onecycle', 'none']), 'cosine')
+    .option('--warmup <epochs>', 'linear warm-up epochs', parseNumberArg('--warmup', 0, 100000), 1)
+    .option('--label-smoothing <x>', 'cross-entropy label smoothing', parseNumberArg('--label-smoothing', 0, 0.99), 0)
+    .option('--no-augment', 'no random crop / flip')
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
+    .option('--limit-train <n>', 'use the first N training images', parseIntArg('--limit-train', 1, 1e9))
+    .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9));
+}
+
+function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
+  return {
+    model: opts.model as TrainOptions['model'],
+    dataset: opts.dataset as string,
+    dataDir: opts.dataDir as string | undefined,
+    epochs: opts.epochs as number,
+    batch: opts.batch as number,
+    opt: opts.opt as TrainOptions['opt'],
+    lr: opts.lr as number,
+    momentum: opts.momentum as number,
+    wd: opts.wd as number,
+    schedule: opts.schedule as TrainOptions['schedule'],
+    warmup: opts.warmup as number,
+    labelSmoothing: opts.labelSmoothing as number,
+    augment: opts.augment as boolean,
+    device: opts.device as string,
+    threads: opts.threads as number | undefined,
+    limitTrain: opts.limitTrain as number | undefined,
+    limitTest: opts.limitTest as number | undefined,
+  };
+}
+
+/** Ctrl-C: the first asks training to stop after the current batch (a checkpoint is saved); a second exits at once. */
+function interruptible(): { shouldStop(): boolean; dispose(): void } {
+  let stop = false;
+  const handler = () => {
+    if (stop) process.exit(130);
+    stop = true;
+    process.stderr.write('\nadashift: stopping after this batch and saving a checkpoint (Ctrl-C again to quit now)\n');
+  };
+  process.on('SIGINT', handler);
+  return { shouldStop: () => stop, dispose: () => process.off('SIGINT', handler) };
+}
+
+export const DEMO_OPTIONS: TrainOptions = {
+  model: 'resnet20',
+  act: 'adashift-b',
+  dataset: 'fashion-mnist',
+  epochs: 4,
+  batch: 128,
+  lr: 0.1,
+  schedule: 'onecycle',
+  limitTrain: 30000,
+  limitTest: 10000,
+};
+
 export function main(argv = process.argv): void {
   const program = new Command();
   program.name('adashift').description('AdaShift activation: train, evaluate, benchmark').version(require('../package.json').version);
@@ -122,7 +274,106 @@ export function main(argv = process.argv): void {
       if (r.file) console.log(`wrote ${r.file}`);
     });
 
-  program.parse(argv);
+  addTrainFlags(
+    program
+      .command('train')
+      .description('train a ResNet on a dataset with the chosen activation')
+      .option('--act <name>', `activation: ${ACTIVATIONS.join(', ')}`, choice('--act', ACTIVATIONS), 'adashift-b')
+      .option('--seed <n>', 'random seed', parseIntArg('--seed', 0, 2 ** 31), 0)
+      .option('--out <dir>', 'output folder (metrics.jsonl, checkpoint.safetensors)')
+      .option('--resume', 'continue from <out>/checkpoint.safetensors'),
+  ).action(async (opts, cmd: Command) => {
+    const out = (opts.out as string | undefined) ?? path.join('runs', `${opts.model}-${opts.act}-${opts.dataset}-seed${opts.seed}`);
+    // A resumed run keeps its configuration; only flags given on this command line apply
+    // (epochs to extend it, device, threads).
+    const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
+    const options: TrainOptions = opts.resume
+      ? { epochs: given('epochs') ? opts.epochs : undefined, device: opts.device, threads: opts.threads, dataDir: opts.dataDir, out, resume: true }
+      : { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed, out };
+    const stop = interruptible();
+    const progress = progressCallbacks();
+    try {
+      const r = await train(options, { ...progress, shouldStop: stop.shouldStop });
+      const last = r.history[r.history.length - 1];
+      if (r.interrupted) console.log(`stopped; checkpoint saved to ${r.checkpoint} (continue with --resume --out ${out})`);
+      if (last) console.log(`test accuracy ${(100 * last.testAcc).toFixed(2)}% after ${last.epoch} epoch(s); metrics in ${path.join(out, 'metrics.jsonl')}`);
+    } finally {
+      progress.stop();
+      stop.dispose();
+    }
+  });
+
+  program
+    .command('eval')
+    .description('test loss and accuracy of a checkpoint')
+    .requiredOption('--checkpoint <file>', 'a checkpoint.safetensors written by train')
+    .option('--dataset <name>', 'evaluate on another dataset of the same shape')
+    .option('--data-dir <dir>', 'dataset folder')
+    .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9))
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .action((opts) => {
+      const r = evaluateCheckpoint(opts.checkpoint, { dataset: opts.dataset, dataDir: opts.dataDir, limit: opts.limitTest, device: opts.device });
+      console.log(`${r.model} ${r.act} after ${r.epoch} epoch(s) on ${r.dataset} (${r.count} test images): loss ${r.loss.toFixed(4)}, accuracy ${(100 * r.acc).toFixed(2)}%`);
+    });
+
+  addTrainFlags(
+    program
+      .command('compare')
+      .description('train each activation with several seeds; write a table and plots')
+      .option('--acts <list>', `activations (default ${ACTIVATIONS.join(',')})`, parseActs)
+      .option('--seeds <n>', 'runs per activation', parseIntArg('--seeds', 1, 1000), 1)
+      .option('--seed <n>', 'first seed', parseIntArg('--seed', 0, 2 ** 31), 0)
+      .option('--out <dir>', 'output folder', 'runs/compare'),
+  ).action(async (opts) => {
+    const stop = interruptible();
+    let progress: ReturnType<typeof progressCallbacks> | null = null;
+    try {
+      const r = await compare(
+        { ...trainOptionsFrom(opts), acts: opts.acts, seeds: opts.seeds, seed: opts.seed, out: opts.out },
+        {
+          onRunStart: (act, seed, i, total) => process.stderr.write(`run ${i + 1}/${total}: ${act}, seed ${seed}\n`),
+          train: (act, seed) => {
+            progress = progressCallbacks(`[${act} s${seed}]`);
+            return { ...progress, shouldStop: stop.shouldStop };
+          },
+        },
+      );
+      console.log(r.table);
+      console.log(`report: ${r.report}; plots: ${r.plots.join(', ')}`);
+    } finally {
+      (progress as ReturnType<typeof progressCallbacks> | null)?.stop();
+      stop.dispose();
+    }
+  });
+
+  program
+    .command('demo')
+    .description('the main job: a ResNet-20 with AdaShift-B on part of Fashion-MNIST, then its test accuracy')
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--out <dir>', 'output folder', 'runs/demo')
+    .action(async (opts) => {
+      const stop = interruptible();
+      const progress = progressCallbacks();
+      const t0 = Date.now();
+      try {
+        const r = await train({ ...DEMO_OPTIONS, device: opts.device, out: opts.out }, { ...progress, shouldStop: stop.shouldStop });
+        const last = r.history[r.history.length - 1];
+        if (last) {
+          console.log(
+            `demo: ResNet-20 with AdaShift-B, ${DEMO_OPTIONS.limitTrain} Fashion-MNIST training images, ${last.epoch} epochs: ` +
+              `test accuracy ${(100 * last.testAcc).toFixed(2)}% on ${DEMO_OPTIONS.limitTest} test images in ${((Date.now() - t0) / 1000).toFixed(0)} s`,
+          );
+        }
+      } finally {
+        progress.stop();
+        stop.dispose();
+      }
+    });
+
+  program.parseAsync(argv).catch((e: Error & { code?: string }) => {
+    process.stderr.write(`adashift: ${e.message}${e.code ? ` (${e.code})` : ''}\n`);
+    process.exit(1);
+  });
 }
 
 if (require.main === module) {

@@ -23,3 +23,9 @@ export function emptyCache(device = 'cpu'): void {
   native.emptyCache(device);
 }
 export * as optim from './optim';
+export * as data from './data';
+export { evaluate, evaluateCheckpoint, train } from './train/train';
+export type { BatchInfo, EpochMetrics, TrainCallbacks, TrainOptions, TrainResult } from './train/train';
+export { compare } from './train/compare';
+export type { CompareOptions, CompareRow } from './train/compare';
+export { benchAct } from './bench/act';

@@ -1,3 +1,8 @@
 export { Module, Sequential } from './module';
 export { AdaShiftB, AdaShiftMA, ACTIVATIONS, activation, GELU, LayerNorm, Linear, ReLU, SiLU } from './activation';
 export type { ActivationName, ActivationOptions, AdaShiftBOptions, AdaShiftMAOptions, ModuleOptions } from './activation';
+export { BatchNorm2d, Conv2d } from './layers';
+export type { BatchNorm2dOptions, Conv2dOptions } from './layers';
+export { BasicBlock, bnAct, Bottleneck, resnet, ResNet, RESNETS } from './resnet';
+export type { BlockOptions, ResNetName, ResNetOptions } from './resnet';
+export type { IntBuffer } from './module';

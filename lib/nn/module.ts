@@ -125,7 +125,8 @@ export class Module {
       check(src instanceof Tensor, 'ERR_ARG', () => `loadStateDict: '${k}' is not a Tensor`);
       const a = target.shape, b = src.shape;
       check(a.length === b.length && a.every((v, i) => v === b[i]), 'ERR_SHAPE', () => `loadStateDict: '${k}' has shape [${b.join(', ')}], the module expects [${a.join(', ')}]`);
-      noGrad(() => target._setData(new Tensor(native.to(src.handle, target.device))));
+      // Always a copy: the module must never share memory with the dict it loaded from.
+      noGrad(() => target._setData(new Tensor(src.device === target.device ? native.clone(src.handle) : native.to(src.handle, target.device))));
     }
     return { missing, unexpected };
   }

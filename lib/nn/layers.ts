@@ -1,0 +1,74 @@
+// Convolution and batch normalisation modules (torchvision's names and initialisation).
+import { check } from '../errors';
+import { conv2d } from '../ops/conv';
+import { batchNorm2d } from '../ops/norm';
+import { full, randn, Tensor, zeros } from '../tensor';
+import { ModuleOptions } from './activation';
+import { IntBuffer, Module } from './module';
+
+export interface Conv2dOptions extends ModuleOptions {
+  stride?: number;
+  padding?: number;
+  bias?: boolean;
+}
+
+/** 2-D convolution, weight [out, in, k, k], Kaiming-normal init (fan_out, ReLU gain) as torchvision's ResNets. */
+export class Conv2d extends Module {
+  readonly weight: Tensor;
+  readonly bias: Tensor | null;
+  readonly stride: number;
+  readonly padding: number;
+  constructor(readonly inChannels: number, readonly outChannels: number, readonly kernelSize: number, options: Conv2dOptions = {}) {
+    super();
+    for (const [n, v] of [['inChannels', inChannels], ['outChannels', outChannels], ['kernelSize', kernelSize]] as const) {
+      check(Number.isInteger(v) && v >= 1, 'ERR_ARG', () => `Conv2d: ${n} must be a positive integer, got ${v}`);
+    }
+    this.stride = options.stride ?? 1;
+    this.padding = options.padding ?? 0;
+    check(Number.isInteger(this.stride) && this.stride >= 1, 'ERR_ARG', () => `Conv2d: stride must be a positive integer, got ${this.stride}`);
+    check(Number.isInteger(this.padding) && this.padding >= 0, 'ERR_ARG', () => `Conv2d: padding must be a non-negative integer, got ${this.padding}`);
+    const fanOut = outChannels * kernelSize * kernelSize;
+    this.weight = this.registerParameter('weight', randn([outChannels, inChannels, kernelSize, kernelSize], { ...options, std: Math.sqrt(2 / fanOut) }))!;
+    this.bias = options.bias ? this.registerParameter('bias', zeros([outChannels], options)) : null;
+  }
+  override forward(x: Tensor): Tensor {
+    return conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding });
+  }
+}
+
+export interface BatchNorm2dOptions extends ModuleOptions {
+  eps?: number;
+  momentum?: number;
+}
+
+/** Batch normalisation over (N, H, W) per channel, with running statistics for eval. */
+export class BatchNorm2d extends Module {
+  readonly weight: Tensor;
+  readonly bias: Tensor;
+  readonly runningMean: Tensor;
+  readonly runningVar: Tensor;
+  readonly numBatchesTracked: IntBuffer;
+  readonly eps: number;
+  readonly momentum: number;
+  constructor(readonly channels: number, options: BatchNorm2dOptions = {}) {
+    super();
+    check(Number.isInteger(channels) && channels >= 1, 'ERR_ARG', () => `BatchNorm2d: channels must be a positive integer, got ${channels}`);
+    this.eps = options.eps ?? 1e-5;
+    this.momentum = options.momentum ?? 0.1;
+    check(this.eps > 0, 'ERR_ARG', () => `BatchNorm2d: eps must be positive, got ${this.eps}`);
+    check(this.momentum >= 0 && this.momentum <= 1, 'ERR_ARG', () => `BatchNorm2d: momentum must be in [0, 1], got ${this.momentum}`);
+    this.weight = this.registerParameter('weight', full([channels], 1, options))!;
+    this.bias = this.registerParameter('bias', zeros([channels], options))!;
+    this.runningMean = this.registerBuffer('running_mean', zeros([channels], options));
+    this.runningVar = this.registerBuffer('running_var', full([channels], 1, options));
+    this.numBatchesTracked = this.registerIntBuffer('num_batches_tracked');
+  }
+  override forward(x: Tensor): Tensor {
+    if (this.training) this.numBatchesTracked.value += 1n;
+    return batchNorm2d(x, this.weight, this.bias, this.runningMean, this.runningVar, {
+      training: this.training,
+      momentum: this.momentum,
+      eps: this.eps,
+    });
+  }
+}

@@ -1,0 +1,148 @@
+// compare(): trains each activation with several seeds under the same settings and writes a
+// report: a Markdown table (test accuracy mean and spread, seconds per epoch, images/s,
+// parameters), summary.json, and SVG plots of test accuracy and train loss per epoch.
+import * as fs from 'fs';
+import * as path from 'path';
+import { check } from '../errors';
+import { writeAtomic } from '../io/safetensors';
+import { ActivationName, ACTIVATIONS } from '../nn/activation';
+import { EpochMetrics, train, TrainCallbacks, TrainOptions } from './train';
+
+export interface CompareOptions extends Omit<TrainOptions, 'act' | 'out' | 'resume' | 'seed'> {
+  acts?: ActivationName[];
+  seeds?: number;
+  /** First seed; run k uses seed + k. */
+  seed?: number;
+  out: string;
+}
+
+export interface CompareRow {
+  act: ActivationName;
+  seeds: number[];
+  finalTestAcc: number[];
+  meanTestAcc: number;
+  stdTestAcc: number;
+  secondsPerEpoch: number;
+  imagesPerSec: number;
+  params: number;
+  histories: EpochMetrics[][];
+}
+
+export interface CompareCallbacks {
+  onRunStart?(act: ActivationName, seed: number, index: number, total: number): void;
+  train?: (act: ActivationName, seed: number) => TrainCallbacks;
+  onRunEnd?(act: ActivationName, seed: number, history: EpochMetrics[]): void;
+}
+
+function mean(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+function std(xs: number[]): number {
+  if (xs.length < 2) return 0;
+  const m = mean(xs);
+  return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1));
+}
+
+export async function compare(options: CompareOptions, callbacks: CompareCallbacks = {}) {
+  const acts = options.acts ?? [...ACTIVATIONS];
+  const seeds = options.seeds ?? 1;
+  const seed0 = options.seed ?? 0;
+  check(acts.length > 0 && acts.every((a) => ACTIVATIONS.includes(a)), 'ERR_ARG', () => `compare: acts must be some of ${ACTIVATIONS.join(', ')}`);
+  check(Number.isInteger(seeds) && seeds >= 1, 'ERR_ARG', () => `compare: seeds must be a positive integer, got ${seeds}`);
+  check(typeof options.out === 'string' && options.out.length > 0, 'ERR_ARG', () => 'compare: an output folder (out) is required');
+  fs.mkdirSync(options.out, { recursive: true });
+  const { acts: _a, seeds: _s, seed: _sd, out, ...trainOptions } = options;
+  const rows: CompareRow[] = [];
+  const total = acts.length * seeds;
+  let k = 0;
+  for (const act of acts) {
+    const histories: EpochMetrics[][] = [];
+    let params = 0;
+    for (let i = 0; i < seeds; i++) {
+      const seed = seed0 + i;
+      callbacks.onRunStart?.(act, seed, k++, total);
+      const r = await train({ ...trainOptions, act, seed, out: path.join(out, `${act}-seed${seed}`) }, callbacks.train?.(act, seed) ?? {});
+      histories.push(r.history);
+      params = r.params;
+      callbacks.onRunEnd?.(act, seed, r.history);
+    }
+    const finals = histories.map((h) => h[h.length - 1].testAcc);
+    const epochs = histories.flat();
+    rows.push({
+      act,
+      seeds: histories.map((_, i) => seed0 + i),
+      finalTestAcc: finals,
+      meanTestAcc: mean(finals),
+      stdTestAcc: std(finals),
+      secondsPerEpoch: mean(epochs.map((e) => e.seconds)),
+      imagesPerSec: mean(epochs.map((e) => e.imagesPerSec)),
+      params,
+      histories,
+    });
+  }
+  const table = markdownTable(rows, options);
+  const plots = await renderPlots(rows, out);
+  writeAtomic(path.join(out, 'report.md'), [Buffer.from(`${table}\n\n![test accuracy](test-accuracy.svg)\n![train loss](train-loss.svg)\n`)]);
+  writeAtomic(path.join(out, 'summary.json'), [Buffer.from(JSON.stringify({ options: { ...trainOptions, acts, seeds, seed: seed0 }, rows }, null, 2) + '\n')]);
+  return { rows, table, plots, report: path.join(out, 'report.md') };
+}
+
+export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}): string {
+  const relu = rows.find((r) => r.act === 'relu');
+  const lines = [
+    `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch | images / s${relu ? ' | time vs ReLU' : ''} | parameters |`,
+    `| --- | --- | --- | ---${relu ? ' | ---' : ''} | --- |`,
+  ];
+  for (const r of rows) {
+    const acc = `${(100 * r.meanTestAcc).toFixed(2)}% ± ${(100 * r.stdTestAcc).toFixed(2)}`;
+    const vs = relu ? ` | ${(r.secondsPerEpoch / relu.secondsPerEpoch).toFixed(2)}x` : '';
+    lines.push(`| ${r.act} | ${acc} | ${r.secondsPerEpoch.toFixed(1)} | ${r.imagesPerSec.toFixed(0)}${vs} | ${r.params.toLocaleString('en-US')} |`);
+  }
+  const o = options;
+  const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} epochs`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]
+    .concat(o.limitTrain ? [`first ${o.limitTrain} training images`] : [])
+    .join(', ');
+  return `${setting}\n\n${lines.join('\n')}`;
+}
+
+/** Line charts per activation (mean over seeds), rendered to SVG with vega-lite + vega. */
+export async function renderPlots(rows: CompareRow[], out: string): Promise<string[]> {
+  // Loaded on demand: plotting is not needed for training.
+  const vega = require('vega') as typeof import('vega');
+  const vl = require('vega-lite') as typeof import('vega-lite');
+  const files: string[] = [];
+  const series = (metric: 'testAcc' | 'trainLoss') =>
+    rows.flatMap((r) => {
+      const epochs = Math.min(...r.histories.map((h) => h.length));
+      return Array.from({ length: epochs }, (_, e) => ({
+        activation: r.act,
+        epoch: e + 1,
+        value: mean(r.histories.map((h) => h[e][metric])) * (metric === 'testAcc' ? 100 : 1),
+      }));
+    });
+  for (const [metric, title, file] of [
+    ['testAcc', 'test accuracy (%)', 'test-accuracy.svg'],
+    ['trainLoss', 'train loss', 'train-loss.svg'],
+  ] as const) {
+    const spec = vl.compile({
+      $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+      title: `${title} per epoch (mean over seeds)`,
+      width: 480,
+      height: 300,
+      data: { values: series(metric) },
+      mark: { type: 'line', point: true },
+      encoding: {
+        x: { field: 'epoch', type: 'quantitative', axis: { tickMinStep: 1 } },
+        y: { field: 'value', type: 'quantitative', title, scale: { zero: false } },
+        color: { field: 'activation', type: 'nominal' },
+      },
+    } as never).spec;
+    const view = new vega.View(vega.parse(spec), { renderer: 'none' });
+    const svg = await view.toSVG();
+    view.finalize();
+    const f = path.join(out, file);
+    writeAtomic(f, [Buffer.from(svg)]);
+    files.push(f);
+  }
+  return files;
+}

@@ -1,0 +1,369 @@
+// train(): a ResNet on a real dataset with the chosen activation, optimizer and schedule;
+// per-epoch metrics (metrics.jsonl), a checkpoint each epoch (and on interruption), exact
+// resume. evaluate(): test loss and accuracy of a model or a checkpoint.
+import * as fs from 'fs';
+import * as path from 'path';
+import { AdaShiftError, check } from '../errors';
+import { resolveDevice, setNumThreads } from '../device';
+import { noGrad } from '../autograd';
+import { writeAtomic } from '../io/safetensors';
+import { ActivationName, ACTIVATIONS } from '../nn/activation';
+import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
+import { crossEntropyWithCorrect } from '../ops/loss';
+import { AdamW, LAMB, LrScheduler, Optimizer, cosineWithWarmup, oneCycle, paramGroups, SGD, stepLr } from '../optim';
+import type { BaseHyper, LrSchedule } from '../optim';
+import { getRngState, manualSeed, setRngState, tensor, tidy } from '../tensor';
+import { AugmentOptions, DataLoader, Dataset, loadDataset } from '../data';
+import { CheckpointData, disposeCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint';
+
+export type OptimizerName = 'sgd' | 'adamw' | 'lamb';
+export type ScheduleName = 'cosine' | 'step' | 'onecycle' | 'none';
+
+export interface TrainOptions {
+  model?: ResNetName;
+  act?: ActivationName;
+  dataset?: string;
+  dataDir?: string;
+  epochs?: number;
+  batch?: number;
+  opt?: OptimizerName;
+  lr?: number;
+  momentum?: number;
+  wd?: number;
+  schedule?: ScheduleName;
+  /** Linear warm-up, in epochs (fractions allowed). */
+  warmup?: number;
+  labelSmoothing?: number;
+  /** Random crop (padding) and horizontal flip; default on. */
+  augment?: boolean;
+  device?: string;
+  seed?: number;
+  threads?: number;
+  /** Output folder: metrics.jsonl, checkpoint.safetensors, config.json. */
+  out?: string | null;
+  limitTrain?: number;
+  limitTest?: number;
+  /** Continue from out/checkpoint.safetensors. */
+  resume?: boolean;
+  /** Stop after this many training batches in total (tests, interruption). */
+  maxBatches?: number;
+}
+
+export interface EpochMetrics {
+  epoch: number;
+  trainLoss: number;
+  trainAcc: number;
+  testLoss: number;
+  testAcc: number;
+  lr: number;
+  imagesPerSec: number;
+  seconds: number;
+}
+
+export interface BatchInfo {
+  epoch: number;
+  batch: number;
+  batches: number;
+  loss: number;
+  acc: number;
+  imagesPerSec: number;
+  lr: number;
+}
+
+export interface TrainCallbacks {
+  onStart?(info: { config: Required<Omit<TrainOptions, 'out' | 'dataDir' | 'limitTrain' | 'limitTest' | 'maxBatches' | 'threads'>>; params: number; trainCount: number; testCount: number; batchesPerEpoch: number; startEpoch: number; startBatch: number; device: string }): void;
+  onBatch?(info: BatchInfo): void;
+  onEvalStart?(epoch: number): void;
+  onEpoch?(metrics: EpochMetrics): void;
+  /** Checked after every batch: true stops training after saving a checkpoint. */
+  shouldStop?(): boolean;
+}
+
+export interface TrainResult {
+  history: EpochMetrics[];
+  interrupted: boolean;
+  checkpoint?: string;
+  params: number;
+}
+
+const DEFAULTS = {
+  model: 'resnet20' as ResNetName,
+  act: 'adashift-b' as ActivationName,
+  dataset: 'fashion-mnist',
+  epochs: 10,
+  batch: 128,
+  opt: 'sgd' as OptimizerName,
+  lr: 0.1,
+  momentum: 0.9,
+  wd: 5e-4,
+  schedule: 'cosine' as ScheduleName,
+  warmup: 1,
+  labelSmoothing: 0,
+  augment: true,
+  device: 'auto',
+  seed: 0,
+  resume: false,
+};
+
+function normalize(options: TrainOptions) {
+  const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & TrainOptions;
+  check(RESNETS.includes(o.model), 'ERR_ARG', () => `unknown model '${o.model}'; expected one of ${RESNETS.join(', ')}`);
+  check(ACTIVATIONS.includes(o.act), 'ERR_ARG', () => `unknown activation '${o.act}'; expected one of ${ACTIVATIONS.join(', ')}`);
+  check(['sgd', 'adamw', 'lamb'].includes(o.opt), 'ERR_ARG', () => `unknown optimizer '${o.opt}'; expected sgd, adamw or lamb`);
+  check(['cosine', 'step', 'onecycle', 'none'].includes(o.schedule), 'ERR_ARG', () => `unknown schedule '${o.schedule}'; expected cosine, step, onecycle or none`);
+  for (const [k, v, ok] of [
+    ['epochs', o.epochs, Number.isInteger(o.epochs) && o.epochs >= 1],
+    ['batch', o.batch, Number.isInteger(o.batch) && o.batch >= 1],
+    ['lr', o.lr, o.lr > 0 && Number.isFinite(o.lr)],
+    ['wd', o.wd, o.wd >= 0 && Number.isFinite(o.wd)],
+    ['momentum', o.momentum, o.momentum >= 0 && o.momentum < 1],
+    ['warmup', o.warmup, o.warmup >= 0 && Number.isFinite(o.warmup)],
+    ['labelSmoothing', o.labelSmoothing, o.labelSmoothing >= 0 && o.labelSmoothing < 1],
+    ['seed', o.seed, Number.isSafeInteger(o.seed) && o.seed >= 0],
+  ] as [string, number, boolean][]) {
+    check(ok, 'ERR_ARG', () => `train: invalid ${k}: ${v}`);
+  }
+  return o;
+}
+
+function augmentFor(ds: Dataset, on: boolean): AugmentOptions | undefined {
+  if (!on) return undefined;
+  // Digits are not mirror-symmetric; clothes and CIFAR objects are.
+  return { randomCrop: { padding: ds.height <= 28 ? 2 : 4 }, horizontalFlip: ds.name !== 'mnist' };
+}
+
+function makeOptimizer(model: ResNet, o: ReturnType<typeof normalize>): Optimizer<BaseHyper> {
+  const groups = paramGroups(model, { weightDecay: o.wd, exempt: 'bn-and-bias' });
+  switch (o.opt) {
+    case 'sgd':
+      return new SGD(groups, { lr: o.lr, momentum: o.momentum, nesterov: false }) as unknown as Optimizer<BaseHyper>;
+    case 'adamw':
+      return new AdamW(groups, { lr: o.lr }) as unknown as Optimizer<BaseHyper>;
+    case 'lamb':
+      return new LAMB(groups, { lr: o.lr }) as unknown as Optimizer<BaseHyper>;
+  }
+}
+
+function makeSchedule(o: ReturnType<typeof normalize>, stepsPerEpoch: number): LrSchedule | null {
+  const total = o.epochs * stepsPerEpoch;
+  const warmupSteps = Math.min(Math.round(o.warmup * stepsPerEpoch), total - 1);
+  switch (o.schedule) {
+    case 'cosine':
+      return cosineWithWarmup({ baseLr: o.lr, warmupSteps, totalSteps: total });
+    case 'step':
+      return stepLr({ baseLr: o.lr, stepSize: Math.max(1, Math.round(total / 3)), gamma: 0.1 });
+    case 'onecycle':
+      return oneCycle({ maxLr: o.lr, totalSteps: total });
+    case 'none':
+      return null;
+  }
+}
+
+/** Test loss and accuracy of a model over a dataset (eval mode, no graph). */
+export function evaluate(model: ResNet, ds: Dataset, options: { batch?: number; device?: string } = {}): { loss: number; acc: number; count: number } {
+  const device = resolveDevice(options.device ?? model.parameters()[0].device);
+  const batch = options.batch ?? 256;
+  const wasTraining = model.training;
+  model.eval();
+  let lossSum = 0, correct = 0;
+  const per = ds.channels * ds.height * ds.width;
+  const buf = new Float32Array(batch * per);
+  try {
+    for (let start = 0; start < ds.count; start += batch) {
+      const n = Math.min(batch, ds.count - start);
+      const images = buf.subarray(0, n * per);
+      for (let i = 0; i < n; i++) {
+        for (let c = 0; c < ds.channels; c++) {
+          const m = ds.mean[c] * 255, s = ds.std[c] * 255;
+          const off = (start + i) * per + c * ds.height * ds.width;
+          const dst = i * per + c * ds.height * ds.width;
+          for (let k = 0; k < ds.height * ds.width; k++) images[dst + k] = (ds.images[off + k] - m) / s;
+        }
+      }
+      const labels = Int32Array.from(ds.labels.subarray(start, start + n));
+      const [l, c] = noGrad(() =>
+        tidy(() => {
+          const logits = model.forward(tensor(images, [n, ds.channels, ds.height, ds.width], { device }));
+          const r = crossEntropyWithCorrect(logits, labels);
+          return [r.loss.item(), r.correct.item()];
+        }),
+      );
+      lossSum += l * n;
+      correct += c;
+    }
+  } finally {
+    model.train(wasTraining);
+  }
+  return { loss: lossSum / ds.count, acc: correct / ds.count, count: ds.count };
+}
+
+function optimizerBuffers(opt: Optimizer<BaseHyper>): { buffers: Record<number, Record<string, import('../tensor').Tensor>>; meta: CheckpointData['meta']['optimizer'] } {
+  const sd = opt.stateDict();
+  const buffers: Record<number, Record<string, import('../tensor').Tensor>> = {};
+  const state: Record<number, { step: number }> = {};
+  for (const [i, s] of Object.entries(sd.state)) {
+    state[Number(i)] = { step: s.step as number };
+    for (const [k, v] of Object.entries(s)) if (k !== 'step') (buffers[Number(i)] ??= {})[k] = v as import('../tensor').Tensor;
+  }
+  return { buffers, meta: { kind: opt.constructor.name, state, paramGroups: sd.paramGroups } };
+}
+
+/** Trains a ResNet (see TrainOptions); resolves when done or stopped. */
+export async function train(options: TrainOptions = {}, callbacks: TrainCallbacks = {}): Promise<TrainResult> {
+  const o = normalize(options);
+  if (o.threads !== undefined) setNumThreads(o.threads);
+  const device = resolveDevice(o.device);
+  const out = o.out ?? null;
+  const ckptFile = out ? path.join(out, 'checkpoint.safetensors') : null;
+  let resumed: CheckpointData | null = null;
+  if (o.resume) {
+    check(ckptFile !== null, 'ERR_ARG', () => 'train: resume needs an output folder (out) holding checkpoint.safetensors');
+    if (!fs.existsSync(ckptFile!)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${ckptFile} does not exist`);
+    resumed = loadCheckpoint(ckptFile!, device);
+  }
+  // The run's configuration is the checkpoint's when resuming (flags other than epochs, device
+  // and threads cannot change a run half-way).
+  const saved = resumed?.meta.config as TrainOptions | undefined;
+  const cfg = saved
+    ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
+    : o;
+
+  const trainSet = loadDataset(cfg.dataset, 'train', { dataDir: cfg.dataDir, limit: cfg.limitTrain });
+  const testSet = loadDataset(cfg.dataset, 'test', { dataDir: cfg.dataDir, limit: cfg.limitTest });
+  manualSeed(cfg.seed);
+  const model = resnet(cfg.model, { act: cfg.act, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device });
+  const loader = new DataLoader(trainSet, { batchSize: cfg.batch, shuffle: true, seed: cfg.seed, augment: augmentFor(trainSet, cfg.augment), dropLast: false });
+  const opt = makeOptimizer(model, cfg);
+  const schedule = makeSchedule(cfg, loader.batchesPerEpoch);
+  const scheduler = schedule ? new LrScheduler(opt, schedule) : null;
+  const history: EpochMetrics[] = [];
+  let startEpoch = 0, startBatch = 0;
+  let partial = { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
+  if (resumed) {
+    model.loadStateDict(resumed.model);
+    const sd = opt.stateDict();
+    const state: Record<number, Record<string, unknown>> = {};
+    for (const [i, s] of Object.entries(resumed.meta.optimizer.state)) state[Number(i)] = { ...s, ...(resumed.optimizerBuffers[Number(i)] ?? {}) };
+    opt.loadStateDict({ state: state as typeof sd.state, paramGroups: resumed.meta.optimizer.paramGroups as typeof sd.paramGroups });
+    if (scheduler && resumed.meta.scheduler) scheduler.loadStateDict(resumed.meta.scheduler);
+    setRngState(resumed.meta.rng);
+    startEpoch = resumed.meta.epoch;
+    startBatch = resumed.meta.batch;
+    if (resumed.meta.partial) partial = { ...resumed.meta.partial };
+    history.push(...(resumed.meta.history as unknown as EpochMetrics[]));
+    disposeCheckpoint(resumed);
+  }
+  const params = model.numParameters();
+  if (out) {
+    fs.mkdirSync(out, { recursive: true });
+    if (!resumed) writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify({ ...cfg, resume: undefined, out: undefined }, null, 2) + '\n')]);
+  }
+  const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, ...shown } = cfg;
+  callbacks.onStart?.({ config: shown as never, params, trainCount: trainSet.count, testCount: testSet.count, batchesPerEpoch: loader.batchesPerEpoch, startEpoch, startBatch, device });
+
+  const save = (epoch: number, batch: number, part: typeof partial | null) => {
+    if (!ckptFile) return;
+    const ob = optimizerBuffers(opt);
+    saveCheckpoint(ckptFile, {
+      model: model.stateDict(),
+      optimizerBuffers: ob.buffers,
+      meta: {
+        config: { ...cfg, resume: false, out: undefined, maxBatches: undefined },
+        epoch,
+        batch,
+        optimizer: ob.meta,
+        scheduler: scheduler ? scheduler.stateDict() : null,
+        rng: getRngState(),
+        partial: part,
+        history: history as unknown as Record<string, unknown>[],
+      },
+    });
+  };
+  const writeMetrics = () => {
+    if (out) writeAtomic(path.join(out, 'metrics.jsonl'), [Buffer.from(history.map((h) => JSON.stringify(h)).join('\n') + (history.length ? '\n' : ''))]);
+  };
+
+  let interrupted = false;
+  let batchesRun = 0;
+  try {
+    for (let epoch = startEpoch; epoch < cfg.epochs && !interrupted; epoch++) {
+      model.train();
+      let { lossSum, correct, seen, seconds } = epoch === startEpoch ? partial : { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
+      const first = epoch === startEpoch ? startBatch : 0;
+      let lastBatch = first;
+      for await (const b of loader.epoch(epoch, first)) {
+        const t0 = process.hrtime.bigint();
+        const n = b.shape[0];
+        const [l, c] = tidy(() => {
+          const x = tensor(b.images, b.shape, { device });
+          const logits = model.forward(x);
+          const r = crossEntropyWithCorrect(logits, b.labels, { labelSmoothing: cfg.labelSmoothing });
+          r.loss.backward();
+          opt.step();
+          opt.zeroGrad();
+          return [r.loss.item(), r.correct.item()];
+        });
+        scheduler?.step();
+        if (!Number.isFinite(l)) {
+          throw new AdaShiftError('ERR_ARG', `training diverged: loss is ${l} at epoch ${epoch + 1}, batch ${b.index + 1}; lower the learning rate (--lr)`);
+        }
+        seconds += Number(process.hrtime.bigint() - t0) / 1e9;
+        lossSum += l * n;
+        correct += c;
+        seen += n;
+        lastBatch = b.index + 1;
+        batchesRun++;
+        callbacks.onBatch?.({ epoch, batch: b.index, batches: loader.batchesPerEpoch, loss: lossSum / seen, acc: correct / seen, imagesPerSec: seen / seconds, lr: opt.paramGroups[0].lr });
+        if (callbacks.shouldStop?.() || (cfg.maxBatches !== undefined && batchesRun >= cfg.maxBatches)) {
+          if (lastBatch < loader.batchesPerEpoch) {
+            interrupted = true;
+            save(epoch, lastBatch, { lossSum, correct, seen, seconds });
+            break;
+          }
+          interrupted = true;
+        }
+      }
+      if (interrupted && lastBatch < loader.batchesPerEpoch) break;
+      callbacks.onEvalStart?.(epoch);
+      const ev = evaluate(model, testSet, { device });
+      const m: EpochMetrics = {
+        epoch: epoch + 1,
+        trainLoss: lossSum / seen,
+        trainAcc: correct / seen,
+        testLoss: ev.loss,
+        testAcc: ev.acc,
+        lr: opt.paramGroups[0].lr,
+        imagesPerSec: seen / seconds,
+        seconds,
+      };
+      history.push(m);
+      writeMetrics();
+      save(epoch + 1, 0, null);
+      callbacks.onEpoch?.(m);
+    }
+  } finally {
+    await loader.close();
+    model.dispose();
+    for (const s of Object.values(opt.stateDict().state)) for (const v of Object.values(s)) if (typeof v !== 'number') v.dispose();
+  }
+  return { history, interrupted, checkpoint: ckptFile ?? undefined, params };
+}
+
+/** Loads a checkpoint's model and evaluates it on its dataset's test split (or another). */
+export function evaluateCheckpoint(file: string, options: { dataset?: string; dataDir?: string; limit?: number; device?: string; batch?: number } = {}) {
+  const device = resolveDevice(options.device ?? 'auto');
+  const ck = loadCheckpoint(file, device);
+  const cfg = ck.meta.config as TrainOptions;
+  try {
+    const ds = loadDataset(options.dataset ?? cfg.dataset ?? 'fashion-mnist', 'test', { dataDir: options.dataDir ?? cfg.dataDir, limit: options.limit });
+    const model = resnet(cfg.model ?? 'resnet20', { act: cfg.act, numClasses: ds.numClasses, inChannels: ds.channels, smallInput: true, device });
+    try {
+      model.loadStateDict(ck.model);
+      return { ...evaluate(model, ds, { device, batch: options.batch }), epoch: ck.meta.epoch, model: cfg.model, act: cfg.act, dataset: ds.name };
+    } finally {
+      model.dispose();
+    }
+  } finally {
+    disposeCheckpoint(ck);
+  }
+}

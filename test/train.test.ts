@@ -1,0 +1,214 @@
+// Training, evaluation and comparison end to end on a small synthetic dataset written in the
+// real IDX format: metrics and checkpoints, exact resume (at an epoch boundary and mid-epoch),
+// evaluation of a checkpoint, the CLI's argument errors and Ctrl-C, and compare's report.
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as zlib from 'zlib';
+import { encodeIdx } from '../lib/data/idx';
+import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
+import { compare } from '../lib/train/compare';
+import { loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
+import { memory } from '../lib';
+import { ensureDist, ROOT } from './helpers/dist';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-train-'));
+const dataDir = path.join(tmp, 'data');
+
+// Class k: a bright square at one of 10 positions of a 12x12 image, plus noise.
+function writeDataset(dir: string, train: number, test: number, size = 12): void {
+  fs.mkdirSync(dir, { recursive: true });
+  let state = 12345;
+  const rnd = () => ((state = (state * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const make = (count: number) => {
+    const images = new Uint8Array(count * size * size);
+    const labels = new Uint8Array(count);
+    for (let i = 0; i < count; i++) {
+      const k = i % 10;
+      labels[i] = k;
+      const r0 = 1 + Math.floor(k / 5) * 5, c0 = 1 + (k % 5) * 2;
+      for (let p = 0; p < size * size; p++) images[i * size * size + p] = Math.floor(rnd() * 60);
+      for (let r = r0; r < r0 + 4; r++) for (let c = c0; c < c0 + 2; c++) images[i * size * size + r * size + c] = 200 + Math.floor(rnd() * 55);
+    }
+    return { images, labels };
+  };
+  const tr = make(train), te = make(test);
+  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte.gz'), zlib.gzipSync(encodeIdx([train, size, size], tr.images)));
+  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte.gz'), zlib.gzipSync(encodeIdx([train], tr.labels)));
+  fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([test, size, size], te.images));
+  fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([test], te.labels));
+}
+
+beforeAll(() => writeDataset(dataDir, 200, 60));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+// No flips: they would move a class's square onto another class's position.
+const base: TrainOptions = { model: 'resnet20', dataset: 'fashion-mnist', dataDir, batch: 32, lr: 0.05, epochs: 2, warmup: 0.5, device: 'cpu', seed: 3, augment: false };
+
+function checkpointBytes(file: string): Buffer {
+  return fs.readFileSync(file);
+}
+
+function modelTensors(file: string): Record<string, Float32Array> {
+  const c = loadCheckpoint(file, 'cpu');
+  const out: Record<string, Float32Array> = {};
+  for (const [k, v] of Object.entries(c.model)) if ('toFloat32Array' in v) out[k] = v.toFloat32Array();
+  for (const [i, bufs] of Object.entries(c.optimizerBuffers)) for (const [b, t] of Object.entries(bufs)) out[`optim.${i}.${b}`] = t.toFloat32Array();
+  disposeCheckpoint(c);
+  return out;
+}
+
+describe('train', () => {
+  test('writes per-epoch metrics, config and a checkpoint, and learns the task', async () => {
+    const out = path.join(tmp, 'basic');
+    const before = memory().tensors;
+    const epochs: number[] = [];
+    const r = await train({ ...base, act: 'adashift-b', epochs: 3, out }, { onEpoch: (m) => epochs.push(m.epoch) });
+    expect(epochs).toEqual([1, 2, 3]);
+    expect(r.interrupted).toBe(false);
+    const lines = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines).toHaveLength(3);
+    for (const [i, m] of lines.entries()) {
+      expect(m.epoch).toBe(i + 1);
+      for (const k of ['trainLoss', 'trainAcc', 'testLoss', 'testAcc', 'lr', 'imagesPerSec', 'seconds']) expect(Number.isFinite(m[k])).toBe(true);
+    }
+    expect(lines[2].trainLoss).toBeLessThan(lines[0].trainLoss);
+    expect(lines[2].testAcc).toBeGreaterThan(0.5); // 10 classes: chance is 0.1
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).act).toBe('adashift-b');
+    const ck = loadCheckpoint(path.join(out, 'checkpoint.safetensors'));
+    expect(ck.meta.epoch).toBe(3);
+    expect(ck.meta.batch).toBe(0);
+    expect(Object.keys(ck.model)).toContain('layer1.0.act1.norm.weight');
+    expect(Object.keys(ck.optimizerBuffers).length).toBeGreaterThan(0);
+    disposeCheckpoint(ck);
+    expect(memory().tensors).toBe(before); // the run frees what it made
+    const ev = evaluateCheckpoint(path.join(out, 'checkpoint.safetensors'), { dataDir, device: 'cpu' });
+    expect(ev.acc).toBeCloseTo(lines[2].testAcc, 10);
+    expect(ev.loss).toBeCloseTo(lines[2].testLoss, 5);
+  });
+
+  test('2 epochs straight equal 1 epoch + resume + 1 epoch, bit for bit', async () => {
+    const straight = path.join(tmp, 'straight');
+    const split = path.join(tmp, 'split');
+    await train({ ...base, act: 'adashift-b', out: straight });
+    await train({ ...base, act: 'adashift-b', epochs: 2, out: split, maxBatches: 7 }); // 7 batches = one epoch of 200/32
+    const mid = loadCheckpoint(path.join(split, 'checkpoint.safetensors'));
+    expect([mid.meta.epoch, mid.meta.batch]).toEqual([1, 0]);
+    disposeCheckpoint(mid);
+    await train({ ...base, act: 'adashift-b', out: split, resume: true });
+    expect(modelTensors(path.join(split, 'checkpoint.safetensors'))).toEqual(modelTensors(path.join(straight, 'checkpoint.safetensors')));
+    const a = fs.readFileSync(path.join(straight, 'metrics.jsonl'), 'utf8').split('\n').map((l) => (l ? JSON.parse(l) : null));
+    const b = fs.readFileSync(path.join(split, 'metrics.jsonl'), 'utf8').split('\n').map((l) => (l ? JSON.parse(l) : null));
+    const strip = (m: Record<string, number> | null) => m && { ...m, imagesPerSec: 0, seconds: 0 };
+    expect(b.map(strip)).toEqual(a.map(strip));
+  });
+
+  test('a run stopped mid-epoch resumes to the same result (Ctrl-C path)', async () => {
+    const straight = path.join(tmp, 'straight-ma');
+    const split = path.join(tmp, 'split-ma');
+    await train({ ...base, act: 'relu', out: straight });
+    let n = 0;
+    const r = await train({ ...base, act: 'relu', out: split }, { shouldStop: () => ++n === 3 });
+    expect(r.interrupted).toBe(true);
+    const mid = loadCheckpoint(path.join(split, 'checkpoint.safetensors'));
+    expect([mid.meta.epoch, mid.meta.batch]).toEqual([0, 3]);
+    disposeCheckpoint(mid);
+    expect(fs.existsSync(path.join(split, 'metrics.jsonl'))).toBe(false);
+    await train({ ...base, act: 'relu', out: split, resume: true });
+    expect(modelTensors(path.join(split, 'checkpoint.safetensors'))).toEqual(modelTensors(path.join(straight, 'checkpoint.safetensors')));
+  });
+
+  test('bad options and missing data give clear errors', async () => {
+    await expect(train({ ...base, act: 'tanh' as never })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/unknown activation 'tanh'/) });
+    await expect(train({ ...base, epochs: 0 })).rejects.toMatchObject({ code: 'ERR_ARG' });
+    await expect(train({ ...base, dataDir: path.join(tmp, 'nope') })).rejects.toMatchObject({ code: 'ERR_IO', message: expect.stringMatching(/apt-get install dataset-fashion-mnist/) });
+    await expect(train({ ...base, out: path.join(tmp, 'empty'), resume: true })).rejects.toMatchObject({ code: 'ERR_IO', message: expect.stringMatching(/nothing to resume/) });
+    const bad = path.join(tmp, 'bad.safetensors');
+    fs.writeFileSync(bad, Buffer.alloc(5));
+    expect(() => evaluateCheckpoint(bad, { dataDir })).toThrow(expect.objectContaining({ code: 'ERR_IO' }));
+  });
+});
+
+describe('compare', () => {
+  test('on a tiny budget writes the table, summary and both SVG plots', async () => {
+    const out = path.join(tmp, 'compare');
+    const r = await compare({ ...base, epochs: 2, acts: ['relu', 'adashift-b'], seeds: 2, out, limitTrain: 64, limitTest: 30 });
+    expect(r.rows.map((x) => x.act)).toEqual(['relu', 'adashift-b']);
+    for (const row of r.rows) {
+      expect(row.finalTestAcc).toHaveLength(2);
+      expect(row.histories.every((h) => h.length === 2)).toBe(true);
+    }
+    expect(r.rows[1].params).toBeGreaterThan(r.rows[0].params); // AdaShift-B adds LayerNorm parameters
+    const report = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+    expect(report).toMatch(/\| activation \| test accuracy \(mean ± std over 2 seeds\) \|/);
+    expect(report).toMatch(/\| relu \| \d+\.\d\d% ± \d+\.\d\d \|/);
+    expect(report).toMatch(/\| adashift-b \| /);
+    for (const f of ['test-accuracy.svg', 'train-loss.svg']) {
+      const svg = fs.readFileSync(path.join(out, f), 'utf8');
+      expect(svg.startsWith('<svg')).toBe(true);
+      expect(svg).toMatch(/adashift-b/); // the legend names each activation
+      expect(svg).toMatch(/<path/);
+    }
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).rows).toHaveLength(2);
+  });
+});
+
+describe('CLI', () => {
+  let cli: string;
+  beforeAll(() => {
+    cli = path.join(ensureDist(), 'cli.js');
+  });
+  const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ADASHIFT_DEVICE: 'cpu' } });
+
+  test.each([
+    [['train', '--act', 'tanh'], /--act must be one of relu, gelu, silu, adashift-b, adashift-ma, got 'tanh'/],
+    [['train', '--epochs', '-1'], /--epochs must be an integer/],
+    [['train', '--lr', 'fast'], /--lr must be a number/],
+    [['compare', '--acts', 'relu,swish'], /unknown activation 'swish'/],
+    [['eval'], /required option '--checkpoint <file>' not specified/],
+    [['frobnicate'], /unknown command 'frobnicate'/],
+  ])('%j prints the problem and usage, and exits non-zero', (args, message) => {
+    const r = run(...(args as string[]));
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(message as RegExp);
+    expect(r.stderr).toMatch(/Usage: adashift/);
+  });
+
+  test('train then eval from the command line', () => {
+    const out = path.join(tmp, 'cli-run');
+    const t = run('train', '--act', 'silu', '--data-dir', dataDir, '--epochs', '1', '--batch', '50', '--no-augment', '--out', out);
+    expect(t.status).toBe(0);
+    expect(t.stdout).toMatch(/test accuracy \d+\.\d\d% after 1 epoch/);
+    expect(t.stderr).toMatch(/epoch 1\/1: train loss/);
+    const e = run('eval', '--checkpoint', path.join(out, 'checkpoint.safetensors'), '--data-dir', dataDir);
+    expect(e.status).toBe(0);
+    expect(e.stdout).toMatch(/resnet20 silu after 1 epoch\(s\) on fashion-mnist \(60 test images\): loss \d\.\d{4}, accuracy \d+\.\d\d%/);
+  });
+
+  test('Ctrl-C saves a checkpoint and exits cleanly; --resume continues', async () => {
+    const out = path.join(tmp, 'cli-sigint');
+    const child = spawn(process.execPath, [cli, 'train', '--act', 'relu', '--data-dir', dataDir, '--epochs', '3', '--batch', '8', '--out', out], {
+      cwd: ROOT,
+      env: { ...process.env, ADASHIFT_DEVICE: 'cpu' },
+    });
+    let stderr = '', stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    const code = await new Promise<number | null>((resolve) => {
+      child.stderr.on('data', (d) => {
+        stderr += d;
+        if (/batch 1\/25/.test(stderr) && !child.killed) child.kill('SIGINT');
+      });
+      child.on('exit', (c) => resolve(c));
+    });
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/stopped; checkpoint saved/);
+    const ck = loadCheckpoint(path.join(out, 'checkpoint.safetensors'));
+    expect(ck.meta.epoch * 25 + ck.meta.batch).toBeGreaterThan(0);
+    disposeCheckpoint(ck);
+    const r = run('train', '--resume', '--out', out, '--data-dir', dataDir);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/resuming at epoch/);
+    expect(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')).toHaveLength(3);
+  });
+});
