@@ -42,6 +42,8 @@ export interface NativeMemoryEntry {
   reservedBytes?: number;
   /** CPU: freed blocks kept for reuse. */
   cachedBytes?: number;
+  /** Highest `bytes` since the last resetPeakMemory of this device (tensor storage only). */
+  peakBytes: number;
 }
 
 type T = NativeTensor;
@@ -59,6 +61,7 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   getNumThreads(): number;
   synchronize(device: string): void;
   emptyCache(device: string): void;
+  resetPeakMemory(device: string): void;
   empty(shape: number[], device: string): T;
   full(shape: number[], value: number, device: string): T;
   fromArray(data: Float32Array, shape: number[], device: string): T;
@@ -79,6 +82,10 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   gateForward(x: T, s: T, grid: number): T;
   gateBackwardReduce(x: T, dy: T, s: T, grid: number): T;
   gateBackwardApply(x: T, dy: T, s: T, dt: OptT, grid: number): T;
+  /** AdaShift-B in one op: [y, t, u, s, mean, rstd] (t, u, s: [N, 1, C]; mean, rstd: [N]). */
+  adashiftBForward(x: T, projW: OptT, projB: OptT, normW: T, normB: T, eps: number): [T, T, T, T, T, T];
+  /** [dx | null, dProjW | null, dProjB | null, dNormW, dNormB] */
+  adashiftBBackward(x: T, dy: T, t: T, u: T, s: T, mean: T, rstd: T, projW: OptT, normW: T, needDx: boolean): [OptT, OptT, OptT, T, T];
   layerNormForward(x: T, w: T, b: T, eps: number): [T, T, T];
   layerNormBackward(dy: T, x: T, mean: T, rstd: T, w: T): [T, T, T];
   softmaxForward(x: T): T;
@@ -104,4 +111,19 @@ function load(): NativeBinding {
   }
 }
 
-export const native: NativeBinding = load();
+const raw: NativeBinding = load();
+
+/**
+ * The addon's functions. Normally the raw binding itself; while a profiler is installed
+ * (setNativeLayer, used by lib/bench/profile.ts) an object of timing wrappers around it. Every
+ * caller reads `native.fn` at call time, so swapping it costs nothing when profiling is off.
+ */
+export let native: NativeBinding = raw;
+
+/** The unwrapped binding (the profiler times calls into this). */
+export const rawNative: NativeBinding = raw;
+
+/** @internal Installs a layer in front of the binding (null: back to the raw binding). */
+export function setNativeLayer(layer: NativeBinding | null): void {
+  native = layer ?? raw;
+}

@@ -90,3 +90,44 @@ describe('activations against PyTorch fixtures', () => {
     expect(new Set(b.map((c) => Boolean(c.options.proj)))).toEqual(new Set([true, false]));
   });
 });
+
+describe('AdaShift-B as one op', () => {
+  // The per-sample CPU op must compute what the generic fused path (pool -> autograd
+  // context -> gate) computes, whether samples or channels are spread across threads.
+  test.each([
+    [[1, 13, 9, 9], false],
+    [[5, 8, 7, 7], true],
+    [[2, 6, 1, 1], true],
+  ])('shape %j, proj %s: equals the generic path', (shape, proj) => {
+    as.tidy(() => {
+      as.manualSeed(11);
+      const C = (shape as number[])[1];
+      const m = new as.nn.AdaShiftB(C, { proj: proj as boolean });
+      m.loadStateDict({
+        'norm.weight': as.randn([C], { mean: 1, std: 0.3 }),
+        'norm.bias': as.randn([C], { std: 0.3 }),
+        ...(proj ? { 'proj.weight': as.randn([C, C], { std: 0.3 }), 'proj.bias': as.randn([C], { std: 0.3 }) } : {}),
+      });
+      const x = as.randn(shape as number[], { std: 1.5, requiresGrad: true });
+      const dy = as.randn(shape as number[]);
+      const run = (fused: boolean) => {
+        const y = fused ? m.forward(x) : as.functional.adashift(x, 1, (t) => m.context(t));
+        y.backward(dy);
+        const out = [y, x.grad!, ...m.parameters().map((p) => p.grad!)].map((t) => t.toFloat32Array());
+        m.zeroGrad();
+        x.grad = null;
+        return out;
+      };
+      const a = run(true), b = run(false);
+      a.forEach((v, i) => expect(compareArrays(v, b[i], 1e-5, 1e-6, `output ${i}`).message).toMatch(/ok/));
+      const threads = as.getNumThreads();
+      as.setNumThreads(1);
+      try {
+        const c = run(true);
+        c.forEach((v, i) => expect(Array.from(v)).toEqual(Array.from(a[i]))); // thread count does not change the bits
+      } finally {
+        as.setNumThreads(threads);
+      }
+    });
+  });
+});

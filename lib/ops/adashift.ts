@@ -100,3 +100,55 @@ function checkShift(s: Tensor, tokenShape: number[]): void {
     () => `AdaShift context network must return a shift of shape ${shapeStr(tokenShape)}, got ${s instanceof Tensor ? shapeStr(s.shape) : typeof s}`,
   );
 }
+
+export interface AdaShiftBParams {
+  normWeight: Tensor;
+  normBias: Tensor;
+  projWeight?: Tensor | null;
+  projBias?: Tensor | null;
+  /** LayerNorm epsilon (default 1e-6). */
+  eps?: number;
+}
+
+/**
+ * AdaShift-B as one op: y = x * sigmoid(x + LN(proj?(mean_hw x))). The CPU runs it sample by
+ * sample so each sample's data is read from memory once per pass and reused from cache (see
+ * native/core/ops/adashift.h); the result equals adashift(x, 1, context) with the same
+ * LayerNorm/proj context to float rounding.
+ */
+export function adashiftB(x: Tensor, p: AdaShiftBParams): Tensor {
+  assertTensor(x, 'adashiftB', 'x');
+  check(p !== null && typeof p === 'object', 'ERR_ARG', () => 'adashiftB: parameters {normWeight, normBias, projWeight?, projBias?} are required');
+  assertTensor(p.normWeight, 'adashiftB', 'normWeight');
+  assertTensor(p.normBias, 'adashiftB', 'normBias');
+  const pw = p.projWeight ?? null, pb = p.projBias ?? null;
+  if (pw) assertTensor(pw, 'adashiftB', 'projWeight');
+  if (pb) assertTensor(pb, 'adashiftB', 'projBias');
+  const eps = p.eps ?? 1e-6;
+  const [yH, tH, uH, sH, meanH, rstdH] = native.adashiftBForward(x.handle, pw?.handle ?? null, pb?.handle ?? null, p.normWeight.handle, p.normBias.handle, eps);
+  const y = wrap(yH);
+  const saved = [tH, uH, sH, meanH, rstdH].map(wrap);
+  const inputs = [x, pw, pb, p.normWeight, p.normBias];
+  if (!needsGrad(...inputs)) {
+    for (const t of saved) t.dispose();
+    return y;
+  }
+  const [t, u, s, mean, rstd] = saved;
+  return record(
+    y,
+    'adashiftB',
+    inputs,
+    (dy) => {
+      const [dx, dpw, dpb, dnw, dnb] = native.adashiftBBackward(x.handle, dy.handle, t.handle, u.handle, s.handle, mean.handle, rstd.handle, pw?.handle ?? null, p.normWeight.handle, x.requiresGrad);
+      const grads = [dx, dpw, dpb, dnw, dnb].map((h) => (h ? wrap(h) : null));
+      return grads.map((g, i) => {
+        if (g && !inputs[i]?.requiresGrad) {
+          g.dispose();
+          return null;
+        }
+        return g;
+      });
+    },
+    saved,
+  );
+}

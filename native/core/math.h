@@ -106,11 +106,12 @@ AS_HD float gelu_tanh_grad(float x, float dy) {
 AS_HD float gate(float x, float s) { return x * sigmoid(x + s); }
 // With g = sigmoid(x + s): dy/dx = g + x g (1 - g), dy/ds = x g (1 - g). One sigmoid for both.
 struct GateGrad { float dx; float ds; };
-AS_HD GateGrad gate_grad(float x, float s, float dy) {
-  float g = sigmoid(x + s);
+// From the gate value g = sigmoid(x + s) (computed once, reused by a later pass).
+AS_HD GateGrad gate_grad_from_g(float x, float g, float dy) {
   float t = dy * x * g * (1.0f - g);
   return GateGrad{dy * g + t, t};
 }
+AS_HD GateGrad gate_grad(float x, float s, float dy) { return gate_grad_from_g(x, sigmoid(x + s), dy); }
 
 // --- region grid (AdaShift-MA cells; B is the 1 x 1 grid) ---------------------------------------
 // Pixel row h of H belongs to cell row floor(h * P / H) (P <= H).

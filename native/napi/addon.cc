@@ -60,6 +60,7 @@ Napi::Object memory_entry(Napi::Env env, Device d) {
   o.Set("tensors", double(live_handles(d).load()));
   o.Set("storages", double(memory_counters(d).storages.load()));
   o.Set("bytes", double(memory_counters(d).bytes.load()));
+  o.Set("peakBytes", double(memory_counters(d).peak.load()));
   if (d.is_cpu()) o.Set("cachedBytes", double(cpu_cached_bytes()));
 #ifdef ADASHIFT_WITH_CUDA
   if (d.is_cuda()) o.Set("reservedBytes", double(cuda_cached_reserved(d.index)));
@@ -100,6 +101,13 @@ Napi::Value EmptyCache(const CI& info) {
 #ifdef ADASHIFT_WITH_CUDA
   if (d.is_cuda()) cuda_empty_cache(d.index);
 #endif
+  return info.Env().Undefined();
+}
+
+Napi::Value ResetPeakMemory(const CI& info) {
+  Device d = Args{info, "resetPeakMemory"}.device(0, "device");
+  require_device(d);
+  reset_peak_memory(d);
   return info.Env().Undefined();
 }
 
@@ -230,6 +238,27 @@ Napi::Value GateBackwardApply(const CI& info) {
                                         a.optional_tensor(3, "dt"), a.integer(4, "grid", 1, kMaxGrid)));
 }
 
+Napi::Value AdaShiftBForwardJs(const CI& info) {
+  Args a{info, "adashiftBForward"};
+  AdaShiftBForward o = adashift_b_forward(a.tensor(0, "x"), a.optional_tensor(1, "projWeight"),
+                                          a.optional_tensor(2, "projBias"), a.tensor(3, "normWeight"),
+                                          a.tensor(4, "normBias"), float(a.number(5, "eps")));
+  return wrap_all(info, {o.y, o.saved.t, o.saved.u, o.saved.s, o.saved.mean, o.saved.rstd});
+}
+
+Napi::Value AdaShiftBBackwardJs(const CI& info) {
+  Args a{info, "adashiftBBackward"};
+  AdaShiftBSaved sv{a.tensor(2, "t"), a.tensor(3, "u"), a.tensor(4, "s"), a.tensor(5, "mean"), a.tensor(6, "rstd")};
+  AdaShiftBGrad g = adashift_b_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, a.optional_tensor(7, "projWeight"),
+                                        a.tensor(8, "normWeight"), a.boolean(9, "needDx"));
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env, 5);
+  uint32_t i = 0;
+  for (const Tensor* t : {&g.dx, &g.dproj_w, &g.dproj_b, &g.dnorm_w, &g.dnorm_b})
+    out.Set(i++, t->defined() ? wrap(info, *t) : env.Null());
+  return out;
+}
+
 // ---- dense ----------------------------------------------------------------------------------
 Napi::Value LayerNormForward(const CI& info) {
   Args a{info, "layerNorm"};
@@ -290,6 +319,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("backendInfo", BackendInfoJs); FN("memory", Memory);
   FN("setNumThreads", SetNumThreads); FN("getNumThreads", GetNumThreads);
   FN("synchronize", Synchronize); FN("emptyCache", EmptyCache);
+  FN("resetPeakMemory", ResetPeakMemory);
   FN("empty", Empty); FN("full", Full); FN("fromArray", FromArray); FN("rand", Rand);
   FN("to", To); FN("clone", Clone);
   FN("binary", BinaryJs); FN("axpby", Axpby); FN("axpy_", AxpyInPlace); FN("fill_", FillInPlace);
@@ -298,6 +328,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("regionPoolForward", RegionPoolForward); FN("regionPoolBackward", RegionPoolBackward);
   FN("gateForward", GateForward); FN("gateBackwardReduce", GateBackwardReduce);
   FN("gateBackwardApply", GateBackwardApply);
+  FN("adashiftBForward", AdaShiftBForwardJs); FN("adashiftBBackward", AdaShiftBBackwardJs);
   FN("layerNormForward", LayerNormForward); FN("layerNormBackward", LayerNormBackward);
   FN("softmaxForward", SoftmaxForward); FN("softmaxBackward", SoftmaxBackward);
   FN("matmul", Matmul); FN("permute", Permute);

@@ -34,7 +34,40 @@ Tensor gate_backward_reduce(const Tensor& x, const Tensor& dy, const Tensor& s, 
 Tensor gate_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& s, const Tensor& dt,
                            int64_t grid);
 
+// ---- AdaShift-B as one op ---------------------------------------------------------------------
+// y = x * sigmoid(x + s), s = LayerNorm_C(u), u = proj ? W t + b : t, t = mean_hw(x).
+// On the CPU the op runs sample by sample, so x (and dy) are read from memory once per pass
+// and re-read from cache: forward pool -> proj -> LayerNorm -> gate per sample; backward
+// reduce (keeping the gate values of the sample) -> LayerNorm and proj backward -> apply.
+// On CUDA it is the same sequence of whole-tensor kernels (pool, LayerNorm, gate, ...).
+struct AdaShiftBSaved {
+  Tensor t;           // [N, 1, C] pooled means
+  Tensor u;           // [N, 1, C] LayerNorm input (t itself without proj)
+  Tensor s;           // [N, 1, C] shift
+  Tensor mean, rstd;  // [N] LayerNorm statistics
+};
+struct AdaShiftBForward {
+  Tensor y;
+  AdaShiftBSaved saved;
+};
+struct AdaShiftBGrad {
+  Tensor dx, dproj_w, dproj_b, dnorm_w, dnorm_b;  // undefined where not asked for / no proj
+};
+// proj_w [C, C] and proj_b [C] may be undefined (no proj).
+AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const Tensor& proj_b,
+                                    const Tensor& norm_w, const Tensor& norm_b, float eps);
+AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaShiftBSaved& saved,
+                                  const Tensor& proj_w, const Tensor& norm_w, bool need_dx);
+
 namespace cpu {
+void adashift_b_forward(const float* x, int64_t N, int64_t C, int64_t HW, const float* pw,
+                        const float* pb, const float* nw, const float* nb, float eps, float* y,
+                        float* t, float* u, float* s, float* mean, float* rstd);
+// Writes dx (when need_dx), du [N, C] and per-sample LayerNorm weight/bias gradients.
+void adashift_b_backward(const float* x, const float* dy, int64_t N, int64_t C, int64_t HW,
+                         const float* u, const float* s, const float* mean, const float* rstd,
+                         const float* pw, const float* nw, bool need_dx, float* dx, float* du,
+                         float* dnw_rows, float* dnb_rows);
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);
