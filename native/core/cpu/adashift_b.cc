@@ -1,4 +1,6 @@
-// AdaShift-B, sample by sample (see ops/adashift.h). With enough samples each thread takes
+// AdaShift-B, sample by sample (see ops/adashift.h). Backward computes both gate gradients in
+// one pass over x and dy (direct input gradient into dx, shift gradient summed per plane),
+// then adds the pooled path to the sample's dx while it is in cache. With enough samples each thread takes
 // whole samples; with few (N below the thread count) the samples run in turn and each one's
 // channel planes are split across threads. Per-plane sums run in one fixed order either way,
 // so the result does not depend on the number of threads.
@@ -80,19 +82,18 @@ void adashift_b_backward(const float* x, const float* dy, int64_t N, int64_t C, 
                          const float* pw, const float* nw, bool need_dx, float* dx, float* du,
                          float* dnw_rows, float* dnb_rows) {
   for_each_sample(N, C, HW, [&](int64_t n, auto inner) {
-    // The sample's gate values, kept between the reduce and the apply pass (in cache).
-    thread_local std::vector<float> gates, ds, dt;
-    if (need_dx && gates.size() < size_t(C * HW)) gates.resize(size_t(C * HW));
+    thread_local std::vector<float> ds, dt;
     if (ds.size() < size_t(C)) { ds.resize(size_t(C)); dt.resize(size_t(C)); }
-    float* g = gates.data();
     float* dss = ds.data();
     float* dts = dt.data();
     const float* xs = x + n * C * HW;
     const float* dys = dy + n * C * HW;
     const float* ss = s + n * C;
+    float* dxs = need_dx ? dx + n * C * HW : nullptr;
+    // One pass over x and dy: the direct input gradient goes to dx, the shift gradient to ds.
     inner([&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c)
-        dss[c] = need_dx ? loops::gate_shift_grad_store(xs + c * HW, dys + c * HW, ss[c], g + c * HW, HW)
+        dss[c] = need_dx ? loops::gate_grads(xs + c * HW, dys + c * HW, ss[c], dxs + c * HW, HW)
                          : loops::gate_shift_grad(xs + c * HW, dys + c * HW, ss[c], HW);
     });
     float* dus = du + n * C;
@@ -101,10 +102,9 @@ void adashift_b_backward(const float* x, const float* dy, int64_t N, int64_t C, 
     if (!need_dx) return;
     if (pw) proj_input_grad(pw, dus, C, dts);
     else std::copy(dus, dus + C, dts);
-    float* dxs = dx + n * C * HW;
+    // The pooled path, dt / HW, added to the sample's dx while it is still in cache.
     inner([&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        loops::gate_input_grad_from(xs + c * HW, dys + c * HW, g + c * HW, dts[c] / float(HW), dxs + c * HW, HW);
+      for (int64_t c = c0; c < c1; ++c) loops::add_scalar(dxs + c * HW, dts[c] / float(HW), HW);
     });
   });
 }

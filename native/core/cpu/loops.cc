@@ -30,22 +30,21 @@ AS_VECTORIZE void gate_input_grad(const float* __restrict x, const float* __rest
   for (int64_t i = 0; i < n; ++i) dx[i] = math::gate_grad(x[i], s, dy[i]).dx + add;
 }
 
-AS_VECTORIZE float gate_shift_grad_store(const float* __restrict x, const float* __restrict dy, float s,
-                                        float* __restrict g, int64_t n) {
+AS_VECTORIZE float gate_grads(const float* __restrict x, const float* __restrict dy, float s,
+                              float* __restrict dx, int64_t n) {
   float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = math::sigmoid(x[i] + s);
-    g[i] = gi;
-    acc += math::gate_grad_from_g(x[i], gi, dy[i]).ds;
+    const math::GateGrad gg = math::gate_grad(x[i], s, dy[i]);
+    dx[i] = gg.dx;
+    acc += gg.ds;
   }
   return acc;
 }
 
-AS_VECTORIZE void gate_input_grad_from(const float* __restrict x, const float* __restrict dy, const float* __restrict g,
-                                       float add, float* __restrict dx, int64_t n) {
+AS_VECTORIZE void add_scalar(float* __restrict x, float v, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dx[i] = math::gate_grad_from_g(x[i], g[i], dy[i]).dx + add;
+  for (int64_t i = 0; i < n; ++i) x[i] += v;
 }
 
 AS_VECTORIZE void gate_forward_v(const float* __restrict x, const float* __restrict s, float* __restrict y, int64_t n) {

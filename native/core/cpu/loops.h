@@ -24,10 +24,11 @@ void gate_forward(const float* x, float s, float* y, int64_t n);
 float gate_shift_grad(const float* x, const float* dy, float s, int64_t n);
 // dx = dy * (g + x g (1 - g)) + add
 void gate_input_grad(const float* x, const float* dy, float s, float add, float* dx, int64_t n);
-// Like gate_shift_grad, also storing g = sigmoid(x + s) for a later pass
-float gate_shift_grad_store(const float* x, const float* dy, float s, float* g, int64_t n);
-// dx = dy * (g + x g (1 - g)) + add, from stored g
-void gate_input_grad_from(const float* x, const float* dy, const float* g, float add, float* dx, int64_t n);
+// Both gate gradients in one pass: writes the direct input gradient dy (g + x g (1 - g)) to dx
+// and returns the shift gradient, the sum of dy x g (1 - g)
+float gate_grads(const float* x, const float* dy, float s, float* dx, int64_t n);
+// x[i] += v
+void add_scalar(float* x, float v, int64_t n);
 // Per-element shift s[i] (region bands of AdaShift-MA, the shift laid out per pixel)
 void gate_forward_v(const float* x, const float* s, float* y, int64_t n);
 // out[i] = dy * x * g * (1 - g)

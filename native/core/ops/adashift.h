@@ -37,8 +37,9 @@ Tensor gate_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& s, c
 // ---- AdaShift-B as one op ---------------------------------------------------------------------
 // y = x * sigmoid(x + s), s = LayerNorm_C(u), u = proj ? W t + b : t, t = mean_hw(x).
 // On the CPU the op runs sample by sample, so x (and dy) are read from memory once per pass
-// and re-read from cache: forward pool -> proj -> LayerNorm -> gate per sample; backward
-// reduce (keeping the gate values of the sample) -> LayerNorm and proj backward -> apply.
+// and re-read from cache: forward pool -> proj -> LayerNorm -> gate per sample; backward one
+// pass for both gate gradients (direct dx written, shift gradient summed) -> LayerNorm and
+// proj backward -> the pooled gradient added to the sample's dx in cache.
 // On CUDA it is the same sequence of whole-tensor kernels (pool, LayerNorm, gate, ...).
 struct AdaShiftBSaved {
   Tensor t;           // [N, 1, C] pooled means
