@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // The adashift command line: a thin shell over the exported functions (argument parsing and
 // printing only).
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { backendInfo, resolveDevice, setNumThreads } from './device';
 import { memory } from './tensor';
 import { ACTIVATIONS, ActivationName } from './nn/activation';
 import { ActResult, benchAct } from './bench/act';
+import { benchStep, STEP_MODEL_NAMES, STEP_SECTIONS, StepSection, stepRowLine, stepTable } from './bench/step';
+import { benchProfile, profileTable } from './bench/profile';
 import { RESNETS } from './nn/resnet';
 import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, TrainOptions } from './train/train';
 import { compare } from './train/compare';
@@ -34,6 +36,19 @@ function parseActs(v: string): ActivationName[] {
     if (!ACTIVATIONS.includes(a as ActivationName)) throw new InvalidArgumentError(`unknown activation '${a}'; expected ${ACTIVATIONS.join(', ')}`);
   }
   return acts as ActivationName[];
+}
+
+function parseList(name: string, allowed: readonly string[]) {
+  return (v: string): string[] => {
+    const items = v.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const i of items) if (!allowed.includes(i)) throw new InvalidArgumentError(`unknown ${name} '${i}'; expected ${allowed.join(', ')}`);
+    if (!items.length) throw new InvalidArgumentError(`${name}: an empty list`);
+    return items;
+  };
+}
+
+function parseIntList(name: string, lo: number, hi: number) {
+  return (v: string): number[] => v.split(',').map((s) => parseIntArg(name, lo, hi)(s.trim()));
 }
 
 function gib(bytes: number): string {
@@ -271,6 +286,58 @@ export function main(argv = process.argv): void {
       });
       console.log(`copy bandwidth: ${r.copyBandwidth.map((c) => `${c.shape.join('x')} ${c.gbPerSec.toFixed(1)} GB/s`).join(', ')}`);
       console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), commit ${r.commit}${r.torchPython ? '' : '; PyTorch not found (set ADASHIFT_PYTHON)'}`);
+      if (r.file) console.log(`wrote ${r.file}`);
+    });
+
+  bench
+    .command('step')
+    .description('time per training step of ResNets for each activation: ms/step, images/s, peak memory, PyTorch side by side; --profile breaks one step into op families')
+    .option('--models <list>', `models: ${STEP_MODEL_NAMES.join(', ')} (default resnet20,resnet50-small; resnet50 224x224 too on a GPU)`, parseList('model', STEP_MODEL_NAMES))
+    .option('--acts <list>', `activations (default ${ACTIVATIONS.join(',')})`, parseActs)
+    .option('--batch <n>', "batch size for every model of the 'step' section (default: resnet20 64, resnet50-small 32, resnet50 128)", parseIntArg('--batch', 1, 65536))
+    .option('--sections <list>', `sections to run: ${STEP_SECTIONS.join(', ')} (default all)`, parseList('section', STEP_SECTIONS))
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
+    .option('--repeats <n>', 'timed steps (median reported)', parseIntArg('--repeats', 1, 10000), 10)
+    .option('--warmup <n>', 'untimed steps first', parseIntArg('--warmup', 0, 1000), 2)
+    .option('--no-torch', 'skip the PyTorch side-by-side run')
+    .option('--profile', 'profile one model + activation (the first of --models and --acts; default resnet20, adashift-b): time per op family per step')
+    .option('--out <dir>', 'folder for the JSON result', 'bench/results')
+    .addOption(new Option('--input-size <n>', 'override the input height = width (tests)').argParser(parseIntArg('--input-size', 1, 4096)).hideHelp())
+    .addOption(new Option('--batch-sizes <list>', "batch sizes of the 'batch' section").argParser(parseIntList('--batch-sizes', 1, 65536)).hideHelp())
+    .action(async (opts) => {
+      if (opts.profile) {
+        const r = benchProfile({
+          model: opts.models?.[0],
+          act: opts.acts?.[0],
+          batch: opts.batch,
+          inputSize: opts.inputSize,
+          device: opts.device,
+          repeats: opts.repeats,
+          warmup: opts.warmup,
+          outDir: opts.out,
+          threads: opts.threads,
+        });
+        console.log(profileTable(r));
+        if (r.file) console.log(`wrote ${r.file}`);
+        return;
+      }
+      const r = await benchStep({
+        models: opts.models,
+        acts: opts.acts,
+        batch: opts.batch,
+        inputSize: opts.inputSize,
+        batchSizes: opts.batchSizes,
+        sections: opts.sections as StepSection[] | undefined,
+        device: opts.device,
+        threads: opts.threads,
+        repeats: opts.repeats,
+        warmup: opts.warmup,
+        torch: opts.torch,
+        outDir: opts.out,
+        onResult: (section, row) => console.log(stepRowLine(section, row)),
+      });
+      console.log(stepTable(r));
       if (r.file) console.log(`wrote ${r.file}`);
     });
 

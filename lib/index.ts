@@ -4,7 +4,7 @@ export type { ErrorCode } from './errors';
 export { backendInfo, getNumThreads, resolveDevice, setDefaultDevice, setNumThreads } from './device';
 export type { DeviceSpec } from './device';
 export {
-  empty, full, getRngState, keep, manualSeed, memory, ones, rand, randn, setRngState, Tensor, tensor, tidy, zeros,
+  empty, full, getRngState, keep, manualSeed, memory, ones, rand, randn, resetPeakMemory, setRngState, Tensor, tensor, tidy, zeros,
 } from './tensor';
 export type { MemoryInfo, Shape, TensorOptions } from './tensor';
 export { isGradEnabled, noGrad } from './autograd';

@@ -327,9 +327,21 @@ export interface MemoryInfo {
   tensors: number;
   /** Bytes held by live tensors on every device. */
   bytes: number;
-  devices: { device: string; tensors: number; bytes: number; reservedBytes?: number; cachedBytes?: number }[];
+  /**
+   * Per device; peakBytes: the highest live tensor bytes since the last resetPeakMemory(device)
+   * (tensor storage only: kernels' scratch space is not counted).
+   */
+  devices: { device: string; tensors: number; bytes: number; peakBytes: number; reservedBytes?: number; cachedBytes?: number }[];
   /** Tensors the garbage collector freed because nobody disposed them. */
   leaked: number;
+}
+
+/**
+ * Restarts a device's peak counter (memory().devices[i].peakBytes) at its current live bytes;
+ * the default device when none is given.
+ */
+export function resetPeakMemory(device?: DeviceSpec | string): void {
+  native.resetPeakMemory(resolveDevice(device));
 }
 
 /** Exact live tensor counts and bytes, from the native counters. */
@@ -338,6 +350,7 @@ export function memory(): MemoryInfo {
     device: m.device,
     tensors: m.tensors,
     bytes: m.bytes,
+    peakBytes: m.peakBytes,
     ...(m.reservedBytes !== undefined ? { reservedBytes: m.reservedBytes } : {}),
     ...(m.cachedBytes !== undefined ? { cachedBytes: m.cachedBytes } : {}),
   }));

@@ -96,6 +96,11 @@ MemoryCounters& memory_counters(Device d) {
   return g_counters[1 + (d.index < 0 || d.index >= kMaxCudaDevices ? 0 : d.index)];
 }
 
+void reset_peak_memory(Device d) {
+  auto& c = memory_counters(d);
+  c.peak.store(c.bytes.load());
+}
+
 void* device_alloc(Device d, size_t bytes) {
   size_t n = bytes == 0 ? 64 : bytes;
   if (d.is_cpu()) return cpu_alloc(n);  // 64-byte aligned: cache lines, vector loads
@@ -120,7 +125,10 @@ Storage::Storage(Device d, size_t bytes) : dev_(d), bytes_(bytes) {
   ptr_ = device_alloc(d, bytes);
   auto& c = memory_counters(d);
   c.storages.fetch_add(1);
-  c.bytes.fetch_add(int64_t(bytes));
+  const int64_t now = c.bytes.fetch_add(int64_t(bytes)) + int64_t(bytes);
+  int64_t p = c.peak.load(std::memory_order_relaxed);
+  while (now > p && !c.peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
+  }
 }
 
 Storage::~Storage() {

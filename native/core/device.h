@@ -27,9 +27,13 @@ constexpr int kMaxCudaDevices = 16;
 struct MemoryCounters {
   std::atomic<int64_t> storages{0};
   std::atomic<int64_t> bytes{0};
+  // Highest `bytes` seen since the last reset_peak_memory (updated on every allocation).
+  std::atomic<int64_t> peak{0};
 };
 // index 0: CPU; 1 + i: CUDA device i
 MemoryCounters& memory_counters(Device d);
+// Restarts the device's peak at its current live bytes.
+void reset_peak_memory(Device d);
 
 // Raw allocation on a device. CUDA memory comes from a caching allocator; freeing returns the
 // block to the cache (stream-ordered reuse on the device's one stream).

@@ -1,0 +1,521 @@
+// `adashift bench step`: the median time of one training step (forward, cross-entropy, backward,
+// SGD with momentum and weight decay, zeroGrad, loss read back) of ResNets with each activation,
+// images/s and peak tensor memory per step; with PyTorch present, the same models in PyTorch
+// (bench/torch_step.py, a long-lived peer) measured in the same run, each of our steps
+// alternating with one of theirs so that machine noise affects both alike. Sections: 'step'
+// (models x activations), 'threads' (1 thread vs all, CPU), 'batch' (batch sizes).
+import { ChildProcess, spawn, spawnSync } from 'child_process';
+import * as os from 'os';
+import { resolveDevice } from '../device';
+import { native } from '../native';
+import { ActivationName, ACTIVATIONS } from '../nn/activation';
+import { resnet, ResNet, ResNetName } from '../nn/resnet';
+import { crossEntropyWithCorrect } from '../ops/loss';
+import { paramGroups, SGD } from '../optim';
+import { manualSeed, memory, randn, resetPeakMemory, Tensor, tidy } from '../tensor';
+import { environment, findTorchPython, median, scriptPath, timeIt, writeResult } from './common';
+
+/** A benchmark model: a ResNet with its input and batch. */
+export interface StepModelSpec {
+  /** Name in the results ('resnet20', 'resnet50-small', 'resnet50'). */
+  name: string;
+  model: ResNetName;
+  batch: number;
+  /** [C, H, W] */
+  input: [number, number, number];
+  classes: number;
+  smallInput: boolean;
+  /** Measured by default only on a GPU. */
+  gpuOnly?: boolean;
+}
+
+export const STEP_MODELS: Record<string, StepModelSpec> = {
+  resnet20: { name: 'resnet20', model: 'resnet20', batch: 64, input: [1, 28, 28], classes: 10, smallInput: true },
+  'resnet50-small': { name: 'resnet50-small', model: 'resnet50', batch: 32, input: [3, 32, 32], classes: 10, smallInput: true },
+  resnet50: { name: 'resnet50', model: 'resnet50', batch: 128, input: [3, 224, 224], classes: 1000, smallInput: false, gpuOnly: true },
+};
+export const STEP_MODEL_NAMES = Object.keys(STEP_MODELS);
+
+export type StepSection = 'step' | 'threads' | 'batch';
+export const STEP_SECTIONS: readonly StepSection[] = ['step', 'threads', 'batch'];
+export const DEFAULT_BATCH_SIZES = [16, 32, 64, 128, 256];
+
+/** The optimizer of every measured step (ours and PyTorch's). */
+export const STEP_OPTIMIZER = { kind: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 5e-4, weightDecayExempt: 'bn-and-bias' } as const;
+
+export interface BenchStepOptions {
+  /** Names of STEP_MODELS (default resnet20, resnet50-small, and resnet50 on a GPU). */
+  models?: string[];
+  acts?: ActivationName[];
+  /** Batch size for every model of the 'step' section (default: each model's). */
+  batch?: number;
+  /** Override of the input's H = W (tests: tiny inputs). */
+  inputSize?: number;
+  device?: string;
+  /** CPU threads for the 'step' and 'batch' sections (default: the current setting). */
+  threads?: number;
+  repeats?: number;
+  warmup?: number;
+  /** false: no PyTorch side. */
+  torch?: boolean;
+  /** The python to run the PyTorch peer with (default: ADASHIFT_PYTHON if set, else a search). */
+  python?: string;
+  sections?: StepSection[];
+  /** Batch sizes of the 'batch' section (default 16, 32, 64, 128, 256). */
+  batchSizes?: number[];
+  outDir?: string | null;
+  onResult?: (section: StepSection, row: StepRow | StepError) => void;
+}
+
+export interface TorchStep {
+  ms: number;
+  msAll: number[];
+  imagesPerSec: number;
+  /** CUDA: torch.cuda.max_memory_allocated over the timed steps; null on CPU. */
+  peakBytes: number | null;
+}
+
+export interface StepRow {
+  model: string;
+  act: ActivationName;
+  batch: number;
+  input: number[];
+  classes: number;
+  threads: number;
+  params: number;
+  /** Median of the timed steps. */
+  ms: number;
+  msAll: number[];
+  imagesPerSec: number;
+  /** Highest live tensor bytes during a timed step (memory().peakBytes after resetPeakMemory). */
+  peakBytes: number;
+  /** Live tensor bytes before a step (parameters, optimizer state, the batch). */
+  baseBytes: number;
+  torch?: TorchStep | { error: string };
+  /** PyTorch's time over ours (> 1: we are faster). */
+  speedupVsTorch?: number;
+}
+
+/** A configuration our side could not run (e.g. out of device memory); the run goes on. */
+export interface StepError {
+  model: string;
+  act: ActivationName;
+  batch: number;
+  threads: number;
+  error: string;
+}
+
+export function isStepError(r: StepRow | StepError): r is StepError {
+  return 'error' in r;
+}
+
+// ---- one model on our side ----------------------------------------------------------------
+
+/** A model, its SGD optimizer and one fixed random batch: the training step to time. */
+export class StepCase {
+  readonly model: ResNet;
+  readonly opt: SGD;
+  readonly x: Tensor;
+  readonly labels: Int32Array;
+  constructor(readonly spec: StepModelSpec, readonly act: ActivationName, readonly device: string) {
+    manualSeed(0);
+    this.model = resnet(spec.model, { act, numClasses: spec.classes, inChannels: spec.input[0], smallInput: spec.smallInput, device });
+    this.model.train();
+    this.opt = new SGD(paramGroups(this.model, { weightDecay: STEP_OPTIMIZER.weightDecay, exempt: 'bn-and-bias' }), {
+      lr: STEP_OPTIMIZER.lr,
+      momentum: STEP_OPTIMIZER.momentum,
+    });
+    this.x = randn([spec.batch, ...spec.input], { device });
+    this.labels = Int32Array.from({ length: spec.batch }, (_, i) => (i * 7919 + 13) % spec.classes);
+  }
+
+  /**
+   * One training step as train() does it. `hooks` wrap the loss and the optimizer update (the
+   * profiler uses them to attribute their native calls).
+   */
+  run(hooks?: { loss<R>(fn: () => R, logits: Tensor): R; optimizer(fn: () => void): void }): void {
+    tidy(() => {
+      const logits = this.model.forward(this.x);
+      const r = hooks ? hooks.loss(() => crossEntropyWithCorrect(logits, this.labels), logits) : crossEntropyWithCorrect(logits, this.labels);
+      r.loss.backward();
+      const update = () => {
+        this.opt.step();
+        this.opt.zeroGrad();
+      };
+      if (hooks) hooks.optimizer(update);
+      else update();
+      r.loss.item();
+      r.correct.item();
+    });
+  }
+
+  /** Seconds for one step, with the device's peak tensor bytes during it. */
+  timedStep(): { seconds: number; peakBytes: number; baseBytes: number } {
+    native.synchronize(this.device);
+    const baseBytes = deviceBytes(this.device).bytes;
+    resetPeakMemory(this.device);
+    const seconds = timeIt(this.device, () => this.run());
+    return { seconds, peakBytes: deviceBytes(this.device).peakBytes, baseBytes };
+  }
+
+  params(): number {
+    return this.model.numParameters();
+  }
+
+  dispose(): void {
+    this.model.dispose();
+    this.x.dispose();
+    for (const s of Object.values(this.opt.stateDict().state)) for (const v of Object.values(s)) if (typeof v !== 'number') v.dispose();
+  }
+}
+
+function deviceBytes(device: string): { bytes: number; peakBytes: number } {
+  const d = memory().devices.find((e) => e.device === device);
+  return d ? { bytes: d.bytes, peakBytes: d.peakBytes } : { bytes: 0, peakBytes: 0 };
+}
+
+/** The spec with the run's overrides (batch, input size). */
+export function modelSpec(name: string, overrides: { batch?: number; inputSize?: number } = {}): StepModelSpec {
+  const base = STEP_MODELS[name];
+  if (!base) throw new Error(`unknown benchmark model '${name}'; expected one of ${STEP_MODEL_NAMES.join(', ')}`);
+  const s = overrides.inputSize;
+  return { ...base, batch: overrides.batch ?? base.batch, input: s ? [base.input[0], s, s] : [...base.input] };
+}
+
+// ---- the PyTorch peer ---------------------------------------------------------------------
+
+type PeerReply = { ok: boolean; error?: string; [k: string]: unknown };
+
+/** bench/torch_step.py as a child process, one JSON request / reply per line. */
+export class TorchPeer {
+  private buffer = '';
+  private waiters: ((r: PeerReply) => void)[] = [];
+  private exited: string | null = null;
+  private stderrTail = '';
+  readonly version: Promise<string | null>;
+
+  private constructor(private proc: ChildProcess) {
+    proc.stdout!.setEncoding('utf8');
+    proc.stdout!.on('data', (chunk: string) => {
+      this.buffer += chunk;
+      let nl: number;
+      while ((nl = this.buffer.indexOf('\n')) >= 0) {
+        const line = this.buffer.slice(0, nl).trim();
+        this.buffer = this.buffer.slice(nl + 1);
+        if (!line.startsWith('{')) continue;
+        let r: PeerReply;
+        try {
+          r = JSON.parse(line) as PeerReply;
+        } catch {
+          continue;
+        }
+        this.waiters.shift()?.(r);
+      }
+    });
+    proc.stderr!.setEncoding('utf8');
+    proc.stderr!.on('data', (chunk: string) => {
+      this.stderrTail = (this.stderrTail + chunk).slice(-2000);
+    });
+    const onGone = (why: string) => {
+      if (this.exited) return;
+      const tail = this.stderrTail.trim().split('\n').slice(-3).join(' | ');
+      this.exited = `${why}${tail ? `: ${tail}` : ''}`;
+      for (const w of this.waiters.splice(0)) w({ ok: false, error: this.exited });
+    };
+    proc.on('exit', (code, signal) => onGone(`the PyTorch peer exited (${signal ?? `code ${code}`})`));
+    proc.on('error', (e) => onGone(`the PyTorch peer failed: ${e.message}`));
+    proc.stdin!.on('error', () => undefined);
+    // the hello line
+    this.version = new Promise<PeerReply>((res) => this.waiters.push(res)).then((r) => (r.ok ? String(r.torch) : null));
+  }
+
+  static async start(python: string): Promise<TorchPeer> {
+    const proc = spawn(python, [scriptPath('torch_step.py')], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const peer = new TorchPeer(proc);
+    const v = await peer.version;
+    if (v === null) throw new Error(peer.exited ?? 'the PyTorch peer did not start');
+    return peer;
+  }
+
+  request(req: Record<string, unknown>): Promise<PeerReply> {
+    if (this.exited) return Promise.resolve({ ok: false, error: this.exited });
+    return new Promise<PeerReply>((res) => {
+      this.waiters.push(res);
+      this.proc.stdin!.write(JSON.stringify(req) + '\n');
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.exited) return;
+    const gone = new Promise<void>((res) => this.proc.once('exit', () => res()));
+    await this.request({ cmd: 'quit' });
+    this.proc.stdin!.end();
+    const timer = setTimeout(() => this.proc.kill(), 5000);
+    await gone;
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The python for the PyTorch side: `python` if given, else ADASHIFT_PYTHON when set (only it:
+ * an explicit choice without torch means no PyTorch side), else findTorchPython().
+ */
+export function resolveTorchPython(python?: string): string | undefined {
+  const explicit = python ?? process.env.ADASHIFT_PYTHON;
+  if (explicit) {
+    const r = spawnSync(explicit, ['-c', 'import torch'], { stdio: 'ignore', timeout: 60000 });
+    return r.status === 0 ? explicit : undefined;
+  }
+  return findTorchPython();
+}
+
+// ---- measuring ----------------------------------------------------------------------------
+
+interface Ctx {
+  device: string;
+  repeats: number;
+  warmup: number;
+  peer: TorchPeer | null;
+}
+
+function torchDevice(device: string): string {
+  return device.startsWith('cuda') ? device : 'cpu';
+}
+
+/** Ours and (when present) PyTorch's step on one configuration, alternating step by step. */
+async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threads: number): Promise<StepRow> {
+  const ours = new StepCase(spec, act, ctx.device);
+  try {
+    let torchError: string | null = null;
+    if (ctx.peer) {
+      const r = await ctx.peer.request({
+        cmd: 'setup',
+        model: spec.model,
+        smallInput: spec.smallInput,
+        act,
+        batch: spec.batch,
+        input: spec.input,
+        classes: spec.classes,
+        device: torchDevice(ctx.device),
+        threads,
+        lr: STEP_OPTIMIZER.lr,
+        momentum: STEP_OPTIMIZER.momentum,
+        weightDecay: STEP_OPTIMIZER.weightDecay,
+        seed: 0,
+      });
+      if (!r.ok) torchError = r.error ?? 'setup failed';
+    }
+    const useTorch = ctx.peer !== null && torchError === null;
+    const torchStep = async (): Promise<{ t: number; peak: number | null } | null> => {
+      if (!useTorch || torchError) return null;
+      const r = await ctx.peer!.request({ cmd: 'step', n: 1 });
+      if (!r.ok) {
+        torchError = r.error ?? 'step failed';
+        return null;
+      }
+      return { t: (r.times as number[])[0], peak: (r.peakBytes as number | null) ?? null };
+    };
+    for (let i = 0; i < ctx.warmup; i++) {
+      ours.run();
+      await torchStep();
+    }
+    const times: number[] = [], ttimes: number[] = [];
+    let peak = 0, base = 0, tpeak: number | null = null;
+    for (let i = 0; i < ctx.repeats; i++) {
+      const s = ours.timedStep();
+      times.push(s.seconds);
+      peak = Math.max(peak, s.peakBytes);
+      base = s.baseBytes;
+      const t = await torchStep();
+      if (t) {
+        ttimes.push(t.t);
+        if (t.peak !== null) tpeak = Math.max(tpeak ?? 0, t.peak);
+      }
+    }
+    const ms = median(times) * 1e3;
+    const row: StepRow = {
+      model: spec.name,
+      act,
+      batch: spec.batch,
+      input: [...spec.input],
+      classes: spec.classes,
+      threads,
+      params: ours.params(),
+      ms,
+      msAll: times.map((t) => t * 1e3),
+      imagesPerSec: spec.batch / (ms / 1e3),
+      peakBytes: peak,
+      baseBytes: base,
+    };
+    if (torchError) row.torch = { error: torchError };
+    else if (useTorch && ttimes.length) {
+      const tms = median(ttimes) * 1e3;
+      row.torch = { ms: tms, msAll: ttimes.map((t) => t * 1e3), imagesPerSec: spec.batch / (tms / 1e3), peakBytes: tpeak };
+      row.speedupVsTorch = tms / ms;
+    }
+    return row;
+  } finally {
+    ours.dispose();
+    if (ctx.peer) await ctx.peer.request({ cmd: 'free' });
+  }
+}
+
+export interface StepReport extends ReturnType<typeof environment> {
+  benchmark: 'step';
+  repeats: number;
+  warmup: number;
+  optimizer: typeof STEP_OPTIMIZER;
+  torchPython: string | null;
+  torchVersion: string | null;
+  torchError?: string;
+  /** PyTorch on CUDA runs with torch.backends.cudnn.benchmark = True (its best case). */
+  torchCudnnBenchmark: boolean;
+  sections: {
+    step?: (StepRow | StepError)[];
+    threads?: (StepRow | StepError)[] | { skipped: string };
+    batch?: (StepRow | StepError)[];
+  };
+  file?: string;
+}
+
+export async function benchStep(options: BenchStepOptions = {}): Promise<StepReport> {
+  const device = resolveDevice(options.device ?? 'auto');
+  const cuda = device.startsWith('cuda');
+  const acts = options.acts ?? [...ACTIVATIONS];
+  const models = options.models ?? STEP_MODEL_NAMES.filter((m) => cuda || !STEP_MODELS[m].gpuOnly);
+  for (const m of models) modelSpec(m); // validates the names before anything runs
+  const sections = options.sections ?? [...STEP_SECTIONS];
+  const repeats = options.repeats ?? 10;
+  const warmup = options.warmup ?? 2;
+  const startThreads = native.getNumThreads();
+  if (options.threads !== undefined) native.setNumThreads(options.threads);
+  const threads = native.getNumThreads();
+  const allThreads = Math.max(1, os.cpus().length);
+
+  // An explicit python is tried directly (the peer's start is the check); otherwise one that
+  // imports torch is looked for.
+  const python = options.torch === false ? undefined : options.python ?? resolveTorchPython();
+  let peer: TorchPeer | null = null;
+  let torchVersion: string | null = null;
+  let torchError: string | undefined;
+  if (python) {
+    try {
+      peer = await TorchPeer.start(python);
+      torchVersion = await peer.version;
+    } catch (e) {
+      torchError = (e as Error).message;
+      peer = null;
+    }
+  }
+  const ctx: Ctx = { device, repeats, warmup, peer };
+  const overrides = { inputSize: options.inputSize };
+  const out: StepReport['sections'] = {};
+  const run = async (section: StepSection, spec: StepModelSpec, act: ActivationName, n: number): Promise<StepRow | StepError> => {
+    let row: StepRow | StepError;
+    try {
+      row = await measure(ctx, spec, act, n);
+    } catch (e) {
+      row = { model: spec.name, act, batch: spec.batch, threads: n, error: (e as Error).message };
+    }
+    options.onResult?.(section, row);
+    return row;
+  };
+  const setThreads = async (n: number) => {
+    native.setNumThreads(n);
+    if (peer) await peer.request({ cmd: 'threads', n });
+  };
+  try {
+    if (sections.includes('step')) {
+      out.step = [];
+      for (const m of models) {
+        const spec = modelSpec(m, { ...overrides, batch: options.batch });
+        for (const act of acts) out.step.push(await run('step', spec, act, threads));
+      }
+    }
+    if (sections.includes('threads')) {
+      if (cuda) out.threads = { skipped: 'CPU thread scaling is measured on the CPU device only' };
+      else {
+        const rows: (StepRow | StepError)[] = [];
+        const spec = modelSpec('resnet20', overrides);
+        const counts = allThreads > 1 ? [1, allThreads] : [1];
+        for (const act of ['relu', 'adashift-b'] as ActivationName[]) {
+          for (const n of counts) {
+            await setThreads(n);
+            rows.push(await run('threads', spec, act, n));
+          }
+        }
+        await setThreads(threads);
+        out.threads = rows;
+      }
+    }
+    if (sections.includes('batch')) {
+      out.batch = [];
+      for (const b of options.batchSizes ?? DEFAULT_BATCH_SIZES) {
+        const spec = modelSpec('resnet20', { ...overrides, batch: b });
+        out.batch.push(await run('batch', spec, 'adashift-b', threads));
+      }
+    }
+  } finally {
+    if (peer) await peer.close();
+    native.setNumThreads(options.threads !== undefined ? startThreads : threads);
+  }
+  const report: StepReport = {
+    benchmark: 'step',
+    ...environment(device),
+    threads,
+    repeats,
+    warmup,
+    optimizer: STEP_OPTIMIZER,
+    torchPython: python ?? null,
+    torchVersion,
+    torchCudnnBenchmark: cuda && torchVersion !== null,
+    ...(torchError ? { torchError } : {}),
+    sections: out,
+  };
+  if (options.outDir !== null) {
+    const stamp = report.date.replace(/[:.]/g, '-');
+    report.file = writeResult(options.outDir ?? 'bench/results', `step-${device.replace(':', '')}-${stamp}.json`, report);
+  }
+  return report;
+}
+
+// ---- printing -----------------------------------------------------------------------------
+
+function mib(bytes: number | null | undefined): string {
+  return bytes === null || bytes === undefined ? '-' : `${(bytes / 2 ** 20).toFixed(1)}`;
+}
+
+/** One progress line per measured row. */
+export function stepRowLine(section: StepSection, r: StepRow | StepError): string {
+  if (isStepError(r)) return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: error: ${r.error}`;
+  const t = r.torch && 'ms' in r.torch ? `  torch ${r.torch.ms.toFixed(1)} ms (x${r.speedupVsTorch!.toFixed(2)})` : r.torch ? `  torch error: ${r.torch.error}` : '';
+  return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: ${r.ms.toFixed(1)} ms/step, ${r.imagesPerSec.toFixed(0)} img/s, peak ${mib(r.peakBytes)} MiB${t}`;
+}
+
+/** The compact table of a report (printed last by the CLI). */
+export function stepTable(report: StepReport): string {
+  const lines: string[] = [];
+  const head = `${'section'.padEnd(8)} ${'model'.padEnd(15)} ${'act'.padEnd(12)} ${'batch'.padStart(5)} ${'thr'.padStart(3)} ${'ms/step'.padStart(9)} ${'img/s'.padStart(8)} ${'peak MiB'.padStart(9)} ${'torch ms'.padStart(9)} ${'torch/ours'.padStart(10)}`;
+  lines.push(head, '-'.repeat(head.length));
+  for (const [section, rows] of Object.entries(report.sections)) {
+    if (!Array.isArray(rows)) {
+      lines.push(`${section.padEnd(8)} skipped: ${rows.skipped}`);
+      continue;
+    }
+    for (const r of rows) {
+      if (isStepError(r)) {
+        lines.push(`${section.padEnd(8)} ${r.model.padEnd(15)} ${r.act.padEnd(12)} ${String(r.batch).padStart(5)} ${String(r.threads).padStart(3)} error: ${r.error}`);
+        continue;
+      }
+      const t = r.torch && 'ms' in r.torch ? r.torch.ms.toFixed(1) : r.torch ? 'error' : '-';
+      lines.push(
+        `${section.padEnd(8)} ${r.model.padEnd(15)} ${r.act.padEnd(12)} ${String(r.batch).padStart(5)} ${String(r.threads).padStart(3)} ${r.ms.toFixed(1).padStart(9)} ${r.imagesPerSec.toFixed(0).padStart(8)} ${mib(r.peakBytes).padStart(9)} ${t.padStart(9)} ${(r.speedupVsTorch ? `x${r.speedupVsTorch.toFixed(2)}` : '-').padStart(10)}`,
+      );
+    }
+  }
+  lines.push(
+    `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${report.cpu}, commit ${report.commit}; ` +
+      (report.torchVersion ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step` : report.torchError ? `PyTorch side failed: ${report.torchError}` : 'PyTorch not found (set ADASHIFT_PYTHON)'),
+  );
+  return lines.join('\n');
+}

@@ -1,0 +1,176 @@
+// The benchmark programs on tiny settings (ResNet-20, batch 2, 8x8 inputs, one repeat): the
+// JSON's shape, the profile's families summing to the profiled step, peak memory, and the
+// PyTorch side (skipped cleanly without torch; run when a python with torch is found).
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { benchStep, isStepError, resolveTorchPython, StepError, StepRow } from '../lib/bench/step';
+import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
+import { native, rawNative } from '../lib/native';
+import { memory, resetPeakMemory } from '../lib/tensor';
+import { ones, zeros } from '../lib';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-bench-'));
+const TINY = { models: ['resnet20'], inputSize: 8, batch: 2, repeats: 1, warmup: 0, device: 'cpu' };
+
+// A "python" that cannot import torch.
+const noTorch = path.join(tmp, 'python-without-torch');
+fs.writeFileSync(noTorch, '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function cpu() {
+  return memory().devices.find((d) => d.device === 'cpu')!;
+}
+
+/** The rows of a section, none of them an error. */
+function ok(rows: (StepRow | StepError)[] | { skipped: string } | undefined): StepRow[] {
+  expect(Array.isArray(rows)).toBe(true);
+  const list = rows as (StepRow | StepError)[];
+  expect(list.filter(isStepError)).toEqual([]);
+  return list as StepRow[];
+}
+
+function checkRow(r: StepRow, act: string, batch: number) {
+  expect(r.act).toBe(act);
+  expect(r.model).toBe('resnet20');
+  expect(r.batch).toBe(batch);
+  expect(r.input).toEqual([1, 8, 8]);
+  expect(r.msAll).toHaveLength(1);
+  expect(r.ms).toBeGreaterThan(0);
+  expect(r.imagesPerSec).toBeCloseTo(batch / (r.ms / 1e3), 6);
+  expect(r.params).toBeGreaterThan(200000);
+  // a step holds the batch's activations and gradients on top of the parameters and state
+  expect(r.peakBytes).toBeGreaterThan(r.baseBytes);
+  expect(r.baseBytes).toBeGreaterThanOrEqual(4 * r.params);
+}
+
+describe('peak memory counter', () => {
+  test('resetPeakMemory restarts the peak at the live bytes; allocations raise it', () => {
+    resetPeakMemory('cpu');
+    const base = cpu();
+    expect(base.peakBytes).toBe(base.bytes);
+    const a = zeros([1000]);
+    const b = ones([500]);
+    a.dispose();
+    const after = cpu();
+    expect(after.peakBytes).toBe(base.bytes + 6000);
+    expect(after.bytes).toBe(base.bytes + 2000);
+    b.dispose();
+    resetPeakMemory('cpu');
+    expect(cpu().peakBytes).toBe(cpu().bytes);
+  });
+});
+
+describe('bench step', () => {
+  test('JSON shape, all sections, PyTorch skipped when ADASHIFT_PYTHON has no torch', async () => {
+    const saved = process.env.ADASHIFT_PYTHON;
+    process.env.ADASHIFT_PYTHON = noTorch;
+    const before = memory().tensors;
+    const threadsBefore = native.getNumThreads();
+    let r;
+    try {
+      expect(resolveTorchPython()).toBeUndefined();
+      const seen: string[] = [];
+      r = await benchStep({ ...TINY, acts: ['relu', 'adashift-b'], batchSizes: [2, 4], outDir: tmp, onResult: (s, row) => seen.push(`${s}:${row.act}`) });
+      expect(seen.slice(0, 2)).toEqual(['step:relu', 'step:adashift-b']);
+    } finally {
+      if (saved === undefined) delete process.env.ADASHIFT_PYTHON;
+      else process.env.ADASHIFT_PYTHON = saved;
+    }
+    expect(memory().tensors).toBe(before);
+    expect(native.getNumThreads()).toBe(threadsBefore);
+    expect(r.benchmark).toBe('step');
+    expect(r.torchPython).toBeNull();
+    expect(r.torchVersion).toBeNull();
+    for (const k of ['date', 'commit', 'cpu', 'threads', 'device']) expect(r).toHaveProperty(k);
+    expect(r.device).toBe('cpu');
+    expect(r.optimizer).toMatchObject({ kind: 'sgd', momentum: 0.9, weightDecay: 5e-4 });
+    const step = ok(r.sections.step);
+    expect(step.map((x) => x.act)).toEqual(['relu', 'adashift-b']);
+    for (const row of step) {
+      checkRow(row, row.act, 2);
+      expect(row.torch).toBeUndefined();
+      expect(row.speedupVsTorch).toBeUndefined();
+    }
+    const threads = ok(r.sections.threads);
+    expect(threads.map((x) => x.act)).toEqual(os.cpus().length > 1 ? ['relu', 'relu', 'adashift-b', 'adashift-b'] : ['relu', 'adashift-b']);
+    expect(threads[0].threads).toBe(1);
+    for (const row of threads) checkRow(row, row.act, 64);
+    const batch = ok(r.sections.batch);
+    expect(batch.map((x) => x.batch)).toEqual([2, 4]);
+    for (const row of batch) checkRow(row, 'adashift-b', row.batch);
+    // the file holds the same report
+    expect(r.file).toMatch(/step-cpu-.*\.json$/);
+    const onDisk = JSON.parse(fs.readFileSync(r.file!, 'utf8'));
+    expect(onDisk.sections.step).toHaveLength(2);
+    expect(onDisk.sections.batch[1].batch).toBe(4);
+  });
+
+  test('sections are selectable', async () => {
+    const r = await benchStep({ ...TINY, acts: ['silu'], sections: ['step'], torch: false, outDir: null });
+    expect(Object.keys(r.sections)).toEqual(['step']);
+    expect(r.file).toBeUndefined();
+    checkRow(ok(r.sections.step)[0], 'silu', 2);
+  });
+
+  test('unknown model names fail before measuring', async () => {
+    await expect(benchStep({ ...TINY, models: ['resnet7'], torch: false, outDir: null })).rejects.toThrow(/unknown benchmark model 'resnet7'/);
+  });
+
+  const torchPython = resolveTorchPython();
+  (torchPython ? test : test.skip)('with PyTorch: alternating steps, ratio reported', async () => {
+    const r = await benchStep({ ...TINY, acts: ['adashift-ma'], sections: ['step'], python: torchPython, outDir: null });
+    expect(r.torchVersion).toMatch(/\d+\.\d+/);
+    expect(r.torchCudnnBenchmark).toBe(false);
+    const row = ok(r.sections.step)[0];
+    expect(row.torch).toBeDefined();
+    expect('error' in row.torch! ? row.torch.error : null).toBeNull();
+    const t = row.torch as { ms: number; msAll: number[]; imagesPerSec: number; peakBytes: number | null };
+    expect(t.msAll).toHaveLength(1);
+    expect(t.ms).toBeGreaterThan(0);
+    expect(t.peakBytes).toBeNull(); // CPU
+    expect(row.speedupVsTorch).toBeCloseTo(t.ms / row.ms, 6);
+  });
+});
+
+describe('bench step --profile', () => {
+  test('families sum to the profiled step; the binding is the raw one again afterwards', () => {
+    const before = memory().tensors;
+    const r = benchProfile({ model: 'resnet20', act: 'adashift-b', batch: 2, inputSize: 8, device: 'cpu', repeats: 2, warmup: 1, outDir: tmp });
+    expect(native).toBe(rawNative);
+    expect(memory().tensors).toBe(before);
+    expect(r.benchmark).toBe('step-profile');
+    expect(r.stepMs).toBeGreaterThan(0);
+    const fams = r.rows.map((x) => x.family);
+    for (const f of ['conv', 'batchnorm', 'activation', 'pooling', 'linear', 'loss', 'optimizer', 'overhead', 'profiler']) expect(fams).toContain(f);
+    const native_ = r.rows.filter((x) => x.family !== 'overhead' && x.family !== 'profiler').reduce((a, x) => a + x.ms, 0);
+    expect(native_).toBeCloseTo(r.nativeMs, 9);
+    expect(r.nativeMs).toBeLessThanOrEqual(r.profiledStepMs);
+    const total = r.rows.reduce((a, x) => a + x.ms, 0);
+    expect(total).toBeLessThanOrEqual(r.profiledStepMs * (1 + 1e-9));
+    expect(total).toBeGreaterThan(r.profiledStepMs * 0.999);
+    // sorted by time, percentages of the step
+    for (let i = 1; i < r.rows.length; i++) expect(r.rows[i - 1].ms).toBeGreaterThanOrEqual(r.rows[i].ms);
+    expect(r.rows.reduce((a, x) => a + x.percent, 0)).toBeCloseTo(100, 3);
+    // the calls land where they belong: convs, the optimizer's one update per parameter
+    expect(r.rows.find((x) => x.family === 'conv')!.calls).toBeGreaterThanOrEqual(2 * 21);
+    expect(r.functions.find((f) => f.name === 'sgdStep')!.calls).toBeGreaterThan(50);
+    expect(r.functions.find((f) => f.name === 'layerNormForward')).toBeDefined();
+    expect(JSON.parse(fs.readFileSync(r.file!, 'utf8')).rows).toHaveLength(r.rows.length);
+  });
+
+  test('the profiling layer is zero-cost when off and can be started only once', () => {
+    expect(native).toBe(rawNative);
+    const p = startNativeProfiler('cpu');
+    try {
+      expect(native).not.toBe(rawNative);
+      expect(() => startNativeProfiler('cpu')).toThrow(/already running/);
+      native.full([4], 1, 'cpu').dispose();
+      expect(p.families.get('memory')).toEqual({ ms: expect.any(Number), calls: 1 });
+    } finally {
+      stopNativeProfiler();
+    }
+    expect(native).toBe(rawNative);
+  });
+});
