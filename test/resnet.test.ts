@@ -417,3 +417,35 @@ describe('training fits random labels', () => {
     expect(losses[STEPS - 1]).toBeLessThan(0.05);
   });
 });
+
+describe('memory over a training run', () => {
+  // 100 SGD steps of a small ResNet: after the optimizer has made its momentum buffers (first
+  // step), the live tensor count and bytes must not grow: every step frees what it made.
+  test.each(['relu', 'adashift-b', 'adashift-ma'])('%s: memory() is flat over 100 training steps', (act) => {
+    as.manualSeed(5);
+    const model = resnet('resnet20', { act: act as as.nn.ActivationName, inChannels: 1, numClasses: 10 });
+    const opt = new SGD(model.parameters(), { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 });
+    const x = as.randn([4, 1, 8, 8]);
+    const labels = [0, 3, 7, 9];
+    const step = () =>
+      as.tidy(() => {
+        crossEntropy(model.forward(x), labels).backward();
+        opt.step();
+        opt.zeroGrad();
+      });
+    step();
+    const after1 = as.memory();
+    const counts: number[] = [], bytes: number[] = [];
+    for (let i = 0; i < 100; i++) {
+      step();
+      const m = as.memory();
+      counts.push(m.tensors);
+      bytes.push(m.bytes);
+    }
+    expect(new Set(counts)).toEqual(new Set([after1.tensors]));
+    expect(new Set(bytes)).toEqual(new Set([after1.bytes]));
+    x.dispose();
+    for (const s of Object.values(opt.stateDict().state)) for (const v of Object.values(s)) if (typeof v !== 'number') v.dispose();
+    model.dispose();
+  });
+});
