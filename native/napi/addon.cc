@@ -304,6 +304,7 @@ Napi::Value Permute(const CI& info) {
              "permute: axes must be integers in [0, rank)");
     perm.push_back(int64_t(d));
   }
+  a.tensor(0, "x");  // reading the axes may run user code: refuse a tensor disposed meanwhile
   return wrap(info, permute(x, perm));
 }
 

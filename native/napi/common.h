@@ -66,7 +66,9 @@ struct Args {
   const Napi::CallbackInfo& info;
   const char* fn;
   Napi::Value at(size_t i, const char* name) const;
-  const Tensor& tensor(size_t i, const char* name) const;
+  // By value: the call keeps the storage alive even if a later argument's getter disposes the
+  // handle (the op then still sees a consistent tensor).
+  Tensor tensor(size_t i, const char* name) const;
   // null/undefined -> undefined Tensor
   Tensor optional_tensor(size_t i, const char* name) const;
   std::vector<int64_t> shape(size_t i, const char* name) const;
@@ -77,6 +79,10 @@ struct Args {
 };
 
 Device parse_device(const std::string& s);  // 'cpu' | 'cuda' | 'cuda:N'
+
+// The tensor of a JS value that must be a NativeTensor made by this addon (ERR_ARG otherwise,
+// also for look-alikes such as Proxies or Object.create(prototype)).
+Tensor unwrap_tensor(const Napi::CallbackInfo& info, const Napi::Value& v, const char* fn, const std::string& what);
 
 Napi::Value wrap(const Napi::CallbackInfo& info, Tensor t);
 Napi::Array wrap_all(const Napi::CallbackInfo& info, std::initializer_list<Tensor> ts);

@@ -43,15 +43,10 @@ Napi::Value LambGradClip(const CI& info) {
   Napi::Value arr = a.at(0, "grads");
   AS_CHECK(arr.IsArray(), Arg, "lambGradClip: 'grads' must be an array of tensors");
   Napi::Array list = arr.As<Napi::Array>();
-  auto* data = info.Env().GetInstanceData<InstanceData>();
   std::vector<Tensor> grads;
   grads.reserve(list.Length());
-  for (uint32_t i = 0; i < list.Length(); ++i) {
-    Napi::Value v = list.Get(i);
-    AS_CHECK(v.IsObject() && v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()), Arg,
-             "lambGradClip: 'grads'[", i, "] must be a tensor");
-    grads.push_back(TensorHandle::Unwrap(v.As<Napi::Object>())->tensor("lambGradClip"));
-  }
+  for (uint32_t i = 0; i < list.Length(); ++i)
+    grads.push_back(unwrap_tensor(info, list.Get(i), "lambGradClip", cat("'grads'[", i, "]")));
   return wrap(info, lamb_grad_clip(grads, f32(a, 1, "maxGradNorm")));
 }
 

@@ -35,6 +35,7 @@ static const char* kToken = "__adashift_internal__";
 static thread_local Tensor* t_pending = nullptr;
 
 Napi::Object TensorHandle::Wrap(Napi::Env env, Tensor t) {
+  AS_CHECK(t.defined(), Arg, "internal: an op produced no tensor");
   auto* data = env.GetInstanceData<InstanceData>();
   t_pending = &t;
   Napi::Object obj = data->tensor_ctor.New({Napi::String::New(env, kToken)});
@@ -123,8 +124,10 @@ Napi::Value TensorHandle::Dispose(const Napi::CallbackInfo& info) {
 Napi::Value TensorHandle::Reshape(const Napi::CallbackInfo& info) {
   try {
     Args args{info, "reshape"};
-    const Tensor& t = tensor("reshape");
-    return Wrap(info.Env(), Tensor::view(t, args.shape(0, "shape")));
+    const Tensor t = tensor("reshape");  // a copy: reading the shape may run user code
+    std::vector<int64_t> shape = args.shape(0, "shape");
+    AS_CHECK(!disposed(), Disposed, "reshape: the tensor was disposed while its arguments were read");
+    return Wrap(info.Env(), Tensor::view(t, shape));
   } catch (const Error& e) {
     throw make_error(info.Env(), e.code(), e.what());
   }
@@ -152,11 +155,10 @@ static std::string type_of(const Napi::Value& v) {
   }
 }
 
-const Tensor& Args::tensor(size_t i, const char* name) const {
-  Napi::Value v = at(i, name);
+Tensor unwrap_tensor(const Napi::CallbackInfo& info, const Napi::Value& v, const char* fn, const std::string& what) {
   auto* data = info.Env().GetInstanceData<InstanceData>();
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-    fail(ErrorCode::Arg, cat(fn, ": argument '", name, "' must be a tensor, got ", type_of(v)));
+    fail(ErrorCode::Arg, cat(fn, ": ", what, " must be a tensor, got ", type_of(v)));
   // An object can share the prototype without being a wrapped handle (Object.create, Proxy).
   void* raw = nullptr;
   if (napi_unwrap(info.Env(), v, &raw) != napi_ok || raw == nullptr) {
@@ -164,9 +166,13 @@ const Tensor& Args::tensor(size_t i, const char* name) const {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (pending) { napi_value ignored; napi_get_and_clear_last_exception(env, &ignored); }
-    fail(ErrorCode::Arg, cat(fn, ": argument '", name, "' must be a tensor made by adashift, got an imitation"));
+    fail(ErrorCode::Arg, cat(fn, ": ", what, " must be a tensor made by adashift, got an imitation"));
   }
   return static_cast<TensorHandle*>(raw)->tensor(fn);
+}
+
+Tensor Args::tensor(size_t i, const char* name) const {
+  return unwrap_tensor(info, at(i, name), fn, cat("argument '", name, "'"));
 }
 
 Tensor Args::optional_tensor(size_t i, const char* name) const {

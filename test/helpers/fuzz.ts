@@ -15,12 +15,14 @@ type Lib = typeof AS;
 type Kind = 'self' | 'T' | 'T?' | 'shape' | 'num' | 'op' | 'act' | 'kind' | 'grid' | 'rows' | 'seed' | 'threads' | 'bool' | 'dev' | 'data' | 'axes';
 
 export interface FuzzCase {
-  layer: 'native' | 'api';
+  layer: 'native' | 'api' | 'mutation';
   index: number;
   /** op, position and kind of defect: failures are grouped by it. */
   sig: string;
   desc: string;
   call: () => unknown;
+  /** frees what building the case made (mutation cases build fresh tensors); called after the call */
+  cleanup?: () => void;
 }
 
 export interface FuzzEnv {
@@ -529,7 +531,7 @@ const NATIVE_SPECS: NativeSpec[] = [
 /** The binding functions the native specs cover (the NativeTensor methods aside). */
 export const NATIVE_FUNCTIONS = NATIVE_SPECS.filter((s) => !s.method).map((s) => s.name);
 /** Functions that take no arguments: nothing to get wrong. */
-export const NO_ARG_FUNCTIONS = ['backendInfo', 'memory', 'getNumThreads'];
+export const NO_ARG_FUNCTIONS = ['backendInfo', 'memory', 'getNumThreads', 'gemmInfo'];
 
 function invokeNative(spec: NativeSpec, env: FuzzEnv, args: unknown[]): () => unknown {
   if (!spec.method) {

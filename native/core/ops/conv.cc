@@ -94,7 +94,14 @@ Tensor gemm_cpu(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a,
     AS_CHECK(ld >= std::max<int64_t>(cols, 1), Arg, "gemm: leading dimension of ", name,
              " must be at least ", std::max<int64_t>(cols, 1), " (its stored row length), got ",
              ld);
-    const int64_t need = rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
+    int64_t need = 0;
+    if (rows > 0 && cols > 0) {
+      // (rows - 1) * ld + cols, refusing sizes whose product overflows int64
+      int64_t span = 0;
+      AS_CHECK(!__builtin_mul_overflow(rows - 1, ld, &span) && !__builtin_add_overflow(span, cols, &need),
+               Shape, "gemm: a ", rows, " x ", cols, " matrix with leading dimension ", ld,
+               " is larger than any tensor can be");
+    }
     AS_CHECK(t.numel() >= need, Shape, "gemm: ", name, " holds ", t.numel(),
              " elements but a ", rows, " x ", cols, " matrix with leading dimension ", ld,
              " needs ", need);
