@@ -8,6 +8,7 @@ import * as as from '../lib';
 import { native } from '../lib/native';
 import { conv2d } from '../lib/ops/conv';
 import { compareArrays } from './helpers/compare';
+import { thrown } from './helpers/errors';
 
 const dir = path.join(__dirname, 'fixtures', 'conv');
 interface Case {
@@ -287,18 +288,6 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
 });
 
 // ---- errors ----------------------------------------------------------------------------------
-function thrown(fn: () => unknown, code: string, message: RegExp): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  if (err === undefined) throw new Error(`expected ${code}, but the call returned normally`);
-  expect(types.isNativeError(err) || err instanceof Error).toBe(true);
-  expect((err as { code?: string }).code).toBe(code);
-  expect((err as Error).message).toMatch(message);
-}
 
 describe('conv2d errors', () => {
   const x = () => as.zeros([2, 3, 5, 5]);
@@ -309,9 +298,9 @@ describe('conv2d errors', () => {
       thrown(() => conv2d(x(), as.zeros([4, 3, 3])), 'ERR_SHAPE', /weight must have shape \[Cout, Cin, kh, kw\], got \[4, 3, 3\]/);
     }));
   test('channel mismatch', () =>
-    as.tidy(() => thrown(() => conv2d(x(), as.zeros([4, 2, 3, 3])), 'ERR_SHAPE', /input has 3 channels but the weight expects 2/)));
+    as.tidy(() => void thrown(() => conv2d(x(), as.zeros([4, 2, 3, 3])), 'ERR_SHAPE', /input has 3 channels but the weight expects 2/)));
   test('bias of the wrong size', () =>
-    as.tidy(() => thrown(() => conv2d(x(), w(), as.zeros([3])), 'ERR_SHAPE', /bias must have shape \[4\]/)));
+    as.tidy(() => void thrown(() => conv2d(x(), w(), as.zeros([3])), 'ERR_SHAPE', /bias must have shape \[4\]/)));
   test('input smaller than the kernel', () =>
     as.tidy(() => {
       thrown(() => conv2d(as.zeros([1, 3, 2, 5]), w()), 'ERR_SHAPE', /spatial size 2x5 \(2x5 with padding\) is smaller than the kernel 3x3/);
@@ -330,5 +319,5 @@ describe('conv2d errors', () => {
     as.tidy(() =>
       thrown(() => native.conv2dBackward(as.zeros([2, 4, 3, 4]).handle, x().handle, w().handle, 1, 1, 0, 0, true, true, true), 'ERR_SHAPE', /output gradient: expected shape \[2, 4, 3, 3\], got \[2, 4, 3, 4\]/)));
   test('non-tensor arguments', () =>
-    as.tidy(() => thrown(() => conv2d(x(), 'w' as unknown as as.Tensor), 'ERR_ARG', /conv2d: 'weight' must be a Tensor/)));
+    as.tidy(() => void thrown(() => conv2d(x(), 'w' as unknown as as.Tensor), 'ERR_ARG', /conv2d: 'weight' must be a Tensor/)));
 });

@@ -7,6 +7,7 @@ import * as path from 'path';
 import { types } from 'util';
 import * as as from '../lib';
 import { native } from '../lib/native';
+import { thrown } from './helpers/errors';
 
 const F = as.functional;
 const info = as.backendInfo();
@@ -16,21 +17,6 @@ const noCudaTest = info.cudaUsable ? test.skip : test;
 beforeAll(() => as.setDefaultDevice('cpu'));
 afterAll(() => as.setDefaultDevice(undefined));
 
-/** Runs fn, which must throw; returns the error after checking that it is an Error with `code`. */
-function thrown(fn: () => unknown, code: string): Error & { code: string } {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  if (err === undefined) throw new Error(`expected ${code}, but the call returned normally`);
-  // errors made by the addon come from Node's main realm, not jest's sandbox: no instanceof
-  expect(types.isNativeError(err) || err instanceof Error).toBe(true);
-  expect((err as { code?: unknown }).code).toBe(code);
-  expect(typeof (err as Error).message).toBe('string');
-  return err as Error & { code: string };
-}
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-errors-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

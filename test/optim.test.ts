@@ -8,6 +8,7 @@ import * as as from '../lib';
 import * as optim from '../lib/optim';
 import { native } from '../lib/native';
 import { compareArrays } from './helpers/compare';
+import { thrown } from './helpers/errors';
 
 const dir = path.join(__dirname, 'fixtures', 'optim');
 interface Case {
@@ -39,18 +40,6 @@ const devices = ['cpu', ...(info.cudaUsable ? ['cuda'] : [])];
 const RTOL = 1e-5;
 const ATOL_SCALE = 1e-6;
 
-function thrown(fn: () => unknown, code: string): Error & { code: string } {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  if (err === undefined) throw new Error(`expected ${code}, but the call returned normally`);
-  expect(types.isNativeError(err) || err instanceof Error).toBe(true);
-  expect((err as { code?: unknown }).code).toBe(code);
-  return err as Error & { code: string };
-}
 
 type Named = [string, as.Tensor][];
 

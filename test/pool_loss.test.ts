@@ -7,6 +7,7 @@ import * as as from '../lib';
 import { accuracy, countCorrect, crossEntropy, crossEntropyWithCorrect } from '../lib/ops/loss';
 import { avgPool2d, globalAvgPool, maxPool2d } from '../lib/ops/pool';
 import { compareArrays, CloseResult } from './helpers/compare';
+import { thrown } from './helpers/errors';
 
 const dir = path.join(__dirname, 'fixtures', 'norm');
 interface Case {
@@ -37,14 +38,6 @@ const sameBits = (a: Float32Array, b: Float32Array): boolean =>
 const failures = (rs: CloseResult[]) => rs.filter((r) => !r.ok).map((r) => r.message);
 const load = (c: Case) => as.io.loadSafetensors(path.join(dir, c.file)) as Record<string, as.Tensor>;
 
-function thrown(fn: () => unknown): { code?: string; message: string } {
-  try {
-    fn();
-  } catch (e) {
-    return e as { code?: string; message: string };
-  }
-  throw new Error('expected an error');
-}
 
 describe('pooling against PyTorch fixtures', () => {
   const pools = cases.filter((c) => c.kind === 'maxpool' || c.kind === 'avgpool' || c.kind === 'gap');

@@ -7,6 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { types } from 'util';
 import * as as from '../lib';
+import { thrown } from './helpers/errors';
 
 const io = as.io;
 let dir: string;
@@ -24,15 +25,6 @@ function file(name: string): string {
   return path.join(dir, name);
 }
 
-function thrown(fn: () => unknown): Error & { code?: string } {
-  try {
-    fn();
-  } catch (e) {
-    expect(types.isNativeError(e) || e instanceof Error).toBe(true);
-    return e as Error & { code?: string };
-  }
-  throw new Error('expected an error, but the call returned normally');
-}
 
 /** An independent reader: header length, header JSON, and the raw data section. */
 function parseRaw(f: string): { headerLen: number; header: Record<string, any>; data: Buffer } {
