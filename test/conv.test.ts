@@ -317,7 +317,7 @@ describe('conv2d errors', () => {
     }));
   test('backward with a gradient of the wrong shape', () =>
     as.tidy(() =>
-      thrown(() => native.conv2dBackward(as.zeros([2, 4, 3, 4]).handle, x().handle, w().handle, 1, 1, 0, 0, true, true, true), 'ERR_SHAPE', /output gradient: expected shape \[2, 4, 3, 3\], got \[2, 4, 3, 4\]/)));
+      void thrown(() => native.conv2dBackward(as.zeros([2, 4, 3, 4]).handle, x().handle, w().handle, 1, 1, 0, 0, true, true, true), 'ERR_SHAPE', /output gradient: expected shape \[2, 4, 3, 3\], got \[2, 4, 3, 4\]/)));
   test('non-tensor arguments', () =>
     as.tidy(() => void thrown(() => conv2d(x(), 'w' as unknown as as.Tensor), 'ERR_ARG', /conv2d: 'weight' must be a Tensor/)));
 });
