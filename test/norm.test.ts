@@ -207,6 +207,10 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
   // takes AdaShift's pooled mean from the statistics pass (double) instead of pooling BN's
   // float output, so the shift differs by ~1e-7 relative, and gradients by a few ulp more.
   const TIGHT_R = 1e-5, TIGHT_A = 1e-6;
+  // With proj the two sides also project differently (the separate nn.AdaShiftB runs its
+  // Linear per sample in double, the fused op's context through the float GEMM), and a
+  // LayerNorm over few channels amplifies that: judged at the PyTorch-fixture tolerance.
+  const PROJ_R = 1e-4, PROJ_A = 1e-5;
   const combos: [BatchNormActName, number[], boolean, boolean][] = [];
   for (const act of ['relu', 'silu', 'adashift-b'] as BatchNormActName[]) {
     for (const training of [true, false]) {
@@ -223,7 +227,7 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
     expect(Object.keys(b.values).sort()).toEqual(Object.keys(a.values).sort());
     if (act === 'adashift-b') expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.norm.weight', 'grad.norm.bias']));
     if (proj) expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.proj.weight', 'grad.proj.bias']));
-    const rs = Object.keys(a.values).map((k) => compareArrays(b.values[k], a.values[k], TIGHT_R, TIGHT_A, k));
+    const rs = Object.keys(a.values).map((k) => compareArrays(b.values[k], a.values[k], proj ? PROJ_R : TIGHT_R, proj ? PROJ_A : TIGHT_A, k));
     expect(failures(rs)).toEqual([]);
     // ReLU and SiLU recompute exactly the separate ops' expressions
     if (act !== 'adashift-b') for (const k of ['y', 'dweight', 'dbias', 'running_mean', 'running_var']) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
