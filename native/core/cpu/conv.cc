@@ -211,8 +211,9 @@ struct Padded {
 Padded padded(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t kw) {
   Padded g{C, H, W, ph, pw, H + 2 * ph, W + 2 * pw, 0, 0};
   g.plane = g.Hp * g.Wp;
-  // Reads run past the last plane by up to kw - 1 (windows) plus kGemmDotLanes (dot blocks).
-  g.total = C * g.plane + kw + kGemmDotLanes;
+  // Reads run past the last plane by up to kw - 1 (windows) plus kGemmDotLanes (dot blocks)
+  // or a register tile's width (32 floats: windows read in place by the GEMM).
+  g.total = C * g.plane + kw + std::max<int64_t>(kGemmDotLanes, 32);
   return g;
 }
 
@@ -353,8 +354,13 @@ void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, c
   float* t = scratch(3, size_t(d.Cout * rows * g.Wp)).data();
   for (int64_t oh0 = 0; oh0 < d.Ho; oh0 += rows) {
     const int64_t nr = std::min(rows, d.Ho - oh0), L = nr * g.Wp;
-    Windows src(xp, off, oh0 * g.Wp);
-    gemm_packed_a(w, L, 1.0f, src, 0.0f, t, L, inner_parallel);
+    if (inner_parallel) {
+      Windows src(xp, off, oh0 * g.Wp);
+      gemm_packed_a(w, L, 1.0f, src, 0.0f, t, L, true);
+    } else {
+      // On one thread the GEMM reads the windows in place (the same bits, no packing).
+      gemm_packed_a_windows(w, L, xp, off, oh0 * g.Wp, t, L);
+    }
     take_rows(t, d.Cout, nr, g.Wp, d.Wo, d.P(), b, y + oh0 * d.Wo);
   }
 }

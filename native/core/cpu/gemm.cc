@@ -325,6 +325,80 @@ void gemm_own(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
               beta, C, ldc, allow_parallel);
 }
 
+// ---- prepacked A against an unpacked window source (convolutions) ---------------------------
+// The micro-kernel of macro_body with B read in place: row k of the sliver at column q0 is
+// xp + off[p0 + k] + q0 (NR floats, unaligned). Same accumulation order as macro_body.
+template <int MR, int NR>
+__attribute__((always_inline)) inline void direct_body(const float* Ap, const float* xp,
+                                                       const int64_t* off, int64_t q0,
+                                                       int64_t mc, int nr, int64_t kc,
+                                                       float* C, int64_t ldc, bool first) {
+  for (int64_t t = 0; t * MR < mc; ++t) {
+    const float* __restrict a = Ap + t * kc * MR;
+    float acc[MR][NR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma omp simd
+      for (int j = 0; j < NR; ++j) acc[i][j] = 0.0f;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* __restrict bk = xp + off[k] + q0;
+      const float* __restrict ak = a + k * MR;
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const float av = ak[i];
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) acc[i][j] += av * bk[j];
+      }
+    }
+    const int mr = int(std::min<int64_t>(MR, mc - t * MR));
+    float* c = C + t * MR * ldc;
+    if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        float* __restrict ci = c + i * ldc;
+        if (first) {
+#pragma omp simd
+          for (int j = 0; j < NR; ++j) ci[j] = 1.0f * acc[i][j];
+        } else {
+#pragma omp simd
+          for (int j = 0; j < NR; ++j) ci[j] += 1.0f * acc[i][j];
+        }
+      }
+    } else {
+      for (int i = 0; i < mr; ++i) {
+        float* ci = c + i * ldc;
+        if (first)
+          for (int j = 0; j < nr; ++j) ci[j] = 1.0f * acc[i][j];
+        else
+          for (int j = 0; j < nr; ++j) ci[j] += 1.0f * acc[i][j];
+      }
+    }
+  }
+}
+
+struct DirectBlock {
+  const float* Ap;
+  const float* xp;
+  const int64_t* off;  // at the block's first depth
+  int64_t q_base, mc, N, kc;
+  float* C;            // C at row ic, column 0
+  int64_t ldc;
+  bool first;
+};
+
+template <int MR, int NR>
+__attribute__((always_inline)) inline void direct_macro(const DirectBlock& p) {
+  for (int64_t j0 = 0; j0 < p.N; j0 += NR) {
+    const int nr = int(std::min<int64_t>(NR, p.N - j0));
+    direct_body<MR, NR>(p.Ap, p.xp, p.off, p.q_base + j0, p.mc, nr, p.kc, p.C + j0, p.ldc,
+                        p.first);
+  }
+}
+
+AS_VECTORIZE void direct_8x32(const DirectBlock& p) { direct_macro<8, 32>(p); }
+AS_VECTORIZE void direct_6x16(const DirectBlock& p) { direct_macro<6, 16>(p); }
+AS_VECTORIZE void direct_4x16(const DirectBlock& p) { direct_macro<4, 16>(p); }
+
 // ---- dot-product kernel ----------------------------------------------------------------------
 // An MI x NJ tile of dot products: MI * NJ vector accumulators of L lanes over k (lane l adds
 // k = l, l + L, ... in order), then each accumulator is reduced by a fixed pairwise tree.
@@ -480,6 +554,30 @@ void gemm_packed_a(const GemmPackedA& A, int64_t N, float alpha, const GemmBSour
               [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
                   float* out) { B.pack(p0, kc, j0, nc, NR, s0, s1, out); },
               beta, C, ldc, parallel);
+}
+
+void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, const int64_t* off,
+                           int64_t q_base, float* C, int64_t ldc) {
+  const int64_t M = A.rows(), K = A.depth();
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    scale_c(M, N, 0.0f, C, ldc);
+    return;
+  }
+  const Kernel& kern = kernel();
+  const int64_t MC = mc_rows(kern.MR);
+  void (*run)(const DirectBlock&) = kern.NR == 32 ? direct_8x32
+                                    : kern.MR == 6 ? direct_6x16
+                                                   : direct_4x16;
+  // Columns in panels that keep a sliver's rows of xp in L1 across the row blocks.
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min(KC, K - pc);
+    for (int64_t ic = 0; ic < M; ic += MC) {
+      const int64_t mc = std::min(MC, M - ic);
+      run(DirectBlock{A.block(ic, pc), xp, off + pc, q_base, mc, N, kc, C + ic * ldc, ldc,
+                      pc == 0});
+    }
+  }
 }
 
 void GemmMatrixB::pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0,

@@ -98,6 +98,13 @@ class GemmPackedA {
 void gemm_packed_a(const GemmPackedA& A, int64_t N, float alpha, const GemmBSource& B,
                    float beta, float* C, int64_t ldc, bool parallel);
 
+// C[M, N] = A (prepacked, M x K) @ X~ with X~[k][q] = xp[off[k] + q_base + q], on the calling
+// thread, reading X~ in place (no packing). It reads up to the register tile's width (32
+// floats) past column N - 1 of every row of X~: those must be readable (their values only
+// reach discarded accumulators). Bit-identical to gemm_packed_a with the same operands.
+void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, const int64_t* off,
+                           int64_t q_base, float* C, int64_t ldc);
+
 // Dot-product kernel for products whose depth is contiguous in both operands:
 //   C[i][j] = sum_{k < len} A[i * lda + k] * B[boff[j] + k]  (+ beta * C[i][j]),
 // for rows i < M and columns j in [j0, j1), on the calling thread. It reads every row in
