@@ -86,6 +86,17 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   adashiftBForward(x: T, projW: OptT, projB: OptT, normW: T, normB: T, eps: number): [T, T, T, T, T, T];
   /** [dx | null, dProjW | null, dProjB | null, dNormW, dNormB] */
   adashiftBBackward(x: T, dy: T, t: T, u: T, s: T, mean: T, rstd: T, projW: OptT, normW: T, needDx: boolean): [OptT, OptT, OptT, T, T];
+  /**
+   * AdaShift-MA in one op: [y, t, attn, o, z, s] (t, o, z, s: [N, T, C]; attn: [N, heads, T, T];
+   * z is o itself when rectLinearWeight is null).
+   */
+  adashiftMAForward(x: T, grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number): [T, T, T, T, T, T];
+  /** [dx | null, dqW, dqB, dkW, dkB, dvW, dvB, dRectLinearW | null, dRectW, dRectB] */
+  adashiftMABackward(
+    x: T, dy: T, t: T, attn: T, o: T, z: T, s: T,
+    grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
+    needDx: boolean,
+  ): [OptT, T, T, T, T, T, T, OptT, T, T];
   layerNormForward(x: T, w: T, b: T, eps: number): [T, T, T];
   layerNormBackward(dy: T, x: T, mean: T, rstd: T, w: T): [T, T, T];
   softmaxForward(x: T): T;

@@ -131,3 +131,53 @@ describe('AdaShift-B as one op', () => {
     });
   });
 });
+
+describe('AdaShift-MA as one op', () => {
+  // The per-sample CPU op must compute what the generic fused path (pool -> autograd attention
+  // context -> gate) computes, whether samples or channels are spread across threads. The two
+  // differ only in float32 rounding: the op accumulates its products in its own (fixed) order and
+  // sums parameter gradients per sample, then over samples; with T <= 49 tokens and C <= 16 the
+  // relative differences stay near 1e-6, so rtol 1e-5 (atol 1e-6 for values near zero).
+  test.each([
+    [[1, 16, 9, 9], 3, 8, 'norm'],
+    [[1, 8, 7, 5], 7, 64, 'linear'],
+    [[5, 8, 14, 14], 7, 4, 'linear'],
+    [[3, 12, 10, 7], 4, 4, 'norm'],
+    [[2, 6, 1, 1], 7, 2, 'norm'],
+  ])('shape %j, grid %d, headDim %d, rect %s: equals the generic path', (shape, grid, headDim, rect) => {
+    as.tidy(() => {
+      as.manualSeed(13);
+      const C = (shape as number[])[1];
+      const m = new as.nn.AdaShiftMA(C, { grid: grid as number, headDim: headDim as number, rect: rect as 'norm' | 'linear' });
+      const sd: Record<string, as.Tensor> = {};
+      for (const [name, p] of m.namedParameters()) {
+        sd[name] = p.shape.length === 2 ? as.randn(p.shape, { std: 0.3 }) : name.endsWith('weight') ? as.randn(p.shape, { mean: 1, std: 0.3 }) : as.randn(p.shape, { std: 0.3 });
+      }
+      m.loadStateDict(sd);
+      const x = as.randn(shape as number[], { std: 1.5, requiresGrad: true });
+      const dy = as.randn(shape as number[]);
+      const run = (fused: boolean) => {
+        const y = fused ? m.forward(x) : as.functional.adashift(x, grid as number, (t) => m.context(t));
+        y.backward(dy);
+        const out = [y, x.grad!, ...m.parameters().map((p) => p.grad!)].map((t) => t.toFloat32Array());
+        m.zeroGrad();
+        x.grad = null;
+        return out;
+      };
+      const a = run(true), b = run(false);
+      // Output 5, the k.bias gradient, is exactly zero in exact arithmetic (it adds q_i . b_k to
+      // every logit of row i, and softmax ignores a per-row constant): both paths return rounding
+      // noise there, so it is compared on the scale of the k.weight gradient (output 4).
+      const floor = (i: number) => (i === 5 ? b[4].reduce((m, v) => Math.max(m, Math.abs(v)), 0) : 0);
+      a.forEach((v, i) => expect(compareArrays(v, b[i], 1e-5, 1e-6, `output ${i}`, floor(i)).message).toMatch(/ok/));
+      const threads = as.getNumThreads();
+      as.setNumThreads(1);
+      try {
+        const c = run(true);
+        c.forEach((v, i) => expect(Array.from(v)).toEqual(Array.from(a[i]))); // thread count does not change the bits
+      } finally {
+        as.setNumThreads(threads);
+      }
+    });
+  });
+});

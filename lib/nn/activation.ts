@@ -2,7 +2,7 @@
 // parameter names and initialisation of the reference implementation (see ADASHIFT.md).
 import { AdaShiftError, check } from '../errors';
 import { DeviceSpec } from '../device';
-import { adashift, adashiftB } from '../ops/adashift';
+import { adashiftB, adashiftMA } from '../ops/adashift';
 import { gelu, relu, silu } from '../ops/activation';
 import { layerNorm, linear, matmul, softmax } from '../ops/dense';
 import { permute, reshape, scale } from '../ops/elementwise';
@@ -163,7 +163,21 @@ export class AdaShiftMA extends Module {
 
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftMA');
-    return adashift(x, this.grid, (t) => this.context(t));
+    const rectNorm = this.rectNorm ?? this.rectSeq!.norm;
+    return adashiftMA(x, {
+      grid: this.grid,
+      heads: this.heads,
+      qWeight: this.q.weight,
+      qBias: this.q.bias,
+      kWeight: this.k.weight,
+      kBias: this.k.bias,
+      vWeight: this.v.weight,
+      vBias: this.v.bias,
+      rectLinearWeight: this.rectSeq?.linear.weight ?? null,
+      rectWeight: rectNorm.weight,
+      rectBias: rectNorm.bias,
+      eps: SHIFT_EPS,
+    });
   }
 
   /** The context network, attention over region tokens: t [N, T, C] -> shift [N, T, C]. */

@@ -152,3 +152,70 @@ export function adashiftB(x: Tensor, p: AdaShiftBParams): Tensor {
     saved,
   );
 }
+
+export interface AdaShiftMAParams {
+  /** Regions per side (clamped to H and W per axis). */
+  grid: number;
+  /** Attention heads (must divide C). */
+  heads: number;
+  qWeight: Tensor;
+  qBias: Tensor;
+  kWeight: Tensor;
+  kBias: Tensor;
+  vWeight: Tensor;
+  vBias: Tensor;
+  /** The 'linear' rect's Linear weight [C, C] (no bias); null/absent for the 'norm' rect. */
+  rectLinearWeight?: Tensor | null;
+  /** The rect LayerNorm's weight and bias. */
+  rectWeight: Tensor;
+  rectBias: Tensor;
+  /** LayerNorm epsilon (default 1e-6). */
+  eps?: number;
+}
+
+/**
+ * AdaShift-MA as one op: y = x * sigmoid(x + rect(attention(LN_q t, LN_k t, LN_v t))) over the
+ * region tokens t = regionPool(x, grid). The CPU runs it sample by sample (see
+ * native/core/ops/adashift.h); the result equals adashift(x, grid, context) with the same
+ * attention context to float rounding.
+ */
+export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
+  assertTensor(x, 'adashiftMA', 'x');
+  check(p !== null && typeof p === 'object', 'ERR_ARG', () => 'adashiftMA: parameters {grid, heads, q/k/v weights and biases, rectWeight, rectBias, rectLinearWeight?} are required');
+  const named: [Tensor, string][] = [
+    [p.qWeight, 'qWeight'], [p.qBias, 'qBias'], [p.kWeight, 'kWeight'], [p.kBias, 'kBias'],
+    [p.vWeight, 'vWeight'], [p.vBias, 'vBias'], [p.rectWeight, 'rectWeight'], [p.rectBias, 'rectBias'],
+  ];
+  for (const [t, n] of named) assertTensor(t, 'adashiftMA', n);
+  const lw = p.rectLinearWeight ?? null;
+  if (lw) assertTensor(lw, 'adashiftMA', 'rectLinearWeight');
+  const eps = p.eps ?? 1e-6;
+  const args = [p.grid, p.heads, p.qWeight.handle, p.qBias.handle, p.kWeight.handle, p.kBias.handle, p.vWeight.handle, p.vBias.handle, lw?.handle ?? null, p.rectWeight.handle, p.rectBias.handle, eps] as const;
+  const [yH, tH, attnH, oH, zH, sH] = native.adashiftMAForward(x.handle, ...args);
+  const y = wrap(yH);
+  // z shares o's storage for the 'norm' rect (a second handle, disposed like the others).
+  const saved = [tH, attnH, oH, zH, sH].map(wrap);
+  const [t, attn, o, z, s] = saved;
+  const inputs = [x, p.qWeight, p.qBias, p.kWeight, p.kBias, p.vWeight, p.vBias, lw, p.rectWeight, p.rectBias];
+  if (!needsGrad(...inputs)) {
+    for (const u of saved) u.dispose();
+    return y;
+  }
+  return record(
+    y,
+    'adashiftMA',
+    inputs,
+    (dy) => {
+      const hs = native.adashiftMABackward(x.handle, dy.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, ...args, x.requiresGrad);
+      const grads = hs.map((h) => (h ? wrap(h) : null));
+      return grads.map((g, i) => {
+        if (g && !inputs[i]?.requiresGrad) {
+          g.dispose();
+          return null;
+        }
+        return g;
+      });
+    },
+    saved,
+  );
+}

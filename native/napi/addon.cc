@@ -259,6 +259,44 @@ Napi::Value AdaShiftBBackwardJs(const CI& info) {
   return out;
 }
 
+// Parameters of AdaShift-MA at args [i, i + 12): grid, heads, q.w, q.b, k.w, k.b, v.w, v.b,
+// linW | null, rectW, rectB, eps.
+static AdaShiftMAParams ma_params(const Args& a, size_t i) {
+  AdaShiftMAParams p;
+  p.grid = a.integer(i, "grid", 1, kMaxGrid);
+  p.heads = a.integer(i + 1, "heads", 1, int64_t(1) << 40);
+  p.q_w = a.tensor(i + 2, "qWeight");
+  p.q_b = a.tensor(i + 3, "qBias");
+  p.k_w = a.tensor(i + 4, "kWeight");
+  p.k_b = a.tensor(i + 5, "kBias");
+  p.v_w = a.tensor(i + 6, "vWeight");
+  p.v_b = a.tensor(i + 7, "vBias");
+  p.lin_w = a.optional_tensor(i + 8, "rectLinearWeight");
+  p.rect_w = a.tensor(i + 9, "rectWeight");
+  p.rect_b = a.tensor(i + 10, "rectBias");
+  p.eps = float(a.number(i + 11, "eps"));
+  return p;
+}
+
+Napi::Value AdaShiftMAForwardJs(const CI& info) {
+  Args a{info, "adashiftMAForward"};
+  AdaShiftMAForward o = adashift_ma_forward(a.tensor(0, "x"), ma_params(a, 1));
+  return wrap_all(info, {o.y, o.saved.t, o.saved.attn, o.saved.o, o.saved.z, o.saved.s});
+}
+
+Napi::Value AdaShiftMABackwardJs(const CI& info) {
+  Args a{info, "adashiftMABackward"};
+  AdaShiftMASaved sv{a.tensor(2, "t"), a.tensor(3, "attn"), a.tensor(4, "o"), a.tensor(5, "z"), a.tensor(6, "s")};
+  AdaShiftMAGrad g = adashift_ma_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, ma_params(a, 7),
+                                          a.boolean(19, "needDx"));
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env, 10);
+  uint32_t i = 0;
+  for (const Tensor* t : {&g.dx, &g.dq_w, &g.dq_b, &g.dk_w, &g.dk_b, &g.dv_w, &g.dv_b, &g.dlin_w, &g.drect_w, &g.drect_b})
+    out.Set(i++, t->defined() ? wrap(info, *t) : env.Null());
+  return out;
+}
+
 // ---- dense ----------------------------------------------------------------------------------
 Napi::Value LayerNormForward(const CI& info) {
   Args a{info, "layerNorm"};
@@ -330,6 +368,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("gateForward", GateForward); FN("gateBackwardReduce", GateBackwardReduce);
   FN("gateBackwardApply", GateBackwardApply);
   FN("adashiftBForward", AdaShiftBForwardJs); FN("adashiftBBackward", AdaShiftBBackwardJs);
+  FN("adashiftMAForward", AdaShiftMAForwardJs); FN("adashiftMABackward", AdaShiftMABackwardJs);
   FN("layerNormForward", LayerNormForward); FN("layerNormBackward", LayerNormBackward);
   FN("softmaxForward", SoftmaxForward); FN("softmaxBackward", SoftmaxBackward);
   FN("matmul", Matmul); FN("permute", Permute);

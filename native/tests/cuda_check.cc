@@ -677,6 +677,7 @@ void bench(const char* json_path) {
 int parity_conv();
 int parity_norm();
 int parity_optim();
+int parity_adashift_ma();
 
 int main(int argc, char** argv) {
   const BackendInfo info = backend_info();
@@ -698,7 +699,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   int family_failures = 0;
-  for (auto [name, fn] : {std::pair<const char*, int (*)()>{"conv", parity_conv}, {"norm", parity_norm}, {"optim", parity_optim}}) {
+  for (auto [name, fn] : {std::pair<const char*, int (*)()>{"conv", parity_conv}, {"norm", parity_norm}, {"optim", parity_optim}, {"adashift_ma", parity_adashift_ma}}) {
     try {
       int f = fn();
       std::printf("cuda_check: parity_%s: %d failed\n", name, f);

@@ -477,6 +477,15 @@ function gemmRef(a: Args): Float32Array {
   return out;
 }
 
+// A valid AdaShift-MA forward argument list: [x, grid, heads, q.w, q.b, k.w, k.b, v.w, v.b, linW | null, rect.w, rect.b, eps].
+function maSeed(c: Ctx): Args {
+  const p = c.prng;
+  const N = p.int(1, 2), C = p.pick([1, 2, 4, 6]);
+  const heads = p.pick([1, 2, 3, 4, 6].filter((g) => C % g === 0));
+  const v = () => c.rand([C]);
+  return [c.rand([N, C, p.int(1, 4), p.int(1, 4)]), p.int(1, 3), heads, v(), v(), v(), v(), v(), v(), p.bool() ? c.rand([C, C]) : null, v(), v(), p.pick([1e-5, 1e-6, 0.1])];
+}
+
 const MUTATION_SPECS: MutSpec[] = [
   // ---- lib/native.ts ---------------------------------------------------------------------------
   {
@@ -539,6 +548,71 @@ const MUTATION_SPECS: MutSpec[] = [
       const C = shp(a[0])[1];
       const pw = a[7] != null;
       return expectList(r, [a[9] ? shp(a[0]) : null, pw ? [C, C] : null, pw ? [C] : null, [C], [C]]);
+    },
+  },
+  {
+    name: 'adashiftMAForward',
+    params: [
+      T('x', { dims: [1] }),
+      I('grid', 1, 1024),
+      I('heads', 1, 2 ** 40),
+      T('qWeight', { dims: [0] }),
+      T('qBias', { dims: [0] }),
+      T('kWeight', { dims: [0] }),
+      T('kBias', { dims: [0] }),
+      T('vWeight', { dims: [0] }),
+      T('vBias', { dims: [0] }),
+      T('rectLinearWeight', { nullOk: true, dims: 'all' }),
+      T('rectWeight', { dims: [0] }),
+      T('rectBias', { dims: [0] }),
+      F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
+    ],
+    seed: (c) => maSeed(c).slice(0, 13),
+    semantic: [
+      ['heads above the channels', (c, a) => a.map((v, i) => (i === 2 ? shp(a[0])[1] + 1 : v))],
+      ['rank-3 input', (c, a) => [c.rand(shp(a[0]).slice(1)), ...a.slice(1)]],
+    ],
+    check: (r, a) => {
+      const [N, C, H, W] = shp(a[0]);
+      const T = Math.min(a[1] as number, H) * Math.min(a[1] as number, W), G = a[2] as number;
+      return expectList(r, [shp(a[0]), [N, T, C], [N, G, T, T], [N, T, C], [N, T, C], [N, T, C]]);
+    },
+  },
+  {
+    name: 'adashiftMABackward',
+    params: [
+      T('x', { dims: 'all' }),
+      T('dy', { dims: 'all' }),
+      T('t', { dims: 'all' }),
+      T('attn', { dims: 'all' }),
+      T('o', { dims: 'all' }),
+      T('z', { dims: 'all' }),
+      T('s', { dims: 'all' }),
+      I('grid', 1, 1024),
+      I('heads', 1, 2 ** 40),
+      T('qWeight', { dims: [0] }),
+      T('qBias', { dims: [0] }),
+      T('kWeight', { dims: [0] }),
+      T('kBias', { dims: [0] }),
+      T('vWeight', { dims: [0] }),
+      T('vBias', { dims: [0] }),
+      T('rectLinearWeight', { nullOk: true, dims: 'all' }),
+      T('rectWeight', { dims: [0] }),
+      T('rectBias', { dims: [0] }),
+      F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
+      B('needDx'),
+    ],
+    seed: (c) => {
+      const a = maSeed(c);
+      const [y, t, attn, o, z, s] = c.keep(c.native.adashiftMAForward(...(a.slice(0, 13) as Parameters<typeof c.native.adashiftMAForward>)));
+      y.dispose();
+      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, ...a.slice(1, 13), c.prng.bool()];
+    },
+    semantic: [['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v))]],
+    check: (r, a) => {
+      const C = shp(a[0])[1];
+      const lin = a[15] != null;
+      return expectList(r, [a[19] ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C]]);
     },
   },
   // ---- lib/bindings/conv.ts --------------------------------------------------------------------

@@ -200,3 +200,161 @@ AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaSh
 }
 
 }  // namespace adashift
+
+// ---- AdaShift-MA as one op --------------------------------------------------------------------
+namespace adashift {
+
+static void check_ma_vec(const Tensor& x, const Tensor& t, int64_t C, const char* what) {
+  AS_CHECK(t.defined(), Arg, "AdaShift-MA: ", what, " is required");
+  check_same_device(x, t, what);
+  check_shape(t, {C}, what);
+}
+
+static RegionGrid check_adashift_ma(const Tensor& x, const AdaShiftMAParams& p) {
+  RegionGrid g = region_grid(x, p.grid);
+  const int64_t C = g.C;
+  AS_CHECK(C >= 1, Shape, "AdaShift-MA needs at least one channel, got ", shape_str(x.shape()));
+  AS_CHECK(p.heads >= 1 && p.heads <= C && C % p.heads == 0, Arg, "AdaShift-MA: heads must divide the ",
+           C, " channels, got ", p.heads);
+  AS_CHECK(std::isfinite(p.eps) && p.eps > 0, Arg, "AdaShift-MA: eps must be a positive number, got ", p.eps);
+  AS_CHECK(g.H * g.W > 0 || x.numel() == 0, Shape, "AdaShift-MA needs H, W >= 1, got ", shape_str(x.shape()));
+  check_ma_vec(x, p.q_w, C, "AdaShift-MA q.weight");
+  check_ma_vec(x, p.q_b, C, "AdaShift-MA q.bias");
+  check_ma_vec(x, p.k_w, C, "AdaShift-MA k.weight");
+  check_ma_vec(x, p.k_b, C, "AdaShift-MA k.bias");
+  check_ma_vec(x, p.v_w, C, "AdaShift-MA v.weight");
+  check_ma_vec(x, p.v_b, C, "AdaShift-MA v.bias");
+  check_ma_vec(x, p.rect_w, C, "AdaShift-MA rect norm weight");
+  check_ma_vec(x, p.rect_b, C, "AdaShift-MA rect norm bias");
+  if (p.lin_w.defined()) {
+    check_same_device(x, p.lin_w, "AdaShift-MA rect.0.weight");
+    check_shape(p.lin_w, {C, C}, "AdaShift-MA rect.0.weight");
+  }
+  return g;
+}
+
+static cpu::AdaShiftMAPtrs ma_ptrs(const AdaShiftMAParams& p) {
+  return cpu::AdaShiftMAPtrs{p.q_w.data(), p.q_b.data(), p.k_w.data(), p.k_b.data(), p.v_w.data(),
+                             p.v_b.data(), p.lin_w.defined() ? p.lin_w.data() : nullptr,
+                             p.rect_w.data(), p.rect_b.data(), p.heads, p.eps};
+}
+
+// [N, T, C] <-> [N*G, T, d] (a view when G == 1).
+static Tensor ma_split(const Tensor& z, int64_t N, int64_t T, int64_t G, int64_t d) {
+  if (G == 1) return Tensor::view(z, {N, T, d});
+  return Tensor::view(permute(Tensor::view(z, {N, T, G, d}), {0, 2, 1, 3}), {N * G, T, d});
+}
+static Tensor ma_merge(const Tensor& z, int64_t N, int64_t T, int64_t G, int64_t d) {
+  if (G == 1) return Tensor::view(z, {N, T, d});
+  return Tensor::view(permute(Tensor::view(z, {N, G, T, d}), {0, 2, 1, 3}), {N, T, G * d});
+}
+
+AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p) {
+  RegionGrid g = check_adashift_ma(x, p);
+  const int64_t N = g.N, C = g.C, T = g.tokens(), G = p.heads, d = C / G;
+  const Device dev = x.device();
+  AdaShiftMAForward r;
+  if (dev.is_cpu() || x.numel() == 0) {
+    r.y = Tensor(x.shape(), dev);
+    r.saved.t = Tensor({N, T, C}, dev);
+    r.saved.attn = Tensor({N, G, T, T}, dev);
+    r.saved.o = Tensor({N, T, C}, dev);
+    r.saved.z = p.lin_w.defined() ? Tensor({N, T, C}, dev) : r.saved.o;
+    r.saved.s = Tensor({N, T, C}, dev);
+    if (x.numel() > 0)
+      cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), r.y.data(), r.saved.t.data(),
+                               r.saved.attn.data(), r.saved.o.data(), r.saved.z.data(),
+                               r.saved.s.data());
+    return r;
+  }
+  // CUDA: the whole-tensor ops in sequence (each already checked against the CPU).
+  const float scale = float(1.0 / std::sqrt(double(d)));
+  r.saved.t = region_pool_forward(x, p.grid);
+  Tensor q = ma_split(layernorm_forward(r.saved.t, p.q_w, p.q_b, p.eps).y, N, T, G, d);
+  Tensor k = ma_split(layernorm_forward(r.saved.t, p.k_w, p.k_b, p.eps).y, N, T, G, d);
+  Tensor v = ma_split(layernorm_forward(r.saved.t, p.v_w, p.v_b, p.eps).y, N, T, G, d);
+  Tensor sc = matmul(q, k, false, true);
+  Tensor a = softmax_forward(axpby(scale, sc, 0.0f, sc));
+  r.saved.attn = Tensor::view(a, {N, G, T, T});
+  r.saved.o = ma_merge(matmul(a, v, false, false), N, T, G, d);
+  r.saved.z = p.lin_w.defined()
+                  ? Tensor::view(matmul(Tensor::view(r.saved.o, {N * T, C}), p.lin_w, false, true), {N, T, C})
+                  : r.saved.o;
+  r.saved.s = layernorm_forward(r.saved.z, p.rect_w, p.rect_b, p.eps).y;
+  r.y = gate_forward(x, r.saved.s, p.grid);
+  return r;
+}
+
+AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const AdaShiftMASaved& sv,
+                                    const AdaShiftMAParams& p, bool need_dx) {
+  RegionGrid g = check_adashift_ma(x, p);
+  const int64_t N = g.N, C = g.C, T = g.tokens(), G = p.heads, d = C / G;
+  check_same_device(x, dy, "AdaShift-MA backward");
+  check_shape(dy, x.shape(), "AdaShift-MA backward: output gradient");
+  for (const Tensor* t : {&sv.t, &sv.o, &sv.z, &sv.s}) {
+    check_same_device(x, *t, "AdaShift-MA backward: saved tensor");
+    check_shape(*t, {N, T, C}, "AdaShift-MA backward: saved tensor");
+  }
+  check_same_device(x, sv.attn, "AdaShift-MA backward: saved attention");
+  check_shape(sv.attn, {N, G, T, T}, "AdaShift-MA backward: saved attention");
+  const Device dev = x.device();
+  AdaShiftMAGrad r;
+  const bool lin = p.lin_w.defined();
+  if (N == 0 || x.numel() == 0) {  // an empty batch: zero parameter gradients
+    if (need_dx) r.dx = full(x.shape(), 0.0f, dev);
+    for (Tensor* t : {&r.dq_w, &r.dq_b, &r.dk_w, &r.dk_b, &r.dv_w, &r.dv_b, &r.drect_w, &r.drect_b})
+      *t = full({C}, 0.0f, dev);
+    if (lin) r.dlin_w = full({C, C}, 0.0f, dev);
+    return r;
+  }
+  Tensor dz;
+  if (dev.is_cpu()) {
+    dz = Tensor({N, T, C}, dev);
+    Tensor prow({N, 8 * C}, dev);
+    if (need_dx) r.dx = Tensor(x.shape(), dev);
+    cpu::adashift_ma_backward(g, x.data(), dy.data(), ma_ptrs(p), sv.t.data(), sv.attn.data(),
+                              sv.o.data(), sv.z.data(), sv.s.data(), need_dx,
+                              need_dx ? r.dx.data() : nullptr, dz.data(), prow.data());
+    Tensor sums = sum_rows(prow, N);  // [8 C], samples added in a fixed order
+    Tensor* outs[8] = {&r.dq_w, &r.dq_b, &r.dk_w, &r.dk_b, &r.dv_w, &r.dv_b, &r.drect_w, &r.drect_b};
+    for (int i = 0; i < 8; ++i) {
+      *outs[i] = Tensor({C}, dev);
+      std::copy(sums.data() + i * C, sums.data() + (i + 1) * C, outs[i]->data());
+    }
+  } else {
+    const float scale = float(1.0 / std::sqrt(double(d)));
+    Tensor ds = gate_backward_reduce(x, dy, sv.s, p.grid);
+    LayerNormOut zl = layernorm_forward(sv.z, p.rect_w, p.rect_b, p.eps);
+    LayerNormGrad rg = layernorm_backward(ds, sv.z, zl.mean, zl.rstd, p.rect_w);
+    r.drect_w = rg.dweight;
+    r.drect_b = rg.dbias;
+    dz = rg.dx;
+    Tensor dout = lin ? Tensor::view(matmul(Tensor::view(dz, {N * T, C}), p.lin_w, false, false), {N, T, C}) : dz;
+    LayerNormOut ql = layernorm_forward(sv.t, p.q_w, p.q_b, p.eps);
+    LayerNormOut kl = layernorm_forward(sv.t, p.k_w, p.k_b, p.eps);
+    LayerNormOut vl = layernorm_forward(sv.t, p.v_w, p.v_b, p.eps);
+    Tensor q = ma_split(ql.y, N, T, G, d), k = ma_split(kl.y, N, T, G, d), v = ma_split(vl.y, N, T, G, d);
+    Tensor a = Tensor::view(sv.attn, {N * G, T, T});
+    Tensor dos = ma_split(dout, N, T, G, d);
+    Tensor da = matmul(dos, v, false, true);
+    Tensor dv = ma_merge(matmul(a, dos, true, false), N, T, G, d);
+    Tensor dsm = softmax_backward(a, da);
+    Tensor dsc = axpby(scale, dsm, 0.0f, dsm);
+    Tensor dq = ma_merge(matmul(dsc, k, false, false), N, T, G, d);
+    Tensor dk = ma_merge(matmul(dsc, q, true, false), N, T, G, d);
+    LayerNormGrad lq = layernorm_backward(dq, sv.t, ql.mean, ql.rstd, p.q_w);
+    LayerNormGrad lk = layernorm_backward(dk, sv.t, kl.mean, kl.rstd, p.k_w);
+    LayerNormGrad lv = layernorm_backward(dv, sv.t, vl.mean, vl.rstd, p.v_w);
+    r.dq_w = lq.dweight; r.dq_b = lq.dbias;
+    r.dk_w = lk.dweight; r.dk_b = lk.dbias;
+    r.dv_w = lv.dweight; r.dv_b = lv.dbias;
+    if (need_dx) {
+      Tensor dt = axpby(1.0f, axpby(1.0f, lq.dx, 1.0f, lk.dx), 1.0f, lv.dx);
+      r.dx = gate_backward_apply(x, dy, sv.s, dt, p.grid);
+    }
+  }
+  if (lin) r.dlin_w = matmul(Tensor::view(dz, {N * T, C}), Tensor::view(sv.o, {N * T, C}), true, false);
+  return r;
+}
+
+}  // namespace adashift

@@ -60,6 +60,41 @@ AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const
 AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaShiftBSaved& saved,
                                   const Tensor& proj_w, const Tensor& norm_w, bool need_dx);
 
+// ---- AdaShift-MA as one op --------------------------------------------------------------------
+// s = rect(attention(LN_q(t), LN_k(t), LN_v(t))) over the T = Ph*Pw region tokens t = pool(x),
+// heads G (d = C / G), softmax(q k^T / sqrt(d)) v per head; rect is LayerNorm (rect.weight/bias)
+// or Linear without bias (lin_w) then LayerNorm; y = x * sigmoid(x + s[cell]).
+// On the CPU the op runs sample by sample (pool, q/k/v LayerNorm, attention, rect, gate for one
+// sample while its x is in cache; backward: band-wise reduce, rect/attention/LayerNorm backward,
+// band-wise apply). On CUDA it is the same sequence of whole-tensor ops (pool, layernorm, matmul,
+// softmax, permute, gate). Both backends save the same tensors; backward recomputes the
+// (cheap, token-sized) LayerNorm outputs and statistics.
+struct AdaShiftMAParams {
+  int64_t grid, heads;
+  Tensor q_w, q_b, k_w, k_b, v_w, v_b;
+  Tensor lin_w;  // [C, C] ('linear' rect) or undefined ('norm' rect)
+  Tensor rect_w, rect_b;
+  float eps;
+};
+struct AdaShiftMASaved {
+  Tensor t;     // [N, T, C] pooled tokens
+  Tensor attn;  // [N, G, T, T] attention probabilities
+  Tensor o;     // [N, T, C] attention output (heads merged)
+  Tensor z;     // [N, T, C] rect LayerNorm input (o itself for the 'norm' rect)
+  Tensor s;     // [N, T, C] shift
+};
+struct AdaShiftMAForward {
+  Tensor y;
+  AdaShiftMASaved saved;
+};
+struct AdaShiftMAGrad {
+  Tensor dx;  // undefined unless need_dx
+  Tensor dq_w, dq_b, dk_w, dk_b, dv_w, dv_b, dlin_w /* undefined without lin_w */, drect_w, drect_b;
+};
+AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p);
+AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const AdaShiftMASaved& saved,
+                                    const AdaShiftMAParams& p, bool need_dx);
+
 namespace cpu {
 void adashift_b_forward(const float* x, int64_t N, int64_t C, int64_t HW, const float* pw,
                         const float* pb, const float* nw, const float* nb, float eps, float* y,
@@ -69,6 +104,20 @@ void adashift_b_backward(const float* x, const float* dy, int64_t N, int64_t C, 
                          const float* u, const float* s, const float* mean, const float* rstd,
                          const float* pw, const float* nw, bool need_dx, float* dx, float* du,
                          float* dnw_rows, float* dnb_rows);
+// Pointers of the parameters for the per-sample AdaShift-MA kernels (lin_w nullable).
+struct AdaShiftMAPtrs {
+  const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *lin_w, *rect_w, *rect_b;
+  int64_t heads;
+  float eps;
+};
+void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p, float* y,
+                         float* t, float* attn, float* o, float* z, float* s);
+// Writes dx (when need_dx), dz [N, T, C] (the rect LayerNorm's input gradient) and per-sample
+// parameter gradient rows prow [N, 8, C]: q.w, q.b, k.w, k.b, v.w, v.b, rect.w, rect.b.
+void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
+                          const AdaShiftMAPtrs& p, const float* t, const float* attn,
+                          const float* o, const float* z, const float* s, bool need_dx, float* dx,
+                          float* dz, float* prow);
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);

@@ -1,0 +1,162 @@
+// AdaShift-MA, sample by sample (see ops/adashift.h). Each sample runs pool -> q/k/v LayerNorm
+// -> attention per head -> rect -> band-wise gate while its x is in cache; backward runs the
+// band-wise reduce (ds), rect / attention / LayerNorm backward on the sample's T x C tokens, and
+// the band-wise apply adding dt / |cell|. With enough samples each thread takes whole samples
+// (the region kernels called inside then run inline); with fewer samples than threads the samples
+// run in turn and the region kernels split the sample's channel planes across threads. The token
+// math of a sample is serial in a fixed order and the region kernels sum each plane in a fixed
+// order, so the result does not depend on the number of threads.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "../ops/adashift.h"
+#include "../ops/dense.h"
+#include "../threadpool.h"
+#include "gemm.h"
+
+namespace adashift {
+namespace cpu {
+
+namespace {
+
+template <typename SampleFn>
+void for_each_sample_ma(int64_t N, SampleFn sample) {
+  if (N >= num_threads()) {
+    parallel_for(N, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) sample(n);
+    });
+  } else {
+    for (int64_t n = 0; n < N; ++n) sample(n);
+  }
+}
+
+// Per-thread scratch (reused across samples and calls).
+inline float* scratch_ma(int which, size_t n) {
+  thread_local std::vector<float> buf[12];
+  if (buf[which].size() < n) buf[which].resize(n);
+  return buf[which].data();
+}
+
+// C [M, N] (leading dimension ldc) = alpha op(A) op(B) on the calling thread: the package's
+// GEMM, whose summation order depends only on K.
+inline void mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+  gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+}
+
+struct Dims {
+  int64_t T, C, G, d;
+  float scale;
+};
+
+inline Dims dims_of(const RegionGrid& g, const AdaShiftMAPtrs& p) {
+  Dims D;
+  D.T = g.tokens();
+  D.C = g.C;
+  D.G = p.heads;
+  D.d = g.C / p.heads;
+  D.scale = float(1.0 / std::sqrt(double(D.d)));
+  return D;
+}
+
+// q, k, v LayerNorm outputs for one sample's tokens ts [T, C] (stats into m/r [3, T]).
+inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, float* q, float* k,
+                        float* v, float* m, float* r) {
+  layernorm_forward(ts, p.q_w, p.q_b, p.eps, D.T, D.C, q, m, r);
+  layernorm_forward(ts, p.k_w, p.k_b, p.eps, D.T, D.C, k, m + D.T, r + D.T);
+  layernorm_forward(ts, p.v_w, p.v_b, p.eps, D.T, D.C, v, m + 2 * D.T, r + 2 * D.T);
+}
+
+}  // namespace
+
+void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p, float* y,
+                         float* t, float* attn, float* o, float* z, float* s) {
+  const Dims D = dims_of(g, p);
+  const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
+  RegionGrid g1 = g;
+  g1.N = 1;
+  for_each_sample_ma(g.N, [&](int64_t n) {
+    const float* xs = x + n * C * HW;
+    float* ts = t + n * TC;
+    region_pool_forward(g1, xs, ts);
+    float* q = scratch_ma(0, size_t(TC));
+    float* k = scratch_ma(1, size_t(TC));
+    float* v = scratch_ma(2, size_t(TC));
+    float* st = scratch_ma(3, size_t(6 * T));
+    float* rm = scratch_ma(4, size_t(2 * T));
+    qkv_forward(D, p, ts, q, k, v, st, st + 3 * T);
+    float* os = o + n * TC;
+    for (int64_t h = 0; h < D.G; ++h) {
+      float* A = attn + (n * D.G + h) * T * T;
+      const int64_t c0 = h * D.d;
+      mm(false, true, T, T, D.d, D.scale, q + c0, C, k + c0, C, A, T);  // scale q_h k_h^T
+      softmax_forward(A, T, T, A);
+      mm(false, false, T, D.d, T, 1.0f, A, T, v + c0, C, os + c0, C);  // o_h = A v_h
+    }
+    float* zs = z + n * TC;
+    if (p.lin_w) mm(false, true, T, C, C, 1.0f, os, C, p.lin_w, C, zs, C);  // z = o W^T
+    float* ss = s + n * TC;
+    layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
+    gate_forward(g1, xs, ss, y + n * C * HW);
+  });
+}
+
+void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
+                          const AdaShiftMAPtrs& p, const float* t, const float* attn,
+                          const float* o, const float* z, const float* s, bool need_dx, float* dx,
+                          float* dz, float* prow) {
+  const Dims D = dims_of(g, p);
+  const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
+  RegionGrid g1 = g;
+  g1.N = 1;
+  for_each_sample_ma(g.N, [&](int64_t n) {
+    const float* xs = x + n * C * HW;
+    const float* dys = dy + n * C * HW;
+    const float* ts = t + n * TC;
+    const float* zs = z + n * TC;
+    const float* ss = s + n * TC;
+    float* pr = prow + n * 8 * C;
+    float* ds = scratch_ma(0, size_t(TC));
+    float* q = scratch_ma(1, size_t(TC));
+    float* k = scratch_ma(2, size_t(TC));
+    float* v = scratch_ma(3, size_t(TC));
+    float* dob = scratch_ma(4, size_t(TC));
+    float* dq = scratch_ma(5, size_t(TC));
+    float* dk = scratch_ma(6, size_t(TC));
+    float* dv = scratch_ma(7, size_t(TC));
+    float* dS = scratch_ma(9, size_t(T * T));
+    float* st = scratch_ma(10, size_t(8 * T));
+    float* dt = scratch_ma(11, size_t(TC));
+    gate_backward_reduce(g1, xs, dys, ss, ds);
+    // rect: recompute the LayerNorm statistics, then its backward.
+    float* dzs = dz + n * TC;
+    layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, dq /* scratch */, st + 6 * T, st + 7 * T);
+    layernorm_backward(ds, zs, st + 6 * T, st + 7 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
+    const float* dov = dzs;  // d o (dz itself for the 'norm' rect)
+    if (p.lin_w) {
+      mm(false, false, T, C, C, 1.0f, dzs, C, p.lin_w, C, dob, C);  // do = dz W
+      dov = dob;
+    }
+    // attention backward, head by head
+    qkv_forward(D, p, ts, q, k, v, st, st + 3 * T);
+    for (int64_t h = 0; h < D.G; ++h) {
+      const float* A = attn + (n * D.G + h) * T * T;
+      const int64_t c0 = h * D.d;
+      mm(false, true, T, T, D.d, 1.0f, dov + c0, C, v + c0, C, dS, T);    // dA = do_h v_h^T
+      mm(true, false, T, D.d, T, 1.0f, A, T, dov + c0, C, dv + c0, C);    // dv_h = A^T do_h
+      softmax_backward(A, dS, T, T, dS);                                   // dS (in place)
+      mm(false, false, T, D.d, T, D.scale, dS, T, k + c0, C, dq + c0, C);  // dq_h = s dS k_h
+      mm(true, false, T, D.d, T, D.scale, dS, T, q + c0, C, dk + c0, C);   // dk_h = s dS^T q_h
+    }
+    // q/k/v LayerNorm backward, summed into dt in the order q, k, v.
+    layernorm_backward(dq, ts, st, st + 3 * T, p.q_w, T, C, dt, pr + 0 * C, pr + 1 * C);
+    layernorm_backward(dk, ts, st + T, st + 4 * T, p.k_w, T, C, q /* reuse */, pr + 2 * C, pr + 3 * C);
+    for (int64_t e = 0; e < TC; ++e) dt[e] += q[e];
+    layernorm_backward(dv, ts, st + 2 * T, st + 5 * T, p.v_w, T, C, q, pr + 4 * C, pr + 5 * C);
+    for (int64_t e = 0; e < TC; ++e) dt[e] += q[e];
+    if (need_dx) gate_backward_apply(g1, xs, dys, ss, dt, dx + n * C * HW);
+  });
+}
+
+}  // namespace cpu
+}  // namespace adashift

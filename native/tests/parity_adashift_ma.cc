@@ -1,0 +1,149 @@
+// CUDA parity check of AdaShift-MA as one op (adashift_ma_forward / adashift_ma_backward): on
+// CUDA the op is a sequence of whole-tensor ops (region pool, LayerNorm, matmul, softmax,
+// permute, gate); on the CPU it runs sample by sample. Random awkward shapes (grids that do not
+// divide H or W, P clamped to H/W, one and several heads, both rects, N = 1), inputs made on the
+// CPU with adashift::rand and copied with adashift::to_device; every output compared with
+// |gpu - cpu| <= atol_scale * max|cpu| + rtol * |cpu|; each GPU run twice, bit-identical.
+//
+//   int parity_adashift_ma();   // to be called from native/tests/cuda_check.cc
+//
+// Tolerances, and why: y, dx (1e-5 scale, 1e-4): the pooled means and shifts differ by float
+//   rounding (different summation orders: per-block partials on the GPU, band column sums on
+//   the CPU; float products in a different order in the attention), ~1e-6 relative; the gate
+//   passes them through sigmoid with a derivative below 1. Saved t/attn/o/z/s (1e-5, 1e-4):
+//   the same. Parameter gradients (1e-4 scale, 1e-3): sums over N*T*HW terms of differences
+//   (LayerNorm backward, softmax backward), which cancel; the k.bias gradient is exactly zero
+//   in exact arithmetic and is compared on the scale of the k.weight gradient.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+#include "core/backend.h"
+#include "core/ops/adashift.h"
+#include "core/ops/elementwise.h"
+
+namespace adashift {
+namespace parity_adashift_ma_detail {
+
+const Device kCPU{DeviceType::CPU, 0};
+const Device kGPU{DeviceType::CUDA, 0};
+uint64_t g_seed = 777;
+int g_failures = 0;
+
+std::vector<float> host(const Tensor& t) {
+  if (!t.defined()) return {};
+  Tensor c = to_device(t, kCPU);
+  return std::vector<float>(c.data(), c.data() + c.numel());
+}
+Tensor nrm(const std::vector<int64_t>& s, float mean, float std) {
+  return rand(s, RandKind::Normal, mean, std, g_seed++, 0, kCPU);
+}
+
+void compare(const std::string& what, const Tensor& gpu, const Tensor& cpu, double atol_scale,
+             double rtol, double scale_floor = 0.0) {
+  std::vector<float> g = host(gpu), c = host(cpu);
+  bool ok = g.size() == c.size();
+  double scale = scale_floor, worst = 0.0;
+  for (float v : c) scale = std::max(scale, double(std::fabs(v)));
+  for (size_t i = 0; ok && i < c.size(); ++i) {
+    const double d = std::fabs(double(g[i]) - double(c[i]));
+    if (!std::isfinite(g[i]) || d > atol_scale * scale + rtol * std::fabs(double(c[i]))) ok = false;
+    worst = std::max(worst, d);
+  }
+  std::printf("parity_adashift_ma: %-58s %s (max |diff| %.3g, scale %.3g)\n", what.c_str(),
+              ok ? "ok" : "FAIL", worst, scale);
+  if (!ok) ++g_failures;
+}
+
+void same_bits(const std::string& what, const Tensor& a, const Tensor& b) {
+  std::vector<float> x = host(a), y = host(b);
+  const bool ok = x.size() == y.size() &&
+                  (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+  std::printf("parity_adashift_ma: %-58s %s\n", (what + " (two GPU runs, same bits)").c_str(),
+              ok ? "ok" : "FAIL");
+  if (!ok) ++g_failures;
+}
+
+AdaShiftMAParams params_on(const AdaShiftMAParams& p, Device d) {
+  AdaShiftMAParams q = p;
+  for (Tensor* t : {&q.q_w, &q.q_b, &q.k_w, &q.k_b, &q.v_w, &q.v_b, &q.lin_w, &q.rect_w, &q.rect_b})
+    if (t->defined()) *t = to_device(*t, d);
+  return q;
+}
+AdaShiftMASaved saved_on(const AdaShiftMASaved& s, Device d) {
+  return AdaShiftMASaved{to_device(s.t, d), to_device(s.attn, d), to_device(s.o, d),
+                         to_device(s.z, d), to_device(s.s, d)};
+}
+
+void run_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t grid, int64_t heads, bool lin) {
+  char name[128];
+  std::snprintf(name, sizeof name, "[%lld,%lld,%lld,%lld] P%lld G%lld %s", (long long)N,
+                (long long)C, (long long)H, (long long)W, (long long)grid, (long long)heads,
+                lin ? "linear" : "norm");
+  AdaShiftMAParams p;
+  p.grid = grid;
+  p.heads = heads;
+  p.eps = 1e-6f;
+  p.q_w = nrm({C}, 1.0f, 0.3f); p.q_b = nrm({C}, 0.0f, 0.3f);
+  p.k_w = nrm({C}, 1.0f, 0.3f); p.k_b = nrm({C}, 0.0f, 0.3f);
+  p.v_w = nrm({C}, 1.0f, 0.3f); p.v_b = nrm({C}, 0.0f, 0.3f);
+  if (lin) p.lin_w = nrm({C, C}, 0.0f, 0.3f);
+  p.rect_w = nrm({C}, 1.0f, 0.3f); p.rect_b = nrm({C}, 0.0f, 0.3f);
+  Tensor x = nrm({N, C, H, W}, 0.0f, 1.5f), dy = nrm({N, C, H, W}, 0.0f, 1.0f);
+  AdaShiftMAParams pg = params_on(p, kGPU);
+  Tensor xg = to_device(x, kGPU), dyg = to_device(dy, kGPU);
+
+  AdaShiftMAForward fc = adashift_ma_forward(x, p);
+  AdaShiftMAForward fg = adashift_ma_forward(xg, pg);
+  AdaShiftMAForward fg2 = adashift_ma_forward(xg, pg);
+  const std::string n(name);
+  compare(n + " y", fg.y, fc.y, 1e-5, 1e-4);
+  compare(n + " t", fg.saved.t, fc.saved.t, 1e-5, 1e-4);
+  compare(n + " attn", fg.saved.attn, fc.saved.attn, 1e-5, 1e-4);
+  compare(n + " o", fg.saved.o, fc.saved.o, 1e-5, 1e-4);
+  compare(n + " z", fg.saved.z, fc.saved.z, 1e-5, 1e-4);
+  compare(n + " s", fg.saved.s, fc.saved.s, 1e-5, 1e-4);
+  same_bits(n + " forward y", fg.y, fg2.y);
+
+  // Backward from the same (CPU) saved tensors on both sides.
+  AdaShiftMAGrad gc = adashift_ma_backward(x, dy, fc.saved, p, true);
+  AdaShiftMASaved sg = saved_on(fc.saved, kGPU);
+  AdaShiftMAGrad gg = adashift_ma_backward(xg, dyg, sg, pg, true);
+  AdaShiftMAGrad gg2 = adashift_ma_backward(xg, dyg, sg, pg, true);
+  compare(n + " dx", gg.dx, gc.dx, 1e-5, 1e-4);
+  const Tensor* cs[] = {&gc.dq_w, &gc.dq_b, &gc.dk_w, &gc.dk_b, &gc.dv_w, &gc.dv_b, &gc.drect_w, &gc.drect_b, &gc.dlin_w};
+  const Tensor* gs[] = {&gg.dq_w, &gg.dq_b, &gg.dk_w, &gg.dk_b, &gg.dv_w, &gg.dv_b, &gg.drect_w, &gg.drect_b, &gg.dlin_w};
+  const Tensor* gs2[] = {&gg2.dq_w, &gg2.dq_b, &gg2.dk_w, &gg2.dk_b, &gg2.dv_w, &gg2.dv_b, &gg2.drect_w, &gg2.drect_b, &gg2.dlin_w};
+  const char* names[] = {"dq.w", "dq.b", "dk.w", "dk.b", "dv.w", "dv.b", "drect.w", "drect.b", "dlin.w"};
+  double kw_scale = 0.0;
+  for (float v : host(gc.dk_w)) kw_scale = std::max(kw_scale, double(std::fabs(v)));
+  for (int i = 0; i < 9; ++i) {
+    if (!cs[i]->defined()) continue;
+    compare(n + " " + names[i], *gs[i], *cs[i], 1e-4, 1e-3, i == 3 ? kw_scale : 0.0);
+    same_bits(n + " " + names[i], *gs[i], *gs2[i]);
+  }
+  same_bits(n + " dx", gg.dx, gg2.dx);
+}
+
+}  // namespace parity_adashift_ma_detail
+}  // namespace adashift
+
+int parity_adashift_ma() {
+  using namespace adashift;
+  using namespace adashift::parity_adashift_ma_detail;
+  const BackendInfo info = backend_info();
+  if (!info.cuda_usable) {
+    std::printf("parity_adashift_ma: SKIPPED (CUDA is not usable on this host)\n");
+    return 0;
+  }
+  g_failures = 0;
+  run_case(1, 16, 9, 9, 3, 2, false);
+  run_case(3, 12, 10, 7, 4, 3, true);
+  run_case(5, 8, 14, 14, 7, 1, true);
+  run_case(2, 6, 1, 1, 7, 2, false);
+  run_case(2, 64, 28, 28, 7, 1, false);
+  run_case(1, 5, 13, 3, 5, 5, true);
+  return g_failures;
+}
