@@ -49,10 +49,13 @@ function buildWithGyp() {
 
 function buildWithCmake() {
   const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
-  const args = [cmakeJs, 'compile', '--parallel', String(os.availableParallelism?.() ?? os.cpus().length)];
-  if (process.env.ADASHIFT_CUDA === '0') args.push('--CDADASHIFT_CUDA=OFF');
-  if (!process.env.ADASHIFT_VERBOSE) args.push('--log-level', 'warn');
-  if (!run(process.execPath, args)) process.exit(1);
+  // Configure every time with the CUDA choice spelled out: a build folder keeps its cached
+  // choice otherwise (a CPU-only build would stay CPU-only after nvcc is installed).
+  const defs = [`--CDADASHIFT_CUDA=${process.env.ADASHIFT_CUDA === '0' ? 'OFF' : 'ON'}`];
+  const log = process.env.ADASHIFT_VERBOSE ? [] : ['--log-level', 'warn'];
+  const jobs = ['--parallel', String(os.availableParallelism?.() ?? os.cpus().length)];
+  if (!run(process.execPath, [cmakeJs, 'configure', ...defs, ...log])) process.exit(1);
+  if (!run(process.execPath, [cmakeJs, 'compile', ...defs, ...jobs, ...log])) process.exit(1);
 }
 
 if (process.env.ADASHIFT_BUILD === 'gyp' || !hasCmake()) {

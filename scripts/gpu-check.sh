@@ -16,10 +16,15 @@ status=0
 step() { printf '\n== %s\n' "$*"; }
 
 step "build the addon with CUDA ($ADASHIFT_CUDA_ARCH)"
-"$node_bin" node_modules/cmake-js/bin/cmake-js compile --parallel "$jobs" -l warn || exit 1
+ADASHIFT_CUDA=1 "$node_bin" scripts/build-native.js || exit 1
 "$node_bin" node_modules/typescript/bin/tsc -p tsconfig.json || exit 1
 "$node_bin" dist/cli.js doctor | tee "$out/doctor.txt"
 usable=$("$node_bin" -e 'console.log(require("./dist").backendInfo().cudaUsable ? 1 : 0)')
+compiled=$("$node_bin" -e 'console.log(require("./dist").backendInfo().cudaCompiled ? 1 : 0)')
+if command -v nvcc >/dev/null && [ "$compiled" != 1 ]; then
+  echo "gpu-check: nvcc is here but the addon was built without CUDA; see the build output above"
+  exit 1
+fi
 
 step "C++ kernel tests and CUDA-vs-CPU parity (native/tests)"
 cmake -S . -B build-tests -DADASHIFT_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES="$ADASHIFT_CUDA_ARCH" >/dev/null || exit 1
