@@ -1,9 +1,11 @@
 // Forward and every gradient (input and each parameter) of every activation against PyTorch
 // fixtures (test/fixtures/make_fixtures.py, float64 references), on awkward shapes.
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as as from '../lib';
 import { compareArrays } from './helpers/compare';
+import { ensureDist } from './helpers/dist';
 
 const dir = path.join(__dirname, 'fixtures', 'activations');
 interface Case {
@@ -179,5 +181,40 @@ describe('AdaShift-MA as one op', () => {
         as.setNumThreads(threads);
       }
     });
+  });
+});
+
+describe('hand-written AVX-512 grid paths', () => {
+  // Where the CPU has AVX-512, the AdaShift-MA grid passes lay cell values out with a permute
+  // and sum cell columns with masked loads; ADASHIFT_CPU_GENERIC=1 turns that off. Both do the
+  // same additions in the same order, so the bits must match. Run in child processes (the
+  // switch is read once per process), on shapes whose rows are not a multiple of 16 floats.
+  test('AdaShift-MA forward and gradients are bit-identical with and without them', () => {
+    const dist = ensureDist();
+    const script = `
+      const as = require(${JSON.stringify(dist)});
+      const out = [];
+      for (const [shape, grid] of [[[3, 6, 28, 28], 7], [[2, 4, 13, 37], 4], [[2, 2, 9, 9], 3]]) {
+        as.manualSeed(5);
+        const m = new as.nn.AdaShiftMA(shape[1], { grid, headDim: 2 });
+        const sd = {};
+        for (const [name, p] of m.namedParameters()) sd[name] = as.randn(p.shape, { mean: name.endsWith('weight') ? 1 : 0, std: 0.3 });
+        m.loadStateDict(sd);
+        const x = as.randn(shape, { std: 1.5, requiresGrad: true });
+        const y = m.forward(x);
+        y.backward(as.randn(shape));
+        for (const t of [y, x.grad, ...m.parameters().map((p) => p.grad)]) out.push(Buffer.from(t.toFloat32Array().buffer).toString('base64'));
+      }
+      process.stdout.write(JSON.stringify(out));`;
+    const run = (generic: boolean) => {
+      const env = { ...process.env, ADASHIFT_CPU_GENERIC: generic ? '1' : '0', ADASHIFT_DEVICE: 'cpu' };
+      const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      return JSON.parse(r.stdout) as string[];
+    };
+    const fast = run(false), generic = run(true);
+    expect(fast.length).toBe(3 * 10); // y, dx and 8 parameter gradients per case
+    fast.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${generic[i]}`));
   });
 });

@@ -3,6 +3,7 @@
 // with one shift value, and each cell's reduction is summed in a fixed order (deterministic
 // for any thread count).
 #include <algorithm>
+#include <memory>
 #include <vector>
 #include "../ops/adashift.h"
 #include "../math.h"
@@ -59,151 +60,225 @@ inline void for_each_run(const RegionGrid& g, const Cell& cell, int64_t base, Ru
   for (int h = cell.h0; h < cell.h1; ++h) fn(base + int64_t(h) * g.W + cell.w0, cell.w1 - cell.w0);
 }
 
-// Grids whose cells split rows (Pw > 1) are processed a band at a time: the rows of one cell
-// row form a contiguous run of the plane, and a per-pixel copy of the band's shifts (and
-// pooled gradients) lets one vectorised loop cover the whole band instead of many short
-// cell segments. Cell sums come from per-column sums of the band, added in a fixed order.
-struct Band {
-  int r, h0, h1;
-  int64_t len(const RegionGrid& g) const { return int64_t(h1 - h0) * g.W; }
+// Grids whose cells split rows (Pw > 1) are processed a plane at a time: the plane's cell
+// values are laid out per pixel once (a map of H*W floats, in L1), so each pass is one
+// vectorised loop over the whole plane instead of many short cell segments. Cell sums come
+// from per-band column sums, then each cell's columns added in order (a fixed order).
+struct GridLayout {
+  std::vector<int> row0;      // [Ph + 1] first pixel row of each cell row
+  std::vector<int> col0;      // [Pw + 1] first pixel column of each cell column
+  std::vector<int> flat_cell;  // cell column of pixel column i % W, over the tallest cell row
+  std::vector<float> inv;      // [T] 1 / |cell| of each token
+  bool identity;               // every cell is one pixel (P >= H and W): maps are the values
+  explicit GridLayout(const RegionGrid& g) : row0(size_t(g.Ph) + 1), col0(size_t(g.Pw) + 1), inv(size_t(g.tokens())), identity(g.Ph == g.H && g.Pw == g.W) {
+    for (int r = 0; r <= g.Ph; ++r) row0[size_t(r)] = math::cell_begin(r, int(g.H), g.Ph);
+    for (int q = 0; q <= g.Pw; ++q) col0[size_t(q)] = math::cell_begin(q, int(g.W), g.Pw);
+    int tallest = 0;
+    for (int r = 0; r < g.Ph; ++r) tallest = std::max(tallest, row0[size_t(r) + 1] - row0[size_t(r)]);
+    flat_cell.resize(size_t(tallest) * size_t(g.W));
+    for (size_t i = 0; i < flat_cell.size(); ++i) flat_cell[i] = math::cell_of(int(i % size_t(g.W)), int(g.W), g.Pw);
+    for (int r = 0; r < g.Ph; ++r)
+      for (int q = 0; q < g.Pw; ++q) inv[size_t(r) * size_t(g.Pw) + size_t(q)] = 1.0f / float(count(r, q));
+  }
+  int64_t count(int r, int q) const {
+    return int64_t(row0[size_t(r) + 1] - row0[size_t(r)]) * (col0[size_t(q) + 1] - col0[size_t(q)]);
+  }
 };
 
-template <typename BandFn>
-inline void for_each_band(const RegionGrid& g, BandFn fn) {
-  for (int r = 0; r < g.Ph; ++r)
-    fn(Band{r, math::cell_begin(r, int(g.H), g.Ph), math::cell_begin(r + 1, int(g.H), g.Ph)});
+// The layout of the calling thread's last grid (the fused AdaShift-MA calls the region passes
+// once per sample with the same grid). The reference stays valid while the caller's pass runs:
+// only a call on the same thread with another grid replaces it.
+inline const GridLayout& layout_of(const RegionGrid& g) {
+  thread_local std::unique_ptr<GridLayout> cached;
+  thread_local int64_t key[4] = {-1, -1, -1, -1};
+  if (!cached || key[0] != g.H || key[1] != g.W || key[2] != g.Ph || key[3] != g.Pw) {
+    cached = std::make_unique<GridLayout>(g);
+    key[0] = g.H; key[1] = g.W; key[2] = g.Ph; key[3] = g.Pw;
+  }
+  return *cached;
 }
 
-// Scratch for one band, per thread (reused across calls: no allocation per plane).
-inline std::vector<float>& scratch(int which, size_t n) {
-  thread_local std::vector<float> buf[3];
+// Per-thread scratch (reused across planes and calls: no allocation per plane).
+inline float* scratch(int which, size_t n) {
+  thread_local std::vector<float> buf[4];
   if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which];
+  return buf[which].data();
 }
 
-// dst[h * W + w] = value of the cell of column w in this band, for every row of the band.
-template <typename CellValue>
-inline void expand_band(const RegionGrid& g, const Band& b, float* dst, CellValue value) {
-  const int W = int(g.W);
-  for (int q = 0; q < g.Pw; ++q) {
-    const int w0 = math::cell_begin(q, W, g.Pw), w1 = math::cell_begin(q + 1, W, g.Pw);
-    const float v = value(int64_t(b.r) * g.Pw + q, int64_t(b.h1 - b.h0) * (w1 - w0));
-    for (int w = w0; w < w1; ++w) dst[w] = v;
-  }
-  for (int h = 1; h < b.h1 - b.h0; ++h) std::copy(dst, dst + W, dst + int64_t(h) * W);
+// The plane's per-pixel map of its cell values vals [T]: map[h * W + w] = vals[cell of (h, w)],
+// laid out in map; with one-pixel cells that is vals itself (returned, nothing written).
+inline const float* expand_plane(const RegionGrid& g, const GridLayout& L, const float* vals, float* map) {
+  if (L.identity) return vals;
+  loops::expand_cells(vals, L.row0.data(), L.flat_cell.data(), g.Ph, g.Pw, g.W, map);
+  return map;
 }
 
-// Sums of each cell of the band from per-pixel values: column sums, then segments in order.
-inline void band_cell_sums(const RegionGrid& g, const Band& b, const float* values, float* cols,
-                           float* cell_out /* [Pw] */) {
-  const int W = int(g.W);
-  loops::column_sums(values, b.h1 - b.h0, W, cols);
-  for (int q = 0; q < g.Pw; ++q) {
-    const int w0 = math::cell_begin(q, W, g.Pw), w1 = math::cell_begin(q + 1, W, g.Pw);
-    float acc = 0.0f;
-    for (int w = w0; w < w1; ++w) acc += cols[w];
-    cell_out[q] = acc;
-  }
+// The sums of values [H*W] over each cell, in cells [T] (cols: scratch of Ph*W floats); with
+// one-pixel cells that is values itself (returned, nothing written).
+inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, const float* values,
+                              float* cols, float* cells) {
+  if (L.identity) return values;
+  loops::band_column_sums(values, g.W, L.row0.data(), g.Ph, cols);
+  for (int r = 0; r < g.Ph; ++r)
+    for (int q = 0; q < g.Pw; ++q) {
+      const float* c = cols + int64_t(r) * g.W;
+      float acc = 0.0f;
+      for (int w = L.col0[size_t(q)]; w < L.col0[size_t(q) + 1]; ++w) acc += c[w];
+      cells[int64_t(r) * g.Pw + q] = acc;
+    }
+  return cells;
 }
+
+// vals[p] = scale(p) * src[token p of plane (n, c)] for the plane's T tokens.
+template <typename Scale>
+inline void gather_tokens(const RegionGrid& g, const float* src, int64_t n, int64_t c, float* vals, Scale scale) {
+  for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)] * scale(p);
+}
+inline float unit(int64_t) { return 1.0f; }
 
 void region_pool_forward(const RegionGrid& g, const float* x, float* t) {
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    if (g.Pw == 1) {
+  if (g.Pw == 1) {
+    for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
       for_each_cell(g, [&](const Cell& cell) {
         float acc = 0.0f;
         for_each_run(g, cell, base, [&](int64_t o, int64_t len) { acc += loops::sum(x + o, len); });
         t[tok(g, n, cell.token, c)] = acc / float(cell.count());
       });
-      return;
-    }
-    float* cols = scratch(0, size_t(g.W) + size_t(g.Pw)).data();
-    float* cells = cols + g.W;
-    for_each_band(g, [&](const Band& b) {
-      band_cell_sums(g, b, x + base + int64_t(b.h0) * g.W, cols, cells);
-      for (int q = 0; q < g.Pw; ++q) {
-        const int64_t cols_in_cell = math::cell_begin(q + 1, int(g.W), g.Pw) - math::cell_begin(q, int(g.W), g.Pw);
-        t[tok(g, n, int64_t(b.r) * g.Pw + q, c)] = cells[q] / float(int64_t(b.h1 - b.h0) * cols_in_cell);
-      }
     });
+    return;
+  }
+  const GridLayout& L = layout_of(g);
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* cols = scratch(0, size_t(g.Ph * g.W));
+    float* cells = scratch(1, size_t(g.tokens()));
+    const float* sums = cell_sums(g, L, x + base, cols, cells);
+    for (int64_t p = 0; p < g.tokens(); ++p) t[tok(g, n, p, c)] = sums[p] * L.inv[size_t(p)];
   });
 }
 
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx) {
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    for_each_cell(g, [&](const Cell& cell) {
-      const float v = dt[tok(g, n, cell.token, c)] / float(cell.count());
-      for_each_run(g, cell, base, [&](int64_t o, int64_t len) { std::fill(dx + o, dx + o + len, v); });
+  if (g.Pw == 1) {
+    for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+      for_each_cell(g, [&](const Cell& cell) {
+        const float v = dt[tok(g, n, cell.token, c)] / float(cell.count());
+        for_each_run(g, cell, base, [&](int64_t o, int64_t len) { std::fill(dx + o, dx + o + len, v); });
+      });
     });
+    return;
+  }
+  const GridLayout& L = layout_of(g);
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    gather_tokens(g, dt, n, c, vals, [&](int64_t p) { return L.inv[size_t(p)]; });
+    const float* map = expand_plane(g, L, vals, dx + base);
+    if (map != dx + base) std::copy(map, map + g.H * g.W, dx + base);
   });
 }
 
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y) {
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    if (g.Pw == 1) {
+  if (g.Pw == 1) {
+    for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
       for_each_cell(g, [&](const Cell& cell) {
         const float sv = s[tok(g, n, cell.token, c)];
         for_each_run(g, cell, base, [&](int64_t o, int64_t len) { loops::gate_forward(x + o, sv, y + o, len); });
       });
-      return;
-    }
-    for_each_band(g, [&](const Band& b) {
-      float* sb = scratch(0, size_t(b.len(g))).data();
-      expand_band(g, b, sb, [&](int64_t token, int64_t) { return s[tok(g, n, token, c)]; });
-      const int64_t o = base + int64_t(b.h0) * g.W;
-      loops::gate_forward_v(x + o, sb, y + o, b.len(g));
     });
+    return;
+  }
+  const GridLayout& L = layout_of(g);
+  const int64_t HW = g.H * g.W;
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    float* smap = scratch(1, size_t(HW));
+    gather_tokens(g, s, n, c, vals, unit);
+    loops::gate_forward_v(x + base, expand_plane(g, L, vals, smap), y + base, HW);
   });
 }
 
 void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, const float* s,
                           float* ds) {
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    if (g.Pw == 1) {
+  if (g.Pw == 1) {
+    for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
       for_each_cell(g, [&](const Cell& cell) {
         const float sv = s[tok(g, n, cell.token, c)];
         float acc = 0.0f;
         for_each_run(g, cell, base, [&](int64_t o, int64_t len) { acc += loops::gate_shift_grad(x + o, dy + o, sv, len); });
         ds[tok(g, n, cell.token, c)] = acc;
       });
-      return;
-    }
-    for_each_band(g, [&](const Band& b) {
-      const int64_t len = b.len(g);
-      float* sb = scratch(0, size_t(len)).data();
-      float* contrib = scratch(1, size_t(len)).data();
-      float* cols = scratch(2, size_t(g.W) + size_t(g.Pw)).data();
-      expand_band(g, b, sb, [&](int64_t token, int64_t) { return s[tok(g, n, token, c)]; });
-      const int64_t o = base + int64_t(b.h0) * g.W;
-      loops::gate_shift_grad_v(x + o, dy + o, sb, contrib, len);
-      band_cell_sums(g, b, contrib, cols, cols + g.W);
-      for (int q = 0; q < g.Pw; ++q) ds[tok(g, n, int64_t(b.r) * g.Pw + q, c)] = cols[g.W + q];
     });
+    return;
+  }
+  const GridLayout& L = layout_of(g);
+  const int64_t HW = g.H * g.W;
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    float* smap = scratch(1, size_t(HW));
+    float* contrib = scratch(2, size_t(HW));
+    float* cols = scratch(3, size_t(g.Ph * g.W));
+    gather_tokens(g, s, n, c, vals, unit);
+    loops::gate_shift_grad_v(x + base, dy + base, expand_plane(g, L, vals, smap), contrib, HW);
+    const float* sums = cell_sums(g, L, contrib, cols, vals);
+    for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
   });
 }
 
 void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
                          const float* dt, float* dx) {
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    if (g.Pw == 1) {
+  if (g.Pw == 1) {
+    for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
       for_each_cell(g, [&](const Cell& cell) {
         const int64_t ti = tok(g, n, cell.token, c);
         const float sv = s[ti];
         const float pooled = dt ? dt[ti] / float(cell.count()) : 0.0f;
         for_each_run(g, cell, base, [&](int64_t o, int64_t len) { loops::gate_input_grad(x + o, dy + o, sv, pooled, dx + o, len); });
       });
-      return;
-    }
-    for_each_band(g, [&](const Band& b) {
-      const int64_t len = b.len(g);
-      float* sb = scratch(0, size_t(len)).data();
-      float* add = scratch(1, size_t(len)).data();
-      expand_band(g, b, sb, [&](int64_t token, int64_t) { return s[tok(g, n, token, c)]; });
-      expand_band(g, b, add, [&](int64_t token, int64_t count) {
-        return dt ? dt[tok(g, n, token, c)] / float(count) : 0.0f;
-      });
-      const int64_t o = base + int64_t(b.h0) * g.W;
-      loops::gate_input_grad_v(x + o, dy + o, sb, add, dx + o, len);
     });
+    return;
+  }
+  const GridLayout& L = layout_of(g);
+  const int64_t HW = g.H * g.W;
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    float* smap = scratch(1, size_t(HW));
+    float* add = scratch(2, size_t(HW));
+    float* dvals = scratch(3, size_t(g.tokens()));
+    gather_tokens(g, s, n, c, vals, unit);
+    const float* sm = expand_plane(g, L, vals, smap);
+    const float* am = add;
+    if (dt) {
+      gather_tokens(g, dt, n, c, dvals, [&](int64_t p) { return L.inv[size_t(p)]; });
+      am = expand_plane(g, L, dvals, add);
+    } else {
+      std::fill(add, add + HW, 0.0f);
+    }
+    loops::gate_input_grad_v(x + base, dy + base, sm, am, dx + base, HW);
+  });
+}
+
+void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, const float* s,
+                         float* dx, float* ds) {
+  const GridLayout& L = layout_of(g);
+  const int64_t HW = g.H * g.W;
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    float* smap = scratch(1, size_t(HW));
+    float* contrib = scratch(2, size_t(HW));
+    float* cols = scratch(3, size_t(g.Ph * g.W));
+    gather_tokens(g, s, n, c, vals, unit);
+    loops::gate_grads_v(x + base, dy + base, expand_plane(g, L, vals, smap), dx + base, contrib, HW);
+    const float* sums = cell_sums(g, L, contrib, cols, vals);
+    for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
+  });
+}
+
+void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx) {
+  const GridLayout& L = layout_of(g);
+  const int64_t HW = g.H * g.W;
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    float* add = scratch(1, size_t(HW));
+    gather_tokens(g, dt, n, c, vals, [&](int64_t p) { return L.inv[size_t(p)]; });
+    loops::add_v(dx + base, expand_plane(g, L, vals, add), HW);
   });
 }
 

@@ -1,7 +1,7 @@
 // AdaShift-MA, sample by sample (see ops/adashift.h). Each sample runs pool -> q/k/v LayerNorm
-// -> attention per head -> rect -> band-wise gate while its x is in cache; backward runs the
-// band-wise reduce (ds), rect / attention / LayerNorm backward on the sample's T x C tokens, and
-// the band-wise apply adding dt / |cell|. With enough samples each thread takes whole samples
+// -> attention per head -> rect -> gate while its x is in cache; backward runs one pass for both
+// gate gradients (direct dx written, ds summed per cell), rect / attention / LayerNorm backward
+// on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache. With enough samples each thread takes whole samples
 // (the region kernels called inside then run inline); with fewer samples than threads the samples
 // run in turn and the region kernels split the sample's channel planes across threads. The token
 // math of a sample is serial in a fixed order and the region kernels sum each plane in a fixed
@@ -13,6 +13,7 @@
 #include "../ops/dense.h"
 #include "../threadpool.h"
 #include "gemm.h"
+#include "loops.h"
 
 namespace adashift {
 namespace cpu {
@@ -59,12 +60,15 @@ inline Dims dims_of(const RegionGrid& g, const AdaShiftMAPtrs& p) {
   return D;
 }
 
-// q, k, v LayerNorm outputs for one sample's tokens ts [T, C] (stats into m/r [3, T]).
-inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, float* q, float* k,
-                        float* v, float* m, float* r) {
-  layernorm_forward(ts, p.q_w, p.q_b, p.eps, D.T, D.C, q, m, r);
-  layernorm_forward(ts, p.k_w, p.k_b, p.eps, D.T, D.C, k, m + D.T, r + D.T);
-  layernorm_forward(ts, p.v_w, p.v_b, p.eps, D.T, D.C, v, m + 2 * D.T, r + 2 * D.T);
+// q, k, v LayerNorm outputs for one sample's tokens ts [T, C]. The three LayerNorms share their
+// input, so its statistics and normalised tokens xh are computed once (mean, rstd [T]).
+inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, float* xh, float* q,
+                        float* k, float* v, float* mean, float* rstd) {
+  loops::normalize_rows(ts, p.eps, D.T, D.C, xh, mean, rstd);
+  const float* w[3] = {p.q_w, p.k_w, p.v_w};
+  const float* b[3] = {p.q_b, p.k_b, p.v_b};
+  float* y[3] = {q, k, v};
+  loops::affine3_rows(xh, D.T, D.C, w, b, y);
 }
 
 }  // namespace
@@ -82,9 +86,10 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     float* q = scratch_ma(0, size_t(TC));
     float* k = scratch_ma(1, size_t(TC));
     float* v = scratch_ma(2, size_t(TC));
-    float* st = scratch_ma(3, size_t(6 * T));
-    float* rm = scratch_ma(4, size_t(2 * T));
-    qkv_forward(D, p, ts, q, k, v, st, st + 3 * T);
+    float* xh = scratch_ma(3, size_t(TC));
+    float* st = scratch_ma(4, size_t(4 * T));
+    float* rm = st + 2 * T;
+    qkv_forward(D, p, ts, xh, q, k, v, st, st + T);
     float* os = o + n * TC;
     for (int64_t h = 0; h < D.G; ++h) {
       float* A = attn + (n * D.G + h) * T * T;
@@ -125,20 +130,24 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     float* dk = scratch_ma(6, size_t(TC));
     float* dv = scratch_ma(7, size_t(TC));
     float* dS = scratch_ma(9, size_t(T * T));
-    float* st = scratch_ma(10, size_t(8 * T));
+    float* st = scratch_ma(10, size_t(4 * T));
+    float* xh = scratch_ma(8, size_t(TC));
     float* dt = scratch_ma(11, size_t(TC));
-    gate_backward_reduce(g1, xs, dys, ss, ds);
+    // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds.
+    float* dxs = need_dx ? dx + n * C * HW : nullptr;
+    if (need_dx) gate_backward_grads(g1, xs, dys, ss, dxs, ds);
+    else gate_backward_reduce(g1, xs, dys, ss, ds);
     // rect: recompute the LayerNorm statistics, then its backward.
     float* dzs = dz + n * TC;
-    layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, dq /* scratch */, st + 6 * T, st + 7 * T);
-    layernorm_backward(ds, zs, st + 6 * T, st + 7 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
+    loops::normalize_rows(zs, p.eps, T, C, dq /* scratch */, st + 2 * T, st + 3 * T);
+    layernorm_backward(ds, zs, st + 2 * T, st + 3 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
     const float* dov = dzs;  // d o (dz itself for the 'norm' rect)
     if (p.lin_w) {
       mm(false, false, T, C, C, 1.0f, dzs, C, p.lin_w, C, dob, C);  // do = dz W
       dov = dob;
     }
     // attention backward, head by head
-    qkv_forward(D, p, ts, q, k, v, st, st + 3 * T);
+    qkv_forward(D, p, ts, xh, q, k, v, st, st + T);
     for (int64_t h = 0; h < D.G; ++h) {
       const float* A = attn + (n * D.G + h) * T * T;
       const int64_t c0 = h * D.d;
@@ -148,13 +157,19 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
       mm(false, false, T, D.d, T, D.scale, dS, T, k + c0, C, dq + c0, C);  // dq_h = s dS k_h
       mm(true, false, T, D.d, T, D.scale, dS, T, q + c0, C, dk + c0, C);   // dk_h = s dS^T q_h
     }
-    // q/k/v LayerNorm backward, summed into dt in the order q, k, v.
-    layernorm_backward(dq, ts, st, st + 3 * T, p.q_w, T, C, dt, pr + 0 * C, pr + 1 * C);
-    layernorm_backward(dk, ts, st + T, st + 4 * T, p.k_w, T, C, q /* reuse */, pr + 2 * C, pr + 3 * C);
-    for (int64_t e = 0; e < TC; ++e) dt[e] += q[e];
-    layernorm_backward(dv, ts, st + 2 * T, st + 5 * T, p.v_w, T, C, q, pr + 4 * C, pr + 5 * C);
-    for (int64_t e = 0; e < TC; ++e) dt[e] += q[e];
-    if (need_dx) gate_backward_apply(g1, xs, dys, ss, dt, dx + n * C * HW);
+    // The q/k/v LayerNorms' backward in one pass (shared statistics): dt and the six
+    // parameter gradient rows of this sample.
+    thread_local std::vector<double> acc_buf;
+    if (acc_buf.size() < size_t(6 * C)) acc_buf.resize(size_t(6 * C));
+    std::fill(acc_buf.begin(), acc_buf.begin() + 6 * C, 0.0);
+    double* acc[6];
+    for (int i = 0; i < 6; ++i) acc[i] = acc_buf.data() + i * C;
+    const float* dys3[3] = {dq, dk, dv};
+    const float* w3[3] = {p.q_w, p.k_w, p.v_w};
+    loops::layernorm3_backward_rows(dys3, xh, st + T, w3, T, C, dt, acc);
+    for (int64_t e = 0; e < 6 * C; ++e) pr[e] = float(acc_buf[size_t(e)]);
+    // The pooled path, dt / |cell|, added to the sample's dx while it is in cache.
+    if (need_dx) region_pool_backward_add(g1, dt, dxs);
   });
 }
 

@@ -17,78 +17,47 @@ static int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 8192 / std:
 void layernorm_forward(const float* x, const float* w, const float* b, float eps, int64_t rows,
                        int64_t C, float* y, float* mean, float* rstd) {
   parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * C;
-      double s = 0.0;
-      for (int64_t j = 0; j < C; ++j) s += xr[j];
-      const double mu = s / double(C);
-      double v = 0.0;
-      for (int64_t j = 0; j < C; ++j) { double d = xr[j] - mu; v += d * d; }
-      const float rs = float(1.0 / std::sqrt(v / double(C) + double(eps)));
-      const float m = float(mu);
-      float* yr = y + r * C;
-      for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
-      mean[r] = m;
-      rstd[r] = rs;
-    }
+    loops::layernorm_rows(x + r0 * C, w, b, eps, r1 - r0, C, y + r0 * C, mean + r0, rstd + r0);
   });
 }
 
+// The rows are cut into fixed blocks (independent of the thread count); each block writes its
+// dx rows and sums its weight/bias gradient partials in order, in double; the partials are then
+// added in block order. One block (the per-sample calls of the fused ops) runs inline.
 void layernorm_backward(const float* dy, const float* x, const float* mean, const float* rstd,
                         const float* w, int64_t rows, int64_t C, float* dx, float* dw, float* db) {
-  // dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat))
-  parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * C;
-      const float* dyr = dy + r * C;
-      const float m = mean[r], rs = rstd[r];
-      double a = 0.0, bsum = 0.0;
-      for (int64_t j = 0; j < C; ++j) {
-        const double g = double(dyr[j]) * w[j];
-        a += g;
-        bsum += g * double((xr[j] - m) * rs);
-      }
-      const float ma = float(a / double(C)), mb = float(bsum / double(C));
-      float* dxr = dx + r * C;
-      for (int64_t j = 0; j < C; ++j) {
-        const float xhat = (xr[j] - m) * rs;
-        dxr[j] = rs * (dyr[j] * w[j] - ma - xhat * mb);
-      }
+  constexpr int64_t kRowBlock = 64;
+  const int64_t blocks = std::max<int64_t>((rows + kRowBlock - 1) / kRowBlock, 1);
+  thread_local std::vector<double> part;
+  const size_t need = size_t(blocks * 2 * C);
+  if (part.size() < need) part.resize(need);
+  std::fill(part.begin(), part.begin() + need, 0.0);
+  double* parts = part.data();
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bl = b0; bl < b1; ++bl) {
+      const int64_t r0 = bl * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      loops::layernorm_backward_rows(dy + r0 * C, x + r0 * C, mean + r0, rstd + r0, w, r1 - r0, C,
+                                     dx + r0 * C, parts + bl * 2 * C, parts + bl * 2 * C + C);
     }
   });
-  deterministic_column_sums(rows, C, dw, [&](int64_t r, int64_t j) {
-    return double(dy[r * C + j]) * double((x[r * C + j] - mean[r]) * rstd[r]);
-  });
-  deterministic_column_sums(rows, C, db, [&](int64_t r, int64_t j) { return double(dy[r * C + j]); });
+  for (int64_t j = 0; j < C; ++j) {
+    double sw = 0.0, sb = 0.0;
+    for (int64_t bl = 0; bl < blocks; ++bl) {
+      sw += parts[bl * 2 * C + j];
+      sb += parts[bl * 2 * C + C + j];
+    }
+    dw[j] = float(sw);
+    db[j] = float(sb);
+  }
 }
 
 void softmax_forward(const float* x, int64_t rows, int64_t n, float* y) {
-  parallel_for(rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * n;
-      float* yr = y + r * n;
-      float mx = xr[0];
-      for (int64_t j = 1; j < n; ++j) mx = std::max(mx, xr[j]);
-      for (int64_t j = 0; j < n; ++j) yr[j] = math::vexp(xr[j] - mx);
-      double s = 0.0;
-      for (int64_t j = 0; j < n; ++j) s += yr[j];
-      const float inv = float(1.0 / s);
-      for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
-    }
-  });
+  parallel_for(rows, row_grain(n), [&](int64_t r0, int64_t r1) { loops::softmax_rows(x + r0 * n, r1 - r0, n, y + r0 * n); });
 }
 
 void softmax_backward(const float* y, const float* dy, int64_t rows, int64_t n, float* dx) {
   parallel_for(rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* yr = y + r * n;
-      const float* dyr = dy + r * n;
-      double s = 0.0;
-      for (int64_t j = 0; j < n; ++j) s += double(yr[j]) * dyr[j];
-      const float sf = float(s);
-      float* dxr = dx + r * n;
-      for (int64_t j = 0; j < n; ++j) dxr[j] = yr[j] * (dyr[j] - sf);
-    }
+    loops::softmax_backward_rows(y + r0 * n, dy + r0 * n, r1 - r0, n, dx + r0 * n);
   });
 }
 

@@ -1,6 +1,16 @@
 #include "loops.h"
 #include "../math.h"
 
+// Hand-written AVX-512 paths (picked at run time) where the compiler cannot see the structure.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(ADASHIFT_NO_CLONES)
+#define AS_HAVE_AVX512_PATHS 1
+#include <immintrin.h>
+#include <cstdlib>
+#include <string>
+#else
+#define AS_HAVE_AVX512_PATHS 0
+#endif
+
 namespace adashift {
 namespace cpu {
 namespace loops {
@@ -62,6 +72,268 @@ AS_VECTORIZE void gate_input_grad_v(const float* __restrict x, const float* __re
                                     const float* __restrict add, float* __restrict dx, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = math::gate_grad(x[i], s[i], dy[i]).dx + add[i];
+}
+
+AS_VECTORIZE void gate_grads_v(const float* __restrict x, const float* __restrict dy, const float* __restrict s,
+                               float* __restrict dx, float* __restrict ds, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const math::GateGrad gg = math::gate_grad(x[i], s[i], dy[i]);
+    dx[i] = gg.dx;
+    ds[i] = gg.ds;
+  }
+}
+
+AS_VECTORIZE void add_v(float* __restrict x, const float* __restrict a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] += a[i];
+}
+
+AS_VECTORIZE static void expand_cells_generic(const float* __restrict vals, const int* __restrict row0,
+                                              const int* __restrict flat_cell, int Ph, int Pw, int64_t W,
+                                              float* __restrict map) {
+  for (int r = 0; r < Ph; ++r) {
+    float* __restrict out = map + int64_t(row0[r]) * W;
+    const float* __restrict v = vals + int64_t(r) * Pw;
+    const int64_t n = int64_t(row0[r + 1] - row0[r]) * W;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = v[flat_cell[i]];
+  }
+}
+
+AS_VECTORIZE static void band_column_sums_generic(const float* __restrict x, int64_t W, const int* row0,
+                                                  int bands, float* __restrict out) {
+  for (int b = 0; b < bands; ++b) {
+    float* __restrict acc = out + int64_t(b) * W;
+    const float* first = x + int64_t(row0[b]) * W;
+#pragma omp simd
+    for (int64_t w = 0; w < W; ++w) acc[w] = first[w];
+    for (int h = row0[b] + 1; h < row0[b + 1]; ++h) {
+      const float* row = x + int64_t(h) * W;
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) acc[w] += row[w];
+    }
+  }
+}
+
+#if AS_HAVE_AVX512_PATHS
+// AVX-512 forms of the two grid helpers. A cell row's values (at most 16) sit in one register,
+// so laying them out per pixel is one permute per 16 pixels (no gather); column sums use masked
+// loads for the row's tail, so a short row (W = 28) costs two vectors, not a scalar epilogue.
+// Both give the same bits as the generic forms (same additions in the same order).
+__attribute__((target("avx512f"))) static void expand_cells_avx512(const float* vals, const int* row0,
+                                                                  const int* flat_cell, int Ph, int Pw,
+                                                                  int64_t W, float* map) {
+  const __mmask16 vmask = __mmask16((1u << Pw) - 1u);
+  for (int r = 0; r < Ph; ++r) {
+    float* out = map + int64_t(row0[r]) * W;
+    const __m512 v = _mm512_maskz_loadu_ps(vmask, vals + int64_t(r) * Pw);
+    const int64_t n = int64_t(row0[r + 1] - row0[r]) * W;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(out + i, _mm512_mask_permutexvar_ps(v, __mmask16(0xFFFF), _mm512_loadu_si512(flat_cell + i), v));
+    if (i < n) {
+      const __mmask16 m = __mmask16((1u << (n - i)) - 1u);
+      _mm512_mask_storeu_ps(out + i, m, _mm512_mask_permutexvar_ps(v, m, _mm512_maskz_loadu_epi32(m, flat_cell + i), v));
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) static void band_column_sums_avx512(const float* x, int64_t W, const int* row0,
+                                                                      int bands, float* out) {
+  for (int b = 0; b < bands; ++b) {
+    for (int64_t w = 0; w < W; w += 16) {
+      const __mmask16 m = W - w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (W - w)) - 1u);
+      __m512 acc = _mm512_maskz_loadu_ps(m, x + int64_t(row0[b]) * W + w);
+      for (int h = row0[b] + 1; h < row0[b + 1]; ++h)
+        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, x + int64_t(h) * W + w));
+      _mm512_mask_storeu_ps(out + int64_t(b) * W + w, m, acc);
+    }
+  }
+}
+
+// ADASHIFT_CPU_GENERIC=1 turns these paths off (the tests compare the two).
+static bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && !(std::getenv("ADASHIFT_CPU_GENERIC") &&
+                                                                  std::string(std::getenv("ADASHIFT_CPU_GENERIC")) == "1");
+  return yes;
+}
+#endif
+
+void expand_cells(const float* vals, const int* row0, const int* flat_cell, int Ph, int Pw, int64_t W, float* map) {
+#if AS_HAVE_AVX512_PATHS
+  if (Pw <= 16 && has_avx512()) return expand_cells_avx512(vals, row0, flat_cell, Ph, Pw, W, map);
+#endif
+  expand_cells_generic(vals, row0, flat_cell, Ph, Pw, W, map);
+}
+
+void band_column_sums(const float* x, int64_t W, const int* row0, int bands, float* out) {
+#if AS_HAVE_AVX512_PATHS
+  if (has_avx512()) return band_column_sums_avx512(x, W, row0, bands, out);
+#endif
+  band_column_sums_generic(x, W, row0, bands, out);
+}
+
+AS_VECTORIZE void softmax_rows(const float* x, int64_t rows, int64_t n, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    float mx = xr[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 1; j < n; ++j) mx = mx > xr[j] ? mx : xr[j];
+    // The terms are positive and at most 1 (one of them exactly 1), so a float sum loses
+    // nothing that matters here (relative error below n * 2^-24).
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; ++j) {
+      const float e = math::vexp(xr[j] - mx);
+      yr[j] = e;
+      s += e;
+    }
+    const float inv = 1.0f / s;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
+  }
+}
+
+AS_VECTORIZE void softmax_backward_rows(const float* y, const float* dy, int64_t rows, int64_t n, float* dx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* yr = y + r * n;
+    const float* dyr = dy + r * n;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; ++j) s += double(yr[j]) * double(dyr[j]);
+    const float sf = float(s);
+    float* dxr = dx + r * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dxr[j] = yr[j] * (dyr[j] - sf);
+  }
+}
+
+AS_VECTORIZE void layernorm_rows(const float* __restrict x, const float* __restrict w, const float* __restrict b,
+                                 float eps, int64_t rows, int64_t C, float* __restrict y,
+                                 float* __restrict mean, float* __restrict rstd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * C;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
+    const double mu = s / double(C);
+    double v = 0.0;
+#pragma omp simd reduction(+ : v)
+    for (int64_t j = 0; j < C; ++j) {
+      const double d = double(xr[j]) - mu;
+      v += d * d;
+    }
+    const float rs = float(1.0 / __builtin_sqrt(v / double(C) + double(eps)));
+    const float m = float(mu);
+    float* yr = y + r * C;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+AS_VECTORIZE void normalize_rows(const float* __restrict x, float eps, int64_t rows, int64_t C,
+                                 float* __restrict xhat, float* __restrict mean, float* __restrict rstd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * C;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
+    const double mu = s / double(C);
+    double v = 0.0;
+#pragma omp simd reduction(+ : v)
+    for (int64_t j = 0; j < C; ++j) {
+      const double d = double(xr[j]) - mu;
+      v += d * d;
+    }
+    const float rs = float(1.0 / __builtin_sqrt(v / double(C) + double(eps)));
+    const float m = float(mu);
+    float* hr = xhat + r * C;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) hr[j] = (xr[j] - m) * rs;
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+AS_VECTORIZE void affine3_rows(const float* __restrict xhat, int64_t rows, int64_t C, const float* const* w,
+                               const float* const* b, float* const* y) {
+  const float *__restrict w0 = w[0], *__restrict w1 = w[1], *__restrict w2 = w[2];
+  const float *__restrict b0 = b[0], *__restrict b1 = b[1], *__restrict b2 = b[2];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict h = xhat + r * C;
+    float *__restrict y0 = y[0] + r * C, *__restrict y1 = y[1] + r * C, *__restrict y2 = y[2] + r * C;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      y0[j] = h[j] * w0[j] + b0[j];
+      y1[j] = h[j] * w1[j] + b1[j];
+      y2[j] = h[j] * w2[j] + b2[j];
+    }
+  }
+}
+
+AS_VECTORIZE void layernorm3_backward_rows(const float* const* dy, const float* __restrict xhat,
+                                           const float* __restrict rstd, const float* const* w, int64_t rows,
+                                           int64_t C, float* __restrict dx, double* const* acc) {
+  const float *__restrict w0 = w[0], *__restrict w1 = w[1], *__restrict w2 = w[2];
+  double *__restrict a0 = acc[0], *__restrict a1 = acc[1], *__restrict a2 = acc[2];
+  double *__restrict a3 = acc[3], *__restrict a4 = acc[4], *__restrict a5 = acc[5];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *__restrict d0 = dy[0] + r * C, *__restrict d1 = dy[1] + r * C, *__restrict d2 = dy[2] + r * C;
+    const float* __restrict h = xhat + r * C;
+    double sa = 0.0, sb = 0.0;
+#pragma omp simd reduction(+ : sa, sb)
+    for (int64_t j = 0; j < C; ++j) {
+      const double g = double(d0[j]) * double(w0[j]) + double(d1[j]) * double(w1[j]) + double(d2[j]) * double(w2[j]);
+      sa += g;
+      sb += g * double(h[j]);
+    }
+    const float ma = float(sa / double(C)), mb = float(sb / double(C)), rs = rstd[r];
+    float* __restrict dxr = dx + r * C;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      const float g = d0[j] * w0[j] + d1[j] * w1[j] + d2[j] * w2[j];
+      dxr[j] = rs * (g - ma - h[j] * mb);
+      a0[j] += double(d0[j]) * double(h[j]);
+      a1[j] += double(d0[j]);
+      a2[j] += double(d1[j]) * double(h[j]);
+      a3[j] += double(d1[j]);
+      a4[j] += double(d2[j]) * double(h[j]);
+      a5[j] += double(d2[j]);
+    }
+  }
+}
+
+// dx = rstd * (dy w - mean(dy w) - xhat * mean(dy w xhat)); dw += dy xhat, db += dy
+AS_VECTORIZE void layernorm_backward_rows(const float* __restrict dy, const float* __restrict x,
+                                          const float* __restrict mean, const float* __restrict rstd,
+                                          const float* __restrict w, int64_t rows, int64_t C,
+                                          float* __restrict dx, double* __restrict acc_w,
+                                          double* __restrict acc_b) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * C;
+    const float* dyr = dy + r * C;
+    const float m = mean[r], rs = rstd[r];
+    double a = 0.0, bs = 0.0;
+#pragma omp simd reduction(+ : a, bs)
+    for (int64_t j = 0; j < C; ++j) {
+      const double g = double(dyr[j]) * double(w[j]);
+      a += g;
+      bs += g * double((xr[j] - m) * rs);
+    }
+    const float ma = float(a / double(C)), mb = float(bs / double(C));
+    float* dxr = dx + r * C;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      const float xhat = (xr[j] - m) * rs;
+      dxr[j] = rs * (dyr[j] * w[j] - ma - xhat * mb);
+      acc_w[j] += double(dyr[j]) * double(xhat);
+      acc_b[j] += double(dyr[j]);
+    }
+  }
 }
 
 AS_VECTORIZE void column_sums(const float* __restrict x, int64_t rows, int64_t W, float* __restrict acc) {

@@ -35,8 +35,44 @@ void gate_forward_v(const float* x, const float* s, float* y, int64_t n);
 void gate_shift_grad_v(const float* x, const float* dy, const float* s, float* out, int64_t n);
 // dx = dy * (g + x g (1 - g)) + add[i]
 void gate_input_grad_v(const float* x, const float* dy, const float* s, const float* add, float* dx, int64_t n);
+// Both gate gradients with a per-element shift: dx = dy (g + x g (1 - g)), ds = dy x g (1 - g)
+void gate_grads_v(const float* x, const float* dy, const float* s, float* dx, float* ds, int64_t n);
+// x[i] += a[i]
+void add_v(float* x, const float* a, int64_t n);
 // acc[w] = sum over r < rows of x[r * W + w]
 void column_sums(const float* x, int64_t rows, int64_t W, float* acc);
+// Column sums of each band of rows of a [H, W] plane: out[b * W + w] = sum over h in
+// [row0[b], row0[b + 1]) of x[h * W + w], for b < bands.
+void band_column_sums(const float* x, int64_t W, const int* row0, int bands, float* out);
+// Lays the cell values of a [H, W] plane out per pixel: map[h * W + w] = vals[r * Pw + cell of w]
+// for h in cell row r ([row0[r], row0[r + 1])), r < Ph. flat_cell[i] is the cell column of
+// pixel column i % W, for i up to the tallest cell row's pixel count (a cell row is a contiguous
+// run of the plane, so one index pattern covers it).
+void expand_cells(const float* vals, const int* row0, const int* flat_cell, int Ph, int Pw,
+                  int64_t W, float* map);
+// Softmax over rows of n (in place allowed): y = exp(x - max) / sum.
+void softmax_rows(const float* x, int64_t rows, int64_t n, float* y);
+// Softmax backward over rows of n: dx = y (dy - sum(y dy)).
+void softmax_backward_rows(const float* y, const float* dy, int64_t rows, int64_t n, float* dx);
+// LayerNorm over rows of C: y = (x - mean) * rstd * w + b; statistics in double.
+void layernorm_rows(const float* x, const float* w, const float* b, float eps, int64_t rows,
+                    int64_t C, float* y, float* mean, float* rstd);
+// LayerNorm's normalisation alone: xhat = (x - mean) * rstd per row of C (as layernorm_rows).
+void normalize_rows(const float* x, float eps, int64_t rows, int64_t C, float* xhat, float* mean,
+                    float* rstd);
+// Three affine maps of the same normalised rows: y[i] = xhat * w[i] + b[i] (per column), i < 3.
+void affine3_rows(const float* xhat, int64_t rows, int64_t C, const float* const* w,
+                  const float* const* b, float* const* y);
+// The backward of three LayerNorms of the same input (shared statistics): with G = sum_i dy[i] w[i],
+// dx = rstd * (G - mean(G) - xhat * mean(G xhat)) (the sum of the three input gradients, since
+// each is linear in its dy), and acc[2i] += dy[i] xhat, acc[2i + 1] += dy[i] (rows of C, in double).
+void layernorm3_backward_rows(const float* const* dy, const float* xhat, const float* rstd,
+                              const float* const* w, int64_t rows, int64_t C, float* dx,
+                              double* const* acc);
+// LayerNorm backward over rows of C: dx, and dw/db accumulated (+=) in double into acc_w/acc_b.
+void layernorm_backward_rows(const float* dy, const float* x, const float* mean, const float* rstd,
+                             const float* w, int64_t rows, int64_t C, float* dx, double* acc_w,
+                             double* acc_b);
 // C[i0:i1, :] = A[i0:i1, :] @ B with A [M, K], B [K, N], C [M, N] row-major
 void gemm_rows(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* A, const float* B, float* C);
 void act_forward(Act a, const float* x, float* y, int64_t n);

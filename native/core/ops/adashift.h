@@ -65,9 +65,10 @@ AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaSh
 // heads G (d = C / G), softmax(q k^T / sqrt(d)) v per head; rect is LayerNorm (rect.weight/bias)
 // or Linear without bias (lin_w) then LayerNorm; y = x * sigmoid(x + s[cell]).
 // On the CPU the op runs sample by sample (pool, q/k/v LayerNorm, attention, rect, gate for one
-// sample while its x is in cache; backward: band-wise reduce, rect/attention/LayerNorm backward,
-// band-wise apply). On CUDA it is the same sequence of whole-tensor ops (pool, layernorm, matmul,
-// softmax, permute, gate). Both backends save the same tensors; backward recomputes the
+// sample while its x is in cache; backward: both gate gradients in one pass, rect/attention/
+// LayerNorm backward, the pooled gradient added to dx in cache). The q/k/v LayerNorms share their
+// input's statistics (computed once, and their three backwards run as one). On CUDA it is the
+// same sequence of whole-tensor ops (pool, layernorm, matmul, softmax, permute, gate). Both backends save the same tensors; backward recomputes the
 // (cheap, token-sized) LayerNorm outputs and statistics.
 struct AdaShiftMAParams {
   int64_t grid, heads;
@@ -125,6 +126,13 @@ void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, 
                           float* ds);
 void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
                          const float* dt /* nullable */, float* dx);
+// Both gate gradients in one pass (any grid): dx = the direct input gradient, ds per region.
+// With region_pool_backward_add (dx += dt / |cell|) it computes what reduce + apply do, with
+// one sigmoid per element instead of two (the fused AdaShift-MA backward runs them per sample,
+// so the second pass reads dx from cache).
+void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, const float* s,
+                         float* dx, float* ds);
+void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx);
 }  // namespace cpu
 
 #ifdef ADASHIFT_WITH_CUDA
