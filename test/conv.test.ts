@@ -261,6 +261,7 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
     { name: '7x7 s2 p3, N=2, big columns', x: [2, 3, 64, 64], w: [16, 3, 7, 7], stride: 2, padding: 3 },
     { name: '3x3 s1 p1, N=2, long rows (dW by dot products)', x: [2, 16, 28, 28], w: [16, 16, 3, 3], stride: 1, padding: 1 },
     { name: '5x5 s1 p2, N=1', x: [1, 32, 14, 14], w: [24, 32, 5, 5], stride: 1, padding: 2 },
+    { name: '3x3 s1 p1, N=3, dW rows over two depth blocks', x: [3, 8, 17, 16], w: [12, 8, 3, 3], stride: 1, padding: 1 },
     { name: '7x7 s1 p3, N=6', x: [6, 5, 12, 9], w: [7, 5, 7, 7], stride: 1, padding: 3 },
   ];
   const run = (s: (typeof shapes)[number], threads: number) =>
@@ -284,6 +285,51 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
     expect(same(one, oneAgain)).toBe(true);
     expect(same(two, twoAgain)).toBe(true);
     if (backend === 'own') expect(same(one, two)).toBe(true);
+  });
+});
+
+// The stride-1 weight gradient runs three ways by row length Q = Ho * (W + 2 pad): short rows
+// read in place against dy^T (one or more depth blocks of 256), long rows by dot products; with
+// samples across threads or threads inside one sample. Each against a float64 direct sum.
+describe('conv2d weight gradient against a float64 direct sum', () => {
+  afterAll(() => as.setNumThreads(initialThreads));
+  const cases: [string, number[], number[], number][] = [
+    ['short rows, one depth block, N=4', [4, 6, 7, 7], [10, 6, 3, 3], 1],
+    ['short rows, two depth blocks, N=3', [3, 8, 17, 16], [12, 8, 3, 3], 1],
+    ['short rows, N=1 (threads inside)', [1, 5, 9, 11], [7, 5, 5, 5], 2],
+    ['long rows (dot products), N=2', [2, 3, 30, 29], [5, 3, 3, 3], 1],
+  ];
+  test.each(cases)('%s', (_n, xs, ws, pad) => {
+    for (const threads of [1, 2])
+      as.tidy(() => {
+        as.setNumThreads(threads);
+        const r = rng(xs.reduce((a, b) => a * 31 + b, 7));
+        const [N, C, H, W] = xs, [Co, , kh, kw] = ws;
+        const Ho = H + 2 * pad - kh + 1, Wo = W + 2 * pad - kw + 1;
+        const X = fillRandom(N * C * H * W, r), Wt = fillRandom(Co * C * kh * kw, r), DY = fillRandom(N * Co * Ho * Wo, r);
+        const x = as.tensor(X, xs), w = as.tensor(Wt, ws), dy = as.tensor(DY, [N, Co, Ho, Wo]);
+        const [, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, 1, 1, pad, pad, false, true, false);
+        const dw = new as.Tensor(dwH!).toFloat32Array();
+        const ref = new Float32Array(dw.length); // each entry summed in float64, then rounded once
+        for (let co = 0; co < Co; co++)
+          for (let c = 0; c < C; c++)
+            for (let i = 0; i < kh; i++)
+              for (let j = 0; j < kw; j++) {
+                let acc = 0;
+                for (let n = 0; n < N; n++)
+                  for (let oh = 0; oh < Ho; oh++) {
+                    const h = oh + i - pad;
+                    if (h < 0 || h >= H) continue;
+                    for (let ow = 0; ow < Wo; ow++) {
+                      const v = ow + j - pad;
+                      if (v < 0 || v >= W) continue;
+                      acc += DY[((n * Co + co) * Ho + oh) * Wo + ow] * X[((n * C + c) * H + h) * W + v];
+                    }
+                  }
+                ref[((co * C + c) * kh + i) * kw + j] = acc;
+              }
+        expect(compareArrays(dw, ref, 1e-4, 1e-5, `dw, ${threads} thread(s)`).message).toMatch(/ok/);
+      });
   });
 });
 

@@ -53,9 +53,10 @@ using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const floa
                         const float*, int64_t, float, float*, int64_t);
 
 // Per-thread buffers, grown on demand and reused across calls: 0 im2col columns, 1 their
-// gradient, 2 a padded copy of one sample, 3 a GEMM output tile, 4 dy in the padded layout.
+// gradient, 2 a padded copy of one sample, 3 a GEMM output tile, 4 dy in the padded layout,
+// 5 a transposed weight-gradient accumulator.
 std::vector<float>& scratch(int which, size_t n) {
-  thread_local std::vector<float> buf[5];
+  thread_local std::vector<float> buf[6];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which];
 }
@@ -299,34 +300,6 @@ struct Windows final : GemmBSource {
   }
 };
 
-// The transposed implicit matrix X~^T[q][r] = xp[off[r] + q] as the GEMM's B (for dW when
-// the rows are short): slivers of NR taps, gathered per depth q.
-AS_VECTORIZE void pack_windows_t(const float* xp, const int64_t* off, int64_t p0, int64_t kc,
-                                 int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
-                                 float* out) {
-  for (int64_t s = s0; s < s1; ++s) {
-    float* __restrict o = out + s * kc * NR;
-    const int64_t c0 = j0 + s * NR;
-    const int nr = int(std::min<int64_t>(NR, j0 + nc - c0));
-    for (int t = 0; t < nr; ++t) {
-      const float* __restrict src = xp + off[c0 + t] + p0;
-      for (int64_t k = 0; k < kc; ++k) o[k * NR + t] = src[k];
-    }
-    for (int t = nr; t < NR; ++t)
-      for (int64_t k = 0; k < kc; ++k) o[k * NR + t] = 0.0f;
-  }
-}
-
-struct WindowsT final : GemmBSource {
-  const float* xp;
-  const int64_t* off;
-  WindowsT(const float* x, const int64_t* o) : xp(x), off(o) {}
-  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0, int64_t s1,
-            float* out) const override {
-    pack_windows_t(xp, off, p0, kc, j0, nc, NR, s0, s1, out);
-  }
-};
-
 // y [Cout, Ho, Wo] (+ bias) from the GEMM rows [oh0, oh1) in the padded layout.
 AS_VECTORIZE void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp,
                             int64_t Wo, int64_t HoWo, const float* __restrict b,
@@ -381,7 +354,14 @@ AS_VECTORIZE void dy_rows(const float* __restrict dy, int64_t Cout, int64_t Ho, 
   }
 }
 
-// dw_acc [Cout, K] (=, or += when accumulate) the weight gradient of one sample.
+// Whether the windows dW of a shape runs with short rows (Q = Ho * Wp below kDotMinDepth): then
+// it accumulates the transposed gradient [K, Cout], each row of taps read in place from the
+// padded sample against dy^T (gemm_rows_in_place: only dy is packed, once per sample, instead
+// of K x Q window values); with long rows, dot products write [Cout, K] directly.
+bool dw_transposed(const Conv2dDims& d, const Padded& g) { return d.Ho * g.Wp < kDotMinDepth; }
+
+// dw_acc (=, or += when accumulate) the weight gradient of one sample: [K, Cout] when
+// dw_transposed, else [Cout, K].
 void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* off,
                          const float* x, const float* dy, float* dw_acc, bool accumulate,
                          bool inner_parallel) {
@@ -391,13 +371,19 @@ void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* of
   pad_sample(x, g, xp, inner_parallel);
   float* a = scratch(4, size_t(d.Cout * Q16)).data();
   dy_rows(dy, d.Cout, d.Ho, d.Wo, g.Wp, Q16, a);
-  const float beta = accumulate ? 1.0f : 0.0f;
-  if (Q < kDotMinDepth) {
-    // Short rows: a packed GEMM (dot products would spend their time in the final reductions).
-    WindowsT src(xp, off);
-    gemm_source_b(false, d.Cout, K, Q, 1.0f, a, Q16, src, beta, dw_acc, K, inner_parallel);
+  if (dw_transposed(d, g)) {
+    if (!inner_parallel) {
+      gemm_rows_in_place(0, K, d.Cout, Q, xp, off, a, Q16, accumulate, dw_acc, d.Cout);
+      return;
+    }
+    constexpr int64_t kRowTile = 48;  // a multiple of every register tile's height (8, 6, 4)
+    parallel_for((K + kRowTile - 1) / kRowTile, 1, [&](int64_t t0, int64_t t1) {
+      gemm_rows_in_place(t0 * kRowTile, std::min(K, t1 * kRowTile), d.Cout, Q, xp, off, a, Q16,
+                         accumulate, dw_acc, d.Cout);
+    });
     return;
   }
+  const float beta = accumulate ? 1.0f : 0.0f;
   if (!inner_parallel) {
     gemm_dot(d.Cout, Q, a, Q16, xp, off, beta, dw_acc, K, 0, K);
     return;
@@ -457,12 +443,15 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
   const int64_t K = d.K(), P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
   const int64_t chunk = pixel_chunk(d);
+  // The windows dW with short rows accumulates [K, Cout] here, transposed into dw_acc at the end.
+  const bool dw_t = dw_acc && plan.bwd_dw && dw_transposed(d, plan.gx);
+  float* dw_win = dw_t ? scratch(5, size_t(K * d.Cout)).data() : dw_acc;
   for (int64_t n = n0; n < n1; ++n) {
     const float* xn = x + n * x_stride;
     const float* dyn = dy + n * y_stride;
     if (dw_acc) {
       if (plan.bwd_dw) {
-        windows_weight_grad(d, plan.gx, plan.offx.data(), xn, dyn, dw_acc, n > n0, inner_parallel);
+        windows_weight_grad(d, plan.gx, plan.offx.data(), xn, dyn, dw_win, n > n0, inner_parallel);
       } else if (d.pointwise()) {
         G(false, true, d.Cout, d.Cin, P, 1.0f, dyn, P, xn, P, n == n0 ? 0.0f : 1.0f, dw_acc, d.Cin);
       } else {
@@ -493,6 +482,9 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
       }
     }
   }
+  if (dw_t && n1 > n0)
+    for (int64_t co = 0; co < d.Cout; ++co)
+      for (int64_t r = 0; r < K; ++r) dw_acc[co * K + r] = dw_win[r * d.Cout + co];
 }
 
 }  // namespace

@@ -399,6 +399,75 @@ AS_VECTORIZE void direct_8x32(const DirectBlock& p) { direct_macro<8, 32>(p); }
 AS_VECTORIZE void direct_6x16(const DirectBlock& p) { direct_macro<6, 16>(p); }
 AS_VECTORIZE void direct_4x16(const DirectBlock& p) { direct_macro<4, 16>(p); }
 
+// ---- A read in place along the depth (convolution weight gradients) -------------------------
+// Rows [i0, i1) of C [., N] (=, or += unless first) A~ @ Bp, where row i of A~ is
+// xp + off[i] + p0 (kc floats, contiguous: the depth runs along it) and Bp is packed like a B
+// panel (slivers of kc x NR). The register tile is the packed kernel's (MR x NR): per depth
+// step MR broadcasts, read from MR row pointers instead of a packed A sliver.
+struct RowsBlock {
+  const float* xp;
+  const int64_t* off;  // row offsets (indexed by row)
+  int64_t i0, i1, p0, kc;
+  const float* Bp;
+  int64_t N;
+  float* C;
+  int64_t ldc;
+  bool first;
+};
+
+template <int MR, int NR>
+__attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
+  for (int64_t s = 0; s * NR < p.N; ++s) {
+    const float* __restrict b = p.Bp + s * p.kc * NR;
+    const int nr = int(std::min<int64_t>(NR, p.N - s * NR));
+    for (int64_t i = p.i0; i < p.i1; i += MR) {
+      const int mr = int(std::min<int64_t>(MR, p.i1 - i));
+      const float* a[MR];
+      for (int r = 0; r < MR; ++r) a[r] = p.xp + p.off[std::min<int64_t>(i + r, p.i1 - 1)] + p.p0;
+      float acc[MR][NR];
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r)
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) acc[r][j] = 0.0f;
+      for (int64_t k = 0; k < p.kc; ++k) {
+        const float* __restrict bk = b + k * NR;
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          const float av = a[r][k];
+#pragma omp simd
+          for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
+        }
+      }
+      float* c = p.C + i * p.ldc + s * NR;
+      if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          float* __restrict cr = c + r * p.ldc;
+          if (p.first) {
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) cr[j] = acc[r][j];
+          } else {
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) cr[j] += acc[r][j];
+          }
+        }
+      } else {
+        for (int r = 0; r < mr; ++r) {
+          float* cr = c + r * p.ldc;
+          if (p.first)
+            for (int j = 0; j < nr; ++j) cr[j] = acc[r][j];
+          else
+            for (int j = 0; j < nr; ++j) cr[j] += acc[r][j];
+        }
+      }
+    }
+  }
+}
+
+AS_VECTORIZE void rows_8x32(const RowsBlock& p) { rows_macro<8, 32>(p); }
+AS_VECTORIZE void rows_6x16(const RowsBlock& p) { rows_macro<6, 16>(p); }
+AS_VECTORIZE void rows_4x16(const RowsBlock& p) { rows_macro<4, 16>(p); }
+
 // ---- dot-product kernel ----------------------------------------------------------------------
 // An MI x NJ tile of dot products: MI * NJ vector accumulators of L lanes over k (lane l adds
 // k = l, l + L, ... in order), then each accumulator is reduced by a fixed pairwise tree.
@@ -577,6 +646,26 @@ void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, con
       run(DirectBlock{A.block(ic, pc), xp, off + pc, q_base, mc, N, kc, C + ic * ldc, ldc,
                       pc == 0});
     }
+  }
+}
+
+void gemm_rows_in_place(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* xp,
+                        const int64_t* off, const float* Bt, int64_t ldbt, bool accumulate,
+                        float* C, int64_t ldc) {
+  if (i1 <= i0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) scale_c(i1 - i0, N, 0.0f, C + i0 * ldc, ldc);
+    return;
+  }
+  const Kernel& kern = kernel();
+  void (*run)(const RowsBlock&) = kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16;
+  const int64_t slivers = (N + kern.NR - 1) / kern.NR;
+  float* Bp = b_buffer().get(size_t(slivers * kern.NR * std::min(KC, K)));
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min(KC, K - pc);
+    // B [K, N] is Bt transposed: pack its depth block as slivers of kc x NR.
+    pack_b(true, Bt, ldbt, pc, kc, 0, N, kern.NR, 0, slivers, Bp);
+    run(RowsBlock{xp, off, i0, i1, pc, kc, Bp, N, C, ldc, pc == 0 && !accumulate});
   }
 }
 
