@@ -184,37 +184,45 @@ describe('AdaShift-MA as one op', () => {
   });
 });
 
-describe('hand-written AVX-512 grid paths', () => {
+// Runs AdaShift-MA forward and backward on three shapes in a child process with the given
+// environment (the switches below are read once per process) and returns every output's bits.
+function maBitsInChild(env: Record<string, string>): string[] {
+  const dist = ensureDist();
+  const script = `
+    const as = require(${JSON.stringify(dist)});
+    const out = [];
+    for (const [shape, grid] of [[[3, 6, 28, 28], 7], [[2, 4, 13, 37], 4], [[2, 2, 9, 9], 3]]) {
+      as.manualSeed(5);
+      const m = new as.nn.AdaShiftMA(shape[1], { grid, headDim: 2 });
+      const sd = {};
+      for (const [name, p] of m.namedParameters()) sd[name] = as.randn(p.shape, { mean: name.endsWith('weight') ? 1 : 0, std: 0.3 });
+      m.loadStateDict(sd);
+      const x = as.randn(shape, { std: 1.5, requiresGrad: true });
+      const y = m.forward(x);
+      y.backward(as.randn(shape));
+      for (const t of [y, x.grad, ...m.parameters().map((p) => p.grad)]) out.push(Buffer.from(t.toFloat32Array().buffer).toString('base64'));
+    }
+    process.stdout.write(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ADASHIFT_DEVICE: 'cpu', ...env } });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  const out = JSON.parse(r.stdout) as string[];
+  expect(out.length).toBe(3 * 10); // y, dx and 8 parameter gradients per shape
+  return out;
+}
+
+describe('switches that must not change a bit', () => {
   // Where the CPU has AVX-512, the AdaShift-MA grid passes lay cell values out with a permute
   // and sum cell columns with masked loads; ADASHIFT_CPU_GENERIC=1 turns that off. Both do the
-  // same additions in the same order, so the bits must match. Run in child processes (the
-  // switch is read once per process), on shapes whose rows are not a multiple of 16 floats.
-  test('AdaShift-MA forward and gradients are bit-identical with and without them', () => {
-    const dist = ensureDist();
-    const script = `
-      const as = require(${JSON.stringify(dist)});
-      const out = [];
-      for (const [shape, grid] of [[[3, 6, 28, 28], 7], [[2, 4, 13, 37], 4], [[2, 2, 9, 9], 3]]) {
-        as.manualSeed(5);
-        const m = new as.nn.AdaShiftMA(shape[1], { grid, headDim: 2 });
-        const sd = {};
-        for (const [name, p] of m.namedParameters()) sd[name] = as.randn(p.shape, { mean: name.endsWith('weight') ? 1 : 0, std: 0.3 });
-        m.loadStateDict(sd);
-        const x = as.randn(shape, { std: 1.5, requiresGrad: true });
-        const y = m.forward(x);
-        y.backward(as.randn(shape));
-        for (const t of [y, x.grad, ...m.parameters().map((p) => p.grad)]) out.push(Buffer.from(t.toFloat32Array().buffer).toString('base64'));
-      }
-      process.stdout.write(JSON.stringify(out));`;
-    const run = (generic: boolean) => {
-      const env = { ...process.env, ADASHIFT_CPU_GENERIC: generic ? '1' : '0', ADASHIFT_DEVICE: 'cpu' };
-      const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env });
-      expect(r.stderr).toBe('');
-      expect(r.status).toBe(0);
-      return JSON.parse(r.stdout) as string[];
-    };
-    const fast = run(false), generic = run(true);
-    expect(fast.length).toBe(3 * 10); // y, dx and 8 parameter gradients per case
+  // same additions in the same order (the shapes' rows are not multiples of 16 floats).
+  test('the hand-written AVX-512 grid paths (ADASHIFT_CPU_GENERIC)', () => {
+    const fast = maBitsInChild({ ADASHIFT_CPU_GENERIC: '0' }), generic = maBitsInChild({ ADASHIFT_CPU_GENERIC: '1' });
     fast.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${generic[i]}`));
+  });
+
+  // The thread pool's workers spin between jobs unless ADASHIFT_POOL_SPIN_US=0: timing only.
+  test('the thread pool spinning or sleeping between jobs (ADASHIFT_POOL_SPIN_US)', () => {
+    const spin = maBitsInChild({ ADASHIFT_POOL_SPIN_US: '300' }), sleep = maBitsInChild({ ADASHIFT_POOL_SPIN_US: '0' });
+    spin.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${sleep[i]}`));
   });
 });

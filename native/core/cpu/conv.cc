@@ -434,8 +434,8 @@ void forward_sample(const Conv2dDims& d, const float* x, const float* w, const f
   if (b) add_bias(y, b, d.Cout, P);
 }
 
-// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample),
-// dx written per sample.
+// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample;
+// [K, Cout] when the plan's dW is transposed, else [Cout, K]), dx written per sample.
 void backward_group(const Conv2dDims& d, const float* dy, const float* x, const float* w,
                     float* dx, float* dw_acc, int64_t n0, int64_t n1, const WindowsPlan& plan,
                     bool inner_parallel) {
@@ -443,15 +443,12 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
   const int64_t K = d.K(), P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
   const int64_t chunk = pixel_chunk(d);
-  // The windows dW with short rows accumulates [K, Cout] here, transposed into dw_acc at the end.
-  const bool dw_t = dw_acc && plan.bwd_dw && dw_transposed(d, plan.gx);
-  float* dw_win = dw_t ? scratch(5, size_t(K * d.Cout)).data() : dw_acc;
   for (int64_t n = n0; n < n1; ++n) {
     const float* xn = x + n * x_stride;
     const float* dyn = dy + n * y_stride;
     if (dw_acc) {
       if (plan.bwd_dw) {
-        windows_weight_grad(d, plan.gx, plan.offx.data(), xn, dyn, dw_win, n > n0, inner_parallel);
+        windows_weight_grad(d, plan.gx, plan.offx.data(), xn, dyn, dw_acc, n > n0, inner_parallel);
       } else if (d.pointwise()) {
         G(false, true, d.Cout, d.Cin, P, 1.0f, dyn, P, xn, P, n == n0 ? 0.0f : 1.0f, dw_acc, d.Cin);
       } else {
@@ -482,9 +479,6 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
       }
     }
   }
-  if (dw_t && n1 > n0)
-    for (int64_t co = 0; co < d.Cout; ++co)
-      for (int64_t r = 0; r < K; ++r) dw_acc[co * K + r] = dw_win[r * d.Cout + co];
 }
 
 }  // namespace
@@ -562,11 +556,13 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     }
   }
 
+  // Group partials of dW; a transposed dW ([K, Cout] partials) always goes through them.
+  const bool dw_t = dw && plan.bwd_dw && dw_transposed(d, plan.gx);
   std::vector<float> part;
-  if (dw && groups > 1) part.resize(size_t(groups * CK));
+  if (dw && (groups > 1 || dw_t)) part.resize(size_t(groups * CK));
   auto dw_of = [&](int64_t g) -> float* {
     if (!dw) return nullptr;
-    return groups == 1 ? dw : part.data() + g * CK;
+    return part.empty() ? dw : part.data() + g * CK;
   };
   auto group_begin = [&](int64_t g) { return d.N * g / groups; };
   if (across_samples(groups)) {
@@ -578,7 +574,20 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     for (int64_t g = 0; g < groups; ++g)
       backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, true);
   }
-  if (dw && groups > 1) {
+  if (dw_t) {
+    // dw[co][r] = (partial 0 + partial 1 + ...)[r][co], in group order, a block of rows at a time.
+    constexpr int64_t kRows = 64;
+    parallel_for((K + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> sum(size_t(kRows * d.Cout));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kRows, rows = std::min(kRows, K - r0), n = rows * d.Cout;
+        std::memcpy(sum.data(), part.data() + r0 * d.Cout, size_t(n) * sizeof(float));
+        for (int64_t g = 1; g < groups; ++g) add_into(sum.data(), part.data() + g * CK + r0 * d.Cout, n);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t co = 0; co < d.Cout; ++co) dw[co * K + r0 + r] = sum[size_t(r * d.Cout + co)];
+      }
+    });
+  } else if (dw && groups > 1) {
     // dw = partial 0 + partial 1 + ... in group order, element-wise (split over the pool).
     parallel_for(CK, 4096, [&](int64_t e0, int64_t e1) {
       std::memcpy(dw + e0, part.data() + e0, size_t(e1 - e0) * sizeof(float));

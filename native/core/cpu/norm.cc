@@ -1,12 +1,12 @@
-// CPU BatchNorm (+ activation) kernels. Work is split by (n, c) planes across the thread pool;
-// each plane is a contiguous run walked by one vectorised loop (compiled per ISA, see
-// loops.h). Plane reductions add fixed chunks of kChunk elements (float vector lanes inside a
+// CPU BatchNorm (+ activation) kernels. Work is split by ranges of (n, c) planes across the
+// thread pool; each plane is a contiguous run walked by one vectorised loop (compiled per ISA,
+// see loops.h; one call per range of planes, so small planes pay no call each). Plane reductions add fixed chunks of kChunk elements (float vector lanes inside a
 // chunk, chunks in double, in order); channel results add the planes in order of n in double.
 // No result depends on the thread count.
 //
 // Statistics: per plane the corrected two-pass algorithm (mean, then sum of squared deviations
 // from it, minus the deviations' sum squared over n, Chan-Golub-LeVeque), the plane still in
-// cache for the second pass; planes combine per channel with Chan's parallel formula.
+// cache for the second pass; the planes of a channel (equal counts) merge with Chan's formula.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -32,19 +32,6 @@ AS_VECTORIZE float v_sum(const float* __restrict x, int64_t n) {
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) acc += x[i];
   return acc;
-}
-
-// sum (x - m), sum (x - m)^2
-AS_VECTORIZE void v_dev(const float* __restrict x, float m, int64_t n, float* out) {
-  float a = 0.0f, b = 0.0f;
-#pragma omp simd reduction(+ : a, b)
-  for (int64_t i = 0; i < n; ++i) {
-    const float d = x[i] - m;
-    a += d;
-    b += d * d;
-  }
-  out[0] = a;
-  out[1] = b;
 }
 
 template <int ACT>
@@ -91,17 +78,85 @@ __attribute__((always_inline)) inline void app_body(const float* __restrict x,
   }
 }
 
-#define AS_BN_LOOPS(NAME, ACT)                                                                 \
-  AS_VECTORIZE void fwd_##NAME(const float* x, float mean, float scale, float bias, float s,    \
-                               float* y, int64_t n) {                                          \
-    fwd_body<ACT>(x, mean, scale, bias, s, y, n);                                              \
-  }                                                                                            \
-  AS_VECTORIZE void red_##NAME(const float* x, const float* dy, float mean, float scale,        \
-                               float bias, float s, int64_t n, float* out) {                   \
-    red_body<ACT>(x, dy, mean, scale, bias, s, n, out);                                        \
-  }                                                                                            \
-  AS_VECTORIZE void app_##NAME(const float* x, const float* dy, ApplyK k, float* dx, int64_t n) { \
-    app_body<ACT>(x, dy, k, dx, n);                                                            \
+// The per-plane passes run a range of planes [p0, p1) per call, so small planes (7x7) do not
+// pay a call per plane; within a plane, chunks of kChunk as described at the top.
+template <int ACT>
+__attribute__((always_inline)) inline void fwd_planes_body(const BnShape& d, const BnApply& k,
+                                                           const float* x, float* y, int64_t p0,
+                                                           int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c = p % d.C, off = p * d.HW;
+    fwd_body<ACT>(x + off, k.mean[c], k.invstd[c] * k.weight[c], k.bias[c], k.s ? k.s[p] : 0.0f,
+                  y + off, d.HW);
+  }
+}
+
+template <int ACT>
+__attribute__((always_inline)) inline void red_planes_body(const BnShape& d, const BnApply& k,
+                                                           const float* x, const float* dy,
+                                                           int64_t p0, int64_t p1, float* sum_dz,
+                                                           float* sum_dz_xhat, float* ds) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c = p % d.C, off = p * d.HW;
+    const float scale = k.invstd[c] * k.weight[c];
+    const float sv = k.s ? k.s[p] : 0.0f;
+    double a = 0.0, b = 0.0, e = 0.0;
+    for (int64_t i = 0; i < d.HW; i += kChunk) {
+      float o[3];
+      red_body<ACT>(x + off + i, dy + off + i, k.mean[c], scale, k.bias[c], sv,
+                    std::min(kChunk, d.HW - i), o);
+      a += o[0];
+      b += o[1];
+      e += o[2];
+    }
+    sum_dz[p] = float(a);
+    sum_dz_xhat[p] = float(b * double(k.invstd[c]));
+    if (ds) ds[p] = float(e);
+  }
+}
+
+// What the apply pass adds per plane (the mean term of the gradient and the pooled path).
+struct ApplyExtra {
+  const float* dm;  // [N*C] or nullptr
+  const float* dweight;
+  const float* dbias;
+  float inv_count;
+};
+
+template <int ACT>
+__attribute__((always_inline)) inline void app_planes_body(const BnShape& d, const BnApply& k,
+                                                           const ApplyExtra& e, const float* x,
+                                                           const float* dy, float* dx, int64_t p0,
+                                                           int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c = p % d.C, off = p * d.HW;
+    ApplyK a;
+    a.mean = k.mean[c];
+    a.invstd = k.invstd[c];
+    a.scale = k.invstd[c] * k.weight[c];
+    a.bias = k.bias[c];
+    a.s = k.s ? k.s[p] : 0.0f;
+    a.add = e.dm ? e.dm[p] / float(d.HW) : 0.0f;
+    a.k1 = e.dbias ? e.dbias[c] * e.inv_count : 0.0f;
+    a.k2 = e.dweight ? e.dweight[c] * e.inv_count : 0.0f;
+    app_body<ACT>(x + off, dy + off, a, dx + off, d.HW);
+  }
+}
+
+#define AS_BN_LOOPS(NAME, ACT)                                                                  \
+  AS_VECTORIZE void fwd_##NAME(const BnShape& d, const BnApply& k, const float* x, float* y,    \
+                               int64_t p0, int64_t p1) {                                        \
+    fwd_planes_body<ACT>(d, k, x, y, p0, p1);                                                   \
+  }                                                                                             \
+  AS_VECTORIZE void red_##NAME(const BnShape& d, const BnApply& k, const float* x,              \
+                               const float* dy, int64_t p0, int64_t p1, float* sum_dz,          \
+                               float* sum_dz_xhat, float* ds) {                                 \
+    red_planes_body<ACT>(d, k, x, dy, p0, p1, sum_dz, sum_dz_xhat, ds);                         \
+  }                                                                                             \
+  AS_VECTORIZE void app_##NAME(const BnShape& d, const BnApply& k, const ApplyExtra& e,         \
+                               const float* x, const float* dy, float* dx, int64_t p0,          \
+                               int64_t p1) {                                                    \
+    app_planes_body<ACT>(d, k, e, x, dy, dx, p0, p1);                                           \
   }
 AS_BN_LOOPS(none, kNone)
 AS_BN_LOOPS(relu, kReLU)
@@ -109,9 +164,11 @@ AS_BN_LOOPS(silu, kSiLU)
 AS_BN_LOOPS(gate, kGate)
 #undef AS_BN_LOOPS
 
-using FwdFn = void (*)(const float*, float, float, float, float, float*, int64_t);
-using RedFn = void (*)(const float*, const float*, float, float, float, float, int64_t, float*);
-using AppFn = void (*)(const float*, const float*, ApplyK, float*, int64_t);
+using FwdFn = void (*)(const BnShape&, const BnApply&, const float*, float*, int64_t, int64_t);
+using RedFn = void (*)(const BnShape&, const BnApply&, const float*, const float*, int64_t,
+                       int64_t, float*, float*, float*);
+using AppFn = void (*)(const BnShape&, const BnApply&, const ApplyExtra&, const float*,
+                       const float*, float*, int64_t, int64_t);
 
 FwdFn fwd_fn(NormAct a) {
   switch (a) {
@@ -138,14 +195,44 @@ AppFn app_fn(NormAct a) {
   }
 }
 
-// fn(plane index p = n * C + c, c, offset of the plane) for every plane, split across the pool.
-template <typename PlaneFn>
-void for_each_plane(const BnShape& d, PlaneFn fn) {
-  const int64_t hw = d.HW;
-  parallel_for(d.planes(), std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(hw, 1)),
-               [&](int64_t p0, int64_t p1) {
-                 for (int64_t p = p0; p < p1; ++p) fn(p, p % d.C, p * hw);
-               });
+// Per-plane mean and M2 (corrected two-pass: the mean, then the deviations' sum and sum of
+// squares from it, M2 = sum d^2 - (sum d)^2 / n), for planes [p0, p1): chunk sums (float
+// lanes) added in double, in order.
+AS_VECTORIZE void moments_planes(const float* x, int64_t hw, int64_t p0, int64_t p1, double* mean,
+                                 double* m2) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* xp = x + p * hw;
+    double sum = 0.0;
+    for (int64_t i = 0; i < hw; i += kChunk) {
+      const int64_t n = std::min(kChunk, hw - i);
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < n; ++j) acc += xp[i + j];
+      sum += acc;
+    }
+    const float mf = float(sum / double(hw));
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t i = 0; i < hw; i += kChunk) {
+      const int64_t n = std::min(kChunk, hw - i);
+      float a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t j = 0; j < n; ++j) {
+        const float dv = xp[i + j] - mf;
+        a += dv;
+        b += dv * dv;
+      }
+      s1 += a;
+      s2 += b;
+    }
+    mean[p] = double(mf) + s1 / double(hw);
+    m2[p] = std::max(0.0, s2 - s1 * s1 / double(hw));
+  }
+}
+
+// fn(p0, p1) over ranges of planes (p = n * C + c), split across the pool.
+template <typename RangeFn>
+void for_plane_ranges(const BnShape& d, RangeFn fn) {
+  parallel_for(d.planes(), std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(d.HW, 1)), fn);
 }
 
 // Sum over a plane: chunk sums (float lanes) added in double, in order.
@@ -153,21 +240,6 @@ double plane_sum(const float* x, int64_t n) {
   double acc = 0.0;
   for (int64_t i = 0; i < n; i += kChunk) acc += v_sum(x + i, std::min(kChunk, n - i));
   return acc;
-}
-
-// Per-plane mean and M2 (corrected two-pass).
-void plane_moments(const float* x, int64_t n, double* mean, double* m2) {
-  const double mu = plane_sum(x, n) / double(n);
-  const float mf = float(mu);
-  double s1 = 0.0, s2 = 0.0;
-  for (int64_t i = 0; i < n; i += kChunk) {
-    float o[2];
-    v_dev(x + i, mf, std::min(kChunk, n - i), o);
-    s1 += o[0];
-    s2 += o[1];
-  }
-  *mean = double(mf) + s1 / double(n);
-  *m2 = std::max(0.0, s2 - s1 * s1 / double(n));
 }
 
 void write_planes(const BnShape& d, const std::vector<double>& pmean, const float* mean,
@@ -189,20 +261,23 @@ void batchnorm_stats_train(const BnShape& d, const float* x, const float* weight
                            float* pooled) {
   const int64_t P = d.planes();
   std::vector<double> pm(static_cast<size_t>(P)), pm2(static_cast<size_t>(P));
-  for_each_plane(d, [&](int64_t p, int64_t, int64_t off) {
-    plane_moments(x + off, d.HW, &pm[size_t(p)], &pm2[size_t(p)]);
-  });
-  const double nb = double(d.HW);
-  for (int64_t c = 0; c < d.C; ++c) {
-    // Chan et al.: merge the planes of channel c in order of n.
-    double cnt = 0.0, mu = 0.0, m2 = 0.0;
-    for (int64_t n = 0; n < d.N; ++n) {
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) { moments_planes(x, d.HW, p0, p1, pm.data(), pm2.data()); });
+  // The planes of a channel all hold HW elements, so they merge exactly as equal-weight groups
+  // (Chan et al. with equal counts): mean = the planes' mean, M2 = sum of the planes' M2 plus
+  // HW * the squared deviations of the plane means from it. Planes in order of n.
+  const double nb = double(d.HW), cnt = double(d.N) * nb;
+  std::vector<double> mus(size_t(d.C), 0.0), m2s(size_t(d.C), 0.0);
+  for (int64_t n = 0; n < d.N; ++n)
+    for (int64_t c = 0; c < d.C; ++c) mus[size_t(c)] += pm[size_t(n * d.C + c)];
+  for (int64_t c = 0; c < d.C; ++c) mus[size_t(c)] /= double(d.N);
+  for (int64_t n = 0; n < d.N; ++n)
+    for (int64_t c = 0; c < d.C; ++c) {
       const size_t p = size_t(n * d.C + c);
-      const double tot = cnt + nb, delta = pm[p] - mu;
-      mu += delta * (nb / tot);
-      m2 += pm2[p] + delta * delta * (cnt * nb / tot);
-      cnt = tot;
+      const double delta = pm[p] - mus[size_t(c)];
+      m2s[size_t(c)] += pm2[p] + nb * delta * delta;
     }
+  for (int64_t c = 0; c < d.C; ++c) {
+    const double mu = mus[size_t(c)], m2 = m2s[size_t(c)];
     const double var = m2 / cnt;
     mean[c] = float(mu);
     invstd[c] = float(1.0 / std::sqrt(var + double(eps)));
@@ -225,8 +300,8 @@ void batchnorm_stats_eval(const BnShape& d, const float* x, const float* weight,
   }
   if (!plane_xhat || d.planes() == 0) return;
   std::vector<double> pm(static_cast<size_t>(d.planes()));
-  for_each_plane(d, [&](int64_t p, int64_t, int64_t off) {
-    pm[size_t(p)] = plane_sum(x + off, d.HW) / double(d.HW);
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) pm[size_t(p)] = plane_sum(x + p * d.HW, d.HW) / double(d.HW);
   });
   write_planes(d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
 }
@@ -234,31 +309,14 @@ void batchnorm_stats_eval(const BnShape& d, const float* x, const float* weight,
 void batchnorm_act_forward(const BnShape& d, NormAct act, const BnApply& k, const float* x,
                            float* y) {
   const FwdFn f = fwd_fn(act);
-  for_each_plane(d, [&](int64_t p, int64_t c, int64_t off) {
-    const float scale = k.invstd[c] * k.weight[c];
-    f(x + off, k.mean[c], scale, k.bias[c], k.s ? k.s[p] : 0.0f, y + off, d.HW);
-  });
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) { f(d, k, x, y, p0, p1); });
 }
 
 void batchnorm_act_backward_reduce(const BnShape& d, NormAct act, const BnApply& k,
                                    const float* x, const float* dy, float* sum_dz,
                                    float* sum_dz_xhat, float* ds) {
   const RedFn f = red_fn(act);
-  for_each_plane(d, [&](int64_t p, int64_t c, int64_t off) {
-    const float scale = k.invstd[c] * k.weight[c];
-    const float sv = k.s ? k.s[p] : 0.0f;
-    double a = 0.0, b = 0.0, e = 0.0;
-    for (int64_t i = 0; i < d.HW; i += kChunk) {
-      float o[3];
-      f(x + off + i, dy + off + i, k.mean[c], scale, k.bias[c], sv, std::min(kChunk, d.HW - i), o);
-      a += o[0];
-      b += o[1];
-      e += o[2];
-    }
-    sum_dz[p] = float(a);
-    sum_dz_xhat[p] = float(b * double(k.invstd[c]));
-    if (ds) ds[p] = float(e);
-  });
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) { f(d, k, x, dy, p0, p1, sum_dz, sum_dz_xhat, ds); });
 }
 
 void batchnorm_backward_params(const BnShape& d, const float* sum_dz, const float* sum_dz_xhat,
@@ -284,19 +342,8 @@ void batchnorm_act_backward_apply(const BnShape& d, NormAct act, const BnApply& 
                                   const float* x, const float* dy, const float* dm,
                                   const float* dweight, const float* dbias, float* dx) {
   const AppFn f = app_fn(act);
-  const float inv_count = float(1.0 / double(d.count()));
-  for_each_plane(d, [&](int64_t p, int64_t c, int64_t off) {
-    ApplyK a;
-    a.mean = k.mean[c];
-    a.invstd = k.invstd[c];
-    a.scale = k.invstd[c] * k.weight[c];
-    a.bias = k.bias[c];
-    a.s = k.s ? k.s[p] : 0.0f;
-    a.add = dm ? dm[p] / float(d.HW) : 0.0f;
-    a.k1 = dbias ? dbias[c] * inv_count : 0.0f;
-    a.k2 = dweight ? dweight[c] * inv_count : 0.0f;
-    f(x + off, dy + off, a, dx + off, d.HW);
-  });
+  const ApplyExtra e{dm, dweight, dbias, float(1.0 / double(d.count()))};
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) { f(d, k, e, x, dy, dx, p0, p1); });
 }
 
 }  // namespace cpu
