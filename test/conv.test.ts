@@ -288,27 +288,31 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
   });
 });
 
-// The stride-1 weight gradient runs three ways by row length Q = Ho * (W + 2 pad): short rows
-// read in place against dy^T (one or more depth blocks of 256), long rows by dot products; with
-// samples across threads or threads inside one sample. Each against a float64 direct sum.
-describe('conv2d weight gradient against a float64 direct sum', () => {
+// The weight gradient runs three ways by row length Q = Ho * Wp (Wp = W + 2 pad, or the phase
+// planes' width with a stride): short rows read in place against dy^T (one or more depth blocks
+// of 256), long rows by dot products; with samples across threads or threads inside one
+// sample. Each against a float64 direct sum.
+describe('conv2d forward and weight gradient against a float64 direct sum', () => {
   afterAll(() => as.setNumThreads(initialThreads));
-  const cases: [string, number[], number[], number][] = [
-    ['short rows, one depth block, N=4', [4, 6, 7, 7], [10, 6, 3, 3], 1],
-    ['short rows, two depth blocks, N=3', [3, 8, 17, 16], [12, 8, 3, 3], 1],
-    ['short rows, N=1 (threads inside)', [1, 5, 9, 11], [7, 5, 5, 5], 2],
-    ['long rows (dot products), N=2', [2, 3, 30, 29], [5, 3, 3, 3], 1],
+  const cases: [string, number[], number[], number, number][] = [
+    ['short rows, one depth block, N=4', [4, 6, 7, 7], [10, 6, 3, 3], 1, 1],
+    ['short rows, two depth blocks, N=3', [3, 8, 17, 16], [12, 8, 3, 3], 1, 1],
+    ['short rows, N=1 (threads inside)', [1, 5, 9, 11], [7, 5, 5, 5], 2, 1],
+    ['long rows (dot products), N=2', [2, 3, 30, 29], [5, 3, 3, 3], 1, 1],
+    ['stride 2 (phase planes), N=3', [3, 5, 11, 9], [6, 5, 3, 3], 1, 2],
+    ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
+    ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],
   ];
-  test.each(cases)('%s', (_n, xs, ws, pad) => {
+  test.each(cases)('%s', (_n, xs, ws, pad, stride) => {
     for (const threads of [1, 2])
       as.tidy(() => {
         as.setNumThreads(threads);
         const r = rng(xs.reduce((a, b) => a * 31 + b, 7));
         const [N, C, H, W] = xs, [Co, , kh, kw] = ws;
-        const Ho = H + 2 * pad - kh + 1, Wo = W + 2 * pad - kw + 1;
+        const Ho = Math.floor((H + 2 * pad - kh) / stride) + 1, Wo = Math.floor((W + 2 * pad - kw) / stride) + 1;
         const X = fillRandom(N * C * H * W, r), Wt = fillRandom(Co * C * kh * kw, r), DY = fillRandom(N * Co * Ho * Wo, r);
         const x = as.tensor(X, xs), w = as.tensor(Wt, ws), dy = as.tensor(DY, [N, Co, Ho, Wo]);
-        const [, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, 1, 1, pad, pad, false, true, false);
+        const [, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, stride, stride, pad, pad, false, true, false);
         const dw = new as.Tensor(dwH!).toFloat32Array();
         const ref = new Float32Array(dw.length); // each entry summed in float64, then rounded once
         for (let co = 0; co < Co; co++)
@@ -318,10 +322,10 @@ describe('conv2d weight gradient against a float64 direct sum', () => {
                 let acc = 0;
                 for (let n = 0; n < N; n++)
                   for (let oh = 0; oh < Ho; oh++) {
-                    const h = oh + i - pad;
+                    const h = oh * stride + i - pad;
                     if (h < 0 || h >= H) continue;
                     for (let ow = 0; ow < Wo; ow++) {
-                      const v = ow + j - pad;
+                      const v = ow * stride + j - pad;
                       if (v < 0 || v >= W) continue;
                       acc += DY[((n * Co + co) * Ho + oh) * Wo + ow] * X[((n * C + c) * H + h) * W + v];
                     }
@@ -329,6 +333,23 @@ describe('conv2d weight gradient against a float64 direct sum', () => {
                 ref[((co * C + c) * kh + i) * kw + j] = acc;
               }
         expect(compareArrays(dw, ref, 1e-4, 1e-5, `dw, ${threads} thread(s)`).message).toMatch(/ok/);
+        // the forward on the same layout
+        const y = new as.Tensor(native.conv2dForward(x.handle, w.handle, null, stride, stride, pad, pad)).toFloat32Array();
+        const yref = new Float32Array(y.length);
+        for (let n = 0; n < N; n++)
+          for (let co = 0; co < Co; co++)
+            for (let oh = 0; oh < Ho; oh++)
+              for (let ow = 0; ow < Wo; ow++) {
+                let acc = 0;
+                for (let c = 0; c < C; c++)
+                  for (let i = 0; i < kh; i++)
+                    for (let j = 0; j < kw; j++) {
+                      const h = oh * stride + i - pad, v = ow * stride + j - pad;
+                      if (h >= 0 && h < H && v >= 0 && v < W) acc += Wt[((co * C + c) * kh + i) * kw + j] * X[((n * C + c) * H + h) * W + v];
+                    }
+                yref[((n * Co + co) * Ho + oh) * Wo + ow] = acc;
+              }
+        expect(compareArrays(y, yref, 1e-4, 1e-5, `y, ${threads} thread(s)`).message).toMatch(/ok/);
       });
   });
 });

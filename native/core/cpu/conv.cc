@@ -1,19 +1,22 @@
 // CPU 2-D convolution on the GEMM (cpu/gemm.h). Two lowerings, picked by shape and backend:
 //
-// Stride 1 with the own GEMM ("windows"): each sample is copied once into zero-padded planes
-// of width Wp = W + 2 pad_w. On that layout every kernel tap (c, i, j) sees the output pixels
-// as one contiguous run: output (oh, ow) of tap (c, i, j) is xp[c][oh + i][ow + j] =
-// xp[off(c, i, j) + oh * Wp + ow]. So with Q = Ho * Wp columns (Wp - Wo per row unused):
+// With the own GEMM ("windows"): each sample is copied once into zero-padded planes of width
+// Wp (for stride 1, Wp = W + 2 pad_w; a stride s splits each channel into s x s phase planes,
+// see Padded). On that layout every kernel tap (c, i, j) sees the output pixels as one
+// contiguous run: output (oh, ow) of tap r = (c, i, j) is xp[off(r) + oh * Wp + ow]. So with
+// Q = Ho * Wp columns (Wp - Wo per row unused):
 //   forward   ytmp [Cout, Q] = W [Cout, K] @ X~ [K, Q], X~[r][q] = xp[off(r) + q]; the GEMM
-//             packs X~'s slivers straight from xp (contiguous copies, no im2col matrix); the
-//             used columns go to y (+ bias).
-//   dX        the same forward on dy padded by (kh-1-pad_h, kw-1-pad_w) with the weight
-//             flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no col2im.
-//   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q]: dot products along q, contiguous
-//             in both operands (gemm_dot), with dy~ = dy in the padded layout (0 in the
-//             unused columns), accumulated over samples.
-// Otherwise ("columns", and always with BLAS): im2col + GEMM. With K = Cin*kh*kw and
-// P = Ho*Wo: forward y[n] = W @ cols(x[n]); dW += dy[n] @ cols(x[n])^T; dcols = W^T @ dy[n]
+//             reads (or packs) X~'s slivers straight from xp (no im2col matrix); the used
+//             columns go to y (+ bias).
+//   dX        (stride 1) the same forward on dy padded by (kh-1-pad_h, kw-1-pad_w) with the
+//             weight flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no
+//             col2im. Strided: columns (below).
+//   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q], with dy~ = dy in the padded
+//             layout (0 in the unused columns), accumulated over samples: long rows by dot
+//             products (gemm_dot), short rows as [K, Cout] with each tap row read in place
+//             against dy~^T (gemm_rows_in_place).
+// Otherwise ("columns": always with BLAS, and strided dX): im2col + GEMM. With K = Cin*kh*kw
+// and P = Ho*Wo: forward y[n] = W @ cols(x[n]); dW += dy[n] @ cols(x[n])^T; dcols = W^T @ dy[n]
 // then col2im (scatter-add into dx[n]). Columns are built a chunk of output pixels at a time
 // (at most kColsBudget floats). A 1x1, stride-1, unpadded convolution is a GEMM on x itself.
 // db: per-channel sums of dy (cpu/reduce.h: fixed blocks, double partials).
@@ -204,17 +207,26 @@ AS_VECTORIZE void add_into(float* __restrict acc, const float* __restrict v, int
   for (int64_t i = 0; i < n; ++i) acc[i] += v[i];
 }
 
-// ---- the windows lowering (stride 1, own GEMM) -------------------------------------------------
+// ---- the windows lowering (own GEMM) -----------------------------------------------------------
+// The input of one sample, zero-padded, as phase planes: with stride (sh, sw), channel c has
+// sh * sw planes, plane (a, b) holding the padded input at rows a, a + sh, ... and columns
+// b, b + sw, ...; each plane is Hp x Wp with Hp = Ho + (kh - 1) / sh, Wp = Wo + (kw - 1) / sw.
+// Tap (c, i, j) then reads plane (c, i % sh, j % sw) shifted by (i / sh, j / sw), and output
+// (oh, ow) sits at oh * Wp + ow of every plane: the stride-1 windows layout, for any stride
+// (with stride 1 there is one plane per channel, the padded input itself).
 struct Padded {
-  int64_t C, H, W, ph, pw, Hp, Wp, plane, total;
+  int64_t C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total;
+  int64_t kh, kw;  // phases (a, b) with a >= kh or b >= kw hold no tap: zero-filled only
 };
 
-Padded padded(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t kw) {
-  Padded g{C, H, W, ph, pw, H + 2 * ph, W + 2 * pw, 0, 0};
+Padded padded(const Conv2dDims& d) {
+  Padded g{d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.stride_h, d.stride_w, 0, 0, 0, 0, d.kh, d.kw};
+  g.Hp = d.Ho + (d.kh - 1) / d.stride_h;
+  g.Wp = d.Wo + (d.kw - 1) / d.stride_w;
   g.plane = g.Hp * g.Wp;
-  // Reads run past the last plane by up to kw - 1 (windows) plus kGemmDotLanes (dot blocks)
-  // or a register tile's width (32 floats: windows read in place by the GEMM).
-  g.total = C * g.plane + kw + std::max<int64_t>(kGemmDotLanes, 32);
+  // Reads run past the last plane by up to (kw - 1) / sw (windows) plus kGemmDotLanes (dot
+  // blocks) or a register tile's width (32 floats: windows read in place by the GEMM).
+  g.total = g.C * g.sh * g.sw * g.plane + d.kw + std::max<int64_t>(kGemmDotLanes, 32);
   return g;
 }
 
@@ -222,35 +234,56 @@ AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t
                              float* __restrict xp) {
   for (int64_t c = c0; c < c1; ++c) {
     const float* __restrict xc = x + c * g.H * g.W;
-    float* __restrict o = xp + c * g.plane;
-    for (int64_t t = 0; t < g.ph * g.Wp; ++t) o[t] = 0.0f;
-    for (int64_t h = 0; h < g.H; ++h) {
-      float* __restrict row = o + (g.ph + h) * g.Wp;
-      for (int64_t t = 0; t < g.pw; ++t) row[t] = 0.0f;
+    for (int64_t a = 0; a < g.sh; ++a)
+      for (int64_t b = 0; b < g.sw; ++b) {
+        float* __restrict o = xp + ((c * g.sh + a) * g.sw + b) * g.plane;
+        if (a >= g.kh || b >= g.kw) {  // read only past the end of a used plane's last row
+          for (int64_t t = 0; t < g.plane; ++t) o[t] = 0.0f;
+          continue;
+        }
+        // plane column v holds input column v * sw + b - pw: valid for v in [v0, v1)
+        const int64_t v0 = std::min(g.Wp, std::max<int64_t>(0, (g.pw - b + g.sw - 1) / g.sw));
+        const int64_t v1 = std::max(v0, std::min(g.Wp, (g.W + g.pw - b + g.sw - 1) / g.sw));
+        for (int64_t u = 0; u < g.Hp; ++u) {
+          float* __restrict row = o + u * g.Wp;
+          const int64_t ih = u * g.sh + a - g.ph;
+          if (ih < 0 || ih >= g.H || v1 <= v0) {
+            for (int64_t t = 0; t < g.Wp; ++t) row[t] = 0.0f;
+            continue;
+          }
+          for (int64_t t = 0; t < v0; ++t) row[t] = 0.0f;
+          const float* __restrict src = xc + ih * g.W + (v0 * g.sw + b - g.pw);
+          if (g.sw == 1) {
 #pragma omp simd
-      for (int64_t t = 0; t < g.W; ++t) row[g.pw + t] = xc[h * g.W + t];
-      for (int64_t t = g.pw + g.W; t < g.Wp; ++t) row[t] = 0.0f;
-    }
-    for (int64_t t = (g.ph + g.H) * g.Wp; t < g.plane; ++t) o[t] = 0.0f;
+            for (int64_t t = 0; t < v1 - v0; ++t) row[v0 + t] = src[t];
+          } else {
+            for (int64_t t = 0; t < v1 - v0; ++t) row[v0 + t] = src[t * g.sw];
+          }
+          for (int64_t t = v1; t < g.Wp; ++t) row[t] = 0.0f;
+        }
+      }
   }
 }
 
 void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel) {
+  const int64_t per_channel = g.sh * g.sw * g.plane;
   if (inner_parallel)
-    parallel_for(g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(g.plane, 1)),
+    parallel_for(g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(per_channel, 1)),
                  [&](int64_t c0, int64_t c1) { pad_planes(x, g, c0, c1, xp); });
   else
     pad_planes(x, g, 0, g.C, xp);
-  std::fill(xp + g.C * g.plane, xp + g.total, 0.0f);
+  std::fill(xp + g.C * per_channel, xp + g.total, 0.0f);
 }
 
 // off[r] for taps r = (c, i, j): where tap r's run of output columns starts in the planes.
-std::vector<int64_t> tap_offsets(int64_t C, int64_t kh, int64_t kw, const Padded& g) {
-  std::vector<int64_t> off(size_t(C * kh * kw));
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t i = 0; i < kh; ++i)
-      for (int64_t j = 0; j < kw; ++j)
-        off[size_t((c * kh + i) * kw + j)] = c * g.plane + i * g.Wp + j;
+std::vector<int64_t> tap_offsets(const Conv2dDims& d, const Padded& g) {
+  std::vector<int64_t> off(size_t(d.Cin * d.kh * d.kw));
+  for (int64_t c = 0; c < d.Cin; ++c)
+    for (int64_t i = 0; i < d.kh; ++i)
+      for (int64_t j = 0; j < d.kw; ++j) {
+        const int64_t plane = (c * g.sh + i % g.sh) * g.sw + j % g.sw;
+        off[size_t((c * d.kh + i) * d.kw + j)] = plane * g.plane + (i / g.sh) * g.Wp + j / g.sw;
+      }
   return off;
 }
 
@@ -406,9 +439,10 @@ struct WindowsPlan {
   std::unique_ptr<GemmPackedA> wflip; // the flipped weight [Cin, Cout*kh*kw], packed (dX)
 };
 
+// The windows lowering serves the forward and dW of every non-pointwise convolution with the
+// own GEMM (strided ones through phase planes); dX only with stride 1 (below).
 bool windows_usable(const Conv2dDims& d) {
-  return gemm_backend() == GemmBackend::Own && d.stride_h == 1 && d.stride_w == 1 &&
-         !d.pointwise();
+  return gemm_backend() == GemmBackend::Own && !d.pointwise();
 }
 
 // ---- per sample: windows, columns (any stride; the BLAS path) or pointwise -------------------
@@ -489,8 +523,8 @@ void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const f
   WindowsPlan plan;
   if (windows_usable(d)) {
     plan.fwd = true;
-    plan.gx = padded(d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.kw);
-    plan.offx = tap_offsets(d.Cin, d.kh, d.kw, plan.gx);
+    plan.gx = padded(d);
+    plan.offx = tap_offsets(d, plan.gx);
     plan.w = std::make_unique<GemmPackedA>(false, d.Cout, d.K(), w, d.K());
   }
   if (across_samples(d.N)) {
@@ -521,11 +555,11 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
 
   WindowsPlan plan;
   if (windows_usable(d)) {
-    plan.gx = padded(d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.kw);
-    plan.offx = tap_offsets(d.Cin, d.kh, d.kw, plan.gx);
+    plan.gx = padded(d);
+    plan.offx = tap_offsets(d, plan.gx);
     plan.bwd_dw = dw != nullptr;
     // dX = a stride-1 convolution of dy padded by (k - 1 - pad) with the flipped weight.
-    if (dx && d.pad_h <= d.kh - 1 && d.pad_w <= d.kw - 1) {
+    if (dx && d.stride_h == 1 && d.stride_w == 1 && d.pad_h <= d.kh - 1 && d.pad_w <= d.kw - 1) {
       plan.bwd_dx = true;
       Conv2dDims t{};
       t.N = d.N;
@@ -541,8 +575,8 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
       t.pad_h = d.kh - 1 - d.pad_h;
       t.pad_w = d.kw - 1 - d.pad_w;
       plan.dxd = t;
-      plan.gdy = padded(t.Cin, t.H, t.W, t.pad_h, t.pad_w, t.kw);
-      plan.offdy = tap_offsets(t.Cin, t.kh, t.kw, plan.gdy);
+      plan.gdy = padded(t);
+      plan.offdy = tap_offsets(t, plan.gdy);
       const int64_t kk = d.kh * d.kw;
       std::vector<float> flip(size_t(d.Cin * d.Cout * kk));
       for (int64_t co = 0; co < d.Cout; ++co)
