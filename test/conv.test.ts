@@ -292,7 +292,7 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
 // planes' width with a stride): short rows read in place against dy^T (one or more depth blocks
 // of 256), long rows by dot products; with samples across threads or threads inside one
 // sample. Each against a float64 direct sum.
-describe('conv2d forward and weight gradient against a float64 direct sum', () => {
+describe('conv2d forward and gradients against a float64 direct sum', () => {
   afterAll(() => as.setNumThreads(initialThreads));
   const cases: [string, number[], number[], number, number][] = [
     ['short rows, one depth block, N=4', [4, 6, 7, 7], [10, 6, 3, 3], 1, 1],
@@ -302,6 +302,7 @@ describe('conv2d forward and weight gradient against a float64 direct sum', () =
     ['stride 2 (phase planes), N=3', [3, 5, 11, 9], [6, 5, 3, 3], 1, 2],
     ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
     ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],
+    ['stride 2, 4x4, padding 3 (dX by columns), N=2', [2, 3, 9, 8], [4, 3, 4, 4], 3, 2],
   ];
   test.each(cases)('%s', (_n, xs, ws, pad, stride) => {
     for (const threads of [1, 2])
@@ -312,8 +313,10 @@ describe('conv2d forward and weight gradient against a float64 direct sum', () =
         const Ho = Math.floor((H + 2 * pad - kh) / stride) + 1, Wo = Math.floor((W + 2 * pad - kw) / stride) + 1;
         const X = fillRandom(N * C * H * W, r), Wt = fillRandom(Co * C * kh * kw, r), DY = fillRandom(N * Co * Ho * Wo, r);
         const x = as.tensor(X, xs), w = as.tensor(Wt, ws), dy = as.tensor(DY, [N, Co, Ho, Wo]);
-        const [, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, stride, stride, pad, pad, false, true, false);
+        const [dxH, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, stride, stride, pad, pad, true, true, false);
         const dw = new as.Tensor(dwH!).toFloat32Array();
+        const dx = new as.Tensor(dxH!).toFloat32Array();
+        const dxref = new Float64Array(dx.length);
         const ref = new Float32Array(dw.length); // each entry summed in float64, then rounded once
         for (let co = 0; co < Co; co++)
           for (let c = 0; c < C; c++)
@@ -328,11 +331,13 @@ describe('conv2d forward and weight gradient against a float64 direct sum', () =
                       const v = ow * stride + j - pad;
                       if (v < 0 || v >= W) continue;
                       acc += DY[((n * Co + co) * Ho + oh) * Wo + ow] * X[((n * C + c) * H + h) * W + v];
+                      dxref[((n * C + c) * H + h) * W + v] += DY[((n * Co + co) * Ho + oh) * Wo + ow] * Wt[((co * C + c) * kh + i) * kw + j];
                     }
                   }
                 ref[((co * C + c) * kh + i) * kw + j] = acc;
               }
         expect(compareArrays(dw, ref, 1e-4, 1e-5, `dw, ${threads} thread(s)`).message).toMatch(/ok/);
+        expect(compareArrays(dx, Float32Array.from(dxref), 1e-4, 1e-5, `dx, ${threads} thread(s)`).message).toMatch(/ok/);
         // the forward on the same layout
         const y = new as.Tensor(native.conv2dForward(x.handle, w.handle, null, stride, stride, pad, pad)).toFloat32Array();
         const yref = new Float32Array(y.length);

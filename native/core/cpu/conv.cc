@@ -8,14 +8,16 @@
 //   forward   ytmp [Cout, Q] = W [Cout, K] @ X~ [K, Q], X~[r][q] = xp[off(r) + q]; the GEMM
 //             reads (or packs) X~'s slivers straight from xp (no im2col matrix); the used
 //             columns go to y (+ bias).
-//   dX        (stride 1) the same forward on dy padded by (kh-1-pad_h, kw-1-pad_w) with the
-//             weight flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no
-//             col2im. Strided: columns (below).
+//   dX        the same forward on dy padded by (kh-1-pad_h, kw-1-pad_w) with the weight
+//             flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no col2im.
+//             With a stride, one such correlation per phase of the input, with that phase's
+//             taps (DxPhase), placed into dx with the stride.
 //   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q], with dy~ = dy in the padded
 //             layout (0 in the unused columns), accumulated over samples: long rows by dot
 //             products (gemm_dot), short rows as [K, Cout] with each tap row read in place
 //             against dy~^T (gemm_rows_in_place).
-// Otherwise ("columns": always with BLAS, and strided dX): im2col + GEMM. With K = Cin*kh*kw
+// Otherwise ("columns": always with BLAS, and dX when the padding reaches past the kernel):
+// im2col + GEMM. With K = Cin*kh*kw
 // and P = Ho*Wo: forward y[n] = W @ cols(x[n]); dW += dy[n] @ cols(x[n])^T; dcols = W^T @ dy[n]
 // then col2im (scatter-add into dx[n]). Columns are built a chunk of output pixels at a time
 // (at most kColsBudget floats). A 1x1, stride-1, unpadded convolution is a GEMM on x itself.
@@ -430,17 +432,102 @@ void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* of
 }
 
 // The data every sample of a windows-lowered call shares.
-struct WindowsPlan {
-  bool fwd = false, bwd_dx = false, bwd_dw = false;
-  Padded gx{}, gdy{};                 // padded x (forward, dW); padded dy (dX)
-  std::vector<int64_t> offx, offdy;   // tap offsets on each
-  Conv2dDims dxd{};                   // dX as a forward convolution of dy
-  std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
-  std::unique_ptr<GemmPackedA> wflip; // the flipped weight [Cin, Cout*kh*kw], packed (dX)
+// dX of one phase (a, b) of the padded input: the input positions (s u + a, s v + b) get
+// dx[u][v] = sum over taps i = a + s i', j = b + s j' of w[i][j] dy[u - i'][v - j'], a stride-1
+// correlation of dy with the phase's taps flipped. Run as a windows forward (dy padded so that
+// its output rows start at the first row u0 the input needs), then placed into dx.
+struct DxPhase {
+  int64_t a, b, u0, v0;
+  Conv2dDims t;                      // the correlation as a forward convolution of dy
+  Padded g;
+  std::vector<int64_t> off;
+  std::unique_ptr<GemmPackedA> w;    // the phase's flipped taps [Cin, Cout * kh' * kw'], packed
 };
 
-// The windows lowering serves the forward and dW of every non-pointwise convolution with the
-// own GEMM (strided ones through phase planes); dX only with stride 1 (below).
+struct WindowsPlan {
+  bool fwd = false, bwd_dx = false, bwd_dw = false;
+  Padded gx{};                        // padded x (forward, dW)
+  std::vector<int64_t> offx;          // tap offsets on it
+  std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
+  std::vector<DxPhase> dx_phases;     // dX (empty: the phases' taps are all outside dx)
+};
+
+// dX as stride-1 correlations of dy, one per phase of the stride (one in all for stride 1, whose
+// output is dx itself). False when the padding is too large for that (the columns path then).
+bool plan_dx_phases(const Conv2dDims& d, const float* w, std::vector<DxPhase>& out) {
+  for (int64_t a = 0; a < d.stride_h; ++a)
+    for (int64_t b = 0; b < d.stride_w; ++b) {
+      const int64_t kh = a < d.kh ? (d.kh - a + d.stride_h - 1) / d.stride_h : 0;
+      const int64_t kw = b < d.kw ? (d.kw - b + d.stride_w - 1) / d.stride_w : 0;
+      // rows u of this phase inside the input: pad_h <= s u + a < pad_h + H
+      const int64_t u0 = std::max<int64_t>(0, (d.pad_h - a + d.stride_h - 1) / d.stride_h);
+      const int64_t u1 = d.pad_h + d.H - 1 - a < 0 ? 0 : (d.pad_h + d.H - 1 - a) / d.stride_h + 1;
+      const int64_t v0 = std::max<int64_t>(0, (d.pad_w - b + d.stride_w - 1) / d.stride_w);
+      const int64_t v1 = d.pad_w + d.W - 1 - b < 0 ? 0 : (d.pad_w + d.W - 1 - b) / d.stride_w + 1;
+      if (kh == 0 || kw == 0 || u1 <= u0 || v1 <= v0) continue;  // no tap: 0 there
+      if (u0 > kh - 1 || v0 > kw - 1) return false;
+      DxPhase ph;
+      ph.a = a;
+      ph.b = b;
+      ph.u0 = u0;
+      ph.v0 = v0;
+      Conv2dDims& t = ph.t;
+      t = Conv2dDims{};
+      t.N = d.N;
+      t.Cin = d.Cout;
+      t.H = d.Ho;
+      t.W = d.Wo;
+      t.Cout = d.Cin;
+      t.kh = kh;
+      t.kw = kw;
+      t.Ho = u1 - u0;
+      t.Wo = v1 - v0;
+      t.stride_h = t.stride_w = 1;
+      t.pad_h = kh - 1 - u0;
+      t.pad_w = kw - 1 - v0;
+      ph.g = padded(t);
+      ph.off = tap_offsets(t, ph.g);
+      const int64_t kk = kh * kw;
+      std::vector<float> flip(size_t(d.Cin * d.Cout * kk));
+      for (int64_t co = 0; co < d.Cout; ++co)
+        for (int64_t c = 0; c < d.Cin; ++c)
+          for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j)
+              flip[size_t((c * d.Cout + co) * kk + (kh - 1 - i) * kw + (kw - 1 - j))] =
+                  w[((co * d.Cin + c) * d.kh + a + i * d.stride_h) * d.kw + b + j * d.stride_w];
+      ph.w = std::make_unique<GemmPackedA>(false, d.Cin, d.Cout * kk, flip.data(), d.Cout * kk);
+      out.push_back(std::move(ph));
+    }
+  return true;
+}
+
+// dx [Cin, H, W] of one sample from dy through the plan's phases.
+void windows_input_grad(const Conv2dDims& d, const std::vector<DxPhase>& phases, const float* dy,
+                        float* dx, bool inner_parallel) {
+  const bool whole = d.stride_h == 1 && d.stride_w == 1 && phases.size() == 1 &&
+                     phases[0].t.Ho == d.H && phases[0].t.Wo == d.W;
+  if (whole) {  // stride 1: the correlation's output is dx
+    const DxPhase& ph = phases[0];
+    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, nullptr, dx, inner_parallel);
+    return;
+  }
+  std::fill(dx, dx + d.Cin * d.H * d.W, 0.0f);
+  for (const DxPhase& ph : phases) {
+    const int64_t Hu = ph.t.Ho, Wv = ph.t.Wo;
+    float* t = scratch(1, size_t(d.Cin * Hu * Wv)).data();
+    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, nullptr, t, inner_parallel);
+    for (int64_t c = 0; c < d.Cin; ++c)
+      for (int64_t u = 0; u < Hu; ++u) {
+        const int64_t h = (ph.u0 + u) * d.stride_h + ph.a - d.pad_h;
+        float* row = dx + (c * d.H + h) * d.W + (ph.v0 * d.stride_w + ph.b - d.pad_w);
+        const float* src = t + (c * Hu + u) * Wv;
+        for (int64_t v = 0; v < Wv; ++v) row[v * d.stride_w] = src[v];
+      }
+  }
+}
+
+// The windows lowering serves every non-pointwise convolution with the own GEMM (strided ones
+// through phase planes); dX needs the padding below the kernel size (plan_dx_phases).
 bool windows_usable(const Conv2dDims& d) {
   return gemm_backend() == GemmBackend::Own && !d.pointwise();
 }
@@ -498,8 +585,7 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
     if (dx) {
       float* dxn = dx + n * x_stride;
       if (plan.bwd_dx) {
-        windows_forward(plan.dxd, plan.gdy, plan.offdy.data(), dyn, *plan.wflip, nullptr, dxn,
-                        inner_parallel);
+        windows_input_grad(d, plan.dx_phases, dyn, dxn, inner_parallel);
       } else if (d.pointwise()) {
         G(true, false, d.Cin, P, d.Cout, 1.0f, w, d.Cin, dyn, P, 0.0f, dxn, P);
       } else {
@@ -558,36 +644,8 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     plan.gx = padded(d);
     plan.offx = tap_offsets(d, plan.gx);
     plan.bwd_dw = dw != nullptr;
-    // dX = a stride-1 convolution of dy padded by (k - 1 - pad) with the flipped weight.
-    if (dx && d.stride_h == 1 && d.stride_w == 1 && d.pad_h <= d.kh - 1 && d.pad_w <= d.kw - 1) {
-      plan.bwd_dx = true;
-      Conv2dDims t{};
-      t.N = d.N;
-      t.Cin = d.Cout;
-      t.H = d.Ho;
-      t.W = d.Wo;
-      t.Cout = d.Cin;
-      t.kh = d.kh;
-      t.kw = d.kw;
-      t.Ho = d.H;
-      t.Wo = d.W;
-      t.stride_h = t.stride_w = 1;
-      t.pad_h = d.kh - 1 - d.pad_h;
-      t.pad_w = d.kw - 1 - d.pad_w;
-      plan.dxd = t;
-      plan.gdy = padded(t);
-      plan.offdy = tap_offsets(t, plan.gdy);
-      const int64_t kk = d.kh * d.kw;
-      std::vector<float> flip(size_t(d.Cin * d.Cout * kk));
-      for (int64_t co = 0; co < d.Cout; ++co)
-        for (int64_t c = 0; c < d.Cin; ++c)
-          for (int64_t i = 0; i < d.kh; ++i)
-            for (int64_t j = 0; j < d.kw; ++j)
-              flip[size_t((c * d.Cout + co) * kk + (d.kh - 1 - i) * d.kw + (d.kw - 1 - j))] =
-                  w[((co * d.Cin + c) * d.kh + i) * d.kw + j];
-      plan.wflip =
-          std::make_unique<GemmPackedA>(false, d.Cin, d.Cout * kk, flip.data(), d.Cout * kk);
-    }
+    // dX = stride-1 correlations of dy with the flipped weight, one per phase of the stride.
+    if (dx) plan.bwd_dx = plan_dx_phases(d, w, plan.dx_phases);
   }
 
   // Group partials of dW; a transposed dW ([K, Cout] partials) always goes through them.
