@@ -42,9 +42,9 @@ inline void for_each_plane(const RegionGrid& g, PlaneFn fn) {
                });
 }
 
-// Index of token p of sample n, channel c in a [N, T, C] tensor.
+// Index of token p of sample n, channel c in a [N, T, C] tensor ([N, C, T] when channel_major).
 inline int64_t tok(const RegionGrid& g, int64_t n, int64_t p, int64_t c) {
-  return (n * g.tokens() + p) * g.C + c;
+  return g.channel_major ? (n * g.C + c) * g.tokens() + p : (n * g.tokens() + p) * g.C + c;
 }
 
 }  // namespace
@@ -129,12 +129,18 @@ inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, const fl
   return cells;
 }
 
-// vals[p] = scale(p) * src[token p of plane (n, c)] for the plane's T tokens.
-template <typename Scale>
-inline void gather_tokens(const RegionGrid& g, const float* src, int64_t n, int64_t c, float* vals, Scale scale) {
-  for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)] * scale(p);
+// The plane (n, c)'s T values of src: in place when channel_major, else gathered into vals.
+inline const float* plane_tokens(const RegionGrid& g, const float* src, int64_t n, int64_t c, float* vals) {
+  if (g.channel_major) return src + tok(g, n, 0, c);
+  for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)];
+  return vals;
 }
-inline float unit(int64_t) { return 1.0f; }
+
+// vals[p] = src[token p of plane (n, c)] / |cell p| (the pooled path's gradient per pixel).
+inline void tokens_per_pixel(const RegionGrid& g, const GridLayout& L, const float* src, int64_t n,
+                             int64_t c, float* vals) {
+  for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)] * L.inv[size_t(p)];
+}
 
 void region_pool_forward(const RegionGrid& g, const float* x, float* t) {
   if (g.Pw == 1) {
@@ -169,7 +175,7 @@ void region_pool_backward(const RegionGrid& g, const float* dt, float* dx) {
   const GridLayout& L = layout_of(g);
   for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
     float* vals = scratch(0, size_t(g.tokens()));
-    gather_tokens(g, dt, n, c, vals, [&](int64_t p) { return L.inv[size_t(p)]; });
+    tokens_per_pixel(g, L, dt, n, c, vals);
     const float* map = expand_plane(g, L, vals, dx + base);
     if (map != dx + base) std::copy(map, map + g.H * g.W, dx + base);
   });
@@ -190,8 +196,7 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
   for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
     float* vals = scratch(0, size_t(g.tokens()));
     float* smap = scratch(1, size_t(HW));
-    gather_tokens(g, s, n, c, vals, unit);
-    loops::gate_forward_v(x + base, expand_plane(g, L, vals, smap), y + base, HW);
+    loops::gate_forward_v(x + base, expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap), y + base, HW);
   });
 }
 
@@ -215,8 +220,7 @@ void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, 
     float* smap = scratch(1, size_t(HW));
     float* contrib = scratch(2, size_t(HW));
     float* cols = scratch(3, size_t(g.Ph * g.W));
-    gather_tokens(g, s, n, c, vals, unit);
-    loops::gate_shift_grad_v(x + base, dy + base, expand_plane(g, L, vals, smap), contrib, HW);
+    loops::gate_shift_grad_v(x + base, dy + base, expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap), contrib, HW);
     const float* sums = cell_sums(g, L, contrib, cols, vals);
     for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
   });
@@ -242,11 +246,10 @@ void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, c
     float* smap = scratch(1, size_t(HW));
     float* add = scratch(2, size_t(HW));
     float* dvals = scratch(3, size_t(g.tokens()));
-    gather_tokens(g, s, n, c, vals, unit);
-    const float* sm = expand_plane(g, L, vals, smap);
+    const float* sm = expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap);
     const float* am = add;
     if (dt) {
-      gather_tokens(g, dt, n, c, dvals, [&](int64_t p) { return L.inv[size_t(p)]; });
+      tokens_per_pixel(g, L, dt, n, c, dvals);
       am = expand_plane(g, L, dvals, add);
     } else {
       std::fill(add, add + HW, 0.0f);
@@ -264,8 +267,7 @@ void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, c
     float* smap = scratch(1, size_t(HW));
     float* contrib = scratch(2, size_t(HW));
     float* cols = scratch(3, size_t(g.Ph * g.W));
-    gather_tokens(g, s, n, c, vals, unit);
-    loops::gate_grads_v(x + base, dy + base, expand_plane(g, L, vals, smap), dx + base, contrib, HW);
+    loops::gate_grads_v(x + base, dy + base, expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap), dx + base, contrib, HW);
     const float* sums = cell_sums(g, L, contrib, cols, vals);
     for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
   });
@@ -277,7 +279,7 @@ void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx) {
   for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
     float* vals = scratch(0, size_t(g.tokens()));
     float* add = scratch(1, size_t(HW));
-    gather_tokens(g, dt, n, c, vals, [&](int64_t p) { return L.inv[size_t(p)]; });
+    tokens_per_pixel(g, L, dt, n, c, vals);
     loops::add_v(dx + base, expand_plane(g, L, vals, add), HW);
   });
 }

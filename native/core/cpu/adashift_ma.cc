@@ -33,7 +33,7 @@ void for_each_sample_ma(int64_t N, SampleFn sample) {
 
 // Per-thread scratch (reused across samples and calls).
 inline float* scratch_ma(int which, size_t n) {
-  thread_local std::vector<float> buf[12];
+  thread_local std::vector<float> buf[13];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
@@ -77,12 +77,17 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
                          float* t, float* attn, float* o, float* z, float* s) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
+  // One sample's region passes use channel-major tokens [C, T] (a plane's values contiguous);
+  // the context works on [T, C]: one small transpose each way.
   RegionGrid g1 = g;
   g1.N = 1;
+  g1.channel_major = true;
   for_each_sample_ma(g.N, [&](int64_t n) {
     const float* xs = x + n * C * HW;
     float* ts = t + n * TC;
-    region_pool_forward(g1, xs, ts);
+    float* cm = scratch_ma(5, size_t(TC));
+    region_pool_forward(g1, xs, cm);
+    loops::transpose(cm, T, C, T, ts, C);
     float* q = scratch_ma(0, size_t(TC));
     float* k = scratch_ma(1, size_t(TC));
     float* v = scratch_ma(2, size_t(TC));
@@ -102,7 +107,8 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     if (p.lin_w) mm(false, true, T, C, C, 1.0f, os, C, p.lin_w, C, zs, C);  // z = o W^T
     float* ss = s + n * TC;
     layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
-    gate_forward(g1, xs, ss, y + n * C * HW);
+    loops::transpose(ss, C, T, C, cm, T);
+    gate_forward(g1, xs, cm, y + n * C * HW);
   });
 }
 
@@ -114,6 +120,7 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   RegionGrid g1 = g;
   g1.N = 1;
+  g1.channel_major = true;
   for_each_sample_ma(g.N, [&](int64_t n) {
     const float* xs = x + n * C * HW;
     const float* dys = dy + n * C * HW;
@@ -135,8 +142,11 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     float* dt = scratch_ma(11, size_t(TC));
     // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds.
     float* dxs = need_dx ? dx + n * C * HW : nullptr;
-    if (need_dx) gate_backward_grads(g1, xs, dys, ss, dxs, ds);
-    else gate_backward_reduce(g1, xs, dys, ss, ds);
+    float* cm = scratch_ma(12, size_t(2 * TC));  // s, then ds, channel-major
+    loops::transpose(ss, C, T, C, cm, T);
+    if (need_dx) gate_backward_grads(g1, xs, dys, cm, dxs, cm + TC);
+    else gate_backward_reduce(g1, xs, dys, cm, cm + TC);
+    loops::transpose(cm + TC, T, C, T, ds, C);
     // rect: recompute the LayerNorm statistics, then its backward.
     float* dzs = dz + n * TC;
     loops::normalize_rows(zs, p.eps, T, C, dq /* scratch */, st + 2 * T, st + 3 * T);
@@ -169,7 +179,10 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     loops::layernorm3_backward_rows(dys3, xh, st + T, w3, T, C, dt, acc);
     for (int64_t e = 0; e < 6 * C; ++e) pr[e] = float(acc_buf[size_t(e)]);
     // The pooled path, dt / |cell|, added to the sample's dx while it is in cache.
-    if (need_dx) region_pool_backward_add(g1, dt, dxs);
+    if (need_dx) {
+      loops::transpose(dt, C, T, C, cm, T);
+      region_pool_backward_add(g1, cm, dxs);
+    }
   });
 }
 

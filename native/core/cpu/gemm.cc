@@ -32,9 +32,6 @@
 #include <vector>
 
 #include "../common.h"
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 #include "../threadpool.h"
 #include "loops.h"
 
@@ -81,62 +78,8 @@ Buffer& b_buffer() {
 
 // ---- packing ----------------------------------------------------------------------------------
 // Both packers transpose for the common layouts (A rows into k-major slivers; B^T rows into
-// k-major slivers). With AVX2 they move 8 x 8 blocks through registers (8 loads, 24 shuffles,
-// 8 stores) instead of one strided scalar store per element: for the small products of the
-// attention context, packing had cost as much as the multiply-adds.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ADASHIFT_NO_CLONES)
-#define AS_PACK_AVX2 1
-// dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block.
-__attribute__((target("avx2"))) inline void transpose8x8(const float* src, int64_t lds, float* dst,
-                                                        int64_t ldd) {
-  __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
-  __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
-  __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
-  __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
-  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
-  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
-}
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
-}
-#else
-#define AS_PACK_AVX2 0
-#endif
-
-// dst[k * ldd + r] = src[r * lds + k] for r < rows, k < cols (a strided transpose); 8 x 8
-// blocks through registers where possible.
-void transpose_into(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
-                    int64_t ldd) {
-  int64_t r0 = 0;
-#if AS_PACK_AVX2
-  if (has_avx2()) {
-    for (; r0 + 8 <= rows; r0 += 8) {
-      int64_t k = 0;
-      for (; k + 8 <= cols; k += 8) transpose8x8(src + r0 * lds + k, lds, dst + k * ldd + r0, ldd);
-      for (; k < cols; ++k)
-        for (int64_t r = r0; r < r0 + 8; ++r) dst[k * ldd + r] = src[r * lds + k];
-    }
-  }
-#endif
-  for (int64_t r = r0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) dst[k * ldd + r] = src[r * lds + k];
-}
-
+// k-major slivers) with loops::transpose (8 x 8 blocks through registers): for the small
+// products of the attention context, strided scalar stores had cost as much as the multiply-adds.
 // op(A)[i][k] for rows [i0, i0 + mc), depth [p0, p0 + kc) into slivers out[s][k][MR].
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
             int64_t kc, int MR, float* out) {
@@ -145,7 +88,7 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
     const int64_t r0 = i0 + s * MR;
     const int mr = int(std::min<int64_t>(MR, i0 + mc - r0));
     if (!trans) {
-      transpose_into(A + r0 * lda + p0, lda, mr, kc, o, MR);
+      loops::transpose(A + r0 * lda + p0, lda, mr, kc, o, MR);
     } else {
       for (int64_t k = 0; k < kc; ++k) {
         const float* src = A + (p0 + k) * lda + r0;
@@ -174,7 +117,7 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
         for (int j = nr; j < NR; ++j) d[j] = 0.0f;
       }
     } else {
-      transpose_into(B + c0 * ldb + p0, ldb, nr, kc, o, NR);
+      loops::transpose(B + c0 * ldb + p0, ldb, nr, kc, o, NR);
       if (nr < NR)
         for (int64_t k = 0; k < kc; ++k)
           for (int j = nr; j < NR; ++j) o[k * NR + j] = 0.0f;

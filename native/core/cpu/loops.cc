@@ -174,6 +174,55 @@ void band_column_sums(const float* x, int64_t W, const int* row0, int bands, flo
   band_column_sums_generic(x, W, row0, bands, out);
 }
 
+// ---- transposes ---------------------------------------------------------------------------------
+#if AS_HAVE_AVX512_PATHS
+// dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block, through eight AVX registers.
+__attribute__((target("avx2"))) static void transpose8x8(const float* src, int64_t lds, float* dst,
+                                                        int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+static bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
+void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+  int64_t r0 = 0;
+#if AS_HAVE_AVX512_PATHS
+  if (has_avx2()) {
+    for (; r0 + 8 <= rows; r0 += 8) {
+      int64_t k = 0;
+      for (; k + 8 <= cols; k += 8) transpose8x8(src + r0 * lds + k, lds, dst + k * ldd + r0, ldd);
+      for (; k < cols; ++k)
+        for (int64_t r = r0; r < r0 + 8; ++r) dst[k * ldd + r] = src[r * lds + k];
+    }
+  }
+#endif
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) dst[k * ldd + r] = src[r * lds + k];
+}
+
 AS_VECTORIZE void softmax_rows(const float* x, int64_t rows, int64_t n, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;

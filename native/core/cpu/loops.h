@@ -50,6 +50,9 @@ void band_column_sums(const float* x, int64_t W, const int* row0, int bands, flo
 // run of the plane, so one index pattern covers it).
 void expand_cells(const float* vals, const int* row0, const int* flat_cell, int Ph, int Pw,
                   int64_t W, float* map);
+// dst[k * ldd + r] = src[r * lds + k] for r < rows, k < cols (8 x 8 blocks through registers
+// where the CPU has AVX2).
+void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd);
 // Softmax over rows of n (in place allowed): y = exp(x - max) / sum.
 void softmax_rows(const float* x, int64_t rows, int64_t n, float* y);
 // Softmax backward over rows of n: dx = y (dy - sum(y dy)).

@@ -21,6 +21,10 @@ namespace adashift {
 struct RegionGrid {
   int64_t N, C, H, W;
   int Ph, Pw;
+  // Per-region tensors [N, C, T] instead of [N, T, C]: used inside the CPU's per-sample
+  // AdaShift-MA, where a plane's T values are then contiguous (the CUDA kernels and the ops'
+  // tensors always use [N, T, C]).
+  bool channel_major = false;
   int64_t tokens() const { return int64_t(Ph) * Pw; }
 };
 // Validates x ([N, C, H, W]) and the requested grid (>= 1), clamping P to H and W.
