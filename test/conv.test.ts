@@ -303,57 +303,64 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
     ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],
     ['stride 2, 4x4, padding 3 (dX by columns), N=2', [2, 3, 9, 8], [4, 3, 4, 4], 3, 2],
+    // dW of all samples at once, in two passes (the copies of 80 or 20 samples exceed one pass)
+    ['short rows over two passes, N=80 (dW only)', [80, 1, 20, 20], [128, 1, 3, 3], 1, 1],
+    ['pointwise over two passes, N=20 (dW only)', [20, 2, 32, 32], [256, 2, 1, 1], 0, 1],
   ];
-  test.each(cases)('%s', (_n, xs, ws, pad, stride) => {
+  test.each(cases)('%s', (name, xs, ws, pad, stride) => {
+    const dwOnly = name.endsWith('(dW only)');
+    const r = rng(xs.reduce((a, b) => a * 31 + b, 7));
+    const [N, C, H, W] = xs, [Co, , kh, kw] = ws;
+    const Ho = Math.floor((H + 2 * pad - kh) / stride) + 1, Wo = Math.floor((W + 2 * pad - kw) / stride) + 1;
+    const X = fillRandom(N * C * H * W, r), Wt = fillRandom(Co * C * kh * kw, r), DY = fillRandom(N * Co * Ho * Wo, r);
+    // references: each entry summed in float64, then rounded once
+    const dwref = new Float32Array(Co * C * kh * kw), dxref = new Float64Array(N * C * H * W);
+    for (let co = 0; co < Co; co++)
+      for (let c = 0; c < C; c++)
+        for (let i = 0; i < kh; i++)
+          for (let j = 0; j < kw; j++) {
+            const wv = Wt[((co * C + c) * kh + i) * kw + j];
+            let acc = 0;
+            for (let n = 0; n < N; n++)
+              for (let oh = 0; oh < Ho; oh++) {
+                const h = oh * stride + i - pad;
+                if (h < 0 || h >= H) continue;
+                for (let ow = 0; ow < Wo; ow++) {
+                  const v = ow * stride + j - pad;
+                  if (v < 0 || v >= W) continue;
+                  const g = DY[((n * Co + co) * Ho + oh) * Wo + ow];
+                  acc += g * X[((n * C + c) * H + h) * W + v];
+                  if (!dwOnly) dxref[((n * C + c) * H + h) * W + v] += g * wv;
+                }
+              }
+            dwref[((co * C + c) * kh + i) * kw + j] = acc;
+          }
+    const yref = new Float32Array(dwOnly ? 0 : N * Co * Ho * Wo);
+    if (!dwOnly)
+      for (let n = 0; n < N; n++)
+        for (let co = 0; co < Co; co++)
+          for (let oh = 0; oh < Ho; oh++)
+            for (let ow = 0; ow < Wo; ow++) {
+              let acc = 0;
+              for (let c = 0; c < C; c++)
+                for (let i = 0; i < kh; i++)
+                  for (let j = 0; j < kw; j++) {
+                    const h = oh * stride + i - pad, v = ow * stride + j - pad;
+                    if (h >= 0 && h < H && v >= 0 && v < W) acc += Wt[((co * C + c) * kh + i) * kw + j] * X[((n * C + c) * H + h) * W + v];
+                  }
+              yref[((n * Co + co) * Ho + oh) * Wo + ow] = acc;
+            }
     for (const threads of [1, 2])
       as.tidy(() => {
         as.setNumThreads(threads);
-        const r = rng(xs.reduce((a, b) => a * 31 + b, 7));
-        const [N, C, H, W] = xs, [Co, , kh, kw] = ws;
-        const Ho = Math.floor((H + 2 * pad - kh) / stride) + 1, Wo = Math.floor((W + 2 * pad - kw) / stride) + 1;
-        const X = fillRandom(N * C * H * W, r), Wt = fillRandom(Co * C * kh * kw, r), DY = fillRandom(N * Co * Ho * Wo, r);
         const x = as.tensor(X, xs), w = as.tensor(Wt, ws), dy = as.tensor(DY, [N, Co, Ho, Wo]);
-        const [dxH, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, stride, stride, pad, pad, true, true, false);
+        const [dxH, dwH] = native.conv2dBackward(dy.handle, x.handle, w.handle, stride, stride, pad, pad, !dwOnly, true, false);
         const dw = new as.Tensor(dwH!).toFloat32Array();
+        expect(compareArrays(dw, dwref, 1e-4, 1e-5, `dw, ${threads} thread(s)`).message).toMatch(/ok/);
+        if (dwOnly) return;
         const dx = new as.Tensor(dxH!).toFloat32Array();
-        const dxref = new Float64Array(dx.length);
-        const ref = new Float32Array(dw.length); // each entry summed in float64, then rounded once
-        for (let co = 0; co < Co; co++)
-          for (let c = 0; c < C; c++)
-            for (let i = 0; i < kh; i++)
-              for (let j = 0; j < kw; j++) {
-                let acc = 0;
-                for (let n = 0; n < N; n++)
-                  for (let oh = 0; oh < Ho; oh++) {
-                    const h = oh * stride + i - pad;
-                    if (h < 0 || h >= H) continue;
-                    for (let ow = 0; ow < Wo; ow++) {
-                      const v = ow * stride + j - pad;
-                      if (v < 0 || v >= W) continue;
-                      acc += DY[((n * Co + co) * Ho + oh) * Wo + ow] * X[((n * C + c) * H + h) * W + v];
-                      dxref[((n * C + c) * H + h) * W + v] += DY[((n * Co + co) * Ho + oh) * Wo + ow] * Wt[((co * C + c) * kh + i) * kw + j];
-                    }
-                  }
-                ref[((co * C + c) * kh + i) * kw + j] = acc;
-              }
-        expect(compareArrays(dw, ref, 1e-4, 1e-5, `dw, ${threads} thread(s)`).message).toMatch(/ok/);
         expect(compareArrays(dx, Float32Array.from(dxref), 1e-4, 1e-5, `dx, ${threads} thread(s)`).message).toMatch(/ok/);
-        // the forward on the same layout
         const y = new as.Tensor(native.conv2dForward(x.handle, w.handle, null, stride, stride, pad, pad)).toFloat32Array();
-        const yref = new Float32Array(y.length);
-        for (let n = 0; n < N; n++)
-          for (let co = 0; co < Co; co++)
-            for (let oh = 0; oh < Ho; oh++)
-              for (let ow = 0; ow < Wo; ow++) {
-                let acc = 0;
-                for (let c = 0; c < C; c++)
-                  for (let i = 0; i < kh; i++)
-                    for (let j = 0; j < kw; j++) {
-                      const h = oh * stride + i - pad, v = ow * stride + j - pad;
-                      if (h >= 0 && h < H && v >= 0 && v < W) acc += Wt[((co * C + c) * kh + i) * kw + j] * X[((n * C + c) * H + h) * W + v];
-                    }
-                yref[((n * Co + co) * Ho + oh) * Wo + ow] = acc;
-              }
         expect(compareArrays(y, yref, 1e-4, 1e-5, `y, ${threads} thread(s)`).message).toMatch(/ok/);
       });
   });

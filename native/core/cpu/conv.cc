@@ -14,8 +14,9 @@
 //             taps (DxPhase), placed into dx with the stride.
 //   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q], with dy~ = dy in the padded
 //             layout (0 in the unused columns), accumulated over samples: long rows by dot
-//             products (gemm_dot), short rows as [K, Cout] with each tap row read in place
-//             against dy~^T (gemm_rows_in_place).
+//             products (gemm_dot) sample by sample; short rows for all samples at once as
+//             [K, Cout], each tap row read in place against dy~^T (batched_weight_grad; also
+//             the pointwise dW).
 // Otherwise ("columns": always with BLAS, and dX when the padding reaches past the kernel):
 // im2col + GEMM. With K = Cin*kh*kw
 // and P = Ho*Wo: forward y[n] = W @ cols(x[n]); dW += dy[n] @ cols(x[n])^T; dcols = W^T @ dy[n]
@@ -389,14 +390,12 @@ AS_VECTORIZE void dy_rows(const float* __restrict dy, int64_t Cout, int64_t Ho, 
   }
 }
 
-// Whether the windows dW of a shape runs with short rows (Q = Ho * Wp below kDotMinDepth): then
-// it accumulates the transposed gradient [K, Cout], each row of taps read in place from the
-// padded sample against dy^T (gemm_rows_in_place: only dy is packed, once per sample, instead
-// of K x Q window values); with long rows, dot products write [Cout, K] directly.
-bool dw_transposed(const Conv2dDims& d, const Padded& g) { return d.Ho * g.Wp < kDotMinDepth; }
+// Whether a windows dW has short rows (Q = Ho * Wp below kDotMinDepth): then it runs for all
+// samples at once (batched_weight_grad), else sample by sample by dot products.
+bool dw_short_rows(const Conv2dDims& d, const Padded& g) { return d.Ho * g.Wp < kDotMinDepth; }
 
-// dw_acc (=, or += when accumulate) the weight gradient of one sample: [K, Cout] when
-// dw_transposed, else [Cout, K].
+// dw_acc [Cout, K] (=, or += when accumulate) the weight gradient of one sample, by dot products
+// along the (long) rows: dW[co][r] = sum_q dy~[co][q] xp[off(r) + q].
 void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* off,
                          const float* x, const float* dy, float* dw_acc, bool accumulate,
                          bool inner_parallel) {
@@ -406,18 +405,6 @@ void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* of
   pad_sample(x, g, xp, inner_parallel);
   float* a = scratch(4, size_t(d.Cout * Q16)).data();
   dy_rows(dy, d.Cout, d.Ho, d.Wo, g.Wp, Q16, a);
-  if (dw_transposed(d, g)) {
-    if (!inner_parallel) {
-      gemm_rows_in_place(0, K, d.Cout, Q, xp, off, a, Q16, accumulate, dw_acc, d.Cout);
-      return;
-    }
-    constexpr int64_t kRowTile = 48;  // a multiple of every register tile's height (8, 6, 4)
-    parallel_for((K + kRowTile - 1) / kRowTile, 1, [&](int64_t t0, int64_t t1) {
-      gemm_rows_in_place(t0 * kRowTile, std::min(K, t1 * kRowTile), d.Cout, Q, xp, off, a, Q16,
-                         accumulate, dw_acc, d.Cout);
-    });
-    return;
-  }
   const float beta = accumulate ? 1.0f : 0.0f;
   if (!inner_parallel) {
     gemm_dot(d.Cout, Q, a, Q16, xp, off, beta, dw_acc, K, 0, K);
@@ -555,8 +542,8 @@ void forward_sample(const Conv2dDims& d, const float* x, const float* w, const f
   if (b) add_bias(y, b, d.Cout, P);
 }
 
-// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample;
-// [K, Cout] when the plan's dW is transposed, else [Cout, K]), dx written per sample.
+// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample), dx
+// written per sample.
 void backward_group(const Conv2dDims& d, const float* dy, const float* x, const float* w,
                     float* dx, float* dw_acc, int64_t n0, int64_t n1, const WindowsPlan& plan,
                     bool inner_parallel) {
@@ -601,6 +588,60 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
   }
 }
 
+// dW of all samples at once, for the windows shapes with short rows and for pointwise
+// convolutions (plan null): dW^T [K, Cout] = sum over samples of A~_n dy~_n^T, where row r of
+// A~_n is tap r of sample n read in place (the padded copy; x itself when pointwise) and dy~_n
+// (dy in the padded layout) is the only packed operand. Row tiles of K go across the pool; each
+// element sums the samples in order in registers and is written once (per pass of at most
+// kBatchFloats of copies), so the bits do not depend on the thread count. Then dW = (dW^T)^T.
+void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const float* x,
+                         const float* dy, float* dw) {
+  constexpr int64_t kBatchFloats = int64_t(1) << 22;
+  constexpr int64_t kRowTile = 48;  // a multiple of every register tile's height (8, 6, 4)
+  const int64_t K = d.K(), Cout = d.Cout, P = d.P();
+  const int64_t x_stride = d.Cin * d.H * d.W, y_stride = Cout * P;
+  const Padded* g = plan ? &plan->gx : nullptr;
+  const int64_t Q = g ? d.Ho * g->Wp : P;
+  const int64_t Q16 = (Q + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
+  const int64_t xsize = g ? g->total : 0, psize = gemm_rows_packed_size(Cout, Q);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(d.N, kBatchFloats / (xsize + psize)));
+  std::vector<float> xbuf(size_t(g ? chunk * xsize : 0)), bbuf(size_t(chunk * psize));
+  std::vector<const float*> xps(static_cast<size_t>(chunk));
+  std::vector<int64_t> rows_off;
+  if (!g) {
+    rows_off.resize(size_t(K));
+    for (int64_t c = 0; c < K; ++c) rows_off[size_t(c)] = c * P;
+  }
+  const int64_t* off = g ? plan->offx.data() : rows_off.data();
+  std::vector<float> dwt(size_t(K * Cout));
+  for (int64_t n0 = 0; n0 < d.N; n0 += chunk) {
+    const int64_t nc = std::min(chunk, d.N - n0);
+    parallel_for(nc, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const float* xn = x + (n0 + s) * x_stride;
+        const float* dyn = dy + (n0 + s) * y_stride;
+        float* packed = bbuf.data() + s * psize;
+        if (g) {
+          float* xp = xbuf.data() + s * xsize;
+          pad_sample(xn, *g, xp, false);
+          xps[size_t(s)] = xp;
+          float* a = scratch(4, size_t(Cout * Q16)).data();
+          dy_rows(dyn, Cout, d.Ho, d.Wo, g->Wp, Q16, a);
+          gemm_rows_pack(a, Q16, Cout, Q, packed);
+        } else {
+          xps[size_t(s)] = xn;
+          gemm_rows_pack(dyn, P, Cout, P, packed);
+        }
+      }
+    });
+    parallel_for((K + kRowTile - 1) / kRowTile, 1, [&](int64_t t0, int64_t t1) {
+      gemm_rows_batched(t0 * kRowTile, std::min(K, t1 * kRowTile), Cout, Q, off, xps.data(), nc,
+                        bbuf.data(), n0 > 0, dwt.data(), Cout);
+    });
+  }
+  loops::transpose(dwt.data(), Cout, K, Cout, dw, K);
+}
+
 }  // namespace
 
 void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const float* b,
@@ -640,21 +681,27 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   if (groups == 0) return;
 
   WindowsPlan plan;
-  if (windows_usable(d)) {
+  const bool windows = windows_usable(d);
+  if (windows) {
     plan.gx = padded(d);
     plan.offx = tap_offsets(d, plan.gx);
-    plan.bwd_dw = dw != nullptr;
     // dX = stride-1 correlations of dy with the flipped weight, one per phase of the stride.
     if (dx) plan.bwd_dx = plan_dx_phases(d, w, plan.dx_phases);
   }
+  // dW of short-row and pointwise shapes: all samples at once, apart from the groups below.
+  if (dw && gemm_backend() == GemmBackend::Own &&
+      (d.pointwise() || (windows && dw_short_rows(d, plan.gx)))) {
+    batched_weight_grad(d, windows ? &plan : nullptr, x, dy, dw);
+    dw = nullptr;
+    if (!dx) return;
+  }
+  plan.bwd_dw = windows && dw != nullptr;
 
-  // Group partials of dW; a transposed dW ([K, Cout] partials) always goes through them.
-  const bool dw_t = dw && plan.bwd_dw && dw_transposed(d, plan.gx);
   std::vector<float> part;
-  if (dw && (groups > 1 || dw_t)) part.resize(size_t(groups * CK));
+  if (dw && groups > 1) part.resize(size_t(groups * CK));
   auto dw_of = [&](int64_t g) -> float* {
     if (!dw) return nullptr;
-    return part.empty() ? dw : part.data() + g * CK;
+    return groups == 1 ? dw : part.data() + g * CK;
   };
   auto group_begin = [&](int64_t g) { return d.N * g / groups; };
   if (across_samples(groups)) {
@@ -666,20 +713,7 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     for (int64_t g = 0; g < groups; ++g)
       backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, true);
   }
-  if (dw_t) {
-    // dw[co][r] = (partial 0 + partial 1 + ...)[r][co], in group order, a block of rows at a time.
-    constexpr int64_t kRows = 64;
-    parallel_for((K + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> sum(size_t(kRows * d.Cout));
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * kRows, rows = std::min(kRows, K - r0), n = rows * d.Cout;
-        std::memcpy(sum.data(), part.data() + r0 * d.Cout, size_t(n) * sizeof(float));
-        for (int64_t g = 1; g < groups; ++g) add_into(sum.data(), part.data() + g * CK + r0 * d.Cout, n);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t co = 0; co < d.Cout; ++co) dw[co * K + r0 + r] = sum[size_t(r * d.Cout + co)];
-      }
-    });
-  } else if (dw && groups > 1) {
+  if (dw && groups > 1) {
     // dw = partial 0 + partial 1 + ... in group order, element-wise (split over the pool).
     parallel_for(CK, 4096, [&](int64_t e0, int64_t e1) {
       std::memcpy(dw + e0, part.data() + e0, size_t(e1 - e0) * sizeof(float));

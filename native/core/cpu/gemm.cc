@@ -397,15 +397,17 @@ AS_VECTORIZE void direct_6x16(const DirectBlock& p) { direct_macro<6, 16>(p); }
 AS_VECTORIZE void direct_4x16(const DirectBlock& p) { direct_macro<4, 16>(p); }
 
 // ---- A read in place along the depth (convolution weight gradients) -------------------------
-// Rows [i0, i1) of C [., N] (=, or += unless first) A~ @ Bp, where row i of A~ is
-// xp + off[i] + p0 (kc floats, contiguous: the depth runs along it) and Bp is packed like a B
-// panel (slivers of kc x NR). The register tile is the packed kernel's (MR x NR): per depth
-// step MR broadcasts, read from MR row pointers instead of a packed A sliver.
+// Rows [i0, i1) of C [., N] (=, or += unless first) sum over samples s of A~_s @ B_s, where row i
+// of A~_s is xps[s] + off[i] (K floats, contiguous: the depth runs along it) and B_s is packed
+// as depth blocks of slivers (gemm_rows_pack). The register tile is the packed kernel's
+// (MR x NR): per depth step MR broadcasts, read from MR row pointers instead of a packed A
+// sliver; the tile stays in registers across all the samples and is written once.
 struct RowsBlock {
-  const float* xp;
-  const int64_t* off;  // row offsets (indexed by row)
-  int64_t i0, i1, p0, kc;
-  const float* Bp;
+  const int64_t* off;    // row offsets (indexed by row)
+  const float* const* xps;
+  int64_t samples;
+  int64_t i0, i1, K;
+  const float* Bp;       // samples' packed operands, back to back
   int64_t N;
   float* C;
   int64_t ldc;
@@ -414,25 +416,31 @@ struct RowsBlock {
 
 template <int MR, int NR>
 __attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
-  for (int64_t s = 0; s * NR < p.N; ++s) {
-    const float* __restrict b = p.Bp + s * p.kc * NR;
+  const int64_t slivers = (p.N + NR - 1) / NR, per_sample = slivers * NR * p.K;
+  for (int64_t s = 0; s < slivers; ++s) {
     const int nr = int(std::min<int64_t>(NR, p.N - s * NR));
     for (int64_t i = p.i0; i < p.i1; i += MR) {
       const int mr = int(std::min<int64_t>(MR, p.i1 - i));
-      const float* a[MR];
-      for (int r = 0; r < MR; ++r) a[r] = p.xp + p.off[std::min<int64_t>(i + r, p.i1 - 1)] + p.p0;
       float acc[MR][NR];
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r)
 #pragma omp simd
         for (int j = 0; j < NR; ++j) acc[r][j] = 0.0f;
-      for (int64_t k = 0; k < p.kc; ++k) {
-        const float* __restrict bk = b + k * NR;
+      for (int64_t n = 0; n < p.samples; ++n) {
+        const float* a[MR];
+        for (int r = 0; r < MR; ++r) a[r] = p.xps[n] + p.off[std::min<int64_t>(i + r, p.i1 - 1)];
+        for (int64_t pc = 0; pc < p.K; pc += KC) {
+          const int64_t kc = std::min(KC, p.K - pc);
+          const float* __restrict b = p.Bp + n * per_sample + slivers * NR * pc + s * kc * NR;
+          for (int64_t k = 0; k < kc; ++k) {
+            const float* __restrict bk = b + k * NR;
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
-          const float av = a[r][k];
+            for (int r = 0; r < MR; ++r) {
+              const float av = a[r][pc + k];
 #pragma omp simd
-          for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
+              for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
+            }
+          }
         }
       }
       float* c = p.C + i * p.ldc + s * NR;
@@ -646,24 +654,31 @@ void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, con
   }
 }
 
-void gemm_rows_in_place(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* xp,
-                        const int64_t* off, const float* Bt, int64_t ldbt, bool accumulate,
-                        float* C, int64_t ldc) {
+int64_t gemm_rows_packed_size(int64_t N, int64_t K) {
+  const int NR = kernel().NR;
+  return (N + NR - 1) / NR * NR * K;
+}
+
+void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out) {
+  const int NR = kernel().NR;
+  const int64_t slivers = (N + NR - 1) / NR;
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min(KC, K - pc);
+    pack_b(true, Bt, ldbt, pc, kc, 0, N, NR, 0, slivers, out + slivers * NR * pc);
+  }
+}
+
+void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64_t* off,
+                       const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
+                       float* C, int64_t ldc) {
   if (i1 <= i0 || N <= 0) return;
-  if (K <= 0) {
+  if (K <= 0 || samples <= 0) {
     if (!accumulate) scale_c(i1 - i0, N, 0.0f, C + i0 * ldc, ldc);
     return;
   }
   const Kernel& kern = kernel();
   void (*run)(const RowsBlock&) = kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16;
-  const int64_t slivers = (N + kern.NR - 1) / kern.NR;
-  float* Bp = b_buffer().get(size_t(slivers * kern.NR * std::min(KC, K)));
-  for (int64_t pc = 0; pc < K; pc += KC) {
-    const int64_t kc = std::min(KC, K - pc);
-    // B [K, N] is Bt transposed: pack its depth block as slivers of kc x NR.
-    pack_b(true, Bt, ldbt, pc, kc, 0, N, kern.NR, 0, slivers, Bp);
-    run(RowsBlock{xp, off, i0, i1, pc, kc, Bp, N, C, ldc, pc == 0 && !accumulate});
-  }
+  run(RowsBlock{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate});
 }
 
 void GemmMatrixB::pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0,

@@ -105,14 +105,20 @@ void gemm_packed_a(const GemmPackedA& A, int64_t N, float alpha, const GemmBSour
 void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, const int64_t* off,
                            int64_t q_base, float* C, int64_t ldc);
 
-// C[i][n] (=, or += when accumulate) sum_{k < K} xp[off[i] + k] * Bt[n * ldbt + k] for rows
-// i in [i0, i1) and n < N, on the calling thread: a product whose left operand's rows are read
-// in place (contiguous along the depth, at offsets off[i] of xp) against Bt^T, packed per call
-// (small). The depth runs in blocks of kGemmKC, each summed in order, so splitting the rows
-// across threads does not change any bit. Reads exactly K floats of each row.
-void gemm_rows_in_place(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* xp,
-                        const int64_t* off, const float* Bt, int64_t ldbt, bool accumulate,
-                        float* C, int64_t ldc);
+// Products whose left operand's rows are read in place, contiguous along the depth (the taps of
+// a padded sample in a convolution's weight gradient), summed over samples:
+//   C[i][n] (=, or += when accumulate) sum over samples s < samples, k < K of
+//           xps[s][off[i] + k] * Bt_s[n][k]
+// for rows i in [i0, i1) and n < N, on the calling thread. Bt_s [N, K] (row n contiguous along the
+// depth) is packed beforehand by gemm_rows_pack into gemm_rows_packed_size(N, K) floats, the
+// samples' packs back to back in Bp. Each element adds the samples in order, each sample's depth
+// in blocks of kGemmKC in order, in registers, and is written once: splitting the rows across
+// threads does not change any bit. Reads exactly K floats of each row.
+int64_t gemm_rows_packed_size(int64_t N, int64_t K);
+void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out);
+void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64_t* off,
+                       const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
+                       float* C, int64_t ldc);
 
 // Dot-product kernel for products whose depth is contiguous in both operands:
 //   C[i][j] = sum_{k < len} A[i * lda + k] * B[boff[j] + k]  (+ beta * C[i][j]),
