@@ -437,6 +437,9 @@ struct WindowsPlan {
   std::vector<int64_t> offx;          // tap offsets on it
   std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
   std::vector<DxPhase> dx_phases;     // dX (empty: the phases' taps are all outside dx)
+  // Pointwise convolutions with the own GEMM: the weight [Cout, Cin] (forward) or its transpose
+  // (dX), packed once per call instead of once per sample.
+  std::unique_ptr<GemmPackedA> pointwise;
 };
 
 // dX as stride-1 correlations of dy, one per phase of the stride (one in all for stride 1, whose
@@ -529,7 +532,10 @@ void forward_sample(const Conv2dDims& d, const float* x, const float* w, const f
   const GemmFn G = inner_parallel ? &gemm : &gemm_serial;
   const int64_t K = d.K(), P = d.P();
   if (d.pointwise()) {
-    G(false, false, d.Cout, P, d.Cin, 1.0f, w, d.Cin, x, P, 0.0f, y, P);
+    if (plan.pointwise)
+      gemm_packed_a(*plan.pointwise, P, 1.0f, GemmMatrixB(false, x, P), 0.0f, y, P, inner_parallel);
+    else
+      G(false, false, d.Cout, P, d.Cin, 1.0f, w, d.Cin, x, P, 0.0f, y, P);
   } else {
     const int64_t chunk = pixel_chunk(d);
     float* cols = scratch(0, size_t(K * chunk)).data();
@@ -574,7 +580,11 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
       if (plan.bwd_dx) {
         windows_input_grad(d, plan.dx_phases, dyn, dxn, inner_parallel);
       } else if (d.pointwise()) {
-        G(true, false, d.Cin, P, d.Cout, 1.0f, w, d.Cin, dyn, P, 0.0f, dxn, P);
+        if (plan.pointwise)
+          gemm_packed_a(*plan.pointwise, P, 1.0f, GemmMatrixB(false, dyn, P), 0.0f, dxn, P,
+                        inner_parallel);
+        else
+          G(true, false, d.Cin, P, d.Cout, 1.0f, w, d.Cin, dyn, P, 0.0f, dxn, P);
       } else {
         std::fill(dxn, dxn + x_stride, 0.0f);
         float* dcols = scratch(1, size_t(K * chunk)).data();
@@ -653,6 +663,8 @@ void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const f
     plan.gx = padded(d);
     plan.offx = tap_offsets(d, plan.gx);
     plan.w = std::make_unique<GemmPackedA>(false, d.Cout, d.K(), w, d.K());
+  } else if (d.pointwise() && gemm_backend() == GemmBackend::Own) {
+    plan.pointwise = std::make_unique<GemmPackedA>(false, d.Cout, d.Cin, w, d.Cin);
   }
   if (across_samples(d.N)) {
     parallel_for(d.N, 1, [&](int64_t n0, int64_t n1) {
@@ -687,6 +699,8 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     plan.offx = tap_offsets(d, plan.gx);
     // dX = stride-1 correlations of dy with the flipped weight, one per phase of the stride.
     if (dx) plan.bwd_dx = plan_dx_phases(d, w, plan.dx_phases);
+  } else if (dx && d.pointwise() && gemm_backend() == GemmBackend::Own) {
+    plan.pointwise = std::make_unique<GemmPackedA>(true, d.Cin, d.Cout, w, d.Cin);  // W^T
   }
   // dW of short-row and pointwise shapes: all samples at once, apart from the groups below.
   if (dw && gemm_backend() == GemmBackend::Own &&
