@@ -49,15 +49,11 @@ inline int64_t tok(const RegionGrid& g, int64_t n, int64_t p, int64_t c) {
 
 }  // namespace
 
-// Runs fn(offset, length) over the contiguous pieces of a cell within a plane: the whole
-// cell at once when it spans full rows (always for AdaShift-B), else row by row.
+// Runs fn(offset, length) over a cell of a grid with one cell per row band (Pw = 1, always
+// for AdaShift-B): the cell's rows are one contiguous run of the plane.
 template <typename RunFn>
 inline void for_each_run(const RegionGrid& g, const Cell& cell, int64_t base, RunFn fn) {
-  if (cell.w0 == 0 && cell.w1 == g.W) {
-    fn(base + int64_t(cell.h0) * g.W, int64_t(cell.h1 - cell.h0) * g.W);
-    return;
-  }
-  for (int h = cell.h0; h < cell.h1; ++h) fn(base + int64_t(h) * g.W + cell.w0, cell.w1 - cell.w0);
+  fn(base + int64_t(cell.h0) * g.W, int64_t(cell.h1 - cell.h0) * g.W);
 }
 
 // Grids whose cells split rows (Pw > 1) are processed a plane at a time: the plane's cell

@@ -385,36 +385,6 @@ AS_VECTORIZE void layernorm_backward_rows(const float* __restrict dy, const floa
   }
 }
 
-AS_VECTORIZE void column_sums(const float* __restrict x, int64_t rows, int64_t W, float* __restrict acc) {
-  for (int64_t w = 0; w < W; ++w) acc[w] = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + r * W;
-#pragma omp simd
-    for (int64_t w = 0; w < W; ++w) acc[w] += row[w];
-  }
-}
-
-// The inner loop streams a row of B into a row of C (vectorised, FMA where available); k is
-// blocked so the block of B stays in cache across the rows.
-AS_VECTORIZE void gemm_rows(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* __restrict A,
-                            const float* __restrict B, float* __restrict C) {
-  constexpr int64_t kKB = 256;
-  for (int64_t i = i0; i < i1; ++i)
-    for (int64_t j = 0; j < N; ++j) C[i * N + j] = 0.0f;
-  for (int64_t k0 = 0; k0 < K; k0 += kKB) {
-    const int64_t k1 = k0 + kKB < K ? k0 + kKB : K;
-    for (int64_t i = i0; i < i1; ++i) {
-      float* __restrict c = C + i * N;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float a = A[i * K + k];
-        const float* __restrict b = B + k * N;
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
-      }
-    }
-  }
-}
-
 #define AS_MAP1(name, f)                                                                  \
   AS_VECTORIZE static void name(const float* __restrict x, float* __restrict y, int64_t n) { \
     _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) y[i] = f(x[i]);                     \

@@ -39,8 +39,6 @@ void gate_input_grad_v(const float* x, const float* dy, const float* s, const fl
 void gate_grads_v(const float* x, const float* dy, const float* s, float* dx, float* ds, int64_t n);
 // x[i] += a[i]
 void add_v(float* x, const float* a, int64_t n);
-// acc[w] = sum over r < rows of x[r * W + w]
-void column_sums(const float* x, int64_t rows, int64_t W, float* acc);
 // Column sums of each band of rows of a [H, W] plane: out[b * W + w] = sum over h in
 // [row0[b], row0[b + 1]) of x[h * W + w], for b < bands.
 void band_column_sums(const float* x, int64_t W, const int* row0, int bands, float* out);
@@ -76,8 +74,6 @@ void layernorm3_backward_rows(const float* const* dy, const float* xhat, const f
 void layernorm_backward_rows(const float* dy, const float* x, const float* mean, const float* rstd,
                              const float* w, int64_t rows, int64_t C, float* dx, double* acc_w,
                              double* acc_b);
-// C[i0:i1, :] = A[i0:i1, :] @ B with A [M, K], B [K, N], C [M, N] row-major
-void gemm_rows(int64_t i0, int64_t i1, int64_t N, int64_t K, const float* A, const float* B, float* C);
 void act_forward(Act a, const float* x, float* y, int64_t n);
 void act_backward(Act a, const float* x, const float* dy, float* dx, int64_t n);
 
