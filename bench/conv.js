@@ -125,5 +125,6 @@ for (const r of results.sort((a, b) => shapes.findIndex((s) => s.name === a.shap
   console.log(`${r.shape.padEnd(12)} ${r.impl.padEnd(22)} ${r.fwd.toFixed(2).padStart(6)}  ${r.bwd.toFixed(2).padStart(6)}  ${r.total.toFixed(2).padStart(8)}  ${r.fwdGflops.toFixed(1).padStart(11)}  ${r.bwdGflops.toFixed(1).padStart(11)}`);
 }
 if (jsonOut) {
-  fs.writeFileSync(jsonOut, JSON.stringify({ batch, threads, reps, kernel: info.kernel, torch: torchInfo && torchInfo.torch, results }, null, 2) + '\n');
+  const { environment } = require('../dist/bench/common');
+  fs.writeFileSync(jsonOut, JSON.stringify({ ...environment('cpu'), batch, threads, reps, kernel: info.kernel, torch: torchInfo && torchInfo.torch, results }, null, 2) + '\n');
 }
