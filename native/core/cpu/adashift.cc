@@ -138,6 +138,25 @@ inline void tokens_per_pixel(const RegionGrid& g, const GridLayout& L, const flo
   for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)] * L.inv[size_t(p)];
 }
 
+// Per plane, the shift gradient's per-pixel terms (and, when dx is given, the direct input
+// gradient in the same pass), summed per cell into ds.
+static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
+                                 float* dx, float* ds) {
+  const GridLayout& L = layout_of(g);
+  const int64_t HW = g.H * g.W;
+  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
+    float* vals = scratch(0, size_t(g.tokens()));
+    float* smap = scratch(1, size_t(HW));
+    float* contrib = scratch(2, size_t(HW));
+    float* cols = scratch(3, size_t(g.Ph * g.W));
+    const float* sm = expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap);
+    if (dx) loops::gate_grads_v(x + base, dy + base, sm, dx + base, contrib, HW);
+    else loops::gate_shift_grad_v(x + base, dy + base, sm, contrib, HW);
+    const float* sums = cell_sums(g, L, contrib, cols, vals);
+    for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
+  });
+}
+
 void region_pool_forward(const RegionGrid& g, const float* x, float* t) {
   if (g.Pw == 1) {
     for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
@@ -209,17 +228,7 @@ void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, 
     });
     return;
   }
-  const GridLayout& L = layout_of(g);
-  const int64_t HW = g.H * g.W;
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    float* smap = scratch(1, size_t(HW));
-    float* contrib = scratch(2, size_t(HW));
-    float* cols = scratch(3, size_t(g.Ph * g.W));
-    loops::gate_shift_grad_v(x + base, dy + base, expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap), contrib, HW);
-    const float* sums = cell_sums(g, L, contrib, cols, vals);
-    for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
-  });
+  shift_grads_by_plane(g, x, dy, s, nullptr, ds);
 }
 
 void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
@@ -256,17 +265,7 @@ void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, c
 
 void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, const float* s,
                          float* dx, float* ds) {
-  const GridLayout& L = layout_of(g);
-  const int64_t HW = g.H * g.W;
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    float* smap = scratch(1, size_t(HW));
-    float* contrib = scratch(2, size_t(HW));
-    float* cols = scratch(3, size_t(g.Ph * g.W));
-    loops::gate_grads_v(x + base, dy + base, expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap), dx + base, contrib, HW);
-    const float* sums = cell_sums(g, L, contrib, cols, vals);
-    for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
-  });
+  shift_grads_by_plane(g, x, dy, s, dx, ds);
 }
 
 void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx) {

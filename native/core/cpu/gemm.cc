@@ -323,6 +323,33 @@ void gemm_own(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
 }
 
 // ---- prepacked A against an unpacked window source (convolutions) ---------------------------
+// Writes an MR x NR register tile (mr x nr of it valid) to C: = when first, else +=.
+template <int MR, int NR>
+__attribute__((always_inline)) inline void store_tile(const float (&acc)[MR][NR], float* c,
+                                                      int64_t ldc, int mr, int nr, bool first) {
+  if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      float* __restrict ci = c + i * ldc;
+      if (first) {
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) ci[j] = acc[i][j];
+      } else {
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) ci[j] += acc[i][j];
+      }
+    }
+    return;
+  }
+  for (int i = 0; i < mr; ++i) {
+    float* ci = c + i * ldc;
+    if (first)
+      for (int j = 0; j < nr; ++j) ci[j] = acc[i][j];
+    else
+      for (int j = 0; j < nr; ++j) ci[j] += acc[i][j];
+  }
+}
+
 // The micro-kernel of macro_body with B read in place: row k of the sliver at column q0 is
 // xp + off[p0 + k] + q0 (NR floats, unaligned). Same accumulation order as macro_body.
 template <int MR, int NR>
@@ -347,29 +374,7 @@ __attribute__((always_inline)) inline void direct_body(const float* Ap, const fl
         for (int j = 0; j < NR; ++j) acc[i][j] += av * bk[j];
       }
     }
-    const int mr = int(std::min<int64_t>(MR, mc - t * MR));
-    float* c = C + t * MR * ldc;
-    if (mr == MR && nr == NR) {
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        float* __restrict ci = c + i * ldc;
-        if (first) {
-#pragma omp simd
-          for (int j = 0; j < NR; ++j) ci[j] = 1.0f * acc[i][j];
-        } else {
-#pragma omp simd
-          for (int j = 0; j < NR; ++j) ci[j] += 1.0f * acc[i][j];
-        }
-      }
-    } else {
-      for (int i = 0; i < mr; ++i) {
-        float* ci = c + i * ldc;
-        if (first)
-          for (int j = 0; j < nr; ++j) ci[j] = 1.0f * acc[i][j];
-        else
-          for (int j = 0; j < nr; ++j) ci[j] += 1.0f * acc[i][j];
-      }
-    }
+    store_tile<MR, NR>(acc, C + t * MR * ldc, ldc, int(std::min<int64_t>(MR, mc - t * MR)), nr, first);
   }
 }
 
@@ -443,28 +448,7 @@ __attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
           }
         }
       }
-      float* c = p.C + i * p.ldc + s * NR;
-      if (mr == MR && nr == NR) {
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
-          float* __restrict cr = c + r * p.ldc;
-          if (p.first) {
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) cr[j] = acc[r][j];
-          } else {
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) cr[j] += acc[r][j];
-          }
-        }
-      } else {
-        for (int r = 0; r < mr; ++r) {
-          float* cr = c + r * p.ldc;
-          if (p.first)
-            for (int j = 0; j < nr; ++j) cr[j] = acc[r][j];
-          else
-            for (int j = 0; j < nr; ++j) cr[j] += acc[r][j];
-        }
-      }
+      store_tile<MR, NR>(acc, p.C + i * p.ldc + s * NR, p.ldc, mr, nr, p.first);
     }
   }
 }

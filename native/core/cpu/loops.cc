@@ -259,23 +259,30 @@ AS_VECTORIZE void softmax_backward_rows(const float* y, const float* dy, int64_t
   }
 }
 
+// A row's LayerNorm statistics: the mean and 1 / sqrt(var + eps), both passes in double.
+__attribute__((always_inline)) inline void row_stats(const float* __restrict xr, int64_t C, float eps,
+                                                     float& m, float& rs) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
+  const double mu = s / double(C);
+  double v = 0.0;
+#pragma omp simd reduction(+ : v)
+  for (int64_t j = 0; j < C; ++j) {
+    const double d = double(xr[j]) - mu;
+    v += d * d;
+  }
+  rs = float(1.0 / __builtin_sqrt(v / double(C) + double(eps)));
+  m = float(mu);
+}
+
 AS_VECTORIZE void layernorm_rows(const float* __restrict x, const float* __restrict w, const float* __restrict b,
                                  float eps, int64_t rows, int64_t C, float* __restrict y,
                                  float* __restrict mean, float* __restrict rstd) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * C;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
-    const double mu = s / double(C);
-    double v = 0.0;
-#pragma omp simd reduction(+ : v)
-    for (int64_t j = 0; j < C; ++j) {
-      const double d = double(xr[j]) - mu;
-      v += d * d;
-    }
-    const float rs = float(1.0 / __builtin_sqrt(v / double(C) + double(eps)));
-    const float m = float(mu);
+    float m, rs;
+    row_stats(xr, C, eps, m, rs);
     float* yr = y + r * C;
 #pragma omp simd
     for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
@@ -288,18 +295,8 @@ AS_VECTORIZE void normalize_rows(const float* __restrict x, float eps, int64_t r
                                  float* __restrict xhat, float* __restrict mean, float* __restrict rstd) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * C;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
-    const double mu = s / double(C);
-    double v = 0.0;
-#pragma omp simd reduction(+ : v)
-    for (int64_t j = 0; j < C; ++j) {
-      const double d = double(xr[j]) - mu;
-      v += d * d;
-    }
-    const float rs = float(1.0 / __builtin_sqrt(v / double(C) + double(eps)));
-    const float m = float(mu);
+    float m, rs;
+    row_stats(xr, C, eps, m, rs);
     float* hr = xhat + r * C;
 #pragma omp simd
     for (int64_t j = 0; j < C; ++j) hr[j] = (xr[j] - m) * rs;
