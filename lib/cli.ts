@@ -301,6 +301,7 @@ export function main(argv = process.argv): void {
     .option('--repeats <n>', 'timed steps (median reported)', parseIntArg('--repeats', 1, 10000), 10)
     .option('--warmup <n>', 'untimed steps first', parseIntArg('--warmup', 0, 1000), 2)
     .option('--no-torch', 'skip the PyTorch side-by-side run')
+    .option('--graph', 'CUDA: also time each step captured and replayed as one CUDA graph')
     .option('--profile', 'profile one model + activation (the first of --models and --acts; default resnet20, adashift-b): time per op family per step')
     .option('--out <dir>', 'folder for the JSON result', 'bench/results')
     .addOption(new Option('--input-size <n>', 'override the input height = width (tests)').argParser(parseIntArg('--input-size', 1, 4096)).hideHelp())
@@ -334,6 +335,7 @@ export function main(argv = process.argv): void {
         repeats: opts.repeats,
         warmup: opts.warmup,
         torch: opts.torch,
+        graph: opts.graph,
         outDir: opts.out,
         onResult: (section, row) => console.log(stepRowLine(section, row)),
       });

@@ -7,6 +7,7 @@ export type ErrorCode =
   | 'ERR_NO_CUDA'
   | 'ERR_CUDA'
   | 'ERR_CUDA_OOM'
+  | 'ERR_CUDA_GRAPH'
   | 'ERR_DISPOSED'
   | 'ERR_IO'
   | 'ERR_AUTOGRAD';

@@ -8,6 +8,8 @@ export {
 } from './tensor';
 export type { MemoryInfo, Shape, TensorOptions } from './tensor';
 export { isGradEnabled, noGrad } from './autograd';
+export { CudaGraph, isCapturing } from './graph';
+export type { CaptureOptions } from './graph';
 export * as functional from './functional';
 export * as nn from './nn';
 export * as io from './io';

@@ -68,6 +68,15 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   rand(shape: number[], kind: number, a: number, b: number, seed: number, offset: number, device: string): T;
   to(t: T, device: string): T;
   clone(t: T): T;
+  copy_(dst: T, src: T): void;
+  cudaGraphBegin(device: string): void;
+  /** An opaque handle owning the instantiated graph. */
+  cudaGraphEnd(device: string): unknown;
+  cudaGraphAbort(device: string): void;
+  cudaGraphCapturing(device: string): boolean;
+  cudaGraphReplay(graph: unknown): void;
+  cudaGraphDispose(graph: unknown): void;
+  cudaGraphPoolBytes(graph: unknown): number;
   binary(op: number, a: T, b: T): T;
   axpby(alpha: number, a: T, beta: number, b: OptT): T;
   axpy_(y: T, alpha: number, x: T): void;

@@ -5,7 +5,7 @@ import { AdaShiftError, check } from './errors';
 import { DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
 import type { GradFn } from './autograd';
-import { runBackward } from './autograd';
+import { isGradEnabled, runBackward } from './autograd';
 
 export type Shape = readonly number[];
 
@@ -95,6 +95,30 @@ export class Tensor {
     const d = resolveDevice(device);
     if (d === this.handle.device) return this;
     return new Tensor(native.to(this.handle, d), false);
+  }
+
+  /**
+   * Overwrites this tensor's values, in place, with those of `src` (a tensor of the same shape
+   * on any device, or a Float32Array of numel values). The memory stays the same, so a captured
+   * CUDA graph reading this tensor sees the new values on its next replay. Not differentiable:
+   * refused on a result of an op, and on a tensor that requires grad outside noGrad().
+   */
+  copy_(src: Tensor | Float32Array): this {
+    check(this.gradFn === null, 'ERR_AUTOGRAD', () => 'copy_: the tensor is the result of an op; copying into it would break its gradient');
+    check(!(this.requiresGrad && isGradEnabled()), 'ERR_AUTOGRAD', () => 'copy_ into a tensor that requires grad is allowed only inside noGrad(() => ...)');
+    if (src instanceof Float32Array) {
+      check(src.length === this.numel, 'ERR_SHAPE', () => `copy_: expected ${this.numel} values for shape [${this.shape.join(', ')}], got ${src.length}`);
+      const h = native.fromArray(src, this.shape, 'cpu');
+      try {
+        native.copy_(this.handle, h);
+      } finally {
+        h.dispose();
+      }
+      return this;
+    }
+    check(src instanceof Tensor, 'ERR_ARG', () => `copy_: src must be a Tensor or a Float32Array, got ${src === null ? 'null' : typeof src}`);
+    native.copy_(this.handle, src.handle);
+    return this;
   }
 
   /** A tensor sharing this one's data, cut off from the autograd graph. */
@@ -286,6 +310,13 @@ function collect(value: unknown, keep: Set<Tensor>, seen: Set<unknown>): void {
   else if (Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) collect(v, keep, seen);
 }
 
+/** The tensors in a value (arrays, Maps and plain objects, at any depth), with their .grad. */
+export function tensorsIn(value: unknown): Set<Tensor> {
+  const found = new Set<Tensor>();
+  collect(value, found, new Set());
+  return found;
+}
+
 /**
  * Runs fn and disposes every tensor created inside it, except those it returns (in arrays,
  * Maps or plain objects), those passed to keep(), and gradients stored in leaves' .grad.
@@ -304,8 +335,7 @@ export function tidy<R>(fn: () => R): R {
   }
   scopes.pop();
   check(!(result instanceof Promise), 'ERR_ARG', () => 'tidy(): fn must be synchronous (it returned a Promise)');
-  const kept = new Set<Tensor>();
-  collect(result, kept, new Set());
+  const kept = tensorsIn(result);
   for (const t of scope) {
     if (kept.has(t)) {
       if (scopes.length) scopes[scopes.length - 1].add(t);

@@ -43,9 +43,10 @@ step "jest suites (CUDA cases run where a GPU is usable)"
 if [ "$usable" = 1 ]; then
   step "benchmarks on cuda:0"
   "$node_bin" dist/cli.js bench act --device cuda --repeats 20 --out "$out" || status=1
-  # training steps: ResNet-20 and ResNet-50 at 224x224 (batch 128), ReLU against AdaShift-B
+  # training steps: ResNet-20 and ResNet-50 at 224x224 (batch 128), eager and replayed as one
+  # CUDA graph, ReLU against AdaShift-B and -MA
   "$node_bin" dist/cli.js bench step --device cuda --models resnet20,resnet50 --acts relu,adashift-b,adashift-ma \
-    --sections step --repeats 5 --out "$out" || status=1
+    --sections step --repeats 5 --graph --out "$out" || status=1
 else
   step "benchmarks: SKIPPED (CUDA not usable here)"
 fi

@@ -162,6 +162,19 @@ describe('ERR_NO_CUDA', () => {
   });
 });
 
+describe('ERR_CUDA_GRAPH', () => {
+  test('capturing a CUDA graph on the CPU', () => {
+    const e = thrown(() => as.CudaGraph.capture(() => 0, { device: 'cpu' }), 'ERR_CUDA_GRAPH');
+    expect(e.message).toMatch(/CUDA graphs need a CUDA device; the device is 'cpu' \(pass \{device: 'cuda'\}\)/);
+  });
+  cudaTest('reading a value back inside a capture', () => {
+    const x = as.ones([4], { device: 'cuda' });
+    const e = thrown(() => as.CudaGraph.capture(() => F.relu(x).toFloat32Array(), { device: 'cuda' }), 'ERR_CUDA_GRAPH');
+    expect(e.message).toMatch(/not possible while a CUDA graph is being captured on cuda:0/);
+    x.dispose();
+  });
+});
+
 describe('ERR_DISPOSED', () => {
   test('using a disposed tensor (JS and native handle)', () => {
     const t = as.zeros([2]);

@@ -7,12 +7,14 @@
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
 import { resolveDevice } from '../device';
+import { AdaShiftError } from '../errors';
+import { CudaGraph } from '../graph';
 import { native } from '../native';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName } from '../nn/resnet';
 import { crossEntropyWithCorrect } from '../ops/loss';
 import { paramGroups, SGD } from '../optim';
-import { manualSeed, memory, randn, resetPeakMemory, Tensor, tidy } from '../tensor';
+import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
 import { environment, findTorchPython, median, scriptPath, timeIt, writeResult } from './common';
 
 /** A benchmark model: a ResNet with its input and batch. */
@@ -58,6 +60,11 @@ export interface BenchStepOptions {
   warmup?: number;
   /** false: no PyTorch side. */
   torch?: boolean;
+  /**
+   * CUDA only: also time the step captured as one CUDA graph (copy of the batch into the static
+   * input, replay, loss read back), reported as `graph` next to the eager time.
+   */
+  graph?: boolean;
   /** The python to run the PyTorch peer with (default: ADASHIFT_PYTHON if set, else a search). */
   python?: string;
   sections?: StepSection[];
@@ -94,6 +101,18 @@ export interface StepRow {
   torch?: TorchStep | { error: string };
   /** PyTorch's time over ours (> 1: we are faster). */
   speedupVsTorch?: number;
+  /** The same step replayed as a CUDA graph (bench step --graph, CUDA only). */
+  graph?: GraphStep | { error: string };
+}
+
+export interface GraphStep {
+  ms: number;
+  msAll: number[];
+  imagesPerSec: number;
+  /** Device bytes of the graph's memory pool. */
+  poolBytes: number;
+  /** Eager ms over graph ms (> 1: the graph is faster). */
+  speedupVsEager: number;
 }
 
 /** A configuration our side could not run (e.g. out of device memory); the run goes on. */
@@ -147,6 +166,28 @@ export class StepCase {
       r.loss.item();
       r.correct.item();
     });
+  }
+
+  /**
+   * The step as a CUDA graph: one eager warm-up step, then the capture. Each replay is one
+   * training step on the static batch `x` and the labels (kept on the device).
+   */
+  captureGraph(): CudaGraph<{ loss: Tensor; correct: Tensor }> {
+    const y = tensor(Float32Array.from(this.labels), [this.labels.length], { device: this.device });
+    try {
+      return CudaGraph.capture(
+        () => {
+          const r = crossEntropyWithCorrect(this.model.forward(this.x), y);
+          r.loss.backward();
+          this.opt.step();
+          this.opt.zeroGrad();
+          return r;
+        },
+        { device: this.device, warmup: 1 },
+      );
+    } finally {
+      y.dispose(); // the graph's pool keeps its memory
+    }
   }
 
   /** Seconds for one step, with the device's peak tensor bytes during it. */
@@ -276,6 +317,33 @@ interface Ctx {
   repeats: number;
   warmup: number;
   peer: TorchPeer | null;
+  graph: boolean;
+}
+
+/** Replays of the captured step: a new batch copied in (device to device), replay, loss read. */
+function measureGraph(ours: StepCase, ctx: Ctx, eagerMs: number): GraphStep | { error: string } {
+  let graph: CudaGraph<{ loss: Tensor; correct: Tensor }> | null = null;
+  const batch = randn(ours.x.shape, { device: ctx.device });
+  try {
+    graph = ours.captureGraph();
+    const g = graph;
+    const once = () => {
+      ours.x.copy_(batch);
+      g.replay();
+      g.outputs.loss.item();
+      g.outputs.correct.item();
+    };
+    for (let i = 0; i < ctx.warmup; i++) once();
+    const times: number[] = [];
+    for (let i = 0; i < ctx.repeats; i++) times.push(timeIt(ctx.device, once));
+    const ms = median(times) * 1e3;
+    return { ms, msAll: times.map((t) => t * 1e3), imagesPerSec: ours.spec.batch / (ms / 1e3), poolBytes: g.poolBytes, speedupVsEager: eagerMs / ms };
+  } catch (e) {
+    return { error: (e as Error).message };
+  } finally {
+    graph?.dispose();
+    batch.dispose();
+  }
 }
 
 function torchDevice(device: string): string {
@@ -347,6 +415,7 @@ async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threa
       peakBytes: peak,
       baseBytes: base,
     };
+    if (ctx.graph) row.graph = measureGraph(ours, ctx, ms);
     if (torchError) row.torch = { error: torchError };
     else if (useTorch && ttimes.length) {
       const tms = median(ttimes) * 1e3;
@@ -407,7 +476,9 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
       peer = null;
     }
   }
-  const ctx: Ctx = { device, repeats, warmup, peer };
+  const graph = options.graph ?? false;
+  if (graph && !cuda) throw new AdaShiftError('ERR_CUDA_GRAPH', `bench step --graph times CUDA graph replays and needs a CUDA device; the device is '${device}'`);
+  const ctx: Ctx = { device, repeats, warmup, peer, graph };
   const overrides = { inputSize: options.inputSize };
   const out: StepReport['sections'] = {};
   const run = async (section: StepSection, spec: StepModelSpec, act: ActivationName, n: number): Promise<StepRow | StepError> => {
@@ -489,13 +560,15 @@ function mib(bytes: number | null | undefined): string {
 export function stepRowLine(section: StepSection, r: StepRow | StepError): string {
   if (isStepError(r)) return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: error: ${r.error}`;
   const t = r.torch && 'ms' in r.torch ? `  torch ${r.torch.ms.toFixed(1)} ms (x${r.speedupVsTorch!.toFixed(2)})` : r.torch ? `  torch error: ${r.torch.error}` : '';
-  return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: ${r.ms.toFixed(1)} ms/step, ${r.imagesPerSec.toFixed(0)} img/s, peak ${mib(r.peakBytes)} MiB${t}`;
+  const g = r.graph ? ('ms' in r.graph ? `  graph ${r.graph.ms.toFixed(2)} ms (x${r.graph.speedupVsEager.toFixed(2)} eager)` : `  graph error: ${r.graph.error}`) : '';
+  return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: ${r.ms.toFixed(1)} ms/step, ${r.imagesPerSec.toFixed(0)} img/s, peak ${mib(r.peakBytes)} MiB${t}${g}`;
 }
 
 /** The compact table of a report (printed last by the CLI). */
 export function stepTable(report: StepReport): string {
   const lines: string[] = [];
-  const head = `${'section'.padEnd(8)} ${'model'.padEnd(15)} ${'act'.padEnd(12)} ${'batch'.padStart(5)} ${'thr'.padStart(3)} ${'ms/step'.padStart(9)} ${'img/s'.padStart(8)} ${'peak MiB'.padStart(9)} ${'torch ms'.padStart(9)} ${'torch/ours'.padStart(10)}`;
+  const graphCol = Object.values(report.sections).some((rows) => Array.isArray(rows) && rows.some((r) => !isStepError(r) && r.graph));
+  const head = `${'section'.padEnd(8)} ${'model'.padEnd(15)} ${'act'.padEnd(12)} ${'batch'.padStart(5)} ${'thr'.padStart(3)} ${'ms/step'.padStart(9)} ${'img/s'.padStart(8)} ${'peak MiB'.padStart(9)} ${'torch ms'.padStart(9)} ${'torch/ours'.padStart(10)}${graphCol ? ` ${'graph ms'.padStart(9)}` : ''}`;
   lines.push(head, '-'.repeat(head.length));
   for (const [section, rows] of Object.entries(report.sections)) {
     if (!Array.isArray(rows)) {
@@ -509,7 +582,7 @@ export function stepTable(report: StepReport): string {
       }
       const t = r.torch && 'ms' in r.torch ? r.torch.ms.toFixed(1) : r.torch ? 'error' : '-';
       lines.push(
-        `${section.padEnd(8)} ${r.model.padEnd(15)} ${r.act.padEnd(12)} ${String(r.batch).padStart(5)} ${String(r.threads).padStart(3)} ${r.ms.toFixed(1).padStart(9)} ${r.imagesPerSec.toFixed(0).padStart(8)} ${mib(r.peakBytes).padStart(9)} ${t.padStart(9)} ${(r.speedupVsTorch ? `x${r.speedupVsTorch.toFixed(2)}` : '-').padStart(10)}`,
+        `${section.padEnd(8)} ${r.model.padEnd(15)} ${r.act.padEnd(12)} ${String(r.batch).padStart(5)} ${String(r.threads).padStart(3)} ${r.ms.toFixed(1).padStart(9)} ${r.imagesPerSec.toFixed(0).padStart(8)} ${mib(r.peakBytes).padStart(9)} ${t.padStart(9)} ${(r.speedupVsTorch ? `x${r.speedupVsTorch.toFixed(2)}` : '-').padStart(10)}${graphCol ? ` ${(r.graph ? ('ms' in r.graph ? r.graph.ms.toFixed(2) : 'error') : '-').padStart(9)}` : ''}`,
       );
     }
   }

@@ -2,6 +2,7 @@
 // direction), and the count of correct predictions that comes with it.
 import { needsGrad, noGrad, record } from '../autograd';
 import { AdaShiftError, check } from '../errors';
+import { isCapturing } from '../graph';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
@@ -29,6 +30,12 @@ function labelTensor(fn: string, labels: Labels, N: number, K: number, device: s
   let values: ArrayLike<number>;
   if (labels instanceof Tensor) {
     check(labels.shape.length === 1, 'ERR_ARG', () => `${fn}: a labels tensor must have shape [${N}], got ${shapeStr(labels.shape)}`);
+    if (labels.device === device && isCapturing(device)) {
+      // Inside a CUDA graph capture nothing can be read back: the kernels check the labels
+      // instead (a row whose label is not a class index gets a NaN loss).
+      check(labels.shape[0] === N, 'ERR_ARG', () => `${fn}: expected ${N} labels (one per row of the logits), got ${labels.shape[0]}`);
+      return labels.detach();
+    }
     values = labels.toFloat32Array();
   } else if (Array.isArray(labels) || ArrayBuffer.isView(labels)) {
     values = labels as ArrayLike<number>;

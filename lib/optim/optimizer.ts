@@ -4,6 +4,7 @@
 // no per-element math happens in JS.
 import { check } from '../errors';
 import { noGrad } from '../autograd';
+import { isCapturing } from '../graph';
 import { native } from '../native';
 import { keep, Tensor } from '../tensor';
 
@@ -187,12 +188,32 @@ export abstract class Optimizer<H extends BaseHyper> {
 
   /** One update of every parameter that has a gradient (fused native kernels, no graph). */
   step(): void {
+    this.checkCapture();
     noGrad(() => {
       this.paramGroups.forEach((g, i) => {
         this.validate(g, `${this.name}: param group ${i}`);
         this.updateGroup(g, i);
       });
     });
+  }
+
+  /**
+   * Why this optimizer's step() cannot be recorded into a CUDA graph now (null: it can). A replay
+   * repeats the captured kernels with their captured scalars, so an update whose scalars change
+   * from step to step (a bias correction) cannot be captured.
+   */
+  protected captureProblem(): string | null {
+    return `its update depends on the step count (bias correction), which a replay would not advance`;
+  }
+
+  private checkCapture(): void {
+    const devices = new Set<string>();
+    for (const g of this.paramGroups) for (const p of g.params) if (p.grad) devices.add(p.device);
+    for (const d of devices) {
+      if (!isCapturing(d)) continue;
+      const why = this.captureProblem();
+      check(why === null, 'ERR_CUDA_GRAPH', () => `${this.name}.step() cannot be captured into a CUDA graph: ${why}. Capture the forward and backward only and call step() after replay(), or use SGD`);
+    }
   }
 
   /** Disposes every parameter's gradient and sets it to null. */

@@ -54,6 +54,18 @@ export class SGD extends Optimizer<SGDHyper> {
     return g.momentum !== 0 ? ['momentum_buffer'] : [];
   }
 
+  protected override captureProblem(): string | null {
+    for (const g of this.paramGroups) {
+      if (g.momentum === 0) continue;
+      for (const p of g.params) {
+        if (p.grad && !this.state.get(p)?.buffers.momentum_buffer) {
+          return 'its momentum buffers do not exist yet (the first update seeds them from the gradient, and every replay would seed them again); run one step eagerly before capturing (warmup: 1)';
+        }
+      }
+    }
+    return null;
+  }
+
   protected updateGroup(g: ParamGroup<SGDHyper>): void {
     for (const p of this.withGrad(g)) {
       let buf = null;

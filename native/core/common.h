@@ -16,7 +16,7 @@
 namespace adashift {
 
 // Codes are part of the public JS API (error.code); keep them in sync with lib/errors.ts.
-enum class ErrorCode { Arg, Shape, DType, Device, NoCuda, Cuda, CudaOom, Disposed, IO };
+enum class ErrorCode { Arg, Shape, DType, Device, NoCuda, Cuda, CudaOom, CudaGraph, Disposed, IO };
 
 inline const char* error_code_name(ErrorCode c) {
   switch (c) {
@@ -27,6 +27,7 @@ inline const char* error_code_name(ErrorCode c) {
     case ErrorCode::NoCuda: return "ERR_NO_CUDA";
     case ErrorCode::Cuda: return "ERR_CUDA";
     case ErrorCode::CudaOom: return "ERR_CUDA_OOM";
+    case ErrorCode::CudaGraph: return "ERR_CUDA_GRAPH";
     case ErrorCode::Disposed: return "ERR_DISPOSED";
     case ErrorCode::IO: return "ERR_IO";
   }

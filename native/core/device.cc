@@ -5,6 +5,7 @@
 #include <mutex>
 #include <new>
 #include "dispatch.h"
+#include "graph.h"
 
 namespace adashift {
 
@@ -149,6 +150,9 @@ void copy_bytes(Device dst_dev, void* dst, Device src_dev, const void* src, size
     return;
   }
   Device on = dst_dev.is_cuda() ? dst_dev : src_dev;
+  if (dst_dev.is_cpu() || src_dev.is_cpu())
+    check_not_capturing(on, "copying between host and device memory (reading a tensor's values, "
+                            "or making a tensor from JS data)");
   cudaStream_t s = cuda_stream(on);
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
   // Host memory is pageable: make the copy complete before the caller reuses or reads it.
@@ -161,6 +165,7 @@ void copy_bytes(Device dst_dev, void* dst, Device src_dev, const void* src, size
 void synchronize(Device d) {
   if (d.is_cpu()) return;
 #ifdef ADASHIFT_WITH_CUDA
+  check_not_capturing(d, "synchronize()");
   CUDA_CHECK(cudaStreamSynchronize(cuda_stream(d)));
 #else
   fail_no_cuda();

@@ -158,6 +158,13 @@ Napi::Value To(const CI& info) {
 
 Napi::Value Clone(const CI& info) { return wrap(info, clone(Args{info, "clone"}.tensor(0, "x"))); }
 
+Napi::Value CopyInPlace(const CI& info) {
+  Args a{info, "copy_"};
+  Tensor dst = a.tensor(0, "dst");
+  copy_(dst, a.tensor(1, "src"));
+  return info.Env().Undefined();
+}
+
 // ---- element-wise ---------------------------------------------------------------------------
 Napi::Value BinaryJs(const CI& info) {
   Args a{info, "binary"};
@@ -360,7 +367,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("synchronize", Synchronize); FN("emptyCache", EmptyCache);
   FN("resetPeakMemory", ResetPeakMemory);
   FN("empty", Empty); FN("full", Full); FN("fromArray", FromArray); FN("rand", Rand);
-  FN("to", To); FN("clone", Clone);
+  FN("to", To); FN("clone", Clone); FN("copy_", CopyInPlace);
   FN("binary", BinaryJs); FN("axpby", Axpby); FN("axpy_", AxpyInPlace); FN("fill_", FillInPlace);
   FN("sumAll", SumAll); FN("sumRows", SumRows); FN("addRowvec", AddRowvec);
   FN("actForward", ActForward); FN("actBackward", ActBackward);
@@ -376,6 +383,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_conv(env, exports);
   register_norm(env, exports);
   register_optim(env, exports);
+  register_graph(env, exports);
   return exports;
 }
 

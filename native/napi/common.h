@@ -94,6 +94,7 @@ Napi::Array wrap_all(const Napi::CallbackInfo& info, std::initializer_list<Tenso
 void register_conv(Napi::Env env, Napi::Object exports);
 void register_norm(Napi::Env env, Napi::Object exports);
 void register_optim(Napi::Env env, Napi::Object exports);
+void register_graph(Napi::Env env, Napi::Object exports);
 
 }  // namespace napi
 }  // namespace adashift

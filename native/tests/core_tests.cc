@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/block_cache.h"
 #include "core/common.h"
 #include "core/device.h"
 #include "core/math.h"
@@ -1580,6 +1581,132 @@ TEST(parallel_for_nested_and_concurrent) {
 // =============================================================================================
 // memory counters and views
 // =============================================================================================
+
+// =============================================================================================
+// The caching allocator's books (block_cache.h), on host memory: reuse, graph pools, OOM
+// =============================================================================================
+
+// Host memory standing in for the device: counts raw calls and refuses past a capacity.
+struct FakeBlocks final : BlockCache::Backend {
+  size_t capacity = size_t(1) << 30, held = 0;
+  int allocs = 0, frees = 0, waits = 0;
+  std::vector<std::pair<void*, size_t>> live;
+  void* raw_alloc(size_t n) override {
+    if (held + n > capacity) return nullptr;
+    void* p = std::malloc(n);
+    held += n;
+    ++allocs;
+    live.push_back({p, n});
+    return p;
+  }
+  void raw_free(void* p) override {
+    for (size_t i = 0; i < live.size(); ++i)
+      if (live[i].first == p) {
+        held -= live[i].second;
+        live.erase(live.begin() + long(i));
+        break;
+      }
+    std::free(p);
+    ++frees;
+  }
+  void wait_idle() override { ++waits; }
+  ~FakeBlocks() override {
+    for (auto& b : live) std::free(b.first);
+  }
+};
+
+TEST(block_cache_reuse_and_rounding) {
+  CHECK(BlockCache::round_size(1) == 512 && BlockCache::round_size(512) == 512);
+  CHECK(BlockCache::round_size(513) == 1024);
+  CHECK(BlockCache::round_size((size_t(1) << 20) + 1) == (size_t(2) << 20));
+  CHECK(BlockCache::round_size((size_t(2) << 20) + 1) == (size_t(4) << 20));
+  FakeBlocks fb;
+  BlockCache c(&fb);
+  void* a = c.alloc(1000);
+  CHECK(a && fb.allocs == 1 && c.reserved() == 1024);
+  c.free(a, 1000);
+  CHECK(c.shared_free_bytes() == 1024);
+  void* b = c.alloc(900);  // same rounded size: the cached block
+  CHECK(b == a && fb.allocs == 1 && c.shared_free_bytes() == 0);
+  void* d = c.alloc(3000);  // another size: a new block
+  CHECK(d != a && fb.allocs == 2 && c.reserved() == 1024 + 3072);
+  c.free(b, 900);
+  c.free(d, 3000);
+  c.free(nullptr, 10);
+  c.empty_cache();
+  CHECK(fb.frees == 2 && c.reserved() == 0 && fb.held == 0 && fb.waits == 1);
+}
+
+TEST(block_cache_graph_pool) {
+  FakeBlocks fb;
+  BlockCache c(&fb);
+  void* before = c.alloc(1024);   // a tensor made before the capture
+  void* spare = c.alloc(2048);
+  c.free(spare, 2048);            // a free shared block of size 2048
+  const int pool = c.begin_capture();
+  CHECK(pool > 0 && c.capturing_pool() == pool);
+  EXPECT_ERROR(CudaGraph, c.begin_capture());
+  EXPECT_ERROR(CudaGraph, c.empty_cache());
+  void* t1 = c.alloc(2048);       // taken from the shared list, now the pool's
+  CHECK(t1 == spare && c.pool_bytes(pool) == 2048);
+  void* t2 = c.alloc(4096);       // new from the backend, the pool's
+  CHECK(t2 && c.pool_bytes(pool) == 2048 + 4096);
+  c.free(t2, 4096);               // freed in the capture: reused within it
+  void* t3 = c.alloc(4096);
+  CHECK(t3 == t2);
+  c.free(before, 1024);           // made before, freed during: a recorded kernel may read it
+  CHECK(c.pool_bytes(pool) == 2048 + 4096 + 1024 && c.shared_free_bytes() == 0);
+  c.end_capture();
+  CHECK(c.capturing_pool() == 0);
+  // After the capture: pool blocks are never handed to other work.
+  c.free(t3, 4096);               // an output of the graph, freed by the program
+  void* e1 = c.alloc(4096);
+  void* e2 = c.alloc(1024);
+  CHECK(e1 != t3 && e2 != before);
+  CHECK(c.pool_bytes(pool) == 2048 + 4096 + 1024);
+  // Releasing the graph: its free blocks join the shared lists, its live one when freed.
+  c.release_pool(pool);
+  CHECK(c.pool_bytes(pool) == 2048 && c.pool_count() == 1);
+  void* r1 = c.alloc(4096);
+  CHECK(r1 == t3);
+  c.free(t1, 2048);               // the last live block of the released pool
+  CHECK(c.pool_count() == 0 && c.pool_bytes(pool) == 0);
+  void* r2 = c.alloc(2048);
+  CHECK(r2 == t1);
+  c.release_pool(pool);           // twice: no-op
+  for (auto* p : {e1, r1}) c.free(p, 4096);
+  c.free(e2, 1024);
+  c.free(r2, 2048);
+  const size_t reserved = c.reserved();
+  CHECK(c.shared_free_bytes() == reserved);
+  c.empty_cache();
+  CHECK(c.reserved() == 0 && fb.held == 0);
+  // A new capture gets a new pool id.
+  const int pool2 = c.begin_capture();
+  CHECK(pool2 != pool);
+  c.end_capture();
+  c.release_pool(pool2);
+  CHECK(c.pool_count() == 0);
+}
+
+TEST(block_cache_out_of_memory) {
+  FakeBlocks fb;
+  fb.capacity = 8192;
+  BlockCache c(&fb);
+  void* a = c.alloc(4096);
+  c.free(a, 4096);                // cached, 4096 of 8192 held
+  void* b = c.alloc(6000);        // needs the cached block given back first
+  CHECK(b && fb.waits == 1 && fb.frees == 1 && c.reserved() == 6144);
+  CHECK(c.alloc(4096) == nullptr);  // nothing cached left to give back: out of memory
+  c.free(b, 6000);
+  const int pool = c.begin_capture();
+  CHECK(c.alloc(4096) == nullptr);  // during a capture nothing may wait for the device
+  CHECK(fb.waits == 1);
+  c.end_capture();
+  c.release_pool(pool);
+  c.empty_cache();
+  CHECK(fb.held == 0);
+}
 
 TEST(memory_counters) {
   MemoryCounters& mc = memory_counters(kCPU);

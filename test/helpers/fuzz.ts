@@ -333,6 +333,24 @@ const NATIVE_SPECS: NativeSpec[] = [
   { name: 'to', kinds: ['T', 'dev'], base: (e) => [e.h.m23, 'cpu'] },
   { name: 'clone', kinds: ['T'], base: (e) => [e.h.m23] },
   {
+    name: 'copy_',
+    kinds: ['T', 'T'],
+    base: (e) => [e.h.m23, e.h.m23],
+    semantic: [
+      ['transposed shapes', (e) => [e.h.m23, e.h.m32]],
+      ['same numel, other rank', (e) => [e.h.m23, e.h.v6]],
+    ],
+  },
+  // CUDA graphs: on the CPU every call is refused with a code; the graph-handle arguments get
+  // the tensor-argument junk (none of it is a graph handle)
+  { name: 'cudaGraphBegin', kinds: ['dev'], base: () => ['cpu'] },
+  { name: 'cudaGraphEnd', kinds: ['dev'], base: () => ['cpu'] },
+  { name: 'cudaGraphAbort', kinds: ['dev'], base: () => ['cpu'] },
+  { name: 'cudaGraphCapturing', kinds: ['dev'], base: () => ['cpu'] },
+  { name: 'cudaGraphReplay', kinds: ['T'], base: () => [{}] },
+  { name: 'cudaGraphDispose', kinds: ['T'], base: () => [{}] },
+  { name: 'cudaGraphPoolBytes', kinds: ['T'], base: () => [{}] },
+  {
     name: 'binary',
     kinds: ['op', 'T', 'T'],
     base: (e) => [0, e.h.m23, e.h.m23],

@@ -1,9 +1,8 @@
 // Stream, error checking, device queries and the caching allocator.
 #include <cuda_runtime.h>
-#include <map>
 #include <mutex>
-#include <vector>
 #include "../backend.h"
+#include "../block_cache.h"
 #include "runtime.h"
 
 namespace adashift {
@@ -62,78 +61,143 @@ int cuda_grid_for(Device d, int64_t n, int block) {
   return int(want < cap ? want : cap);
 }
 
-// ---- caching allocator -------------------------------------------------------------------
-// Sizes are rounded (512 B below 1 MiB, 2 MiB above) and freed blocks wait in a per-size
-// free list for the next request of that size. All work runs on one stream per device, so a
-// block freed after its last use is safe to hand out to a later kernel on the same stream.
+// ---- caching allocator and graph capture ------------------------------------------------------
+// block_cache.h keeps the books (free lists, graph pools); here are the CUDA calls under it.
 namespace {
-struct Cache {
-  std::mutex m;
-  std::multimap<size_t, void*> free_blocks;
-  size_t reserved = 0;
-};
-Cache g_cache[kMaxCudaDevices];
-
-size_t round_size(size_t n) {
-  if (n < (1u << 20)) return (n + 511) / 512 * 512;
-  return (n + (2u << 20) - 1) / (2u << 20) * (2u << 20);
-}
-
-void release_all(int device, Cache& c) {
-  // caller holds c.m
-  CUDA_CHECK(cudaSetDevice(device));
-  for (auto& kv : c.free_blocks) {
-    cudaFree(kv.second);
-    c.reserved -= kv.first;
+struct CudaBlocks final : BlockCache::Backend {
+  int device = 0;
+  void* raw_alloc(size_t n) override {
+    CUDA_CHECK(cudaSetDevice(device));
+    void* p = nullptr;
+    // During a capture cudaMalloc counts as unsafe (it is not recorded). The block outlives the
+    // capture in the graph's pool, which is what the graph needs, so allow it for this call.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    cudaError_t e = cudaMalloc(&p, n);
+    CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    CUDA_CHECK(e);
+    return p;
   }
-  c.free_blocks.clear();
+  void raw_free(void* p) override {
+    CUDA_CHECK(cudaSetDevice(device));
+    cudaFree(p);
+  }
+  void wait_idle() override { CUDA_CHECK(cudaStreamSynchronize(state(device).stream)); }
+};
+
+struct DeviceCache {
+  CudaBlocks backend;
+  BlockCache cache{&backend};
+};
+DeviceCache& device_cache(int device) {
+  static DeviceCache* caches = [] {
+    auto* c = new DeviceCache[kMaxCudaDevices];  // never destroyed: frees may run at teardown
+    for (int i = 0; i < kMaxCudaDevices; ++i) c[i].backend.device = i;
+    return c;
+  }();
+  return caches[device];
 }
 }  // namespace
 
 void* cuda_cached_alloc(int device, size_t bytes) {
   state(device);
-  size_t n = round_size(bytes);
-  Cache& c = g_cache[device];
-  std::lock_guard<std::mutex> lk(c.m);
-  auto it = c.free_blocks.find(n);
-  if (it != c.free_blocks.end()) {
-    void* p = it->second;
-    c.free_blocks.erase(it);
-    return p;
+  BlockCache& c = device_cache(device).cache;
+  void* p = c.alloc(bytes);
+  if (!p) {
+    const bool capturing = c.capturing_pool() != 0;
+    fail(ErrorCode::CudaOom,
+         cat("CUDA out of memory allocating ", bytes, " bytes on cuda:", device,
+             capturing ? " while capturing a CUDA graph (the graph's pool cannot give cached "
+                         "blocks back during a capture)"
+                       : "",
+             "; free tensors with dispose()/tidy() or use a smaller batch"));
   }
-  CUDA_CHECK(cudaSetDevice(device));
-  void* p = nullptr;
-  cudaError_t e = cudaMalloc(&p, n);
-  if (e == cudaErrorMemoryAllocation) {
-    cudaGetLastError();
-    // Give cached blocks back and retry once before reporting OOM.
-    CUDA_CHECK(cudaStreamSynchronize(g_dev[device].stream));
-    release_all(device, c);
-    e = cudaMalloc(&p, n);
-  }
-  CUDA_CHECK(e);
-  c.reserved += n;
   return p;
 }
 
-void cuda_cached_free(int device, void* p, size_t bytes) {
-  Cache& c = g_cache[device];
-  std::lock_guard<std::mutex> lk(c.m);
-  c.free_blocks.emplace(round_size(bytes), p);
-}
+void cuda_cached_free(int device, void* p, size_t bytes) { device_cache(device).cache.free(p, bytes); }
 
-size_t cuda_cached_reserved(int device) {
-  Cache& c = g_cache[device];
-  std::lock_guard<std::mutex> lk(c.m);
-  return c.reserved;
-}
+size_t cuda_cached_reserved(int device) { return device_cache(device).cache.reserved(); }
 
 void cuda_empty_cache(int device) {
-  Cache& c = g_cache[device];
-  std::lock_guard<std::mutex> lk(c.m);
-  CUDA_CHECK(cudaStreamSynchronize(state(device).stream));
-  release_all(device, c);
+  state(device);
+  device_cache(device).cache.empty_cache();
 }
+
+bool cuda_capturing(int device) { return device_cache(device).cache.capturing_pool() != 0; }
+
+int cuda_capture_begin(int device) {
+  DeviceState& s = state(device);
+  BlockCache& c = device_cache(device).cache;
+  const int pool = c.begin_capture();
+  CUDA_CHECK(cudaSetDevice(device));
+  cudaError_t e = cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal);
+  if (e != cudaSuccess) {
+    c.end_capture();
+    c.release_pool(pool);
+    CUDA_CHECK(e);
+  }
+  return pool;
+}
+
+CudaGraphObjects cuda_capture_end(int device) {
+  DeviceState& s = state(device);
+  BlockCache& c = device_cache(device).cache;
+  CudaGraphObjects g;
+  g.device = device;
+  g.pool = c.capturing_pool();
+  AS_CHECK(g.pool != 0, CudaGraph, "no CUDA graph capture is open on cuda:", device);
+  CUDA_CHECK(cudaSetDevice(device));
+  cudaError_t e = cudaStreamEndCapture(s.stream, &g.graph);
+  c.end_capture();
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&g.exec, g.graph, 0);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (g.graph) cudaGraphDestroy(g.graph);
+    c.release_pool(g.pool);
+    fail(ErrorCode::CudaGraph,
+         cat("capturing the CUDA graph failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e),
+             "); the captured function must queue device work only (no reads to the host, no "
+             "synchronize, no host-to-device copies)"));
+  }
+  return g;
+}
+
+void cuda_capture_abort(int device) {
+  BlockCache& c = device_cache(device).cache;
+  const int pool = c.capturing_pool();
+  if (pool == 0) return;
+  DeviceState& s = state(device);
+  cudaSetDevice(device);
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamEndCapture(s.stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  c.end_capture();
+  c.release_pool(pool);
+}
+
+void cuda_graph_launch(const CudaGraphObjects& g) {
+  AS_CHECK(!cuda_capturing(g.device), CudaGraph,
+           "a CUDA graph cannot be replayed while another one is being captured on cuda:", g.device);
+  DeviceState& s = state(g.device);
+  CUDA_CHECK(cudaSetDevice(g.device));
+  CUDA_CHECK(cudaGraphLaunch(g.exec, s.stream));
+}
+
+void cuda_graph_release(CudaGraphObjects& g) {
+  if (g.exec) cudaGraphExecDestroy(g.exec);
+  if (g.graph) cudaGraphDestroy(g.graph);
+  g.exec = nullptr;
+  g.graph = nullptr;
+  if (g.pool) device_cache(g.device).cache.release_pool(g.pool);
+  g.pool = 0;
+}
+
+size_t cuda_pool_bytes(int device, int pool) { return device_cache(device).cache.pool_bytes(pool); }
 
 // ---- what the host offers ----------------------------------------------------------------
 #ifndef ADASHIFT_CUDA_ARCHS

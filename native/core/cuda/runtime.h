@@ -2,6 +2,7 @@
 // properties. Compiled only when the CUDA backend is built.
 #pragma once
 #include <cuda_runtime_api.h>
+#include <cstddef>
 #include "../device.h"
 
 namespace adashift {
@@ -23,5 +24,21 @@ void* cuda_cached_alloc(int device, size_t bytes);
 void cuda_cached_free(int device, void* p, size_t bytes);
 size_t cuda_cached_reserved(int device);
 void cuda_empty_cache(int device);
+
+// CUDA graphs (graph.h is the device-neutral face of these). A capture records the work queued
+// on the device's stream; its allocations come from a pool that stays reserved for the graph.
+struct CudaGraphObjects {
+  int device = 0;
+  int pool = 0;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+};
+bool cuda_capturing(int device);
+int cuda_capture_begin(int device);
+CudaGraphObjects cuda_capture_end(int device);
+void cuda_capture_abort(int device);  // no-op when no capture is open
+void cuda_graph_launch(const CudaGraphObjects& g);
+void cuda_graph_release(CudaGraphObjects& g);
+size_t cuda_pool_bytes(int device, int pool);
 
 }  // namespace adashift

@@ -43,6 +43,13 @@ Tensor clone(const Tensor& t) {
   return out;
 }
 
+void copy_(Tensor& dst, const Tensor& src) {
+  AS_CHECK(dst.shape() == src.shape(), Shape, "copy_: the source must have the destination's shape ",
+           shape_str(dst.shape()), ", got ", shape_str(src.shape()));
+  if (dst.data() == src.data()) return;
+  copy_bytes(dst.device(), dst.data(), src.device(), src.data(), dst.nbytes());
+}
+
 static const char* binary_name(Binary op) {
   switch (op) {
     case Binary::Add: return "add";

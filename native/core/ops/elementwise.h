@@ -20,6 +20,9 @@ Tensor rand(const std::vector<int64_t>& shape, RandKind kind, float a, float b, 
             uint64_t offset, Device d);
 Tensor to_device(const Tensor& t, Device d);
 Tensor clone(const Tensor& t);
+// Copies src's values into dst (same shape, any two devices): dst keeps its memory, so a
+// captured CUDA graph that reads dst sees the new values on its next replay.
+void copy_(Tensor& dst, const Tensor& src);
 Tensor binary(Binary op, const Tensor& a, const Tensor& b);
 // out = alpha * a + beta * b (b may be undefined: out = alpha * a + beta)
 Tensor axpby(float alpha, const Tensor& a, float beta, const Tensor& b);
