@@ -1,4 +1,5 @@
 #include "loops.h"
+#include <utility>
 #include "../math.h"
 
 // Hand-written AVX-512 paths (picked at run time) where the compiler cannot see the structure.
@@ -139,17 +140,36 @@ __attribute__((target("avx512f"))) static void expand_cells_avx512(const float* 
   }
 }
 
-__attribute__((target("avx512f"))) static void band_column_sums_avx512(const float* x, int64_t W, const int* row0,
-                                                                      int bands, float* out) {
+// Row by row, with the band's NV column vectors held in registers: the plane is read once, in
+// address order (a column-by-column walk jumps a row's stride per load and defeats the
+// prefetchers on planes that do not fit the cache).
+template <int NV>
+__attribute__((target("avx512f"))) static void band_column_sums_rows(const float* x, int64_t W, const int* row0,
+                                                                    int bands, float* out) {
+  const __mmask16 tail = W % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (W % 16)) - 1u);
   for (int b = 0; b < bands; ++b) {
-    for (int64_t w = 0; w < W; w += 16) {
-      const __mmask16 m = W - w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (W - w)) - 1u);
-      __m512 acc = _mm512_maskz_loadu_ps(m, x + int64_t(row0[b]) * W + w);
-      for (int h = row0[b] + 1; h < row0[b + 1]; ++h)
-        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, x + int64_t(h) * W + w));
-      _mm512_mask_storeu_ps(out + int64_t(b) * W + w, m, acc);
+    __m512 acc[NV];
+    const float* r = x + int64_t(row0[b]) * W;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? tail : __mmask16(0xFFFF), r + 16 * v);
+    for (int h = row0[b] + 1; h < row0[b + 1]; ++h) {
+      r = x + int64_t(h) * W;
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v)
+        acc[v] = _mm512_add_ps(acc[v], _mm512_maskz_loadu_ps(v == NV - 1 ? tail : __mmask16(0xFFFF), r + 16 * v));
     }
+    float* o = out + int64_t(b) * W;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(o + 16 * v, v == NV - 1 ? tail : __mmask16(0xFFFF), acc[v]);
   }
+}
+
+using BandSums = void (*)(const float*, int64_t, const int*, int, float*);
+template <int... NV>
+static BandSums band_sums_for(int64_t W, std::integer_sequence<int, NV...>) {
+  BandSums f = nullptr;
+  ((W > 16 * (NV - 1) && W <= 16 * NV ? (f = &band_column_sums_rows<NV>, 0) : 0), ...);
+  return f;
 }
 
 // ADASHIFT_CPU_GENERIC=1 turns these paths off (the tests compare the two).
@@ -169,7 +189,10 @@ void expand_cells(const float* vals, const int* row0, const int* flat_cell, int 
 
 void band_column_sums(const float* x, int64_t W, const int* row0, int bands, float* out) {
 #if AS_HAVE_AVX512_PATHS
-  if (has_avx512()) return band_column_sums_avx512(x, W, row0, bands, out);
+  // Rows of up to 256 values (16 registers); wider ones take the generic loop, which is
+  // row by row too.
+  if (has_avx512())
+    if (BandSums f = band_sums_for(W, std::integer_sequence<int, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>{})) return f(x, W, row0, bands, out);
 #endif
   band_column_sums_generic(x, W, row0, bands, out);
 }
