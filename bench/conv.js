@@ -15,13 +15,33 @@ const as = require('../dist');
 const { native } = require('../dist/native');
 
 const args = process.argv.slice(2);
+const USAGE = 'usage: node bench/conv.js [--threads N] [--reps R] [--batch B] [--json out.json]';
+if (args.includes('--help') || args.includes('-h')) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const known = new Set(['--threads', '--reps', '--batch', '--json']);
+for (let i = 0; i < args.length; i += 2) {
+  if (!known.has(args[i]) || i + 1 >= args.length) {
+    console.error(`bench/conv.js: unexpected argument '${args[i]}'${known.has(args[i]) ? ' (missing its value)' : ''}\n${USAGE}`);
+    process.exit(2);
+  }
+}
 const opt = (name, dflt) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && i + 1 < args.length ? args[i + 1] : dflt;
 };
-const threads = Number(opt('threads', as.getNumThreads()));
-const reps = Number(opt('reps', 7));
-const batch = Number(opt('batch', 64));
+const positive = (name, dflt) => {
+  const v = Number(opt(name, dflt));
+  if (!Number.isInteger(v) || v < 1) {
+    console.error(`bench/conv.js: --${name} must be a positive integer, got '${opt(name, dflt)}'\n${USAGE}`);
+    process.exit(2);
+  }
+  return v;
+};
+const threads = positive('threads', as.getNumThreads());
+const reps = positive('reps', 7);
+const batch = positive('batch', 64);
 const jsonOut = opt('json', null);
 as.setNumThreads(threads);
 
