@@ -56,42 +56,74 @@ inline void for_each_run(const RegionGrid& g, const Cell& cell, int64_t base, Ru
   fn(base + int64_t(cell.h0) * g.W, int64_t(cell.h1 - cell.h0) * g.W);
 }
 
-// Grids whose cells split rows (Pw > 1) are processed a plane at a time: the plane's cell
-// values are laid out per pixel once (a map of H*W floats, in L1), so each pass is one
-// vectorised loop over the whole plane instead of many short cell segments. Cell sums come
-// from per-band column sums, then each cell's columns added in order (a fixed order).
+// Grids whose cells split rows (Pw > 1) are processed a block of planes at a time: the block's
+// cell values are laid out per pixel once (a map in L1), so each pass is one vectorised loop
+// over the whole block instead of many short cell segments or one call per small plane. The k
+// planes of a block are consecutive in memory, so they stack into one tall plane of k*H rows
+// and k*Ph bands. Cell sums come from per-band column sums, then each cell's columns added in
+// order: every plane's sums are the same additions in the same order whatever the block size.
 struct GridLayout {
-  std::vector<int> row0;      // [Ph + 1] first pixel row of each cell row
-  std::vector<int> col0;      // [Pw + 1] first pixel column of each cell column
+  int k;                       // planes stacked
+  std::vector<int> row0;       // [k*Ph + 1] first pixel row of each band of the stack
+  std::vector<int> col0;       // [Pw + 1] first pixel column of each cell column
   std::vector<int> flat_cell;  // cell column of pixel column i % W, over the tallest cell row
-  std::vector<float> inv;      // [T] 1 / |cell| of each token
+  std::vector<float> inv;      // [k*T] 1 / |cell| of each token of the stack
   bool identity;               // every cell is one pixel (P >= H and W): maps are the values
-  explicit GridLayout(const RegionGrid& g) : row0(size_t(g.Ph) + 1), col0(size_t(g.Pw) + 1), inv(size_t(g.tokens())), identity(g.Ph == g.H && g.Pw == g.W) {
-    for (int r = 0; r <= g.Ph; ++r) row0[size_t(r)] = math::cell_begin(r, int(g.H), g.Ph);
+  GridLayout(const RegionGrid& g, int planes)
+      : k(planes), row0(size_t(planes) * size_t(g.Ph) + 1), col0(size_t(g.Pw) + 1),
+        inv(size_t(planes) * size_t(g.tokens())), identity(g.Ph == g.H && g.Pw == g.W) {
+    for (int j = 0; j < k; ++j)
+      for (int r = 0; r < g.Ph; ++r)
+        row0[size_t(j) * size_t(g.Ph) + size_t(r)] = j * int(g.H) + math::cell_begin(r, int(g.H), g.Ph);
+    row0[size_t(k) * size_t(g.Ph)] = k * int(g.H);
     for (int q = 0; q <= g.Pw; ++q) col0[size_t(q)] = math::cell_begin(q, int(g.W), g.Pw);
     int tallest = 0;
     for (int r = 0; r < g.Ph; ++r) tallest = std::max(tallest, row0[size_t(r) + 1] - row0[size_t(r)]);
     flat_cell.resize(size_t(tallest) * size_t(g.W));
     for (size_t i = 0; i < flat_cell.size(); ++i) flat_cell[i] = math::cell_of(int(i % size_t(g.W)), int(g.W), g.Pw);
-    for (int r = 0; r < g.Ph; ++r)
-      for (int q = 0; q < g.Pw; ++q) inv[size_t(r) * size_t(g.Pw) + size_t(q)] = 1.0f / float(count(r, q));
+    for (size_t i = 0; i < inv.size(); ++i) {
+      const int r = int(i % size_t(g.tokens())) / g.Pw, q = int(i % size_t(g.tokens())) % g.Pw;
+      inv[i] = 1.0f / float(count(r, q));
+    }
   }
   int64_t count(int r, int q) const {
     return int64_t(row0[size_t(r) + 1] - row0[size_t(r)]) * (col0[size_t(q) + 1] - col0[size_t(q)]);
   }
 };
 
+// Planes per block: enough to make a loop of about 2K pixels, 1 for planes that size or more.
+inline int block_planes(const RegionGrid& g) {
+  const int64_t hw = std::max<int64_t>(g.H * g.W, 1);
+  return int(std::max<int64_t>(1, std::min<int64_t>(g.N * g.C, 2048 / hw)));
+}
+
 // The layout of the calling thread's last grid (the fused AdaShift-MA calls the region passes
 // once per sample with the same grid). The reference stays valid while the caller's pass runs:
 // only a call on the same thread with another grid replaces it.
 inline const GridLayout& layout_of(const RegionGrid& g) {
   thread_local std::unique_ptr<GridLayout> cached;
-  thread_local int64_t key[4] = {-1, -1, -1, -1};
-  if (!cached || key[0] != g.H || key[1] != g.W || key[2] != g.Ph || key[3] != g.Pw) {
-    cached = std::make_unique<GridLayout>(g);
-    key[0] = g.H; key[1] = g.W; key[2] = g.Ph; key[3] = g.Pw;
+  thread_local int64_t key[5] = {-1, -1, -1, -1, -1};
+  const int k = block_planes(g);
+  if (!cached || key[0] != g.H || key[1] != g.W || key[2] != g.Ph || key[3] != g.Pw || key[4] != k) {
+    cached = std::make_unique<GridLayout>(g, k);
+    key[0] = g.H; key[1] = g.W; key[2] = g.Ph; key[3] = g.Pw; key[4] = k;
   }
   return *cached;
+}
+
+// fn(first plane, planes, offset) for blocks of up to L.k consecutive planes (global index
+// n * C + c), the blocks split across the pool.
+template <typename BlockFn>
+inline void for_each_block(const RegionGrid& g, const GridLayout& L, BlockFn fn) {
+  const int64_t planes = g.N * g.C, hw = g.H * g.W, kb = L.k;
+  const int64_t blocks = (planes + kb - 1) / kb;
+  parallel_for(blocks, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(kb * hw, 1)),
+               [&](int64_t b0, int64_t b1) {
+                 for (int64_t b = b0; b < b1; ++b) {
+                   const int64_t p0 = b * kb;
+                   fn(p0, int(std::min<int64_t>(kb, planes - p0)), p0 * hw);
+                 }
+               });
 }
 
 // Per-thread scratch (reused across planes and calls: no allocation per plane).
@@ -101,21 +133,22 @@ inline float* scratch(int which, size_t n) {
   return buf[which].data();
 }
 
-// The plane's per-pixel map of its cell values vals [T]: map[h * W + w] = vals[cell of (h, w)],
-// laid out in map; with one-pixel cells that is vals itself (returned, nothing written).
-inline const float* expand_plane(const RegionGrid& g, const GridLayout& L, const float* vals, float* map) {
+// The block's per-pixel map of its k planes' cell values vals [k*T]: map[h * W + w] = vals[cell
+// of (h, w)] over the stack, laid out in map; with one-pixel cells that is vals itself
+// (returned, nothing written).
+inline const float* expand_block(const RegionGrid& g, const GridLayout& L, int k, const float* vals, float* map) {
   if (L.identity) return vals;
-  loops::expand_cells(vals, L.row0.data(), L.flat_cell.data(), g.Ph, g.Pw, g.W, map);
+  loops::expand_cells(vals, L.row0.data(), L.flat_cell.data(), k * g.Ph, g.Pw, g.W, map);
   return map;
 }
 
-// The sums of values [H*W] over each cell, in cells [T] (cols: scratch of Ph*W floats); with
-// one-pixel cells that is values itself (returned, nothing written).
-inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, const float* values,
+// The sums of values [k*H*W] over each cell of the k planes, in cells [k*T] (cols: scratch of
+// k*Ph*W floats); with one-pixel cells that is values itself (returned, nothing written).
+inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, int k, const float* values,
                               float* cols, float* cells) {
   if (L.identity) return values;
-  loops::band_column_sums(values, g.W, L.row0.data(), g.Ph, cols);
-  for (int r = 0; r < g.Ph; ++r)
+  loops::band_column_sums(values, g.W, L.row0.data(), k * g.Ph, cols);
+  for (int r = 0; r < k * g.Ph; ++r)
     for (int q = 0; q < g.Pw; ++q) {
       const float* c = cols + int64_t(r) * g.W;
       float acc = 0.0f;
@@ -125,17 +158,35 @@ inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, const fl
   return cells;
 }
 
-// The plane (n, c)'s T values of src: in place when channel_major, else gathered into vals.
-inline const float* plane_tokens(const RegionGrid& g, const float* src, int64_t n, int64_t c, float* vals) {
-  if (g.channel_major) return src + tok(g, n, 0, c);
-  for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)];
+// Token p of global plane i = n * C + c.
+inline int64_t tok_of(const RegionGrid& g, int64_t i, int64_t p) { return tok(g, i / g.C, p, i % g.C); }
+
+// The T values of each of the k planes from p0 on, plane after plane: in place when
+// channel_major (consecutive planes' tokens are contiguous), else gathered into vals.
+inline const float* block_tokens(const RegionGrid& g, const float* src, int64_t p0, int k, float* vals) {
+  const int64_t T = g.tokens();
+  if (g.channel_major) return src + p0 * T;
+  for (int j = 0; j < k; ++j)
+    for (int64_t p = 0; p < T; ++p) vals[j * T + p] = src[tok_of(g, p0 + j, p)];
   return vals;
 }
 
-// vals[p] = src[token p of plane (n, c)] / |cell p| (the pooled path's gradient per pixel).
-inline void tokens_per_pixel(const RegionGrid& g, const GridLayout& L, const float* src, int64_t n,
-                             int64_t c, float* vals) {
-  for (int64_t p = 0; p < g.tokens(); ++p) vals[p] = src[tok(g, n, p, c)] * L.inv[size_t(p)];
+// Stores sums [k*T] (plane after plane) as the tokens of the k planes from p0 on.
+inline void store_block_tokens(const RegionGrid& g, const float* sums, int64_t p0, int k, float* dst) {
+  const int64_t T = g.tokens();
+  if (g.channel_major) {
+    std::copy(sums, sums + k * T, dst + p0 * T);
+    return;
+  }
+  for (int j = 0; j < k; ++j)
+    for (int64_t p = 0; p < T; ++p) dst[tok_of(g, p0 + j, p)] = sums[j * T + p];
+}
+
+// vals[j*T + p] = src[token p of plane p0 + j] / |cell p| (the pooled path's gradient per pixel).
+inline void tokens_per_pixel(const RegionGrid& g, const GridLayout& L, const float* src, int64_t p0,
+                             int k, float* vals) {
+  const float* t = block_tokens(g, src, p0, k, vals);
+  for (int64_t i = 0; i < k * g.tokens(); ++i) vals[i] = t[i] * L.inv[size_t(i)];
 }
 
 // Per plane, the shift gradient's per-pixel terms (and, when dx is given, the direct input
@@ -143,17 +194,16 @@ inline void tokens_per_pixel(const RegionGrid& g, const GridLayout& L, const flo
 static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
                                  float* dx, float* ds) {
   const GridLayout& L = layout_of(g);
-  const int64_t HW = g.H * g.W;
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    float* smap = scratch(1, size_t(HW));
-    float* contrib = scratch(2, size_t(HW));
-    float* cols = scratch(3, size_t(g.Ph * g.W));
-    const float* sm = expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap);
-    if (dx) loops::gate_grads_v(x + base, dy + base, sm, dx + base, contrib, HW);
-    else loops::gate_shift_grad_v(x + base, dy + base, sm, contrib, HW);
-    const float* sums = cell_sums(g, L, contrib, cols, vals);
-    for (int64_t p = 0; p < g.tokens(); ++p) ds[tok(g, n, p, c)] = sums[p];
+  const int64_t HW = g.H * g.W, T = g.tokens();
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+    float* vals = scratch(0, size_t(k * T));
+    float* smap = scratch(1, size_t(k * HW));
+    float* contrib = scratch(2, size_t(k * HW));
+    float* cols = scratch(3, size_t(k * g.Ph * g.W));
+    const float* sm = expand_block(g, L, k, block_tokens(g, s, p0, k, vals), smap);
+    if (dx) loops::gate_grads_v(x + base, dy + base, sm, dx + base, contrib, k * HW);
+    else loops::gate_shift_grad_v(x + base, dy + base, sm, contrib, k * HW);
+    store_block_tokens(g, cell_sums(g, L, k, contrib, cols, vals), p0, k, ds);
   });
 }
 
@@ -169,11 +219,14 @@ void region_pool_forward(const RegionGrid& g, const float* x, float* t) {
     return;
   }
   const GridLayout& L = layout_of(g);
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* cols = scratch(0, size_t(g.Ph * g.W));
-    float* cells = scratch(1, size_t(g.tokens()));
-    const float* sums = cell_sums(g, L, x + base, cols, cells);
-    for (int64_t p = 0; p < g.tokens(); ++p) t[tok(g, n, p, c)] = sums[p] * L.inv[size_t(p)];
+  const int64_t T = g.tokens();
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+    float* cols = scratch(0, size_t(k * g.Ph * g.W));
+    float* cells = scratch(1, size_t(k * T));
+    const float* sums = cell_sums(g, L, k, x + base, cols, cells);
+    float* means = scratch(2, size_t(k * T));
+    for (int64_t i = 0; i < k * T; ++i) means[i] = sums[i] * L.inv[size_t(i)];
+    store_block_tokens(g, means, p0, k, t);
   });
 }
 
@@ -188,11 +241,11 @@ void region_pool_backward(const RegionGrid& g, const float* dt, float* dx) {
     return;
   }
   const GridLayout& L = layout_of(g);
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    tokens_per_pixel(g, L, dt, n, c, vals);
-    const float* map = expand_plane(g, L, vals, dx + base);
-    if (map != dx + base) std::copy(map, map + g.H * g.W, dx + base);
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+    float* vals = scratch(0, size_t(k * g.tokens()));
+    tokens_per_pixel(g, L, dt, p0, k, vals);
+    const float* map = expand_block(g, L, k, vals, dx + base);
+    if (map != dx + base) std::copy(map, map + k * g.H * g.W, dx + base);
   });
 }
 
@@ -208,10 +261,10 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
   }
   const GridLayout& L = layout_of(g);
   const int64_t HW = g.H * g.W;
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    float* smap = scratch(1, size_t(HW));
-    loops::gate_forward_v(x + base, expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap), y + base, HW);
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+    float* vals = scratch(0, size_t(k * g.tokens()));
+    float* smap = scratch(1, size_t(k * HW));
+    loops::gate_forward_v(x + base, expand_block(g, L, k, block_tokens(g, s, p0, k, vals), smap), y + base, k * HW);
   });
 }
 
@@ -245,21 +298,21 @@ void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, c
     return;
   }
   const GridLayout& L = layout_of(g);
-  const int64_t HW = g.H * g.W;
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    float* smap = scratch(1, size_t(HW));
-    float* add = scratch(2, size_t(HW));
-    float* dvals = scratch(3, size_t(g.tokens()));
-    const float* sm = expand_plane(g, L, plane_tokens(g, s, n, c, vals), smap);
+  const int64_t HW = g.H * g.W, T = g.tokens();
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+    float* vals = scratch(0, size_t(k * T));
+    float* smap = scratch(1, size_t(k * HW));
+    float* add = scratch(2, size_t(k * HW));
+    float* dvals = scratch(3, size_t(k * T));
+    const float* sm = expand_block(g, L, k, block_tokens(g, s, p0, k, vals), smap);
     const float* am = add;
     if (dt) {
-      tokens_per_pixel(g, L, dt, n, c, dvals);
-      am = expand_plane(g, L, dvals, add);
+      tokens_per_pixel(g, L, dt, p0, k, dvals);
+      am = expand_block(g, L, k, dvals, add);
     } else {
-      std::fill(add, add + HW, 0.0f);
+      std::fill(add, add + k * HW, 0.0f);
     }
-    loops::gate_input_grad_v(x + base, dy + base, sm, am, dx + base, HW);
+    loops::gate_input_grad_v(x + base, dy + base, sm, am, dx + base, k * HW);
   });
 }
 
@@ -271,11 +324,11 @@ void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, c
 void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx) {
   const GridLayout& L = layout_of(g);
   const int64_t HW = g.H * g.W;
-  for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
-    float* vals = scratch(0, size_t(g.tokens()));
-    float* add = scratch(1, size_t(HW));
-    tokens_per_pixel(g, L, dt, n, c, vals);
-    loops::add_v(dx + base, expand_plane(g, L, vals, add), HW);
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+    float* vals = scratch(0, size_t(k * g.tokens()));
+    float* add = scratch(1, size_t(k * HW));
+    tokens_per_pixel(g, L, dt, p0, k, vals);
+    loops::add_v(dx + base, expand_block(g, L, k, vals, add), k * HW);
   });
 }
 
