@@ -146,6 +146,7 @@ describe('AdaShift-MA as one op', () => {
     [[5, 8, 14, 14], 7, 4, 'linear'],
     [[3, 12, 10, 7], 4, 4, 'norm'],
     [[2, 6, 1, 1], 7, 2, 'norm'],
+    [[2, 6, 9, 50], 7, 3, 'linear'], // rows of 48+: the backward runs band by band
   ])('shape %j, grid %d, headDim %d, rect %s: equals the generic path', (shape, grid, headDim, rect) => {
     as.tidy(() => {
       as.manualSeed(13);

@@ -842,8 +842,9 @@ TEST(activations) {
 // AdaShift region pooling and gate
 // =============================================================================================
 
+// {2, 3, 11, 50}: rows of 48 or more run the shift gradient band by band (cpu/adashift.cc).
 const Shape kAdaShapes[] = {{1, 1, 1, 1}, {2, 3, 5, 7},  {3, 5, 9, 9}, {2, 4, 14, 14},
-                            {1, 6, 28, 28}, {2, 3, 9, 12}, {1, 2, 3, 12}};
+                            {1, 6, 28, 28}, {2, 3, 9, 12}, {1, 2, 3, 12}, {2, 3, 11, 50}};
 const int64_t kGrids[] = {1, 3, 7};
 
 TEST(region_grid_clamps) {

@@ -142,6 +142,13 @@ inline const float* expand_block(const RegionGrid& g, const GridLayout& L, int k
   return map;
 }
 
+// Cell column q's sum of a band's column sums c [W], its columns added in order.
+inline float cell_cols_sum(const GridLayout& L, const float* c, int q) {
+  float acc = 0.0f;
+  for (int w = L.col0[size_t(q)]; w < L.col0[size_t(q) + 1]; ++w) acc += c[w];
+  return acc;
+}
+
 // The sums of values [k*H*W] over each cell of the k planes, in cells [k*T] (cols: scratch of
 // k*Ph*W floats); with one-pixel cells that is values itself (returned, nothing written).
 inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, int k, const float* values,
@@ -149,12 +156,7 @@ inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, int k, c
   if (L.identity) return values;
   loops::band_column_sums(values, g.W, L.row0.data(), k * g.Ph, cols);
   for (int r = 0; r < k * g.Ph; ++r)
-    for (int q = 0; q < g.Pw; ++q) {
-      const float* c = cols + int64_t(r) * g.W;
-      float acc = 0.0f;
-      for (int w = L.col0[size_t(q)]; w < L.col0[size_t(q) + 1]; ++w) acc += c[w];
-      cells[int64_t(r) * g.Pw + q] = acc;
-    }
+    for (int q = 0; q < g.Pw; ++q) cells[int64_t(r) * g.Pw + q] = cell_cols_sum(L, cols + int64_t(r) * g.W, q);
   return cells;
 }
 
@@ -191,10 +193,36 @@ inline void tokens_per_pixel(const RegionGrid& g, const GridLayout& L, const flo
 
 // Per plane, the shift gradient's per-pixel terms (and, when dx is given, the direct input
 // gradient in the same pass), summed per cell into ds.
+// Rows at least this wide run the backward band by band: each band's shifts laid out for one
+// row (W floats), the shift gradient summed per column in the pass itself. Narrower rows run as
+// one loop over the block (per-row loops would be mostly remainder).
+constexpr int64_t kBandRowsMinWidth = 48;
+// row0 of a one-row band: expand_cells then lays out one row of a band's shifts.
+constexpr int kOneRow[2] = {0, 1};
+
 static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
                                  float* dx, float* ds) {
   const GridLayout& L = layout_of(g);
   const int64_t HW = g.H * g.W, T = g.tokens();
+  if (g.W >= kBandRowsMinWidth && !L.identity) {
+    for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+      float* vals = scratch(0, size_t(k * T));
+      float* srow = scratch(1, size_t(g.W));
+      float* cols = scratch(3, size_t(k * g.Ph * g.W));
+      const float* sv = block_tokens(g, s, p0, k, vals);
+      for (int b = 0; b < k * g.Ph; ++b) {
+        const int64_t o = base + int64_t(L.row0[size_t(b)]) * g.W;
+        loops::expand_cells(sv + int64_t(b) * g.Pw, kOneRow, L.flat_cell.data(), 1, g.Pw, g.W, srow);
+        loops::gate_grads_band(x + o, dy + o, srow, dx ? dx + o : nullptr, cols + int64_t(b) * g.W,
+                               L.row0[size_t(b) + 1] - L.row0[size_t(b)], g.W);
+      }
+      float* sums = scratch(2, size_t(k * T));
+      for (int r = 0; r < k * g.Ph; ++r)
+        for (int q = 0; q < g.Pw; ++q) sums[int64_t(r) * g.Pw + q] = cell_cols_sum(L, cols + int64_t(r) * g.W, q);
+      store_block_tokens(g, sums, p0, k, ds);
+    });
+    return;
+  }
   for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
     float* vals = scratch(0, size_t(k * T));
     float* smap = scratch(1, size_t(k * HW));
@@ -261,6 +289,19 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
   }
   const GridLayout& L = layout_of(g);
   const int64_t HW = g.H * g.W;
+  if (g.W >= kBandRowsMinWidth && !L.identity) {
+    for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
+      float* vals = scratch(0, size_t(k * g.tokens()));
+      float* srow = scratch(1, size_t(g.W));
+      const float* sv = block_tokens(g, s, p0, k, vals);
+      for (int b = 0; b < k * g.Ph; ++b) {
+        const int64_t o = base + int64_t(L.row0[size_t(b)]) * g.W;
+        loops::expand_cells(sv + int64_t(b) * g.Pw, kOneRow, L.flat_cell.data(), 1, g.Pw, g.W, srow);
+        loops::gate_forward_band(x + o, srow, y + o, L.row0[size_t(b) + 1] - L.row0[size_t(b)], g.W);
+      }
+    });
+    return;
+  }
   for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
     float* vals = scratch(0, size_t(k * g.tokens()));
     float* smap = scratch(1, size_t(k * HW));

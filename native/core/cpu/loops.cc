@@ -85,6 +85,48 @@ AS_VECTORIZE void gate_grads_v(const float* __restrict x, const float* __restric
   }
 }
 
+AS_VECTORIZE void gate_grads_band(const float* __restrict x, const float* __restrict dy, const float* __restrict srow,
+                                  float* __restrict dx, float* __restrict cols, int rows, int64_t W) {
+  for (int h = 0; h < rows; ++h) {
+    const float* __restrict xr = x + int64_t(h) * W;
+    const float* __restrict dr = dy + int64_t(h) * W;
+    if (dx) {
+      float* __restrict o = dx + int64_t(h) * W;
+      if (h == 0) {
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+          const math::GateGrad gg = math::gate_grad(xr[w], srow[w], dr[w]);
+          o[w] = gg.dx;
+          cols[w] = gg.ds;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+          const math::GateGrad gg = math::gate_grad(xr[w], srow[w], dr[w]);
+          o[w] = gg.dx;
+          cols[w] += gg.ds;
+        }
+      }
+    } else if (h == 0) {
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) cols[w] = math::gate_grad(xr[w], srow[w], dr[w]).ds;
+    } else {
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) cols[w] += math::gate_grad(xr[w], srow[w], dr[w]).ds;
+    }
+  }
+}
+
+AS_VECTORIZE void gate_forward_band(const float* __restrict x, const float* __restrict srow, float* __restrict y,
+                                    int rows, int64_t W) {
+  for (int h = 0; h < rows; ++h) {
+    const float* __restrict xr = x + int64_t(h) * W;
+    float* __restrict o = y + int64_t(h) * W;
+#pragma omp simd
+    for (int64_t w = 0; w < W; ++w) o[w] = math::gate(xr[w], srow[w]);
+  }
+}
+
 AS_VECTORIZE void add_v(float* __restrict x, const float* __restrict a, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] += a[i];

@@ -37,6 +37,13 @@ void gate_shift_grad_v(const float* x, const float* dy, const float* s, float* o
 void gate_input_grad_v(const float* x, const float* dy, const float* s, const float* add, float* dx, int64_t n);
 // Both gate gradients with a per-element shift: dx = dy (g + x g (1 - g)), ds = dy x g (1 - g)
 void gate_grads_v(const float* x, const float* dy, const float* s, float* dx, float* ds, int64_t n);
+// A band of `rows` rows of width W whose pixels share the row pattern of shifts srow [W]: the
+// shift gradient's column sums over the band into cols [W] (cols[w] = the first row's term, then
+// each later row's added in order: band_column_sums of the per-pixel terms, without storing
+// them), and with dx given the direct input gradient of every pixel.
+void gate_grads_band(const float* x, const float* dy, const float* srow, float* dx, float* cols, int rows, int64_t W);
+// The gate over a band of `rows` rows of width W sharing the row pattern of shifts srow [W].
+void gate_forward_band(const float* x, const float* srow, float* y, int rows, int64_t W);
 // x[i] += a[i]
 void add_v(float* x, const float* a, int64_t n);
 // Column sums of each band of rows of a [H, W] plane: out[b * W + w] = sum over h in
