@@ -26,6 +26,7 @@ floor(h * P / H), P = min(grid, H) per axis): average pooling when the grid divi
 otherwise index_add_ sums; the shift goes back to pixels by repeat_interleave / index_select.
 """
 import json
+import os
 import math
 import sys
 import time
@@ -263,7 +264,13 @@ class Peer:
             times.append(time.perf_counter() - t0)
             if cuda:
                 peak = max(peak or 0, torch.cuda.max_memory_allocated(dev))
+        # Untimed: OpenMP's worker threads keep spinning for a while after the last parallel
+        # region; let them go to sleep before the other side's step starts on the same cores.
+        time.sleep(SETTLE_SECONDS)
         return {"ok": True, "times": times, "peakBytes": peak}
+
+
+SETTLE_SECONDS = float(os.environ.get("ADASHIFT_TORCH_SETTLE_MS", "30")) / 1000.0
 
 
 def main():
