@@ -50,32 +50,39 @@ function bytesPerElement(act: string): number {
   return act.startsWith('adashift') ? ADASHIFT_BYTES : BASELINE_BYTES;
 }
 
-function measure(m: Module, shape: number[], device: string, repeats: number, warmup: number) {
+/**
+ * Forward and backward times of each module on one input, round robin: repeat i of every
+ * module runs before repeat i + 1 of any, so drift in the machine's speed (shared memory
+ * bandwidth moves by 1.5x within minutes) hits every activation alike.
+ */
+function measureAll(mods: Module[], shape: number[], device: string, repeats: number, warmup: number) {
   const x = randn(shape, { device, requiresGrad: true });
   const dy = randn(shape, { device });
-  const fwd: number[] = [], bwd: number[] = [];
+  const fwd: number[][] = mods.map(() => []), bwd: number[][] = mods.map(() => []);
   for (let i = 0; i < warmup + repeats; i++) {
-    tidy(() => {
-      let y!: Tensor;
-      const tf = timeIt(device, () => {
-        y = m.forward(x) as Tensor;
+    mods.forEach((m, k) => {
+      tidy(() => {
+        let y!: Tensor;
+        const tf = timeIt(device, () => {
+          y = m.forward(x) as Tensor;
+        });
+        const tb = timeIt(device, () => y.backward(dy));
+        x.grad?.dispose();
+        x.grad = null;
+        for (const p of m.parameters()) {
+          p.grad?.dispose();
+          p.grad = null;
+        }
+        if (i >= warmup) {
+          fwd[k].push(tf);
+          bwd[k].push(tb);
+        }
       });
-      const tb = timeIt(device, () => y.backward(dy));
-      x.grad?.dispose();
-      x.grad = null;
-      for (const p of m.parameters()) {
-        p.grad?.dispose();
-        p.grad = null;
-      }
-      if (i >= warmup) {
-        fwd.push(tf);
-        bwd.push(tb);
-      }
     });
   }
   x.dispose();
   dy.dispose();
-  return { fwd: median(fwd), bwd: median(bwd) };
+  return mods.map((_, k) => ({ fwd: median(fwd[k]), bwd: median(bwd[k]) }));
 }
 
 /** Measured device-to-device copy bandwidth (read + write), GB/s, on a tensor of n floats. */
@@ -103,10 +110,11 @@ export function benchAct(options: BenchActOptions = {}) {
   const python = options.torch === false ? undefined : findTorchPython();
   const copy = shapes.map((s) => ({ shape: s, gbPerSec: copyBandwidth(s.reduce((a, b) => a * b, 1), device) }));
   for (const shape of shapes) {
-    for (const act of acts) {
-      const m = activation(act, shape[1]).to(device);
-      const { fwd, bwd } = measure(m, shape, device, repeats, warmup);
-      m.dispose();
+    const mods = acts.map((act) => activation(act, shape[1]).to(device));
+    const times = measureAll(mods, shape, device, repeats, warmup);
+    for (const m of mods) m.dispose();
+    for (const [k, act] of acts.entries()) {
+      const { fwd, bwd } = times[k];
       const n = shape.reduce((a, b) => a * b, 1);
       const total = fwd + bwd;
       const r: ActResult = {
