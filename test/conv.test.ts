@@ -263,6 +263,8 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
     { name: '5x5 s1 p2, N=1', x: [1, 32, 14, 14], w: [24, 32, 5, 5], stride: 1, padding: 2 },
     { name: '3x3 s1 p1, N=3, dW rows over two depth blocks', x: [3, 8, 17, 16], w: [12, 8, 3, 3], stride: 1, padding: 1 },
     { name: '7x7 s1 p3, N=6', x: [6, 5, 12, 9], w: [7, 5, 7, 7], stride: 1, padding: 3 },
+    { name: '3x3 s1 p1, N=4, pixel rows (forward and dX)', x: [4, 32, 7, 7], w: [64, 32, 3, 3], stride: 1, padding: 1 },
+    { name: '3x3 s1 p1, N=1, pixel rows with threads inside', x: [1, 32, 14, 14], w: [32, 32, 3, 3], stride: 1, padding: 1 },
   ];
   const run = (s: (typeof shapes)[number], threads: number) =>
     as.tidy(() => {
@@ -303,6 +305,12 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
     ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],
     ['stride 2, 4x4, padding 3 (dX by columns), N=2', [2, 3, 9, 8], [4, 3, 4, 4], 3, 2],
+    // pixel rows (AVX-512 only; elsewhere these run the windows lowering): output rows of at
+    // most 32 pixels against 32-channel slivers, runs of up to 8 pixels
+    ['pixel rows: 7x7, forward and dX, 64/32 channels, N=2', [2, 32, 7, 7], [64, 32, 3, 3], 1, 1],
+    ['pixel rows: 5x5, 40 channels (a partial sliver), N=2', [2, 7, 5, 5], [40, 7, 3, 3], 1, 1],
+    ['pixel rows: 20 wide (runs of 7, 7, 6), N=1', [1, 4, 6, 20], [32, 4, 3, 3], 1, 1],
+    ['pixel rows: stride 2 (phase planes), 13x13 -> 7x7, N=2', [2, 8, 13, 13], [32, 8, 3, 3], 1, 2],
     // dW of all samples at once, in two passes (the copies of 80 or 20 samples exceed one pass)
     ['short rows over two passes, N=80 (dW only)', [80, 1, 20, 20], [128, 1, 3, 3], 1, 1],
     ['pointwise over two passes, N=20 (dW only)', [20, 2, 32, 32], [256, 2, 1, 1], 0, 1],

@@ -37,6 +37,7 @@
 // Non-finite inputs: in the windows lowering of dW the unused columns multiply 0 by real input
 // values, so an infinite input can turn more dW entries into NaN than an exact evaluation.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -351,12 +352,61 @@ AS_VECTORIZE void take_rows(const float* __restrict t, int64_t Cout, int64_t row
   }
 }
 
+// Output rows up to this wide run by pixel rows (gemm_pixel_rows) where the AVX-512 tile is
+// there: the windows lowering computes Wp - Wo padding columns per row and rounds each row
+// block up to the tile width (64 columns for 49 outputs at 7x7, 224 for 196 at 14x14).
+constexpr int64_t kPixelRowsMaxWidth = 32;
+
+// The weight [N, K] packed for gemm_pixel_rows when the convolution t takes that path, else
+// empty.
+std::vector<float> pixel_weights(const Conv2dDims& t, const Padded& g, const float* w, int64_t N,
+                                 int64_t K) {
+  if (!gemm_pixel_rows_available() || t.Wo > kPixelRowsMaxWidth || t.Wo < 1 || N < 1) return {};
+  // Products computed per useful one: pixel rows round the channels up to the 32-wide sliver;
+  // the windows lowering computes Wp columns per Wo and rounds the row block up to 32 columns
+  // and the channels up to 8 rows.
+  const double pixel = double((N + 31) / 32 * 32) / double(N);
+  const double cols = double(t.Ho * g.Wp);
+  const double windows = std::ceil(cols / 32.0) * 32.0 / double(t.Ho * t.Wo) *
+                         (double((N + 7) / 8 * 8) / double(N));
+  if (!(pixel < windows)) return {};
+  std::vector<float> out(size_t(gemm_rows_packed_size(N, K)));
+  gemm_rows_pack(w, K, N, K, out.data());
+  return out;
+}
+
+// One sample by pixel rows: each output row in runs of at most 8 pixels (as equal as possible),
+// each run against all output channels, written straight into y.
+void pixel_rows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, const float* xp,
+                        const float* wpix, int64_t N, const float* b, float* y, bool inner_parallel) {
+  const int64_t runs = (d.Wo + 7) / 8, base = d.Wo / runs, rem = d.Wo % runs, K = d.K();
+  auto run = [&](int64_t i) {
+    const int64_t oh = i / runs, r = i % runs;
+    const int64_t w0 = r * base + std::min(r, rem);
+    gemm_pixel_rows(xp + oh * g.Wp + w0, off, K, wpix, N, int(base + (r < rem ? 1 : 0)), b,
+                    y + oh * d.Wo + w0, d.P());
+  };
+  if (inner_parallel) {
+    parallel_for(d.Ho * runs, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) run(i);
+    });
+  } else {
+    for (int64_t i = 0; i < d.Ho * runs; ++i) run(i);
+  }
+}
+
 // One sample of a stride-1 convolution in the windows lowering: x [Cin, H, W] -> y [Cout, Ho,
-// Wo] with the weight [Cout, Cin*kh*kw] packed once per call; off from tap_offsets.
+// Wo] with the weight [Cout, Cin*kh*kw] packed once per call (and, for pixel rows, wpix from
+// pixel_weights); off from tap_offsets.
 void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, const float* x,
-                     const GemmPackedA& w, const float* b, float* y, bool inner_parallel) {
+                     const GemmPackedA& w, const std::vector<float>& wpix, const float* b, float* y,
+                     bool inner_parallel) {
   float* xp = scratch(2, size_t(g.total)).data();
   pad_sample(x, g, xp, inner_parallel);
+  if (!wpix.empty()) {
+    pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, y, inner_parallel);
+    return;
+  }
   // Whole output rows per GEMM, with at most kColsBudget floats of output tile.
   const int64_t rows = std::max<int64_t>(
       1, std::min<int64_t>(d.Ho, kColsBudget / std::max<int64_t>(d.Cout * g.Wp, 1)));
@@ -429,6 +479,7 @@ struct DxPhase {
   Padded g;
   std::vector<int64_t> off;
   std::unique_ptr<GemmPackedA> w;    // the phase's flipped taps [Cin, Cout * kh' * kw'], packed
+  std::vector<float> wpix;           // the same for pixel rows (pixel_weights), or empty
 };
 
 struct WindowsPlan {
@@ -436,6 +487,7 @@ struct WindowsPlan {
   Padded gx{};                        // padded x (forward, dW)
   std::vector<int64_t> offx;          // tap offsets on it
   std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
+  std::vector<float> wpix;            // the same for pixel rows (pixel_weights), or empty
   std::vector<DxPhase> dx_phases;     // dX (empty: the phases' taps are all outside dx)
   // Pointwise convolutions with the own GEMM: the weight [Cout, Cin] (forward) or its transpose
   // (dX), packed once per call instead of once per sample.
@@ -486,6 +538,7 @@ bool plan_dx_phases(const Conv2dDims& d, const float* w, std::vector<DxPhase>& o
               flip[size_t((c * d.Cout + co) * kk + (kh - 1 - i) * kw + (kw - 1 - j))] =
                   w[((co * d.Cin + c) * d.kh + a + i * d.stride_h) * d.kw + b + j * d.stride_w];
       ph.w = std::make_unique<GemmPackedA>(false, d.Cin, d.Cout * kk, flip.data(), d.Cout * kk);
+      ph.wpix = pixel_weights(t, ph.g, flip.data(), d.Cin, d.Cout * kk);
       out.push_back(std::move(ph));
     }
   return true;
@@ -498,14 +551,14 @@ void windows_input_grad(const Conv2dDims& d, const std::vector<DxPhase>& phases,
                      phases[0].t.Ho == d.H && phases[0].t.Wo == d.W;
   if (whole) {  // stride 1: the correlation's output is dx
     const DxPhase& ph = phases[0];
-    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, nullptr, dx, inner_parallel);
+    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, ph.wpix, nullptr, dx, inner_parallel);
     return;
   }
   std::fill(dx, dx + d.Cin * d.H * d.W, 0.0f);
   for (const DxPhase& ph : phases) {
     const int64_t Hu = ph.t.Ho, Wv = ph.t.Wo;
     float* t = scratch(1, size_t(d.Cin * Hu * Wv)).data();
-    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, nullptr, t, inner_parallel);
+    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, ph.wpix, nullptr, t, inner_parallel);
     for (int64_t c = 0; c < d.Cin; ++c)
       for (int64_t u = 0; u < Hu; ++u) {
         const int64_t h = (ph.u0 + u) * d.stride_h + ph.a - d.pad_h;
@@ -526,7 +579,7 @@ bool windows_usable(const Conv2dDims& d) {
 void forward_sample(const Conv2dDims& d, const float* x, const float* w, const float* b, float* y,
                     const WindowsPlan& plan, bool inner_parallel) {
   if (plan.fwd) {
-    windows_forward(d, plan.gx, plan.offx.data(), x, *plan.w, b, y, inner_parallel);
+    windows_forward(d, plan.gx, plan.offx.data(), x, *plan.w, plan.wpix, b, y, inner_parallel);
     return;
   }
   const GemmFn G = inner_parallel ? &gemm : &gemm_serial;
@@ -663,6 +716,7 @@ void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const f
     plan.gx = padded(d);
     plan.offx = tap_offsets(d, plan.gx);
     plan.w = std::make_unique<GemmPackedA>(false, d.Cout, d.K(), w, d.K());
+    plan.wpix = pixel_weights(d, plan.gx, w, d.Cout, d.K());
   } else if (d.pointwise() && gemm_backend() == GemmBackend::Own) {
     plan.pointwise = std::make_unique<GemmPackedA>(false, d.Cout, d.Cin, w, d.Cin);
   }

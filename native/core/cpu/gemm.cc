@@ -457,6 +457,65 @@ AS_VECTORIZE void rows_8x32(const RowsBlock& p) { rows_macro<8, 32>(p); }
 AS_VECTORIZE void rows_6x16(const RowsBlock& p) { rows_macro<6, 16>(p); }
 AS_VECTORIZE void rows_4x16(const RowsBlock& p) { rows_macro<4, 16>(p); }
 
+// ---- pixel rows: output pixels against output channels, the input read in place ------------
+// The tile is MR consecutive output pixels x NR output channels. Per depth step k: NR/16 vector
+// loads of the packed weight, MR broadcasts of xq[off[k] + m] (consecutive floats of the padded
+// input), MR * NR/16 FMAs. The tile is written transposed, straight into the NCHW output.
+struct PixelBlock {
+  const float* xq;
+  const int64_t* off;
+  int64_t K;
+  const float* Wp;  // gemm_rows_pack(W, K, N, K): depth blocks of slivers
+  int64_t N;
+  const float* bias;
+  float* y;
+  int64_t ystride;
+};
+
+template <int MR, int NR>
+__attribute__((always_inline)) inline void pixel_body(const PixelBlock& p) {
+  const int64_t slivers = (p.N + NR - 1) / NR;
+  for (int64_t s = 0; s < slivers; ++s) {
+    const int nr = int(std::min<int64_t>(NR, p.N - s * NR));
+    float acc[MR][NR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma omp simd
+      for (int j = 0; j < NR; ++j) acc[i][j] = 0.0f;
+    for (int64_t pc = 0; pc < p.K; pc += KC) {
+      const int64_t kc = std::min(KC, p.K - pc);
+      const float* __restrict b = p.Wp + slivers * NR * pc + s * kc * NR;
+      const int64_t* __restrict off = p.off + pc;
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* __restrict bk = b + k * NR;
+        const float* __restrict xk = p.xq + off[k];
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          const float av = xk[i];
+#pragma omp simd
+          for (int j = 0; j < NR; ++j) acc[i][j] += av * bk[j];
+        }
+      }
+    }
+    for (int j = 0; j < nr; ++j) {
+      const int64_t n = s * NR + j;
+      const float bn = p.bias ? p.bias[n] : 0.0f;
+      float* __restrict yn = p.y + n * p.ystride;
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) yn[i] = acc[i][j] + bn;
+    }
+  }
+}
+
+AS_VECTORIZE void pixel_8x32(const PixelBlock& p) { pixel_body<8, 32>(p); }
+AS_VECTORIZE void pixel_7x32(const PixelBlock& p) { pixel_body<7, 32>(p); }
+AS_VECTORIZE void pixel_6x32(const PixelBlock& p) { pixel_body<6, 32>(p); }
+AS_VECTORIZE void pixel_5x32(const PixelBlock& p) { pixel_body<5, 32>(p); }
+AS_VECTORIZE void pixel_4x32(const PixelBlock& p) { pixel_body<4, 32>(p); }
+AS_VECTORIZE void pixel_3x32(const PixelBlock& p) { pixel_body<3, 32>(p); }
+AS_VECTORIZE void pixel_2x32(const PixelBlock& p) { pixel_body<2, 32>(p); }
+AS_VECTORIZE void pixel_1x32(const PixelBlock& p) { pixel_body<1, 32>(p); }
+
 // ---- dot-product kernel ----------------------------------------------------------------------
 // An MI x NJ tile of dot products: MI * NJ vector accumulators of L lanes over k (lane l adds
 // k = l, l + L, ... in order), then each accumulator is reduced by a fixed pairwise tree.
@@ -636,6 +695,18 @@ void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, con
                       pc == 0});
     }
   }
+}
+
+bool gemm_pixel_rows_available() { return kernel().NR == 32; }
+
+void gemm_pixel_rows(const float* xq, const int64_t* off, int64_t K, const float* Wp, int64_t N,
+                     int width, const float* bias, float* y, int64_t ystride) {
+  static void (*const run[9])(const PixelBlock&) = {nullptr,    pixel_1x32, pixel_2x32,
+                                                    pixel_3x32, pixel_4x32, pixel_5x32,
+                                                    pixel_6x32, pixel_7x32, pixel_8x32};
+  AS_CHECK(gemm_pixel_rows_available() && width >= 1 && width <= 8, Arg,
+           "gemm_pixel_rows: needs the AVX-512 tile and 1 <= width <= 8, got width ", width);
+  run[width](PixelBlock{xq, off, K, Wp, N, bias, y, ystride});
 }
 
 int64_t gemm_rows_packed_size(int64_t N, int64_t K) {

@@ -120,6 +120,19 @@ void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64
                        const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
                        float* C, int64_t ldc);
 
+// Convolution outputs by pixel runs ("pixel rows"): for a run of `width` consecutive output
+// pixels of one output row and every output channel n < N,
+//   y[n * ystride + m] = (bias ? bias[n] : 0) + sum over k < K of xq[off[k] + m] * W[n][k]
+// for m < width, on the calling thread, with W [N, K] packed beforehand by gemm_rows_pack(W, K,
+// N, K, Wp) (W^T's slivers). The register tile holds the run's pixels against a sliver of
+// output channels, so no column is computed for padding and the input is read in place (no
+// packing per sample). Each output sums its K products in order (depth blocks of kGemmKC, in
+// registers): any split of the runs across threads gives the same bits. Only with the AVX-512
+// tile (gemm_pixel_rows_available()); width in [1, 8].
+bool gemm_pixel_rows_available();
+void gemm_pixel_rows(const float* xq, const int64_t* off, int64_t K, const float* Wp, int64_t N,
+                     int width, const float* bias, float* y, int64_t ystride);
+
 // Dot-product kernel for products whose depth is contiguous in both operands:
 //   C[i][j] = sum_{k < len} A[i * lda + k] * B[boff[j] + k]  (+ beta * C[i][j]),
 // for rows i < M and columns j in [j0, j1), on the calling thread. It reads every row in
