@@ -234,15 +234,18 @@ Padded padded(const Conv2dDims& d) {
   return g;
 }
 
+// With zero_borders false only the input's values are written: the rest must already be zero
+// (from an earlier call with the same geometry on the same buffer).
 AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t c0, int64_t c1,
-                             float* __restrict xp) {
+                             float* __restrict xp, bool zero_borders) {
   for (int64_t c = c0; c < c1; ++c) {
     const float* __restrict xc = x + c * g.H * g.W;
     for (int64_t a = 0; a < g.sh; ++a)
       for (int64_t b = 0; b < g.sw; ++b) {
         float* __restrict o = xp + ((c * g.sh + a) * g.sw + b) * g.plane;
         if (a >= g.kh || b >= g.kw) {  // read only past the end of a used plane's last row
-          for (int64_t t = 0; t < g.plane; ++t) o[t] = 0.0f;
+          if (zero_borders)
+            for (int64_t t = 0; t < g.plane; ++t) o[t] = 0.0f;
           continue;
         }
         // plane column v holds input column v * sw + b - pw: valid for v in [v0, v1)
@@ -252,31 +255,50 @@ AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t
           float* __restrict row = o + u * g.Wp;
           const int64_t ih = u * g.sh + a - g.ph;
           if (ih < 0 || ih >= g.H || v1 <= v0) {
-            for (int64_t t = 0; t < g.Wp; ++t) row[t] = 0.0f;
+            if (zero_borders)
+              for (int64_t t = 0; t < g.Wp; ++t) row[t] = 0.0f;
             continue;
           }
-          for (int64_t t = 0; t < v0; ++t) row[t] = 0.0f;
+          if (zero_borders)
+            for (int64_t t = 0; t < v0; ++t) row[t] = 0.0f;
           const float* __restrict src = xc + ih * g.W + (v0 * g.sw + b - g.pw);
           if (g.sw == 1) {
-#pragma omp simd
-            for (int64_t t = 0; t < v1 - v0; ++t) row[v0 + t] = src[t];
+            // memcpy: rows here are often shorter than a vector (7 or 14 floats), where a
+            // vectorised loop runs only its scalar remainder
+            std::memcpy(row + v0, src, size_t(v1 - v0) * sizeof(float));
           } else {
             for (int64_t t = 0; t < v1 - v0; ++t) row[v0 + t] = src[t * g.sw];
           }
-          for (int64_t t = v1; t < g.Wp; ++t) row[t] = 0.0f;
+          if (zero_borders)
+            for (int64_t t = v1; t < g.Wp; ++t) row[t] = 0.0f;
         }
       }
   }
 }
 
-void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel) {
+// The padded copy of one sample into xp. The zeros around the values depend only on the
+// geometry: with own_scratch (xp is the calling thread's scratch(2), which only pad_sample
+// writes and which lives as long as the thread), later samples of the geometry last padded
+// there rewrite the values only (on 7x7 maps the borders are most of the writes).
+void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel, bool own_scratch) {
+  thread_local const float* last_buf = nullptr;
+  thread_local Padded last{};
+  const bool same = own_scratch && last_buf == xp && last.C == g.C && last.H == g.H && last.W == g.W &&
+                    last.ph == g.ph && last.pw == g.pw && last.sh == g.sh && last.sw == g.sw &&
+                    last.Hp == g.Hp && last.Wp == g.Wp && last.plane == g.plane &&
+                    last.total == g.total && last.kh == g.kh && last.kw == g.kw;
+  const bool zero = !same;
   const int64_t per_channel = g.sh * g.sw * g.plane;
   if (inner_parallel)
     parallel_for(g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(per_channel, 1)),
-                 [&](int64_t c0, int64_t c1) { pad_planes(x, g, c0, c1, xp); });
+                 [&](int64_t c0, int64_t c1) { pad_planes(x, g, c0, c1, xp, zero); });
   else
-    pad_planes(x, g, 0, g.C, xp);
-  std::fill(xp + g.C * per_channel, xp + g.total, 0.0f);
+    pad_planes(x, g, 0, g.C, xp, zero);
+  if (zero) std::fill(xp + g.C * per_channel, xp + g.total, 0.0f);
+  if (own_scratch) {
+    last_buf = xp;
+    last = g;
+  }
 }
 
 // off[r] for taps r = (c, i, j): where tap r's run of output columns starts in the planes.
@@ -402,7 +424,7 @@ void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, c
                      const GemmPackedA& w, const std::vector<float>& wpix, const float* b, float* y,
                      bool inner_parallel) {
   float* xp = scratch(2, size_t(g.total)).data();
-  pad_sample(x, g, xp, inner_parallel);
+  pad_sample(x, g, xp, inner_parallel, true);
   if (!wpix.empty()) {
     pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, y, inner_parallel);
     return;
@@ -452,7 +474,7 @@ void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* of
   const int64_t K = d.K(), Q = d.Ho * g.Wp;
   const int64_t Q16 = (Q + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
   float* xp = scratch(2, size_t(g.total)).data();
-  pad_sample(x, g, xp, inner_parallel);
+  pad_sample(x, g, xp, inner_parallel, true);
   float* a = scratch(4, size_t(d.Cout * Q16)).data();
   dy_rows(dy, d.Cout, d.Ho, d.Wo, g.Wp, Q16, a);
   const float beta = accumulate ? 1.0f : 0.0f;
@@ -686,7 +708,7 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
         float* packed = bbuf.data() + s * psize;
         if (g) {
           float* xp = xbuf.data() + s * xsize;
-          pad_sample(xn, *g, xp, false);
+          pad_sample(xn, *g, xp, false, false);
           xps[size_t(s)] = xp;
           float* a = scratch(4, size_t(Cout * Q16)).data();
           dy_rows(dyn, Cout, d.Ho, d.Wo, g->Wp, Q16, a);
