@@ -15,8 +15,11 @@
 //   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q], with dy~ = dy in the padded
 //             layout (0 in the unused columns), accumulated over samples: long rows by dot
 //             products (gemm_dot) sample by sample; short rows for all samples at once as
-//             [K, Cout], each tap row read in place against dy~^T (batched_weight_grad; also
-//             the pointwise dW).
+//             [K, Cout], each tap row read in place at the exact output pixels against dy^T
+//             (batched_weight_grad; also the pointwise dW).
+// Narrow outputs (rows of at most 32 pixels) run the forward and dX correlations by "pixel
+// rows" instead when that wastes less (gemm_pixel_rows): runs of up to 8 output pixels against
+// 32-channel slivers of the weight, the input read in place, no padding column computed.
 // Otherwise ("columns": always with BLAS, and dX when the padding reaches past the kernel):
 // im2col + GEMM. With K = Cin*kh*kw
 // and P = Ho*Wo: forward y[n] = W @ cols(x[n]); dW += dy[n] @ cols(x[n])^T; dcols = W^T @ dy[n]
@@ -34,8 +37,8 @@
 // bit-identical for any number of threads. (OpenBLAS splits its work by its thread count, so
 // with it results are reproducible at a fixed thread count only.)
 //
-// Non-finite inputs: in the windows lowering of dW the unused columns multiply 0 by real input
-// values, so an infinite input can turn more dW entries into NaN than an exact evaluation.
+// Non-finite inputs: in the long-row (dot product) dW the unused columns multiply 0 by real
+// input values, so an infinite input can turn more dW entries into NaN than an exact evaluation.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -686,9 +689,14 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
   const int64_t K = d.K(), Cout = d.Cout, P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = Cout * P;
   const Padded* g = plan ? &plan->gx : nullptr;
-  const int64_t Q = g ? d.Ho * g->Wp : P;
-  const int64_t Q16 = (Q + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
-  const int64_t xsize = g ? g->total : 0, psize = gemm_rows_packed_size(Cout, Q);
+  // The depth runs over the exact output pixels: pixel p of the padded layout's row sits at
+  // kmap[p] = (p / Wo) * Wp + p % Wo (its padding columns are never multiplied).
+  std::vector<int32_t> kmap;
+  if (g) {
+    kmap.resize(size_t(P));
+    for (int64_t q = 0; q < P; ++q) kmap[size_t(q)] = int32_t((q / d.Wo) * g->Wp + q % d.Wo);
+  }
+  const int64_t xsize = g ? g->total : 0, psize = gemm_rows_packed_size(Cout, P);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(d.N, kBatchFloats / (xsize + psize)));
   std::vector<float> xbuf(size_t(g ? chunk * xsize : 0)), bbuf(size_t(chunk * psize));
   std::vector<const float*> xps(static_cast<size_t>(chunk));
@@ -710,18 +718,15 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
           float* xp = xbuf.data() + s * xsize;
           pad_sample(xn, *g, xp, false, false);
           xps[size_t(s)] = xp;
-          float* a = scratch(4, size_t(Cout * Q16)).data();
-          dy_rows(dyn, Cout, d.Ho, d.Wo, g->Wp, Q16, a);
-          gemm_rows_pack(a, Q16, Cout, Q, packed);
         } else {
           xps[size_t(s)] = xn;
-          gemm_rows_pack(dyn, P, Cout, P, packed);
         }
+        gemm_rows_pack(dyn, P, Cout, P, packed);
       }
     });
     parallel_for((K + kRowTile - 1) / kRowTile, 1, [&](int64_t t0, int64_t t1) {
-      gemm_rows_batched(t0 * kRowTile, std::min(K, t1 * kRowTile), Cout, Q, off, xps.data(), nc,
-                        bbuf.data(), n0 > 0, dwt.data(), Cout);
+      gemm_rows_batched(t0 * kRowTile, std::min(K, t1 * kRowTile), Cout, P, off, xps.data(), nc,
+                        bbuf.data(), n0 > 0, dwt.data(), Cout, g ? kmap.data() : nullptr);
     });
   }
   loops::transpose(dwt.data(), Cout, K, Cout, dw, K);

@@ -417,9 +417,10 @@ struct RowsBlock {
   float* C;
   int64_t ldc;
   bool first;
+  const int32_t* kmap;   // depth k reads element kmap[k] of a row (null: element k)
 };
 
-template <int MR, int NR>
+template <int MR, int NR, bool MAPPED>
 __attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
   const int64_t slivers = (p.N + NR - 1) / NR, per_sample = slivers * NR * p.K;
   for (int64_t s = 0; s < slivers; ++s) {
@@ -439,9 +440,10 @@ __attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
           const float* __restrict b = p.Bp + n * per_sample + slivers * NR * pc + s * kc * NR;
           for (int64_t k = 0; k < kc; ++k) {
             const float* __restrict bk = b + k * NR;
+            const int64_t e = MAPPED ? int64_t(p.kmap[pc + k]) : pc + k;
 #pragma GCC unroll 16
             for (int r = 0; r < MR; ++r) {
-              const float av = a[r][pc + k];
+              const float av = a[r][e];
 #pragma omp simd
               for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
             }
@@ -453,9 +455,12 @@ __attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
   }
 }
 
-AS_VECTORIZE void rows_8x32(const RowsBlock& p) { rows_macro<8, 32>(p); }
-AS_VECTORIZE void rows_6x16(const RowsBlock& p) { rows_macro<6, 16>(p); }
-AS_VECTORIZE void rows_4x16(const RowsBlock& p) { rows_macro<4, 16>(p); }
+AS_VECTORIZE void rows_8x32(const RowsBlock& p) { rows_macro<8, 32, false>(p); }
+AS_VECTORIZE void rows_6x16(const RowsBlock& p) { rows_macro<6, 16, false>(p); }
+AS_VECTORIZE void rows_4x16(const RowsBlock& p) { rows_macro<4, 16, false>(p); }
+AS_VECTORIZE void rows_mapped_8x32(const RowsBlock& p) { rows_macro<8, 32, true>(p); }
+AS_VECTORIZE void rows_mapped_6x16(const RowsBlock& p) { rows_macro<6, 16, true>(p); }
+AS_VECTORIZE void rows_mapped_4x16(const RowsBlock& p) { rows_macro<4, 16, true>(p); }
 
 // ---- pixel rows: output pixels against output channels, the input read in place ------------
 // The tile is MR consecutive output pixels x NR output channels. Per depth step k: NR/16 vector
@@ -725,15 +730,17 @@ void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* 
 
 void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64_t* off,
                        const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
-                       float* C, int64_t ldc) {
+                       float* C, int64_t ldc, const int32_t* kmap) {
   if (i1 <= i0 || N <= 0) return;
   if (K <= 0 || samples <= 0) {
     if (!accumulate) scale_c(i1 - i0, N, 0.0f, C + i0 * ldc, ldc);
     return;
   }
   const Kernel& kern = kernel();
-  void (*run)(const RowsBlock&) = kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16;
-  run(RowsBlock{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate});
+  void (*run)(const RowsBlock&) =
+      kmap ? (kern.NR == 32 ? rows_mapped_8x32 : kern.MR == 6 ? rows_mapped_6x16 : rows_mapped_4x16)
+           : (kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16);
+  run(RowsBlock{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate, kmap});
 }
 
 void GemmMatrixB::pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0,

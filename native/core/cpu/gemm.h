@@ -113,12 +113,14 @@ void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, con
 // depth) is packed beforehand by gemm_rows_pack into gemm_rows_packed_size(N, K) floats, the
 // samples' packs back to back in Bp. Each element adds the samples in order, each sample's depth
 // in blocks of kGemmKC in order, in registers, and is written once: splitting the rows across
-// threads does not change any bit. Reads exactly K floats of each row.
+// threads does not change any bit. Reads exactly K floats of each row; with kmap, depth k reads
+// element kmap[k] of the row instead of element k (the exact output pixels of a convolution
+// whose rows hold padding columns between them).
 int64_t gemm_rows_packed_size(int64_t N, int64_t K);
 void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out);
 void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64_t* off,
                        const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
-                       float* C, int64_t ldc);
+                       float* C, int64_t ldc, const int32_t* kmap = nullptr);
 
 // Convolution outputs by pixel runs ("pixel rows"): for a run of `width` consecutive output
 // pixels of one output row and every output channel n < N,
