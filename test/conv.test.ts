@@ -259,7 +259,7 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
     { name: '3x3 s2 p1, N=3 (threads inside the GEMM)', x: [3, 17, 15, 13], w: [33, 17, 3, 3], stride: 2, padding: 1 },
     { name: '1x1 s1 p0, N=20', x: [20, 32, 7, 7], w: [64, 32, 1, 1], stride: 1, padding: 0 },
     { name: '7x7 s2 p3, N=2, big columns', x: [2, 3, 64, 64], w: [16, 3, 7, 7], stride: 2, padding: 3 },
-    { name: '3x3 s1 p1, N=2, long rows (dW by dot products)', x: [2, 16, 28, 28], w: [16, 16, 3, 3], stride: 1, padding: 1 },
+    { name: '3x3 s1 p1, N=2, 16 channels (dW by 16-wide tiles over long rows)', x: [2, 16, 28, 28], w: [16, 16, 3, 3], stride: 1, padding: 1 },
     { name: '5x5 s1 p2, N=1', x: [1, 32, 14, 14], w: [24, 32, 5, 5], stride: 1, padding: 2 },
     { name: '3x3 s1 p1, N=3, dW rows over two depth blocks', x: [3, 8, 17, 16], w: [12, 8, 3, 3], stride: 1, padding: 1 },
     { name: '7x7 s1 p3, N=6', x: [6, 5, 12, 9], w: [7, 5, 7, 7], stride: 1, padding: 3 },
@@ -290,17 +290,18 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
   });
 });
 
-// The weight gradient runs three ways by row length Q = Ho * Wp (Wp = W + 2 pad, or the phase
-// planes' width with a stride): short rows read in place against dy^T (one or more depth blocks
-// of 256), long rows by dot products; with samples across threads or threads inside one
-// sample. Each against a float64 direct sum.
+// The weight gradient reads each tap's row of the padded sample in place at the exact output
+// pixels (Wp = W + 2 pad per row, or the phase planes' width with a stride) against dy^T, in
+// depth blocks of 256 pixels, all samples summed in registers; the forward and dX run the
+// windows lowering or pixel rows; with samples across threads or threads inside one sample.
+// Each against a float64 direct sum.
 describe('conv2d forward and gradients against a float64 direct sum', () => {
   afterAll(() => as.setNumThreads(initialThreads));
   const cases: [string, number[], number[], number, number][] = [
     ['short rows, one depth block, N=4', [4, 6, 7, 7], [10, 6, 3, 3], 1, 1],
     ['short rows, two depth blocks, N=3', [3, 8, 17, 16], [12, 8, 3, 3], 1, 1],
     ['short rows, N=1 (threads inside)', [1, 5, 9, 11], [7, 5, 5, 5], 2, 1],
-    ['long rows (dot products), N=2', [2, 3, 30, 29], [5, 3, 3, 3], 1, 1],
+    ['long rows (870 pixels per sample: four depth blocks), N=2', [2, 3, 30, 29], [5, 3, 3, 3], 1, 1],
     ['stride 2 (phase planes), N=3', [3, 5, 11, 9], [6, 5, 3, 3], 1, 2],
     ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
     ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],

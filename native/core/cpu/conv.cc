@@ -12,10 +12,9 @@
 //             flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no col2im.
 //             With a stride, one such correlation per phase of the input, with that phase's
 //             taps (DxPhase), placed into dx with the stride.
-//   dW        dW[co][r] = sum_q dy~[co][q] * xp[off(r) + q], with dy~ = dy in the padded
-//             layout (0 in the unused columns), accumulated over samples: long rows by dot
-//             products (gemm_dot) sample by sample; short rows for all samples at once as
-//             [K, Cout], each tap row read in place at the exact output pixels against dy^T
+//   dW        dW[co][r] = sum over samples and output pixels p of dy[co][p] * xp[off(r) + q(p)],
+//             q(p) = p's place in the padded layout: for all samples at once as [K, Cout], each
+//             tap row read in place at the exact output pixels against dy^T
 //             (batched_weight_grad; also the pointwise dW).
 // Narrow outputs (rows of at most 32 pixels) run the forward and dX correlations by "pixel
 // rows" instead when that wastes less (gemm_pixel_rows): runs of up to 8 output pixels against
@@ -37,8 +36,6 @@
 // bit-identical for any number of threads. (OpenBLAS splits its work by its thread count, so
 // with it results are reproducible at a fixed thread count only.)
 //
-// Non-finite inputs: in the long-row (dot product) dW the unused columns multiply 0 by real
-// input values, so an infinite input can turn more dW entries into NaN than an exact evaluation.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -57,7 +54,6 @@ namespace {
 
 constexpr int64_t kColsBudget = int64_t(1) << 20;  // floats of im2col columns held at once
 constexpr int64_t kMaxGroups = 16;                  // dW partials (fixed by N, not threads)
-constexpr int64_t kDotMinDepth = 512;               // dW by dot products from this row length
 
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                         const float*, int64_t, float, float*, int64_t);
@@ -231,9 +227,9 @@ Padded padded(const Conv2dDims& d) {
   g.Hp = d.Ho + (d.kh - 1) / d.stride_h;
   g.Wp = d.Wo + (d.kw - 1) / d.stride_w;
   g.plane = g.Hp * g.Wp;
-  // Reads run past the last plane by up to (kw - 1) / sw (windows) plus kGemmDotLanes (dot
-  // blocks) or a register tile's width (32 floats: windows read in place by the GEMM).
-  g.total = g.C * g.sh * g.sw * g.plane + d.kw + std::max<int64_t>(kGemmDotLanes, 32);
+  // Reads run past the last plane by up to (kw - 1) / sw (windows) plus a register tile's
+  // width (32 floats: windows read in place by the GEMM).
+  g.total = g.C * g.sh * g.sw * g.plane + d.kw + 32;
   return g;
 }
 
@@ -395,8 +391,8 @@ std::vector<float> pixel_weights(const Conv2dDims& t, const Padded& g, const flo
   const double windows = std::ceil(cols / 32.0) * 32.0 / double(t.Ho * t.Wo) *
                          (double((N + 7) / 8 * 8) / double(N));
   if (!(pixel < windows)) return {};
-  std::vector<float> out(size_t(gemm_rows_packed_size(N, K)));
-  gemm_rows_pack(w, K, N, K, out.data());
+  std::vector<float> out(size_t(gemm_rows_packed_size(N, K, 32)));
+  gemm_rows_pack(w, K, N, K, out.data(), 32);
   return out;
 }
 
@@ -449,50 +445,6 @@ void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, c
   }
 }
 
-// dy [Cout, Ho, Wo] into rows of length Q16 in the padded layout (Wp per output row, 0 in the
-// unused columns and past Q).
-AS_VECTORIZE void dy_rows(const float* __restrict dy, int64_t Cout, int64_t Ho, int64_t Wo,
-                          int64_t Wp, int64_t Q16, float* __restrict out) {
-  for (int64_t co = 0; co < Cout; ++co) {
-    float* __restrict o = out + co * Q16;
-    for (int64_t oh = 0; oh < Ho; ++oh) {
-      const float* __restrict src = dy + (co * Ho + oh) * Wo;
-#pragma omp simd
-      for (int64_t ow = 0; ow < Wo; ++ow) o[oh * Wp + ow] = src[ow];
-      for (int64_t ow = Wo; ow < Wp; ++ow) o[oh * Wp + ow] = 0.0f;
-    }
-    for (int64_t q = Ho * Wp; q < Q16; ++q) o[q] = 0.0f;
-  }
-}
-
-// Whether a windows dW has short rows (Q = Ho * Wp below kDotMinDepth): then it runs for all
-// samples at once (batched_weight_grad), else sample by sample by dot products.
-bool dw_short_rows(const Conv2dDims& d, const Padded& g) { return d.Ho * g.Wp < kDotMinDepth; }
-
-// dw_acc [Cout, K] (=, or += when accumulate) the weight gradient of one sample, by dot products
-// along the (long) rows: dW[co][r] = sum_q dy~[co][q] xp[off(r) + q].
-void windows_weight_grad(const Conv2dDims& d, const Padded& g, const int64_t* off,
-                         const float* x, const float* dy, float* dw_acc, bool accumulate,
-                         bool inner_parallel) {
-  const int64_t K = d.K(), Q = d.Ho * g.Wp;
-  const int64_t Q16 = (Q + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
-  float* xp = scratch(2, size_t(g.total)).data();
-  pad_sample(x, g, xp, inner_parallel, true);
-  float* a = scratch(4, size_t(d.Cout * Q16)).data();
-  dy_rows(dy, d.Cout, d.Ho, d.Wo, g.Wp, Q16, a);
-  const float beta = accumulate ? 1.0f : 0.0f;
-  if (!inner_parallel) {
-    gemm_dot(d.Cout, Q, a, Q16, xp, off, beta, dw_acc, K, 0, K);
-    return;
-  }
-  const int64_t tile = gemm_dot_tile_cols(), tiles = (K + tile - 1) / tile;
-  parallel_for(tiles, std::max<int64_t>(1, 65536 / std::max<int64_t>(d.Cout * Q * tile, 1)),
-               [&](int64_t t0, int64_t t1) {
-                 gemm_dot(d.Cout, Q, a, Q16, xp, off, beta, dw_acc, K, t0 * tile,
-                          std::min(K, t1 * tile));
-               });
-}
-
 // The data every sample of a windows-lowered call shares.
 // dX of one phase (a, b) of the padded input: the input positions (s u + a, s v + b) get
 // dx[u][v] = sum over taps i = a + s i', j = b + s j' of w[i][j] dy[u - i'][v - j'], a stride-1
@@ -508,7 +460,7 @@ struct DxPhase {
 };
 
 struct WindowsPlan {
-  bool fwd = false, bwd_dx = false, bwd_dw = false;
+  bool fwd = false, bwd_dx = false;
   Padded gx{};                        // padded x (forward, dW)
   std::vector<int64_t> offx;          // tap offsets on it
   std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
@@ -639,9 +591,7 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
     const float* xn = x + n * x_stride;
     const float* dyn = dy + n * y_stride;
     if (dw_acc) {
-      if (plan.bwd_dw) {
-        windows_weight_grad(d, plan.gx, plan.offx.data(), xn, dyn, dw_acc, n > n0, inner_parallel);
-      } else if (d.pointwise()) {
+      if (d.pointwise()) {
         G(false, true, d.Cout, d.Cin, P, 1.0f, dyn, P, xn, P, n == n0 ? 0.0f : 1.0f, dw_acc, d.Cin);
       } else {
         float* cols = scratch(0, size_t(K * chunk)).data();
@@ -685,7 +635,10 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
 void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const float* x,
                          const float* dy, float* dw) {
   constexpr int64_t kBatchFloats = int64_t(1) << 22;
-  constexpr int64_t kRowTile = 48;  // a multiple of every register tile's height (8, 6, 4)
+  // Rows per pool task: a multiple of every register tile's height (16, 8, 6, 4); 16 with the
+  // AVX-512 tiles when there are few rows (144 for 16 channels), so that two threads get even
+  // shares. Each row is computed whole inside one task: the tiling does not change any bit.
+  const int64_t kRowTile = gemm_pixel_rows_available() && d.K() <= 384 ? 16 : 48;
   const int64_t K = d.K(), Cout = d.Cout, P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = Cout * P;
   const Padded* g = plan ? &plan->gx : nullptr;
@@ -696,9 +649,17 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
     kmap.resize(size_t(P));
     for (int64_t q = 0; q < P; ++q) kmap[size_t(q)] = int32_t((q / d.Wo) * g->Wp + q % d.Wo);
   }
-  const int64_t xsize = g ? g->total : 0, psize = gemm_rows_packed_size(Cout, P);
+  const int nr = gemm_rows_sliver(Cout);
+  const int64_t xsize = g ? g->total : 0, psize = gemm_rows_packed_size(Cout, P, nr);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(d.N, kBatchFloats / (xsize + psize)));
-  std::vector<float> xbuf(size_t(g ? chunk * xsize : 0)), bbuf(size_t(chunk * psize));
+  // The batch's padded samples and packed dy, in buffers kept by the calling thread: a fresh
+  // multi-megabyte vector per call would be zero-filled and page-faulted in every step (at
+  // most kBatchFloats floats in all stay with the thread).
+  thread_local std::vector<float> xkeep, bkeep;
+  if (xkeep.size() < size_t(g ? chunk * xsize : 0)) xkeep.resize(size_t(chunk * xsize));
+  if (bkeep.size() < size_t(chunk * psize)) bkeep.resize(size_t(chunk * psize));
+  float* const xbuf = xkeep.data();
+  float* const bbuf = bkeep.data();
   std::vector<const float*> xps(static_cast<size_t>(chunk));
   std::vector<int64_t> rows_off;
   if (!g) {
@@ -713,20 +674,20 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
       for (int64_t s = s0; s < s1; ++s) {
         const float* xn = x + (n0 + s) * x_stride;
         const float* dyn = dy + (n0 + s) * y_stride;
-        float* packed = bbuf.data() + s * psize;
+        float* packed = bbuf + s * psize;
         if (g) {
-          float* xp = xbuf.data() + s * xsize;
+          float* xp = xbuf + s * xsize;
           pad_sample(xn, *g, xp, false, false);
           xps[size_t(s)] = xp;
         } else {
           xps[size_t(s)] = xn;
         }
-        gemm_rows_pack(dyn, P, Cout, P, packed);
+        gemm_rows_pack(dyn, P, Cout, P, packed, nr);
       }
     });
     parallel_for((K + kRowTile - 1) / kRowTile, 1, [&](int64_t t0, int64_t t1) {
       gemm_rows_batched(t0 * kRowTile, std::min(K, t1 * kRowTile), Cout, P, off, xps.data(), nc,
-                        bbuf.data(), n0 > 0, dwt.data(), Cout, g ? kmap.data() : nullptr);
+                        bbuf, n0 > 0, dwt.data(), Cout, g ? kmap.data() : nullptr);
     });
   }
   loops::transpose(dwt.data(), Cout, K, Cout, dw, K);
@@ -783,14 +744,13 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   } else if (dx && d.pointwise() && gemm_backend() == GemmBackend::Own) {
     plan.pointwise = std::make_unique<GemmPackedA>(true, d.Cin, d.Cout, w, d.Cin);  // W^T
   }
-  // dW of short-row and pointwise shapes: all samples at once, apart from the groups below.
-  if (dw && gemm_backend() == GemmBackend::Own &&
-      (d.pointwise() || (windows && dw_short_rows(d, plan.gx)))) {
+  // dW with the own GEMM (windows and pointwise shapes): all samples at once, apart from the
+  // groups below (those serve the BLAS backend).
+  if (dw && gemm_backend() == GemmBackend::Own && (d.pointwise() || windows)) {
     batched_weight_grad(d, windows ? &plan : nullptr, x, dy, dw);
     dw = nullptr;
     if (!dx) return;
   }
-  plan.bwd_dw = windows && dw != nullptr;
 
   std::vector<float> part;
   if (dw && groups > 1) part.resize(size_t(groups * CK));

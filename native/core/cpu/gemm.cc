@@ -20,8 +20,9 @@
 //
 // The same driver serves the convolution's implicit operands: B packed by a GemmBSource (image
 // windows, never materialised as an im2col matrix) and A packed once for many products
-// (GemmPackedA). gemm_dot is a separate kernel for products whose depth is contiguous in both
-// operands (a convolution's weight gradient): MI x NJ dot products with L-lane accumulators.
+// (GemmPackedA). Two more register-tile kernels serve convolutions: gemm_pixel_rows (output
+// pixel runs against channel slivers, the input read in place) and gemm_rows_batched (weight
+// gradients: tap rows read in place, summed over samples in registers).
 #include "gemm.h"
 
 #include <algorithm>
@@ -461,6 +462,10 @@ AS_VECTORIZE void rows_4x16(const RowsBlock& p) { rows_macro<4, 16, false>(p); }
 AS_VECTORIZE void rows_mapped_8x32(const RowsBlock& p) { rows_macro<8, 32, true>(p); }
 AS_VECTORIZE void rows_mapped_6x16(const RowsBlock& p) { rows_macro<6, 16, true>(p); }
 AS_VECTORIZE void rows_mapped_4x16(const RowsBlock& p) { rows_macro<4, 16, true>(p); }
+// With AVX-512 and at most 16 columns (a 16-channel weight gradient): one vector per row, 16
+// rows, instead of a 32-wide sliver half of zeros.
+AS_VECTORIZE void rows_16x16(const RowsBlock& p) { rows_macro<16, 16, false>(p); }
+AS_VECTORIZE void rows_mapped_16x16(const RowsBlock& p) { rows_macro<16, 16, true>(p); }
 
 // ---- pixel rows: output pixels against output channels, the input read in place ------------
 // The tile is MR consecutive output pixels x NR output channels. Per depth step k: NR/16 vector
@@ -520,86 +525,6 @@ AS_VECTORIZE void pixel_4x32(const PixelBlock& p) { pixel_body<4, 32>(p); }
 AS_VECTORIZE void pixel_3x32(const PixelBlock& p) { pixel_body<3, 32>(p); }
 AS_VECTORIZE void pixel_2x32(const PixelBlock& p) { pixel_body<2, 32>(p); }
 AS_VECTORIZE void pixel_1x32(const PixelBlock& p) { pixel_body<1, 32>(p); }
-
-// ---- dot-product kernel ----------------------------------------------------------------------
-// An MI x NJ tile of dot products: MI * NJ vector accumulators of L lanes over k (lane l adds
-// k = l, l + L, ... in order), then each accumulator is reduced by a fixed pairwise tree.
-template <int MI, int NJ, int L>
-__attribute__((always_inline)) inline void dot_body(int64_t M, int64_t len, const float* A,
-                                                    int64_t lda, const float* B,
-                                                    const int64_t* boff, float beta, float* C,
-                                                    int64_t ldc, int64_t j0, int64_t j1) {
-  const int64_t klen = (len + kGemmDotLanes - 1) / kGemmDotLanes * kGemmDotLanes;
-  for (int64_t jt = j0; jt < j1; jt += NJ) {
-    const float* b[NJ];
-    for (int jj = 0; jj < NJ; ++jj) b[jj] = B + boff[std::min<int64_t>(jt + jj, j1 - 1)];
-    for (int64_t it = 0; it < M; it += MI) {
-      const float* a[MI];
-      for (int ii = 0; ii < MI; ++ii) a[ii] = A + std::min<int64_t>(it + ii, M - 1) * lda;
-      float acc[MI][NJ][L];
-#pragma GCC unroll 16
-      for (int ii = 0; ii < MI; ++ii)
-#pragma GCC unroll 16
-        for (int jj = 0; jj < NJ; ++jj)
-#pragma omp simd
-          for (int l = 0; l < L; ++l) acc[ii][jj][l] = 0.0f;
-      for (int64_t k = 0; k < klen; k += L) {
-#pragma GCC unroll 16
-        for (int ii = 0; ii < MI; ++ii)
-#pragma GCC unroll 16
-          for (int jj = 0; jj < NJ; ++jj)
-#pragma omp simd
-            for (int l = 0; l < L; ++l) acc[ii][jj][l] += a[ii][k + l] * b[jj][k + l];
-      }
-      for (int ii = 0; ii < MI && it + ii < M; ++ii)
-        for (int jj = 0; jj < NJ && jt + jj < j1; ++jj) {
-          float v[L];
-          for (int l = 0; l < L; ++l) v[l] = acc[ii][jj][l];
-          for (int w = L / 2; w > 0; w /= 2)
-            for (int l = 0; l < w; ++l) v[l] += v[l + w];
-          float* c = C + (it + ii) * ldc + jt + jj;
-          *c = beta == 0.0f ? v[0] : v[0] + beta * *c;
-        }
-    }
-  }
-}
-
-AS_VECTORIZE void dot_4x4x16(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
-                             const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0,
-                             int64_t j1) {
-  dot_body<4, 4, 16>(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
-}
-AS_VECTORIZE void dot_3x4x8(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
-                            const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0,
-                            int64_t j1) {
-  dot_body<3, 4, 8>(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
-}
-AS_VECTORIZE void dot_2x2x8(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
-                            const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0,
-                            int64_t j1) {
-  dot_body<2, 2, 8>(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
-}
-
-using DotFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, const int64_t*,
-                       float, float*, int64_t, int64_t, int64_t);
-struct DotKernel {
-  int NJ;
-  DotFn run;
-};
-DotKernel pick_dot() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {4, dot_4x4x16};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {4, dot_3x4x8};
-  return {2, dot_2x2x8};
-#else
-  return {4, dot_3x4x8};
-#endif
-}
-const DotKernel& dot_kernel() {
-  static const DotKernel k = pick_dot();
-  return k;
-}
 
 // ---- backend choice --------------------------------------------------------------------------
 // The own kernel by default (its bits do not depend on the thread count, and on convolution
@@ -714,13 +639,13 @@ void gemm_pixel_rows(const float* xq, const int64_t* off, int64_t K, const float
   run[width](PixelBlock{xq, off, K, Wp, N, bias, y, ystride});
 }
 
-int64_t gemm_rows_packed_size(int64_t N, int64_t K) {
-  const int NR = kernel().NR;
+int gemm_rows_sliver(int64_t N) { return kernel().NR == 32 && N <= 16 ? 16 : kernel().NR; }
+
+int64_t gemm_rows_packed_size(int64_t N, int64_t K, int NR) {
   return (N + NR - 1) / NR * NR * K;
 }
 
-void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out) {
-  const int NR = kernel().NR;
+void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out, int NR) {
   const int64_t slivers = (N + NR - 1) / NR;
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min(KC, K - pc);
@@ -738,8 +663,9 @@ void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64
   }
   const Kernel& kern = kernel();
   void (*run)(const RowsBlock&) =
-      kmap ? (kern.NR == 32 ? rows_mapped_8x32 : kern.MR == 6 ? rows_mapped_6x16 : rows_mapped_4x16)
-           : (kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16);
+      kern.NR == 32 && gemm_rows_sliver(N) == 16 ? (kmap ? rows_mapped_16x16 : rows_16x16)
+      : kmap ? (kern.NR == 32 ? rows_mapped_8x32 : kern.MR == 6 ? rows_mapped_6x16 : rows_mapped_4x16)
+             : (kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16);
   run(RowsBlock{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate, kmap});
 }
 
@@ -747,14 +673,6 @@ void GemmMatrixB::pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, i
                        int64_t s1, float* out) const {
   pack_b(trans, B, ldb, p0, kc, j0, nc, NR, s0, s1, out);
 }
-
-void gemm_dot(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
-              const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1) {
-  if (M <= 0 || j1 <= j0) return;
-  dot_kernel().run(M, len, A, lda, B, boff, beta, C, ldc, j0, j1);
-}
-
-int64_t gemm_dot_tile_cols() { return dot_kernel().NJ; }
 
 bool gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,

@@ -116,8 +116,11 @@ void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, con
 // threads does not change any bit. Reads exactly K floats of each row; with kmap, depth k reads
 // element kmap[k] of the row instead of element k (the exact output pixels of a convolution
 // whose rows hold padding columns between them).
-int64_t gemm_rows_packed_size(int64_t N, int64_t K);
-void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out);
+// The sliver width NR to pack Bt with for gemm_rows_batched with N columns (16 for at most 16
+// columns where the AVX-512 tile is, else the kernel's).
+int gemm_rows_sliver(int64_t N);
+int64_t gemm_rows_packed_size(int64_t N, int64_t K, int NR);
+void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out, int NR);
 void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64_t* off,
                        const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
                        float* C, int64_t ldc, const int32_t* kmap = nullptr);
@@ -126,26 +129,14 @@ void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64
 // pixels of one output row and every output channel n < N,
 //   y[n * ystride + m] = (bias ? bias[n] : 0) + sum over k < K of xq[off[k] + m] * W[n][k]
 // for m < width, on the calling thread, with W [N, K] packed beforehand by gemm_rows_pack(W, K,
-// N, K, Wp) (W^T's slivers). The register tile holds the run's pixels against a sliver of
+// N, K, Wp, 32) (W^T's slivers). The register tile holds the run's pixels against a sliver of
 // output channels, so no column is computed for padding and the input is read in place (no
 // packing per sample). Each output sums its K products in order (depth blocks of kGemmKC, in
 // registers): any split of the runs across threads gives the same bits. Only with the AVX-512
-// tile (gemm_pixel_rows_available()); width in [1, 8].
+// tile (gemm_pixel_rows_available()); width in [1, 8]; Wp packed with NR = 32.
 bool gemm_pixel_rows_available();
 void gemm_pixel_rows(const float* xq, const int64_t* off, int64_t K, const float* Wp, int64_t N,
                      int width, const float* bias, float* y, int64_t ystride);
-
-// Dot-product kernel for products whose depth is contiguous in both operands:
-//   C[i][j] = sum_{k < len} A[i * lda + k] * B[boff[j] + k]  (+ beta * C[i][j]),
-// for rows i < M and columns j in [j0, j1), on the calling thread. It reads every row in
-// blocks of kGemmDotLanes: A[i * lda + k] must be 0 for len <= k < round_up(len, kGemmDotLanes)
-// and the B elements there readable and finite. Each element is summed in a fixed order (lanes
-// of k, then a fixed tree), so splitting the j range across threads does not change any bit.
-constexpr int64_t kGemmDotLanes = 16;
-void gemm_dot(int64_t M, int64_t len, const float* A, int64_t lda, const float* B,
-              const int64_t* boff, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1);
-// Columns per tile of gemm_dot (split j ranges at multiples of it for balanced tasks).
-int64_t gemm_dot_tile_cols();
 
 enum class GemmBackend : int { Own = 0, Blas = 1 };
 bool gemm_blas_compiled();
