@@ -312,6 +312,7 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['pixel rows: 5x5, 40 channels (a partial sliver), N=2', [2, 7, 5, 5], [40, 7, 3, 3], 1, 1],
     ['pixel rows: 20 wide (runs of 7, 7, 6), N=1', [1, 4, 6, 20], [32, 4, 3, 3], 1, 1],
     ['pixel rows: stride 2 (phase planes), 13x13 -> 7x7, N=2', [2, 8, 13, 13], [32, 8, 3, 3], 1, 2],
+    ['pixel rows: stride 2, dX phases by pixel rows (32 input channels), N=2', [2, 32, 13, 13], [16, 32, 3, 3], 1, 2],
     // dW of all samples at once, in two passes (the copies of 80 or 20 samples exceed one pass)
     ['short rows over two passes, N=80 (dW only)', [80, 1, 20, 20], [128, 1, 3, 3], 1, 1],
     ['pointwise over two passes, N=20 (dW only)', [20, 2, 32, 32], [256, 2, 1, 1], 0, 1],
