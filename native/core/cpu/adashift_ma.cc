@@ -42,7 +42,7 @@ inline float* scratch_ma(int which, size_t n) {
 // GEMM, whose summation order depends only on K.
 inline void mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
-  gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+  gemm_small_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
 }
 
 struct Dims {

@@ -136,16 +136,23 @@ struct Block {
   int64_t ldc;
   float alpha, beta;
   bool first;        // first depth block: apply beta
+  // A read in place instead of Ap (macro_inplace_*): op(A)[i][k] of the block at
+  // A[i * rs + k * ks] (A at the block's first row and depth), rows clamped below mc.
+  const float* A = nullptr;
+  int64_t rs = 0, ks = 0;
 };
 
-template <int MR, int NR>
+template <int MR, int NR, bool IN_PLACE = false>
 __attribute__((always_inline)) inline void macro_body(const Block& p) {
   for (int64_t s = p.s0; s < p.s1; ++s) {
     const float* __restrict b = p.Bp + s * p.kc * NR;
     const int64_t j0 = s * NR;
     const int nr = int(std::min<int64_t>(NR, p.nc - j0));
     for (int64_t t = 0; t * MR < p.mc; ++t) {
-      const float* __restrict a = p.Ap + t * p.kc * MR;
+      const float* __restrict a = IN_PLACE ? nullptr : p.Ap + t * p.kc * MR;
+      const float* row[MR];
+      if (IN_PLACE)
+        for (int i = 0; i < MR; ++i) row[i] = p.A + std::min<int64_t>(t * MR + i, p.mc - 1) * p.rs;
       float acc[MR][NR];
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i)
@@ -153,10 +160,9 @@ __attribute__((always_inline)) inline void macro_body(const Block& p) {
         for (int j = 0; j < NR; ++j) acc[i][j] = 0.0f;
       for (int64_t k = 0; k < p.kc; ++k) {
         const float* __restrict bk = b + k * NR;
-        const float* __restrict ak = a + k * MR;
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-          const float av = ak[i];
+          const float av = IN_PLACE ? row[i][k * p.ks] : a[k * MR + i];
 #pragma omp simd
           for (int j = 0; j < NR; ++j) acc[i][j] += av * bk[j];
         }
@@ -198,22 +204,26 @@ __attribute__((always_inline)) inline void macro_body(const Block& p) {
 AS_VECTORIZE void macro_8x32(const Block& p) { macro_body<8, 32>(p); }
 AS_VECTORIZE void macro_6x16(const Block& p) { macro_body<6, 16>(p); }
 AS_VECTORIZE void macro_4x16(const Block& p) { macro_body<4, 16>(p); }
+AS_VECTORIZE void macro_inplace_8x32(const Block& p) { macro_body<8, 32, true>(p); }
+AS_VECTORIZE void macro_inplace_6x16(const Block& p) { macro_body<6, 16, true>(p); }
+AS_VECTORIZE void macro_inplace_4x16(const Block& p) { macro_body<4, 16, true>(p); }
 
 struct Kernel {
   int MR, NR;
   void (*run)(const Block&);
   const char* name;
+  void (*run_inplace)(const Block&);  // the same tile with A read in place
 };
 
 Kernel pick_kernel() {
 #if defined(__GNUC__) && defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {8, 32, macro_8x32, "8x32 (avx512)"};
+  if (__builtin_cpu_supports("avx512f")) return {8, 32, macro_8x32, "8x32 (avx512)", macro_inplace_8x32};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {6, 16, macro_6x16, "6x16 (avx2)"};
-  return {4, 16, macro_4x16, "4x16 (sse)"};
+    return {6, 16, macro_6x16, "6x16 (avx2)", macro_inplace_6x16};
+  return {4, 16, macro_4x16, "4x16 (sse)", macro_inplace_4x16};
 #else
-  return {6, 16, macro_6x16, "6x16"};
+  return {6, 16, macro_6x16, "6x16", macro_inplace_6x16};
 #endif
 }
 
@@ -553,6 +563,32 @@ void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc) {
   gemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, false);
+}
+
+void gemm_small_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                       float* C, int64_t ldc) {
+  const Kernel& kern = kernel();
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f || M > mc_rows(kern.MR) || N > kNC) {
+    gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // The driver's loops for one row block and one column panel, with A read in place: the
+  // products, their order and the stores are the packed kernel's.
+  const int NR = kern.NR;
+  const int64_t slivers = (N + NR - 1) / NR;
+  float* Bp = b_buffer().get(size_t(slivers * NR * std::min(KC, K)));
+  const int64_t rs = trans_a ? 1 : lda, ks = trans_a ? lda : 1;
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min(KC, K - pc);
+    pack_b(trans_b, B, ldb, pc, kc, 0, N, NR, 0, slivers, Bp);
+    Block blk{nullptr, Bp, M, N, kc, 0, slivers, C, ldc, alpha, beta, pc == 0};
+    blk.A = A + pc * ks;
+    blk.rs = rs;
+    blk.ks = ks;
+    kern.run_inplace(blk);
+  }
 }
 
 void gemm_source_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

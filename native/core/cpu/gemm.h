@@ -45,6 +45,12 @@ void gemm_reference_kernel(bool trans_a, bool trans_b, int64_t M, int64_t N, int
 void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc);
+// gemm_serial for products small enough for one block of rows and one panel of columns (the
+// per-sample attention of AdaShift-MA): A is read in place instead of packed, with the same
+// products in the same order, so the bits equal gemm_serial's. Larger shapes go to gemm_serial.
+void gemm_small_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                       float* C, int64_t ldc);
 
 // BLAS sgemm when compiled in (returns false and does nothing otherwise, or when a size does
 // not fit the BLAS integer type).
