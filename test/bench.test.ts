@@ -114,8 +114,13 @@ describe('bench step', () => {
     checkRow(ok(r.sections.step)[0], 'silu', 2);
   });
 
-  test('unknown model names fail before measuring', async () => {
+  test('bad options fail before measuring: an unknown model, --graph without CUDA', async () => {
     await expect(benchStep({ ...TINY, models: ['resnet7'], torch: false, outDir: null })).rejects.toThrow(/unknown benchmark model 'resnet7'/);
+    // --graph times CUDA graph replays: refused on the CPU before anything (the PyTorch peer too) starts
+    await expect(benchStep({ ...TINY, graph: true, outDir: null })).rejects.toMatchObject({
+      code: 'ERR_CUDA_GRAPH',
+      message: expect.stringMatching(/needs a CUDA device; the device is 'cpu'/),
+    });
   });
 
   const torchPython = resolveTorchPython();

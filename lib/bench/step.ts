@@ -450,6 +450,8 @@ export interface StepReport extends ReturnType<typeof environment> {
 export async function benchStep(options: BenchStepOptions = {}): Promise<StepReport> {
   const device = resolveDevice(options.device ?? 'auto');
   const cuda = device.startsWith('cuda');
+  const graph = options.graph ?? false;
+  if (graph && !cuda) throw new AdaShiftError('ERR_CUDA_GRAPH', `bench step --graph times CUDA graph replays and needs a CUDA device; the device is '${device}'`);
   const acts = options.acts ?? [...ACTIVATIONS];
   const models = options.models ?? STEP_MODEL_NAMES.filter((m) => cuda || !STEP_MODELS[m].gpuOnly);
   for (const m of models) modelSpec(m); // validates the names before anything runs
@@ -476,8 +478,6 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
       peer = null;
     }
   }
-  const graph = options.graph ?? false;
-  if (graph && !cuda) throw new AdaShiftError('ERR_CUDA_GRAPH', `bench step --graph times CUDA graph replays and needs a CUDA device; the device is '${device}'`);
   const ctx: Ctx = { device, repeats, warmup, peer, graph };
   const overrides = { inputSize: options.inputSize };
   const out: StepReport['sections'] = {};
