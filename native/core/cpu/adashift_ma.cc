@@ -60,6 +60,15 @@ inline Dims dims_of(const RegionGrid& g, const AdaShiftMAPtrs& p) {
   return D;
 }
 
+// The grid of one sample's region passes: channel-major tokens [C, T] (a plane's values
+// contiguous); the context works on [T, C], one small transpose each way.
+inline RegionGrid sample_grid(const RegionGrid& g) {
+  RegionGrid g1 = g;
+  g1.N = 1;
+  g1.channel_major = true;
+  return g1;
+}
+
 // q, k, v LayerNorm outputs for one sample's tokens ts [T, C]. The three LayerNorms share their
 // input, so its statistics and normalised tokens xh are computed once (mean, rstd [T]).
 inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, float* xh, float* q,
@@ -77,11 +86,7 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
                          float* t, float* attn, float* o, float* z, float* s) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
-  // One sample's region passes use channel-major tokens [C, T] (a plane's values contiguous);
-  // the context works on [T, C]: one small transpose each way.
-  RegionGrid g1 = g;
-  g1.N = 1;
-  g1.channel_major = true;
+  const RegionGrid g1 = sample_grid(g);
   for_each_sample_ma(g.N, [&](int64_t n) {
     const float* xs = x + n * C * HW;
     float* ts = t + n * TC;
@@ -118,9 +123,7 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
                           float* dz, float* prow) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
-  RegionGrid g1 = g;
-  g1.N = 1;
-  g1.channel_major = true;
+  const RegionGrid g1 = sample_grid(g);
   for_each_sample_ma(g.N, [&](int64_t n) {
     const float* xs = x + n * C * HW;
     const float* dys = dy + n * C * HW;
@@ -149,7 +152,7 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     loops::transpose(cm + TC, T, C, T, ds, C);
     // rect: recompute the LayerNorm statistics, then its backward.
     float* dzs = dz + n * TC;
-    loops::normalize_rows(zs, p.eps, T, C, dq /* scratch */, st + 2 * T, st + 3 * T);
+    loops::normalize_rows(zs, p.eps, T, C, nullptr, st + 2 * T, st + 3 * T);
     layernorm_backward(ds, zs, st + 2 * T, st + 3 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
     const float* dov = dzs;  // d o (dz itself for the 'norm' rect)
     if (p.lin_w) {

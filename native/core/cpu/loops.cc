@@ -341,33 +341,35 @@ __attribute__((always_inline)) inline void row_stats(const float* __restrict xr,
   m = float(mu);
 }
 
-AS_VECTORIZE void layernorm_rows(const float* __restrict x, const float* __restrict w, const float* __restrict b,
-                                 float eps, int64_t rows, int64_t C, float* __restrict y,
-                                 float* __restrict mean, float* __restrict rstd) {
+// Per row: the statistics, and into y (when given) (x - m) * rs, times w plus b when w is given.
+AS_VECTORIZE static void norm_rows(const float* __restrict x, const float* __restrict w, const float* __restrict b,
+                                   float eps, int64_t rows, int64_t C, float* __restrict y,
+                                   float* __restrict mean, float* __restrict rstd) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * C;
     float m, rs;
     row_stats(xr, C, eps, m, rs);
-    float* yr = y + r * C;
+    float* yr = y ? y + r * C : nullptr;
+    if (yr && w) {
 #pragma omp simd
-    for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
+      for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
+    } else if (yr) {
+#pragma omp simd
+      for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs;
+    }
     mean[r] = m;
     rstd[r] = rs;
   }
 }
 
-AS_VECTORIZE void normalize_rows(const float* __restrict x, float eps, int64_t rows, int64_t C,
-                                 float* __restrict xhat, float* __restrict mean, float* __restrict rstd) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * C;
-    float m, rs;
-    row_stats(xr, C, eps, m, rs);
-    float* hr = xhat + r * C;
-#pragma omp simd
-    for (int64_t j = 0; j < C; ++j) hr[j] = (xr[j] - m) * rs;
-    mean[r] = m;
-    rstd[r] = rs;
-  }
+void layernorm_rows(const float* x, const float* w, const float* b, float eps, int64_t rows, int64_t C,
+                    float* y, float* mean, float* rstd) {
+  norm_rows(x, w, b, eps, rows, C, y, mean, rstd);
+}
+
+void normalize_rows(const float* x, float eps, int64_t rows, int64_t C, float* xhat, float* mean,
+                    float* rstd) {
+  norm_rows(x, nullptr, nullptr, eps, rows, C, xhat, mean, rstd);
 }
 
 AS_VECTORIZE void affine3_rows(const float* __restrict xhat, int64_t rows, int64_t C, const float* const* w,

@@ -65,7 +65,8 @@ void softmax_backward_rows(const float* y, const float* dy, int64_t rows, int64_
 // LayerNorm over rows of C: y = (x - mean) * rstd * w + b; statistics in double.
 void layernorm_rows(const float* x, const float* w, const float* b, float eps, int64_t rows,
                     int64_t C, float* y, float* mean, float* rstd);
-// LayerNorm's normalisation alone: xhat = (x - mean) * rstd per row of C (as layernorm_rows).
+// LayerNorm's normalisation alone: xhat = (x - mean) * rstd per row of C (as layernorm_rows);
+// with xhat null, the statistics only.
 void normalize_rows(const float* x, float eps, int64_t rows, int64_t C, float* xhat, float* mean,
                     float* rstd);
 // Three affine maps of the same normalised rows: y[i] = xhat * w[i] + b[i] (per column), i < 3.
