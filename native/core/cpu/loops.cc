@@ -1,4 +1,5 @@
 #include "loops.h"
+#include <algorithm>
 #include <utility>
 #include "../math.h"
 
@@ -324,41 +325,52 @@ AS_VECTORIZE void softmax_backward_rows(const float* y, const float* dy, int64_t
   }
 }
 
-// A row's LayerNorm statistics: the mean and 1 / sqrt(var + eps), both passes in double.
-__attribute__((always_inline)) inline void row_stats(const float* __restrict xr, int64_t C, float eps,
-                                                     float& m, float& rs) {
+// A row's LayerNorm moments: the mean and the mean squared deviation, both passes in double.
+__attribute__((always_inline)) inline void row_moments(const float* __restrict xr, int64_t C, double& mu,
+                                                       double& var) {
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
-  const double mu = s / double(C);
+  mu = s / double(C);
   double v = 0.0;
 #pragma omp simd reduction(+ : v)
   for (int64_t j = 0; j < C; ++j) {
     const double d = double(xr[j]) - mu;
     v += d * d;
   }
-  rs = float(1.0 / __builtin_sqrt(v / double(C) + double(eps)));
-  m = float(mu);
+  var = v / double(C);
 }
 
 // Per row: the statistics, and into y (when given) (x - m) * rs, times w plus b when w is given.
+// Rows go in blocks: the moments of a block's rows first, then their 1 / sqrt(var + eps) as one
+// vector operation. Row by row, each row waited for its own square root and division (half of
+// this function's time with rows of 32 channels); the values are the same (both correctly rounded).
 AS_VECTORIZE static void norm_rows(const float* __restrict x, const float* __restrict w, const float* __restrict b,
                                    float eps, int64_t rows, int64_t C, float* __restrict y,
                                    float* __restrict mean, float* __restrict rstd) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * C;
-    float m, rs;
-    row_stats(xr, C, eps, m, rs);
-    float* yr = y ? y + r * C : nullptr;
-    if (yr && w) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t nb = std::min(kBlock, rows - r0);
+    double mu[kBlock], var[kBlock];
+    for (int64_t i = 0; i < nb; ++i) row_moments(x + (r0 + i) * C, C, mu[i], var[i]);
 #pragma omp simd
-      for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
-    } else if (yr) {
-#pragma omp simd
-      for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs;
+    for (int64_t i = 0; i < nb; ++i) {
+      rstd[r0 + i] = float(1.0 / __builtin_sqrt(var[i] + double(eps)));
+      mean[r0 + i] = float(mu[i]);
     }
-    mean[r] = m;
-    rstd[r] = rs;
+    if (!y) continue;
+    for (int64_t r = r0; r < r0 + nb; ++r) {
+      const float* xr = x + r * C;
+      const float m = mean[r], rs = rstd[r];
+      float* yr = y + r * C;
+      if (w) {
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - m) * rs;
+      }
+    }
   }
 }
 
