@@ -635,10 +635,11 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
 void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const float* x,
                          const float* dy, float* dw) {
   constexpr int64_t kBatchFloats = int64_t(1) << 22;
-  // Rows per pool task: a multiple of every register tile's height (16, 8, 6, 4); 16 with the
-  // AVX-512 tiles when there are few rows (144 for 16 channels), so that two threads get even
-  // shares. Each row is computed whole inside one task: the tiling does not change any bit.
-  const int64_t kRowTile = gemm_pixel_rows_available() && d.K() <= 384 ? 16 : 48;
+  // Rows per pool task: a multiple of every register tile's height (8 with the AVX-512 tiles,
+  // whose 16-row tile leaves a last 8 rows to an 8-row tile; 6 and 4 otherwise); 8 when there
+  // are few rows (144 for 16 channels: 72 per thread, where tasks of 16 split 80 / 64), 48
+  // otherwise. Each row is computed whole inside one task: the tiling does not change any bit.
+  const int64_t kRowTile = gemm_pixel_rows_available() && d.K() <= 384 ? 8 : 48;
   const int64_t K = d.K(), Cout = d.Cout, P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = Cout * P;
   const Padded* g = plan ? &plan->gx : nullptr;

@@ -476,6 +476,9 @@ AS_VECTORIZE void rows_mapped_4x16(const RowsBlock& p) { rows_macro<4, 16, true>
 // rows, instead of a 32-wide sliver half of zeros.
 AS_VECTORIZE void rows_16x16(const RowsBlock& p) { rows_macro<16, 16, false>(p); }
 AS_VECTORIZE void rows_mapped_16x16(const RowsBlock& p) { rows_macro<16, 16, true>(p); }
+// The last rows of a range when 8 or fewer are left (a 16-row tile would compute 16).
+AS_VECTORIZE void rows_8x16(const RowsBlock& p) { rows_macro<8, 16, false>(p); }
+AS_VECTORIZE void rows_mapped_8x16(const RowsBlock& p) { rows_macro<8, 16, true>(p); }
 
 // ---- pixel rows: output pixels against output channels, the input read in place ------------
 // The tile is MR consecutive output pixels x NR output channels. Per depth step k: NR/16 vector
@@ -702,6 +705,16 @@ void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64
       kern.NR == 32 && gemm_rows_sliver(N) == 16 ? (kmap ? rows_mapped_16x16 : rows_16x16)
       : kmap ? (kern.NR == 32 ? rows_mapped_8x32 : kern.MR == 6 ? rows_mapped_6x16 : rows_mapped_4x16)
              : (kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16);
+  if (run == rows_16x16 || run == rows_mapped_16x16) {
+    // Each row is computed whole by one tile either way: the same bits.
+    const int64_t tail = (i1 - i0) % 16;
+    if (tail > 0 && tail <= 8) {
+      if (i1 - tail > i0) run(RowsBlock{off, xps, samples, i0, i1 - tail, K, Bp, N, C, ldc, !accumulate, kmap});
+      (kmap ? rows_mapped_8x16 : rows_8x16)(
+          RowsBlock{off, xps, samples, i1 - tail, i1, K, Bp, N, C, ldc, !accumulate, kmap});
+      return;
+    }
+  }
   run(RowsBlock{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate, kmap});
 }
 
