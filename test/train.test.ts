@@ -1,7 +1,7 @@
 // Training, evaluation and comparison end to end on a small synthetic dataset written in the
 // real IDX format: metrics and checkpoints, exact resume (at an epoch boundary and mid-epoch),
 // evaluation of a checkpoint, the CLI's argument errors and Ctrl-C, and compare's report.
-import { spawn, spawnSync } from 'child_process';
+import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -11,6 +11,7 @@ import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
 import { compare } from '../lib/train/compare';
 import { loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
 import { memory } from '../lib';
+import { gitCommit } from '../lib/provenance';
 import { ensureDist, ROOT } from './helpers/dist';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-train-'));
@@ -75,7 +76,14 @@ describe('train', () => {
     }
     expect(lines[2].trainLoss).toBeLessThan(lines[0].trainLoss);
     expect(lines[2].testAcc).toBeGreaterThan(0.5); // 10 classes: chance is 0.1
-    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).act).toBe('adashift-b');
+    const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect(config.act).toBe('adashift-b');
+    // where the run came from: this checkout's commit, the package version, the device
+    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: ROOT }).toString().trim();
+    expect(config.provenance.commit).toMatch(new RegExp(`^${head}(-dirty)?$`));
+    expect(config.provenance.version).toBe(JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version);
+    expect(config.provenance.device).toBe('cpu');
+    expect(Number.isNaN(Date.parse(config.provenance.date))).toBe(false);
     const ck = loadCheckpoint(path.join(out, 'checkpoint.safetensors'));
     expect(ck.meta.epoch).toBe(3);
     expect(ck.meta.batch).toBe(0);
@@ -150,7 +158,26 @@ describe('compare', () => {
       expect(svg).toMatch(/adashift-b/); // the legend names each activation
       expect(svg).toMatch(/<path/);
     }
-    expect(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).rows).toHaveLength(2);
+    const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+    expect(summary.rows).toHaveLength(2);
+    expect(summary.commit).toMatch(/^([0-9a-f]{12}(-dirty)?|unknown)$/);
+    expect(report).toContain(`(commit ${summary.commit})`);
+  });
+
+  test('the commit is reported only for a checkout rooted at the package', () => {
+    const repo = path.join(tmp, 'outer-repo');
+    fs.mkdirSync(path.join(repo, 'node_modules', 'pkg'), { recursive: true });
+    const git = (...args: string[]) => execFileSync('git', args, { cwd: repo, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+    git('init', '-q');
+    fs.writeFileSync(path.join(repo, 'a.txt'), 'a\n');
+    git('add', 'a.txt');
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'a');
+    expect(gitCommit(repo)).toBe(git('rev-parse', '--short=12', 'HEAD'));
+    fs.writeFileSync(path.join(repo, 'a.txt'), 'changed\n');
+    expect(gitCommit(repo)).toBe(`${git('rev-parse', '--short=12', 'HEAD')}-dirty`);
+    // a package installed inside someone else's repository does not report its commit
+    expect(gitCommit(path.join(repo, 'node_modules', 'pkg'))).toBe('unknown');
+    expect(gitCommit(path.join(tmp, 'no-such-folder'))).toBe('unknown');
   });
 });
 

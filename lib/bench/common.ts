@@ -1,18 +1,12 @@
 // Shared pieces of the benchmark programs: timing with device synchronisation, medians,
 // environment description, the PyTorch peer, and result files.
-import { execFileSync, spawnSync } from 'child_process';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
-import { backendInfo } from '../device';
 import { writeAtomic } from '../io/safetensors';
 import { native } from '../native';
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+export { environment, gitCommit } from '../provenance';
+export { median } from '../stats';
 
 /** Seconds taken by fn, after the device's queued work has finished. */
 export function timeIt(device: string, fn: () => void): number {
@@ -21,33 +15,6 @@ export function timeIt(device: string, fn: () => void): number {
   fn();
   native.synchronize(device);
   return Number(process.hrtime.bigint() - t0) / 1e9;
-}
-
-export function gitCommit(): string {
-  try {
-    return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: path.resolve(__dirname, '..', '..'), stdio: ['ignore', 'pipe', 'ignore'] })
-      .toString()
-      .trim();
-  } catch {
-    return 'unknown';
-  }
-}
-
-export function environment(device: string) {
-  const info = backendInfo();
-  const cpus = os.cpus();
-  return {
-    date: new Date().toISOString(),
-    commit: gitCommit(),
-    node: process.version,
-    cpu: cpus.length ? cpus[0].model : 'unknown',
-    hardwareThreads: cpus.length,
-    threads: info.cpuThreads,
-    device,
-    gpu: device.startsWith('cuda') ? info.devices[Number(device.split(':')[1] ?? 0)]?.name : undefined,
-    cudaRuntime: info.cudaCompiled ? info.runtimeVersion : undefined,
-    cudaDriver: info.cudaCompiled ? info.driverVersion : undefined,
-  };
 }
 
 /** A python3 that can import torch, or undefined. Prefers ADASHIFT_PYTHON, then Debian's. */

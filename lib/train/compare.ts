@@ -3,9 +3,12 @@
 // parameters), summary.json, and SVG plots of test accuracy and train loss per epoch.
 import * as fs from 'fs';
 import * as path from 'path';
+import { resolveDevice } from '../device';
 import { check } from '../errors';
 import { writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
+import { environment } from '../provenance';
+import { mean, median, std } from '../stats';
 import { EpochMetrics, train, TrainCallbacks, TrainOptions } from './train';
 
 export interface CompareOptions extends Omit<TrainOptions, 'act' | 'out' | 'resume' | 'seed'> {
@@ -22,7 +25,9 @@ export interface CompareRow {
   finalTestAcc: number[];
   meanTestAcc: number;
   stdTestAcc: number;
+  /** Median over every epoch of every seed. */
   secondsPerEpoch: number;
+  /** Median over every epoch of every seed. */
   imagesPerSec: number;
   params: number;
   histories: EpochMetrics[][];
@@ -32,15 +37,6 @@ export interface CompareCallbacks {
   onRunStart?(act: ActivationName, seed: number, index: number, total: number): void;
   train?: (act: ActivationName, seed: number) => TrainCallbacks;
   onRunEnd?(act: ActivationName, seed: number, history: EpochMetrics[]): void;
-}
-
-function mean(xs: number[]): number {
-  return xs.reduce((a, b) => a + b, 0) / xs.length;
-}
-function std(xs: number[]): number {
-  if (xs.length < 2) return 0;
-  const m = mean(xs);
-  return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1));
 }
 
 export async function compare(options: CompareOptions, callbacks: CompareCallbacks = {}) {
@@ -74,23 +70,27 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
       finalTestAcc: finals,
       meanTestAcc: mean(finals),
       stdTestAcc: std(finals),
-      secondsPerEpoch: mean(epochs.map((e) => e.seconds)),
-      imagesPerSec: mean(epochs.map((e) => e.imagesPerSec)),
+      // Medians over every epoch of every seed: a few epochs slowed by another process on a
+      // shared machine move a mean, not a median.
+      secondsPerEpoch: median(epochs.map((e) => e.seconds)),
+      imagesPerSec: median(epochs.map((e) => e.imagesPerSec)),
       params,
       histories,
     });
   }
-  const table = markdownTable(rows, options);
+  const provenance = environment(resolveDevice(options.device));
+  const table = markdownTable(rows, options, provenance);
   const plots = await renderPlots(rows, out);
   writeAtomic(path.join(out, 'report.md'), [Buffer.from(`${table}\n\n![test accuracy](test-accuracy.svg)\n![train loss](train-loss.svg)\n`)]);
-  writeAtomic(path.join(out, 'summary.json'), [Buffer.from(JSON.stringify({ options: { ...trainOptions, acts, seeds, seed: seed0 }, rows }, null, 2) + '\n')]);
+  const summary = { ...provenance, options: { ...trainOptions, acts, seeds, seed: seed0 }, rows };
+  writeAtomic(path.join(out, 'summary.json'), [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
   return { rows, table, plots, report: path.join(out, 'report.md') };
 }
 
-export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}): string {
+export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}, provenance?: ReturnType<typeof environment>): string {
   const relu = rows.find((r) => r.act === 'relu');
   const lines = [
-    `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch | images / s${relu ? ' | time vs ReLU' : ''} | parameters |`,
+    `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch (median) | images / s (median)${relu ? ' | time vs ReLU' : ''} | parameters |`,
     `| --- | --- | --- | ---${relu ? ' | ---' : ''} | --- |`,
   ];
   for (const r of rows) {
@@ -102,7 +102,9 @@ export function markdownTable(rows: CompareRow[], options: Partial<CompareOption
   const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} epochs`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]
     .concat(o.limitTrain ? [`first ${o.limitTrain} training images`] : [])
     .join(', ');
-  return `${setting}\n\n${lines.join('\n')}`;
+  const p = provenance;
+  const source = p ? `\n\n${p.date}, adashift ${p.version} (commit ${p.commit}), ${p.device === 'cpu' ? `${p.cpu}, ${p.threads} thread(s)` : `${p.gpu ?? p.device}`}` : '';
+  return `${setting}${source}\n\n${lines.join('\n')}`;
 }
 
 /** Line charts per activation (mean over seeds), rendered to SVG with vega-lite + vega. */

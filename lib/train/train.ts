@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { AdaShiftError, check } from '../errors';
 import { resolveDevice, setNumThreads } from '../device';
+import { environment } from '../provenance';
 import { noGrad } from '../autograd';
 import { writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
@@ -256,7 +257,10 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   const params = model.numParameters();
   if (out) {
     fs.mkdirSync(out, { recursive: true });
-    if (!resumed) writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify({ ...cfg, resume: undefined, out: undefined }, null, 2) + '\n')]);
+    if (!resumed) {
+      const config = { ...cfg, resume: undefined, out: undefined, provenance: environment(device) };
+      writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
+    }
   }
   const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, ...shown } = cfg;
   callbacks.onStart?.({ config: shown as never, params, trainCount: trainSet.count, testCount: testSet.count, batchesPerEpoch: loader.batchesPerEpoch, startEpoch, startBatch, device });
