@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { benchAct } from '../lib/bench/act';
 import { benchStep, isStepError, resolveTorchPython, StepError, StepRow } from '../lib/bench/step';
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
@@ -177,5 +178,44 @@ describe('bench step --profile', () => {
       stopNativeProfiler();
     }
     expect(native).toBe(rawNative);
+  });
+});
+
+describe('bench act', () => {
+  test('rows, derived rates and ratios, and the JSON file', () => {
+    const before = memory().tensors;
+    const seen: string[] = [];
+    const shapes = [[2, 3, 5, 7], [1, 4, 9, 9]];
+    const r = benchAct({ shapes, acts: ['relu', 'silu', 'adashift-b', 'adashift-ma'], device: 'cpu', repeats: 3, warmup: 1, torch: false, outDir: tmp, onResult: (row) => seen.push(`${row.act}@${row.shape.join('x')}`) });
+    expect(memory().tensors).toBe(before);
+    expect(seen).toEqual(['relu@2x3x5x7', 'silu@2x3x5x7', 'adashift-b@2x3x5x7', 'adashift-ma@2x3x5x7', 'relu@1x4x9x9', 'silu@1x4x9x9', 'adashift-b@1x4x9x9', 'adashift-ma@1x4x9x9']);
+    expect(r.benchmark).toBe('act');
+    expect(r.torchPython).toBeNull();
+    for (const k of ['date', 'commit', 'version', 'cpu', 'threads', 'device']) expect(r).toHaveProperty(k);
+    expect(r.copyBandwidth.map((c) => c.shape)).toEqual(shapes);
+    for (const row of r.results) {
+      const n = row.shape.reduce((a, b) => a * b, 1);
+      expect(row.forwardMs).toBeGreaterThan(0);
+      expect(row.backwardMs).toBeGreaterThan(0);
+      expect(row.totalMs).toBeCloseTo(row.forwardMs + row.backwardMs, 9);
+      expect(row.bytesPerElement).toBe(row.act.startsWith('adashift') ? 32 : 20);
+      expect(row.melemPerSec).toBeCloseTo(n / (row.totalMs / 1e3) / 1e6, 6);
+      expect(row.gbPerSec).toBeCloseTo((n * row.bytesPerElement) / (row.totalMs / 1e3) / 1e9, 6);
+      const copy = r.copyBandwidth.find((c) => c.shape === row.shape)!;
+      expect(row.fractionOfCopy).toBeCloseTo(row.gbPerSec / copy.gbPerSec, 9);
+      const silu = r.results.find((x) => x.act === 'silu' && x.shape === row.shape)!;
+      expect(row.vsSilu).toBeCloseTo(silu.totalMs / row.totalMs, 9);
+      expect(row.torch).toBeUndefined();
+    }
+    expect(r.results.filter((x) => x.act === 'silu').every((x) => x.vsSilu === 1)).toBe(true);
+    const onDisk = JSON.parse(fs.readFileSync(r.file!, 'utf8'));
+    expect(onDisk.results).toHaveLength(8);
+    expect(onDisk.results[2].vsSilu).toBeCloseTo(r.results[2].vsSilu!, 12);
+  });
+
+  test('without SiLU among the activations there is no SiLU ratio', () => {
+    const r = benchAct({ shapes: [[1, 2, 3, 3]], acts: ['relu'], device: 'cpu', repeats: 1, warmup: 0, torch: false, outDir: null });
+    expect(r.file).toBeUndefined();
+    expect(r.results[0].vsSilu).toBeUndefined();
   });
 });

@@ -34,6 +34,10 @@ export interface ActResult {
   torch?: { forwardMs: number; backwardMs: number; totalMs: number; melemPerSec: number };
   /** Torch's time over ours (> 1: we are faster). */
   speedupVsTorch?: number;
+  /** This package's SiLU time over this activation's, same shape, same run (when SiLU ran). */
+  vsSilu?: number;
+  /** gbPerSec over the copy bandwidth measured for this shape in the same run. */
+  fractionOfCopy: number;
 }
 
 // read x + write y, then read x + dy + write dx
@@ -113,6 +117,8 @@ export function benchAct(options: BenchActOptions = {}) {
     const mods = acts.map((act) => activation(act, shape[1]).to(device));
     const times = measureAll(mods, shape, device, repeats, warmup);
     for (const m of mods) m.dispose();
+    const silu = acts.indexOf('silu');
+    const copyGb = copy[shapes.indexOf(shape)].gbPerSec;
     for (const [k, act] of acts.entries()) {
       const { fwd, bwd } = times[k];
       const n = shape.reduce((a, b) => a * b, 1);
@@ -126,6 +132,8 @@ export function benchAct(options: BenchActOptions = {}) {
         melemPerSec: n / total / 1e6,
         bytesPerElement: bytesPerElement(act),
         gbPerSec: (n * bytesPerElement(act)) / total / 1e9,
+        vsSilu: silu >= 0 ? (times[silu].fwd + times[silu].bwd) / total : undefined,
+        fractionOfCopy: (n * bytesPerElement(act)) / total / 1e9 / copyGb,
       };
       if (python) {
         const t = runPython(python, scriptPath('torch_act.py'), {

@@ -48,6 +48,9 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
   check(typeof options.out === 'string' && options.out.length > 0, 'ERR_ARG', () => 'compare: an output folder (out) is required');
   fs.mkdirSync(options.out, { recursive: true });
   const { acts: _a, seeds: _s, seed: _sd, out, ...trainOptions } = options;
+  // Taken before the runs: the code and machine that ran them (an edit to the checkout while
+  // they run must not change what the report says they ran).
+  const provenance = environment(resolveDevice(options.device));
   const rows: CompareRow[] = [];
   const total = acts.length * seeds;
   let k = 0;
@@ -78,7 +81,6 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
       histories,
     });
   }
-  const provenance = environment(resolveDevice(options.device));
   const table = markdownTable(rows, options, provenance);
   const plots = await renderPlots(rows, out);
   writeAtomic(path.join(out, 'report.md'), [Buffer.from(`${table}\n\n![test accuracy](test-accuracy.svg)\n![train loss](train-loss.svg)\n`)]);
