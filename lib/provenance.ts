@@ -20,7 +20,7 @@ export function packageVersion(): string {
 
 /**
  * The commit of this package's checkout (or of the checkout rooted at `root`), with '-dirty'
- * when tracked files other than bench/results have changed since, or 'unknown' when
+ * when tracked files other than bench/results and Markdown documents have changed since, or 'unknown' when
  * it is not one: an installed copy inside someone else's repository must not report that
  * repository's commit.
  */
@@ -30,8 +30,8 @@ export function gitCommit(root: string = packageRoot): string {
       execFileSync('git', args, { cwd: root, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
     if (fs.realpathSync(git('rev-parse', '--show-toplevel')) !== fs.realpathSync(root)) return 'unknown';
     // '-dirty' when tracked files differ from the commit: the numbers are not that commit's.
-    // Result files (bench/results) are outputs, not code: they do not count.
-    const dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)bench/results') !== '';
+    // Result files (bench/results) and Markdown documents do not run: they do not count.
+    const dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)bench/results', ':(exclude,glob)**/*.md') !== '';
     return git('rev-parse', '--short=12', 'HEAD') + (dirty ? '-dirty' : '');
   } catch {
     return 'unknown';

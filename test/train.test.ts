@@ -173,12 +173,17 @@ describe('compare', () => {
     git('add', 'a.txt');
     git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'a');
     expect(gitCommit(repo)).toBe(git('rev-parse', '--short=12', 'HEAD'));
-    // a changed result file is output, not code; a changed source file makes it dirty
+    // a changed result file or document does not run; a changed source file makes it dirty
     fs.mkdirSync(path.join(repo, 'bench', 'results'), { recursive: true });
     fs.writeFileSync(path.join(repo, 'bench', 'results', 'r.json'), '{}\n');
     git('add', 'bench/results/r.json');
     git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'r');
     fs.writeFileSync(path.join(repo, 'bench', 'results', 'r.json'), '{"x": 1}\n');
+    expect(gitCommit(repo)).toBe(git('rev-parse', '--short=12', 'HEAD'));
+    fs.writeFileSync(path.join(repo, 'README.md'), '# r\n');
+    git('add', 'README.md');
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'readme');
+    fs.writeFileSync(path.join(repo, 'README.md'), '# changed\n');
     expect(gitCommit(repo)).toBe(git('rev-parse', '--short=12', 'HEAD'));
     fs.writeFileSync(path.join(repo, 'a.txt'), 'changed\n');
     expect(gitCommit(repo)).toBe(`${git('rev-parse', '--short=12', 'HEAD')}-dirty`);
