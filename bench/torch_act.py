@@ -10,6 +10,10 @@ import math
 import sys
 import time
 
+from peer_lifetime import die_with_parent
+
+die_with_parent()  # before the slow torch import
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -1,6 +1,7 @@
 // The benchmark programs on tiny settings (ResNet-20, batch 2, 8x8 inputs, one repeat): the
 // JSON's shape, the profile's families summing to the profiled step, peak memory, and the
 // PyTorch side (skipped cleanly without torch; run when a python with torch is found).
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -217,5 +218,41 @@ describe('bench act', () => {
     const r = benchAct({ shapes: [[1, 2, 3, 3]], acts: ['relu'], device: 'cpu', repeats: 1, warmup: 0, torch: false, outDir: null });
     expect(r.file).toBeUndefined();
     expect(r.results[0].vsSilu).toBeUndefined();
+  });
+});
+
+describe('PyTorch peer scripts', () => {
+  const benchDir = path.resolve(__dirname, '..', 'bench');
+
+  test('the npm package ships every script the benchmarks run', () => {
+    // package.json "files": an installed package must find bench/torch_act.py and torch_step.py
+    const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', 'package.json'), 'utf8')) as { files: string[] };
+    const globs = pkg.files.map((f) => new RegExp(`^${f.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*')}(/.*)?$`));
+    const scripts = fs.readdirSync(benchDir).filter((f) => f.endsWith('.py')).map((f) => `bench/${f}`);
+    expect(scripts).toEqual(expect.arrayContaining(['bench/torch_act.py', 'bench/torch_step.py', 'bench/peer_lifetime.py']));
+    for (const f of scripts) expect(globs.some((g) => g.test(f))).toBe(true);
+  });
+
+  const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'pass']).status === 0);
+  (python && process.platform === 'linux' ? test : test.skip)('a peer exits when the Node process that started it is killed', async () => {
+    // A parent that starts a peer (the real lifetime helper, then a long sleep) and prints its pid.
+    const peer = `import sys, time; sys.path.insert(0, ${JSON.stringify(benchDir)}); from peer_lifetime import die_with_parent; die_with_parent(); print('up', flush=True); time.sleep(120)`;
+    const parentJs = `const c = require('child_process').spawn(${JSON.stringify(python)}, ['-c', ${JSON.stringify(peer)}], { stdio: ['ignore', 'pipe', 'inherit'] });
+      c.stdout.once('data', () => console.log(c.pid)); setInterval(() => {}, 1000);`;
+    const parent = spawn(process.execPath, ['-e', parentJs], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const pid = await new Promise<number>((resolve) => parent.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
+    const alive = (p: number) => {
+      try {
+        process.kill(p, 0);
+        return !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${p}/status`, 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    expect(alive(pid)).toBe(true);
+    parent.kill('SIGKILL'); // no chance for the parent to clean up
+    const deadline = Date.now() + 5000;
+    while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(alive(pid)).toBe(false);
   });
 });
