@@ -73,8 +73,8 @@ void adashift_b_forward(const float* x, int64_t N, int64_t C, int64_t HW, const 
     layernorm_forward(us, nw, nb, eps, 1, C, s + n * C, mean + n, rstd + n);
     const float* ss = s + n * C;
     float* ys = y + n * C * HW;
-    // The next sample's pool pass then reads from cache: B forward [64,64,28,28] one thread
-    // 0.92 -> 0.82 ms.
+    // While this sample is gated, its thread's next sample is prefetched plane by plane, so that
+    // sample's pool pass reads from cache (B forward [64,64,28,28], one thread: 0.92 -> 0.82 ms).
     inner([&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         if (next) loops::prefetch(xs + (C + c) * HW, HW);

@@ -705,17 +705,20 @@ void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64
       kern.NR == 32 && gemm_rows_sliver(N) == 16 ? (kmap ? rows_mapped_16x16 : rows_16x16)
       : kmap ? (kern.NR == 32 ? rows_mapped_8x32 : kern.MR == 6 ? rows_mapped_6x16 : rows_mapped_4x16)
              : (kern.NR == 32 ? rows_8x32 : kern.MR == 6 ? rows_6x16 : rows_4x16);
+  RowsBlock blk{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate, kmap};
   if (run == rows_16x16 || run == rows_mapped_16x16) {
+    // The last 8 or fewer rows of the range by an 8-row tile (a 16-row tile would compute 16).
     // Each row is computed whole by one tile either way: the same bits.
     const int64_t tail = (i1 - i0) % 16;
     if (tail > 0 && tail <= 8) {
-      if (i1 - tail > i0) run(RowsBlock{off, xps, samples, i0, i1 - tail, K, Bp, N, C, ldc, !accumulate, kmap});
-      (kmap ? rows_mapped_8x16 : rows_8x16)(
-          RowsBlock{off, xps, samples, i1 - tail, i1, K, Bp, N, C, ldc, !accumulate, kmap});
+      RowsBlock last = blk;
+      last.i0 = blk.i1 = i1 - tail;
+      if (blk.i1 > blk.i0) run(blk);
+      (kmap ? rows_mapped_8x16 : rows_8x16)(last);
       return;
     }
   }
-  run(RowsBlock{off, xps, samples, i0, i1, K, Bp, N, C, ldc, !accumulate, kmap});
+  run(blk);
 }
 
 void GemmMatrixB::pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR, int64_t s0,
