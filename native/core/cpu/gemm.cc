@@ -142,6 +142,41 @@ struct Block {
   int64_t rs = 0, ks = 0;
 };
 
+// Writes an MR x NR register tile (mr x nr of it valid) to C: alpha acc (+ beta C unless beta
+// is 0) on the first depth block, else C += alpha acc. Every register-tile kernel stores this way
+// (the convolution kernels with alpha 1 and beta 0, which the products leave exact).
+template <int MR, int NR>
+__attribute__((always_inline)) inline void store_tile(const float (&acc)[MR][NR], float* c,
+                                                      int64_t ldc, int mr, int nr, bool first,
+                                                      float alpha = 1.0f, float beta = 0.0f) {
+  if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      float* __restrict ci = c + i * ldc;
+      if (!first) {
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) ci[j] += alpha * acc[i][j];
+      } else if (beta == 0.0f) {
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) ci[j] = alpha * acc[i][j];
+      } else {
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+      }
+    }
+    return;
+  }
+  for (int i = 0; i < mr; ++i) {
+    float* ci = c + i * ldc;
+    if (!first)
+      for (int j = 0; j < nr; ++j) ci[j] += alpha * acc[i][j];
+    else if (beta == 0.0f)
+      for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j];
+    else
+      for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+  }
+}
+
 template <int MR, int NR, bool IN_PLACE = false>
 __attribute__((always_inline)) inline void macro_body(const Block& p) {
   for (int64_t s = p.s0; s < p.s1; ++s) {
@@ -167,35 +202,8 @@ __attribute__((always_inline)) inline void macro_body(const Block& p) {
           for (int j = 0; j < NR; ++j) acc[i][j] += av * bk[j];
         }
       }
-      const int mr = int(std::min<int64_t>(MR, p.mc - t * MR));
-      float* c = p.C + t * MR * p.ldc + j0;
-      const float alpha = p.alpha, beta = p.beta;
-      if (mr == MR && nr == NR) {
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-          float* __restrict ci = c + i * p.ldc;
-          if (!p.first) {
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) ci[j] += alpha * acc[i][j];
-          } else if (beta == 0.0f) {
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) ci[j] = alpha * acc[i][j];
-          } else {
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
-          }
-        }
-      } else {
-        for (int i = 0; i < mr; ++i) {
-          float* ci = c + i * p.ldc;
-          if (!p.first)
-            for (int j = 0; j < nr; ++j) ci[j] += alpha * acc[i][j];
-          else if (beta == 0.0f)
-            for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j];
-          else
-            for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
-        }
-      }
+      store_tile<MR, NR>(acc, p.C + t * MR * p.ldc + j0, p.ldc,
+                         int(std::min<int64_t>(MR, p.mc - t * MR)), nr, p.first, p.alpha, p.beta);
     }
   }
 }
@@ -334,33 +342,6 @@ void gemm_own(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
 }
 
 // ---- prepacked A against an unpacked window source (convolutions) ---------------------------
-// Writes an MR x NR register tile (mr x nr of it valid) to C: = when first, else +=.
-template <int MR, int NR>
-__attribute__((always_inline)) inline void store_tile(const float (&acc)[MR][NR], float* c,
-                                                      int64_t ldc, int mr, int nr, bool first) {
-  if (mr == MR && nr == NR) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      float* __restrict ci = c + i * ldc;
-      if (first) {
-#pragma omp simd
-        for (int j = 0; j < NR; ++j) ci[j] = acc[i][j];
-      } else {
-#pragma omp simd
-        for (int j = 0; j < NR; ++j) ci[j] += acc[i][j];
-      }
-    }
-    return;
-  }
-  for (int i = 0; i < mr; ++i) {
-    float* ci = c + i * ldc;
-    if (first)
-      for (int j = 0; j < nr; ++j) ci[j] = acc[i][j];
-    else
-      for (int j = 0; j < nr; ++j) ci[j] += acc[i][j];
-  }
-}
-
 // The micro-kernel of macro_body with B read in place: row k of the sliver at column q0 is
 // xp + off[p0 + k] + q0 (NR floats, unaligned). Same accumulation order as macro_body.
 template <int MR, int NR>
