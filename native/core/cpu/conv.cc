@@ -40,6 +40,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <tuple>
 #include <vector>
 #include "../ops/conv.h"
 #include "../threadpool.h"
@@ -220,6 +221,8 @@ AS_VECTORIZE void add_into(float* __restrict acc, const float* __restrict v, int
 struct Padded {
   int64_t C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total;
   int64_t kh, kw;  // phases (a, b) with a >= kh or b >= kw hold no tap: zero-filled only
+  auto fields() const { return std::tie(C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total, kh, kw); }
+  bool operator==(const Padded& o) const { return fields() == o.fields(); }
 };
 
 Padded padded(const Conv2dDims& d) {
@@ -282,11 +285,7 @@ AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t
 void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel, bool own_scratch) {
   thread_local const float* last_buf = nullptr;
   thread_local Padded last{};
-  const bool same = own_scratch && last_buf == xp && last.C == g.C && last.H == g.H && last.W == g.W &&
-                    last.ph == g.ph && last.pw == g.pw && last.sh == g.sh && last.sw == g.sw &&
-                    last.Hp == g.Hp && last.Wp == g.Wp && last.plane == g.plane &&
-                    last.total == g.total && last.kh == g.kh && last.kw == g.kw;
-  const bool zero = !same;
+  const bool zero = !(own_scratch && last_buf == xp && last == g);
   const int64_t per_channel = g.sh * g.sw * g.plane;
   if (inner_parallel)
     parallel_for(g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(per_channel, 1)),
