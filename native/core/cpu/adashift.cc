@@ -142,11 +142,17 @@ inline const float* expand_block(const RegionGrid& g, const GridLayout& L, int k
   return map;
 }
 
-// Cell column q's sum of a band's column sums c [W], its columns added in order.
-inline float cell_cols_sum(const GridLayout& L, const float* c, int q) {
-  float acc = 0.0f;
-  for (int w = L.col0[size_t(q)]; w < L.col0[size_t(q) + 1]; ++w) acc += c[w];
-  return acc;
+// The cell sums cells [k*T] of the k*Ph bands of a block from their column sums cols
+// [k*Ph*W]: each cell's columns added in order.
+inline void cells_from_columns(const RegionGrid& g, const GridLayout& L, int k, const float* cols,
+                               float* cells) {
+  for (int r = 0; r < k * g.Ph; ++r)
+    for (int q = 0; q < g.Pw; ++q) {
+      const float* c = cols + int64_t(r) * g.W;
+      float acc = 0.0f;
+      for (int w = L.col0[size_t(q)]; w < L.col0[size_t(q) + 1]; ++w) acc += c[w];
+      cells[int64_t(r) * g.Pw + q] = acc;
+    }
 }
 
 // The sums of values [k*H*W] over each cell of the k planes, in cells [k*T] (cols: scratch of
@@ -155,8 +161,7 @@ inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, int k, c
                               float* cols, float* cells) {
   if (L.identity) return values;
   loops::band_column_sums(values, g.W, L.row0.data(), k * g.Ph, cols);
-  for (int r = 0; r < k * g.Ph; ++r)
-    for (int q = 0; q < g.Pw; ++q) cells[int64_t(r) * g.Pw + q] = cell_cols_sum(L, cols + int64_t(r) * g.W, q);
+  cells_from_columns(g, L, k, cols, cells);
   return cells;
 }
 
@@ -200,6 +205,17 @@ constexpr int64_t kBandRowsMinWidth = 48;
 // row0 of a one-row band: expand_cells then lays out one row of a band's shifts.
 constexpr int kOneRow[2] = {0, 1};
 
+// The k*Ph bands of a block in turn, each band's shifts (from the block's tokens sv) laid out
+// for one row in srow [W]: fn(band b, offset of its first row, its rows).
+template <typename BandFn>
+inline void for_each_band(const RegionGrid& g, const GridLayout& L, int k, const float* sv,
+                          int64_t base, float* srow, BandFn fn) {
+  for (int b = 0; b < k * g.Ph; ++b) {
+    loops::expand_cells(sv + int64_t(b) * g.Pw, kOneRow, L.flat_cell.data(), 1, g.Pw, g.W, srow);
+    fn(b, base + int64_t(L.row0[size_t(b)]) * g.W, L.row0[size_t(b) + 1] - L.row0[size_t(b)]);
+  }
+}
+
 static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
                                  float* dx, float* ds) {
   const GridLayout& L = layout_of(g);
@@ -209,16 +225,11 @@ static void shift_grads_by_plane(const RegionGrid& g, const float* x, const floa
       float* vals = scratch(0, size_t(k * T));
       float* srow = scratch(1, size_t(g.W));
       float* cols = scratch(3, size_t(k * g.Ph * g.W));
-      const float* sv = block_tokens(g, s, p0, k, vals);
-      for (int b = 0; b < k * g.Ph; ++b) {
-        const int64_t o = base + int64_t(L.row0[size_t(b)]) * g.W;
-        loops::expand_cells(sv + int64_t(b) * g.Pw, kOneRow, L.flat_cell.data(), 1, g.Pw, g.W, srow);
-        loops::gate_grads_band(x + o, dy + o, srow, dx ? dx + o : nullptr, cols + int64_t(b) * g.W,
-                               L.row0[size_t(b) + 1] - L.row0[size_t(b)], g.W);
-      }
+      for_each_band(g, L, k, block_tokens(g, s, p0, k, vals), base, srow, [&](int b, int64_t o, int rows) {
+        loops::gate_grads_band(x + o, dy + o, srow, dx ? dx + o : nullptr, cols + int64_t(b) * g.W, rows, g.W);
+      });
       float* sums = scratch(2, size_t(k * T));
-      for (int r = 0; r < k * g.Ph; ++r)
-        for (int q = 0; q < g.Pw; ++q) sums[int64_t(r) * g.Pw + q] = cell_cols_sum(L, cols + int64_t(r) * g.W, q);
+      cells_from_columns(g, L, k, cols, sums);
       store_block_tokens(g, sums, p0, k, ds);
     });
     return;
@@ -293,12 +304,9 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
     for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
       float* vals = scratch(0, size_t(k * g.tokens()));
       float* srow = scratch(1, size_t(g.W));
-      const float* sv = block_tokens(g, s, p0, k, vals);
-      for (int b = 0; b < k * g.Ph; ++b) {
-        const int64_t o = base + int64_t(L.row0[size_t(b)]) * g.W;
-        loops::expand_cells(sv + int64_t(b) * g.Pw, kOneRow, L.flat_cell.data(), 1, g.Pw, g.W, srow);
-        loops::gate_forward_band(x + o, srow, y + o, L.row0[size_t(b) + 1] - L.row0[size_t(b)], g.W);
-      }
+      for_each_band(g, L, k, block_tokens(g, s, p0, k, vals), base, srow, [&](int, int64_t o, int rows) {
+        loops::gate_forward_band(x + o, srow, y + o, rows, g.W);
+      });
     });
     return;
   }
