@@ -86,34 +86,31 @@ AS_VECTORIZE void gate_grads_v(const float* __restrict x, const float* __restric
   }
 }
 
+// One row of gate_grads_band: the direct gradient into o (with DX), the shift gradient's terms
+// into cols (= on the band's first row, += after).
+template <bool DX, bool FIRST>
+__attribute__((always_inline)) inline void gate_grads_band_row(const float* __restrict xr, const float* __restrict dr,
+                                                               const float* __restrict srow, float* __restrict o,
+                                                               float* __restrict cols, int64_t W) {
+#pragma omp simd
+  for (int64_t w = 0; w < W; ++w) {
+    const math::GateGrad gg = math::gate_grad(xr[w], srow[w], dr[w]);
+    if (DX) o[w] = gg.dx;
+    if (FIRST) cols[w] = gg.ds;
+    else cols[w] += gg.ds;
+  }
+}
+
 AS_VECTORIZE void gate_grads_band(const float* __restrict x, const float* __restrict dy, const float* __restrict srow,
                                   float* __restrict dx, float* __restrict cols, int rows, int64_t W) {
   for (int h = 0; h < rows; ++h) {
-    const float* __restrict xr = x + int64_t(h) * W;
-    const float* __restrict dr = dy + int64_t(h) * W;
+    const int64_t r = int64_t(h) * W;
     if (dx) {
-      float* __restrict o = dx + int64_t(h) * W;
-      if (h == 0) {
-#pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-          const math::GateGrad gg = math::gate_grad(xr[w], srow[w], dr[w]);
-          o[w] = gg.dx;
-          cols[w] = gg.ds;
-        }
-      } else {
-#pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-          const math::GateGrad gg = math::gate_grad(xr[w], srow[w], dr[w]);
-          o[w] = gg.dx;
-          cols[w] += gg.ds;
-        }
-      }
-    } else if (h == 0) {
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) cols[w] = math::gate_grad(xr[w], srow[w], dr[w]).ds;
+      if (h == 0) gate_grads_band_row<true, true>(x + r, dy + r, srow, dx + r, cols, W);
+      else gate_grads_band_row<true, false>(x + r, dy + r, srow, dx + r, cols, W);
     } else {
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) cols[w] += math::gate_grad(xr[w], srow[w], dr[w]).ds;
+      if (h == 0) gate_grads_band_row<false, true>(x + r, dy + r, srow, nullptr, cols, W);
+      else gate_grads_band_row<false, false>(x + r, dy + r, srow, nullptr, cols, W);
     }
   }
 }
