@@ -8,6 +8,7 @@ import { accuracy, countCorrect, crossEntropy, crossEntropyWithCorrect } from '.
 import { avgPool2d, globalAvgPool, maxPool2d } from '../lib/ops/pool';
 import { compareArrays, CloseResult } from './helpers/compare';
 import { thrown } from './helpers/errors';
+import { native } from '../lib/native';
 
 const dir = path.join(__dirname, 'fixtures', 'norm');
 interface Case {
@@ -195,6 +196,17 @@ describe('crossEntropy behaviour', () => {
     });
   });
 
+  test('NaN counts as the largest logit (as torch.argmax), the first NaN on ties', () => {
+    as.tidy(() => {
+      // 40 columns: on CUDA the row is split over the 32 lanes of a warp, so the NaN (column 8)
+      // and the largest number (column 24, same lane group) meet in the lanes' merge.
+      const row = (nanAt: number[], big: number) => Array.from({ length: 40 }, (_, k) => (nanAt.includes(k) ? NaN : k === big ? 5 : 0));
+      const logits = as.tensor([row([8], 24), row([], 24), row([3, 30], 24), row([0], 24)]);
+      expect(countCorrect(logits, [8, 24, 3, 0])).toBe(4);
+      expect(countCorrect(logits, [24, 0, 30, 24])).toBe(0);
+    });
+  });
+
   test('smoothing 1 is the mean negative log-likelihood of the uniform target', () => {
     as.tidy(() => {
       const logits = as.randn([3, 5]);
@@ -270,6 +282,24 @@ describe('pooling errors', () => {
       e = thrown(() => maxPool2d(x, 1.5));
       expect(e.code).toBe('ERR_ARG');
     });
+  });
+
+  test('plane limits: an output plane past 2^31 elements, a max-pool plane past 2^24 (also in backward)', () => {
+    // Checked from the shapes alone, before anything the size of these planes is allocated.
+    const dy = native.empty([1, 1, 1, 1], 'cpu');
+    try {
+      // kernel 2, stride 1, padding 1 makes the output (H + 1) x (W + 1): 46341^2 > 2^31 - 1
+      // while the input plane 46340^2 is below it.
+      let e = thrown(() => native.avgPool2dBackward(dy, [1, 1, 46340, 46340], 2, 2, 1, 1, 1, 1, true));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/avgPool2d backward: an output plane is limited to 2\^31 elements \(Ho \* Wo\), got 46341 x 46341/);
+      // Max pooling's indices are floats: exact up to 2^24.
+      e = thrown(() => native.maxPool2dBackward(dy, dy, [1, 1, 4097, 4097], 2, 2, 2, 2, 0, 0));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/maxPool2d backward: an input plane is limited to 2\^24 elements \(H \* W\), got 4097 x 4097/);
+    } finally {
+      dy.dispose();
+    }
   });
 });
 

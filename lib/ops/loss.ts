@@ -90,7 +90,7 @@ export function crossEntropyWithCorrect(logits: Tensor, labels: Labels, options:
   return { loss, correct };
 }
 
-/** The number of rows of logits [N, K] whose first largest entry is the label. */
+/** The number of rows of logits [N, K] whose first largest entry is the label (NaN counts as the largest, as in torch.argmax). */
 export function countCorrect(logits: Tensor, labels: Labels): number {
   return noGrad(() => {
     const { loss, correct } = crossEntropyWithCorrect(logits, labels);
@@ -101,7 +101,7 @@ export function countCorrect(logits: Tensor, labels: Labels): number {
   });
 }
 
-/** The fraction of rows of logits [N, K] whose first largest entry is the label. */
+/** The fraction of rows of logits [N, K] whose first largest entry is the label (NaN counts as the largest). */
 export function accuracy(logits: Tensor, labels: Labels): number {
   const [N] = logitsDims('accuracy', logits);
   return countCorrect(logits, labels) / N;

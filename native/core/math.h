@@ -31,6 +31,15 @@ AS_HD int32_t float_to_bits(float f) {
 #endif
 }
 
+// The arg-max rule of the cross-entropy's accuracy count, the same on every backend and for any
+// order of visiting the elements: does value v at index i replace the current maximum mx at
+// index am? NaN counts as the largest value (as torch.argmax), ties go to the smaller index.
+AS_HD bool argmax_takes(float v, int64_t i, float mx, int64_t am) {
+  const bool v_nan = v != v, mx_nan = mx != mx;
+  if (v_nan || mx_nan) return v_nan && (!mx_nan || i < am);
+  return v > mx || (v == mx && i < am);
+}
+
 // e^x with relative error below 3e-7 on [-87, 88]; e^88 (1.65e38) above 88, 0 below about
 // -87.7 (denormals between), NaN for NaN.
 // The argument is clamped to |x| <= 88 by an integer min on its magnitude bits, not by float

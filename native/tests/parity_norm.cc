@@ -180,7 +180,9 @@ void test_batchnorm() {
   const std::vector<Shape> shapes = {{2, 3, 5, 7},   {3, 17, 9, 9},   {1, 4, 1, 2},
                                      {5, 2, 1, 1},   {4, 16, 28, 28}, {64, 64, 7, 7},
                                      {3, 5, 3, 3},   {8, 64, 56, 56}, {2, 3, 224, 224},
-                                     {1, 1000, 2, 2}};
+                                     {1, 1000, 2, 2},
+                                     // more planes than blocks: a block takes a second plane
+                                     {128, 64, 3, 3}, {32, 64, 32, 32}};
   const char* act_names[] = {"none", "relu", "silu", "gate"};
   for (const Shape& shape : shapes) {
     const int64_t N = shape[0], C = shape[1];
@@ -232,7 +234,8 @@ void test_pooling() {
   const std::vector<Win> wins = {{2, 2, 2, 2, 0, 0}, {3, 3, 2, 2, 1, 1}, {3, 3, 1, 1, 1, 1},
                                  {2, 3, 1, 2, 1, 1}, {1, 1, 1, 1, 0, 0}, {5, 5, 3, 3, 2, 2}};
   const std::vector<Shape> shapes = {{2, 3, 7, 7}, {1, 2, 28, 28}, {2, 3, 9, 12},
-                                     {4, 16, 56, 56}, {1, 1, 5, 5}, {3, 5, 11, 6}};
+                                     {4, 16, 56, 56}, {1, 1, 5, 5}, {3, 5, 11, 6},
+                                     {8, 64, 56, 56}};  // past one grid: a second pass
   for (const Shape& shape : shapes) {
     for (int ties = 0; ties < 2; ++ties) {
       Tensor x = ties ? uni(shape, 0.0f, 3.0f) : nrm(shape, 0.0f, 1.5f);
@@ -312,6 +315,29 @@ void test_cross_entropy() {
                 double(l[0]), ok ? "NaN PASS" : "FAIL");
   } catch (const std::exception& e) {
     fail_line("cross_entropy.bad_label", "[4, 5] label 7", e.what());
+  }
+  // NaN logits and exact ties, placed so that the warp's lanes meet them in their merge: the
+  // accuracy count follows one arg-max rule on both backends (math::argmax_takes: NaN is the
+  // largest value, ties go to the smaller index). Each row's label is its arg-max: 6 of 6.
+  try {
+    const int64_t N = 6, K = 40;
+    std::vector<float> v(size_t(N * K), 0.0f);
+    auto at = [&](int64_t i, int64_t k) -> float& { return v[size_t(i * K + k)]; };
+    at(0, 8) = NAN;  at(0, 24) = 5.0f;  // NaN in lane 8, the largest number in lane 24
+    at(1, 3) = NAN;  at(1, 30) = NAN;   // the first NaN
+    at(2, 37) = 2.0f; at(2, 5) = 2.0f;  // a tie within lane 5 (columns 5 and 37)
+    at(3, 33) = 1.0f; at(3, 2) = 1.0f;  // a tie across lanes 1 and 2
+    at(4, 39) = NAN;                    // NaN in the last column
+    const Tensor logits = from_host({N, K}, v), labels = from_host({N}, {8, 3, 5, 2, 39, 0});
+    const float cpu = host(cross_entropy_forward(logits, labels, 0.0f).correct)[0];
+    const float gpu = host(cross_entropy_forward(to_device(logits, kGPU), to_device(labels, kGPU), 0.0f).correct)[0];
+    ++g_checks;
+    const bool ok = cpu == 6.0f && gpu == 6.0f;
+    if (!ok) ++g_failures;
+    std::printf("%-34s %-40s correct cpu %g gpu %g %s\n", "cross_entropy.argmax_rule",
+                "[6, 40] NaN and ties", double(cpu), double(gpu), ok ? "PASS" : "FAIL");
+  } catch (const std::exception& e) {
+    fail_line("cross_entropy.argmax_rule", "[6, 40] NaN and ties", e.what());
   }
 }
 

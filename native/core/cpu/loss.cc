@@ -27,7 +27,7 @@ void cross_entropy_forward(const float* logits, const float* labels, int64_t N, 
       float mx = x[0];
       int64_t am = 0;
       for (int64_t k = 1; k < K; ++k)
-        if (x[k] > mx) { mx = x[k]; am = k; }
+        if (math::argmax_takes(x[k], k, mx, am)) { mx = x[k]; am = k; }
       double se = 0.0, sx = 0.0;
       for (int64_t k = 0; k < K; ++k) {
         se += double(math::vexp(x[k] - mx));

@@ -36,17 +36,18 @@ k_ce_fwd(const float* __restrict__ logits, const float* __restrict__ labels, int
     int64_t am = K;  // sentinel: larger than any index
     for (int64_t k = lane; k < K; k += 32) {
       const float v = x[k];
-      if (am == K || v > mx) {  // the lane's first element, then strictly larger ones
+      if (am == K || math::argmax_takes(v, k, mx, am)) {  // the lane's first element, then larger ones
         mx = v;
         am = k;
       }
     }
-    // first maximum across lanes: larger value, or the same value at a smaller index
+    // the lanes' maxima merged by the same rule (a lane without elements holds -inf at the
+    // sentinel index K, which any element replaces)
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
       const float ov = __shfl_xor_sync(0xffffffffu, mx, o);
       const long long oi = __shfl_xor_sync(0xffffffffu, (long long)am, o);
-      if (ov > mx || (ov == mx && oi < am)) {
+      if (math::argmax_takes(ov, oi, mx, am)) {
         mx = ov;
         am = oi;
       }

@@ -32,6 +32,9 @@ Pool2d pool2d_geometry(const std::vector<int64_t>& s, int64_t kh, int64_t kw, in
   AS_CHECK(Ho >= 1 && Wo >= 1, Shape, what, ": the output would be empty (", Ho, " x ", Wo,
            ") for input ", shape_str(s), ", kernel ", kh, " x ", kw, ", stride ", sh, " x ", sw,
            ", padding ", ph, " x ", pw, "; the kernel must fit in the padded input");
+  // Padding can make the output plane larger than the input's (kernel 2, stride 1, padding 1).
+  AS_CHECK(Ho * Wo < (int64_t(1) << 31), Shape, what,
+           ": an output plane is limited to 2^31 elements (Ho * Wo), got ", Ho, " x ", Wo);
   Pool2d g;
   g.N = s[0];
   g.C = s[1];
@@ -49,11 +52,18 @@ Pool2d pool2d_geometry(const std::vector<int64_t>& s, int64_t kh, int64_t kw, in
   return g;
 }
 
+// Max pooling stores each window's argmax as a float index into the input plane: exact only up
+// to 2^24 (above it neighbouring indices round to the same float and a gradient would go to
+// two inputs). Forward and backward both check it (indices may be made by hand).
+static void check_max_pool_plane(const Pool2d& g, const char* what) {
+  AS_CHECK(int64_t(g.H) * g.W <= (int64_t(1) << 24), Shape, what,
+           ": an input plane is limited to 2^24 elements (H * W), got ", g.H, " x ", g.W);
+}
+
 MaxPoolOut max_pool2d_forward(const Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                               int64_t ph, int64_t pw) {
   const Pool2d g = pool2d_geometry(x.shape(), kh, kw, sh, sw, ph, pw, false, "maxPool2d");
-  AS_CHECK(int64_t(g.H) * g.W <= (int64_t(1) << 24), Shape,
-           "maxPool2d: an input plane is limited to 2^24 elements (H * W), got ", g.H, " x ", g.W);
+  check_max_pool_plane(g, "maxPool2d");
   MaxPoolOut o;
   o.y = Tensor({g.N, g.C, g.Ho, g.Wo}, x.device());
   o.indices = Tensor({g.N, g.C, g.Ho, g.Wo}, x.device());
@@ -66,6 +76,7 @@ Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices,
                            const std::vector<int64_t>& x_shape, int64_t kh, int64_t kw,
                            int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
   const Pool2d g = pool2d_geometry(x_shape, kh, kw, sh, sw, ph, pw, false, "maxPool2d backward");
+  check_max_pool_plane(g, "maxPool2d backward");
   check_same_device(dy, indices, "maxPool2d backward");
   check_shape(dy, {g.N, g.C, g.Ho, g.Wo}, "maxPool2d backward: output gradient");
   check_shape(indices, {g.N, g.C, g.Ho, g.Wo}, "maxPool2d backward: indices");
