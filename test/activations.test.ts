@@ -213,6 +213,28 @@ function maBitsInChild(env: Record<string, string>): string[] {
   return out;
 }
 
+describe('AdaShift on an empty input', () => {
+  // H = 0 with N * C > 0: nothing to pool, no pixel to gate; the op returns an empty y, an empty
+  // input gradient and zero parameter gradients (on every device: the CUDA path takes the same
+  // early return).
+  test.each([
+    ['adashift-b', [2, 3, 0, 4]],
+    ['adashift-b', [0, 3, 4, 4]],
+    ['adashift-ma', [2, 4, 0, 5]],
+  ])('%s on %j', (name, shape) => {
+    as.tidy(() => {
+      const C = (shape as number[])[1];
+      const m = name === 'adashift-b' ? new as.nn.AdaShiftB(C, { proj: true }) : new as.nn.AdaShiftMA(C, { grid: 3, headDim: 2, rect: 'linear' });
+      const x = as.zeros(shape as number[], { requiresGrad: true });
+      const y = m.forward(x) as as.Tensor;
+      expect(y.shape).toEqual(shape);
+      y.backward(as.zeros(shape as number[]));
+      expect(x.grad!.shape).toEqual(shape);
+      for (const [n, p] of m.namedParameters()) expect([n, Array.from(p.grad!.toFloat32Array()).every((v) => v === 0)]).toEqual([n, true]);
+    });
+  });
+});
+
 describe('switches that must not change a bit', () => {
   // Where the CPU has AVX-512, the AdaShift-MA grid passes lay cell values out with a permute
   // and sum cell columns with masked loads; ADASHIFT_CPU_GENERIC=1 turns that off. Both do the

@@ -198,7 +198,8 @@ void check(const std::string& op, const std::string& desc, const std::vector<Ten
 
 // ---- element-wise ops ---------------------------------------------------------------------------
 void test_elementwise() {
-  const std::vector<int64_t> sizes = {1, 3, 4, 5, 7, 1023, 4096, 4099, 1000003};
+  // 4194307: past one grid of blocks on 132 SMs (the grid-stride loops take a second pass)
+  const std::vector<int64_t> sizes = {1, 3, 4, 5, 7, 1023, 4096, 4099, 1000003, 4194307};
   for (int64_t n : sizes) {
     const std::string d = str({n});
     check("fill", d, {}, [n](const std::vector<Tensor>&, Device dev) {
@@ -386,6 +387,10 @@ void test_adashift() {
       {{2, 3, 5, 300}, 3}, {{1, 2, 224, 224}, 1}, {{1, 2, 224, 224}, 7},
       {{1, 2, 110, 110}, 100},  // Ph*Pw = 10000: tables exceed shared memory (direct path)
       {{8, 64, 56, 56}, 1}, {{8, 64, 56, 56}, 7},
+      // more planes than the grid has blocks (each block then takes a second plane)
+      {{64, 128, 7, 7}, 1}, {{64, 128, 7, 7}, 7}, {{16, 512, 28, 28}, 7},
+      {{1, 2, 112, 112}, 100},  // direct path (no tables) with float4 loads (W % 4 == 0)
+      {{2, 3, 56, 1}, 7}, {{2, 3, 5, 300}, 7},  // W = 1; Ph != Pw with H > 1
   };
   for (const Case& cs : cases) {
     const int64_t grid = cs.grid;
@@ -677,9 +682,10 @@ void bench(const char* json_path) {
 int parity_conv();
 int parity_norm();
 int parity_optim();
-int parity_adashift_ma();
+int parity_adashift_ops();
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // a crash still leaves every finished line
   const BackendInfo info = backend_info();
   if (!info.cuda_usable) {
     std::printf("cuda_check: SKIPPED (%s)\n",
@@ -699,7 +705,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   int family_failures = 0;
-  for (auto [name, fn] : {std::pair<const char*, int (*)()>{"conv", parity_conv}, {"norm", parity_norm}, {"optim", parity_optim}, {"adashift_ma", parity_adashift_ma}}) {
+  for (auto [name, fn] : {std::pair<const char*, int (*)()>{"conv", parity_conv}, {"norm", parity_norm}, {"optim", parity_optim}, {"adashift", parity_adashift_ops}}) {
     try {
       int f = fn();
       std::printf("cuda_check: parity_%s: %d failed\n", name, f);

@@ -115,15 +115,19 @@ AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   AS_CHECK(HW > 0 || x.numel() == 0, Shape, "AdaShift-B needs H, W >= 1, got ", shape_str(x.shape()));
   const Device d = x.device();
-  if (d.is_cpu()) {
+  if (d.is_cpu() || x.numel() == 0) {
+    // An empty x (N, C, H or W zero) on either device: y is empty, and the saved per-sample
+    // tensors (there may be N * C > 0 of them) are zeros rather than left unwritten.
+    const bool empty = x.numel() == 0;
+    auto make = [&](std::vector<int64_t> shape) { return empty ? full(shape, 0.0f, d) : Tensor(shape, d); };
     AdaShiftBForward o;
     o.y = Tensor(x.shape(), d);
-    o.saved.t = Tensor({N, 1, C}, d);
-    o.saved.u = proj_w.defined() ? Tensor({N, 1, C}, d) : o.saved.t;
-    o.saved.s = Tensor({N, 1, C}, d);
-    o.saved.mean = Tensor({N}, d);
-    o.saved.rstd = Tensor({N}, d);
-    if (x.numel() > 0)
+    o.saved.t = make({N, 1, C});
+    o.saved.u = proj_w.defined() ? make({N, 1, C}) : o.saved.t;
+    o.saved.s = make({N, 1, C});
+    o.saved.mean = make({N});
+    o.saved.rstd = make({N});
+    if (!empty)
       cpu::adashift_b_forward(x.data(), N, C, HW, proj_w.defined() ? proj_w.data() : nullptr,
                               proj_b.defined() ? proj_b.data() : nullptr, norm_w.data(), norm_b.data(), eps,
                               o.y.data(), o.saved.t.data(), o.saved.u.data(), o.saved.s.data(),
@@ -162,7 +166,7 @@ AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaSh
   check_shape(sv.rstd, {N}, "AdaShift-B backward: saved rstd");
   const Device d = x.device();
   AdaShiftBGrad g;
-  if (N == 0) {  // an empty batch: zero parameter gradients
+  if (x.numel() == 0) {  // an empty input (no pixel carries a gradient): zero parameter gradients
     if (need_dx) g.dx = Tensor(x.shape(), d);
     g.dnorm_w = full({C}, 0.0f, d);
     g.dnorm_b = full({C}, 0.0f, d);
@@ -255,13 +259,16 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
   const Device dev = x.device();
   AdaShiftMAForward r;
   if (dev.is_cpu() || x.numel() == 0) {
+    // An empty x on either device: the saved tensors are zeros rather than left unwritten.
+    const bool empty = x.numel() == 0;
+    auto make = [&](std::vector<int64_t> shape) { return empty ? full(shape, 0.0f, dev) : Tensor(shape, dev); };
     r.y = Tensor(x.shape(), dev);
-    r.saved.t = Tensor({N, T, C}, dev);
-    r.saved.attn = Tensor({N, G, T, T}, dev);
-    r.saved.o = Tensor({N, T, C}, dev);
-    r.saved.z = p.lin_w.defined() ? Tensor({N, T, C}, dev) : r.saved.o;
-    r.saved.s = Tensor({N, T, C}, dev);
-    if (x.numel() > 0)
+    r.saved.t = make({N, T, C});
+    r.saved.attn = make({N, G, T, T});
+    r.saved.o = make({N, T, C});
+    r.saved.z = p.lin_w.defined() ? make({N, T, C}) : r.saved.o;
+    r.saved.s = make({N, T, C});
+    if (!empty)
       cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), r.y.data(), r.saved.t.data(),
                                r.saved.attn.data(), r.saved.o.data(), r.saved.z.data(),
                                r.saved.s.data());

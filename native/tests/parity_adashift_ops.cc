@@ -1,11 +1,12 @@
-// CUDA parity check of AdaShift-MA as one op (adashift_ma_forward / adashift_ma_backward): on
-// CUDA the op is a sequence of whole-tensor ops (region pool, LayerNorm, matmul, softmax,
+// CUDA parity check of AdaShift-B and AdaShift-MA as one op (adashift_b_* / adashift_ma_*): on
+// CUDA each op is a sequence of whole-tensor ops (region pool, LayerNorm, matmul, softmax,
 // permute, gate); on the CPU it runs sample by sample. Random awkward shapes (grids that do not
-// divide H or W, P clamped to H/W, one and several heads, both rects, N = 1), inputs made on the
-// CPU with adashift::rand and copied with adashift::to_device; every output compared with
-// |gpu - cpu| <= atol_scale * max|cpu| + rtol * |cpu|; each GPU run twice, bit-identical.
+// divide H or W, P clamped to H/W, one and several heads, both rects, proj on and off, N = 1,
+// empty inputs), inputs made on the CPU with adashift::rand and copied with adashift::to_device;
+// every output compared with |gpu - cpu| <= atol_scale * max|cpu| + rtol * |cpu|; each GPU run
+// twice, bit-identical.
 //
-//   int parity_adashift_ma();   // to be called from native/tests/cuda_check.cc
+//   int parity_adashift_ops();   // to be called from native/tests/cuda_check.cc
 //
 // Tolerances, and why: y, dx (1e-5 scale, 1e-4): the pooled means and shifts differ by float
 //   rounding (different summation orders: per-block partials on the GPU, band column sums on
@@ -25,7 +26,7 @@
 #include "core/ops/elementwise.h"
 
 namespace adashift {
-namespace parity_adashift_ma_detail {
+namespace parity_adashift_detail {
 
 const Device kCPU{DeviceType::CPU, 0};
 const Device kGPU{DeviceType::CUDA, 0};
@@ -52,7 +53,7 @@ void compare(const std::string& what, const Tensor& gpu, const Tensor& cpu, doub
     if (!std::isfinite(g[i]) || d > atol_scale * scale + rtol * std::fabs(double(c[i]))) ok = false;
     worst = std::max(worst, d);
   }
-  std::printf("parity_adashift_ma: %-58s %s (max |diff| %.3g, scale %.3g)\n", what.c_str(),
+  std::printf("parity_adashift: %-58s %s (max |diff| %.3g, scale %.3g)\n", what.c_str(),
               ok ? "ok" : "FAIL", worst, scale);
   if (!ok) ++g_failures;
 }
@@ -61,7 +62,7 @@ void same_bits(const std::string& what, const Tensor& a, const Tensor& b) {
   std::vector<float> x = host(a), y = host(b);
   const bool ok = x.size() == y.size() &&
                   (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
-  std::printf("parity_adashift_ma: %-58s %s\n", (what + " (two GPU runs, same bits)").c_str(),
+  std::printf("parity_adashift: %-58s %s\n", (what + " (two GPU runs, same bits)").c_str(),
               ok ? "ok" : "FAIL");
   if (!ok) ++g_failures;
 }
@@ -127,23 +128,76 @@ void run_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t grid, int64_t 
   same_bits(n + " dx", gg.dx, gg2.dx);
 }
 
-}  // namespace parity_adashift_ma_detail
+void run_case_b(int64_t N, int64_t C, int64_t H, int64_t W, bool proj) {
+  char name[128];
+  std::snprintf(name, sizeof name, "B [%lld,%lld,%lld,%lld] %s", (long long)N, (long long)C,
+                (long long)H, (long long)W, proj ? "proj" : "no proj");
+  const std::string n(name);
+  Tensor nw = nrm({C}, 1.0f, 0.3f), nb = nrm({C}, 0.0f, 0.3f);
+  Tensor pw = proj ? nrm({C, C}, 0.0f, 0.3f) : Tensor(), pb = proj ? nrm({C}, 0.0f, 0.3f) : Tensor();
+  Tensor x = nrm({N, C, H, W}, 0.0f, 1.5f), dy = nrm({N, C, H, W}, 0.0f, 1.0f);
+  auto on = [](const Tensor& t) { return t.defined() ? to_device(t, kGPU) : Tensor(); };
+  Tensor xg = on(x), dyg = on(dy), nwg = on(nw), nbg = on(nb), pwg = on(pw), pbg = on(pb);
+  try {
+    AdaShiftBForward fc = adashift_b_forward(x, pw, pb, nw, nb, 1e-6f);
+    AdaShiftBForward fg = adashift_b_forward(xg, pwg, pbg, nwg, nbg, 1e-6f);
+    AdaShiftBForward fg2 = adashift_b_forward(xg, pwg, pbg, nwg, nbg, 1e-6f);
+    compare(n + " y", fg.y, fc.y, 1e-5, 1e-4);
+    compare(n + " t", fg.saved.t, fc.saved.t, 1e-5, 1e-4);
+    compare(n + " s", fg.saved.s, fc.saved.s, 1e-5, 1e-4);
+    same_bits(n + " forward y", fg.y, fg2.y);
+    // Backward from the same (CPU) saved tensors on both sides.
+    const AdaShiftBSaved& sc = fc.saved;
+    AdaShiftBSaved sg{on(sc.t), on(sc.u), on(sc.s), on(sc.mean), on(sc.rstd)};
+    AdaShiftBGrad gc = adashift_b_backward(x, dy, sc, pw, nw, true);
+    AdaShiftBGrad gg = adashift_b_backward(xg, dyg, sg, pwg, nwg, true);
+    AdaShiftBGrad gg2 = adashift_b_backward(xg, dyg, sg, pwg, nwg, true);
+    compare(n + " dx", gg.dx, gc.dx, 1e-5, 1e-4);
+    same_bits(n + " dx", gg.dx, gg2.dx);
+    const Tensor* cs[] = {&gc.dnorm_w, &gc.dnorm_b, &gc.dproj_w, &gc.dproj_b};
+    const Tensor* gs[] = {&gg.dnorm_w, &gg.dnorm_b, &gg.dproj_w, &gg.dproj_b};
+    const Tensor* gs2[] = {&gg2.dnorm_w, &gg2.dnorm_b, &gg2.dproj_w, &gg2.dproj_b};
+    const char* names[] = {"dnorm.w", "dnorm.b", "dproj.w", "dproj.b"};
+    for (int i = 0; i < 4; ++i) {
+      if (!cs[i]->defined()) continue;
+      compare(n + " " + names[i], *gs[i], *cs[i], 1e-4, 1e-3);
+      same_bits(n + " " + names[i], *gs[i], *gs2[i]);
+    }
+  } catch (const std::exception& e) {
+    std::printf("parity_adashift: %-58s FAIL (%s)\n", n.c_str(), e.what());
+    ++g_failures;
+  }
+}
+
+}  // namespace parity_adashift_detail
 }  // namespace adashift
 
-int parity_adashift_ma() {
+int parity_adashift_ops() {
   using namespace adashift;
-  using namespace adashift::parity_adashift_ma_detail;
+  using namespace adashift::parity_adashift_detail;
   const BackendInfo info = backend_info();
   if (!info.cuda_usable) {
-    std::printf("parity_adashift_ma: SKIPPED (CUDA is not usable on this host)\n");
+    std::printf("parity_adashift: SKIPPED (CUDA is not usable on this host)\n");
     return 0;
   }
   g_failures = 0;
-  run_case(1, 16, 9, 9, 3, 2, false);
-  run_case(3, 12, 10, 7, 4, 3, true);
-  run_case(5, 8, 14, 14, 7, 1, true);
-  run_case(2, 6, 1, 1, 7, 2, false);
-  run_case(2, 64, 28, 28, 7, 1, false);
-  run_case(1, 5, 13, 3, 5, 5, true);
+  run_case_b(1, 13, 9, 9, false);
+  run_case_b(5, 8, 7, 7, true);
+  run_case_b(2, 6, 1, 1, true);
+  run_case_b(64, 128, 7, 7, false);  // more planes than one grid's worth of blocks
+  run_case_b(2, 3, 0, 4, true);      // empty input, N * C > 0
+  struct MA { int64_t N, C, H, W, grid, heads; bool lin; };
+  for (const MA& c : {MA{2, 4, 0, 5, 3, 2, true},  // empty input, N * C > 0
+                      MA{1, 16, 9, 9, 3, 2, false}, MA{3, 12, 10, 7, 4, 3, true},
+                      MA{5, 8, 14, 14, 7, 1, true}, MA{2, 6, 1, 1, 7, 2, false},
+                      MA{2, 64, 28, 28, 7, 1, false}, MA{1, 5, 13, 3, 5, 5, true}}) {
+    try {
+      run_case(c.N, c.C, c.H, c.W, c.grid, c.heads, c.lin);
+    } catch (const std::exception& e) {
+      std::printf("parity_adashift: MA [%lld,%lld,%lld,%lld] FAIL (%s)\n", (long long)c.N,
+                  (long long)c.C, (long long)c.H, (long long)c.W, e.what());
+      ++g_failures;
+    }
+  }
   return g_failures;
 }
