@@ -5,12 +5,14 @@
 // under kScratchFloats); within a chunk every GEMM is batched over the samples:
 //   forward  y[n]     = W [Cout, K] @ cols[n] [K, P] (+ bias per row, in the GEMM epilogue)
 //   dW       part[n]  = dy[n] [Cout, P] @ cols[n]^T, then dw = sum over n in order (one thread
-//                       per weight element, double accumulator; chunks added in order)
+//                       per weight element, double sum within a chunk; chunks added to dw
+//                       in order, in float)
 //   dX       dcols[n] = W^T [K, Cout] @ dy[n] [Cout, P], then col2im as a gather (one thread
 //                       per input element, taps in a fixed order: no atomics)
 //   db       one block per channel: double sums over (n, p) in a fixed pattern + block_sum
 // A 1x1, stride-1, unpadded convolution uses x (or dx) itself as the columns. No float atomics
 // anywhere: the same inputs give the same bits on every run on one device.
+#include <algorithm>
 #include "../ops/conv.h"
 #include "common.cuh"
 
@@ -269,10 +271,14 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
   }
   const int64_t nb_max = samples_per_chunk(d);
   if (dw) {
-    Scratch part(size_t(nb_max * CK) * sizeof(float));
-    Scratch cols(d.pointwise() ? sizeof(float) : size_t(nb_max * K * P) * sizeof(float));
-    for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
-      const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
+    // The per-sample partials (nb x Cout x K floats) have the same budget as the columns: with
+    // many channels on a small map they are the larger of the two (1x1 maps, 4096 channels, 4096
+    // samples would otherwise ask for 256 GiB).
+    const int64_t nb_dw = std::max<int64_t>(1, std::min<int64_t>(nb_max, CK > 0 ? kScratchFloats / CK : nb_max));
+    Scratch part(size_t(nb_dw * CK) * sizeof(float));
+    Scratch cols(d.pointwise() ? sizeof(float) : size_t(nb_dw * K * P) * sizeof(float));
+    for (int64_t n0 = 0; n0 < d.N; n0 += nb_dw) {
+      const int64_t nb = d.N - n0 < nb_dw ? d.N - n0 : nb_dw;
       const float* c = x + n0 * x_stride;  // pointwise: x[n] is [Cin, P] = [K, P]
       if (!d.pointwise()) {
         im2col(s, d, x + n0 * x_stride, nb, cols.as<float>());
