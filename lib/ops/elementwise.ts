@@ -1,7 +1,7 @@
 // Element-wise arithmetic, reductions and shape ops, differentiable.
 import { needsGrad, record } from '../autograd';
 import { AdaShiftError, check } from '../errors';
-import { BinaryOp, native } from '../native';
+import { BinaryOp, native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
 
@@ -66,10 +66,31 @@ export function sum(x: Tensor): Tensor {
   const out = wrap(reshapeOwned(native.sumAll(x.handle), []));
   if (!needsGrad(x)) return out;
   const shape = x.shape;
-  return record(out, 'sum', [x], (g) => {
-    const v = g.item();
-    return [wrap(native.full(shape, v, x.device))];
-  });
+  return record(out, 'sum', [x], (g) => [spreadScalar(g, shape, 1)]);
+}
+
+/**
+ * The scalar g (shape []) times `scale` at every element of a tensor of `shape`, computed on g's
+ * device: reading g on the host would synchronise the device on every backward and cannot run
+ * inside a CUDA graph capture.
+ */
+function spreadScalar(g: Tensor, shape: readonly number[], scale: number): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const zeros = native.full([n, 1], 0, g.device);
+  const g1 = g.handle.reshape([1]);
+  let out: NativeTensor;
+  try {
+    out = native.addRowvec(zeros, g1);
+  } finally {
+    zeros.dispose();
+    g1.dispose();
+  }
+  if (scale !== 1) {
+    const scaled = native.axpby(scale, out, 0, null);
+    out.dispose();
+    out = scaled;
+  }
+  return wrap(reshapeOwned(out, shape));
 }
 
 /** Mean of all elements, shape []. */
@@ -82,7 +103,7 @@ export function mean(x: Tensor): Tensor {
   s.dispose();
   if (!needsGrad(x)) return out;
   const shape = x.shape;
-  return record(out, 'mean', [x], (g) => [wrap(native.full(shape, g.item() / n, x.device))]);
+  return record(out, 'mean', [x], (g) => [spreadScalar(g, shape, 1 / n)]);
 }
 
 /** Same data, new shape (one dimension may be -1). */
