@@ -15,7 +15,7 @@
 import { DeviceSpec, resolveDevice } from './device';
 import { AdaShiftError, check } from './errors';
 import { native } from './native';
-import { keep, tensorsIn, tidy } from './tensor';
+import { closeCreationLog, keep, openCreationLog, tensorsIn, tidy } from './tensor';
 
 export interface CaptureOptions {
   /** The CUDA device whose work is captured (default: the default device; it must be CUDA). */
@@ -56,15 +56,28 @@ export class CudaGraph<T = unknown> {
     for (let i = 0; i < warmup; i++) tidy(() => void fn());
     native.synchronize(device);
     native.cudaGraphBegin(device);
+    // Every tensor made during the capture: if the capture fails, none of their kernels ever
+    // ran, so those still alive (outputs, gradients stored in .grad, optimizer buffers made on
+    // first use) hold garbage and are disposed rather than left for the next eager step to add
+    // into. (A disposed .grad counts as no gradient; optimizers re-create disposed buffers.)
+    const created = openCreationLog();
     let outputs: T;
+    let handle: unknown;
     try {
-      outputs = tidy(fn);
-      check(!(outputs instanceof Promise), 'ERR_ARG', () => 'CudaGraph.capture(fn): fn must be synchronous (it returned a Promise)');
+      try {
+        outputs = tidy(fn);
+        check(!(outputs instanceof Promise), 'ERR_ARG', () => 'CudaGraph.capture(fn): fn must be synchronous (it returned a Promise)');
+      } catch (e) {
+        native.cudaGraphAbort(device);
+        throw e;
+      }
+      handle = native.cudaGraphEnd(device);
     } catch (e) {
-      native.cudaGraphAbort(device);
+      closeCreationLog(created);
+      for (const t of created) t.dispose();
       throw e;
     }
-    const handle = native.cudaGraphEnd(device);
+    closeCreationLog(created);
     for (const t of tensorsIn(outputs)) keep(t);
     return new CudaGraph(handle, device, outputs);
   }

@@ -25,6 +25,8 @@ const finalizer = new FinalizationRegistry<NativeTensor>((h) => {
 
 // ---- tidy scopes ----------------------------------------------------------------------------
 const scopes: Set<Tensor>[] = [];
+// Open creation logs: every tensor constructed while one is open is added to it, kept or not.
+const creationLogs: Set<Tensor>[] = [];
 
 export class Tensor {
   private h: NativeTensor;
@@ -41,6 +43,7 @@ export class Tensor {
     this.requiresGrad = requiresGrad;
     finalizer.register(this, handle, this);
     if (scopes.length) scopes[scopes.length - 1].add(this);
+    for (const log of creationLogs) log.add(this);
   }
 
   /** @internal The native handle (throws ERR_DISPOSED once disposed). */
@@ -344,6 +347,23 @@ export function tidy<R>(fn: () => R): R {
     }
   }
   return result;
+}
+
+/**
+ * @internal Opens a log of every tensor constructed from now until closeCreationLog(log),
+ * including those a tidy() keeps and gradients stored in .grad (CudaGraph.capture disposes them
+ * when a capture fails: their memory was never written).
+ */
+export function openCreationLog(): Set<Tensor> {
+  const log = new Set<Tensor>();
+  creationLogs.push(log);
+  return log;
+}
+
+/** @internal Closes a log opened by openCreationLog. */
+export function closeCreationLog(log: Set<Tensor>): void {
+  const i = creationLogs.lastIndexOf(log);
+  if (i >= 0) creationLogs.splice(i, 1);
 }
 
 /** Excludes a tensor from the enclosing tidy() scopes. */

@@ -152,6 +152,22 @@ describe('CudaGraph on CUDA', () => {
     x.dispose();
   });
 
+  cudaTest('a failed capture leaves no uncomputed gradient behind: the next eager backward is exact', () => {
+    const p = as.ones([32], { device: 'cuda', requiresGrad: true });
+    const adamw = new as.optim.AdamW([p], { lr: 1e-3 });
+    // backward (which makes p.grad) is recorded, then AdamW refuses to be captured
+    thrown(() => as.CudaGraph.capture(() => {
+      F.sum(F.mul(p, p)).backward();
+      adamw.step();
+    }, { device: 'cuda' }), 'ERR_CUDA_GRAPH');
+    expect(p.grad === null || p.grad.isDisposed).toBe(true);
+    F.sum(F.mul(p, p)).backward();
+    expect(Array.from(p.grad!.toFloat32Array())).toEqual(new Array(32).fill(2));
+    p.grad!.dispose();
+    adamw.dispose();
+    p.dispose();
+  });
+
   cudaTest('optimizers: AdamW cannot be captured, SGD needs its momentum buffers first', () => {
     const p = as.ones([32], { device: 'cuda', requiresGrad: true });
     const run = (opt: { step(): void; zeroGrad(): void }) => () => {

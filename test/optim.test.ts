@@ -297,6 +297,31 @@ describe('zeroGrad, skipped parameters, memory', () => {
     expect(as.memory().tensors).toBe(before);
   });
 
+  test('a disposed state buffer (a failed CUDA graph capture made it) restarts the state', () => {
+    // SGD's first step takes buf = g; later ones buf = momentum * buf + (1 - dampening) * g, so a
+    // restarted state is visible in the update.
+    const run = (disposeBuffer: boolean) => {
+      const p = as.tensor([1, -2, 3]).requiresGrad_();
+      const opt = new optim.SGD([p], { lr: 0.5, momentum: 0.9, dampening: 0.5 });
+      for (let i = 0; i < 2; i++) {
+        p.grad = as.tensor([0.5, 1, -1]);
+        if (i === 1 && disposeBuffer) (opt.stateDict().state['0'].momentum_buffer as as.Tensor).dispose();
+        opt.step();
+        p.grad.dispose();
+      }
+      const out = Array.from(p.toFloat32Array());
+      opt.dispose();
+      p.dispose();
+      return out;
+    };
+    const kept = run(false), restarted = run(true);
+    // kept: buf1 = g, p1 = p0 - 0.5 g; buf2 = 0.9 g + 0.5 g = 1.4 g, p2 = p1 - 0.7 g
+    // restarted: buf2 = g again, p2 = p1 - 0.5 g
+    const p0 = [1, -2, 3], g = [0.5, 1, -1];
+    kept.forEach((v, i) => expect(v).toBeCloseTo(p0[i] - 1.2 * g[i], 6));
+    restarted.forEach((v, i) => expect(v).toBeCloseTo(p0[i] - 1.0 * g[i], 6));
+  });
+
   test('step() inside tidy keeps the state buffers and records no graph', () => {
     const { params, setGrads } = problem('cpu', [[6], [3, 3]]);
     const opt = new optim.LAMB(params, { weightDecay: 0.01 });

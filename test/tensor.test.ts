@@ -6,6 +6,7 @@ import * as ts from 'typescript';
 import { types } from 'util';
 import * as as from '../lib';
 import { ensureDist } from './helpers/dist';
+import { closeCreationLog, openCreationLog } from '../lib/tensor';
 
 const F = as.functional;
 
@@ -360,6 +361,28 @@ describe('round trips', () => {
     expect(t.to('cpu')).toBe(t);
     expectCode(() => t.to('tpu' as as.DeviceSpec), 'ERR_DEVICE');
     t.dispose();
+  });
+});
+
+describe('creation log (what CudaGraph.capture disposes when a capture fails)', () => {
+  test('holds every tensor made while open: returned by tidy, kept, or stored in .grad; none after', () => {
+    const p = as.randn([3], { requiresGrad: true });
+    const log = openCreationLog();
+    let kept: as.Tensor;
+    try {
+      kept = as.tidy(() => {
+        F.sum(F.mul(p, p)).backward();
+        return as.randn([2]);
+      });
+    } finally {
+      closeCreationLog(log);
+    }
+    const after = as.randn([1]);
+    expect([log.has(kept), log.has(p.grad!), log.has(p), log.has(after)]).toEqual([true, true, false, false]);
+    // the tidy disposed its temporaries; the log still names them, disposed
+    expect([...log].filter((t) => !t.isDisposed).length).toBe(2);
+    for (const t of [p, kept, after]) t.dispose();
+    p.grad!.dispose();
   });
 });
 

@@ -226,10 +226,19 @@ export abstract class Optimizer<H extends BaseHyper> {
     }
   }
 
+  /** Whether p's state has a live buffer of that name. */
+  protected hasBuffer(p: Tensor, name: string): boolean {
+    const b = this.state.get(p)?.buffers[name];
+    return b !== undefined && !b.isDisposed;
+  }
+
   /** The state of p, with zero-filled (fill null: uninitialised) buffers made on first use. */
   protected stateOf(p: Tensor, names: string[], fill: number | null = 0): ParamState {
     let st = this.state.get(p);
-    if (!st) {
+    // A disposed buffer (made during a CUDA graph capture that failed) means the state never
+    // existed: start it afresh, step count included.
+    if (!st || names.some((n) => st!.buffers[n]?.isDisposed)) {
+      for (const b of Object.values(st?.buffers ?? {})) if (!b.isDisposed) b.dispose();
       st = { step: 0, buffers: {} };
       this.state.set(p, st);
     }

@@ -58,7 +58,7 @@ export class SGD extends Optimizer<SGDHyper> {
     for (const g of this.paramGroups) {
       if (g.momentum === 0) continue;
       for (const p of g.params) {
-        if (p.grad && !this.state.get(p)?.buffers.momentum_buffer) {
+        if (p.grad && !this.hasBuffer(p, 'momentum_buffer')) {
           return 'its momentum buffers do not exist yet (the first update seeds them from the gradient, and every replay would seed them again); run one step eagerly before capturing (warmup: 1)';
         }
       }
@@ -72,7 +72,7 @@ export class SGD extends Optimizer<SGDHyper> {
       let first = false;
       if (g.momentum !== 0) {
         // A missing buffer (first update, or a state without one) is seeded with the gradient.
-        first = !this.state.get(p)?.buffers.momentum_buffer;
+        first = !this.hasBuffer(p, 'momentum_buffer');
         buf = this.stateOf(p, ['momentum_buffer'], null).buffers.momentum_buffer;
       }
       native.sgdStep(p.handle, p.grad!.handle, buf ? buf.handle : null, g.lr, g.momentum, g.dampening, g.nesterov, g.weightDecay, first);
