@@ -63,6 +63,20 @@ void BlockCache::free(void* p, size_t bytes) {
   if (own != owner_.end()) {
     const int id = own->second;
     Pool& pool = pools_[id];
+    if (capturing_ && id != capturing_) {
+      // Another graph's block, read by the capture: the capturing pool takes it over.
+      pool.bytes -= n;
+      owner_[p] = capturing_;
+      Pool& cap = pools_[capturing_];
+      cap.bytes += n;
+      if (pool.released) {
+        cap.free_blocks.emplace(n, p);
+        if (pool.bytes == 0) pools_.erase(id);
+      } else {
+        cap.pinned.push_back(Pinned{p, n, id});
+      }
+      return;
+    }
     if (!pool.released) {
       pool.free_blocks.emplace(n, p);
       return;
@@ -105,6 +119,20 @@ void BlockCache::release_pool(int id) {
   // Move the free blocks; the live ones rejoin the shared lists when freed.
   for (auto& kv : pool.free_blocks) disown(pool, kv.second, kv.first);
   pool.free_blocks.clear();
+  // Pinned blocks go back to the live pool whose replays write them (as its free blocks:
+  // shared when it is released), else to the shared lists.
+  for (const Pinned& b : pool.pinned) {
+    auto from = pools_.find(b.from);
+    if (from != pools_.end() && !from->second.released) {
+      pool.bytes -= b.bytes;
+      owner_[b.p] = b.from;
+      from->second.bytes += b.bytes;
+      from->second.free_blocks.emplace(b.bytes, b.p);
+    } else {
+      disown(pool, b.p, b.bytes);
+    }
+  }
+  pool.pinned.clear();
   if (pool.bytes == 0) pools_.erase(it);
 }
 

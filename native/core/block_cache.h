@@ -14,12 +14,18 @@
 //    its order is the recording order); freed after it, they go back to the pool, never to
 //    other work, which a replay would overwrite;
 //  - when the graph is released, its free pool blocks return to the shared free lists, and
-//    its live ones (tensors the program still holds) follow when they are freed.
+//    its live ones (tensors the program still holds) follow when they are freed;
+//  - a block of another graph's pool freed during a capture (a gradient an earlier graph made,
+//    read by this one) is read by this graph's replays too: the capturing pool takes it over.
+//    If the first graph is released, it joins the capturing pool's free blocks; if not, that
+//    graph's replays still write it, so the capturing pool holds it unused ("pinned") and, when
+//    released, gives it back to the first pool (or, that one released too, to the shared lists).
 #pragma once
 #include <cstddef>
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace adashift {
 
@@ -62,9 +68,15 @@ class BlockCache {
   void empty_cache();
 
  private:
+  struct Pinned {
+    void* p;
+    size_t bytes;
+    int from;  // the pool whose replays still write it
+  };
   struct Pool {
     std::multimap<size_t, void*> free_blocks;
-    size_t bytes = 0;  // free and live blocks owned
+    std::vector<Pinned> pinned;  // taken from a live pool during this pool's capture
+    size_t bytes = 0;            // free, live and pinned blocks owned
     bool released = false;
   };
   void* take(std::multimap<size_t, void*>& list, size_t n);

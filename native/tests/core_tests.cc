@@ -1724,6 +1724,68 @@ TEST(block_cache_graph_pool) {
   CHECK(c.pool_count() == 0);
 }
 
+// A block of one graph's pool freed during another graph's capture (a gradient the first graph
+// made, read by the second): the second graph's replays read it, so no eager work may get it
+// while that graph lives; and while the first graph lives its replays write it, so the second
+// must not hand it out either.
+TEST(block_cache_block_of_another_graph) {
+  FakeBlocks fb;
+  BlockCache c(&fb);
+  // (a) the first graph is already released
+  const int a = c.begin_capture();
+  void* g = c.alloc(1024);
+  c.end_capture();
+  c.release_pool(a);                      // g is still live (a tensor the program holds)
+  const int b = c.begin_capture();
+  c.free(g, 1024);                        // read by b, then freed
+  CHECK(c.pool_bytes(b) == 1024 && c.shared_free_bytes() == 0 && c.pool_bytes(a) == 0);
+  void* in_b = c.alloc(1024);             // b may reuse it within its own recording
+  CHECK(in_b == g);
+  c.free(in_b, 1024);
+  c.end_capture();
+  void* eager = c.alloc(1024);
+  CHECK(eager != g);
+  c.release_pool(b);
+  CHECK(c.alloc(1024) == g);
+  c.free(g, 1024);
+  c.free(eager, 1024);
+  // (b) the first graph is still live
+  const int a2 = c.begin_capture();
+  void* h = c.alloc(2048);
+  c.end_capture();
+  const int b2 = c.begin_capture();
+  c.free(h, 2048);
+  CHECK(c.pool_bytes(a2) == 0 && c.pool_bytes(b2) == 2048);
+  void* in_b2 = c.alloc(2048);            // a2's replays still write h: not for b2's tensors
+  CHECK(in_b2 != h);
+  c.free(in_b2, 2048);
+  c.end_capture();
+  c.release_pool(b2);                     // h goes back to a2
+  CHECK(c.pool_bytes(a2) == 2048 && c.pool_count() == 1);
+  void* eager2 = c.alloc(2048);
+  CHECK(eager2 != h && eager2 == in_b2);
+  c.release_pool(a2);                     // now h is free for anyone
+  CHECK(c.pool_count() == 0 && c.alloc(2048) == h);
+  c.free(h, 2048);
+  c.free(eager2, 2048);
+  // (b) released in the other order: the first graph goes, then the second
+  const int a3 = c.begin_capture();
+  void* k = c.alloc(4096);
+  c.end_capture();
+  const int b3 = c.begin_capture();
+  c.free(k, 4096);
+  c.end_capture();
+  c.release_pool(a3);
+  void* eager3 = c.alloc(4096);
+  CHECK(c.pool_bytes(b3) == 4096 && eager3 != k);
+  c.release_pool(b3);
+  CHECK(c.pool_count() == 0 && c.alloc(4096) == k);
+  c.free(k, 4096);
+  c.free(eager3, 4096);
+  c.empty_cache();
+  CHECK(c.reserved() == 0 && fb.held == 0);
+}
+
 TEST(block_cache_out_of_memory) {
   FakeBlocks fb;
   fb.capacity = 8192;
