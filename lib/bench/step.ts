@@ -170,12 +170,13 @@ export class StepCase {
 
   /**
    * The step as a CUDA graph: one eager warm-up step, then the capture. Each replay is one
-   * training step on the static batch `x` and the labels (kept on the device).
+   * training step on the static batch `x` and the labels `labels`, a tensor made before the
+   * capture that every replay reads: dispose it only after the graph.
    */
-  captureGraph(): CudaGraph<{ loss: Tensor; correct: Tensor }> {
+  captureGraph(): { graph: CudaGraph<{ loss: Tensor; correct: Tensor }>; labels: Tensor } {
     const y = tensor(Float32Array.from(this.labels), [this.labels.length], { device: this.device });
     try {
-      return CudaGraph.capture(
+      const graph = CudaGraph.capture(
         () => {
           const r = crossEntropyWithCorrect(this.model.forward(this.x), y);
           r.loss.backward();
@@ -185,8 +186,10 @@ export class StepCase {
         },
         { device: this.device, warmup: 1 },
       );
-    } finally {
-      y.dispose(); // the graph's pool keeps its memory
+      return { graph, labels: y };
+    } catch (e) {
+      y.dispose();
+      throw e;
     }
   }
 
@@ -322,11 +325,11 @@ interface Ctx {
 
 /** Replays of the captured step: a new batch copied in (device to device), replay, loss read. */
 function measureGraph(ours: StepCase, ctx: Ctx, eagerMs: number): GraphStep | { error: string } {
-  let graph: CudaGraph<{ loss: Tensor; correct: Tensor }> | null = null;
+  let captured: { graph: CudaGraph<{ loss: Tensor; correct: Tensor }>; labels: Tensor } | null = null;
   const batch = randn(ours.x.shape, { device: ctx.device });
   try {
-    graph = ours.captureGraph();
-    const g = graph;
+    captured = ours.captureGraph();
+    const g = captured.graph;
     const once = () => {
       ours.x.copy_(batch);
       g.replay();
@@ -341,7 +344,8 @@ function measureGraph(ours: StepCase, ctx: Ctx, eagerMs: number): GraphStep | { 
   } catch (e) {
     return { error: (e as Error).message };
   } finally {
-    graph?.dispose();
+    captured?.graph.dispose();
+    captured?.labels.dispose();
     batch.dispose();
   }
 }
