@@ -221,6 +221,28 @@ describe('bench act', () => {
   });
 });
 
+describe('bench act with a failing PyTorch peer', () => {
+  test('each row records the peer\'s error and keeps its own numbers; the run completes', () => {
+    // imports torch (passes the check) but fails every benchmark script
+    const failing = path.join(tmp, 'python-failing-peer');
+    fs.writeFileSync(failing, '#!/bin/sh\n[ "$1" = "-c" ] && exit 0\nexit 3\n', { mode: 0o755 });
+    const saved = process.env.ADASHIFT_PYTHON;
+    process.env.ADASHIFT_PYTHON = failing;
+    try {
+      const r = benchAct({ shapes: [[1, 2, 3, 3]], acts: ['relu', 'silu'], device: 'cpu', repeats: 1, warmup: 0, torch: true, outDir: null });
+      expect(r.torchPython).toBe(failing);
+      expect(r.results.map((row) => [row.act, row.torch, row.torchError])).toEqual([
+        ['relu', undefined, 'torch_act.py failed with exit code 3'],
+        ['silu', undefined, 'torch_act.py failed with exit code 3'],
+      ]);
+      expect(r.results.every((row) => row.totalMs > 0)).toBe(true);
+    } finally {
+      if (saved === undefined) delete process.env.ADASHIFT_PYTHON;
+      else process.env.ADASHIFT_PYTHON = saved;
+    }
+  });
+});
+
 describe('PyTorch peer scripts', () => {
   const benchDir = path.resolve(__dirname, '..', 'bench');
 

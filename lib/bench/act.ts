@@ -34,6 +34,8 @@ export interface ActResult {
   torch?: { forwardMs: number; backwardMs: number; totalMs: number; melemPerSec: number };
   /** Torch's time over ours (> 1: we are faster). */
   speedupVsTorch?: number;
+  /** Why the PyTorch peer gave no result for this row (it failed or ran too long). */
+  torchError?: string;
   /** This package's SiLU time over this activation's, same shape, same run (when SiLU ran). */
   vsSilu?: number;
   /** gbPerSec over the copy bandwidth measured for this shape in the same run. */
@@ -136,17 +138,22 @@ export function benchAct(options: BenchActOptions = {}) {
         fractionOfCopy: (n * bytesPerElement(act)) / total / 1e9 / copyGb,
       };
       if (python) {
-        const t = runPython(python, scriptPath('torch_act.py'), {
-          act,
-          shape,
-          device: device.startsWith('cuda') ? 'cuda' : 'cpu',
-          threads: native.getNumThreads(),
-          repeats,
-          warmup,
-        }) as { forwardMs: number; backwardMs: number };
-        const tt = t.forwardMs + t.backwardMs;
-        r.torch = { forwardMs: t.forwardMs, backwardMs: t.backwardMs, totalMs: tt, melemPerSec: n / (tt / 1e3) / 1e6 };
-        r.speedupVsTorch = tt / r.totalMs;
+        // A peer that fails (or hangs) costs its row's comparison, not the run's results.
+        try {
+          const t = runPython(python, scriptPath('torch_act.py'), {
+            act,
+            shape,
+            device: device.startsWith('cuda') ? 'cuda' : 'cpu',
+            threads: native.getNumThreads(),
+            repeats,
+            warmup,
+          }) as { forwardMs: number; backwardMs: number };
+          const tt = t.forwardMs + t.backwardMs;
+          r.torch = { forwardMs: t.forwardMs, backwardMs: t.backwardMs, totalMs: tt, melemPerSec: n / (tt / 1e3) / 1e6 };
+          r.speedupVsTorch = tt / r.totalMs;
+        } catch (e) {
+          r.torchError = (e as Error).message;
+        }
       }
       results.push(r);
       options.onResult?.(r);

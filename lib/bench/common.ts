@@ -27,9 +27,13 @@ export function findTorchPython(): string | undefined {
   return undefined;
 }
 
-/** Runs a Python benchmark script with a JSON config; returns its JSON output. */
-export function runPython(python: string, script: string, config: unknown): unknown {
-  const r = spawnSync(python, [script, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
+/**
+ * Runs a Python benchmark script with a JSON config; returns its JSON output (its last stdout
+ * line). A run past timeoutMs is killed.
+ */
+export function runPython(python: string, script: string, config: unknown, timeoutMs = 300_000): unknown {
+  const r = spawnSync(python, [script, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20, timeout: timeoutMs, killSignal: 'SIGKILL' });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ETIMEDOUT') throw new Error(`${path.basename(script)} ran past ${timeoutMs / 1000} s and was stopped`);
   if (r.status !== 0) throw new Error(`${path.basename(script)} failed with exit code ${r.status}`);
   const lines = r.stdout.toString().trim().split('\n');
   return JSON.parse(lines[lines.length - 1]);
