@@ -52,6 +52,9 @@ function buildWithCmake() {
   // Configure every time with the CUDA choice spelled out: a build folder keeps its cached
   // choice otherwise (a CPU-only build would stay CPU-only after nvcc is installed).
   const defs = [`--CDADASHIFT_CUDA=${process.env.ADASHIFT_CUDA === '0' ? 'OFF' : 'ON'}`];
+  // ADASHIFT_BUILD_TESTS=1 also builds the C++ kernel tests (core_tests, and cuda_check with
+  // CUDA) in the same folder, so the kernels are compiled once (scripts/gpu-check.sh).
+  defs.push(`--CDADASHIFT_BUILD_TESTS=${process.env.ADASHIFT_BUILD_TESTS === '1' ? 'ON' : 'OFF'}`);
   const log = process.env.ADASHIFT_VERBOSE ? [] : ['--log-level', 'warn'];
   const jobs = ['--parallel', String(os.availableParallelism?.() ?? os.cpus().length)];
   if (!run(process.execPath, [cmakeJs, 'configure', ...defs, ...log])) process.exit(1);
