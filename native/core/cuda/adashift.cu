@@ -15,8 +15,10 @@
 //     shared memory. Reductions give each cell to a team of `team` lanes (a power of two <= 32
 //     inside one warp); the team walks the cell's rows in a fixed order and sums with shuffles.
 //
-// Every per-element formula comes from math.h (gate, gate_grad, cell_of, cell_begin); the
-// pooled gradient dt / |cell| is computed with the same expression as the CPU kernels.
+// Every per-element formula comes from math.h (gate, gate_grad, cell_of, cell_begin). The cell
+// means and the pooled gradient dt / |cell| are divisions here; the CPU's banded grid paths
+// multiply by 1/|cell| instead, so the two can differ by one rounding (well inside the parity
+// tolerance; the sums themselves differ by summation order anyway).
 #include "../ops/adashift.h"
 #include "common.cuh"
 
