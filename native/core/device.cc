@@ -144,9 +144,13 @@ void copy_bytes(Device dst_dev, void* dst, Device src_dev, const void* src, size
   if (dst_dev.is_cpu() && src_dev.is_cpu()) { std::memcpy(dst, src, bytes); return; }
 #ifdef ADASHIFT_WITH_CUDA
   if (dst_dev.is_cuda() && src_dev.is_cuda() && dst_dev.index != src_dev.index) {
+    // The copy runs on the destination's stream: the source's stream must be done writing src
+    // before it, and must not reuse src's block (freed as soon as the caller lets go of it)
+    // until the copy has read it, so the copy is waited for too.
     synchronize(src_dev);
     CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev.index, src, src_dev.index, bytes,
                                    cuda_stream(dst_dev)));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(dst_dev)));
     return;
   }
   Device on = dst_dev.is_cuda() ? dst_dev : src_dev;
