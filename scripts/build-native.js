@@ -54,7 +54,10 @@ function buildWithCmake() {
   const defs = [`--CDADASHIFT_CUDA=${process.env.ADASHIFT_CUDA === '0' ? 'OFF' : 'ON'}`];
   // ADASHIFT_BUILD_TESTS=1 also builds the C++ kernel tests (core_tests, and cuda_check with
   // CUDA) in the same folder, so the kernels are compiled once (scripts/gpu-check.sh).
+  // The CPU emulation of CUDA (cuda_emu_check) is for hosts without a GPU: npm test builds it in
+  // build-tests/; here it is left out unless asked for (ADASHIFT_CUDA_EMU=1).
   defs.push(`--CDADASHIFT_BUILD_TESTS=${process.env.ADASHIFT_BUILD_TESTS === '1' ? 'ON' : 'OFF'}`);
+  defs.push(`--CDADASHIFT_CUDA_EMU=${process.env.ADASHIFT_CUDA_EMU === '1' ? 'ON' : 'OFF'}`);
   const log = process.env.ADASHIFT_VERBOSE ? [] : ['--log-level', 'warn'];
   const jobs = ['--parallel', String(os.availableParallelism?.() ?? os.cpus().length)];
   if (!run(process.execPath, [cmakeJs, 'configure', ...defs, ...log])) process.exit(1);

@@ -5,7 +5,9 @@
 //
 // Without a usable GPU it prints "cuda_check: SKIPPED (<reason>)" and exits 0. Otherwise it
 // prints one line per op, shape and output (max abs error, max rel error, PASS/FAIL) and exits
-// non-zero when any check fails.
+// non-zero when any check fails. Built as cuda_emu_check it runs on the CPU emulation of CUDA
+// (native/tests/cuda_emu), which sets ADASHIFT_CUDA_EMU=1: the benchmarks and timings are then
+// skipped (cuda_emu_mode.h); every check still runs.
 //
 // How outputs are poisoned: ops allocate their outputs inside the Tensor API, from the CUDA
 // caching allocator. Before each CUDA run the cache is emptied, tensors of the outputs' sizes
@@ -47,6 +49,7 @@
 #include "core/ops/adashift.h"
 #include "core/ops/dense.h"
 #include "core/ops/elementwise.h"
+#include "cuda_emu_mode.h"
 
 using namespace adashift;
 
@@ -695,6 +698,11 @@ int main(int argc, char** argv) {
   std::printf("cuda_check: %s (sm_%d%d, %d SMs), build archs %s\n", info.devices[0].name.c_str(),
               info.devices[0].cc_major, info.devices[0].cc_minor,
               info.devices[0].multiprocessors, info.compiled_archs.c_str());
+  if (info.compiled_archs == "cpu-emulation")  // cuda_emu_check (native/tests/cuda_emu)
+    std::printf("cuda_check: EMULATION: the CUDA kernels run on a CPU emulation of CUDA, not on a "
+                "GPU\n");
+  if (cuda_emulated())
+    std::printf("cuda_check: ADASHIFT_CUDA_EMU=1: benchmarks and timings are skipped\n");
   try {
     test_elementwise();
     test_unaligned();
@@ -716,7 +724,10 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    bench(argc > 1 ? argv[1] : nullptr);
+    if (cuda_emulated())
+      std::printf("cuda_check: benchmark SKIPPED (ADASHIFT_CUDA_EMU=1)\n");
+    else
+      bench(argc > 1 ? argv[1] : nullptr);
   } catch (const std::exception& e) {
     std::printf("cuda_check: benchmark FAIL (uncaught: %s)\n", e.what());
     family_failures += 1;
