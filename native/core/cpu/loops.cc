@@ -430,11 +430,21 @@ AS_VECTORIZE void layernorm3_backward_rows(const float* const* dy, const float* 
 }
 
 // dx = rstd * (dy w - mean(dy w) - xhat * mean(dy w xhat)); dw += dy xhat, db += dy
+// Not contracted into FMAs (the x86-64-v3/v4 clones would fuse dy*w - ma): dy*w is rounded before
+// the subtraction, as the CUDA kernel's __fmul_rn does, so that when a row's variance is ~0 (C == 1:
+// rstd ~ 1/sqrt(eps)) dy*w and its mean cancel exactly instead of leaving the product's rounding
+// error times rstd, and the result does not depend on the host's instruction set.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
 AS_VECTORIZE void layernorm_backward_rows(const float* __restrict dy, const float* __restrict x,
                                           const float* __restrict mean, const float* __restrict rstd,
                                           const float* __restrict w, int64_t rows, int64_t C,
                                           float* __restrict dx, double* __restrict acc_w,
                                           double* __restrict acc_b) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * C;
     const float* dyr = dy + r * C;
