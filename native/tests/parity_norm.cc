@@ -15,7 +15,7 @@
 //     on both sides; a few ulp allowed for the compilers' instruction choices.
 //   BN statistics, forward, plane sums, parameter gradients, dx (1e-5 scale, 1e-5 .. 1e-4):
 //     the backends add the same terms in different orders (per-thread partials + block sums on
-//     the GPU, 4096-element float chunks on the CPU; shifted sums vs corrected two-pass for the
+//     the GPU, 4096-element float chunks on the CPU; both the corrected two-pass method for the
 //     variance); a float sum of n terms has a statistical rounding error of ~sqrt(n) * 2^-24
 //     of its magnitude: for planes up to 224 x 224 (n/256 terms per thread) that stays below
 //     ~1e-6 of the tensor's scale; 1e-5 leaves a margin of 10 while any indexing or formula
@@ -255,6 +255,27 @@ void test_batchnorm() {
   }
 }
 
+// Training statistics when a plane's first element is far from its mean (1000 std): a single-
+// pass shifted sum (shift = the first element) loses the variance to cancellation; both
+// backends must give the two-pass result.
+void test_batchnorm_outlier_first() {
+  for (const Shape& shape : std::vector<Shape>{{4, 3, 64, 64}, {2, 2, 224, 224}}) {
+    std::vector<float> xv = host(nrm(shape, 3.0f, 1.0f));
+    const int64_t hw = shape[2] * shape[3];
+    for (int64_t p = 0; p < shape[0] * shape[1]; ++p) xv[size_t(p * hw)] = 3.0f + 1000.0f;
+    const int64_t C = shape[1];
+    Tensor x = from_host(shape, xv), w = nrm({C}, 1.0f, 0.4f), b = nrm({C}, 0.0f, 0.4f);
+    Tensor rm = nrm({C}, 0.0f, 1.0f), rv = uni({C}, 0.5f, 3.0f);
+    check("batchnorm.outlier_first", shape_str(shape) + " train", {x, w, b, rm, rv},
+          [&](const Outs& in, Device) {
+            Tensor rmc = clone(in[3]), rvc = clone(in[4]);
+            BnStats st = batchnorm_stats(in[0], in[1], in[2], rmc, rvc, true, 0.1f, 1e-5f, false);
+            return Outs{st.mean, st.invstd, rmc, rvc};
+          },
+          {"mean", "invstd", "running_mean", "running_var"}, {kStat, kStat, kStat, kStat});
+  }
+}
+
 // ---- pooling ----------------------------------------------------------------------------------
 void test_pooling() {
   struct Win { int64_t kh, kw, sh, sw, ph, pw; };
@@ -383,6 +404,7 @@ int parity_norm() {
   g_checks = 0;
   g_failures = 0;
   test_batchnorm();
+  test_batchnorm_outlier_first();
   test_pooling();
   test_cross_entropy();
   std::printf("parity_norm: %d checks, %d failures\n", g_checks, g_failures);

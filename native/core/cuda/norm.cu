@@ -4,9 +4,10 @@
 // grid-stride order (gridDim.x capped, any N * C works) and walks its plane as a flat array
 // (float4 when H*W % 4 == 0 and the pointers are 16-byte aligned).
 //
-//   k_plane_moments   per plane: shifted sums (shift = the plane's first element, so the sums
-//                     of squares do not cancel when |mean| >> std), per-thread float partials,
-//                     block sums in double in a fixed order -> plane mean and M2 (double).
+//   k_plane_moments   per plane, as the CPU: the mean, then the corrected two-pass sums of the
+//                     deviations from it (the plane read twice, the second time from cache);
+//                     per-thread float partials, block sums in double in a fixed order -> plane
+//                     mean and M2 (double).
 //   k_channel_*       one thread per channel: Chan's formula over n in order -> mean, invstd,
 //                     running-stats update (in place); then one thread per plane for
 //                     plane_xhat and pooled.
@@ -26,40 +27,58 @@ using namespace detail;
 namespace {
 
 // ---- statistics ------------------------------------------------------------------------------
+// Per plane, as the CPU (cpu/norm.cc moments_planes): the mean, then with M2 the corrected two-
+// pass sums of the deviations from it, M2 = sum d^2 - (sum d)^2 / n. The second pass reads the
+// plane again, from cache. (A single pass shifted by the plane's first element lost the
+// variance to cancellation when that element was far from the mean.)
+template <bool VEC>
+__device__ __forceinline__ void plane_sums(const float* __restrict__ x, int64_t base, int64_t hw,
+                                           float shift, bool squares, float& a, float& b) {
+  a = 0.0f;
+  b = 0.0f;
+  if (VEC) {
+    const int64_t n4 = hw >> 2, b4 = base >> 2;
+    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+      const float4 v = ld4(x, b4 + i);
+      const float d0 = v.x - shift, d1 = v.y - shift, d2 = v.z - shift, d3 = v.w - shift;
+      a += (d0 + d1) + (d2 + d3);
+      if (squares) b += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+      const float d = x[base + i] - shift;
+      a += d;
+      if (squares) b += d * d;
+    }
+  }
+}
+
 // M2: also the sum of squared deviations (training); else only the mean (eval planes).
 template <bool M2, bool VEC>
 __global__ void k_plane_moments(int64_t planes, int64_t hw, const float* __restrict__ x,
                                 double* __restrict__ pm, double* __restrict__ pm2) {
   __shared__ double sh[32];
+  __shared__ float mean_f;
+  const double n = double(hw);
   for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
     const int64_t base = p * hw;
-    const float k = M2 ? x[base] : 0.0f;  // the shift
-    float a = 0.0f, b = 0.0f;
-    if (VEC) {
-      const int64_t n4 = hw >> 2, b4 = base >> 2;
-      for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = ld4(x, b4 + i);
-        const float d0 = v.x - k, d1 = v.y - k, d2 = v.z - k, d3 = v.w - k;
-        a += (d0 + d1) + (d2 + d3);
-        if (M2) b += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-      }
-    } else {
-      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-        const float d = x[base + i] - k;
-        a += d;
-        if (M2) b += d * d;
-      }
-    }
+    float a, b;
+    plane_sums<VEC>(x, base, hw, 0.0f, false, a, b);
     const double A = block_sum(double(a), sh);
-    double B = 0.0;
-    if (M2) B = block_sum(double(b), sh);
+    if (!M2) {
+      if (threadIdx.x == 0) pm[p] = A / n;
+      continue;
+    }
+    if (threadIdx.x == 0) mean_f = float(A / n);
+    __syncthreads();
+    const float mf = mean_f;  // read before block_sum's barriers: thread 0 rewrites it next plane
+    plane_sums<VEC>(x, base, hw, mf, true, a, b);
+    const double S1 = block_sum(double(a), sh);
+    const double S2 = block_sum(double(b), sh);
     if (threadIdx.x == 0) {
-      const double n = double(hw);
-      pm[p] = double(k) + A / n;
-      if (M2) {
-        const double m2 = B - A * A / n;
-        pm2[p] = m2 > 0.0 ? m2 : 0.0;
-      }
+      pm[p] = double(mf) + S1 / n;
+      const double m2 = S2 - S1 * S1 / n;
+      pm2[p] = m2 > 0.0 ? m2 : 0.0;
     }
   }
 }
