@@ -1,6 +1,7 @@
 // Tensor: a float32, contiguous array in native memory (CPU or CUDA) plus the autograd fields.
 // Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
 // the program forgot (and counts it, see memory().leaked).
+import { types } from 'util';
 import { AdaShiftError, check } from './errors';
 import { DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
@@ -12,6 +13,12 @@ export type Shape = readonly number[];
 export interface TensorOptions {
   device?: DeviceSpec | string;
   requiresGrad?: boolean;
+}
+
+// A Float32Array from any realm: the addon makes its arrays in Node's main context, where
+// `instanceof` in a vm context (Jest, a REPL's context) does not see them as Float32Array.
+function isFloat32Array(v: unknown): v is Float32Array {
+  return types.isFloat32Array(v);
 }
 
 // ---- leak safety net -------------------------------------------------------------------------
@@ -109,7 +116,7 @@ export class Tensor {
   copy_(src: Tensor | Float32Array): this {
     check(this.gradFn === null, 'ERR_AUTOGRAD', () => 'copy_: the tensor is the result of an op; copying into it would break its gradient');
     check(!(this.requiresGrad && isGradEnabled()), 'ERR_AUTOGRAD', () => 'copy_ into a tensor that requires grad is allowed only inside noGrad(() => ...)');
-    if (src instanceof Float32Array) {
+    if (isFloat32Array(src)) {
       check(src.length === this.numel, 'ERR_SHAPE', () => `copy_: expected ${this.numel} values for shape [${this.shape.join(', ')}], got ${src.length}`);
       const h = native.fromArray(src, this.shape, 'cpu');
       try {
@@ -222,7 +229,7 @@ export function tensor(
 ): Tensor {
   let values: Float32Array;
   let inferred: number[];
-  if (data instanceof Float32Array) {
+  if (isFloat32Array(data)) {
     values = data;
     inferred = [data.length];
   } else if (typeof data === 'number') {

@@ -18,6 +18,11 @@ describe('copy_', () => {
     expect(t.copy_(src)).toBe(t);
     expect(Array.from(t.toFloat32Array())).toEqual([-1, -2, -3, 7, 8, 9]);
     expect(t.handle).toBe(h);
+    // an array the addon made (in Node's main context, not this test's vm context)
+    const made = as.tensor([4, 4, 4, 5, 5, 5], [2, 3], { device: 'cpu' });
+    t.copy_(made.toFloat32Array());
+    made.dispose();
+    expect(Array.from(t.toFloat32Array())).toEqual([4, 4, 4, 5, 5, 5]);
     src.dispose();
     t.dispose();
   });
