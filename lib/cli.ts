@@ -76,7 +76,7 @@ export function doctorText(): string {
   lines.push(`CUDA usable: ${info.cudaUsable ? 'yes' : `no: ${info.reason}`}`);
   let auto: string;
   try {
-    auto = resolveDevice('auto');
+    auto = resolveDevice(); // what a tensor made without a device gets (ADASHIFT_DEVICE, else 'auto')
   } catch (e) {
     auto = `error: ${(e as Error).message}`;
   }
