@@ -120,6 +120,10 @@ export const RandKind = { uniform: 0, normal: 1 } as const;
 
 function load(): NativeBinding {
   try {
+    // ADASHIFT_ADDON: another build of the addon, by path (the tests load the one built on the
+    // CPU emulation of CUDA this way: native/tests/cuda_emu).
+    const other = process.env.ADASHIFT_ADDON;
+    if (other) return require(require('path').resolve(other));
     return require('bindings')({ bindings: 'adashift', module_root: require('path').resolve(__dirname, '..') });
   } catch (e) {
     const err = new Error(

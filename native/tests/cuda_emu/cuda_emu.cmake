@@ -97,3 +97,36 @@ if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
 endif()
 target_link_libraries(cuda_emu_selftest PRIVATE adashift_core_emu)
 add_test(NAME cuda_emu_selftest COMMAND cuda_emu_selftest)
+
+# The Node addon on the emulation (build-tests/adashift_emu.node) and the jest suites that need a
+# CUDA device, run with it: CUDA graphs captured and replayed through the TypeScript API, CUDA
+# errors, optimizers on the device. Needs node with node-api-headers and node-addon-api (the
+# package's own dependencies); skipped when they cannot be found.
+find_program(ADASHIFT_NODE node)
+if(ADASHIFT_NODE)
+  execute_process(COMMAND ${ADASHIFT_NODE} -p "require('node-api-headers').include_dir"
+                  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR} OUTPUT_VARIABLE _emu_napi_inc
+                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _emu_napi_rc)
+  execute_process(COMMAND ${ADASHIFT_NODE} -p "require('path').resolve(require('node-addon-api').include_dir)"
+                  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR} OUTPUT_VARIABLE _emu_naa_inc
+                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _emu_naa_rc)
+endif()
+if(ADASHIFT_NODE AND _emu_napi_rc EQUAL 0 AND _emu_naa_rc EQUAL 0 AND EXISTS ${CMAKE_SOURCE_DIR}/node_modules/jest)
+  file(GLOB _emu_napi_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/native/napi/*.cc)
+  add_library(adashift_emu MODULE ${_emu_napi_sources})
+  set_target_properties(adashift_emu PROPERTIES PREFIX "" SUFFIX ".node")
+  target_include_directories(adashift_emu PRIVATE ${_emu_napi_inc} ${_emu_naa_inc})
+  target_compile_definitions(adashift_emu PRIVATE NAPI_VERSION=8 NAPI_CPP_EXCEPTIONS)
+  target_link_libraries(adashift_emu PRIVATE adashift_core_emu)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(adashift_emu PRIVATE -O2 -fvisibility=hidden)
+  endif()
+  add_test(NAME cuda_emu_jest
+           COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/graph.test.ts
+                   test/errors.test.ts test/optim.test.ts
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cuda_emu_jest PROPERTIES TIMEOUT 900
+                       ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")
+else()
+  message(STATUS "adashift: node, node-api-headers or jest not found: no cuda_emu_jest")
+endif()
