@@ -77,7 +77,10 @@ else
 fi
 
 step "jest suites (CUDA cases run where a GPU is usable)"
-limited 200 "$node_bin" node_modules/jest/bin/jest.js --silent >"$out/jest.txt" 2>&1
+# (on a usable GPU the default device is cuda:0; ADASHIFT_TEST_DEVICE moves the ResNet fixture
+# comparisons there too)
+ADASHIFT_TEST_DEVICE=$([ "$usable" = 1 ] && echo cuda || echo cpu) \
+  limited 200 "$node_bin" node_modules/jest/bin/jest.js --silent >"$out/jest.txt" 2>&1
 grep -E '^(FAIL|Tests:|Test Suites:)|●' "$out/jest.txt" | head -n 40
 
 step "summary"

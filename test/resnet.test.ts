@@ -50,7 +50,9 @@ const FUSED_ATOL_SCALE = 2e-5;
 type Entry = as.Tensor | IntTensor;
 type Fixture = Record<string, Entry>;
 
-beforeAll(() => as.setDefaultDevice('cpu'));
+// On the CPU unless ADASHIFT_TEST_DEVICE names another device: the CPU emulation of CUDA
+// (cuda_emu_jest) and scripts/gpu-check.sh run these comparisons on 'cuda' too.
+beforeAll(() => as.setDefaultDevice((process.env.ADASHIFT_TEST_DEVICE as as.DeviceSpec | undefined) || 'cpu'));
 afterAll(() => as.setDefaultDevice(undefined));
 
 const fixtures = new Map<string, Fixture>();

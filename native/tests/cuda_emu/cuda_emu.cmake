@@ -127,6 +127,19 @@ if(ADASHIFT_NODE AND _emu_napi_rc EQUAL 0 AND _emu_naa_rc EQUAL 0 AND EXISTS ${C
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cuda_emu_jest PROPERTIES TIMEOUT 900
                        ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")
+  # Every activation (and its gradients) and ResNet-20 with each activation (logits, loss, every
+  # gradient, running statistics, one SGD step; fused against unfused BN) against the PyTorch
+  # fixtures, on the emulated device. (The rest of resnet.test.ts, long training runs, stays on
+  # the CPU: on the emulation it takes minutes.)
+  add_test(NAME cuda_emu_jest_models
+           COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/activations.test.ts
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  add_test(NAME cuda_emu_jest_resnet
+           COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/resnet.test.ts
+                   -t "against PyTorch|against the unfused path"
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cuda_emu_jest_models cuda_emu_jest_resnet PROPERTIES TIMEOUT 900
+                       ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cuda;ADASHIFT_TEST_DEVICE=cuda")
 else()
   message(STATUS "adashift: node, node-api-headers or jest not found: no cuda_emu_jest")
 endif()
