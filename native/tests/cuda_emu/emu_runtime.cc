@@ -662,6 +662,25 @@ std::set<cudaGraph_t> g_graphs;
 std::set<cudaGraphExec_t> g_execs;
 thread_local cudaStreamCaptureMode t_capture_mode = cudaStreamCaptureModeGlobal;
 
+// The live handles of each kind: made by the create calls, checked by every call taking one,
+// and removed (and freed) by the destroy calls; an unknown handle is an error, as on a GPU.
+template <typename H>
+cudaError_t add_handle(std::set<H>& live, H h, H* out) {
+  std::lock_guard<std::mutex> lk(g_api_mutex);
+  live.insert(h);
+  *out = h;
+  return cudaSuccess;
+}
+template <typename H>
+cudaError_t remove_handle(std::set<H>& live, H h) {
+  {
+    std::lock_guard<std::mutex> lk(g_api_mutex);
+    if (!live.erase(h)) return cudaErrorInvalidResourceHandle;
+  }
+  delete h;
+  return cudaSuccess;
+}
+
 // Resolves a stream handle: nullptr is the legacy default stream; anything else must be live.
 bool valid_stream(cudaStream_t s) {
   std::lock_guard<std::mutex> lk(g_api_mutex);
@@ -1136,16 +1155,11 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWith
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
   auto* s = new emu_stream();
   s->flags = flags;
-  std::lock_guard<std::mutex> lk(emu::g_api_mutex);
-  emu::g_streams.insert(s);
-  *stream = s;
-  return cudaSuccess;
+  return emu::add_handle(emu::g_streams, s, stream);
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  std::lock_guard<std::mutex> lk(emu::g_api_mutex);
-  if (!emu::g_streams.erase(stream)) return err(cudaErrorInvalidResourceHandle);
-  delete stream;
-  return cudaSuccess;
+  const cudaError_t e = emu::remove_handle(emu::g_streams, stream);
+  return e == cudaSuccess ? e : err(e);
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (!emu::valid_stream(stream)) return err(cudaErrorInvalidResourceHandle);
@@ -1157,18 +1171,10 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return cudaSuccess;  // work ran when it was queued
 }
 
-cudaError_t cudaEventCreate(cudaEvent_t* event) {
-  auto* e = new emu_event();
-  std::lock_guard<std::mutex> lk(emu::g_api_mutex);
-  emu::g_events.insert(e);
-  *event = e;
-  return cudaSuccess;
-}
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return emu::add_handle(emu::g_events, new emu_event(), event); }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  std::lock_guard<std::mutex> lk(emu::g_api_mutex);
-  if (!emu::g_events.erase(event)) return err(cudaErrorInvalidResourceHandle);
-  delete event;
-  return cudaSuccess;
+  const cudaError_t e = emu::remove_handle(emu::g_events, event);
+  return e == cudaSuccess ? e : err(e);
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   {
@@ -1263,14 +1269,10 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
-  std::lock_guard<std::mutex> lk(emu::g_api_mutex);
-  if (!emu::g_execs.erase(exec)) return err(cudaErrorInvalidResourceHandle);
-  delete exec;
-  return cudaSuccess;
+  const cudaError_t e = emu::remove_handle(emu::g_execs, exec);
+  return e == cudaSuccess ? e : err(e);
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
-  std::lock_guard<std::mutex> lk(emu::g_api_mutex);
-  if (!emu::g_graphs.erase(graph)) return err(cudaErrorInvalidResourceHandle);
-  delete graph;
-  return cudaSuccess;
+  const cudaError_t e = emu::remove_handle(emu::g_graphs, graph);
+  return e == cudaSuccess ? e : err(e);
 }
