@@ -100,13 +100,16 @@ inline T* dynamic_shared() {
 // ---- kernel launches -------------------------------------------------------------------------
 // Everything a launch needs after its arguments are bound; run_thread runs the kernel body for
 // the current fiber. Kept type-erased so that a graph capture can store it.
-struct Launch {
+// A launch as written: the kernel's name, where, and its configuration.
+struct LaunchConfig {
   const char* kernel;
   const char* file;
   int line;
   dim3 grid, block;
   size_t smem;
   cudaStream_t stream;
+};
+struct Launch : LaunchConfig {
   virtual ~Launch() = default;
   virtual void run_thread() const = 0;
 };
@@ -116,31 +119,20 @@ void check_kernel_pointer(const Launch& l, int index, const void* p);
 
 template <typename... A>
 struct PendingLaunch {
-  const char* kernel;
-  const char* file;
-  int line;
-  dim3 grid, block;
-  size_t smem;
-  cudaStream_t stream;
+  LaunchConfig config;
   std::tuple<A...> args;
 };
 
 struct LaunchSite {
-  const char* kernel;
-  const char* file;
-  int line;
-  dim3 grid, block;
-  size_t smem;
-  cudaStream_t stream;
+  LaunchConfig config;
   template <typename... A>
   PendingLaunch<std::decay_t<A>...> operator()(A&&... a) const {
-    return {kernel, file, line, grid, block, smem, stream,
-            std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
+    return {config, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
   }
 };
 inline LaunchSite launch_site(const char* kernel, const char* file, int line, dim3 grid,
                               dim3 block, size_t smem = 0, cudaStream_t stream = 0) {
-  return LaunchSite{kernel, file, line, grid, block, smem, stream};
+  return LaunchSite{LaunchConfig{kernel, file, line, grid, block, smem, stream}};
 }
 
 template <typename Fn, typename... A>
@@ -162,13 +154,7 @@ template <typename... P, typename... A>
 void operator->*(void (*fn)(P...), PendingLaunch<A...>&& p) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   auto* k = new KernelCall<void (*)(P...), A...>();
-  k->kernel = p.kernel;
-  k->file = p.file;
-  k->line = p.line;
-  k->grid = p.grid;
-  k->block = p.block;
-  k->smem = p.smem;
-  k->stream = p.stream;
+  static_cast<LaunchConfig&>(*k) = p.config;
   k->fn = fn;
   k->args = std::move(p.args);
   int index = 0;

@@ -278,15 +278,20 @@ cudaError_t err_note(cudaError_t e, const char* fmt, ...) {
 // (another block worker failing at the same time) waits instead of interleaving its message.
 std::mutex g_fatal_mutex;
 
-[[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void fatal(const char* fmt, ...) {
+// Takes the fatal lock (never released: the process is about to stop) and prints the message.
+void print_fatal(const char* fmt, va_list ap) {
   g_fatal_mutex.lock();
-  va_list ap;
-  va_start(ap, fmt);
   std::fflush(stdout);
   std::fprintf(stderr, "cuda_emu: FATAL: ");
   std::vfprintf(stderr, fmt, ap);
   std::fprintf(stderr, "\n");
+}
+
+[[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void fatal(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  print_fatal(fmt, ap);
   va_end(ap);
   std::abort();
 }
@@ -812,13 +817,9 @@ cudaError_t set(void* dst, int value, size_t bytes, cudaStream_t s, const char* 
 
 // ---- kernel-side entry points (cuda_runtime.h) -------------------------------------------------
 void fail_in_kernel(const char* fmt, ...) {
-  g_fatal_mutex.lock();
   va_list ap;
   va_start(ap, fmt);
-  std::fflush(stdout);
-  std::fprintf(stderr, "cuda_emu: FATAL: ");
-  std::vfprintf(stderr, fmt, ap);
-  std::fprintf(stderr, "\n");
+  print_fatal(fmt, ap);
   va_end(ap);
   Worker* w = t_worker;
   if (w && w->launch) {
