@@ -52,8 +52,8 @@ describe('peak memory counter', () => {
     resetPeakMemory('cpu');
     const base = cpu();
     expect(base.peakBytes).toBe(base.bytes);
-    const a = zeros([1000]);
-    const b = ones([500]);
+    const a = zeros([1000], { device: 'cpu' });
+    const b = ones([500], { device: 'cpu' });
     a.dispose();
     const after = cpu();
     expect(after.peakBytes).toBe(base.bytes + 6000);

@@ -192,7 +192,9 @@ describe('CPU GEMM', () => {
     if (g.beta === 0) for (let i = 0; i < C.length; i += 3) C[i] = NaN;
     const ref = gemmRef(g, A, B, C);
     as.tidy(() => {
-      const a = as.tensor(A), b = as.tensor(B), c = as.tensor(C);
+      // on the CPU whatever the default device: this entry point is the CPU GEMM
+      const cpu = { device: 'cpu' as const };
+      const a = as.tensor(A, undefined, cpu), b = as.tensor(B, undefined, cpu), c = as.tensor(C, undefined, cpu);
       const run = (backend: 'own' | 'serial' | 'blas') =>
         new as.Tensor(native.gemm(a.handle, b.handle, c.handle, g.ta, g.tb, g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.alpha, g.beta, backend)).toFloat32Array();
       const own = run('own');
@@ -237,7 +239,7 @@ describe('CPU GEMM', () => {
 
   test('GEMM argument checks', () => {
     as.tidy(() => {
-      const t = as.zeros([12]);
+      const t = as.zeros([12], { device: 'cpu' });
       expect(() => native.gemm(t.handle, t.handle, t.handle, false, false, 3, 4, 5, 5, 4, 4, 1, 0, 'own')).toThrow(/holds 12 elements/);
       expect(() => native.gemm(t.handle, t.handle, t.handle, false, false, 2, 2, 3, 2, 2, 2, 1, 0, 'own')).toThrow(/leading dimension of a must be at least 3/);
       expect(() => native.gemm(t.handle, t.handle, t.handle, false, false, 2, 2, 2, 2, 2, 2, 1, 0, 'fast' as 'own')).toThrow(/backend must be/);
