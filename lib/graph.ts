@@ -73,11 +73,11 @@ export class CudaGraph<T = unknown> {
       }
       handle = native.cudaGraphEnd(device);
     } catch (e) {
-      closeCreationLog(created);
       for (const t of created) t.dispose();
       throw e;
+    } finally {
+      closeCreationLog(created);
     }
-    closeCreationLog(created);
     for (const t of tensorsIn(outputs)) keep(t);
     return new CudaGraph(handle, device, outputs);
   }

@@ -107,6 +107,12 @@ static void check_adashift_b_params(const Tensor& x, const Tensor& proj_w, const
   }
 }
 
+// A tensor the fused ops save for backward: zeros for an empty input (no kernel will write it),
+// else left for the kernel to fill.
+static Tensor saved_tensor(const std::vector<int64_t>& shape, Device d, bool empty) {
+  return empty ? full(shape, 0.0f, d) : Tensor(shape, d);
+}
+
 AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const Tensor& proj_b,
                                     const Tensor& norm_w, const Tensor& norm_b, float eps) {
   check_adashift_b_params(x, proj_w, proj_b, norm_w, norm_b);
@@ -119,7 +125,7 @@ AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const
     // An empty x (N, C, H or W zero) on either device: y is empty, and the saved per-sample
     // tensors (there may be N * C > 0 of them) are zeros rather than left unwritten.
     const bool empty = x.numel() == 0;
-    auto make = [&](std::vector<int64_t> shape) { return empty ? full(shape, 0.0f, d) : Tensor(shape, d); };
+    auto make = [&](std::vector<int64_t> shape) { return saved_tensor(shape, d, empty); };
     AdaShiftBForward o;
     o.y = Tensor(x.shape(), d);
     o.saved.t = make({N, 1, C});
@@ -261,7 +267,7 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
   if (dev.is_cpu() || x.numel() == 0) {
     // An empty x on either device: the saved tensors are zeros rather than left unwritten.
     const bool empty = x.numel() == 0;
-    auto make = [&](std::vector<int64_t> shape) { return empty ? full(shape, 0.0f, dev) : Tensor(shape, dev); };
+    auto make = [&](std::vector<int64_t> shape) { return saved_tensor(shape, dev, empty); };
     r.y = Tensor(x.shape(), dev);
     r.saved.t = make({N, T, C});
     r.saved.attn = make({N, G, T, T});
