@@ -173,6 +173,93 @@ describe('CudaGraph on CUDA', () => {
     p.dispose();
   });
 
+  // A captured training step of a small problem (loss = sum((W x - t)^2) over static inputs) with
+  // each capturable optimizer: the eager run and the replays see the same batches and the same
+  // learning rates (a scheduler steps between replays, outside the graph).
+  const capturableOptimizers: [string, (ps: as.Tensor[]) => as.optim.Optimizer<as.optim.BaseHyper>][] = [
+    ['AdamW', (ps) => new as.optim.AdamW([{ params: ps.slice(0, 1) }, { params: ps.slice(1), weightDecay: 0 }], { lr: 1e-2, capturable: true })],
+    ['LAMB', (ps) => new as.optim.LAMB(ps, { lr: 1e-2, weightDecay: 0.02, capturable: true })],
+    ['LAMB without weight decay (one fused pass)', (ps) => new as.optim.LAMB(ps, { lr: 1e-2, capturable: true })],
+    ['LAMB decoupled, no clip', (ps) => new as.optim.LAMB(ps, { lr: 1e-2, weightDecay: 0.05, decoupledDecay: true, maxGradNorm: null, capturable: true })],
+    ['SGD momentum', (ps) => new as.optim.SGD(ps, { lr: 0.05, momentum: 0.9, weightDecay: 1e-3, capturable: true })],
+  ];
+  for (const [name, make] of capturableOptimizers) {
+    cudaTest(`a captured step with capturable ${name} replays the eager steps bit for bit, learning rate schedule included`, () => {
+      const steps = 6;
+      const batches = Array.from({ length: steps }, (_, k) => {
+        as.manualSeed(500 + k);
+        return { x: as.randn([16, 8]).toFloat32Array(), t: as.randn([16, 5]).toFloat32Array() };
+      });
+      const setup = () => {
+        as.manualSeed(3);
+        const w = as.keep(as.randn([5, 8], { device: 'cuda', std: 0.3 })).requiresGrad_();
+        const b = as.keep(as.zeros([5], { device: 'cuda' })).requiresGrad_();
+        const opt = make([w, b]);
+        const sched = new as.optim.LrScheduler(opt, as.optim.cosineWithWarmup({ baseLr: 0.02, warmupSteps: 2, totalSteps: steps, minLr: 1e-3 }));
+        const x = as.zeros([16, 8], { device: 'cuda' });
+        const t = as.zeros([16, 5], { device: 'cuda' });
+        const step = () => {
+          const y = F.linear(x, w, b);
+          const loss = F.sum(F.mul(F.sub(y, t), F.sub(y, t)));
+          loss.backward();
+          opt.step();
+          opt.zeroGrad();
+          return loss;
+        };
+        return { w, b, opt, sched, x, t, step };
+      };
+      const a = setup();
+      for (const d of batches) {
+        a.x.copy_(d.x);
+        a.t.copy_(d.t);
+        as.tidy(() => void a.step());
+        a.sched.step();
+      }
+      const c = setup();
+      c.x.copy_(batches[0].x);
+      c.t.copy_(batches[0].t);
+      const g = as.CudaGraph.capture(() => c.step(), { device: 'cuda', warmup: 1 });
+      c.sched.step();
+      // setting the learning rate inside a capture is refused (a replay would set it again)
+      expect(thrown(() => as.CudaGraph.capture(() => { c.opt.lr = 0.5; }, { device: 'cuda' }), 'ERR_CUDA_GRAPH').message).toMatch(
+        /the learning rate cannot be set during a CUDA graph capture/,
+      );
+      for (const d of batches.slice(1)) {
+        c.x.copy_(d.x);
+        c.t.copy_(d.t);
+        g.replay();
+        c.sched.step();
+      }
+      expect(Array.from(c.w.toFloat32Array())).toEqual(Array.from(a.w.toFloat32Array()));
+      expect(Array.from(c.b.toFloat32Array())).toEqual(Array.from(a.b.toFloat32Array()));
+      // the replays advanced the device step count: the state dict reads it back
+      const sa = a.opt.stateDict(), sc = c.opt.stateDict();
+      expect(sc.paramGroups).toEqual(sa.paramGroups);
+      for (const [k, st] of Object.entries(sa.state)) {
+        expect([k, sc.state[Number(k)].step]).toEqual([k, st.step]);
+        for (const [n, v] of Object.entries(st)) {
+          if (v instanceof as.Tensor) expect([k, n, Array.from((sc.state[Number(k)][n] as as.Tensor).toFloat32Array())]).toEqual([k, n, Array.from(v.toFloat32Array())]);
+        }
+      }
+      g.dispose();
+      for (const r of [a, c]) {
+        r.opt.dispose();
+        for (const t of [r.w, r.b, r.x, r.t]) t.dispose();
+      }
+    });
+  }
+
+  cudaTest('a capturable optimizer refuses a capture before its first eager step', () => {
+    const p = as.ones([32], { device: 'cuda', requiresGrad: true });
+    const adamw = new as.optim.AdamW([p], { lr: 1e-3, capturable: true });
+    expect(thrown(() => as.CudaGraph.capture(() => {
+      F.sum(F.mul(p, p)).backward();
+      adamw.step();
+    }, { device: 'cuda' }), 'ERR_CUDA_GRAPH').message).toMatch(/AdamW\.step\(\) cannot be captured into a CUDA graph: its state .* does not exist yet; run one step eagerly before capturing \(warmup: 1\)/);
+    adamw.dispose();
+    p.dispose();
+  });
+
   cudaTest('optimizers: AdamW cannot be captured, SGD needs its momentum buffers first', () => {
     const p = as.ones([32], { device: 'cuda', requiresGrad: true });
     const run = (opt: { step(): void; zeroGrad(): void }) => () => {
@@ -182,7 +269,7 @@ describe('CudaGraph on CUDA', () => {
     };
     const adamw = new as.optim.AdamW([p], { lr: 1e-3 });
     expect(thrown(() => as.CudaGraph.capture(run(adamw), { device: 'cuda', warmup: 1 }), 'ERR_CUDA_GRAPH').message).toMatch(
-      /AdamW\.step\(\) cannot be captured into a CUDA graph: its update depends on the step count/,
+      /AdamW\.step\(\) cannot be captured into a CUDA graph: its update depends on the step count .*construct it with \{capturable: true\}/,
     );
     const sgd = new as.optim.SGD([p], { lr: 1e-3, momentum: 0.9 });
     expect(thrown(() => as.CudaGraph.capture(run(sgd), { device: 'cuda' }), 'ERR_CUDA_GRAPH').message).toMatch(/run one step eagerly before capturing \(warmup: 1\)/);

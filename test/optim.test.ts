@@ -154,12 +154,14 @@ function problem(device: string, sizes: number[][] = [[5, 7, 3], [13], [4099], [
   return { params, setGrads };
 }
 
-const makers: [string, (ps: as.Tensor[]) => optim.Optimizer<optim.BaseHyper>][] = [
-  ['SGD nesterov', (ps) => new optim.SGD([{ params: ps.slice(0, 2) }, { params: ps.slice(2), weightDecay: 0 }], { lr: 0.1, momentum: 0.9, nesterov: true, weightDecay: 1e-3 })],
-  ['SGD dampening', (ps) => new optim.SGD(ps, { lr: 0.05, momentum: 0.8, dampening: 0.2 })],
-  ['AdamW', (ps) => new optim.AdamW([{ params: ps.slice(0, 2) }, { params: ps.slice(2), lr: 3e-3, weightDecay: 0 }], { lr: 1e-2 })],
-  ['LAMB', (ps) => new optim.LAMB([{ params: ps.slice(0, 2) }, { params: ps.slice(2), weightDecay: 0 }], { lr: 1e-2, weightDecay: 0.02 })],
-  ['LAMB decoupled', (ps) => new optim.LAMB(ps, { lr: 1e-2, weightDecay: 0.05, decoupledDecay: true, trustClip: true, maxGradNorm: null })],
+// Each maker takes extra options ({capturable: true} in the capturable tests).
+type Maker = (ps: as.Tensor[], extra?: Record<string, unknown>) => optim.Optimizer<optim.BaseHyper>;
+const makers: [string, Maker][] = [
+  ['SGD nesterov', (ps, x = {}) => new optim.SGD([{ params: ps.slice(0, 2) }, { params: ps.slice(2), weightDecay: 0 }], { lr: 0.1, momentum: 0.9, nesterov: true, weightDecay: 1e-3, ...x })],
+  ['SGD dampening', (ps, x = {}) => new optim.SGD(ps, { lr: 0.05, momentum: 0.8, dampening: 0.2, ...x })],
+  ['AdamW', (ps, x = {}) => new optim.AdamW([{ params: ps.slice(0, 2) }, { params: ps.slice(2), lr: 3e-3, weightDecay: 0 }], { lr: 1e-2, ...x })],
+  ['LAMB', (ps, x = {}) => new optim.LAMB([{ params: ps.slice(0, 2) }, { params: ps.slice(2), weightDecay: 0 }], { lr: 1e-2, weightDecay: 0.02, ...x })],
+  ['LAMB decoupled', (ps, x = {}) => new optim.LAMB(ps, { lr: 1e-2, weightDecay: 0.05, decoupledDecay: true, trustClip: true, maxGradNorm: null, ...x })],
 ];
 
 describe('state dicts', () => {
@@ -275,6 +277,86 @@ describe('state dicts', () => {
     opt.zeroGrad();
     for (const o of [opt, o2, o3]) o.dispose();
     [...params, ...other.params].forEach((p) => p.dispose());
+  });
+});
+
+/** Runs `steps` steps of an optimizer from make() under a cosine schedule; returns it and the parameters. */
+function scheduledRun(make: Maker, extra: Record<string, unknown>, steps: number, from?: { sd: optim.OptimizerStateDict; params: as.Tensor[]; at: number }) {
+  const run = problem('cpu');
+  if (from) run.params.forEach((p, i) => as.noGrad(() => p._setData(from.params[i].detach())));
+  const o = make(run.params, extra);
+  if (from) o.loadStateDict(from.sd);
+  const s = new optim.LrScheduler(o, optim.cosineWithWarmup({ baseLr: 0.05, warmupSteps: 2, totalSteps: 6, minLr: 0.001 }));
+  if (from) s.loadStateDict({ step: from.at });
+  for (let k = from?.at ?? 0; k < steps; k++) {
+    run.setGrads(k);
+    o.step();
+    s.step();
+    o.zeroGrad();
+  }
+  return { o, params: run.params };
+}
+
+function expectSameState(a: optim.OptimizerStateDict, b: optim.OptimizerStateDict): void {
+  expect(Object.keys(b.state)).toEqual(Object.keys(a.state));
+  for (const [k, st] of Object.entries(a.state)) {
+    for (const [name, v] of Object.entries(st)) {
+      const w = (b.state as Record<string, Record<string, unknown>>)[k][name];
+      if (v instanceof as.Tensor) expect([k, name, sameBits((w as as.Tensor).toFloat32Array(), v.toFloat32Array())]).toEqual([k, name, true]);
+      else expect([k, name, w]).toEqual([k, name, v]);
+    }
+  }
+  expect(b.paramGroups).toEqual(a.paramGroups);
+}
+
+describe('capturable optimizers (lr and step count on the device)', () => {
+  test.each(makers)('%s: the same bits as the eager optimizer over 6 scheduled steps, and the same state dict', (_n, make) => {
+    const before = as.memory().tensors;
+    const eager = scheduledRun(make, {}, 6);
+    const cap = scheduledRun(make, { capturable: true }, 6);
+    expect(cap.o.capturable).toBe(true);
+    expect(cap.params.map((p, i) => sameBits(p.toFloat32Array(), eager.params[i].toFloat32Array()))).toEqual(cap.params.map(() => true));
+    expectSameState(eager.o.stateDict(), cap.o.stateDict());
+    for (const r of [eager, cap]) {
+      r.o.dispose();
+      for (const p of r.params) p.dispose();
+    }
+    expect(as.memory().tensors).toBe(before);
+  });
+
+  test.each(makers)('%s: state dicts move between capturable and eager optimizers mid-run', (_n, make) => {
+    const straight = scheduledRun(make, {}, 6);
+    for (const [first, second] of [[{ capturable: true }, {}], [{}, { capturable: true }]] as Record<string, unknown>[][]) {
+      const head = scheduledRun(make, first, 3);
+      const tail = scheduledRun(make, second, 6, { sd: head.o.stateDict(), params: head.params, at: 3 });
+      expect(tail.params.map((p, i) => sameBits(p.toFloat32Array(), straight.params[i].toFloat32Array()))).toEqual(tail.params.map(() => true));
+      expectSameState(straight.o.stateDict(), tail.o.stateDict());
+      for (const r of [head, tail]) {
+        r.o.dispose();
+        for (const p of r.params) p.dispose();
+      }
+    }
+    straight.o.dispose();
+    for (const p of straight.params) p.dispose();
+  });
+
+  test('a group counts one step: a state whose parameters disagree is refused; capturable must be a boolean', () => {
+    const { params, setGrads } = problem('cpu', [[3], [4]]);
+    const eager = new optim.AdamW(params, { lr: 1e-2 });
+    setGrads(0);
+    eager.step();
+    params[1].grad!.dispose();
+    params[1].grad = null;
+    eager.step(); // only params[0] is updated: steps 2 and 1
+    const sd = eager.stateDict();
+    expect([sd.state[0].step, sd.state[1].step]).toEqual([2, 1]);
+    const cap = new optim.AdamW(params, { lr: 1e-2, capturable: true });
+    expect(thrown(() => cap.loadStateDict(sd), 'ERR_ARG').message).toMatch(/counts steps per group, but the state gives the parameters of group 0 different step counts \(2, 1\)/);
+    expect(thrown(() => new optim.SGD(params, { lr: 1, capturable: 1 as unknown as boolean }), 'ERR_ARG').message).toMatch(/SGD: capturable must be a boolean, got 1/);
+    // the lr of a capturable group is still validated on assignment
+    expect(thrown(() => { cap.paramGroups[0].lr = -1; }, 'ERR_ARG').message).toMatch(/param group 0: lr must be a finite number >= 0, got -1/);
+    for (const o of [eager, cap]) o.dispose();
+    for (const p of params) p.dispose();
   });
 });
 
@@ -473,6 +555,18 @@ describe('errors', () => {
     expect(thrown(() => native.adamwStep(a, b, c, native.full([3], 0, 'cpu'), 0.1, 0.9, 0.999, 1e-8, 0, 0), 'ERR_ARG').message).toMatch(/'step' must be an integer in \[1,/);
     expect(thrown(() => native.lambGradClip([], 1), 'ERR_ARG').message).toMatch(/at least one gradient/);
     expect(thrown(() => native.lambGradClip([a], 0), 'ERR_ARG').message).toMatch(/maxGradNorm/);
+    // schedules of capturable optimizers
+    expect(thrown(() => native.optimSchedNew('cpu', 0.1, 2 ** 24 + 1), 'ERR_ARG').message).toMatch(/optimSchedNew: 'step' must be an integer in \[0, 16777216\]/);
+    expect(thrown(() => native.optimSchedNew('cpu', -1, 0), 'ERR_ARG').message).toMatch(/optim_sched_new: 'lr' must be a finite number >= 0/);
+    const sched = native.optimSchedNew('cpu', 0.1, 3);
+    expect(Array.from(sched.toFloat32Array().slice(0, 2))).toEqual([Math.fround(0.1), 3]);
+    expect(thrown(() => native.optimSchedWrite(sched, 2 as 0, 1), 'ERR_ARG').message).toMatch(/optimSchedWrite: 'index' must be an integer in \[0, 1\]/);
+    expect(thrown(() => native.optimSchedWrite(sched, 1, 2.5), 'ERR_ARG').message).toMatch(/the step count must be an integer in \[0, 2\^24\], got 2.5/);
+    expect(thrown(() => native.optimAdvance(sched, 'adam' as 'adamw', 0.9, 0.999, 0, true, false), 'ERR_ARG').message).toMatch(/'kind' must be 'sgd', 'adamw' or 'lamb'/);
+    expect(thrown(() => native.adamwStep(a, b, c, native.full([3], 0, 'cpu'), 0.1, 0.9, 0.999, 1e-8, 0, 1, b), 'ERR_SHAPE').message).toMatch(/adamw_step: a schedule tensor has shape \[8\], got \[3\]/);
+    native.optimAdvance(sched, 'adamw', 0.9, 0.999, 0, true, false);
+    expect(sched.toFloat32Array()[1]).toBe(4);
+    sched.dispose();
     for (const h of [a, b, c]) h.dispose();
     opt.dispose();
     t.dispose();

@@ -1,7 +1,8 @@
 // AdamW: torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments).
 import { check } from '../errors';
 import { native } from '../native';
-import { checkBetas, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg } from './optimizer';
+import type { Tensor } from '../tensor';
+import { checkBetas, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg, ScheduleConstants } from './optimizer';
 
 export interface AdamWHyper {
   lr: number;
@@ -20,7 +21,8 @@ export interface AdamWOptions extends CommonOptions {
 /**
  * PyTorch's AdamW: p *= 1 - lr * wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
  * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). One fused native update per
- * parameter; state buffers 'exp_avg', 'exp_avg_sq' and the per-parameter step count.
+ * parameter; state buffers 'exp_avg', 'exp_avg_sq' and the per-parameter step count (one count
+ * per group when capturable).
  */
 export class AdamW extends Optimizer<AdamWHyper> {
   constructor(params: ParamsArg, options: AdamWOptions = {}) {
@@ -49,12 +51,17 @@ export class AdamW extends Optimizer<AdamWHyper> {
     return ['exp_avg', 'exp_avg_sq'];
   }
 
-  protected updateGroup(g: ParamGroup<AdamWHyper>): void {
+  protected scheduleConstants(g: ParamGroup<AdamWHyper>): ScheduleConstants {
+    return { kind: 'adamw', beta1: g.betas[0], beta2: g.betas[1], weightDecay: g.weightDecay, biasCorrection: true, decoupledDecay: false };
+  }
+
+  protected updateGroup(g: ParamGroup<AdamWHyper>, index: number, sched: Tensor | null): void {
     for (const p of this.withGrad(g)) {
       const st = this.stateOf(p, ['exp_avg', 'exp_avg_sq']);
       const { exp_avg: m, exp_avg_sq: v } = st.buffers;
-      native.adamwStep(p.handle, p.grad!.handle, m.handle, v.handle, g.lr, g.betas[0], g.betas[1], g.eps, g.weightDecay, st.step + 1);
-      st.step++;
+      const step = sched ? this.scheduledStep(index) : st.step + 1;
+      native.adamwStep(p.handle, p.grad!.handle, m.handle, v.handle, g.lr, g.betas[0], g.betas[1], g.eps, g.weightDecay, step, sched?.handle ?? null);
+      st.step = step;
     }
   }
 }

@@ -2,7 +2,7 @@
 import { check } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
-import { checkBetas, checkBool, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg } from './optimizer';
+import { checkBetas, checkBool, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg, ScheduleConstants } from './optimizer';
 
 export interface LAMBHyper {
   lr: number;
@@ -100,14 +100,22 @@ export class LAMB extends Optimizer<LAMBHyper> {
     }
   }
 
-  protected updateGroup(g: ParamGroup<LAMBHyper>, index: number): void {
-    const step = ++this.groupSteps[index];
+  protected scheduleConstants(g: ParamGroup<LAMBHyper>): ScheduleConstants {
+    return {
+      kind: 'lamb', beta1: g.betas[0], beta2: g.betas[1], weightDecay: g.weightDecay, biasCorrection: g.biasCorrection, decoupledDecay: g.decoupledDecay,
+    };
+  }
+
+  protected updateGroup(g: ParamGroup<LAMBHyper>, index: number, sched: Tensor | null): void {
+    // A capturable group's count is its schedule's, which advances only when the group updates.
+    if (this.capturable && !sched) return;
+    const step = sched ? (this.groupSteps[index] = this.scheduledStep(index)) : ++this.groupSteps[index];
     for (const p of this.withGrad(g)) {
       const st = this.stateOf(p, ['exp_avg', 'exp_avg_sq']);
       const { exp_avg: m, exp_avg_sq: v } = st.buffers;
       native.lambStep(
         p.handle, p.grad!.handle, m.handle, v.handle, this.clip, g.lr, g.betas[0], g.betas[1], g.eps, g.weightDecay, step,
-        g.biasCorrection, g.gradAveraging, g.decoupledDecay, g.trustClip, g.alwaysAdapt,
+        g.biasCorrection, g.gradAveraging, g.decoupledDecay, g.trustClip, g.alwaysAdapt, sched?.handle ?? null,
       );
       st.step = step;
     }

@@ -1,5 +1,6 @@
 // The shared base of the optimizers: parameter groups (PyTorch-style), per-parameter state
-// buffers on the parameter's device, zeroGrad, learning-rate access, and state dicts.
+// buffers on the parameter's device, zeroGrad, learning-rate access, state dicts, and the
+// device-side schedules of capturable optimizers (CUDA graphs).
 // Subclasses implement one update per parameter as one fused native call (lib/bindings/optim.ts);
 // no per-element math happens in JS.
 import { check } from '../errors';
@@ -44,6 +45,24 @@ export interface CommonOptions {
    * decaying group and a non-decaying one (empty halves are dropped).
    */
   noDecay?: (name: string, p: Tensor) => boolean;
+  /**
+   * Keep each group's learning rate and step count on the parameters' device, so that step()
+   * can be captured into a CUDA graph and every replay uses the current learning rate and the
+   * next step's bias corrections (default false). The step count is then one per group
+   * (advanced by every step() that updates the group), and a new learning rate (setLr, a
+   * scheduler, or assigning a group's lr) is written to the device when set, in stream order.
+   */
+  capturable?: boolean;
+}
+
+/** What a device-side schedule needs besides lr and the step: a group's constants. */
+export interface ScheduleConstants {
+  kind: 'sgd' | 'adamw' | 'lamb';
+  beta1: number;
+  beta2: number;
+  weightDecay: number;
+  biasCorrection: boolean;
+  decoupledDecay: boolean;
 }
 
 /** Per-parameter state: the update count and the buffers (on the parameter's device). */
@@ -97,6 +116,12 @@ export abstract class Optimizer<H extends BaseHyper> {
   protected groupSteps: number[] = [];
   /** The optimizer's name in error messages. */
   protected readonly name: string;
+  /** Whether lr and the step count live on the device (see CommonOptions.capturable). */
+  readonly capturable: boolean;
+  /** Per group: its device-side schedule (capturable optimizers; made on the first step). */
+  private readonly schedules: (Tensor | null)[] = [];
+  /** Per group: the step count its schedule holds (the host's copy; replays advance the device's). */
+  private readonly scheduleSteps: number[] = [];
 
   /**
    * @param params Tensor[], [name, Tensor][] or groups [{params, lr?, weightDecay?, ...}]
@@ -104,7 +129,7 @@ export abstract class Optimizer<H extends BaseHyper> {
    */
   constructor(params: ParamsArg, defaults: H, options: CommonOptions, name: string, extraOptions: string[] = []) {
     this.name = name;
-    const knownTop = new Set([...Object.keys(defaults), 'noDecay', ...extraOptions]);
+    const knownTop = new Set([...Object.keys(defaults), 'noDecay', 'capturable', ...extraOptions]);
     for (const k of Object.keys(options)) {
       check(knownTop.has(k), 'ERR_ARG', () => `${name}: unknown option '${k}' (known: ${[...knownTop].join(', ')})`);
     }
@@ -113,6 +138,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     if (options.noDecay !== undefined) {
       check(typeof options.noDecay === 'function', 'ERR_ARG', () => `${name}: noDecay must be a function (name, param) => boolean`);
     }
+    this.capturable = options.capturable === undefined ? false : checkBool(options.capturable, `${name}: capturable`);
     this.validate(defaults, name);
     const specs: ParamGroupSpec[] = isGroupList(params) ? params : [{ params: params as ParamList }];
     const seen = new Set<Tensor>();
@@ -152,12 +178,45 @@ export abstract class Optimizer<H extends BaseHyper> {
       }
     });
     check(this.paramGroups.some((g) => g.params.length > 0), 'ERR_ARG', () => `${name}: got an empty parameter list`);
+    if (this.capturable) this.paramGroups.forEach((g, gi) => this.routeLr(g, gi));
+    for (const _ of this.paramGroups) {
+      this.schedules.push(null);
+      this.scheduleSteps.push(0);
+    }
+  }
+
+  /**
+   * A capturable group's lr becomes an accessor: every assignment (setLr, a scheduler, loading a
+   * state dict, or plain `group.lr = x`) is validated and written to the group's device
+   * schedule, in stream order, so the next step or graph replay uses it.
+   */
+  private routeLr(g: ParamGroup<H>, gi: number): void {
+    let lr = g.lr;
+    Object.defineProperty(g, 'lr', {
+      enumerable: true,
+      configurable: true,
+      get: () => lr,
+      set: (value: unknown) => {
+        const v = checkNumber(value, `${this.name}: param group ${gi}: lr`, (x) => x >= 0, 'a finite number >= 0');
+        const sched = this.schedules[gi];
+        if (sched && !sched.isDisposed) {
+          check(!isCapturing(sched.device), 'ERR_CUDA_GRAPH', () => `${this.name}: the learning rate cannot be set during a CUDA graph capture (a replay would set it again to this value); set it between replays, where it is written to the device and read by the next replay`);
+          native.optimSchedWrite(sched.handle, 0, v);
+        }
+        lr = v;
+      },
+    });
   }
 
   /** Checks a group's hyper-parameters (ERR_ARG naming the bad one). */
   protected abstract validate(h: H, where: string): void;
-  /** Updates every parameter of the group that has a gradient (runs under noGrad). */
-  protected abstract updateGroup(group: ParamGroup<H>, index: number): void;
+  /**
+   * Updates every parameter of the group that has a gradient (runs under noGrad). sched: the
+   * group's device schedule, already advanced for this step (capturable optimizers), else null.
+   */
+  protected abstract updateGroup(group: ParamGroup<H>, index: number, sched: Tensor | null): void;
+  /** The constants a device schedule of this group derives its step scalars with. */
+  protected abstract scheduleConstants(group: ParamGroup<H>): ScheduleConstants;
   /** Names of the state buffers a parameter of this group has once updated. */
   protected abstract bufferNames(group: ParamGroup<H>): string[];
 
@@ -192,8 +251,68 @@ export abstract class Optimizer<H extends BaseHyper> {
     noGrad(() => {
       this.paramGroups.forEach((g, i) => {
         this.validate(g, `${this.name}: param group ${i}`);
-        this.updateGroup(g, i);
+        this.updateGroup(g, i, this.capturable ? this.advanceSchedule(g, i) : null);
       });
+    });
+  }
+
+  /**
+   * The group's device schedule advanced by one step (made on first use on the device of the
+   * group's gradients, from the host's lr and step count), or null when no parameter of the
+   * group has a gradient.
+   */
+  private advanceSchedule(g: ParamGroup<H>, gi: number): Tensor | null {
+    const params = this.withGrad(g);
+    if (params.length === 0) return null;
+    const device = params[0].device;
+    const other = params.find((p) => p.device !== device);
+    check(other === undefined, 'ERR_DEVICE', () => `${this.name}: a capturable optimizer needs every parameter of a group on one device; param group ${gi} has parameters on ${device} and ${other!.device}`);
+    let sched = this.schedules[gi];
+    if (!sched || sched.isDisposed || sched.device !== device) {
+      const step = sched && !sched.isDisposed ? this.scheduleStep(sched) : this.hostStep(g, gi);
+      sched?.dispose();
+      sched = keep(new Tensor(native.optimSchedNew(device, g.lr, step)));
+      this.schedules[gi] = sched;
+      this.scheduleSteps[gi] = step;
+    }
+    this.scheduleSteps[gi]++;
+    const c = this.scheduleConstants(g);
+    native.optimAdvance(sched.handle, c.kind, c.beta1, c.beta2, c.weightDecay, c.biasCorrection, c.decoupledDecay);
+    return sched;
+  }
+
+  /** The 1-based step count of a capturable group's update in progress (host copy). */
+  protected scheduledStep(gi: number): number {
+    return this.scheduleSteps[gi];
+  }
+
+  /** The step count a capturable group continues from: one count for the whole group. */
+  private hostStep(g: ParamGroup<H>, gi: number): number {
+    if (this.countsGroupSteps()) return this.groupSteps[gi];
+    const steps = new Set(g.params.map((p) => this.state.get(p)?.step).filter((x): x is number => x !== undefined));
+    check(steps.size <= 1, 'ERR_ARG', () => `${this.name}: a capturable optimizer counts steps per group, but the parameters of group ${gi} have different step counts (${[...steps].join(', ')})`);
+    return steps.size === 0 ? 0 : [...steps][0];
+  }
+
+  /** The step count held by a device schedule (reads it back: a device sync). */
+  private scheduleStep(sched: Tensor): number {
+    return (sched.toArray() as number[])[1];
+  }
+
+  /**
+   * Copies the device step counts of capturable groups into the host state (replays of a
+   * captured step advance them on the device only).
+   */
+  private syncStepsFromDevice(): void {
+    this.schedules.forEach((sched, gi) => {
+      if (!sched || sched.isDisposed) return;
+      const step = this.scheduleStep(sched);
+      this.scheduleSteps[gi] = step;
+      if (this.countsGroupSteps()) this.groupSteps[gi] = step;
+      for (const p of this.paramGroups[gi].params) {
+        const st = this.state.get(p);
+        if (st) st.step = step;
+      }
     });
   }
 
@@ -203,7 +322,27 @@ export abstract class Optimizer<H extends BaseHyper> {
    * from step to step (a bias correction) cannot be captured.
    */
   protected captureProblem(): string | null {
-    return `its update depends on the step count (bias correction), which a replay would not advance`;
+    if (!this.capturable) {
+      return `its update depends on the step count (bias correction), which a replay would not advance; construct it with {capturable: true} to keep the step count and the learning rate on the device`;
+    }
+    return this.capturableProblem();
+  }
+
+  /**
+   * Why a capturable optimizer's step() cannot be captured now: state that its first step()
+   * makes (the schedule, the moment buffers) would be made and initialised by every replay.
+   */
+  protected capturableProblem(): string | null {
+    const names = (g: ParamGroup<H>) => this.bufferNames(g);
+    for (const [gi, g] of this.paramGroups.entries()) {
+      const params = this.withGrad(g);
+      if (params.length === 0) continue;
+      const sched = this.schedules[gi];
+      if (!sched || sched.isDisposed || sched.device !== params[0].device || params.some((p) => names(g).some((n) => !this.hasBuffer(p, n)))) {
+        return 'its state (the device-side learning rate and step count, the moment buffers) does not exist yet; run one step eagerly before capturing (warmup: 1)';
+      }
+    }
+    return null;
   }
 
   private checkCapture(): void {
@@ -266,6 +405,7 @@ export abstract class Optimizer<H extends BaseHyper> {
    * dispose them, and save them (io.saveSafetensors) before the next step() changes them.
    */
   stateDict(): OptimizerStateDict {
+    if (this.capturable) this.syncStepsFromDevice();
     const state: OptimizerStateDict['state'] = {};
     const groups: OptimizerStateDict['paramGroups'] = [];
     let index = 0;
@@ -339,6 +479,13 @@ export abstract class Optimizer<H extends BaseHyper> {
       }
       entries.push([p, step, bufs]);
     }
+    if (this.capturable) {
+      // One step count per group: the loaded parameters of a group must agree.
+      this.paramGroups.forEach((g, gi) => {
+        const counts = new Set(entries.filter(([p]) => g.params.includes(p)).map(([, step]) => step));
+        check(counts.size <= 1, 'ERR_ARG', () => `${n}.loadStateDict: a capturable optimizer counts steps per group, but the state gives the parameters of group ${gi} different step counts (${[...counts].join(', ')})`);
+      });
+    }
     // Copy first (the state dict may hold this optimizer's own buffers), then swap.
     const fresh = new Map<Tensor, ParamState>();
     for (const [p, step, bufs] of entries) {
@@ -354,6 +501,14 @@ export abstract class Optimizer<H extends BaseHyper> {
     for (const [p, st] of fresh) this.state.set(p, st);
     hypers.forEach((h, gi) => Object.assign(this.paramGroups[gi], h));
     if (this.countsGroupSteps()) this.groupSteps = steps;
+    if (this.capturable) {
+      this.paramGroups.forEach((g, gi) => {
+        const sched = this.schedules[gi];
+        if (!sched || sched.isDisposed) return;
+        this.scheduleSteps[gi] = this.hostStep(g, gi);
+        native.optimSchedWrite(sched.handle, 1, this.scheduleSteps[gi]);
+      });
+    }
   }
 
   private disposeState(): void {
@@ -365,5 +520,9 @@ export abstract class Optimizer<H extends BaseHyper> {
   dispose(): void {
     this.disposeState();
     this.groupSteps = this.groupSteps.map(() => 0);
+    this.schedules.forEach((s, gi) => {
+      s?.dispose();
+      this.schedules[gi] = null;
+    });
   }
 }

@@ -1,7 +1,8 @@
 // SGD with momentum, dampening, Nesterov and (coupled) weight decay: torch.optim.SGD's update.
 import { check } from '../errors';
 import { native } from '../native';
-import { checkBool, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg } from './optimizer';
+import type { Tensor } from '../tensor';
+import { checkBool, checkNumber, CommonOptions, Optimizer, ParamGroup, ParamsArg, ScheduleConstants } from './optimizer';
 
 export interface SGDHyper {
   lr: number;
@@ -54,7 +55,16 @@ export class SGD extends Optimizer<SGDHyper> {
     return g.momentum !== 0 ? ['momentum_buffer'] : [];
   }
 
+  protected scheduleConstants(g: ParamGroup<SGDHyper>): ScheduleConstants {
+    return { kind: 'sgd', beta1: 0, beta2: 0, weightDecay: g.weightDecay, biasCorrection: false, decoupledDecay: false };
+  }
+
+  /**
+   * SGD captures without {capturable: true} too (its update has no step count), but then a
+   * replay uses the learning rate of the capture.
+   */
   protected override captureProblem(): string | null {
+    if (this.capturable) return this.capturableProblem();
     for (const g of this.paramGroups) {
       if (g.momentum === 0) continue;
       for (const p of g.params) {
@@ -66,7 +76,7 @@ export class SGD extends Optimizer<SGDHyper> {
     return null;
   }
 
-  protected updateGroup(g: ParamGroup<SGDHyper>): void {
+  protected updateGroup(g: ParamGroup<SGDHyper>, index: number, sched: Tensor | null): void {
     for (const p of this.withGrad(g)) {
       let buf = null;
       let first = false;
@@ -75,8 +85,9 @@ export class SGD extends Optimizer<SGDHyper> {
         first = !this.hasBuffer(p, 'momentum_buffer');
         buf = this.stateOf(p, ['momentum_buffer'], null).buffers.momentum_buffer;
       }
-      native.sgdStep(p.handle, p.grad!.handle, buf ? buf.handle : null, g.lr, g.momentum, g.dampening, g.nesterov, g.weightDecay, first);
-      this.stateOf(p, []).step++;
+      native.sgdStep(p.handle, p.grad!.handle, buf ? buf.handle : null, g.lr, g.momentum, g.dampening, g.nesterov, g.weightDecay, first, sched?.handle ?? null);
+      const st = this.stateOf(p, []);
+      st.step = sched ? this.scheduledStep(index) : st.step + 1;
     }
   }
 }

@@ -206,6 +206,61 @@ struct OptimParity {
     }
   }
 
+  // ---- capturable updates: the schedule tensor ------------------------------------------------
+  // On each device a schedule made at step 4 with lr 0.05 is advanced once (on that device) and
+  // drives the update; the eager CPU update at step 5 is the reference. Then the lr is rewritten
+  // to 0.02 and the schedule advanced again: the scalars follow both, and the schedules agree.
+  void scheduled(const std::vector<int64_t>& shape) {
+    const std::string desc = shape_str(shape);
+    for (const char* kind : {"sgd", "adamw", "lamb"}) {
+      const std::string k = kind;
+      Tensor p = nrm(shape, 1.0f), g = nrm(shape, 1.0f), m = nrm(shape, 0.1f), v = uni(shape, 0.0f, 0.5f);
+      Tensor pc = clone(p), mc = clone(m), vc = clone(v);      // eager, CPU
+      Tensor ps = clone(p), ms = clone(m), vs = clone(v);      // scheduled, CPU
+      Tensor pg = to_device(p, kOptGPU), gg = to_device(g, kOptGPU), mg = to_device(m, kOptGPU), vg = to_device(v, kOptGPU);
+      Tensor sc = optim_sched_new(kOptCPU, 0.05f, 4), sg = optim_sched_new(kOptGPU, 0.05f, 4);
+      SchedConst c{k == "sgd" ? OptimKind::Sgd : k == "adamw" ? OptimKind::AdamW : OptimKind::Lamb, 0.9f, 0.999f, 0.1f, true, true};
+      LambOptions o;
+      o.weight_decay = 0.1f;
+      o.decoupled_decay = true;
+      for (int round = 0; round < 2; ++round) {
+        const float lr = round == 0 ? 0.05f : 0.02f;
+        const int64_t step = 5 + round;
+        if (round == 1) {
+          optim_sched_write(sc, 0, lr);
+          optim_sched_write(sg, 0, lr);
+        }
+        optim_advance(sc, c);
+        optim_advance(sg, c);
+        // The lr and step arguments of the scheduled calls are deliberately wrong: the schedule wins.
+        if (k == "sgd") {
+          sgd_step(pc, g, mc, lr, 0.9f, 0.0f, false, 0.1f, false);
+          sgd_step(ps, g, ms, 9.0f, 0.9f, 0.0f, false, 0.1f, false, sc);
+          sgd_step(pg, gg, mg, 9.0f, 0.9f, 0.0f, false, 0.1f, false, sg);
+        } else if (k == "adamw") {
+          adamw_step(pc, g, mc, vc, lr, 0.9f, 0.999f, 1e-8f, 0.1f, step);
+          adamw_step(ps, g, ms, vs, 9.0f, 0.9f, 0.999f, 1e-8f, 0.1f, 1, sc);
+          adamw_step(pg, gg, mg, vg, 9.0f, 0.9f, 0.999f, 1e-8f, 0.1f, 1, sg);
+        } else {
+          o.lr = lr;
+          o.step = step;
+          lamb_step(pc, g, mc, vc, Tensor(), o);
+          LambOptions wrong = o;
+          wrong.lr = 9.0f;
+          wrong.step = 1;
+          lamb_step(ps, g, ms, vs, Tensor(), wrong, sc);
+          lamb_step(pg, gg, mg, vg, Tensor(), wrong, sg);
+        }
+        const std::string d = k + " round " + std::to_string(round) + " " + desc;
+        identical("scheduled = eager (CPU)", d, ps, pc);
+        compare("scheduled p (CUDA)", d, pg, pc, kOptEw);
+        compare("scheduled m (CUDA)", d, mg, mc, kOptEw);
+        if (k != "sgd") compare("scheduled v (CUDA)", d, vg, vc, kOptEw);
+      }
+      compare("schedule (CUDA)", k + " " + desc, sg, sc, OptTol{0.0, 1e-6});
+    }
+  }
+
   // ---- timing -------------------------------------------------------------------------------------
   void time_it(const char* name, double bytes_per_elem, int64_t n, const std::function<void()>& fn) {
     fn();
@@ -251,6 +306,7 @@ int parity_optim() {
     t.sgd(s);
     t.adamw(s);
     t.lamb(s);
+    t.scheduled(s);
   }
   t.lamb_clip({{1}});
   t.lamb_clip({{7, 5}, {13}, {4099}});

@@ -354,6 +354,9 @@ const B = (name: string, extra?: ParamBase['extra']): BoolParam => ({ kind: 'boo
 const F = (name: string, o: Omit<NumParam, 'kind' | 'name'> = {}): NumParam => ({ kind: 'num', name, ...o });
 /** a float32 number >= 0 that must stay finite */
 const F0 = (name: string): NumParam => F(name, { f32: true, min: 0 });
+/** The optional schedule tensor of the optimizer updates (capturable optimizers): [8] or null. */
+const SCHED_ARG: TensorParam = T('sched', { nullOk: true, dims: 'all' });
+const schedSeed = (c: Ctx) => (c.prng.bool() ? c.full([8], 1) : null);
 const BETA = (name: string): NumParam => F(name, { f32: true, min: 0, max: 1, maxOpen: true, extra: () => [['rounds to 1 in float32', () => 1 - 1e-9]] });
 
 const fmtResult = (x: unknown) => (x === null ? 'null' : isHandle(x) ? `tensor [${x.shape.join(',')}]` : show(x));
@@ -976,6 +979,7 @@ const MUTATION_SPECS: MutSpec[] = [
       B('nesterov', (_c, a) => (!a[6] && (a[4] === 0 || a[5] !== 0) ? [['true without momentum or with dampening', () => true]] : [])),
       F0('weightDecay'),
       B('firstStep'),
+      SCHED_ARG,
     ],
     seed: (c) => {
       const p = c.prng;
@@ -983,13 +987,13 @@ const MUTATION_SPECS: MutSpec[] = [
       const momentum = p.bool(0.3) ? 0 : p.pick([0.9, 0.5]);
       const nesterov = momentum > 0 && p.bool(0.4);
       const buf = momentum !== 0 || p.bool() ? c.rand(s) : null;
-      return [c.rand(s), c.rand(s), buf, p.pick([0.1, 0.01, 0]), momentum, nesterov ? 0 : p.pick([0, 0.1]), nesterov, p.pick([0, 1e-4]), p.bool()];
+      return [c.rand(s), c.rand(s), buf, p.pick([0.1, 0.01, 0]), momentum, nesterov ? 0 : p.pick([0, 0.1]), nesterov, p.pick([0, 1e-4]), p.bool(), schedSeed(c)];
     },
     semantic: [
       ...aliasing([['grad is the parameter', 1, 0]]),
       viewOf('grad a view of the parameter', 1, 0),
-      ['buffer is the grad (momentum 0.9)', (_c, a) => [a[0], a[1], a[1], a[3], 0.9, 0, false, a[7], a[8]]],
-      ['buffer is the parameter (momentum 0.9)', (_c, a) => [a[0], a[1], a[0], a[3], 0.9, 0, false, a[7], a[8]]],
+      ['buffer is the grad (momentum 0.9)', (_c, a) => [a[0], a[1], a[1], a[3], 0.9, 0, false, a[7], a[8], a[9]]],
+      ['buffer is the parameter (momentum 0.9)', (_c, a) => [a[0], a[1], a[0], a[3], 0.9, 0, false, a[7], a[8], a[9]]],
     ],
     check: expectUndefined,
   },
@@ -1006,11 +1010,12 @@ const MUTATION_SPECS: MutSpec[] = [
       F0('eps'),
       F0('weightDecay'),
       I('step', 1, 2 ** 53),
+      SCHED_ARG,
     ],
     seed: (c) => {
       const p = c.prng;
       const s = paramShape(p);
-      return [c.rand(s), c.rand(s), c.rand(s), c.rand(s, 0, 1), p.pick([1e-3, 0.1, 0]), p.pick([0.9, 0, 0.5]), p.pick([0.999, 0.9]), p.pick([1e-8, 1e-6, 0]), p.pick([0.01, 0]), p.int(1, 100)];
+      return [c.rand(s), c.rand(s), c.rand(s), c.rand(s, 0, 1), p.pick([1e-3, 0.1, 0]), p.pick([0.9, 0, 0.5]), p.pick([0.999, 0.9]), p.pick([1e-8, 1e-6, 0]), p.pick([0.01, 0]), p.int(1, 100), schedSeed(c)];
     },
     semantic: [
       ...aliasing([['grad is the parameter', 1, 0], ['expAvg is the parameter', 2, 0], ['expAvgSq is the parameter', 3, 0], ['expAvg is the grad', 2, 1], ['expAvgSq is the grad', 3, 1], ['expAvgSq is expAvg', 3, 2]]),
@@ -1051,6 +1056,7 @@ const MUTATION_SPECS: MutSpec[] = [
       B('decoupledDecay'),
       B('trustClip'),
       B('alwaysAdapt'),
+      SCHED_ARG,
     ],
     seed: (c) => {
       const p = c.prng;
@@ -1058,13 +1064,49 @@ const MUTATION_SPECS: MutSpec[] = [
       return [
         c.rand(s), c.rand(s), c.rand(s), c.rand(s, 0, 1), p.bool() ? c.full([1], 1 + p.int(0, 3)) : null,
         p.pick([1e-3, 0.1, 0]), p.pick([0.9, 0]), p.pick([0.999, 0.9]), p.pick([1e-6, 0]), p.pick([0.01, 0]), p.int(1, 100),
-        p.bool(), p.bool(), p.bool(), p.bool(), p.bool(),
+        p.bool(), p.bool(), p.bool(), p.bool(), p.bool(), schedSeed(c),
       ];
     },
     semantic: [
       ...aliasing([['grad is the parameter', 1, 0], ['expAvg is the parameter', 2, 0], ['expAvg is the grad', 2, 1], ['expAvgSq is expAvg', 3, 2]]),
       viewOf('grad a view of the parameter', 1, 0),
     ],
+    check: expectUndefined,
+  },
+  {
+    name: 'optimSchedNew',
+    params: [{ kind: 'dev', name: 'device' }, F0('lr'), I('step', 0, 2 ** 24)],
+    seed: (c) => ['cpu', c.prng.pick([0.1, 0, 3]), c.prng.int(0, 100)],
+    check: (r) => expectShape(r, [8]),
+  },
+  {
+    name: 'optimAdvance',
+    params: [
+      T('sched', { dims: 'all' }),
+      { kind: 'str', name: 'kind', bad: () => ['SGD', 'adam', '', 'lamb '] },
+      BETA('beta1'),
+      BETA('beta2'),
+      F0('weightDecay'),
+      B('biasCorrection'),
+      B('decoupledDecay'),
+    ],
+    seed: (c) => {
+      const p = c.prng;
+      return [c.full([8], 1), p.pick(['sgd', 'adamw', 'lamb']), p.pick([0.9, 0]), p.pick([0.999, 0.5]), p.pick([0.01, 0]), p.bool(), p.bool()];
+    },
+    check: expectUndefined,
+  },
+  {
+    name: 'optimSchedWrite',
+    params: [
+      T('sched', { dims: 'all' }),
+      I('index', 0, 1),
+      { ...F0('value'), extra: (_c, a) => (a[1] === 1 ? [['a fractional step count', () => 2.5], ['a step count above 2^24', () => 2 ** 24 + 2]] : []) },
+    ],
+    seed: (c) => {
+      const index = c.prng.int(0, 1);
+      return [c.full([8], 0), index, index === 0 ? c.prng.pick([0.1, 0, 3]) : c.prng.int(0, 100)];
+    },
     check: expectUndefined,
   },
 ];

@@ -136,14 +136,24 @@ double sumsq(const float* x, int64_t n) {
 }  // namespace
 
 // ---- launchers ----------------------------------------------------------------------------------
-void sgd_step(float* p, const float* g, float* buf, int64_t n, const SgdParams& h) {
+// h with its step-dependent fields from the schedule (when given).
+template <typename Params>
+Params with_dynamic(Params h, const float* dyn) {
+  if (dyn) math::apply_dynamic(h, dyn);
+  return h;
+}
+
+void sgd_step(float* p, const float* g, float* buf, int64_t n, const SgdParams& h0, const float* dyn) {
+  const SgdParams h = with_dynamic(h0, dyn);
   if (buf)
     for_each(n, [&](int64_t b, int64_t e) { sgd_momentum_loop(p + b, g + b, buf + b, e - b, h); });
   else
     for_each(n, [&](int64_t b, int64_t e) { sgd_plain_loop(p + b, g + b, e - b, h); });
 }
 
-void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& h) {
+void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& h0,
+                const float* dyn) {
+  const AdamWParams h = with_dynamic(h0, dyn);
   for_each(n, [&](int64_t b, int64_t e) { adamw_loop(p + b, g + b, m + b, v + b, e - b, h); });
 }
 
@@ -155,7 +165,8 @@ void lamb_grad_clip(const float* const* grads, const int64_t* n, int64_t count, 
 }
 
 void lamb_fused(float* p, const float* g, float* m, float* v, const float* clip, int64_t n,
-                const LambParams& h) {
+                const LambParams& h0, const float* dyn) {
+  const LambParams h = with_dynamic(h0, dyn);
   const float c = clip ? clip[0] : 1.0f;
   for_each(n, [&](int64_t b, int64_t e) {
     lamb_fused_loop(p + b, g + b, m + b, v + b, c, e - b, h);
@@ -163,7 +174,8 @@ void lamb_fused(float* p, const float* g, float* m, float* v, const float* clip,
 }
 
 void lamb_moments(const float* p, const float* g, float* m, float* v, const float* clip,
-                  int64_t n, const LambParams& h, float* norms) {
+                  int64_t n, const LambParams& h0, const float* dyn, float* norms) {
+  const LambParams h = with_dynamic(h0, dyn);
   const float c = clip ? clip[0] : 1.0f;
   double s[2];
   block_sums2(n, s, [&](int64_t i0, int64_t i1, double* two) {
@@ -174,12 +186,17 @@ void lamb_moments(const float* p, const float* g, float* m, float* v, const floa
 }
 
 void lamb_apply(float* p, const float* m, const float* v, const float* norms, int64_t n,
-                const LambParams& h) {
+                const LambParams& h0, const float* dyn) {
+  const LambParams h = with_dynamic(h0, dyn);
   const float lr_trust = h.lr * math::lamb_trust(norms[0], norms[1], h.trust_clip);
   for_each(n, [&](int64_t b, int64_t e) {
     lamb_apply_loop(p + b, m + b, v + b, lr_trust, e - b, h);
   });
 }
+
+void optim_advance(float* sched, const SchedConst& c) { math::sched_advance(sched, c); }
+
+void optim_sched_write(float* sched, int64_t index, float value) { sched[index] = value; }
 
 }  // namespace cpu
 }  // namespace adashift

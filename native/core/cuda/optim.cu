@@ -22,8 +22,11 @@ constexpr int kClipParts = 512;
 
 // ---- element-wise update kernels ---------------------------------------------------------------
 // For every i: op(p[i], g[i], a[i], b[i]) with a, b the state buffers (NB of them are used).
+// Each thread first takes the schedule's scalars into its copy of the op (capturable updates).
 template <int NB, class Op, bool VEC>
-__global__ void k_update(Op op, float* p, const float* g, float* a, float* b, int64_t n) {
+__global__ void k_update(Op op0, float* p, const float* g, float* a, float* b, int64_t n) {
+  Op op = op0;
+  op.prepare();
   const int64_t t0 = global_thread(), stride = global_stride();
   int64_t tail = 0;
   if (VEC) {
@@ -54,23 +57,28 @@ __global__ void k_update(Op op, float* p, const float* g, float* a, float* b, in
   }
 }
 
-struct SgdPlainOp {
-  SgdParams h;
+// dyn: the schedule's derived scalars (sched + kSchedDynamic), or null.
+template <class Params>
+struct WithDynamic {
+  Params h;
+  const float* dyn;
+  __device__ void prepare() {
+    if (dyn) math::apply_dynamic(h, dyn);
+  }
+};
+struct SgdPlainOp : WithDynamic<SgdParams> {
   __device__ void operator()(float& p, float g, float&, float&) const { p = math::sgd_plain(p, g, h); }
 };
-struct SgdMomentumOp {
-  SgdParams h;
+struct SgdMomentumOp : WithDynamic<SgdParams> {
   __device__ void operator()(float& p, float g, float& buf, float&) const {
     math::sgd_momentum(p, g, buf, h);
   }
 };
-struct AdamWOp {
-  AdamWParams h;
+struct AdamWOp : WithDynamic<AdamWParams> {
   __device__ void operator()(float& p, float g, float& m, float& v) const { math::adamw(p, g, m, v, h); }
 };
 // LAMB without adaptation: moments and update in one pass. clip: nullable device scalar.
-struct LambFusedOp {
-  LambParams h;
+struct LambFusedOp : WithDynamic<LambParams> {
   const float* clip;
   __device__ void operator()(float& p, float g, float& m, float& v) const {
     const float c = clip ? __ldg(clip) : 1.0f;
@@ -137,9 +145,10 @@ __global__ void k_clip_final(const double* part, int64_t count, float max_norm, 
 // ---- LAMB with adaptation -----------------------------------------------------------------------
 // Pass 1: moments in place; block b writes sum (p decay)^2 and sum update^2 to part[2b], part[2b+1].
 template <bool VEC>
-__global__ void k_lamb_moments(LambParams h, const float* p, const float* g, float* m, float* v,
-                               const float* clip, int64_t n, double* part) {
+__global__ void k_lamb_moments(LambParams h, const float* dyn, const float* p, const float* g,
+                               float* m, float* v, const float* clip, int64_t n, double* part) {
   __shared__ double sh[32];
+  if (dyn) math::apply_dynamic(h, dyn);
   const int64_t t0 = global_thread(), stride = global_stride();
   const float c = clip ? clip[0] : 1.0f;
   double sp = 0.0, su = 0.0;
@@ -205,8 +214,9 @@ __global__ void k_lamb_norms(const double* part, int parts, float* norms) {
 
 // Pass 2: p = p decay - lr trust(norms) update(p, m, v).
 template <bool VEC>
-__global__ void k_lamb_apply(LambParams h, float* p, const float* m, const float* v,
-                             const float* norms, int64_t n) {
+__global__ void k_lamb_apply(LambParams h, const float* dyn, float* p, const float* m,
+                             const float* v, const float* norms, int64_t n) {
+  if (dyn) math::apply_dynamic(h, dyn);
   const float lr_trust = h.lr * math::lamb_trust(norms[0], norms[1], h.trust_clip);
   const int64_t t0 = global_thread(), stride = global_stride();
   int64_t tail = 0;
@@ -227,19 +237,24 @@ __global__ void k_lamb_apply(LambParams h, float* p, const float* m, const float
     p[i] = p[i] * h.decay - lr_trust * math::lamb_update(p[i], m[i], v[i], h);
 }
 
+// ---- schedules of capturable updates (one thread: a few scalars) -----------------------------
+__global__ void k_sched_advance(float* sched, SchedConst c) { math::sched_advance(sched, c); }
+__global__ void k_sched_write(float* sched, int64_t index, float value) { sched[index] = value; }
+
 }  // namespace
 
 // ---- launchers ----------------------------------------------------------------------------------
-void sgd_step(cudaStream_t s, float* p, const float* g, float* buf, int64_t n, const SgdParams& h) {
+void sgd_step(cudaStream_t s, float* p, const float* g, float* buf, int64_t n, const SgdParams& h,
+              const float* dyn) {
   if (buf)
-    launch_update<1>(s, SgdMomentumOp{h}, p, g, buf, nullptr, n);
+    launch_update<1>(s, SgdMomentumOp{{h, dyn}}, p, g, buf, nullptr, n);
   else
-    launch_update<0>(s, SgdPlainOp{h}, p, g, nullptr, nullptr, n);
+    launch_update<0>(s, SgdPlainOp{{h, dyn}}, p, g, nullptr, nullptr, n);
 }
 
 void adamw_step(cudaStream_t s, float* p, const float* g, float* m, float* v, int64_t n,
-                const AdamWParams& h) {
-  launch_update<2>(s, AdamWOp{h}, p, g, m, v, n);
+                const AdamWParams& h, const float* dyn) {
+  launch_update<2>(s, AdamWOp{{h, dyn}}, p, g, m, v, n);
 }
 
 void lamb_grad_clip(cudaStream_t s, const float* const* grads, const int64_t* n, int64_t count,
@@ -262,32 +277,43 @@ void lamb_grad_clip(cudaStream_t s, const float* const* grads, const int64_t* n,
 }
 
 void lamb_fused(cudaStream_t s, float* p, const float* g, float* m, float* v, const float* clip,
-                int64_t n, const LambParams& h) {
-  launch_update<2>(s, LambFusedOp{h, clip}, p, g, m, v, n);
+                int64_t n, const LambParams& h, const float* dyn) {
+  launch_update<2>(s, LambFusedOp{{h, dyn}, clip}, p, g, m, v, n);
 }
 
 void lamb_moments(cudaStream_t s, const float* p, const float* g, float* m, float* v,
-                  const float* clip, int64_t n, const LambParams& h, float* norms) {
+                  const float* clip, int64_t n, const LambParams& h, const float* dyn,
+                  float* norms) {
   const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v);
   const int grid = grid_for(vec ? (n + 3) / 4 : n, kBlock);
   Scratch part(size_t(grid) * 2 * sizeof(double));
   if (vec)
-    k_lamb_moments<true><<<grid, kBlock, 0, s>>>(h, p, g, m, v, clip, n, part.as<double>());
+    k_lamb_moments<true><<<grid, kBlock, 0, s>>>(h, dyn, p, g, m, v, clip, n, part.as<double>());
   else
-    k_lamb_moments<false><<<grid, kBlock, 0, s>>>(h, p, g, m, v, clip, n, part.as<double>());
+    k_lamb_moments<false><<<grid, kBlock, 0, s>>>(h, dyn, p, g, m, v, clip, n, part.as<double>());
   CUDA_CHECK_LAUNCH();
   k_lamb_norms<<<1, kBlock, 0, s>>>(part.as<double>(), grid, norms);
   CUDA_CHECK_LAUNCH();
 }
 
 void lamb_apply(cudaStream_t s, float* p, const float* m, const float* v, const float* norms,
-                int64_t n, const LambParams& h) {
+                int64_t n, const LambParams& h, const float* dyn) {
   if (n <= 0) return;
   const bool vec = aligned16(p) && aligned16(m) && aligned16(v);
   if (vec)
-    k_lamb_apply<true><<<grid_for((n + 3) / 4, kBlock), kBlock, 0, s>>>(h, p, m, v, norms, n);
+    k_lamb_apply<true><<<grid_for((n + 3) / 4, kBlock), kBlock, 0, s>>>(h, dyn, p, m, v, norms, n);
   else
-    k_lamb_apply<false><<<grid_for(n, kBlock), kBlock, 0, s>>>(h, p, m, v, norms, n);
+    k_lamb_apply<false><<<grid_for(n, kBlock), kBlock, 0, s>>>(h, dyn, p, m, v, norms, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+void optim_advance(cudaStream_t s, float* sched, const SchedConst& c) {
+  k_sched_advance<<<1, 1, 0, s>>>(sched, c);
+  CUDA_CHECK_LAUNCH();
+}
+
+void optim_sched_write(cudaStream_t s, float* sched, int64_t index, float value) {
+  k_sched_write<<<1, 1, 0, s>>>(sched, index, value);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,6 +1,7 @@
 #include "optim.h"
 #include <cmath>
 #include "../dispatch.h"
+#include "elementwise.h"
 
 namespace adashift {
 
@@ -32,10 +33,24 @@ void check_beta(float b, const char* fn, const char* name) {
            "' must be in [0, 1), got ", b);
 }
 
+void check_sched(const Tensor& sched, const char* fn) {
+  AS_CHECK(sched.defined(), Arg, fn, ": the schedule tensor is missing");
+  AS_CHECK(sched.dim() == 1 && sched.numel() == kSchedSize, Shape, fn,
+           ": a schedule tensor has shape [", kSchedSize, "], got ", shape_str(sched.shape()));
+}
+
+// The schedule's derived scalars for an update of p (null without a schedule).
+const float* dynamic_of(const Tensor& p, const Tensor& sched, const char* fn) {
+  if (!sched.defined()) return nullptr;
+  check_sched(sched, fn);
+  check_same_device(p, sched, fn);
+  return sched.data() + kSchedDynamic;
+}
+
 }  // namespace
 
 void sgd_step(Tensor& p, const Tensor& g, Tensor& buf, float lr, float momentum, float dampening,
-              bool nesterov, float weight_decay, bool first_step) {
+              bool nesterov, float weight_decay, bool first_step, const Tensor& sched) {
   const char* fn = "sgd_step";
   AS_CHECK(p.defined(), Arg, fn, ": the parameter is missing");
   check_operand(p, g, fn, "grad");
@@ -50,14 +65,15 @@ void sgd_step(Tensor& p, const Tensor& g, Tensor& buf, float lr, float momentum,
     check_operand(p, buf, fn, "momentumBuffer");
     check_distinct(g, buf, fn, "grad", "momentumBuffer");
   }
+  const float* dyn = dynamic_of(p, sched, fn);
   if (p.numel() == 0) return;
   SgdParams h{lr, momentum, dampening, weight_decay, nesterov, first_step};
   AS_DISPATCH(p.device(), sgd_step, p.data(), g.data(), momentum != 0.0f ? buf.data() : nullptr,
-              p.numel(), h);
+              p.numel(), h, dyn);
 }
 
 void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
-                float beta2, float eps, float weight_decay, int64_t step) {
+                float beta2, float eps, float weight_decay, int64_t step, const Tensor& sched) {
   const char* fn = "adamw_step";
   AS_CHECK(p.defined(), Arg, fn, ": the parameter is missing");
   check_operand(p, g, fn, "grad");
@@ -72,19 +88,18 @@ void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, floa
   check_beta(beta1, fn, "beta1");
   check_beta(beta2, fn, "beta2");
   AS_CHECK(step >= 1, Arg, fn, ": 'step' must be >= 1 (the count after this update), got ", step);
+  const float* dyn = dynamic_of(p, sched, fn);
   if (p.numel() == 0) return;
-  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
   AdamWParams h;
-  h.decay = float(1.0 - double(lr) * double(weight_decay));
   h.beta1 = beta1;
   h.one_minus_beta1 = float(1.0 - double(beta1));
   h.beta2 = beta2;
   h.one_minus_beta2 = float(1.0 - double(beta2));
   h.eps = eps;
-  h.step_size = float(double(lr) / bc1);
-  h.bc2_sqrt = float(std::sqrt(bc2));
-  AS_DISPATCH(p.device(), adamw_step, p.data(), g.data(), m.data(), v.data(), p.numel(), h);
+  float d[3];
+  math::adamw_dynamic(double(lr), double(step), beta1, beta2, weight_decay, d);
+  math::apply_dynamic(h, d);
+  AS_DISPATCH(p.device(), adamw_step, p.data(), g.data(), m.data(), v.data(), p.numel(), h, dyn);
 }
 
 Tensor lamb_grad_clip(const std::vector<Tensor>& grads, float max_grad_norm) {
@@ -111,7 +126,7 @@ Tensor lamb_grad_clip(const std::vector<Tensor>& grads, float max_grad_norm) {
 }
 
 void lamb_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const Tensor& clip,
-               const LambOptions& o) {
+               const LambOptions& o, const Tensor& sched) {
   const char* fn = "lamb_step";
   AS_CHECK(p.defined(), Arg, fn, ": the parameter is missing");
   check_operand(p, g, fn, "grad");
@@ -132,6 +147,7 @@ void lamb_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const Tensor& c
   check_beta(o.beta2, fn, "beta2");
   AS_CHECK(o.step >= 1, Arg, fn, ": 'step' must be >= 1 (the count after this update), got ",
            o.step);
+  const float* dyn = dynamic_of(p, sched, fn);
   if (p.numel() == 0) return;
   LambParams h;
   h.beta1 = o.beta1;
@@ -139,28 +155,59 @@ void lamb_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const Tensor& c
   h.beta2 = o.beta2;
   h.one_minus_beta2 = float(1.0 - double(o.beta2));
   h.eps = o.eps;
-  if (o.bias_correction) {
-    h.bc1 = float(1.0 - std::pow(double(o.beta1), double(o.step)));
-    h.bc2_sqrt = float(std::sqrt(1.0 - std::pow(double(o.beta2), double(o.step))));
-  } else {
-    h.bc1 = 1.0f;
-    h.bc2_sqrt = 1.0f;
-  }
   const bool decoupled = o.decoupled_decay && o.weight_decay != 0.0f;
   h.coupled_wd = decoupled ? 0.0f : o.weight_decay;
-  h.decay = decoupled ? float(1.0 - double(o.lr) * double(o.weight_decay)) : 1.0f;
-  h.lr = o.lr;
+  float d[4];
+  math::lamb_dynamic(double(o.lr), double(o.step), o.beta1, o.beta2, o.weight_decay,
+                     o.bias_correction, decoupled, d);
+  math::apply_dynamic(h, d);
   h.trust_clip = o.trust_clip;
   const float* c = clip.defined() ? clip.data() : nullptr;
   const bool adapt = o.weight_decay != 0.0f || o.always_adapt;
   if (!adapt) {
-    AS_DISPATCH(p.device(), lamb_fused, p.data(), g.data(), m.data(), v.data(), c, p.numel(), h);
+    AS_DISPATCH(p.device(), lamb_fused, p.data(), g.data(), m.data(), v.data(), c, p.numel(), h,
+                dyn);
     return;
   }
   Tensor norms({2}, p.device());  // stays on the device between the passes
   AS_DISPATCH(p.device(), lamb_moments, p.data(), g.data(), m.data(), v.data(), c, p.numel(), h,
-              norms.data());
-  AS_DISPATCH(p.device(), lamb_apply, p.data(), m.data(), v.data(), norms.data(), p.numel(), h);
+              dyn, norms.data());
+  AS_DISPATCH(p.device(), lamb_apply, p.data(), m.data(), v.data(), norms.data(), p.numel(), h,
+              dyn);
+}
+
+Tensor optim_sched_new(const Device& device, float lr, int64_t step) {
+  const char* fn = "optim_sched_new";
+  check_finite_nonneg(lr, fn, "lr");
+  AS_CHECK(step >= 0 && step <= (int64_t(1) << 24), Arg, fn,
+           ": 'step' must be an integer in [0, 2^24] (the schedule counts steps in a float), got ",
+           step);
+  Tensor sched = full({kSchedSize}, 0.0f, device);
+  optim_sched_write(sched, 0, lr);
+  optim_sched_write(sched, 1, float(step));
+  return sched;
+}
+
+void optim_advance(Tensor& sched, const SchedConst& c) {
+  const char* fn = "optim_advance";
+  check_sched(sched, fn);
+  AS_CHECK(c.kind == OptimKind::Sgd || c.kind == OptimKind::AdamW || c.kind == OptimKind::Lamb,
+           Arg, fn, ": unknown optimizer kind ", int(c.kind));
+  check_beta(c.beta1, fn, "beta1");
+  check_beta(c.beta2, fn, "beta2");
+  check_finite_nonneg(c.weight_decay, fn, "weightDecay");
+  AS_DISPATCH(sched.device(), optim_advance, sched.data(), c);
+}
+
+void optim_sched_write(Tensor& sched, int64_t index, float value) {
+  const char* fn = "optim_sched_write";
+  check_sched(sched, fn);
+  AS_CHECK(index == 0 || index == 1, Arg, fn, ": 'index' must be 0 (lr) or 1 (step), got ", index);
+  AS_CHECK(std::isfinite(value) && value >= 0.0f, Arg, fn,
+           ": the value must be a finite number >= 0, got ", value);
+  AS_CHECK(index == 0 || (value == std::floor(value) && value <= float(int64_t(1) << 24)), Arg,
+           fn, ": the step count must be an integer in [0, 2^24], got ", value);
+  AS_DISPATCH(sched.device(), optim_sched_write, sched.data(), index, value);
 }
 
 }  // namespace adashift
