@@ -194,6 +194,7 @@ function addTrainFlags(cmd: Command): Command {
     .option('--no-augment', 'no random crop / flip')
     .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
     .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
+    .option('--graph', 'CUDA: replay each training step as a captured CUDA graph')
     .option('--limit-train <n>', 'use the first N training images', parseIntArg('--limit-train', 1, 1e9))
     .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9));
 }
@@ -215,6 +216,7 @@ function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
     augment: opts.augment as boolean,
     device: opts.device as string,
     threads: opts.threads as number | undefined,
+    graph: opts.graph === true,
     limitTrain: opts.limitTrain as number | undefined,
     limitTest: opts.limitTest as number | undefined,
   };
@@ -360,7 +362,7 @@ export function main(argv = process.argv): void {
     // (epochs to extend it, device, threads).
     const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
     const options: TrainOptions = opts.resume
-      ? { epochs: given('epochs') ? opts.epochs : undefined, device: opts.device, threads: opts.threads, dataDir: opts.dataDir, out, resume: true }
+      ? { epochs: given('epochs') ? opts.epochs : undefined, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out, resume: true }
       : { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed, out };
     const stop = interruptible();
     const progress = progressCallbacks();

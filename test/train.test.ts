@@ -10,7 +10,7 @@ import { encodeIdx } from '../lib/data/idx';
 import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
 import { compare } from '../lib/train/compare';
 import { loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
-import { memory } from '../lib';
+import { backendInfo, memory } from '../lib';
 import { gitCommit } from '../lib/provenance';
 import { ensureDist, ROOT } from './helpers/dist';
 
@@ -137,6 +137,40 @@ describe('train', () => {
     const bad = path.join(tmp, 'bad.safetensors');
     fs.writeFileSync(bad, Buffer.alloc(5));
     expect(() => evaluateCheckpoint(bad, { dataDir })).toThrow(expect.objectContaining({ code: 'ERR_IO' }));
+  });
+});
+
+// A checkpoint's every value: float tensors (model and optimizer buffers), integer buffers
+// (BatchNorm's num_batches_tracked) and the optimizer's and scheduler's saved counts.
+function checkpointValues(file: string): Record<string, unknown> {
+  const out: Record<string, unknown> = modelTensors(file);
+  const c = loadCheckpoint(file, 'cpu');
+  for (const [k, v] of Object.entries(c.model)) if (!('toFloat32Array' in v)) out[k] = Array.from(v.data, String);
+  out['meta.optimizer'] = c.meta.optimizer;
+  out['meta.scheduler'] = c.meta.scheduler;
+  disposeCheckpoint(c);
+  return out;
+}
+
+const cudaTest = backendInfo().cudaUsable ? test : test.skip;
+
+describe('training with CUDA graphs (graph: true)', () => {
+  // 21 images in batches of 8: per epoch two full batches and one of 5. The run's first step and
+  // each batch of 5 run eagerly, the first full batch after that is captured, then replayed.
+  for (const opt of ['sgd', 'adamw', 'lamb'] as const) {
+    cudaTest(`with ${opt}: the replayed steps give the eager run's metrics and checkpoint, bit for bit`, async () => {
+      const o: TrainOptions = { ...base, device: 'cuda', batch: 8, limitTrain: 21, limitTest: 16, epochs: 2, opt, lr: opt === 'sgd' ? 0.05 : 2e-3 };
+      const eager = await train({ ...o, out: path.join(tmp, `eager-${opt}`) });
+      const graph = await train({ ...o, graph: true, out: path.join(tmp, `graph-${opt}`) });
+      expect([eager.graphSteps, graph.graphSteps]).toEqual([0, 3]);
+      const metrics = (h: typeof eager.history) => h.map((m) => [m.trainLoss, m.trainAcc, m.testLoss, m.testAcc, m.lr]);
+      expect(metrics(graph.history)).toEqual(metrics(eager.history));
+      expect(checkpointValues(graph.checkpoint!)).toEqual(checkpointValues(eager.checkpoint!));
+    });
+  }
+
+  test('graph needs a CUDA device', async () => {
+    await expect(train({ ...base, device: 'cpu', graph: true })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/graph \(CUDA graphs\) needs a CUDA device; the device is 'cpu'/) });
   });
 });
 

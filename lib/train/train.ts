@@ -11,9 +11,11 @@ import { writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
 import { crossEntropyWithCorrect } from '../ops/loss';
+import type { Labels } from '../ops/loss';
 import { AdamW, LAMB, LrScheduler, Optimizer, cosineWithWarmup, oneCycle, paramGroups, SGD, stepLr } from '../optim';
 import type { BaseHyper, LrSchedule } from '../optim';
-import { getRngState, manualSeed, setRngState, tensor, tidy } from '../tensor';
+import { getRngState, keep, manualSeed, setRngState, Tensor, tensor, tidy, zeros } from '../tensor';
+import { CudaGraph } from '../graph';
 import { AugmentOptions, DataLoader, Dataset, loadDataset } from '../data';
 import { CheckpointData, disposeCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint';
 
@@ -48,6 +50,13 @@ export interface TrainOptions {
   resume?: boolean;
   /** Stop after this many training batches in total (tests, interruption). */
   maxBatches?: number;
+  /**
+   * CUDA: capture the training step (forward, backward, optimizer) into a CUDA graph once and
+   * replay it for every full-size batch (the optimizer is then capturable: its learning rate and
+   * step count live on the device). The first batch of the run and a smaller last batch run
+   * eagerly. Default false.
+   */
+  graph?: boolean;
 }
 
 export interface EpochMetrics {
@@ -85,6 +94,8 @@ export interface TrainResult {
   interrupted: boolean;
   checkpoint?: string;
   params: number;
+  /** With graph: how many training steps ran as CUDA graph replays (0 otherwise). */
+  graphSteps: number;
 }
 
 const DEFAULTS = {
@@ -104,6 +115,7 @@ const DEFAULTS = {
   device: 'auto',
   seed: 0,
   resume: false,
+  graph: false,
 };
 
 function normalize(options: TrainOptions) {
@@ -124,6 +136,7 @@ function normalize(options: TrainOptions) {
   ] as [string, number, boolean][]) {
     check(ok, 'ERR_ARG', () => `train: invalid ${k}: ${v}`);
   }
+  check(typeof o.graph === 'boolean', 'ERR_ARG', () => `train: invalid graph: ${String(o.graph)} (expected a boolean)`);
   return o;
 }
 
@@ -135,13 +148,69 @@ function augmentFor(ds: Dataset, on: boolean): AugmentOptions | undefined {
 
 function makeOptimizer(model: ResNet, o: ReturnType<typeof normalize>): Optimizer<BaseHyper> {
   const groups = paramGroups(model, { weightDecay: o.wd, exempt: 'bn-and-bias' });
+  const capturable = o.graph;
   switch (o.opt) {
     case 'sgd':
-      return new SGD(groups, { lr: o.lr, momentum: o.momentum, nesterov: false }) as unknown as Optimizer<BaseHyper>;
+      return new SGD(groups, { lr: o.lr, momentum: o.momentum, nesterov: false, capturable }) as unknown as Optimizer<BaseHyper>;
     case 'adamw':
-      return new AdamW(groups, { lr: o.lr }) as unknown as Optimizer<BaseHyper>;
+      return new AdamW(groups, { lr: o.lr, capturable }) as unknown as Optimizer<BaseHyper>;
     case 'lamb':
-      return new LAMB(groups, { lr: o.lr }) as unknown as Optimizer<BaseHyper>;
+      return new LAMB(groups, { lr: o.lr, capturable }) as unknown as Optimizer<BaseHyper>;
+  }
+}
+
+/**
+ * The training step as a CUDA graph: static input tensors for full-size batches, the step
+ * captured once (after at least one eager step has made the optimizer's state) and replayed for
+ * each later full-size batch. BatchNorm's host-side batch counters, which a replay does not run,
+ * are advanced by what one step adds.
+ */
+class GraphStep {
+  private graph: CudaGraph<{ loss: Tensor; correct: Tensor }> | null = null;
+  private x: Tensor | null = null;
+  private y: Tensor | null = null;
+  private counters: { value: bigint }[] = [];
+  private perStep: bigint[] = [];
+  private replays = 0;
+
+  constructor(
+    private readonly model: ResNet,
+    private readonly step: (x: Tensor, y: Tensor) => { loss: Tensor; correct: Tensor },
+    private readonly device: string,
+    private readonly shape: number[],
+  ) {}
+
+  /** Runs the step on a full-size batch; [loss, correct]. */
+  run(images: Float32Array, labels: ArrayLike<number>): [number, number] {
+    if (!this.graph) {
+      this.x = keep(zeros(this.shape, { device: this.device }));
+      this.y = keep(zeros([this.shape[0]], { device: this.device }));
+    }
+    this.x!.copy_(images);
+    this.y!.copy_(Float32Array.from(labels));
+    if (!this.graph) {
+      this.counters = this.model.namedIntBuffers().map(([, b]) => b);
+      const before = this.counters.map((b) => b.value);
+      this.graph = CudaGraph.capture(() => this.step(this.x!, this.y!), { device: this.device });
+      this.perStep = this.counters.map((b, i) => b.value - before[i]);
+    } else {
+      // the capture ran the step's host side (counters included) once, for its first replay
+      this.counters.forEach((b, i) => (b.value += this.perStep[i]));
+    }
+    this.graph.replay();
+    this.replays++;
+    return [this.graph.outputs.loss.item(), this.graph.outputs.correct.item()];
+  }
+
+  get replayCount(): number {
+    return this.replays;
+  }
+
+  dispose(): void {
+    this.graph?.dispose();
+    this.x?.dispose();
+    this.y?.dispose();
+    this.graph = null;
   }
 }
 
@@ -226,8 +295,9 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   // and threads cannot change a run half-way).
   const saved = resumed?.meta.config as TrainOptions | undefined;
   const cfg = saved
-    ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
+    ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, graph: o.graph, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
     : o;
+  check(!cfg.graph || device.startsWith('cuda'), 'ERR_ARG', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
 
   const trainSet = loadDataset(cfg.dataset, 'train', { dataDir: cfg.dataDir, limit: cfg.limitTrain });
   const testSet = loadDataset(cfg.dataset, 'test', { dataDir: cfg.dataDir, limit: cfg.limitTest });
@@ -289,6 +359,15 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
 
   let interrupted = false;
   let batchesRun = 0;
+  const step = (x: Tensor, y: Labels) => {
+    const logits = model.forward(x);
+    const r = crossEntropyWithCorrect(logits, y, { labelSmoothing: cfg.labelSmoothing });
+    r.loss.backward();
+    opt.step();
+    opt.zeroGrad();
+    return r;
+  };
+  const graph = cfg.graph ? new GraphStep(model, step, device, [cfg.batch, trainSet.channels, trainSet.height, trainSet.width]) : null;
   try {
     for (let epoch = startEpoch; epoch < cfg.epochs && !interrupted; epoch++) {
       model.train();
@@ -298,15 +377,13 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
       for await (const b of loader.epoch(epoch, first)) {
         const t0 = process.hrtime.bigint();
         const n = b.shape[0];
-        const [l, c] = tidy(() => {
-          const x = tensor(b.images, b.shape, { device });
-          const logits = model.forward(x);
-          const r = crossEntropyWithCorrect(logits, b.labels, { labelSmoothing: cfg.labelSmoothing });
-          r.loss.backward();
-          opt.step();
-          opt.zeroGrad();
-          return [r.loss.item(), r.correct.item()];
-        });
+        // With graph: replays for full-size batches once one eager step has run in this process.
+        const [l, c] = graph && n === cfg.batch && batchesRun > 0
+          ? graph.run(b.images, b.labels)
+          : tidy(() => {
+              const r = step(tensor(b.images, b.shape, { device }), b.labels);
+              return [r.loss.item(), r.correct.item()];
+            });
         scheduler?.step();
         if (!Number.isFinite(l)) {
           throw new AdaShiftError('ERR_ARG', `training diverged: loss is ${l} at epoch ${epoch + 1}, batch ${b.index + 1}; lower the learning rate (--lr)`);
@@ -346,11 +423,12 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
       callbacks.onEpoch?.(m);
     }
   } finally {
+    graph?.dispose();
     await loader.close();
     model.dispose();
-    for (const s of Object.values(opt.stateDict().state)) for (const v of Object.values(s)) if (typeof v !== 'number') v.dispose();
+    opt.dispose();
   }
-  return { history, interrupted, checkpoint: ckptFile ?? undefined, params };
+  return { history, interrupted, checkpoint: ckptFile ?? undefined, params, graphSteps: graph?.replayCount ?? 0 };
 }
 
 /** Loads a checkpoint's model and evaluates it on its dataset's test split (or another). */

@@ -127,6 +127,13 @@ if(ADASHIFT_NODE AND _emu_napi_rc EQUAL 0 AND _emu_naa_rc EQUAL 0 AND EXISTS ${C
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cuda_emu_jest PROPERTIES TIMEOUT 900
                        ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")
+  # train({graph: true}): CUDA graph replays of the training step against the eager run.
+  add_test(NAME cuda_emu_jest_train
+           COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/train.test.ts
+                   -t "CUDA graphs"
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cuda_emu_jest_train PROPERTIES TIMEOUT 900
+                       ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")
   # Every activation (and its gradients) and ResNet-20 with each activation (logits, loss, every
   # gradient, running statistics, one SGD step; fused against unfused BN) against the PyTorch
   # fixtures, on the emulated device. (The rest of resnet.test.ts, long training runs, stays on
