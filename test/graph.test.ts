@@ -220,10 +220,13 @@ describe('CudaGraph on CUDA', () => {
       c.t.copy_(batches[0].t);
       const g = as.CudaGraph.capture(() => c.step(), { device: 'cuda', warmup: 1 });
       c.sched.step();
-      // setting the learning rate inside a capture is refused (a replay would set it again)
+      // setting the learning rate inside a capture is refused (a replay would set it again), for
+      // every group or none
+      const lrs = c.opt.paramGroups.map((grp) => grp.lr);
       expect(thrown(() => as.CudaGraph.capture(() => { c.opt.lr = 0.5; }, { device: 'cuda' }), 'ERR_CUDA_GRAPH').message).toMatch(
         /the learning rate cannot be set during a CUDA graph capture/,
       );
+      expect(c.opt.paramGroups.map((grp) => grp.lr)).toEqual(lrs);
       for (const d of batches.slice(1)) {
         c.x.copy_(d.x);
         c.t.copy_(d.t);
@@ -232,6 +235,8 @@ describe('CudaGraph on CUDA', () => {
       }
       expect(Array.from(c.w.toFloat32Array())).toEqual(Array.from(a.w.toFloat32Array()));
       expect(Array.from(c.b.toFloat32Array())).toEqual(Array.from(a.b.toFloat32Array()));
+      // LAMB's group step reads the replays' count back from the device
+      if (c.opt instanceof as.optim.LAMB) expect(c.opt.groupStep(0)).toBe(steps);
       // the replays advanced the device step count: the state dict reads it back
       const sa = a.opt.stateDict(), sc = c.opt.stateDict();
       expect(sc.paramGroups).toEqual(sa.paramGroups);

@@ -294,7 +294,17 @@ function scheduledRun(make: Maker, extra: Record<string, unknown>, steps: number
     s.step();
     o.zeroGrad();
   }
-  return { o, params: run.params };
+  return { o, params: run.params, setGrads: run.setGrads };
+}
+
+/** Two steps of opt over params, the second without params[1]'s gradient; the state dict. */
+function skippedStepState(opt: optim.Optimizer<optim.BaseHyper>, params: as.Tensor[], setGrads: (k: number) => void): optim.OptimizerStateDict {
+  setGrads(0);
+  opt.step();
+  params[1].grad!.dispose();
+  params[1].grad = null;
+  opt.step(); // only params[0] is updated: steps 2 and 1
+  return opt.stateDict();
 }
 
 function expectSameState(a: optim.OptimizerStateDict, b: optim.OptimizerStateDict): void {
@@ -340,15 +350,97 @@ describe('capturable optimizers (lr and step count on the device)', () => {
     for (const p of straight.params) p.dispose();
   });
 
+  test.each(makers)('%s: a step with a bad gradient changes nothing (parameters, buffers, step counts), as without capturable', (_n, make) => {
+    const runs = [{}, { capturable: true }].map((extra) => {
+      const { params, setGrads } = problem('cpu');
+      const o = make(params, extra);
+      setGrads(0);
+      o.step();
+      setGrads(1);
+      const last = params[params.length - 1];
+      const good = last.grad!;
+      last.grad = as.keep(as.zeros([2]));
+      expect(thrown(() => o.step(), 'ERR_SHAPE').message).toMatch(/the gradient of param group \d+, parameter \d+ has shape \[2\], expected the parameter's shape \[1\]/);
+      last.grad.dispose();
+      last.grad = good;
+      o.step();
+      return { o, params };
+    });
+    const [eager, cap] = runs;
+    expect(cap.params.map((p, i) => sameBits(p.toFloat32Array(), eager.params[i].toFloat32Array()))).toEqual(cap.params.map(() => true));
+    expectSameState(eager.o.stateDict(), cap.o.stateDict());
+    for (const r of runs) {
+      r.o.dispose();
+      for (const p of r.params) p.dispose();
+    }
+  });
+
+  test.each(makers)('%s: loading a state into a capturable optimizer that has already stepped continues exactly', (_n, make) => {
+    const straight = scheduledRun(make, {}, 6);
+    const head = scheduledRun(make, {}, 3);
+    // an optimizer that has stepped on other values: its schedule and buffers exist
+    const other = scheduledRun(make, { capturable: true }, 2);
+    const buffersBefore = Object.values(other.o.stateDict().state).flatMap((st) => Object.values(st).filter((v): v is as.Tensor => v instanceof as.Tensor));
+    other.params.forEach((p, i) => as.noGrad(() => p._setData(head.params[i].detach())));
+    other.o.loadStateDict(head.o.stateDict());
+    // the buffers took the values in place (a CUDA graph that updates them stays valid)
+    const buffersAfter = Object.values(other.o.stateDict().state).flatMap((st) => Object.values(st).filter((v): v is as.Tensor => v instanceof as.Tensor));
+    expect(buffersAfter.every((t, i) => t === buffersBefore[i] && !t.isDisposed)).toBe(true);
+    const s = new optim.LrScheduler(other.o, optim.cosineWithWarmup({ baseLr: 0.05, warmupSteps: 2, totalSteps: 6, minLr: 0.001 }));
+    s.loadStateDict({ step: 3 });
+    for (let k = 3; k < 6; k++) {
+      other.setGrads(k);
+      other.o.step();
+      s.step();
+      other.o.zeroGrad();
+    }
+    expect(other.params.map((p, i) => sameBits(p.toFloat32Array(), straight.params[i].toFloat32Array()))).toEqual(other.params.map(() => true));
+    expectSameState(straight.o.stateDict(), other.o.stateDict());
+    for (const r of [straight, head, other]) {
+      r.o.dispose();
+      for (const p of r.params) p.dispose();
+    }
+  });
+
+  test('LAMB counts its steps per group: an eager state whose parameters skipped steps loads into a capturable LAMB', () => {
+    const { params, setGrads } = problem('cpu', [[3], [4]]);
+    const eager = new optim.LAMB(params, { lr: 1e-2 });
+    const sd = skippedStepState(eager, params, setGrads);
+    expect([sd.state[0].step, sd.state[1].step, sd.paramGroups[0].step]).toEqual([2, 1, 2]);
+    const cap = new optim.LAMB(params, { lr: 1e-2, capturable: true });
+    cap.loadStateDict(sd);
+    expect(cap.groupStep(0)).toBe(2);
+    setGrads(1);
+    cap.step();
+    expect(cap.groupStep(0)).toBe(3);
+    for (const o of [eager, cap]) o.dispose();
+    for (const p of params) p.dispose();
+  });
+
+  test('a step count above 2^24 is refused before anything changes', () => {
+    const { params, setGrads } = problem('cpu', [[3]]);
+    const src = new optim.AdamW(params, { lr: 1e-2 });
+    setGrads(0);
+    src.step();
+    const sd = src.stateDict();
+    sd.state[0].step = 2 ** 24 + 5;
+    sd.paramGroups[0].lr = 0.5;
+    const cap = new optim.AdamW(params, { lr: 1e-2, capturable: true });
+    cap.step();
+    const before = cap.stateDict();
+    const m = (before.state[0].exp_avg as as.Tensor).toFloat32Array();
+    expect(thrown(() => cap.loadStateDict(sd), 'ERR_ARG').message).toMatch(/group 0's step count 16777221 is above 2\^24, the most a capturable optimizer counts/);
+    const after = cap.stateDict();
+    expect([after.paramGroups[0].lr, after.state[0].step]).toEqual([1e-2, 1]);
+    expect(sameBits((after.state[0].exp_avg as as.Tensor).toFloat32Array(), m)).toBe(true);
+    for (const o of [src, cap]) o.dispose();
+    for (const p of params) p.dispose();
+  });
+
   test('a group counts one step: a state whose parameters disagree is refused; capturable must be a boolean', () => {
     const { params, setGrads } = problem('cpu', [[3], [4]]);
     const eager = new optim.AdamW(params, { lr: 1e-2 });
-    setGrads(0);
-    eager.step();
-    params[1].grad!.dispose();
-    params[1].grad = null;
-    eager.step(); // only params[0] is updated: steps 2 and 1
-    const sd = eager.stateDict();
+    const sd = skippedStepState(eager, params, setGrads);
     expect([sd.state[0].step, sd.state[1].step]).toEqual([2, 1]);
     const cap = new optim.AdamW(params, { lr: 1e-2, capturable: true });
     expect(thrown(() => cap.loadStateDict(sd), 'ERR_ARG').message).toMatch(/counts steps per group, but the state gives the parameters of group 0 different step counts \(2, 1\)/);
@@ -546,7 +638,7 @@ describe('errors', () => {
     const t = p().requiresGrad_();
     t.grad = as.keep(as.zeros([4]));
     const opt = new optim.AdamW([t]);
-    expect(thrown(() => opt.step(), 'ERR_SHAPE').message).toMatch(/adamw_step: 'grad' has shape \[4\], expected the parameter's shape \[3\]/);
+    expect(thrown(() => opt.step(), 'ERR_SHAPE').message).toMatch(/AdamW: the gradient of param group 0, parameter 0 has shape \[4\], expected the parameter's shape \[3\]/);
     opt.zeroGrad();
     const a = native.full([3], 1, 'cpu'), b = native.full([3], 1, 'cpu'), c = native.full([3], 0, 'cpu');
     expect(thrown(() => native.sgdStep(a, b, c, -1, 0.9, 0, false, 0, true), 'ERR_ARG').message).toMatch(/sgd_step: 'lr' must be a finite number >= 0/);
@@ -561,7 +653,11 @@ describe('errors', () => {
     const sched = native.optimSchedNew('cpu', 0.1, 3);
     expect(Array.from(sched.toFloat32Array().slice(0, 2))).toEqual([Math.fround(0.1), 3]);
     expect(thrown(() => native.optimSchedWrite(sched, 2 as 0, 1), 'ERR_ARG').message).toMatch(/optimSchedWrite: 'index' must be an integer in \[0, 1\]/);
-    expect(thrown(() => native.optimSchedWrite(sched, 1, 2.5), 'ERR_ARG').message).toMatch(/the step count must be an integer in \[0, 2\^24\], got 2.5/);
+    expect(thrown(() => native.optimSchedWrite(sched, 1, 2.5), 'ERR_ARG').message).toMatch(/optimSchedWrite: 'value' must be an integer in \[0, 16777216\]/);
+    expect(thrown(() => native.optimSchedWrite(sched, 1, 2 ** 24 + 1), 'ERR_ARG').message).toMatch(/optimSchedWrite: 'value' must be an integer in \[0, 16777216\]/);
+    const [p8, g8, m8, v8] = [0, 1, 2, 3].map(() => native.full([8], 0, 'cpu'));
+    expect(thrown(() => native.adamwStep(p8, g8, m8, v8, 0.1, 0.9, 0.999, 1e-8, 0, 1, m8), 'ERR_ARG').message).toMatch(/adamw_step: the schedule tensor must not share memory with the parameter, its gradient or its state buffers/);
+    for (const h of [p8, g8, m8, v8]) h.dispose();
     expect(thrown(() => native.optimAdvance(sched, 'adam' as 'adamw', 0.9, 0.999, 0, true, false), 'ERR_ARG').message).toMatch(/'kind' must be 'sgd', 'adamw' or 'lamb'/);
     expect(thrown(() => native.adamwStep(a, b, c, native.full([3], 0, 'cpu'), 0.1, 0.9, 0.999, 1e-8, 0, 1, b), 'ERR_SHAPE').message).toMatch(/adamw_step: a schedule tensor has shape \[8\], got \[3\]/);
     native.optimAdvance(sched, 'adamw', 0.9, 0.999, 0, true, false);

@@ -80,8 +80,12 @@ export class LAMB extends Optimizer<LAMBHyper> {
     return true;
   }
 
-  /** The group's step count (advanced by every step(), like timm's group['step']). */
+  /**
+   * The group's step count (advanced by every step(), like timm's group['step']). Capturable:
+   * read back from the device (CUDA graph replays advance it there).
+   */
   groupStep(group = 0): number {
+    if (this.capturable) this.syncStepsFromDevice();
     return this.groupSteps[group];
   }
 

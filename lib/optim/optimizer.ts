@@ -198,11 +198,9 @@ export abstract class Optimizer<H extends BaseHyper> {
       get: () => lr,
       set: (value: unknown) => {
         const v = checkNumber(value, `${this.name}: param group ${gi}: lr`, (x) => x >= 0, 'a finite number >= 0');
+        this.checkLrSettable(gi);
         const sched = this.schedules[gi];
-        if (sched && !sched.isDisposed) {
-          check(!isCapturing(sched.device), 'ERR_CUDA_GRAPH', () => `${this.name}: the learning rate cannot be set during a CUDA graph capture (a replay would set it again to this value); set it between replays, where it is written to the device and read by the next replay`);
-          native.optimSchedWrite(sched.handle, 0, v);
-        }
+        if (sched && !sched.isDisposed) native.optimSchedWrite(sched.handle, 0, v);
         lr = v;
       },
     });
@@ -227,6 +225,7 @@ export abstract class Optimizer<H extends BaseHyper> {
   /** Sets the learning rate of every group. */
   set lr(value: number) {
     checkNumber(value, `${this.name}: lr`, (x) => x >= 0, 'a finite number >= 0');
+    this.paramGroups.forEach((_, gi) => this.checkLrSettable(gi)); // all or none
     for (const g of this.paramGroups) g.lr = value;
   }
   getLr(group = 0): number {
@@ -245,14 +244,37 @@ export abstract class Optimizer<H extends BaseHyper> {
     return this.paramGroups[i];
   }
 
+  /** A capturable group's lr cannot be set while its device is being captured. */
+  private checkLrSettable(gi: number): void {
+    const sched = this.schedules[gi];
+    check(!sched || sched.isDisposed || !isCapturing(sched.device), 'ERR_CUDA_GRAPH', () => `${this.name}: the learning rate cannot be set during a CUDA graph capture (a replay would set it again to this value); set it between replays, where it is written to the device and read by the next replay`);
+  }
+
   /** One update of every parameter that has a gradient (fused native kernels, no graph). */
   step(): void {
     this.checkCapture();
+    // Every group's hyper-parameters and every gradient are checked before anything changes:
+    // a bad gradient leaves all parameters, buffers and step counts as they were.
+    this.paramGroups.forEach((g, i) => {
+      this.validate(g, `${this.name}: param group ${i}`);
+      this.checkGrads(g, i);
+    });
     noGrad(() => {
       this.paramGroups.forEach((g, i) => {
-        this.validate(g, `${this.name}: param group ${i}`);
         this.updateGroup(g, i, this.capturable ? this.advanceSchedule(g, i) : null);
       });
+    });
+  }
+
+  /** Each gradient has its parameter's shape and device (ERR_SHAPE / ERR_DEVICE). */
+  private checkGrads(g: ParamGroup<H>, gi: number): void {
+    g.params.forEach((p, k) => {
+      const grad = p.grad;
+      if (!grad || grad.isDisposed) return;
+      const what = () => `${this.name}: the gradient of param group ${gi}, parameter ${k}${g.names[k] ? ` ('${g.names[k]}')` : ''}`;
+      check(grad.device === p.device, 'ERR_DEVICE', () => `${what()} is on ${grad.device}, the parameter on ${p.device}`);
+      const a = grad.shape, b = p.shape;
+      check(a.length === b.length && a.every((v, i) => v === b[i]), 'ERR_SHAPE', () => `${what()} has shape [${a.join(', ')}], expected the parameter's shape [${b.join(', ')}]`);
     });
   }
 
@@ -276,6 +298,8 @@ export abstract class Optimizer<H extends BaseHyper> {
       this.scheduleSteps[gi] = step;
     }
     this.scheduleSteps[gi]++;
+    // The device counts in a float: exact to 2^24 steps.
+    check(this.scheduleSteps[gi] < 2 ** 24, 'ERR_ARG', () => `${this.name}: param group ${gi} has reached 2^24 steps, the most a capturable optimizer counts`);
     const c = this.scheduleConstants(g);
     native.optimAdvance(sched.handle, c.kind, c.beta1, c.beta2, c.weightDecay, c.biasCorrection, c.decoupledDecay);
     return sched;
@@ -303,7 +327,7 @@ export abstract class Optimizer<H extends BaseHyper> {
    * Copies the device step counts of capturable groups into the host state (replays of a
    * captured step advance them on the device only).
    */
-  private syncStepsFromDevice(): void {
+  protected syncStepsFromDevice(): void {
     this.schedules.forEach((sched, gi) => {
       if (!sched || sched.isDisposed) return;
       const step = this.scheduleStep(sched);
@@ -351,7 +375,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     for (const d of devices) {
       if (!isCapturing(d)) continue;
       const why = this.captureProblem();
-      check(why === null, 'ERR_CUDA_GRAPH', () => `${this.name}.step() cannot be captured into a CUDA graph: ${why}. Capture the forward and backward only and call step() after replay(), or use SGD`);
+      check(why === null, 'ERR_CUDA_GRAPH', () => `${this.name}.step() cannot be captured into a CUDA graph: ${why}${this.capturable ? '' : '. Or capture the forward and backward only and call step() after replay()'}`);
     }
   }
 
@@ -480,10 +504,13 @@ export abstract class Optimizer<H extends BaseHyper> {
       entries.push([p, step, bufs]);
     }
     if (this.capturable) {
-      // One step count per group: the loaded parameters of a group must agree.
+      // One step count per group (the group's own for LAMB; else the loaded parameters' must
+      // agree), counted on the device in a float: at most 2^24.
       this.paramGroups.forEach((g, gi) => {
-        const counts = new Set(entries.filter(([p]) => g.params.includes(p)).map(([, step]) => step));
+        const counts = this.countsGroupSteps() ? new Set([steps[gi]]) : new Set(entries.filter(([p]) => g.params.includes(p)).map(([, step]) => step));
         check(counts.size <= 1, 'ERR_ARG', () => `${n}.loadStateDict: a capturable optimizer counts steps per group, but the state gives the parameters of group ${gi} different step counts (${[...counts].join(', ')})`);
+        const big = [...counts].find((c) => c > 2 ** 24);
+        check(big === undefined, 'ERR_ARG', () => `${n}.loadStateDict: group ${gi}'s step count ${big} is above 2^24, the most a capturable optimizer counts`);
       });
     }
     // Copy first (the state dict may hold this optimizer's own buffers), then swap.
@@ -496,6 +523,20 @@ export abstract class Optimizer<H extends BaseHyper> {
         st.buffers[b] = keep(new Tensor(h));
       }
       fresh.set(p, st);
+    }
+    // Buffers that exist with the same shape and device take the loaded values in place, so a
+    // CUDA graph that updates them stays valid; the others are replaced.
+    for (const [p, st] of fresh) {
+      const old = this.state.get(p);
+      for (const [b, t] of Object.entries(st.buffers)) {
+        const o = old?.buffers[b];
+        if (o && !o.isDisposed && o.device === t.device && o.shape.length === t.shape.length && o.shape.every((v, i) => v === t.shape[i])) {
+          o.copy_(t);
+          t.dispose();
+          st.buffers[b] = o;
+          delete old!.buffers[b];
+        }
+      }
     }
     this.disposeState();
     for (const [p, st] of fresh) this.state.set(p, st);

@@ -146,9 +146,11 @@ function augmentFor(ds: Dataset, on: boolean): AugmentOptions | undefined {
   return { randomCrop: { padding: ds.height <= 28 ? 2 : 4 }, horizontalFlip: ds.name !== 'mnist' };
 }
 
-function makeOptimizer(model: ResNet, o: ReturnType<typeof normalize>): Optimizer<BaseHyper> {
+// On a CUDA device the optimizer is capturable with or without graph: the step's scalars are then
+// derived on the device either way, so a run with graph replays gives the eager run's bits.
+function makeOptimizer(model: ResNet, o: ReturnType<typeof normalize>, device: string): Optimizer<BaseHyper> {
   const groups = paramGroups(model, { weightDecay: o.wd, exempt: 'bn-and-bias' });
-  const capturable = o.graph;
+  const capturable = device.startsWith('cuda');
   switch (o.opt) {
     case 'sgd':
       return new SGD(groups, { lr: o.lr, momentum: o.momentum, nesterov: false, capturable }) as unknown as Optimizer<BaseHyper>;
@@ -167,6 +169,7 @@ function makeOptimizer(model: ResNet, o: ReturnType<typeof normalize>): Optimize
  */
 class GraphStep {
   private graph: CudaGraph<{ loss: Tensor; correct: Tensor }> | null = null;
+  private labels: Float32Array;
   private x: Tensor | null = null;
   private y: Tensor | null = null;
   private counters: { value: bigint }[] = [];
@@ -178,16 +181,23 @@ class GraphStep {
     private readonly step: (x: Tensor, y: Tensor) => { loss: Tensor; correct: Tensor },
     private readonly device: string,
     private readonly shape: number[],
-  ) {}
+    private readonly numClasses: number,
+  ) {
+    this.labels = new Float32Array(shape[0]);
+  }
 
   /** Runs the step on a full-size batch; [loss, correct]. */
   run(images: Float32Array, labels: ArrayLike<number>): [number, number] {
-    if (!this.graph) {
-      this.x = keep(zeros(this.shape, { device: this.device }));
-      this.y = keep(zeros([this.shape[0]], { device: this.device }));
+    // The captured loss cannot check its labels on the host: checked here, as the eager step does.
+    for (let i = 0; i < labels.length; i++) {
+      const v = labels[i];
+      check(Number.isInteger(v) && v >= 0 && v < this.numClasses, 'ERR_ARG', () => `crossEntropy: labels must be integers in [0, ${this.numClasses}) (class indices), got ${String(v)} at index ${i}`);
+      this.labels[i] = v;
     }
-    this.x!.copy_(images);
-    this.y!.copy_(Float32Array.from(labels));
+    this.x ??= keep(zeros(this.shape, { device: this.device }));
+    this.y ??= keep(zeros([this.shape[0]], { device: this.device }));
+    this.x.copy_(images);
+    this.y.copy_(this.labels);
     if (!this.graph) {
       this.counters = this.model.namedIntBuffers().map(([, b]) => b);
       const before = this.counters.map((b) => b.value);
@@ -211,6 +221,7 @@ class GraphStep {
     this.x?.dispose();
     this.y?.dispose();
     this.graph = null;
+    this.x = this.y = null;
   }
 }
 
@@ -283,6 +294,7 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   const o = normalize(options);
   if (o.threads !== undefined) setNumThreads(o.threads);
   const device = resolveDevice(o.device);
+  check(!o.graph || device.startsWith('cuda'), 'ERR_ARG', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
   const out = o.out ?? null;
   const ckptFile = out ? path.join(out, 'checkpoint.safetensors') : null;
   let resumed: CheckpointData | null = null;
@@ -291,20 +303,19 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     if (!fs.existsSync(ckptFile!)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${ckptFile} does not exist`);
     resumed = loadCheckpoint(ckptFile!, device);
   }
-  // The run's configuration is the checkpoint's when resuming (flags other than epochs, device
-  // and threads cannot change a run half-way).
+  // The run's configuration is the checkpoint's when resuming (flags other than epochs, device,
+  // threads and graph cannot change a run half-way).
   const saved = resumed?.meta.config as TrainOptions | undefined;
   const cfg = saved
     ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, graph: o.graph, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
     : o;
-  check(!cfg.graph || device.startsWith('cuda'), 'ERR_ARG', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
 
   const trainSet = loadDataset(cfg.dataset, 'train', { dataDir: cfg.dataDir, limit: cfg.limitTrain });
   const testSet = loadDataset(cfg.dataset, 'test', { dataDir: cfg.dataDir, limit: cfg.limitTest });
   manualSeed(cfg.seed);
   const model = resnet(cfg.model, { act: cfg.act, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device });
   const loader = new DataLoader(trainSet, { batchSize: cfg.batch, shuffle: true, seed: cfg.seed, augment: augmentFor(trainSet, cfg.augment), dropLast: false });
-  const opt = makeOptimizer(model, cfg);
+  const opt = makeOptimizer(model, cfg, device);
   const schedule = makeSchedule(cfg, loader.batchesPerEpoch);
   const scheduler = schedule ? new LrScheduler(opt, schedule) : null;
   const history: EpochMetrics[] = [];
@@ -367,7 +378,7 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     opt.zeroGrad();
     return r;
   };
-  const graph = cfg.graph ? new GraphStep(model, step, device, [cfg.batch, trainSet.channels, trainSet.height, trainSet.width]) : null;
+  const graph = cfg.graph ? new GraphStep(model, step, device, [cfg.batch, trainSet.channels, trainSet.height, trainSet.width], trainSet.numClasses) : null;
   try {
     for (let epoch = startEpoch; epoch < cfg.epochs && !interrupted; epoch++) {
       model.train();

@@ -110,7 +110,10 @@ Napi::Value OptimAdvance(const CI& info) {
 Napi::Value OptimSchedWrite(const CI& info) {
   Args a{info, "optimSchedWrite"};
   Tensor sched = a.tensor(0, "sched");
-  optim_sched_write(sched, a.integer(1, "index", 0, 1), f32(a, 2, "value"));
+  const int64_t index = a.integer(1, "index", 0, 1);
+  // the step count is checked as an integer before it becomes a float
+  const float value = index == 1 ? float(a.integer(2, "value", 0, int64_t(1) << 24)) : f32(a, 2, "value");
+  optim_sched_write(sched, index, value);
   return info.Env().Undefined();
 }
 

@@ -990,7 +990,7 @@ const MUTATION_SPECS: MutSpec[] = [
       return [c.rand(s), c.rand(s), buf, p.pick([0.1, 0.01, 0]), momentum, nesterov ? 0 : p.pick([0, 0.1]), nesterov, p.pick([0, 1e-4]), p.bool(), schedSeed(c)];
     },
     semantic: [
-      ...aliasing([['grad is the parameter', 1, 0]]),
+      ...aliasing([['grad is the parameter', 1, 0], ['sched is the parameter', 9, 0]]),
       viewOf('grad a view of the parameter', 1, 0),
       ['buffer is the grad (momentum 0.9)', (_c, a) => [a[0], a[1], a[1], a[3], 0.9, 0, false, a[7], a[8], a[9]]],
       ['buffer is the parameter (momentum 0.9)', (_c, a) => [a[0], a[1], a[0], a[3], 0.9, 0, false, a[7], a[8], a[9]]],
@@ -1018,7 +1018,7 @@ const MUTATION_SPECS: MutSpec[] = [
       return [c.rand(s), c.rand(s), c.rand(s), c.rand(s, 0, 1), p.pick([1e-3, 0.1, 0]), p.pick([0.9, 0, 0.5]), p.pick([0.999, 0.9]), p.pick([1e-8, 1e-6, 0]), p.pick([0.01, 0]), p.int(1, 100), schedSeed(c)];
     },
     semantic: [
-      ...aliasing([['grad is the parameter', 1, 0], ['expAvg is the parameter', 2, 0], ['expAvgSq is the parameter', 3, 0], ['expAvg is the grad', 2, 1], ['expAvgSq is the grad', 3, 1], ['expAvgSq is expAvg', 3, 2]]),
+      ...aliasing([['grad is the parameter', 1, 0], ['expAvg is the parameter', 2, 0], ['expAvgSq is the parameter', 3, 0], ['expAvg is the grad', 2, 1], ['expAvgSq is the grad', 3, 1], ['expAvgSq is expAvg', 3, 2], ['sched is expAvg', 10, 2]]),
       viewOf('expAvgSq a view of expAvg', 3, 2),
     ],
     check: expectUndefined,
@@ -1068,7 +1068,7 @@ const MUTATION_SPECS: MutSpec[] = [
       ];
     },
     semantic: [
-      ...aliasing([['grad is the parameter', 1, 0], ['expAvg is the parameter', 2, 0], ['expAvg is the grad', 2, 1], ['expAvgSq is expAvg', 3, 2]]),
+      ...aliasing([['grad is the parameter', 1, 0], ['expAvg is the parameter', 2, 0], ['expAvg is the grad', 2, 1], ['expAvgSq is expAvg', 3, 2], ['sched is expAvgSq', 16, 3]]),
       viewOf('grad a view of the parameter', 1, 0),
     ],
     check: expectUndefined,

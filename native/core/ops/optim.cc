@@ -1,5 +1,6 @@
 #include "optim.h"
 #include <cmath>
+#include <initializer_list>
 #include "../dispatch.h"
 #include "elementwise.h"
 
@@ -39,11 +40,17 @@ void check_sched(const Tensor& sched, const char* fn) {
            ": a schedule tensor has shape [", kSchedSize, "], got ", shape_str(sched.shape()));
 }
 
-// The schedule's derived scalars for an update of p (null without a schedule).
-const float* dynamic_of(const Tensor& p, const Tensor& sched, const char* fn) {
+// The schedule's derived scalars for an update of p (null without a schedule). The schedule is
+// read by every thread of the update: it must not be one of the tensors the update writes.
+const float* dynamic_of(const Tensor& p, const Tensor& sched, const char* fn,
+                        std::initializer_list<const Tensor*> operands) {
   if (!sched.defined()) return nullptr;
   check_sched(sched, fn);
   check_same_device(p, sched, fn);
+  for (const Tensor* t : operands)
+    AS_CHECK(!t->defined() || t->numel() == 0 || t->data() != sched.data(), Arg, fn,
+             ": the schedule tensor must not share memory with the parameter, its gradient or "
+             "its state buffers");
   return sched.data() + kSchedDynamic;
 }
 
@@ -65,7 +72,7 @@ void sgd_step(Tensor& p, const Tensor& g, Tensor& buf, float lr, float momentum,
     check_operand(p, buf, fn, "momentumBuffer");
     check_distinct(g, buf, fn, "grad", "momentumBuffer");
   }
-  const float* dyn = dynamic_of(p, sched, fn);
+  const float* dyn = dynamic_of(p, sched, fn, {&p, &g, &buf});
   if (p.numel() == 0) return;
   SgdParams h{lr, momentum, dampening, weight_decay, nesterov, first_step};
   AS_DISPATCH(p.device(), sgd_step, p.data(), g.data(), momentum != 0.0f ? buf.data() : nullptr,
@@ -88,7 +95,7 @@ void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, floa
   check_beta(beta1, fn, "beta1");
   check_beta(beta2, fn, "beta2");
   AS_CHECK(step >= 1, Arg, fn, ": 'step' must be >= 1 (the count after this update), got ", step);
-  const float* dyn = dynamic_of(p, sched, fn);
+  const float* dyn = dynamic_of(p, sched, fn, {&p, &g, &m, &v});
   if (p.numel() == 0) return;
   AdamWParams h;
   h.beta1 = beta1;
@@ -147,7 +154,7 @@ void lamb_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const Tensor& c
   check_beta(o.beta2, fn, "beta2");
   AS_CHECK(o.step >= 1, Arg, fn, ": 'step' must be >= 1 (the count after this update), got ",
            o.step);
-  const float* dyn = dynamic_of(p, sched, fn);
+  const float* dyn = dynamic_of(p, sched, fn, {&p, &g, &m, &v, &clip});
   if (p.numel() == 0) return;
   LambParams h;
   h.beta1 = o.beta1;

@@ -1,7 +1,8 @@
 // Optimizer updates: SGD (PyTorch semantics), AdamW (PyTorch), LAMB (timm's Lamb). Every update
 // is in place and fused: one pass reads the parameter, its gradient and its state buffers and
 // writes the parameter and the buffers. Hyper-parameters that depend on the step (bias
-// corrections) are computed once on the host in double.
+// corrections) are computed once per update in double: on the host, or for capturable updates
+// on the device from the schedule tensor (below), with the same functions.
 //
 // Passes and their traffic per parameter element (float32):
 //   sgd_step (momentum 0)       reads p, g, writes p                       12 B
