@@ -169,6 +169,22 @@ describe('training with CUDA graphs (graph: true)', () => {
     });
   }
 
+  cudaTest('a graph run stopped mid-epoch and resumed with graph ends with the eager run\'s checkpoint, leaving no tensor alive', async () => {
+    const before = memory().tensors;
+    // 37 images: 4 batches of 8 and one of 5 per epoch
+    const o: TrainOptions = { ...base, device: 'cuda', batch: 8, limitTrain: 37, limitTest: 16, epochs: 2, opt: 'adamw', lr: 2e-3 };
+    const straight = await train({ ...o, out: path.join(tmp, 'graph-resume-eager') });
+    const out = path.join(tmp, 'graph-resume');
+    // stops after 2 batches (an eager step, a replay); the resumed run starts with an eager step,
+    // captures again, replays batch 4 of epoch 1 and the four full batches of epoch 2
+    const head = await train({ ...o, graph: true, out, maxBatches: 2 });
+    expect([head.interrupted, head.graphSteps]).toEqual([true, 1]);
+    const tail = await train({ epochs: 2, device: 'cuda', dataDir, out, resume: true, graph: true });
+    expect(tail.graphSteps).toBe(5);
+    expect(checkpointValues(tail.checkpoint!)).toEqual(checkpointValues(straight.checkpoint!));
+    expect(memory().tensors).toBe(before);
+  });
+
   test('graph needs a CUDA device', async () => {
     await expect(train({ ...base, device: 'cpu', graph: true })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/graph \(CUDA graphs\) needs a CUDA device; the device is 'cpu'/) });
     // checked before a checkpoint is loaded (nothing loaded, nothing to leak)
