@@ -4,7 +4,9 @@ a time by the Node side so that its steps alternate with ours (machine noise hit
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout. On start the
 script prints {"ok": true, "torch": version, "cuda": bool}. Commands:
   {"cmd": "setup", "model", "smallInput", "act", "batch", "input": [C, H, W], "classes",
-   "device": "cpu" | "cuda" | "cuda:N" (cudnn.benchmark on), "threads", "lr", "momentum", "weightDecay", "seed"}
+   "device": "cpu" | "cuda" | "cuda:N" (cudnn.benchmark on), "threads", "optimizer", "seed"}
+      "optimizer": {"kind": "sgd", "lr", "momentum", "weightDecay"} or {"kind": "adamw", "lr",
+      "betas", "eps", "weightDecay"} (a "lamb" is refused: torch has no LAMB)
       builds the model, optimizer, a random batch and labels; replies {"ok", "params"}
   {"cmd": "step", "n"}   runs n timed training steps; replies {"ok", "times": [s, ...],
                          "peakBytes": CUDA max_memory_allocated over the steps (null on CPU)}
@@ -14,7 +16,7 @@ script prints {"ok": true, "torch": version, "cuda": bool}. Commands:
 Errors reply {"ok": false, "error": "..."} and the peer keeps serving.
 
 A training step is what `adashift train` does: forward, cross-entropy (+ the number correct),
-backward, SGD (momentum, weight decay on all but BN/bias parameters), zero_grad(set_to_none),
+backward, the optimizer's update (weight decay on all but BN/bias parameters), zero_grad(set_to_none),
 and reading the loss and the count back. The models are built as lib/nn/resnet.ts builds them
 (no torchvision needed): CIFAR ResNet-20..110 and torchvision-layout ResNet-18..101 (v1.5
 bottleneck, optional small-input stem), with the activation in the stem and every block.
@@ -234,11 +236,14 @@ class Peer:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith("bias") else decay).append(p)
-        opt = torch.optim.SGD(
-            [{"params": decay, "weight_decay": cfg["weightDecay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg["lr"],
-            momentum=cfg["momentum"],
-        )
+        o = cfg["optimizer"]
+        groups = [{"params": decay, "weight_decay": o["weightDecay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        if o["kind"] == "sgd":
+            opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"])
+        elif o["kind"] == "adamw":
+            opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        else:
+            raise ValueError("PyTorch %s has no %s optimizer (timm's LAMB is not part of torch)" % (torch.__version__, o["kind"].upper()))
         x = torch.randn([cfg["batch"]] + list(cfg["input"]), device=dev)
         y = torch.randint(0, cfg["classes"], (cfg["batch"],), device=dev)
         self.case = (dev, model, opt, x, y)

@@ -6,7 +6,7 @@ import { backendInfo, resolveDevice, setNumThreads } from './device';
 import { memory } from './tensor';
 import { ACTIVATIONS, ActivationName } from './nn/activation';
 import { ActResult, benchAct } from './bench/act';
-import { benchStep, STEP_MODEL_NAMES, STEP_SECTIONS, StepSection, stepRowLine, stepTable } from './bench/step';
+import { benchStep, STEP_MODEL_NAMES, STEP_OPTIMIZER_NAMES, STEP_SECTIONS, StepSection, stepRowLine, stepTable } from './bench/step';
 import { benchProfile, profileTable } from './bench/profile';
 import { RESNETS } from './nn/resnet';
 import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, TrainOptions } from './train/train';
@@ -307,6 +307,7 @@ export function main(argv = process.argv): void {
     .option('--warmup <n>', 'untimed steps first', parseIntArg('--warmup', 0, 1000), 2)
     .option('--no-torch', 'skip the PyTorch side-by-side run')
     .option('--graph', 'CUDA: also time each step captured and replayed as one CUDA graph')
+    .option('--opt <name>', `the step's optimizer: ${STEP_OPTIMIZER_NAMES.join(', ')} (PyTorch has no LAMB: no peer for it)`, choice('--opt', STEP_OPTIMIZER_NAMES), 'sgd')
     .option('--profile', 'profile one model + activation (the first of --models and --acts; default resnet20, adashift-b): time per op family per step')
     .option('--out <dir>', 'folder for the JSON result', 'bench/results')
     .addOption(new Option('--input-size <n>', 'override the input height = width (tests)').argParser(parseIntArg('--input-size', 1, 4096)).hideHelp())
@@ -323,6 +324,7 @@ export function main(argv = process.argv): void {
           warmup: opts.warmup,
           outDir: opts.out,
           threads: opts.threads,
+          opt: opts.opt,
         });
         console.log(profileTable(r));
         if (r.file) console.log(`wrote ${r.file}`);
@@ -341,6 +343,7 @@ export function main(argv = process.argv): void {
         warmup: opts.warmup,
         torch: opts.torch,
         graph: opts.graph,
+        opt: opts.opt,
         outDir: opts.out,
         onResult: (section, row) => console.log(stepRowLine(section, row)),
       });

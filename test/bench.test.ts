@@ -116,8 +116,19 @@ describe('bench step', () => {
     checkRow(ok(r.sections.step)[0], 'silu', 2);
   });
 
-  test('bad options fail before measuring: an unknown model, --graph without CUDA', async () => {
+  test('the optimizer is selectable: AdamW and LAMB steps, recorded in the report', async () => {
+    const before = memory().tensors;
+    for (const opt of ['adamw', 'lamb'] as const) {
+      const r = await benchStep({ ...TINY, acts: ['adashift-b'], sections: ['step'], torch: false, opt, outDir: null });
+      expect(r.optimizer.kind).toBe(opt);
+      checkRow(ok(r.sections.step)[0], 'adashift-b', 2);
+    }
+    expect(memory().tensors).toBe(before);
+  });
+
+  test('bad options fail before measuring: an unknown model or optimizer, --graph without CUDA', async () => {
     await expect(benchStep({ ...TINY, models: ['resnet7'], torch: false, outDir: null })).rejects.toThrow(/unknown benchmark model 'resnet7'/);
+    await expect(benchStep({ ...TINY, opt: 'adam' as 'adamw', torch: false, outDir: null })).rejects.toThrow(/unknown benchmark optimizer 'adam'; expected one of sgd, adamw, lamb/);
     // --graph times CUDA graph replays: refused on the CPU before anything (the PyTorch peer too) starts
     await expect(benchStep({ ...TINY, graph: true, outDir: null })).rejects.toMatchObject({
       code: 'ERR_CUDA_GRAPH',
@@ -138,6 +149,16 @@ describe('bench step', () => {
     expect(t.ms).toBeGreaterThan(0);
     expect(t.peakBytes).toBeNull(); // CPU
     expect(row.speedupVsTorch).toBeCloseTo(t.ms / row.ms, 6);
+  });
+
+  (torchPython ? test : test.skip)('with PyTorch: AdamW on both sides; LAMB has no peer (its rows say why)', async () => {
+    const a = await benchStep({ ...TINY, acts: ['relu'], sections: ['step'], python: torchPython, opt: 'adamw', outDir: null });
+    const ra = ok(a.sections.step)[0];
+    expect(ra.torch && 'ms' in ra.torch).toBe(true);
+    const l = await benchStep({ ...TINY, acts: ['relu'], sections: ['step'], python: torchPython, opt: 'lamb', outDir: null });
+    const rl = ok(l.sections.step)[0];
+    expect(rl.torch && 'error' in rl.torch ? rl.torch.error : '').toMatch(/has no LAMB optimizer \(timm's LAMB is not part of torch\)/);
+    expect(rl.ms).toBeGreaterThan(0);
   });
 });
 

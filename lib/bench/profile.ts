@@ -14,6 +14,7 @@ import { resolveDevice } from '../device';
 import { Tensor } from '../tensor';
 import { median, timeIt, writeResult, environment } from './common';
 import { modelSpec, StepCase } from './step';
+import type { StepOptimizerName } from './step';
 
 export type Family =
   | 'conv'
@@ -34,7 +35,7 @@ export const FAMILY_LABELS: Record<Family | 'overhead' | 'profiler', string> = {
   pooling: 'pooling (max, global average)',
   linear: 'linear / matmul',
   loss: 'loss (cross-entropy)',
-  optimizer: 'optimizer (SGD update, zeroGrad)',
+  optimizer: 'optimizer (update, zeroGrad)',
   elementwise: 'elementwise (residual add, grad accumulation)',
   memory: 'memory (alloc, fill, copy)',
   other: 'other native',
@@ -76,6 +77,9 @@ const BY_NAME: Record<string, Family> = {
   adamwStep: 'optimizer',
   lambGradClip: 'optimizer',
   lambStep: 'optimizer',
+  optimAdvance: 'optimizer',
+  optimSchedWrite: 'optimizer',
+  optimSchedNew: 'optimizer',
   binary: 'elementwise',
   axpby: 'elementwise',
   axpy_: 'elementwise',
@@ -283,6 +287,8 @@ export interface ProfileOptions {
   warmup?: number;
   /** CPU threads during the profile (restored after). */
   threads?: number;
+  /** The step's optimizer (default 'sgd'). */
+  opt?: StepOptimizerName;
   outDir?: string | null;
 }
 
@@ -301,6 +307,8 @@ export interface ProfileReport extends ReturnType<typeof environment> {
   benchmark: 'step-profile';
   model: string;
   act: ActivationName;
+  /** The step's optimizer. */
+  opt: StepOptimizerName;
   batch: number;
   input: number[];
   repeats: number;
@@ -331,7 +339,7 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
   const threads = rawNative.getNumThreads();
   let c: StepCase;
   try {
-    c = new StepCase(spec, act, device);
+    c = new StepCase(spec, act, device, options.opt ?? 'sgd');
   } catch (e) {
     rawNative.setNumThreads(startThreads);
     throw e;
@@ -404,6 +412,7 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
     threads,
     model: spec.name,
     act,
+    opt: options.opt ?? 'sgd',
     batch: spec.batch,
     input: [...spec.input],
     repeats,
@@ -426,7 +435,7 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
 export function profileTable(r: ProfileReport): string {
   const lines: string[] = [];
   lines.push(
-    `${r.model} ${r.act}, batch ${r.batch}, input ${r.input.join('x')}, device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s): ` +
+    `${r.model} ${r.act}, ${r.opt}, batch ${r.batch}, input ${r.input.join('x')}, device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s): ` +
       `${r.stepMs.toFixed(2)} ms/step unprofiled, ${r.profiledStepMs.toFixed(2)} ms/step profiled (${r.repeats} steps, mean)`,
   );
   const head = `${'family'.padEnd(58)} ${'ms/step'.padStart(9)} ${'% step'.padStart(7)} ${'calls'.padStart(7)}`;

@@ -7,13 +7,14 @@
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
 import { resolveDevice } from '../device';
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, check } from '../errors';
 import { CudaGraph } from '../graph';
 import { native } from '../native';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName } from '../nn/resnet';
 import { crossEntropyWithCorrect } from '../ops/loss';
-import { paramGroups, SGD } from '../optim';
+import { AdamW, LAMB, paramGroups, SGD } from '../optim';
+import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
 import { environment, findTorchPython, median, scriptPath, timeIt, writeResult } from './common';
 
@@ -42,8 +43,33 @@ export type StepSection = 'step' | 'threads' | 'batch';
 export const STEP_SECTIONS: readonly StepSection[] = ['step', 'threads', 'batch'];
 export const DEFAULT_BATCH_SIZES = [16, 32, 64, 128, 256];
 
-/** The optimizer of every measured step (ours and PyTorch's). */
-export const STEP_OPTIMIZER = { kind: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 5e-4, weightDecayExempt: 'bn-and-bias' } as const;
+/**
+ * The optimizers a measured step can use (ours and PyTorch's, with BN and bias parameters exempt
+ * from weight decay): SGD with momentum (default), AdamW, and timm's LAMB (no PyTorch peer: torch
+ * has no LAMB). On a CUDA device ours is capturable, so --graph can capture its update.
+ */
+export const STEP_OPTIMIZERS = {
+  sgd: { kind: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 5e-4, weightDecayExempt: 'bn-and-bias' },
+  adamw: { kind: 'adamw', lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.05, weightDecayExempt: 'bn-and-bias' },
+  lamb: { kind: 'lamb', lr: 1e-3, betas: [0.9, 0.999], eps: 1e-6, weightDecay: 0.02, maxGradNorm: 1.0, weightDecayExempt: 'bn-and-bias' },
+} as const;
+export type StepOptimizerName = keyof typeof STEP_OPTIMIZERS;
+export const STEP_OPTIMIZER_NAMES = Object.keys(STEP_OPTIMIZERS) as StepOptimizerName[];
+
+/** The optimizer of a measured step. */
+function stepOptimizer(model: ResNet, name: StepOptimizerName, device: string): Optimizer<BaseHyper> {
+  const h = STEP_OPTIMIZERS[name];
+  const groups = paramGroups(model, { weightDecay: h.weightDecay, exempt: 'bn-and-bias' });
+  const capturable = device.startsWith('cuda');
+  switch (h.kind) {
+    case 'sgd':
+      return new SGD(groups, { lr: h.lr, momentum: h.momentum, capturable }) as unknown as Optimizer<BaseHyper>;
+    case 'adamw':
+      return new AdamW(groups, { lr: h.lr, betas: [...h.betas], eps: h.eps, capturable }) as unknown as Optimizer<BaseHyper>;
+    case 'lamb':
+      return new LAMB(groups, { lr: h.lr, betas: [...h.betas], eps: h.eps, maxGradNorm: h.maxGradNorm, capturable }) as unknown as Optimizer<BaseHyper>;
+  }
+}
 
 export interface BenchStepOptions {
   /** Names of STEP_MODELS (default resnet20, resnet50-small, and resnet50 on a GPU). */
@@ -67,6 +93,8 @@ export interface BenchStepOptions {
   graph?: boolean;
   /** The python to run the PyTorch peer with (default: ADASHIFT_PYTHON if set, else a search). */
   python?: string;
+  /** The optimizer of the step (default 'sgd'). */
+  opt?: StepOptimizerName;
   sections?: StepSection[];
   /** Batch sizes of the 'batch' section (default 16, 32, 64, 128, 256). */
   batchSizes?: number[];
@@ -130,20 +158,17 @@ export function isStepError(r: StepRow | StepError): r is StepError {
 
 // ---- one model on our side ----------------------------------------------------------------
 
-/** A model, its SGD optimizer and one fixed random batch: the training step to time. */
+/** A model, its optimizer and one fixed random batch: the training step to time. */
 export class StepCase {
   readonly model: ResNet;
-  readonly opt: SGD;
+  readonly opt: Optimizer<BaseHyper>;
   readonly x: Tensor;
   readonly labels: Int32Array;
-  constructor(readonly spec: StepModelSpec, readonly act: ActivationName, readonly device: string) {
+  constructor(readonly spec: StepModelSpec, readonly act: ActivationName, readonly device: string, optimizer: StepOptimizerName = 'sgd') {
     manualSeed(0);
     this.model = resnet(spec.model, { act, numClasses: spec.classes, inChannels: spec.input[0], smallInput: spec.smallInput, device });
     this.model.train();
-    this.opt = new SGD(paramGroups(this.model, { weightDecay: STEP_OPTIMIZER.weightDecay, exempt: 'bn-and-bias' }), {
-      lr: STEP_OPTIMIZER.lr,
-      momentum: STEP_OPTIMIZER.momentum,
-    });
+    this.opt = stepOptimizer(this.model, optimizer, device);
     this.x = randn([spec.batch, ...spec.input], { device });
     this.labels = Int32Array.from({ length: spec.batch }, (_, i) => (i * 7919 + 13) % spec.classes);
   }
@@ -209,7 +234,7 @@ export class StepCase {
   dispose(): void {
     this.model.dispose();
     this.x.dispose();
-    for (const s of Object.values(this.opt.stateDict().state)) for (const v of Object.values(s)) if (typeof v !== 'number') v.dispose();
+    this.opt.dispose();
   }
 }
 
@@ -321,6 +346,7 @@ interface Ctx {
   warmup: number;
   peer: TorchPeer | null;
   graph: boolean;
+  opt: StepOptimizerName;
 }
 
 /** Replays of the captured step: a new batch copied in (device to device), replay, loss read. */
@@ -356,7 +382,7 @@ function torchDevice(device: string): string {
 
 /** Ours and (when present) PyTorch's step on one configuration, alternating step by step. */
 async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threads: number): Promise<StepRow> {
-  const ours = new StepCase(spec, act, ctx.device);
+  const ours = new StepCase(spec, act, ctx.device, ctx.opt);
   try {
     let torchError: string | null = null;
     if (ctx.peer) {
@@ -370,9 +396,7 @@ async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threa
         classes: spec.classes,
         device: torchDevice(ctx.device),
         threads,
-        lr: STEP_OPTIMIZER.lr,
-        momentum: STEP_OPTIMIZER.momentum,
-        weightDecay: STEP_OPTIMIZER.weightDecay,
+        optimizer: STEP_OPTIMIZERS[ctx.opt],
         seed: 0,
       });
       if (!r.ok) torchError = r.error ?? 'setup failed';
@@ -437,7 +461,7 @@ export interface StepReport extends ReturnType<typeof environment> {
   benchmark: 'step';
   repeats: number;
   warmup: number;
-  optimizer: typeof STEP_OPTIMIZER;
+  optimizer: (typeof STEP_OPTIMIZERS)[StepOptimizerName];
   torchPython: string | null;
   torchVersion: string | null;
   torchError?: string;
@@ -456,6 +480,8 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
   const cuda = device.startsWith('cuda');
   const graph = options.graph ?? false;
   if (graph && !cuda) throw new AdaShiftError('ERR_CUDA_GRAPH', `bench step --graph times CUDA graph replays and needs a CUDA device; the device is '${device}'`);
+  const opt = options.opt ?? 'sgd';
+  check(STEP_OPTIMIZER_NAMES.includes(opt), 'ERR_ARG', () => `unknown benchmark optimizer '${String(opt)}'; expected one of ${STEP_OPTIMIZER_NAMES.join(', ')}`);
   const acts = options.acts ?? [...ACTIVATIONS];
   const models = options.models ?? STEP_MODEL_NAMES.filter((m) => cuda || !STEP_MODELS[m].gpuOnly);
   for (const m of models) modelSpec(m); // validates the names before anything runs
@@ -482,7 +508,7 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
       peer = null;
     }
   }
-  const ctx: Ctx = { device, repeats, warmup, peer, graph };
+  const ctx: Ctx = { device, repeats, warmup, peer, graph, opt };
   const overrides = { inputSize: options.inputSize };
   const out: StepReport['sections'] = {};
   const run = async (section: StepSection, spec: StepModelSpec, act: ActivationName, n: number): Promise<StepRow | StepError> => {
@@ -540,7 +566,7 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
     threads,
     repeats,
     warmup,
-    optimizer: STEP_OPTIMIZER,
+    optimizer: STEP_OPTIMIZERS[opt],
     torchPython: python ?? null,
     torchVersion,
     torchCudnnBenchmark: cuda && torchVersion !== null,
@@ -591,7 +617,7 @@ export function stepTable(report: StepReport): string {
     }
   }
   lines.push(
-    `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${report.cpu}, commit ${report.commit}; ` +
+    `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${report.cpu}, optimizer ${report.optimizer.kind}, commit ${report.commit}; ` +
       (report.torchVersion ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step` : report.torchError ? `PyTorch side failed: ${report.torchError}` : 'PyTorch not found (set ADASHIFT_PYTHON)'),
   );
   return lines.join('\n');
