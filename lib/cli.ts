@@ -374,6 +374,7 @@ export function main(argv = process.argv): void {
       const last = r.history[r.history.length - 1];
       if (r.interrupted) console.log(`stopped; checkpoint saved to ${r.checkpoint} (continue with --resume --out ${out})`);
       if (last) console.log(`test accuracy ${(100 * last.testAcc).toFixed(2)}% after ${last.epoch} epoch(s); metrics in ${path.join(out, 'metrics.jsonl')}`);
+      if (opts.graph) console.log(`${r.graphSteps} training step(s) ran as CUDA graph replays (the run's first step and smaller last batches run eagerly)`);
     } finally {
       progress.stop();
       stop.dispose();

@@ -281,6 +281,14 @@ describe('CLI', () => {
     expect(e.stdout).toMatch(/resnet20 silu after 1 epoch\(s\) on fashion-mnist \(60 test images\): loss \d\.\d{4}, accuracy \d+\.\d\d%/);
   });
 
+  cudaTest('train --device cuda --graph reports how many steps were graph replays', () => {
+    const out = path.join(tmp, 'cli-graph');
+    // 21 images in batches of 8: an eager step, a captured one (replayed), an eager batch of 5
+    const t = run('train', '--device', 'cuda', '--graph', '--data-dir', dataDir, '--epochs', '1', '--batch', '8', '--limit-train', '21', '--limit-test', '16', '--no-augment', '--out', out);
+    expect(t.status).toBe(0);
+    expect(t.stdout).toMatch(/^1 training step\(s\) ran as CUDA graph replays/m);
+  });
+
   test('Ctrl-C saves a checkpoint and exits cleanly; --resume continues', async () => {
     const out = path.join(tmp, 'cli-sigint');
     // 40 epochs: the run must still be going when the signal arrives (a loaded machine can

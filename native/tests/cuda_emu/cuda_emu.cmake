@@ -130,7 +130,7 @@ if(ADASHIFT_NODE AND _emu_napi_rc EQUAL 0 AND _emu_naa_rc EQUAL 0 AND EXISTS ${C
   # train({graph: true}): CUDA graph replays of the training step against the eager run.
   add_test(NAME cuda_emu_jest_train
            COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/train.test.ts
-                   -t "CUDA graphs"
+                   -t "CUDA graphs|--graph"
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cuda_emu_jest_train PROPERTIES TIMEOUT 900
                        ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")
