@@ -13,7 +13,7 @@ import { native } from '../native';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName } from '../nn/resnet';
 import { crossEntropyWithCorrect } from '../ops/loss';
-import { AdamW, LAMB, paramGroups, SGD } from '../optim';
+import { makeOptimizer, paramGroups } from '../optim';
 import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
 import { environment, findTorchPython, median, scriptPath, timeIt, writeResult } from './common';
@@ -58,17 +58,11 @@ export const STEP_OPTIMIZER_NAMES = Object.keys(STEP_OPTIMIZERS) as StepOptimize
 
 /** The optimizer of a measured step. */
 function stepOptimizer(model: ResNet, name: StepOptimizerName, device: string): Optimizer<BaseHyper> {
-  const h = STEP_OPTIMIZERS[name];
+  const h: { lr: number; weightDecay: number; momentum?: number; betas?: readonly number[]; eps?: number; maxGradNorm?: number } = STEP_OPTIMIZERS[name];
   const groups = paramGroups(model, { weightDecay: h.weightDecay, exempt: 'bn-and-bias' });
-  const capturable = device.startsWith('cuda');
-  switch (h.kind) {
-    case 'sgd':
-      return new SGD(groups, { lr: h.lr, momentum: h.momentum, capturable }) as unknown as Optimizer<BaseHyper>;
-    case 'adamw':
-      return new AdamW(groups, { lr: h.lr, betas: [...h.betas], eps: h.eps, capturable }) as unknown as Optimizer<BaseHyper>;
-    case 'lamb':
-      return new LAMB(groups, { lr: h.lr, betas: [...h.betas], eps: h.eps, maxGradNorm: h.maxGradNorm, capturable }) as unknown as Optimizer<BaseHyper>;
-  }
+  return makeOptimizer(name, groups, {
+    lr: h.lr, momentum: h.momentum, betas: h.betas ? [h.betas[0], h.betas[1]] : undefined, eps: h.eps, maxGradNorm: h.maxGradNorm, capturable: device.startsWith('cuda'),
+  });
 }
 
 export interface BenchStepOptions {

@@ -22,6 +22,17 @@ function logitsDims(fn: string, logits: Tensor): [number, number] {
   return [s[0], s[1]];
 }
 
+/** Exactly N class indices, integers in [0, K) (ERR_ARG naming the first bad one). */
+export function checkLabelValues(fn: string, values: ArrayLike<number>, N: number, K: number): void {
+  check(values.length === N, 'ERR_ARG', () => `${fn}: expected ${N} labels (one per row of the logits), got ${values.length}`);
+  for (let i = 0; i < N; i++) {
+    const v = values[i];
+    if (!(typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < K)) {
+      throw new AdaShiftError('ERR_ARG', `${fn}: labels must be integers in [0, ${K}) (class indices), got ${String(v)} at index ${i}`);
+    }
+  }
+}
+
 /**
  * Validates labels (integers in [0, K), exactly N of them) and returns them as a float32
  * tensor on `device` that the caller owns (a view when the labels already are such a tensor).
@@ -42,13 +53,7 @@ function labelTensor(fn: string, labels: Labels, N: number, K: number, device: s
   } else {
     throw new AdaShiftError('ERR_ARG', `${fn}: labels must be an Int32Array, a number array or a Tensor of class indices, got ${labels === null ? 'null' : typeof labels}`);
   }
-  check(values.length === N, 'ERR_ARG', () => `${fn}: expected ${N} labels (one per row of the logits), got ${values.length}`);
-  for (let i = 0; i < N; i++) {
-    const v = values[i];
-    if (!(typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < K)) {
-      throw new AdaShiftError('ERR_ARG', `${fn}: labels must be integers in [0, ${K}) (class indices), got ${String(v)} at index ${i}`);
-    }
-  }
+  checkLabelValues(fn, values, N, K);
   if (labels instanceof Tensor) return labels.device === device ? labels.detach() : labels.to(device);
   return new Tensor(native.fromArray(Float32Array.from(values), [N], device));
 }

@@ -2,7 +2,10 @@
 // learning-rate schedules.
 import { check } from '../errors';
 import type { Tensor } from '../tensor';
-import type { NamedParam, ParamGroupSpec } from './optimizer';
+import { AdamW } from './adamw';
+import { LAMB } from './lamb';
+import type { BaseHyper, NamedParam, Optimizer, ParamGroupSpec, ParamsArg } from './optimizer';
+import { SGD } from './sgd';
 
 export { Optimizer } from './optimizer';
 export type { BaseHyper, CommonOptions, NamedParam, OptimizerStateDict, ParamGroup, ParamGroupSpec, ParamList, ParamsArg, ParamState } from './optimizer';
@@ -46,4 +49,32 @@ export function paramGroups(module: { namedParameters(): NamedParam[] } | NamedP
     { params: decay, weightDecay: wd },
     { params: noDecay, weightDecay: 0 },
   ];
+}
+
+export type OptimizerName = 'sgd' | 'adamw' | 'lamb';
+
+/** What makeOptimizer passes on (each optimizer takes the ones it has; the rest stay default). */
+export interface MakeOptimizerOptions {
+  lr: number;
+  /** SGD */
+  momentum?: number;
+  /** AdamW, LAMB */
+  betas?: [number, number];
+  eps?: number;
+  /** LAMB */
+  maxGradNorm?: number | null;
+  capturable?: boolean;
+}
+
+/** An optimizer by name (train and bench step choose one with a flag). */
+export function makeOptimizer(name: OptimizerName, params: ParamsArg, o: MakeOptimizerOptions): Optimizer<BaseHyper> {
+  const common = { lr: o.lr, capturable: o.capturable };
+  switch (name) {
+    case 'sgd':
+      return new SGD(params, { ...common, momentum: o.momentum }) as unknown as Optimizer<BaseHyper>;
+    case 'adamw':
+      return new AdamW(params, { ...common, betas: o.betas, eps: o.eps }) as unknown as Optimizer<BaseHyper>;
+    case 'lamb':
+      return new LAMB(params, { ...common, betas: o.betas, eps: o.eps, maxGradNorm: o.maxGradNorm }) as unknown as Optimizer<BaseHyper>;
+  }
 }

@@ -113,7 +113,7 @@ export class LAMB extends Optimizer<LAMBHyper> {
   protected updateGroup(g: ParamGroup<LAMBHyper>, index: number, sched: Tensor | null): void {
     // A capturable group's count is its schedule's, which advances only when the group updates.
     if (this.capturable && !sched) return;
-    const step = sched ? (this.groupSteps[index] = this.scheduledStep(index)) : ++this.groupSteps[index];
+    const step = sched ? this.scheduledStep(index) : ++this.groupSteps[index];
     for (const p of this.withGrad(g)) {
       const st = this.stateOf(p, ['exp_avg', 'exp_avg_sq']);
       const { exp_avg: m, exp_avg_sq: v } = st.buffers;

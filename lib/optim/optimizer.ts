@@ -112,7 +112,11 @@ export abstract class Optimizer<H extends BaseHyper> {
   readonly paramGroups: ParamGroup<H>[] = [];
   /** Per-parameter state (created on the parameter's first update). */
   protected readonly state = new Map<Tensor, ParamState>();
-  /** Group-level step counts, for optimizers that count steps per group (timm's Lamb). */
+  /**
+   * Group-level step counts: those of optimizers that count steps per group (timm's Lamb), and
+   * of every capturable group (the host's copy of its schedule's count; replays advance the
+   * device's, syncStepsFromDevice reads it back).
+   */
   protected groupSteps: number[] = [];
   /** The optimizer's name in error messages. */
   protected readonly name: string;
@@ -120,8 +124,6 @@ export abstract class Optimizer<H extends BaseHyper> {
   readonly capturable: boolean;
   /** Per group: its device-side schedule (capturable optimizers; made on the first step). */
   private readonly schedules: (Tensor | null)[] = [];
-  /** Per group: the step count its schedule holds (the host's copy; replays advance the device's). */
-  private readonly scheduleSteps: number[] = [];
 
   /**
    * @param params Tensor[], [name, Tensor][] or groups [{params, lr?, weightDecay?, ...}]
@@ -179,10 +181,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     });
     check(this.paramGroups.some((g) => g.params.length > 0), 'ERR_ARG', () => `${name}: got an empty parameter list`);
     if (this.capturable) this.paramGroups.forEach((g, gi) => this.routeLr(g, gi));
-    for (const _ of this.paramGroups) {
-      this.schedules.push(null);
-      this.scheduleSteps.push(0);
-    }
+    for (const _ of this.paramGroups) this.schedules.push(null);
   }
 
   /**
@@ -295,11 +294,11 @@ export abstract class Optimizer<H extends BaseHyper> {
       sched?.dispose();
       sched = keep(new Tensor(native.optimSchedNew(device, g.lr, step)));
       this.schedules[gi] = sched;
-      this.scheduleSteps[gi] = step;
+      this.groupSteps[gi] = step;
     }
-    this.scheduleSteps[gi]++;
     // The device counts in a float: exact to 2^24 steps.
-    check(this.scheduleSteps[gi] < 2 ** 24, 'ERR_ARG', () => `${this.name}: param group ${gi} has reached 2^24 steps, the most a capturable optimizer counts`);
+    check(this.groupSteps[gi] < 2 ** 24, 'ERR_ARG', () => `${this.name}: param group ${gi} has reached 2^24 steps, the most a capturable optimizer counts`);
+    this.groupSteps[gi]++;
     const c = this.scheduleConstants(g);
     native.optimAdvance(sched.handle, c.kind, c.beta1, c.beta2, c.weightDecay, c.biasCorrection, c.decoupledDecay);
     return sched;
@@ -307,7 +306,7 @@ export abstract class Optimizer<H extends BaseHyper> {
 
   /** The 1-based step count of a capturable group's update in progress (host copy). */
   protected scheduledStep(gi: number): number {
-    return this.scheduleSteps[gi];
+    return this.groupSteps[gi];
   }
 
   /** The step count a capturable group continues from: one count for the whole group. */
@@ -331,8 +330,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     this.schedules.forEach((sched, gi) => {
       if (!sched || sched.isDisposed) return;
       const step = this.scheduleStep(sched);
-      this.scheduleSteps[gi] = step;
-      if (this.countsGroupSteps()) this.groupSteps[gi] = step;
+      this.groupSteps[gi] = step;
       for (const p of this.paramGroups[gi].params) {
         const st = this.state.get(p);
         if (st) st.step = step;
@@ -546,8 +544,8 @@ export abstract class Optimizer<H extends BaseHyper> {
       this.paramGroups.forEach((g, gi) => {
         const sched = this.schedules[gi];
         if (!sched || sched.isDisposed) return;
-        this.scheduleSteps[gi] = this.hostStep(g, gi);
-        native.optimSchedWrite(sched.handle, 1, this.scheduleSteps[gi]);
+        this.groupSteps[gi] = this.hostStep(g, gi);
+        native.optimSchedWrite(sched.handle, 1, this.groupSteps[gi]);
       });
     }
   }

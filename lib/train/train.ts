@@ -10,16 +10,16 @@ import { noGrad } from '../autograd';
 import { writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
-import { crossEntropyWithCorrect } from '../ops/loss';
+import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
 import type { Labels } from '../ops/loss';
-import { AdamW, LAMB, LrScheduler, Optimizer, cosineWithWarmup, oneCycle, paramGroups, SGD, stepLr } from '../optim';
-import type { BaseHyper, LrSchedule } from '../optim';
+import { LrScheduler, makeOptimizer, Optimizer, cosineWithWarmup, oneCycle, paramGroups, stepLr } from '../optim';
+import type { BaseHyper, LrSchedule, OptimizerName } from '../optim';
 import { getRngState, keep, manualSeed, setRngState, Tensor, tensor, tidy, zeros } from '../tensor';
 import { CudaGraph } from '../graph';
 import { AugmentOptions, DataLoader, Dataset, loadDataset } from '../data';
 import { CheckpointData, disposeCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint';
 
-export type OptimizerName = 'sgd' | 'adamw' | 'lamb';
+export type { OptimizerName };
 export type ScheduleName = 'cosine' | 'step' | 'onecycle' | 'none';
 
 export interface TrainOptions {
@@ -148,17 +148,9 @@ function augmentFor(ds: Dataset, on: boolean): AugmentOptions | undefined {
 
 // On a CUDA device the optimizer is capturable with or without graph: the step's scalars are then
 // derived on the device either way, so a run with graph replays gives the eager run's bits.
-function makeOptimizer(model: ResNet, o: ReturnType<typeof normalize>, device: string): Optimizer<BaseHyper> {
+function makeTrainOptimizer(model: ResNet, o: ReturnType<typeof normalize>, device: string): Optimizer<BaseHyper> {
   const groups = paramGroups(model, { weightDecay: o.wd, exempt: 'bn-and-bias' });
-  const capturable = device.startsWith('cuda');
-  switch (o.opt) {
-    case 'sgd':
-      return new SGD(groups, { lr: o.lr, momentum: o.momentum, nesterov: false, capturable }) as unknown as Optimizer<BaseHyper>;
-    case 'adamw':
-      return new AdamW(groups, { lr: o.lr, capturable }) as unknown as Optimizer<BaseHyper>;
-    case 'lamb':
-      return new LAMB(groups, { lr: o.lr, capturable }) as unknown as Optimizer<BaseHyper>;
-  }
+  return makeOptimizer(o.opt, groups, { lr: o.lr, momentum: o.momentum, capturable: device.startsWith('cuda') });
 }
 
 /**
@@ -189,11 +181,8 @@ class GraphStep {
   /** Runs the step on a full-size batch; [loss, correct]. */
   run(images: Float32Array, labels: ArrayLike<number>): [number, number] {
     // The captured loss cannot check its labels on the host: checked here, as the eager step does.
-    for (let i = 0; i < labels.length; i++) {
-      const v = labels[i];
-      check(Number.isInteger(v) && v >= 0 && v < this.numClasses, 'ERR_ARG', () => `crossEntropy: labels must be integers in [0, ${this.numClasses}) (class indices), got ${String(v)} at index ${i}`);
-      this.labels[i] = v;
-    }
+    checkLabelValues('crossEntropy', labels, this.shape[0], this.numClasses);
+    this.labels.set(labels);
     this.x ??= keep(zeros(this.shape, { device: this.device }));
     this.y ??= keep(zeros([this.shape[0]], { device: this.device }));
     this.x.copy_(images);
@@ -315,7 +304,7 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   manualSeed(cfg.seed);
   const model = resnet(cfg.model, { act: cfg.act, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device });
   const loader = new DataLoader(trainSet, { batchSize: cfg.batch, shuffle: true, seed: cfg.seed, augment: augmentFor(trainSet, cfg.augment), dropLast: false });
-  const opt = makeOptimizer(model, cfg, device);
+  const opt = makeTrainOptimizer(model, cfg, device);
   const schedule = makeSchedule(cfg, loader.batchesPerEpoch);
   const scheduler = schedule ? new LrScheduler(opt, schedule) : null;
   const history: EpochMetrics[] = [];

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 #include "core/backend.h"
+#include "parity_common.h"
 #include "core/ops/adashift.h"
 #include "core/ops/elementwise.h"
 
@@ -175,11 +176,7 @@ void run_case_b(int64_t N, int64_t C, int64_t H, int64_t W, bool proj) {
 int parity_adashift_ops() {
   using namespace adashift;
   using namespace adashift::parity_adashift_detail;
-  const BackendInfo info = backend_info();
-  if (!info.cuda_usable) {
-    std::printf("parity_adashift: SKIPPED (CUDA is not usable on this host)\n");
-    return 0;
-  }
+  if (parity_skipped("parity_adashift")) return 0;
   g_failures = 0;
   run_case_b(1, 13, 9, 9, false);
   run_case_b(5, 8, 7, 7, true);

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 #include "core/backend.h"
+#include "parity_common.h"
 #include "core/ops/conv.h"
 #include "core/ops/elementwise.h"
 #include "cuda_emu_mode.h"
@@ -228,11 +229,7 @@ struct Parity {
 }  // namespace
 
 int parity_conv() {
-  BackendInfo info = backend_info();
-  if (!info.cuda_usable) {
-    std::printf("parity_conv: SKIPPED (%s)\n", info.reason.c_str());
-    return 0;
-  }
+  if (parity_skipped("parity_conv")) return 0;
   using conv_parity::Case;
   conv_parity::Parity t;
   const Case cases[] = {

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 #include "core/backend.h"
+#include "parity_common.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/loss.h"
 #include "core/ops/norm.h"
@@ -396,11 +397,7 @@ void test_cross_entropy() {
 int parity_norm() {
   using namespace adashift;
   using namespace adashift::parity_norm_detail;
-  const BackendInfo info = backend_info();
-  if (!info.cuda_usable) {
-    std::printf("parity_norm: SKIPPED (%s)\n", info.reason.c_str());
-    return 0;
-  }
+  if (parity_skipped("parity_norm")) return 0;
   g_checks = 0;
   g_failures = 0;
   test_batchnorm();

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 #include "core/backend.h"
+#include "parity_common.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/optim.h"
 #include "cuda_emu_mode.h"
@@ -295,11 +296,7 @@ struct OptimParity {
 }  // namespace
 
 int parity_optim() {
-  BackendInfo info = backend_info();
-  if (!info.cuda_usable) {
-    std::printf("parity_optim: SKIPPED (%s)\n", info.reason.c_str());
-    return 0;
-  }
+  if (parity_skipped("parity_optim")) return 0;
   OptimParity t;
   const std::vector<std::vector<int64_t>> shapes = {{1}, {3}, {7, 5}, {13, 3, 3}, {4099}, {3, 1537}, {(1 << 20) + 3}};
   for (const auto& s : shapes) {
