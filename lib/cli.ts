@@ -93,7 +93,8 @@ function actRow(r: ActResult): string {
   const torch = r.torch
     ? `  torch ${r.torch.totalMs.toFixed(2).padStart(9)} ms  ${r.torch.melemPerSec.toFixed(0).padStart(6)} Melem/s  x${r.speedupVsTorch!.toFixed(2)}`
     : r.torchError ? `  torch error: ${r.torchError}` : '';
-  const silu = r.vsSilu !== undefined ? `  ${r.vsSilu.toFixed(2)}x SiLU` : '';
+  const paired = r.vsSiluPaired && r.act !== 'silu' ? ` (paired ${r.vsSiluPaired.median.toFixed(2)}, IQR ${r.vsSiluPaired.q1.toFixed(2)}-${r.vsSiluPaired.q3.toFixed(2)})` : '';
+  const silu = r.vsSilu !== undefined ? `  ${r.vsSilu.toFixed(2)}x SiLU${paired}` : '';
   return `${r.act.padEnd(12)} ${shape.padEnd(14)} fwd ${r.forwardMs.toFixed(2).padStart(8)} ms  bwd ${r.backwardMs.toFixed(2).padStart(8)} ms  ${r.melemPerSec.toFixed(0).padStart(6)} Melem/s  ${r.gbPerSec.toFixed(1).padStart(6)} GB/s (${(100 * r.fractionOfCopy).toFixed(0)}% of copy)${silu}${torch}`;
 }
 

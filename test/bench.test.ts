@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { benchAct } from '../lib/bench/act';
+import { benchAct, pairedRatio } from '../lib/bench/act';
 import { benchStep, isStepError, resolveTorchPython, StepError, StepRow } from '../lib/bench/step';
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
@@ -227,9 +227,14 @@ describe('bench act', () => {
       expect(row.fractionOfCopy).toBeCloseTo(row.gbPerSec / copy.gbPerSec, 9);
       const silu = r.results.find((x) => x.act === 'silu' && x.shape === row.shape)!;
       expect(row.vsSilu).toBeCloseTo(silu.totalMs / row.totalMs, 9);
+      const p = row.vsSiluPaired!;
+      expect(p.q1).toBeLessThanOrEqual(p.median);
+      expect(p.median).toBeLessThanOrEqual(p.q3);
+      expect(p.q1).toBeGreaterThan(0);
       expect(row.torch).toBeUndefined();
     }
     expect(r.results.filter((x) => x.act === 'silu').every((x) => x.vsSilu === 1)).toBe(true);
+    expect(r.results.filter((x) => x.act === 'silu').every((x) => x.vsSiluPaired!.q1 === 1 && x.vsSiluPaired!.q3 === 1)).toBe(true);
     const onDisk = JSON.parse(fs.readFileSync(r.file!, 'utf8'));
     expect(onDisk.results).toHaveLength(8);
     expect(onDisk.results[2].vsSilu).toBeCloseTo(r.results[2].vsSilu!, 12);
@@ -239,6 +244,13 @@ describe('bench act', () => {
     const r = benchAct({ shapes: [[1, 2, 3, 3]], acts: ['relu'], device: 'cpu', repeats: 1, warmup: 0, torch: false, outDir: null });
     expect(r.file).toBeUndefined();
     expect(r.results[0].vsSilu).toBeUndefined();
+    expect(r.results[0].vsSiluPaired).toBeUndefined();
+  });
+
+  test('the paired ratio: per-round ratios, median and quartiles between order statistics', () => {
+    // ratios 2, 2, 3, 4 (rounds out of order): median at 1.5 -> 2.5, q1 at 0.75 -> 2, q3 at 2.25 -> 3.25
+    expect(pairedRatio([8, 2, 6, 4], [2, 1, 2, 2])).toEqual({ median: 2.5, q1: 2, q3: 3.25 });
+    expect(pairedRatio([3], [2])).toEqual({ median: 1.5, q1: 1.5, q3: 1.5 });
   });
 });
 

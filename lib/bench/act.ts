@@ -36,8 +36,14 @@ export interface ActResult {
   speedupVsTorch?: number;
   /** Why the PyTorch peer gave no result for this row (it failed or ran too long). */
   torchError?: string;
-  /** This package's SiLU time over this activation's, same shape, same run (when SiLU ran). */
+  /** This package's SiLU time over this activation's, same shape, same run (when SiLU ran): the ratio of the two medians. */
   vsSilu?: number;
+  /**
+   * The same ratio taken per round (SiLU's forward+backward over this activation's in the same
+   * round of the round robin, seconds apart) and then the median over rounds, with its first and
+   * third quartiles: drift of the machine between rounds cancels in each pair.
+   */
+  vsSiluPaired?: { median: number; q1: number; q3: number };
   /** gbPerSec over the copy bandwidth measured for this shape in the same run. */
   fractionOfCopy: number;
 }
@@ -88,7 +94,17 @@ function measureAll(mods: Module[], shape: number[], device: string, repeats: nu
   }
   x.dispose();
   dy.dispose();
-  return mods.map((_, k) => ({ fwd: median(fwd[k]), bwd: median(bwd[k]) }));
+  return mods.map((_, k) => ({ fwd: median(fwd[k]), bwd: median(bwd[k]), totals: fwd[k].map((f, i) => f + bwd[k][i]) }));
+}
+
+/** Median and quartiles over rounds of ref[i] / t[i] (linear interpolation between order statistics). */
+export function pairedRatio(ref: number[], t: number[]): { median: number; q1: number; q3: number } {
+  const r = ref.map((v, i) => v / t[i]).sort((a, b) => a - b);
+  const at = (q: number) => {
+    const pos = q * (r.length - 1), lo = Math.floor(pos), hi = Math.ceil(pos);
+    return r[lo] + (r[hi] - r[lo]) * (pos - lo);
+  };
+  return { median: at(0.5), q1: at(0.25), q3: at(0.75) };
 }
 
 /** Measured device-to-device copy bandwidth (read + write), GB/s, on a tensor of n floats. */
@@ -135,6 +151,7 @@ export function benchAct(options: BenchActOptions = {}) {
         bytesPerElement: bytesPerElement(act),
         gbPerSec: (n * bytesPerElement(act)) / total / 1e9,
         vsSilu: silu >= 0 ? (times[silu].fwd + times[silu].bwd) / total : undefined,
+        vsSiluPaired: silu >= 0 ? pairedRatio(times[silu].totals, times[k].totals) : undefined,
         fractionOfCopy: (n * bytesPerElement(act)) / total / 1e9 / copyGb,
       };
       if (python) {
