@@ -2,7 +2,9 @@
 // conv2d forward + backward timings on the ResNet-20 shapes (batch 64, 3x3, stride 1, pad 1:
 // 16 ch at 28x28, 32 ch at 14x14, 64 ch at 7x7), with each CPU GEMM backend (the package's own
 // kernel and OpenBLAS when compiled in), side by side in one run, and PyTorch's CPU conv2d when
-// /usr/bin/python3 has torch (same thread count).
+// /usr/bin/python3 has torch (same thread count). Rates are also given as a fraction of this
+// CPU's multiply-add ceiling, measured in the same run (native cpuPeakGflops: register-only FMA
+// chains on every thread), so the distance to the hardware's limit is read off directly.
 //
 //   node bench/conv.js [--threads N] [--reps R] [--batch B] [--json out.json]
 //
@@ -51,6 +53,8 @@ const shapes = [
   { name: '64ch 7x7', C: 64, H: 7 },
 ];
 const info = native.gemmInfo();
+// The ceiling, measured before and after the timings (the clock of a shared VM moves): the mean.
+const peakBefore = native.cpuPeakGflops(300);
 const backends = info.blasCompiled ? ['own', 'openblas'] : ['own'];
 const initial = native.gemmBackend();
 
@@ -102,6 +106,8 @@ for (const b of backends) {
   }
 }
 native.gemmBackend(initial);
+const peakAfter = native.cpuPeakGflops(300);
+const peak = (peakBefore + peakAfter) / 2;
 
 // PyTorch, same shapes and thread count, in a child process.
 const py = `
@@ -139,12 +145,21 @@ if (fs.existsSync('/usr/bin/python3')) {
   }
 }
 
+for (const r of results) {
+  r.fwdOfPeak = r.fwdGflops / peak;
+  r.bwdOfPeak = r.bwdGflops / peak;
+}
 console.log(`conv2d 3x3 s1 p1, batch ${batch}, ${threads} thread(s), median of ${reps}; own kernel tile ${info.kernel}`);
-console.log('shape        implementation         fwd ms  bwd ms  total ms  fwd GFLOP/s  bwd GFLOP/s');
+console.log(`FMA peak of ${threads} thread(s), measured: ${peak.toFixed(0)} GFLOP/s (${peakBefore.toFixed(0)} before the timings, ${peakAfter.toFixed(0)} after)`);
+console.log('shape        implementation         fwd ms  bwd ms  total ms  fwd GFLOP/s (of peak)  bwd GFLOP/s (of peak)');
+const pct = (f) => `${(100 * f).toFixed(0)}%`.padStart(5);
 for (const r of results.sort((a, b) => shapes.findIndex((s) => s.name === a.shape) - shapes.findIndex((s) => s.name === b.shape))) {
-  console.log(`${r.shape.padEnd(12)} ${r.impl.padEnd(22)} ${r.fwd.toFixed(2).padStart(6)}  ${r.bwd.toFixed(2).padStart(6)}  ${r.total.toFixed(2).padStart(8)}  ${r.fwdGflops.toFixed(1).padStart(11)}  ${r.bwdGflops.toFixed(1).padStart(11)}`);
+  console.log(`${r.shape.padEnd(12)} ${r.impl.padEnd(22)} ${r.fwd.toFixed(2).padStart(6)}  ${r.bwd.toFixed(2).padStart(6)}  ${r.total.toFixed(2).padStart(8)}  ${r.fwdGflops.toFixed(1).padStart(11)} ${pct(r.fwdOfPeak)}      ${r.bwdGflops.toFixed(1).padStart(11)} ${pct(r.bwdOfPeak)}`);
 }
 if (jsonOut) {
   const { environment } = require('../dist/bench/common');
-  fs.writeFileSync(jsonOut, JSON.stringify({ ...environment('cpu'), batch, threads, reps, kernel: info.kernel, torch: torchInfo && torchInfo.torch, results }, null, 2) + '\n');
+  const report = { ...environment('cpu'), batch, threads, reps, kernel: info.kernel, fmaPeakGflops: { mean: peak, before: peakBefore, after: peakAfter }, torch: torchInfo && torchInfo.torch, results };
+  const tmp = `${jsonOut}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + '\n');
+  fs.renameSync(tmp, jsonOut);
 }

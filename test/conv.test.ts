@@ -237,6 +237,29 @@ describe('CPU GEMM', () => {
     native.gemmBackend(initialBackend);
   });
 
+  test("the CPU's measured FMA ceiling bounds what the GEMM reaches", () => {
+    // A register-only FMA loop on every thread: a GEMM, which also moves data, cannot beat it.
+    // (1.5x margin for a shared machine's clock moving between the two measurements.) A peak
+    // routine compiled to scalar code or spilling its accumulators would read far too low.
+    const peak = native.cpuPeakGflops(100);
+    expect(Number.isFinite(peak) && peak > 0).toBe(true);
+    const n = 384;
+    as.tidy(() => {
+      const a = as.randn([n * n]), b = as.randn([n * n]), c = as.zeros([n * n]);
+      const run = () => native.gemm(a.handle, b.handle, c.handle, false, false, n, n, n, n, n, n, 1, 0, 'own').dispose();
+      run();
+      const times: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const t0 = process.hrtime.bigint();
+        run();
+        times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      }
+      const gemmGflops = (2 * n * n * n) / Math.min(...times) / 1e9;
+      expect(gemmGflops).toBeLessThan(1.5 * peak);
+    });
+    for (const bad of [0, 10001, 1.5, NaN]) expect(() => native.cpuPeakGflops(bad)).toThrow(/ms/);
+  });
+
   test('GEMM argument checks', () => {
     as.tidy(() => {
       const t = as.zeros([12], { device: 'cpu' });

@@ -19,6 +19,11 @@ export interface ConvBinding {
   /** What the build offers: the backend in use, whether BLAS is compiled in, the own kernel's register tile. */
   gemmInfo(): { backend: GemmBackendName; blasCompiled: boolean; kernel: string };
   /**
+   * The CPU's measured multiply-add ceiling: every pool thread runs register-only FMA chains
+   * (the widest vectors the CPU has) for about `ms` milliseconds (1 to 10000); GFLOP/s in all.
+   */
+  cpuPeakGflops(ms: number): number;
+  /**
    * Raw row-major CPU GEMM for tests and benchmarks: returns a copy of c with
    * C = alpha * op(A) op(B) + beta * C (C is m x n with leading dimension ldc). backend:
    * 'own' (the package's kernel), 'serial' (the same on one thread), 'blas', or 'default'.

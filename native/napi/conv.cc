@@ -68,6 +68,12 @@ Napi::Value GemmInfo(const CI& info) {
   return o;
 }
 
+// cpuPeakGflops(ms) -> the measured FMA rate of all CPU threads, GFLOP/s (cpu::fma_peak_gflops)
+Napi::Value CpuPeakGflops(const CI& info) {
+  Args a{info, "cpuPeakGflops"};
+  return Napi::Number::New(info.Env(), cpu::fma_peak_gflops(a.integer(0, "ms", 1, 10000)));
+}
+
 // gemm(a, b, c, transA, transB, m, n, k, lda, ldb, ldc, alpha, beta, backend) -> updated copy
 // of c
 Napi::Value Gemm(const CI& info) {
@@ -88,6 +94,7 @@ void register_conv(Napi::Env env, Napi::Object exports) {
   AS_EXPORT(exports, env, "conv2dBackward", Conv2dBackward);
   AS_EXPORT(exports, env, "gemmBackend", GemmBackendJs);
   AS_EXPORT(exports, env, "gemmInfo", GemmInfo);
+  AS_EXPORT(exports, env, "cpuPeakGflops", CpuPeakGflops);
   AS_EXPORT(exports, env, "gemm", Gemm);
 }
 

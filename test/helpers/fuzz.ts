@@ -12,7 +12,7 @@ import type { NativeBinding, NativeTensor } from '../../lib/native';
 import { Prng } from './prng';
 
 type Lib = typeof AS;
-type Kind = 'self' | 'T' | 'T?' | 'shape' | 'num' | 'op' | 'act' | 'kind' | 'grid' | 'rows' | 'seed' | 'threads' | 'bool' | 'dev' | 'data' | 'axes';
+type Kind = 'self' | 'T' | 'T?' | 'shape' | 'num' | 'op' | 'act' | 'kind' | 'grid' | 'rows' | 'seed' | 'threads' | 'ms' | 'bool' | 'dev' | 'data' | 'axes';
 
 export interface FuzzCase {
   layer: 'native' | 'api' | 'mutation';
@@ -225,6 +225,9 @@ function invalidFor(kind: Kind, env: FuzzEnv, prng: Prng): [string, unknown] {
     case 'threads':
       pool = [...intJunk(1, 4096), ['zero', 0]];
       break;
+    case 'ms':
+      pool = [...intJunk(1, 10000), ['zero', 0]];
+      break;
     case 'bool':
       pool = [
         ['number 1', 1],
@@ -306,6 +309,7 @@ interface NativeSpec {
 
 const NATIVE_SPECS: NativeSpec[] = [
   { name: 'setNumThreads', kinds: ['threads'], base: () => [1] },
+  { name: 'cpuPeakGflops', kinds: ['ms'], base: () => [1] },
   { name: 'synchronize', kinds: ['dev'], base: () => ['cpu'] },
   { name: 'emptyCache', kinds: ['dev'], base: () => ['cpu'] },
   { name: 'empty', kinds: ['shape', 'dev'], base: () => [[2, 3], 'cpu'] },

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -779,6 +780,58 @@ void set_gemm_backend(const std::string& choice) {
 }
 
 const char* gemm_kernel_name() { return kernel().name; }
+
+namespace {
+// 16 independent chains of 16-lane multiply-adds per round (16 x 16 accumulators: registers with
+// AVX-512, enough chains to cover the FMA latency on two pipes); `rounds` rounds. The
+// accumulators are returned so the work cannot be dropped.
+AS_VECTORIZE float fma_rounds(int64_t rounds, float m, float a) {
+  constexpr int kChains = 16, kLanes = 16;
+  float acc[kChains][kLanes];
+  for (int j = 0; j < kChains; ++j)
+    for (int l = 0; l < kLanes; ++l) acc[j][l] = float(j * kLanes + l) * 1e-3f;
+  for (int64_t r = 0; r < rounds; ++r)
+#pragma GCC unroll 16
+    for (int j = 0; j < kChains; ++j)
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) acc[j][l] = acc[j][l] * m + a;
+  float s = 0.0f;
+  for (int j = 0; j < kChains; ++j)
+    for (int l = 0; l < kLanes; ++l) s += acc[j][l];
+  return s;
+}
+}  // namespace
+
+double fma_peak_gflops(int64_t ms) {
+  AS_CHECK(ms >= 1 && ms <= 10000, Arg, "fma_peak_gflops: ms must be in [1, 10000], got ", ms);
+  constexpr int64_t kRounds = 1 << 12;
+  constexpr double kFlopsPerRound = 2.0 * 16 * 16;
+  // m < 1 and a small keep every chain bounded (no overflow, no denormals).
+  auto batch = [] { return fma_rounds(kRounds, 0.999f, 1e-3f); };
+  using clock = std::chrono::steady_clock;
+  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  // Calibrate on this thread (which also brings the clock up): batches per millisecond.
+  float sink = 0.0f;
+  int64_t calib = 0;
+  const auto c0 = clock::now();
+  do {
+    sink += batch();
+    ++calib;
+  } while (seconds_since(c0) < 0.02);
+  const int64_t per_thread = std::max<int64_t>(1, int64_t(double(calib) / (seconds_since(c0) * 1e3) * double(ms)));
+  // Every thread the same fixed work at once; the rate is all of it over the wall time.
+  const int threads = num_threads();
+  std::vector<float> sinks(size_t(threads), 0.0f);
+  const auto t0 = clock::now();
+  parallel_for(threads, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t b = 0; b < per_thread; ++b) sinks[size_t(i)] += batch();
+  });
+  const double wall = seconds_since(t0);
+  for (float v : sinks) sink += v;
+  if (sink == 12345.0f) return 0.0;  // never: keeps the sums (and the work) observable
+  return double(threads) * double(per_thread) * double(kRounds) * kFlopsPerRound / wall / 1e9;
+}
 
 }  // namespace cpu
 }  // namespace adashift

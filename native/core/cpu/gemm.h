@@ -155,6 +155,11 @@ const char* gemm_backend_name();
 void set_gemm_backend(const std::string& choice);
 // The register tile of the own kernel on this CPU ("8x32 avx512" ...), for benchmarks.
 const char* gemm_kernel_name();
+// This CPU's multiply-add ceiling as measured, not as specified: every pool thread runs
+// independent FMA chains on registers only (no memory traffic; the widest vectors the CPU has,
+// as the GEMM's micro-kernel uses) for about `ms` milliseconds; returns the total rate in GFLOP/s
+// (a multiply-add counts 2). The reference that convolution and GEMM rates are read against.
+double fma_peak_gflops(int64_t ms);
 
 }  // namespace cpu
 }  // namespace adashift
