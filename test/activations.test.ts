@@ -1,11 +1,10 @@
 // Forward and every gradient (input and each parameter) of every activation against PyTorch
 // fixtures (test/fixtures/make_fixtures.py, float64 references), on awkward shapes.
-import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as as from '../lib';
 import { compareArrays } from './helpers/compare';
-import { ensureDist } from './helpers/dist';
+import { ensureDist, jsonFromChild } from './helpers/dist';
 
 const dir = path.join(__dirname, 'fixtures', 'activations');
 interface Case {
@@ -205,10 +204,7 @@ function maBitsInChild(env: Record<string, string>): string[] {
       for (const t of [y, x.grad, ...m.parameters().map((p) => p.grad)]) out.push(Buffer.from(t.toFloat32Array().buffer).toString('base64'));
     }
     process.stdout.write(JSON.stringify(out));`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ADASHIFT_DEVICE: 'cpu', ...env } });
-  expect(r.stderr).toBe('');
-  expect(r.status).toBe(0);
-  const out = JSON.parse(r.stdout) as string[];
+  const out = jsonFromChild(script, env) as string[];
   expect(out.length).toBe(4 * 10); // y, dx and 8 parameter gradients per shape
   return out;
 }

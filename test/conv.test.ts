@@ -9,6 +9,7 @@ import { native } from '../lib/native';
 import { conv2d } from '../lib/ops/conv';
 import { compareArrays } from './helpers/compare';
 import { thrown } from './helpers/errors';
+import { ensureDist, jsonFromChild } from './helpers/dist';
 
 const dir = path.join(__dirname, 'fixtures', 'conv');
 interface Case {
@@ -398,6 +399,33 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
         const y = new as.Tensor(native.conv2dForward(x.handle, w.handle, null, stride, stride, pad, pad)).toFloat32Array();
         expect(compareArrays(y, yref, 1e-4, 1e-5, `y, ${threads} thread(s)`).message).toMatch(/ok/);
       });
+  });
+});
+
+// A stride-1 3x3 weight gradient with at most 16 output channels runs on a register tile made
+// for 3x3 taps (two channels' 9 taps per tile) where AVX-512 is; ADASHIFT_CPU_GENERIC=1 turns it
+// off. Both must give the same bits, with whole and partial channel pairs (16, 3 and 1 input
+// channels) and with the samples in one pass or two (320 one-channel 28x28 samples).
+describe('the 3x3 weight-gradient taps tile (ADASHIFT_CPU_GENERIC)', () => {
+  function dwBitsInChild(env: Record<string, string>): string[] {
+    const dist = ensureDist();
+    const script = `
+      const as = require(${JSON.stringify(dist)});
+      const { native } = require(${JSON.stringify(path.join(dist, 'native'))});
+      const out = [];
+      for (const [xs, co] of [[[4, 16, 28, 28], 16], [[3, 3, 9, 11], 10], [[2, 1, 8, 8], 16], [[320, 1, 28, 28], 16]]) {
+        as.manualSeed(3);
+        const x = as.randn(xs), w = as.randn([co, xs[1], 3, 3]), dy = as.randn([xs[0], co, xs[2], xs[3]]);
+        const [, dw] = native.conv2dBackward(dy.handle, x.handle, w.handle, 1, 1, 1, 1, false, true, false);
+        out.push(Buffer.from(dw.toFloat32Array().buffer).toString('base64'));
+      }
+      process.stdout.write(JSON.stringify(out));`;
+    return jsonFromChild(script, env) as string[];
+  }
+  test('the taps tile and the general tiles give the same bits', () => {
+    const fast = dwBitsInChild({ ADASHIFT_CPU_GENERIC: '0' }), generic = dwBitsInChild({ ADASHIFT_CPU_GENERIC: '1' });
+    expect(fast).toHaveLength(4);
+    fast.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${generic[i]}`));
   });
 });
 

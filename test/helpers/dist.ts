@@ -39,3 +39,16 @@ export function ensureDist(): string {
   fs.utimesSync(path.join(DIST, 'index.js'), now, now);
   return DIST;
 }
+
+/**
+ * Runs `script` (which may `require(DIST)`, the compiled package) in a fresh node process on
+ * the CPU with extra environment variables (switches read once at load), and returns the JSON
+ * it writes to stdout. The child must exit cleanly and print nothing to stderr.
+ */
+export function jsonFromChild(script: string, env: Record<string, string>): unknown {
+  ensureDist();
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ADASHIFT_DEVICE: 'cpu', ...env } });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return JSON.parse(r.stdout);
+}

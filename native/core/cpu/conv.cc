@@ -638,10 +638,15 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
   // whose 16-row tile leaves a last 8 rows to an 8-row tile; 6 and 4 otherwise); 8 when there
   // are few rows (144 for 16 channels: 72 per thread, where tasks of 16 split 80 / 64), 48
   // otherwise. Each row is computed whole inside one task: the tiling does not change any bit.
-  const int64_t kRowTile = gemm_pixel_rows_available() && d.K() <= 384 ? 8 : 48;
+  // A stride-1 3x3 weight gradient with at most 16 output channels runs on the taps tile
+  // (gemm_rows_batched's tap_pitch: two channels' 9 taps per tile), so tasks are whole pairs of
+  // channels (18 rows; 16 channels: 72 rows per thread).
+  const Padded* g = plan ? &plan->gx : nullptr;
+  const bool taps3x3 = g && gemm_pixel_rows_available() && loops::avx512_paths() && d.kh == 3 &&
+                       d.kw == 3 && d.stride_h == 1 && d.stride_w == 1 && d.Cout <= 16;
+  const int64_t kRowTile = taps3x3 ? 18 : gemm_pixel_rows_available() && d.K() <= 384 ? 8 : 48;
   const int64_t K = d.K(), Cout = d.Cout, P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = Cout * P;
-  const Padded* g = plan ? &plan->gx : nullptr;
   // The depth runs over the exact output pixels: pixel p of the padded layout's row sits at
   // kmap[p] = (p / Wo) * Wp + p % Wo (its padding columns are never multiplied).
   std::vector<int32_t> kmap;
@@ -687,7 +692,8 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
     });
     parallel_for((K + kRowTile - 1) / kRowTile, 1, [&](int64_t t0, int64_t t1) {
       gemm_rows_batched(t0 * kRowTile, std::min(K, t1 * kRowTile), Cout, P, off, xps.data(), nc,
-                        bbuf, n0 > 0, dwt.data(), Cout, g ? kmap.data() : nullptr);
+                        bbuf, n0 > 0, dwt.data(), Cout, g ? kmap.data() : nullptr,
+                        taps3x3 ? g->Wp : 0);
     });
   }
   loops::transpose(dwt.data(), Cout, K, Cout, dw, K);

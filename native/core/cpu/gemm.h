@@ -127,9 +127,13 @@ void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, con
 int gemm_rows_sliver(int64_t N);
 int64_t gemm_rows_packed_size(int64_t N, int64_t K, int NR);
 void gemm_rows_pack(const float* Bt, int64_t ldbt, int64_t N, int64_t K, float* out, int NR);
+// tap_pitch > 0 declares the rows to be the 3x3 taps of whole channels of a padded layout with
+// that row pitch (off[9c + 3i + j] = off[9c] + i * tap_pitch + j; [i0, i1) covers whole
+// channels): a register tile that needs fewer row pointers, with the same bits.
 void gemm_rows_batched(int64_t i0, int64_t i1, int64_t N, int64_t K, const int64_t* off,
                        const float* const* xps, int64_t samples, const float* Bp, bool accumulate,
-                       float* C, int64_t ldc, const int32_t* kmap = nullptr);
+                       float* C, int64_t ldc, const int32_t* kmap = nullptr,
+                       int64_t tap_pitch = 0);
 
 // Convolution outputs by pixel runs ("pixel rows"): for a run of `width` consecutive output
 // pixels of one output row and every output channel n < N,

@@ -212,17 +212,22 @@ static BandSums band_sums_for(int64_t W, std::integer_sequence<int, NV...>) {
   return f;
 }
 
+#endif
+
 // ADASHIFT_CPU_GENERIC=1 turns these paths off (the tests compare the two).
-static bool has_avx512() {
+bool avx512_paths() {
+#if AS_HAVE_AVX512_PATHS
   static const bool yes = __builtin_cpu_supports("avx512f") && !(std::getenv("ADASHIFT_CPU_GENERIC") &&
                                                                   std::string(std::getenv("ADASHIFT_CPU_GENERIC")) == "1");
   return yes;
-}
+#else
+  return false;
 #endif
+}
 
 void expand_cells(const float* vals, const int* row0, const int* flat_cell, int Ph, int Pw, int64_t W, float* map) {
 #if AS_HAVE_AVX512_PATHS
-  if (Pw <= 16 && has_avx512()) return expand_cells_avx512(vals, row0, flat_cell, Ph, Pw, W, map);
+  if (Pw <= 16 && avx512_paths()) return expand_cells_avx512(vals, row0, flat_cell, Ph, Pw, W, map);
 #endif
   expand_cells_generic(vals, row0, flat_cell, Ph, Pw, W, map);
 }
@@ -231,7 +236,7 @@ void band_column_sums(const float* x, int64_t W, const int* row0, int bands, flo
 #if AS_HAVE_AVX512_PATHS
   // Rows of up to 256 values (16 registers); wider ones take the generic loop, which is
   // row by row too.
-  if (has_avx512())
+  if (avx512_paths())
     if (BandSums f = band_sums_for(W, std::integer_sequence<int, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>{})) return f(x, W, row0, bands, out);
 #endif
   band_column_sums_generic(x, W, row0, bands, out);

@@ -17,6 +17,9 @@ namespace adashift {
 namespace cpu {
 namespace loops {
 
+// Whether the specialised AVX-512 paths run: the CPU has AVX-512 and ADASHIFT_CPU_GENERIC is
+// not "1" (which turns them off so tests can compare; they give the same bits).
+bool avx512_paths();
 float sum(const float* x, int64_t n);
 // Asks the CPU to bring the cache lines of x[0..n) towards the core (a hint: no fault, no wait).
 // A loop that will read a run soon after the current one issues this while it computes, so the
