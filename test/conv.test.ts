@@ -329,6 +329,9 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['short rows, N=1 (threads inside)', [1, 5, 9, 11], [7, 5, 5, 5], 2, 1],
     ['long rows (870 pixels per sample: four depth blocks), N=2', [2, 3, 30, 29], [5, 3, 3, 3], 1, 1],
     ['stride 2 (phase planes), N=3', [3, 5, 11, 9], [6, 5, 3, 3], 1, 2],
+    // dX phases each keep their padded copy of dy (and its zero borders) from sample to sample
+    ['stride 2, samples across threads, N=6', [6, 5, 11, 9], [6, 5, 3, 3], 1, 2],
+    ['stride 2, samples across threads, even size, N=5', [5, 3, 12, 10], [4, 3, 3, 3], 1, 2],
     ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
     ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],
     ['stride 2, 4x4, padding 3 (dX by columns), N=2', [2, 3, 9, 8], [4, 3, 4, 4], 3, 2],

@@ -61,9 +61,11 @@ using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const floa
 
 // Per-thread buffers, grown on demand and reused across calls: 0 im2col columns, 1 their
 // gradient, 2 a padded copy of one sample, 3 a GEMM output tile, 4 dy in the padded layout,
-// 5 a transposed weight-gradient accumulator.
+// 5 a transposed weight-gradient accumulator, 6.. the padded copies of dy for the phases of a
+// strided dX (one each, so each keeps its zero borders from sample to sample).
+constexpr int kPhaseScratch = 6, kMaxPhaseScratch = 4, kScratchSlots = kPhaseScratch + kMaxPhaseScratch;
 std::vector<float>& scratch(int which, size_t n) {
-  thread_local std::vector<float> buf[6];
+  thread_local std::vector<float> buf[kScratchSlots];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which];
 }
@@ -279,13 +281,16 @@ AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t
 }
 
 // The padded copy of one sample into xp. The zeros around the values depend only on the
-// geometry: with own_scratch (xp is the calling thread's scratch(2), which only pad_sample
-// writes and which lives as long as the thread), later samples of the geometry last padded
-// there rewrite the values only (on 7x7 maps the borders are most of the writes).
-void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel, bool own_scratch) {
-  thread_local const float* last_buf = nullptr;
-  thread_local Padded last{};
-  const bool zero = !(own_scratch && last_buf == xp && last == g);
+// geometry: when xp is the calling thread's scratch(slot) (slot >= 0; a buffer only pad_sample
+// writes, living as long as the thread), a later sample of the geometry last padded into that
+// slot's buffer rewrites the values only (on 7x7 maps the borders are most of the writes). The
+// record is per slot and holds the buffer's address, so a slot whose buffer moved (grown) is
+// zeroed again, and no other buffer can pass for it.
+void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel, int slot) {
+  thread_local const float* slot_buf[kScratchSlots] = {};
+  thread_local Padded slot_geom[kScratchSlots] = {};
+  const bool own = slot >= 0 && slot < kScratchSlots;
+  const bool zero = !(own && slot_buf[slot] == xp && slot_geom[slot] == g);
   const int64_t per_channel = g.sh * g.sw * g.plane;
   if (inner_parallel)
     parallel_for(g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(per_channel, 1)),
@@ -293,9 +298,9 @@ void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel,
   else
     pad_planes(x, g, 0, g.C, xp, zero);
   if (zero) std::fill(xp + g.C * per_channel, xp + g.total, 0.0f);
-  if (own_scratch) {
-    last_buf = xp;
-    last = g;
+  if (own) {
+    slot_buf[slot] = xp;
+    slot_geom[slot] = g;
   }
 }
 
@@ -420,9 +425,9 @@ void pixel_rows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off
 // pixel_weights); off from tap_offsets.
 void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, const float* x,
                      const GemmPackedA& w, const std::vector<float>& wpix, const float* b, float* y,
-                     bool inner_parallel) {
-  float* xp = scratch(2, size_t(g.total)).data();
-  pad_sample(x, g, xp, inner_parallel, true);
+                     bool inner_parallel, int pad_slot = 2) {
+  float* xp = scratch(pad_slot, size_t(g.total)).data();
+  pad_sample(x, g, xp, inner_parallel, pad_slot);
   if (!wpix.empty()) {
     pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, y, inner_parallel);
     return;
@@ -531,10 +536,14 @@ void windows_input_grad(const Conv2dDims& d, const std::vector<DxPhase>& phases,
     return;
   }
   std::fill(dx, dx + d.Cin * d.H * d.W, 0.0f);
-  for (const DxPhase& ph : phases) {
+  for (size_t k = 0; k < phases.size(); ++k) {
+    const DxPhase& ph = phases[k];
     const int64_t Hu = ph.t.Ho, Wv = ph.t.Wo;
     float* t = scratch(1, size_t(d.Cin * Hu * Wv)).data();
-    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, ph.wpix, nullptr, t, inner_parallel);
+    // each phase pads dy into a buffer of its own (the first kMaxPhaseScratch phases), so its
+    // zero borders stay from one sample to the next
+    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, ph.wpix, nullptr, t, inner_parallel,
+                    k < size_t(kMaxPhaseScratch) ? kPhaseScratch + int(k) : 2);
     for (int64_t c = 0; c < d.Cin; ++c)
       for (int64_t u = 0; u < Hu; ++u) {
         const int64_t h = (ph.u0 + u) * d.stride_h + ph.a - d.pad_h;
@@ -682,7 +691,7 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
         float* packed = bbuf + s * psize;
         if (g) {
           float* xp = xbuf + s * xsize;
-          pad_sample(xn, *g, xp, false, false);
+          pad_sample(xn, *g, xp, false, -1);
           xps[size_t(s)] = xp;
         } else {
           xps[size_t(s)] = xn;
