@@ -151,6 +151,8 @@ function gemmCases(): GemmCase[] {
       else add(300, 129, 64, ta, tb, false, 1, 0);
       add(129, 7, 300, ta, tb, true, 0.5, -0.5);
       add(7, 129, 1, ta, tb, true, 1, 1);
+      add(49, 49, 64, ta, tb, ta, 0.125, 0); // AdaShift-MA's attention: 7-row tiles
+      add(49, 64, 49, ta, tb, !ta, 1, 0);
     }
   for (let i = 0; i < 24; i++) {
     add(pick(sizes), pick(sizes), pick(sizes), r() < 0.5, r() < 0.5, r() < 0.5, pick([1, 1, 0.5, -2]), pick([0, 0, 1, 0.25]));
@@ -196,7 +198,7 @@ describe('CPU GEMM', () => {
       // on the CPU whatever the default device: this entry point is the CPU GEMM
       const cpu = { device: 'cpu' as const };
       const a = as.tensor(A, undefined, cpu), b = as.tensor(B, undefined, cpu), c = as.tensor(C, undefined, cpu);
-      const run = (backend: 'own' | 'serial' | 'blas') =>
+      const run = (backend: 'own' | 'serial' | 'small' | 'blas') =>
         new as.Tensor(native.gemm(a.handle, b.handle, c.handle, g.ta, g.tb, g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.alpha, g.beta, backend)).toFloat32Array();
       const own = run('own');
       // entries outside the m x n window (the ldc padding) are left as they were
@@ -214,8 +216,10 @@ describe('CPU GEMM', () => {
       const refW = window(ref);
       const res = compareArrays(window(own), refW, 1e-4, 1e-5, 'own');
       expect(res.message).toMatch(/ok/);
-      // the single-threaded own kernel gives the very same bits
+      // the single-threaded own kernel gives the very same bits, and so does the small-product
+      // entry (A read in place; 7-row tiles where they compute fewer padding rows, as for 49)
       expect(Buffer.from(run('serial').buffer).equals(Buffer.from(own.buffer))).toBe(true);
+      expect(Buffer.from(run('small').buffer).equals(Buffer.from(own.buffer))).toBe(true);
       if (gemmInfo.blasCompiled) {
         const blas = run('blas');
         expect(compareArrays(window(blas), refW, 1e-4, 1e-5, 'blas').message).toMatch(/ok/);

@@ -26,12 +26,13 @@ export interface ConvBinding {
   /**
    * Raw row-major CPU GEMM for tests and benchmarks: returns a copy of c with
    * C = alpha * op(A) op(B) + beta * C (C is m x n with leading dimension ldc). backend:
-   * 'own' (the package's kernel), 'serial' (the same on one thread), 'blas', or 'default'.
+   * 'own' (the package's kernel), 'serial' (the same on one thread), 'small' (the same with A
+   * read in place, for small products), 'blas', or 'default'.
    */
   gemm(
     a: T, b: T, c: T, transA: boolean, transB: boolean, m: number, n: number, k: number,
     lda: number, ldb: number, ldc: number, alpha: number, beta: number,
-    backend: 'own' | 'serial' | 'blas' | 'default',
+    backend: 'own' | 'serial' | 'small' | 'blas' | 'default',
   ): T;
 }
 

@@ -214,6 +214,10 @@ AS_VECTORIZE void macro_8x32(const Block& p) { macro_body<8, 32>(p); }
 AS_VECTORIZE void macro_6x16(const Block& p) { macro_body<6, 16>(p); }
 AS_VECTORIZE void macro_4x16(const Block& p) { macro_body<4, 16>(p); }
 AS_VECTORIZE void macro_inplace_8x32(const Block& p) { macro_body<8, 32, true>(p); }
+// Seven rows (14 accumulators, enough to cover the FMA latency on two pipes) for products whose
+// row count is a multiple of 7 and not of 8: AdaShift-MA's attention over 7 x 7 = 49 tokens,
+// where 8-row tiles compute 56 rows for 49.
+AS_VECTORIZE void macro_inplace_7x32(const Block& p) { macro_body<7, 32, true>(p); }
 AS_VECTORIZE void macro_inplace_6x16(const Block& p) { macro_body<6, 16, true>(p); }
 AS_VECTORIZE void macro_inplace_4x16(const Block& p) { macro_body<4, 16, true>(p); }
 
@@ -607,6 +611,10 @@ void gemm_small_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
   const int NR = kern.NR;
   const int64_t slivers = (N + NR - 1) / NR;
   float* Bp = b_buffer().get(size_t(slivers * NR * std::min(KC, K)));
+  // The tile height that computes fewer padding rows (every element's sum is the same chain of
+  // products in k order whatever the tile: the same bits).
+  void (*run_inplace)(const Block&) = kern.run_inplace;
+  if (NR == 32 && (M + 6) / 7 * 7 < (M + 7) / 8 * 8) run_inplace = macro_inplace_7x32;
   const int64_t rs = trans_a ? 1 : lda, ks = trans_a ? lda : 1;
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min(KC, K - pc);
@@ -615,7 +623,7 @@ void gemm_small_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
     blk.A = A + pc * ks;
     blk.rs = rs;
     blk.ks = ks;
-    kern.run_inplace(blk);
+    run_inplace(blk);
   }
 }
 

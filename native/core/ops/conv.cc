@@ -116,6 +116,9 @@ Tensor gemm_cpu(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a,
   else if (backend == "serial")
     cpu::gemm_serial(trans_a, trans_b, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta,
                      out.data(), ldc);
+  else if (backend == "small")
+    cpu::gemm_small_serial(trans_a, trans_b, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta,
+                           out.data(), ldc);
   else if (backend == "blas") {
     AS_CHECK(cpu::gemm_blas_compiled(), Arg,
              "gemm: backend 'blas' is not available: this build has no BLAS");
@@ -127,7 +130,8 @@ Tensor gemm_cpu(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a,
               ldc);
   else
     fail(ErrorCode::Arg,
-         cat("gemm: backend must be 'own', 'serial', 'blas' or 'default', got '", backend, "'"));
+         cat("gemm: backend must be 'own', 'serial', 'small', 'blas' or 'default', got '", backend,
+             "'"));
   return out;
 }
 

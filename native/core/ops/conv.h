@@ -29,8 +29,9 @@ Conv2dGrad conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& w, i
 // CPU GEMM on raw row-major operands held in tensors (any shape; only the element count
 // matters): returns a copy of c updated with C = alpha * op(A) op(B) + beta * C, where C is
 // M x N with leading dimension ldc. backend: "own" (the package's kernel), "serial" (the same
-// on one thread), "blas" (BLAS sgemm; an Arg error when not compiled in) or "default" (what
-// conv2d uses now). For tests and benchmarks.
+// on one thread), "small" (the same with A read in place: AdaShift-MA's per-sample products),
+// "blas" (BLAS sgemm; an Arg error when not compiled in) or "default" (what conv2d uses now).
+// For tests and benchmarks.
 Tensor gemm_cpu(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b,
                 int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
                 float alpha, float beta, const std::string& backend);
