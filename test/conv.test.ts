@@ -261,6 +261,9 @@ describe('CPU GEMM', () => {
       }
       const gemmGflops = (2 * n * n * n) / Math.min(...times) / 1e9;
       expect(gemmGflops).toBeLessThan(1.5 * peak);
+      // and the peak is a rate this machine can reach: a loop the compiler dropped or computed
+      // once would read thousands of times too high
+      expect(gemmGflops).toBeGreaterThan(0.05 * peak);
     });
     for (const bad of [0, 10001, 1.5, NaN]) expect(() => native.cpuPeakGflops(bad)).toThrow(/ms/);
   });
@@ -429,7 +432,8 @@ describe('the 3x3 weight-gradient taps tile (ADASHIFT_CPU_GENERIC)', () => {
       process.stdout.write(JSON.stringify(out));`;
     return jsonFromChild(script, env) as string[];
   }
-  test('the taps tile and the general tiles give the same bits', () => {
+  // Without AVX-512 both children would run the general tiles: nothing to compare.
+  (gemmInfo.kernel.includes('avx512') ? test : test.skip)('the taps tile and the general tiles give the same bits', () => {
     const fast = dwBitsInChild({ ADASHIFT_CPU_GENERIC: '0' }), generic = dwBitsInChild({ ADASHIFT_CPU_GENERIC: '1' });
     expect(fast).toHaveLength(4);
     fast.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${generic[i]}`));

@@ -36,7 +36,10 @@ export interface ActResult {
   speedupVsTorch?: number;
   /** Why the PyTorch peer gave no result for this row (it failed or ran too long). */
   torchError?: string;
-  /** This package's SiLU time over this activation's, same shape, same run (when SiLU ran): the ratio of the two medians. */
+  /**
+   * This package's SiLU time over this activation's, same shape, same run (when SiLU ran): each
+   * side's median forward plus median backward.
+   */
   vsSilu?: number;
   /**
    * The same ratio taken per round (SiLU's forward+backward over this activation's in the same
@@ -99,6 +102,7 @@ function measureAll(mods: Module[], shape: number[], device: string, repeats: nu
 
 /** Median and quartiles over rounds of ref[i] / t[i] (linear interpolation between order statistics). */
 export function pairedRatio(ref: number[], t: number[]): { median: number; q1: number; q3: number } {
+  if (ref.length === 0 || ref.length !== t.length) throw new Error(`pairedRatio: needs two equally long, non-empty series, got ${ref.length} and ${t.length}`);
   const r = ref.map((v, i) => v / t[i]).sort((a, b) => a - b);
   const at = (q: number) => {
     const pos = q * (r.length - 1), lo = Math.floor(pos), hi = Math.ceil(pos);

@@ -20,7 +20,8 @@ export interface ConvBinding {
   gemmInfo(): { backend: GemmBackendName; blasCompiled: boolean; kernel: string };
   /**
    * The CPU's measured multiply-add ceiling: every pool thread runs register-only FMA chains
-   * (the widest vectors the CPU has) for about `ms` milliseconds (1 to 10000); GFLOP/s in all.
+   * (at the vector width the GEMM uses) for about `ms` milliseconds (1 to 10000); GFLOP/s in
+   * all. Blocks for about ms + 20 milliseconds.
    */
   cpuPeakGflops(ms: number): number;
   /**

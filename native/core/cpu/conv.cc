@@ -64,10 +64,42 @@ using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const floa
 // 5 a transposed weight-gradient accumulator, 6.. the padded copies of dy for the phases of a
 // strided dX (one each, so each keeps its zero borders from sample to sample).
 constexpr int kPhaseScratch = 6, kMaxPhaseScratch = 4, kScratchSlots = kPhaseScratch + kMaxPhaseScratch;
+
+// The input of one sample, zero-padded, as phase planes: with stride (sh, sw), channel c has
+// sh * sw planes, plane (a, b) holding the padded input at rows a, a + sh, ... and columns
+// b, b + sw, ...; each plane is Hp x Wp with Hp = Ho + (kh - 1) / sh, Wp = Wo + (kw - 1) / sw.
+// Tap (c, i, j) then reads plane (c, i % sh, j % sw) shifted by (i / sh, j / sw), and output
+// (oh, ow) sits at oh * Wp + ow of every plane: the stride-1 windows layout, for any stride
+// (with stride 1 there is one plane per channel, the padded input itself).
+struct Padded {
+  int64_t C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total;
+  int64_t kh, kw;  // phases (a, b) with a >= kh or b >= kw hold no tap: zero-filled only
+  auto fields() const { return std::tie(C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total, kh, kw); }
+  bool operator==(const Padded& o) const { return fields() == o.fields(); }
+};
+
+// What a thread keeps between calls, on the heap behind one thread_local pointer: the static TLS
+// a shared object can get at load is small (the CUDA emulation's addon, whose runtime needs
+// initial-exec TLS, failed to load with "cannot allocate memory in static TLS block" once these
+// arrays were thread_local themselves: 2.3 KB of TLS in all; 0.9 KB now).
+struct ThreadBuffers {
+  std::vector<float> buf[kScratchSlots];
+  // pad_sample's record per slot: the buffer last padded there and its geometry
+  const float* pad_buf[kScratchSlots] = {};
+  Padded pad_geom[kScratchSlots] = {};
+  // batched_weight_grad's padded samples and packed dy
+  std::vector<float> xkeep, bkeep;
+};
+ThreadBuffers& thread_buffers() {
+  thread_local std::unique_ptr<ThreadBuffers> t;
+  if (!t) t = std::make_unique<ThreadBuffers>();
+  return *t;
+}
+
 std::vector<float>& scratch(int which, size_t n) {
-  thread_local std::vector<float> buf[kScratchSlots];
-  if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which];
+  std::vector<float>& b = thread_buffers().buf[which];
+  if (b.size() < n) b.resize(n);
+  return b;
 }
 
 // Output pixels per im2col chunk: all of them when the columns fit the budget.
@@ -214,19 +246,6 @@ AS_VECTORIZE void add_into(float* __restrict acc, const float* __restrict v, int
 }
 
 // ---- the windows lowering (own GEMM) -----------------------------------------------------------
-// The input of one sample, zero-padded, as phase planes: with stride (sh, sw), channel c has
-// sh * sw planes, plane (a, b) holding the padded input at rows a, a + sh, ... and columns
-// b, b + sw, ...; each plane is Hp x Wp with Hp = Ho + (kh - 1) / sh, Wp = Wo + (kw - 1) / sw.
-// Tap (c, i, j) then reads plane (c, i % sh, j % sw) shifted by (i / sh, j / sw), and output
-// (oh, ow) sits at oh * Wp + ow of every plane: the stride-1 windows layout, for any stride
-// (with stride 1 there is one plane per channel, the padded input itself).
-struct Padded {
-  int64_t C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total;
-  int64_t kh, kw;  // phases (a, b) with a >= kh or b >= kw hold no tap: zero-filled only
-  auto fields() const { return std::tie(C, H, W, ph, pw, sh, sw, Hp, Wp, plane, total, kh, kw); }
-  bool operator==(const Padded& o) const { return fields() == o.fields(); }
-};
-
 Padded padded(const Conv2dDims& d) {
   Padded g{d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.stride_h, d.stride_w, 0, 0, 0, 0, d.kh, d.kw};
   g.Hp = d.Ho + (d.kh - 1) / d.stride_h;
@@ -287,8 +306,9 @@ AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t
 // record is per slot and holds the buffer's address, so a slot whose buffer moved (grown) is
 // zeroed again, and no other buffer can pass for it.
 void pad_sample(const float* x, const Padded& g, float* xp, bool inner_parallel, int slot) {
-  thread_local const float* slot_buf[kScratchSlots] = {};
-  thread_local Padded slot_geom[kScratchSlots] = {};
+  ThreadBuffers& tb = thread_buffers();
+  const float** slot_buf = tb.pad_buf;
+  Padded* slot_geom = tb.pad_geom;
   const bool own = slot >= 0 && slot < kScratchSlots;
   const bool zero = !(own && slot_buf[slot] == xp && slot_geom[slot] == g);
   const int64_t per_channel = g.sh * g.sw * g.plane;
@@ -669,7 +689,8 @@ void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const flo
   // The batch's padded samples and packed dy, in buffers kept by the calling thread: a fresh
   // multi-megabyte vector per call would be zero-filled and page-faulted in every step (at
   // most kBatchFloats floats in all stay with the thread).
-  thread_local std::vector<float> xkeep, bkeep;
+  std::vector<float>& xkeep = thread_buffers().xkeep;
+  std::vector<float>& bkeep = thread_buffers().bkeep;
   if (xkeep.size() < size_t(g ? chunk * xsize : 0)) xkeep.resize(size_t(chunk * xsize));
   if (bkeep.size() < size_t(chunk * psize)) bkeep.resize(size_t(chunk * psize));
   float* const xbuf = xkeep.data();

@@ -214,9 +214,9 @@ AS_VECTORIZE void macro_8x32(const Block& p) { macro_body<8, 32>(p); }
 AS_VECTORIZE void macro_6x16(const Block& p) { macro_body<6, 16>(p); }
 AS_VECTORIZE void macro_4x16(const Block& p) { macro_body<4, 16>(p); }
 AS_VECTORIZE void macro_inplace_8x32(const Block& p) { macro_body<8, 32, true>(p); }
-// Seven rows (14 accumulators, enough to cover the FMA latency on two pipes) for products whose
-// row count is a multiple of 7 and not of 8: AdaShift-MA's attention over 7 x 7 = 49 tokens,
-// where 8-row tiles compute 56 rows for 49.
+// Seven rows (14 accumulators, enough to cover the FMA latency on two pipes) for the small
+// products whose rows it pads less than eight-row tiles do (gemm_small_serial): AdaShift-MA's
+// attention over 7 x 7 = 49 tokens, where 8-row tiles compute 56 rows for 49.
 AS_VECTORIZE void macro_inplace_7x32(const Block& p) { macro_body<7, 32, true>(p); }
 AS_VECTORIZE void macro_inplace_6x16(const Block& p) { macro_body<6, 16, true>(p); }
 AS_VECTORIZE void macro_inplace_4x16(const Block& p) { macro_body<4, 16, true>(p); }
@@ -838,55 +838,79 @@ void set_gemm_backend(const std::string& choice) {
 const char* gemm_kernel_name() { return kernel().name; }
 
 namespace {
-// 16 independent chains of 16-lane multiply-adds per round (16 x 16 accumulators: registers with
-// AVX-512, enough chains to cover the FMA latency on two pipes); `rounds` rounds. The
-// accumulators are returned so the work cannot be dropped.
-AS_VECTORIZE float fma_rounds(int64_t rounds, float m, float a) {
-  constexpr int kChains = 16, kLanes = 16;
-  float acc[kChains][kLanes];
-  for (int j = 0; j < kChains; ++j)
-    for (int l = 0; l < kLanes; ++l) acc[j][l] = float(j * kLanes + l) * 1e-3f;
+// The multiply-add loop of the peak measurement, one instantiation per instruction set (as the
+// GEMM's micro-kernel, picked by the CPU at run time): CHAINS independent chains of LANES-wide
+// vectors, as many as the register file holds with room for the two constants, and at least
+// the 8 the FMA latency (4 cycles) on two pipes needs. The chains run from their state in `acc`
+// and are written back, so every call does its work (a call whose inputs were all constant
+// could otherwise be computed once, where the compiler sees through it).
+template <int CHAINS, int LANES>
+__attribute__((always_inline)) inline void fma_chains(int64_t rounds, float m, float a, float* acc) {
+  float v[CHAINS][LANES];
+  for (int j = 0; j < CHAINS; ++j)
+    for (int l = 0; l < LANES; ++l) v[j][l] = acc[j * LANES + l];
   for (int64_t r = 0; r < rounds; ++r)
 #pragma GCC unroll 16
-    for (int j = 0; j < kChains; ++j)
+    for (int j = 0; j < CHAINS; ++j)
 #pragma omp simd
-      for (int l = 0; l < kLanes; ++l) acc[j][l] = acc[j][l] * m + a;
-  float s = 0.0f;
-  for (int j = 0; j < kChains; ++j)
-    for (int l = 0; l < kLanes; ++l) s += acc[j][l];
-  return s;
+      for (int l = 0; l < LANES; ++l) v[j][l] = v[j][l] * m + a;
+  for (int j = 0; j < CHAINS; ++j)
+    for (int l = 0; l < LANES; ++l) acc[j * LANES + l] = v[j][l];
+}
+constexpr int kPeakState = 16 * 16;  // floats of chain state, enough for every variant
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f"))) void fma_chains_avx512(int64_t r, float m, float a, float* acc) {
+  fma_chains<16, 16>(r, m, a, acc);  // 16 of 32 zmm
+}
+__attribute__((target("avx2,fma"))) void fma_chains_avx2(int64_t r, float m, float a, float* acc) {
+  fma_chains<12, 8>(r, m, a, acc);  // 12 of 16 ymm
+}
+#endif
+void fma_chains_base(int64_t r, float m, float a, float* acc) { fma_chains<8, 4>(r, m, a, acc); }
+
+struct PeakLoop {
+  void (*run)(int64_t, float, float, float*);
+  double flops_per_round;
+};
+PeakLoop peak_loop() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  const Kernel& k = kernel();  // the same choice as the GEMM's tile
+  if (k.NR == 32) return {fma_chains_avx512, 2.0 * 16 * 16};
+  if (k.MR == 6) return {fma_chains_avx2, 2.0 * 12 * 8};
+#endif
+  return {fma_chains_base, 2.0 * 8 * 4};
 }
 }  // namespace
 
 double fma_peak_gflops(int64_t ms) {
   AS_CHECK(ms >= 1 && ms <= 10000, Arg, "fma_peak_gflops: ms must be in [1, 10000], got ", ms);
   constexpr int64_t kRounds = 1 << 12;
-  constexpr double kFlopsPerRound = 2.0 * 16 * 16;
-  // m < 1 and a small keep every chain bounded (no overflow, no denormals).
-  auto batch = [] { return fma_rounds(kRounds, 0.999f, 1e-3f); };
+  const PeakLoop loop = peak_loop();
+  // m < 1 and a small keep every chain bounded (no overflow, no denormals): each converges to
+  // a / (1 - m) = 1.
+  auto batch = [&](float* acc) { loop.run(kRounds, 0.999f, 1e-3f, acc); };
   using clock = std::chrono::steady_clock;
   auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
   // Calibrate on this thread (which also brings the clock up): batches per millisecond.
-  float sink = 0.0f;
+  std::vector<float> state(size_t(kPeakState), 0.5f);
   int64_t calib = 0;
   const auto c0 = clock::now();
   do {
-    sink += batch();
+    batch(state.data());
     ++calib;
   } while (seconds_since(c0) < 0.02);
   const int64_t per_thread = std::max<int64_t>(1, int64_t(double(calib) / (seconds_since(c0) * 1e3) * double(ms)));
-  // Every thread the same fixed work at once; the rate is all of it over the wall time.
+  // Every thread the same fixed work at once, on its own state; the rate is all of it over the
+  // wall time.
   const int threads = num_threads();
-  std::vector<float> sinks(size_t(threads), 0.0f);
+  std::vector<std::vector<float>> states(size_t(threads), std::vector<float>(size_t(kPeakState), 0.5f));
   const auto t0 = clock::now();
   parallel_for(threads, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
-      for (int64_t b = 0; b < per_thread; ++b) sinks[size_t(i)] += batch();
+      for (int64_t b = 0; b < per_thread; ++b) batch(states[size_t(i)].data());
   });
   const double wall = seconds_since(t0);
-  for (float v : sinks) sink += v;
-  if (sink == 12345.0f) return 0.0;  // never: keeps the sums (and the work) observable
-  return double(threads) * double(per_thread) * double(kRounds) * kFlopsPerRound / wall / 1e9;
+  return double(threads) * double(per_thread) * double(kRounds) * loop.flops_per_round / wall / 1e9;
 }
 
 }  // namespace cpu

@@ -160,9 +160,10 @@ void set_gemm_backend(const std::string& choice);
 // The register tile of the own kernel on this CPU ("8x32 avx512" ...), for benchmarks.
 const char* gemm_kernel_name();
 // This CPU's multiply-add ceiling as measured, not as specified: every pool thread runs
-// independent FMA chains on registers only (no memory traffic; the widest vectors the CPU has,
-// as the GEMM's micro-kernel uses) for about `ms` milliseconds; returns the total rate in GFLOP/s
+// independent FMA chains on registers only (no memory traffic; the vector width the GEMM's
+// micro-kernel uses on this CPU) for about `ms` milliseconds; returns the total rate in GFLOP/s
 // (a multiply-add counts 2). The reference that convolution and GEMM rates are read against.
+// Takes about ms + 20 milliseconds (a calibration first), during which the pool does nothing else.
 double fma_peak_gflops(int64_t ms);
 
 }  // namespace cpu
