@@ -5,7 +5,8 @@ import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { benchAct, pairedRatio } from '../lib/bench/act';
+import { benchAct } from '../lib/bench/act';
+import { pairedRatio } from '../lib/stats';
 import { benchStep, isStepError, resolveTorchPython, StepError, StepRow } from '../lib/bench/step';
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
@@ -138,17 +139,23 @@ describe('bench step', () => {
 
   const torchPython = resolveTorchPython();
   (torchPython ? test : test.skip)('with PyTorch: alternating steps, ratio reported', async () => {
-    const r = await benchStep({ ...TINY, acts: ['adashift-ma'], sections: ['step'], python: torchPython, outDir: null });
+    const r = await benchStep({ ...TINY, repeats: 3, acts: ['adashift-ma'], sections: ['step'], python: torchPython, outDir: null });
     expect(r.torchVersion).toMatch(/\d+\.\d+/);
     expect(r.torchCudnnBenchmark).toBe(false);
     const row = ok(r.sections.step)[0];
     expect(row.torch).toBeDefined();
     expect('error' in row.torch! ? row.torch.error : null).toBeNull();
     const t = row.torch as { ms: number; msAll: number[]; imagesPerSec: number; peakBytes: number | null };
-    expect(t.msAll).toHaveLength(1);
+    expect(t.msAll).toHaveLength(3);
     expect(t.ms).toBeGreaterThan(0);
     expect(t.peakBytes).toBeNull(); // CPU
     expect(row.speedupVsTorch).toBeCloseTo(t.ms / row.ms, 6);
+    // step i of PyTorch over step i of ours, three of them: the middle one, and the quartiles
+    // halfway to each neighbour
+    const ratios = t.msAll.map((v, i) => v / row.msAll[i]).sort((a, b) => a - b);
+    expect(row.speedupVsTorchPaired!.median).toBeCloseTo(ratios[1], 9);
+    expect(row.speedupVsTorchPaired!.q1).toBeCloseTo((ratios[0] + ratios[1]) / 2, 9);
+    expect(row.speedupVsTorchPaired!.q3).toBeCloseTo((ratios[1] + ratios[2]) / 2, 9);
   });
 
   (torchPython ? test : test.skip)('with PyTorch: AdamW on both sides; LAMB has no peer (its rows say why)', async () => {

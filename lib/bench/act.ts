@@ -7,7 +7,7 @@ import { native } from '../native';
 import { activation, ActivationName, ACTIVATIONS } from '../nn/activation';
 import { Module } from '../nn/module';
 import { manualSeed, randn, Tensor, tidy } from '../tensor';
-import { environment, findTorchPython, median, runPython, scriptPath, timeIt, writeResult } from './common';
+import { environment, findTorchPython, median, pairedRatio, runPython, scriptPath, timeIt, writeResult } from './common';
 
 export interface BenchActOptions {
   shapes?: number[][];
@@ -98,17 +98,6 @@ function measureAll(mods: Module[], shape: number[], device: string, repeats: nu
   x.dispose();
   dy.dispose();
   return mods.map((_, k) => ({ fwd: median(fwd[k]), bwd: median(bwd[k]), totals: fwd[k].map((f, i) => f + bwd[k][i]) }));
-}
-
-/** Median and quartiles over rounds of ref[i] / t[i] (linear interpolation between order statistics). */
-export function pairedRatio(ref: number[], t: number[]): { median: number; q1: number; q3: number } {
-  if (ref.length === 0 || ref.length !== t.length) throw new Error(`pairedRatio: needs two equally long, non-empty series, got ${ref.length} and ${t.length}`);
-  const r = ref.map((v, i) => v / t[i]).sort((a, b) => a - b);
-  const at = (q: number) => {
-    const pos = q * (r.length - 1), lo = Math.floor(pos), hi = Math.ceil(pos);
-    return r[lo] + (r[hi] - r[lo]) * (pos - lo);
-  };
-  return { median: at(0.5), q1: at(0.25), q3: at(0.75) };
 }
 
 /** Measured device-to-device copy bandwidth (read + write), GB/s, on a tensor of n floats. */

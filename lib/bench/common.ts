@@ -6,7 +6,7 @@ import * as path from 'path';
 import { writeAtomic } from '../io/safetensors';
 import { native } from '../native';
 export { environment, gitCommit } from '../provenance';
-export { median } from '../stats';
+export { median, pairedRatio } from '../stats';
 
 /** Seconds taken by fn, after the device's queued work has finished. */
 export function timeIt(device: string, fn: () => void): number {

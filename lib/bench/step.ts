@@ -16,7 +16,7 @@ import { crossEntropyWithCorrect } from '../ops/loss';
 import { makeOptimizer, paramGroups } from '../optim';
 import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
-import { environment, findTorchPython, median, scriptPath, timeIt, writeResult } from './common';
+import { environment, findTorchPython, median, pairedRatio, scriptPath, timeIt, writeResult } from './common';
 
 /** A benchmark model: a ResNet with its input and batch. */
 export interface StepModelSpec {
@@ -121,8 +121,13 @@ export interface StepRow {
   /** Live tensor bytes before a step (parameters, optimizer state, the batch). */
   baseBytes: number;
   torch?: TorchStep | { error: string };
-  /** PyTorch's time over ours (> 1: we are faster). */
+  /** PyTorch's time over ours (> 1: we are faster): the ratio of the two medians. */
   speedupVsTorch?: number;
+  /**
+   * The same per step: PyTorch's step over ours just before it (the two alternate), median and
+   * quartiles over the timed steps; the machine's drift between steps cancels in each pair.
+   */
+  speedupVsTorchPaired?: { median: number; q1: number; q3: number };
   /** The same step replayed as a CUDA graph (bench step --graph, CUDA only). */
   graph?: GraphStep | { error: string };
 }
@@ -443,6 +448,7 @@ async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threa
       const tms = median(ttimes) * 1e3;
       row.torch = { ms: tms, msAll: ttimes.map((t) => t * 1e3), imagesPerSec: spec.batch / (tms / 1e3), peakBytes: tpeak };
       row.speedupVsTorch = tms / ms;
+      if (ttimes.length === times.length) row.speedupVsTorchPaired = pairedRatio(ttimes, times);
     }
     return row;
   } finally {
@@ -583,7 +589,9 @@ function mib(bytes: number | null | undefined): string {
 /** One progress line per measured row. */
 export function stepRowLine(section: StepSection, r: StepRow | StepError): string {
   if (isStepError(r)) return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: error: ${r.error}`;
-  const t = r.torch && 'ms' in r.torch ? `  torch ${r.torch.ms.toFixed(1)} ms (x${r.speedupVsTorch!.toFixed(2)})` : r.torch ? `  torch error: ${r.torch.error}` : '';
+  const p = r.speedupVsTorchPaired;
+  const paired = p ? `, paired x${p.median.toFixed(2)}, IQR ${p.q1.toFixed(2)}-${p.q3.toFixed(2)}` : '';
+  const t = r.torch && 'ms' in r.torch ? `  torch ${r.torch.ms.toFixed(1)} ms (x${r.speedupVsTorch!.toFixed(2)}${paired})` : r.torch ? `  torch error: ${r.torch.error}` : '';
   const g = r.graph ? ('ms' in r.graph ? `  graph ${r.graph.ms.toFixed(2)} ms (x${r.graph.speedupVsEager.toFixed(2)} eager)` : `  graph error: ${r.graph.error}`) : '';
   return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: ${r.ms.toFixed(1)} ms/step, ${r.imagesPerSec.toFixed(0)} img/s, peak ${mib(r.peakBytes)} MiB${t}${g}`;
 }
