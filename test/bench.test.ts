@@ -7,7 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { benchAct } from '../lib/bench/act';
 import { pairedRatio } from '../lib/stats';
-import { benchStep, isStepError, resolveTorchPython, StepError, StepRow } from '../lib/bench/step';
+import { benchStep, isStepError, resolveTorchPython, StepError, stepRowLine, StepRow } from '../lib/bench/step';
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
 import { memory, resetPeakMemory } from '../lib/tensor';
@@ -125,6 +125,31 @@ describe('bench step', () => {
       checkRow(ok(r.sections.step)[0], 'adashift-b', 2);
     }
     expect(memory().tensors).toBe(before);
+  });
+
+  test("without a PyTorch peer the activations run round robin: each step against ReLU's of the same round", async () => {
+    const before = memory().tensors;
+    const lines: string[] = [];
+    const r = await benchStep({ ...TINY, repeats: 3, warmup: 1, acts: ['relu', 'adashift-b'], sections: ['step'], torch: false, outDir: null, onResult: (s, row) => lines.push(stepRowLine(s, row)) });
+    expect(memory().tensors).toBe(before); // every model of the round robin disposed
+    const [relu, b] = ok(r.sections.step);
+    expect([relu.act, b.act]).toEqual(['relu', 'adashift-b']);
+    expect(relu.msAll).toHaveLength(3);
+    expect(b.msAll).toHaveLength(3);
+    // round i of AdaShift-B over round i of ReLU, three rounds: the middle ratio, quartiles
+    // halfway to each neighbour
+    const ratios = b.msAll.map((v, i) => v / relu.msAll[i]).sort((x, y) => x - y);
+    expect(b.vsReluPaired!.median).toBeCloseTo(ratios[1], 9);
+    expect(b.vsReluPaired!.q1).toBeCloseTo((ratios[0] + ratios[1]) / 2, 9);
+    expect(b.vsReluPaired!.q3).toBeCloseTo((ratios[1] + ratios[2]) / 2, 9);
+    expect(lines[1]).toMatch(/adashift-b .* ms\/step, .* x\d+\.\d\d ReLU's step \(IQR \d+\.\d\d-\d+\.\d\d\)/);
+    // one activation alone (timed on its own, the other path): nothing to pair, and the same
+    // memory figures as in the round robin, where the other model was resident too
+    const one = await benchStep({ ...TINY, repeats: 3, warmup: 1, acts: ['adashift-b'], sections: ['step'], torch: false, outDir: null });
+    const alone = ok(one.sections.step)[0];
+    expect(alone.vsReluPaired).toBeUndefined();
+    expect([b.baseBytes, b.peakBytes]).toEqual([alone.baseBytes, alone.peakBytes]);
+    expect(b.peakBytes).toBeGreaterThan(b.baseBytes);
   });
 
   test('bad options fail before measuring: an unknown model or optimizer, --graph without CUDA', async () => {

@@ -130,6 +130,12 @@ export interface StepRow {
   speedupVsTorchPaired?: { median: number; q1: number; q3: number };
   /** The same step replayed as a CUDA graph (bench step --graph, CUDA only). */
   graph?: GraphStep | { error: string };
+  /**
+   * This activation's step over ReLU's in the same round, median and quartiles over the rounds:
+   * only when the activations were timed round robin (the step section without a PyTorch peer,
+   * with relu among the activations).
+   */
+  vsReluPaired?: { median: number; q1: number; q3: number };
 }
 
 export interface GraphStep {
@@ -379,6 +385,87 @@ function torchDevice(device: string): string {
   return device.startsWith('cuda') ? device : 'cpu';
 }
 
+/** The row of our timed steps (seconds), before any PyTorch or graph fields. */
+function ourRow(ours: StepCase, threads: number, times: number[], peak: number, base: number): StepRow {
+  const spec = ours.spec;
+  const ms = median(times) * 1e3;
+  return {
+    model: spec.name,
+    act: ours.act,
+    batch: spec.batch,
+    input: [...spec.input],
+    classes: spec.classes,
+    threads,
+    params: ours.params(),
+    ms,
+    msAll: times.map((t) => t * 1e3),
+    imagesPerSec: spec.batch / (ms / 1e3),
+    peakBytes: peak,
+    baseBytes: base,
+  };
+}
+
+/**
+ * Without a PyTorch peer: the models of all the activations built (and warmed up) one after the
+ * other, kept, and their steps timed round robin (round i of every activation before round i + 1
+ * of any), so each activation's step can be set against ReLU's of the same round (vsReluPaired)
+ * with the machine's drift cancelled. A configuration that fails to build or to step gets an
+ * error row; the others go on.
+ */
+async function measureRoundRobin(ctx: Ctx, spec: StepModelSpec, acts: ActivationName[], threads: number): Promise<(StepRow | StepError)[]> {
+  const cases: (StepCase | null)[] = [];
+  const errors: (string | null)[] = [];
+  const times: number[][] = acts.map(() => []);
+  // Memory per model as if it ran alone: its resident bytes (parameters, buffers, the batch and,
+  // after the warm-up, the optimizer's state), measured as it is built and warmed up, plus the
+  // most a timed step of it adds on top of all that is resident.
+  const resident = acts.map(() => 0), transient = acts.map(() => 0);
+  try {
+    const step = (k: number, timed: boolean) => {
+      const c = cases[k];
+      if (!c || errors[k]) return;
+      try {
+        if (!timed) return c.run();
+        const s = c.timedStep();
+        times[k].push(s.seconds);
+        transient[k] = Math.max(transient[k], s.peakBytes - s.baseBytes);
+      } catch (e) {
+        errors[k] = (e as Error).message;
+      }
+    };
+    for (const [k, act] of acts.entries()) {
+      native.synchronize(ctx.device);
+      const before = deviceBytes(ctx.device).bytes;
+      try {
+        cases.push(new StepCase(spec, act, ctx.device, ctx.opt));
+        errors.push(null);
+      } catch (e) {
+        cases.push(null);
+        errors.push((e as Error).message);
+      }
+      for (let i = 0; i < ctx.warmup; i++) step(k, false);
+      native.synchronize(ctx.device);
+      resident[k] = deviceBytes(ctx.device).bytes - before;
+    }
+    for (let i = 0; i < ctx.repeats; i++) acts.forEach((_, k) => step(k, true));
+    const rows: (StepRow | StepError)[] = acts.map((act, k) =>
+      errors[k] || !cases[k]
+        ? { model: spec.name, act, batch: spec.batch, threads, error: errors[k] ?? 'not built' }
+        : ourRow(cases[k]!, threads, times[k], resident[k] + transient[k], resident[k]),
+    );
+    const relu = acts.indexOf('relu');
+    const reluRow = relu >= 0 ? rows[relu] : null;
+    rows.forEach((r, k) => {
+      if (isStepError(r)) return;
+      if (reluRow && !isStepError(reluRow)) r.vsReluPaired = pairedRatio(times[k], times[relu]);
+      if (ctx.graph) r.graph = measureGraph(cases[k]!, ctx, r.ms);
+    });
+    return rows;
+  } finally {
+    for (const c of cases) c?.dispose();
+  }
+}
+
 /** Ours and (when present) PyTorch's step on one configuration, alternating step by step. */
 async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threads: number): Promise<StepRow> {
   const ours = new StepCase(spec, act, ctx.device, ctx.opt);
@@ -427,21 +514,8 @@ async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threa
         if (t.peak !== null) tpeak = Math.max(tpeak ?? 0, t.peak);
       }
     }
-    const ms = median(times) * 1e3;
-    const row: StepRow = {
-      model: spec.name,
-      act,
-      batch: spec.batch,
-      input: [...spec.input],
-      classes: spec.classes,
-      threads,
-      params: ours.params(),
-      ms,
-      msAll: times.map((t) => t * 1e3),
-      imagesPerSec: spec.batch / (ms / 1e3),
-      peakBytes: peak,
-      baseBytes: base,
-    };
+    const row = ourRow(ours, threads, times, peak, base);
+    const ms = row.ms;
     if (ctx.graph) row.graph = measureGraph(ours, ctx, ms);
     if (torchError) row.torch = { error: torchError };
     else if (useTorch && ttimes.length) {
@@ -530,7 +604,15 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
       out.step = [];
       for (const m of models) {
         const spec = modelSpec(m, { ...overrides, batch: options.batch });
-        for (const act of acts) out.step.push(await run('step', spec, act, threads));
+        if (!peer && acts.length > 1) {
+          // no peer to alternate with: our activations round robin instead
+          for (const row of await measureRoundRobin(ctx, spec, acts, threads)) {
+            options.onResult?.('step', row);
+            out.step.push(row);
+          }
+        } else {
+          for (const act of acts) out.step.push(await run('step', spec, act, threads));
+        }
       }
     }
     if (sections.includes('threads')) {
@@ -593,7 +675,8 @@ export function stepRowLine(section: StepSection, r: StepRow | StepError): strin
   const paired = p ? `, paired x${p.median.toFixed(2)}, IQR ${p.q1.toFixed(2)}-${p.q3.toFixed(2)}` : '';
   const t = r.torch && 'ms' in r.torch ? `  torch ${r.torch.ms.toFixed(1)} ms (x${r.speedupVsTorch!.toFixed(2)}${paired})` : r.torch ? `  torch error: ${r.torch.error}` : '';
   const g = r.graph ? ('ms' in r.graph ? `  graph ${r.graph.ms.toFixed(2)} ms (x${r.graph.speedupVsEager.toFixed(2)} eager)` : `  graph error: ${r.graph.error}`) : '';
-  return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: ${r.ms.toFixed(1)} ms/step, ${r.imagesPerSec.toFixed(0)} img/s, peak ${mib(r.peakBytes)} MiB${t}${g}`;
+  const v = r.vsReluPaired && r.act !== 'relu' ? `, x${r.vsReluPaired.median.toFixed(2)} ReLU's step (IQR ${r.vsReluPaired.q1.toFixed(2)}-${r.vsReluPaired.q3.toFixed(2)})` : '';
+  return `[${section}] ${r.model} ${r.act} batch ${r.batch} threads ${r.threads}: ${r.ms.toFixed(1)} ms/step, ${r.imagesPerSec.toFixed(0)} img/s, peak ${mib(r.peakBytes)} MiB${v}${t}${g}`;
 }
 
 /** The compact table of a report (printed last by the CLI). */
