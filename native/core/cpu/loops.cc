@@ -59,6 +59,42 @@ AS_VECTORIZE void add_scalar(float* __restrict x, float v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += v;
 }
 
+namespace {
+constexpr int kLanes = 16;
+__attribute__((always_inline)) inline float add_lanes(const float* a) {
+  float h[8];
+  for (int l = 0; l < 8; ++l) h[l] = a[l] + a[l + 8];
+  for (int l = 0; l < 4; ++l) h[l] += h[l + 4];
+  return (h[0] + h[2]) + (h[1] + h[3]);
+}
+// Runs body(i, lane) for i < n with lane = i % kLanes, whole rows of lanes vectorised.
+template <typename Body>
+__attribute__((always_inline)) inline void for_lanes(int64_t n, Body body) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) body(i + l, l);
+  }
+  for (int l = 0; i + l < n; ++l) body(i + l, l);
+}
+}  // namespace
+
+AS_VECTORIZE float lane_sum(const float* __restrict x, int64_t n) {
+  float acc[kLanes] = {};
+  for_lanes(n, [&](int64_t i, int l) { acc[l] += x[i]; });
+  return add_lanes(acc);
+}
+
+AS_VECTORIZE float gate_forward_sum(const float* __restrict x, float s, float* __restrict y,
+                                    const float* __restrict next, int64_t n) {
+  float acc[kLanes] = {};
+  for_lanes(n, [&](int64_t i, int l) {
+    y[i] = math::gate(x[i], s);
+    acc[l] += next[i];
+  });
+  return add_lanes(acc);
+}
+
 AS_VECTORIZE void gate_forward_v(const float* __restrict x, const float* __restrict s, float* __restrict y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = math::gate(x[i], s[i]);

@@ -44,6 +44,14 @@ void gate_input_grad(const float* x, const float* dy, float s, float add, float*
 float gate_grads(const float* x, const float* dy, float s, float* dx, int64_t n);
 // x[i] += v
 void add_scalar(float* x, float v, int64_t n);
+// ---- AdaShift-B's pipelined forward (cpu/adashift_b.cc) ----------------------------------------
+// Sums in 16 lanes (element i into lane i % 16), the lanes then added in a fixed tree: written
+// out in the source, so both loops below sum a run in the same order on every machine, and a
+// sum taken inside another sample's pass has the bits of one taken in a pass of its own.
+float lane_sum(const float* x, int64_t n);
+// y = x * sigmoid(x + s), and returns lane_sum(next, n): the pooling of the next sample's plane
+// read while this one is gated (the gate is compute-bound; the extra stream rides along).
+float gate_forward_sum(const float* x, float s, float* y, const float* next, int64_t n);
 // Per-element shift s[i] (region bands of AdaShift-MA, the shift laid out per pixel)
 void gate_forward_v(const float* x, const float* s, float* y, int64_t n);
 // out[i] = dy * x * g * (1 - g)
