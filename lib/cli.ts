@@ -306,7 +306,7 @@ export function main(argv = process.argv): void {
     .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
     .option('--repeats <n>', 'timed steps (median reported)', parseIntArg('--repeats', 1, 10000), 10)
     .option('--warmup <n>', 'untimed steps first', parseIntArg('--warmup', 0, 1000), 2)
-    .option('--no-torch', 'skip the PyTorch side-by-side run')
+    .option('--no-torch', "skip the PyTorch side-by-side run (the step section then times the activations round robin, each step against ReLU's of the same round)")
     .option('--graph', 'CUDA: also time each step captured and replayed as one CUDA graph')
     .option('--opt <name>', `the step's optimizer: ${STEP_OPTIMIZER_NAMES.join(', ')} (PyTorch has no LAMB: no peer for it)`, choice('--opt', STEP_OPTIMIZER_NAMES), 'sgd')
     .option('--profile', 'profile one model + activation (the first of --models and --acts; default resnet20, adashift-b): time per op family per step')
