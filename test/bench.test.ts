@@ -143,12 +143,15 @@ describe('bench step', () => {
     expect(b.vsReluPaired!.q1).toBeCloseTo((ratios[0] + ratios[1]) / 2, 9);
     expect(b.vsReluPaired!.q3).toBeCloseTo((ratios[1] + ratios[2]) / 2, 9);
     expect(lines[1]).toMatch(/adashift-b .* ms\/step, .* x\d+\.\d\d ReLU's step \(IQR \d+\.\d\d-\d+\.\d\d\)/);
-    // one activation alone (timed on its own, the other path): nothing to pair, and the same
-    // memory figures as in the round robin, where the other model was resident too
+    // one activation alone (timed on its own, the other path): nothing to pair, and the memory
+    // figures of the round robin, where the other model (2 MB here) was resident too, within a
+    // few bytes (a small tensor the package allocates once per process, on first use, counts
+    // toward the model that first uses it: 24 bytes in one CI run)
     const one = await benchStep({ ...TINY, repeats: 3, warmup: 1, acts: ['adashift-b'], sections: ['step'], torch: false, outDir: null });
     const alone = ok(one.sections.step)[0];
     expect(alone.vsReluPaired).toBeUndefined();
-    expect([b.baseBytes, b.peakBytes]).toEqual([alone.baseBytes, alone.peakBytes]);
+    expect(Math.abs(b.baseBytes - alone.baseBytes)).toBeLessThan(1024);
+    expect(Math.abs(b.peakBytes - alone.peakBytes)).toBeLessThan(1024);
     expect(b.peakBytes).toBeGreaterThan(b.baseBytes);
   });
 
