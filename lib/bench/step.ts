@@ -236,6 +236,19 @@ export class StepCase {
     return this.model.numParameters();
   }
 
+  /**
+   * Bytes this case keeps between steps: the model's parameters and buffers, the optimizer's
+   * state and the batch (float32), counted from the tensors themselves, so other live tensors
+   * (other cases', garbage released meanwhile) do not enter it.
+   */
+  residentBytes(): number {
+    const own = new Set<Tensor>([...this.model.parameters(), ...this.model.namedBuffers().map(([, b]) => b), this.x]);
+    for (const st of Object.values(this.opt.stateDict().state)) for (const v of Object.values(st)) if (v instanceof Tensor) own.add(v);
+    let bytes = 0;
+    for (const t of own) bytes += t.numel * 4;
+    return bytes;
+  }
+
   dispose(): void {
     this.model.dispose();
     this.x.dispose();
@@ -406,8 +419,8 @@ function ourRow(ours: StepCase, threads: number, times: number[], peak: number, 
 }
 
 /**
- * Without a PyTorch peer: the models of all the activations built (and warmed up) one after the
- * other, kept, and their steps timed round robin (round i of every activation before round i + 1
+ * Without a PyTorch peer: the models of all the activations built (each warmed up as it is
+ * built), kept, and their steps timed round robin (round i of every activation before round i + 1
  * of any), so each activation's step can be set against ReLU's of the same round (vsReluPaired)
  * with the machine's drift cancelled. A configuration that fails to build or to step gets an
  * error row; the others go on.
@@ -416,10 +429,10 @@ async function measureRoundRobin(ctx: Ctx, spec: StepModelSpec, acts: Activation
   const cases: (StepCase | null)[] = [];
   const errors: (string | null)[] = [];
   const times: number[][] = acts.map(() => []);
-  // Memory per model as if it ran alone: its resident bytes (parameters, buffers, the batch and,
-  // after the warm-up, the optimizer's state), measured as it is built and warmed up, plus the
-  // most a timed step of it adds on top of all that is resident.
-  const resident = acts.map(() => 0), transient = acts.map(() => 0);
+  // Memory per model as if it ran alone: its resident bytes (parameters, buffers, the optimizer's
+  // state, the batch: StepCase.residentBytes) plus the most a timed step of it adds on top of
+  // all that is live.
+  const transient = acts.map(() => 0);
   try {
     const step = (k: number, timed: boolean) => {
       const c = cases[k];
@@ -434,8 +447,6 @@ async function measureRoundRobin(ctx: Ctx, spec: StepModelSpec, acts: Activation
       }
     };
     for (const [k, act] of acts.entries()) {
-      native.synchronize(ctx.device);
-      const before = deviceBytes(ctx.device).bytes;
       try {
         cases.push(new StepCase(spec, act, ctx.device, ctx.opt));
         errors.push(null);
@@ -444,14 +455,12 @@ async function measureRoundRobin(ctx: Ctx, spec: StepModelSpec, acts: Activation
         errors.push((e as Error).message);
       }
       for (let i = 0; i < ctx.warmup; i++) step(k, false);
-      native.synchronize(ctx.device);
-      resident[k] = deviceBytes(ctx.device).bytes - before;
     }
     for (let i = 0; i < ctx.repeats; i++) acts.forEach((_, k) => step(k, true));
     const rows: (StepRow | StepError)[] = acts.map((act, k) =>
       errors[k] || !cases[k]
         ? { model: spec.name, act, batch: spec.batch, threads, error: errors[k] ?? 'not built' }
-        : ourRow(cases[k]!, threads, times[k], resident[k] + transient[k], resident[k]),
+        : ourRow(cases[k]!, threads, times[k], cases[k]!.residentBytes() + transient[k], cases[k]!.residentBytes()),
     );
     const relu = acts.indexOf('relu');
     const reluRow = relu >= 0 ? rows[relu] : null;
