@@ -457,11 +457,12 @@ async function measureRoundRobin(ctx: Ctx, spec: StepModelSpec, acts: Activation
       for (let i = 0; i < ctx.warmup; i++) step(k, false);
     }
     for (let i = 0; i < ctx.repeats; i++) acts.forEach((_, k) => step(k, true));
-    const rows: (StepRow | StepError)[] = acts.map((act, k) =>
-      errors[k] || !cases[k]
-        ? { model: spec.name, act, batch: spec.batch, threads, error: errors[k] ?? 'not built' }
-        : ourRow(cases[k]!, threads, times[k], cases[k]!.residentBytes() + transient[k], cases[k]!.residentBytes()),
-    );
+    const rows: (StepRow | StepError)[] = acts.map((act, k) => {
+      const c = cases[k];
+      if (errors[k] || !c) return { model: spec.name, act, batch: spec.batch, threads, error: errors[k] ?? 'not built' };
+      const resident = c.residentBytes();
+      return ourRow(c, threads, times[k], resident + transient[k], resident);
+    });
     const relu = acts.indexOf('relu');
     const reluRow = relu >= 0 ? rows[relu] : null;
     rows.forEach((r, k) => {

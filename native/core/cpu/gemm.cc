@@ -418,36 +418,52 @@ struct RowsBlock {
   int64_t tap_pitch;     // > 0: rows are 3x3 taps with this row pitch (rows_taps3x3_macro)
 };
 
+// One register tile of rows_macro and rows_taps3x3_macro: acc = sum over samples of the tile's
+// rows of A~_n (read through row = rows_of(n): row(r, e) is element e of the tile's row r)
+// against B sliver s, each element's products in order of sample, depth block and k.
+template <int MR, int NR, bool MAPPED, typename RowsOf>
+__attribute__((always_inline)) inline void rows_tile(const RowsBlock& p, int64_t s, int64_t slivers,
+                                                     RowsOf rows_of, float (&acc)[MR][NR]) {
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; ++r)
+#pragma omp simd
+    for (int j = 0; j < NR; ++j) acc[r][j] = 0.0f;
+  const int64_t per_sample = slivers * NR * p.K;
+  for (int64_t n = 0; n < p.samples; ++n) {
+    const auto row = rows_of(n);
+    for (int64_t pc = 0; pc < p.K; pc += KC) {
+      const int64_t kc = std::min(KC, p.K - pc);
+      const float* __restrict b = p.Bp + n * per_sample + slivers * NR * pc + s * kc * NR;
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* __restrict bk = b + k * NR;
+        const int64_t e = MAPPED ? int64_t(p.kmap[pc + k]) : pc + k;
+#pragma GCC unroll 32
+        for (int r = 0; r < MR; ++r) {
+          const float av = row(r, e);
+#pragma omp simd
+          for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
+        }
+      }
+    }
+  }
+}
+
 template <int MR, int NR, bool MAPPED>
 __attribute__((always_inline)) inline void rows_macro(const RowsBlock& p) {
-  const int64_t slivers = (p.N + NR - 1) / NR, per_sample = slivers * NR * p.K;
+  const int64_t slivers = (p.N + NR - 1) / NR;
   for (int64_t s = 0; s < slivers; ++s) {
     const int nr = int(std::min<int64_t>(NR, p.N - s * NR));
     for (int64_t i = p.i0; i < p.i1; i += MR) {
       const int mr = int(std::min<int64_t>(MR, p.i1 - i));
       float acc[MR][NR];
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r)
-#pragma omp simd
-        for (int j = 0; j < NR; ++j) acc[r][j] = 0.0f;
-      for (int64_t n = 0; n < p.samples; ++n) {
-        const float* a[MR];
-        for (int r = 0; r < MR; ++r) a[r] = p.xps[n] + p.off[std::min<int64_t>(i + r, p.i1 - 1)];
-        for (int64_t pc = 0; pc < p.K; pc += KC) {
-          const int64_t kc = std::min(KC, p.K - pc);
-          const float* __restrict b = p.Bp + n * per_sample + slivers * NR * pc + s * kc * NR;
-          for (int64_t k = 0; k < kc; ++k) {
-            const float* __restrict bk = b + k * NR;
-            const int64_t e = MAPPED ? int64_t(p.kmap[pc + k]) : pc + k;
-#pragma GCC unroll 16
-            for (int r = 0; r < MR; ++r) {
-              const float av = a[r][e];
-#pragma omp simd
-              for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
-            }
-          }
-        }
-      }
+      rows_tile<MR, NR, MAPPED>(p, s, slivers, [&](int64_t n) {
+        struct Rows {
+          const float* a[MR];
+          float operator()(int r, int64_t e) const { return a[r][e]; }
+        } rows;
+        for (int r = 0; r < MR; ++r) rows.a[r] = p.xps[n] + p.off[std::min<int64_t>(i + r, p.i1 - 1)];
+        return rows;
+      }, acc);
       store_tile<MR, NR>(acc, p.C + i * p.ldc + s * NR, p.ldc, mr, nr, p.first);
     }
   }
@@ -477,33 +493,21 @@ AS_VECTORIZE void rows_mapped_8x16(const RowsBlock& p) { rows_macro<8, 16, true>
 template <int CH>
 __attribute__((always_inline)) inline void rows_taps3x3_macro(const RowsBlock& p) {
   constexpr int MR = 9 * CH, NR = 16;
-  const int64_t per_sample = NR * p.K, W = p.tap_pitch;
+  const int64_t W = p.tap_pitch;
   const int nr = int(std::min<int64_t>(NR, p.N));
   for (int64_t i = p.i0; i < p.i1; i += MR) {
     const int chs = int(std::min<int64_t>(CH, (p.i1 - i) / 9));
     float acc[MR][NR];
-#pragma GCC unroll 32
-    for (int r = 0; r < MR; ++r)
-#pragma omp simd
-      for (int j = 0; j < NR; ++j) acc[r][j] = 0.0f;
-    for (int64_t n = 0; n < p.samples; ++n) {
-      const float* base[CH];
-      for (int c = 0; c < CH; ++c) base[c] = p.xps[n] + p.off[i + 9 * std::min(c, chs - 1)];
-      for (int64_t pc = 0; pc < p.K; pc += KC) {
-        const int64_t kc = std::min(KC, p.K - pc);
-        const float* __restrict b = p.Bp + n * per_sample + NR * pc;
-        for (int64_t k = 0; k < kc; ++k) {
-          const float* __restrict bk = b + k * NR;
-          const int64_t e = int64_t(p.kmap[pc + k]);
-#pragma GCC unroll 32
-          for (int r = 0; r < MR; ++r) {
-            const float av = base[r / 9][e + (r % 9) / 3 * W + r % 3];
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) acc[r][j] += av * bk[j];
-          }
-        }
-      }
-    }
+    rows_tile<MR, NR, true>(p, 0, 1, [&](int64_t n) {
+      struct Taps {
+        const float* base[CH];
+        int64_t W;
+        float operator()(int r, int64_t e) const { return base[r / 9][e + (r % 9) / 3 * W + r % 3]; }
+      } taps;
+      for (int c = 0; c < CH; ++c) taps.base[c] = p.xps[n] + p.off[i + 9 * std::min(c, chs - 1)];
+      taps.W = W;
+      return taps;
+    }, acc);
     store_tile<MR, NR>(acc, p.C + i * p.ldc, p.ldc, 9 * chs, nr, p.first);
   }
 }
