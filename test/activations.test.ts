@@ -192,7 +192,7 @@ function maBitsInChild(env: Record<string, string>): string[] {
   const script = `
     const as = require(${JSON.stringify(dist)});
     const out = [];
-    for (const [shape, grid] of [[[3, 6, 28, 28], 7], [[2, 4, 13, 37], 4], [[2, 2, 9, 9], 3], [[1, 3, 11, 56], 7]]) {
+    for (const [shape, grid] of [[[3, 6, 28, 28], 7], [[2, 4, 13, 37], 4], [[2, 2, 9, 9], 3], [[1, 3, 11, 56], 7], [[1, 3, 32, 32], 7], [[1, 2, 6, 50], 7]]) {
       as.manualSeed(5);
       const m = new as.nn.AdaShiftMA(shape[1], { grid, headDim: 2 });
       const sd = {};
@@ -205,7 +205,7 @@ function maBitsInChild(env: Record<string, string>): string[] {
     }
     process.stdout.write(JSON.stringify(out));`;
   const out = jsonFromChild(script, env) as string[];
-  expect(out.length).toBe(4 * 10); // y, dx and 8 parameter gradients per shape
+  expect(out.length).toBe(6 * 10); // y, dx and 8 parameter gradients per shape
   return out;
 }
 
@@ -233,8 +233,9 @@ describe('AdaShift on an empty input', () => {
 
 describe('switches that must not change a bit', () => {
   // Where the CPU has AVX-512, the AdaShift-MA grid passes lay cell values out with a permute
-  // and sum cell columns with masked loads; ADASHIFT_CPU_GENERIC=1 turns that off. Both do the
-  // same additions in the same order (the shapes' rows are not multiples of 16 floats).
+  // and sum cell columns with masked loads and per-column-offset permutes; ADASHIFT_CPU_GENERIC=1
+  // turns that off. Both do the same additions in the same order (the shapes' rows are not
+  // multiples of 16 floats; uneven cells straddle the 16- and 32-float register boundaries).
   test('the hand-written AVX-512 grid paths (ADASHIFT_CPU_GENERIC)', () => {
     const fast = maBitsInChild({ ADASHIFT_CPU_GENERIC: '0' }), generic = maBitsInChild({ ADASHIFT_CPU_GENERIC: '1' });
     fast.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${generic[i]}`));

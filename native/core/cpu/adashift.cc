@@ -142,26 +142,12 @@ inline const float* expand_block(const RegionGrid& g, const GridLayout& L, int k
   return map;
 }
 
-// The cell sums cells [k*T] of the k*Ph bands of a block from their column sums cols
-// [k*Ph*W]: each cell's columns added in order.
-inline void cells_from_columns(const RegionGrid& g, const GridLayout& L, int k, const float* cols,
-                               float* cells) {
-  for (int r = 0; r < k * g.Ph; ++r)
-    for (int q = 0; q < g.Pw; ++q) {
-      const float* c = cols + int64_t(r) * g.W;
-      float acc = 0.0f;
-      for (int w = L.col0[size_t(q)]; w < L.col0[size_t(q) + 1]; ++w) acc += c[w];
-      cells[int64_t(r) * g.Pw + q] = acc;
-    }
-}
-
 // The sums of values [k*H*W] over each cell of the k planes, in cells [k*T] (cols: scratch of
 // k*Ph*W floats); with one-pixel cells that is values itself (returned, nothing written).
 inline const float* cell_sums(const RegionGrid& g, const GridLayout& L, int k, const float* values,
                               float* cols, float* cells) {
   if (L.identity) return values;
-  loops::band_column_sums(values, g.W, L.row0.data(), k * g.Ph, cols);
-  cells_from_columns(g, L, k, cols, cells);
+  loops::band_cell_sums(values, g.W, L.row0.data(), k * g.Ph, L.col0.data(), g.Pw, cols, cells);
   return cells;
 }
 
@@ -216,6 +202,11 @@ inline void for_each_band(const RegionGrid& g, const GridLayout& L, int k, const
   }
 }
 
+// Requests the cache lines of floats [from, to) of p (clipped to end) for a block to come.
+inline void prefetch_floats(const float* p, int64_t from, int64_t to, int64_t end) {
+  for (int64_t i = from; i < std::min(to, end); i += 16) __builtin_prefetch(p + i, 0, 3);
+}
+
 static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
                                  float* dx, float* ds) {
   const GridLayout& L = layout_of(g);
@@ -229,7 +220,7 @@ static void shift_grads_by_plane(const RegionGrid& g, const float* x, const floa
         loops::gate_grads_band(x + o, dy + o, srow, dx ? dx + o : nullptr, cols + int64_t(b) * g.W, rows, g.W);
       });
       float* sums = scratch(2, size_t(k * T));
-      cells_from_columns(g, L, k, cols, sums);
+      loops::cells_from_columns(cols, g.W, k * g.Ph, L.col0.data(), g.Pw, sums);
       store_block_tokens(g, sums, p0, k, ds);
     });
     return;
@@ -246,6 +237,18 @@ static void shift_grads_by_plane(const RegionGrid& g, const float* x, const floa
   });
 }
 
+// The cell means of the k planes of a block from p0 on (base: their offset), stored as tokens.
+static void pool_block(const RegionGrid& g, const GridLayout& L, const float* x, float* t, int64_t p0, int k,
+                       int64_t base) {
+  const int64_t T = g.tokens();
+  float* cols = scratch(0, size_t(k * g.Ph * g.W));
+  float* cells = scratch(1, size_t(k * T));
+  const float* sums = cell_sums(g, L, k, x + base, cols, cells);
+  float* means = scratch(2, size_t(k * T));
+  for (int64_t i = 0; i < k * T; ++i) means[i] = sums[i] * L.inv[size_t(i)];
+  store_block_tokens(g, means, p0, k, t);
+}
+
 void region_pool_forward(const RegionGrid& g, const float* x, float* t) {
   if (g.Pw == 1) {
     for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
@@ -258,15 +261,7 @@ void region_pool_forward(const RegionGrid& g, const float* x, float* t) {
     return;
   }
   const GridLayout& L = layout_of(g);
-  const int64_t T = g.tokens();
-  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
-    float* cols = scratch(0, size_t(k * g.Ph * g.W));
-    float* cells = scratch(1, size_t(k * T));
-    const float* sums = cell_sums(g, L, k, x + base, cols, cells);
-    float* means = scratch(2, size_t(k * T));
-    for (int64_t i = 0; i < k * T; ++i) means[i] = sums[i] * L.inv[size_t(i)];
-    store_block_tokens(g, means, p0, k, t);
-  });
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) { pool_block(g, L, x, t, p0, k, base); });
 }
 
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx) {
@@ -288,6 +283,22 @@ void region_pool_backward(const RegionGrid& g, const float* dt, float* dx) {
   });
 }
 
+// The gate over the k planes of a block from p0 on (base: their offset).
+static void gate_block(const RegionGrid& g, const GridLayout& L, const float* x, const float* s, float* y,
+                       int64_t p0, int k, int64_t base) {
+  float* vals = scratch(0, size_t(k * g.tokens()));
+  const float* sv = block_tokens(g, s, p0, k, vals);
+  if (g.W >= kBandRowsMinWidth && !L.identity) {
+    float* srow = scratch(1, size_t(g.W));
+    for_each_band(g, L, k, sv, base, srow, [&](int, int64_t o, int rows) {
+      loops::gate_forward_band(x + o, srow, y + o, rows, g.W);
+    });
+    return;
+  }
+  float* smap = scratch(1, size_t(k * g.H * g.W));
+  loops::gate_forward_v(x + base, expand_block(g, L, k, sv, smap), y + base, k * g.H * g.W);
+}
+
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y) {
   if (g.Pw == 1) {
     for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
@@ -299,21 +310,25 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
     return;
   }
   const GridLayout& L = layout_of(g);
-  const int64_t HW = g.H * g.W;
-  if (g.W >= kBandRowsMinWidth && !L.identity) {
-    for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
-      float* vals = scratch(0, size_t(k * g.tokens()));
-      float* srow = scratch(1, size_t(g.W));
-      for_each_band(g, L, k, block_tokens(g, s, p0, k, vals), base, srow, [&](int, int64_t o, int rows) {
-        loops::gate_forward_band(x + o, srow, y + o, rows, g.W);
-      });
-    });
+  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) { gate_block(g, L, x, s, y, p0, k, base); });
+}
+
+void gate_forward_pool_next(const RegionGrid& g, const float* x, const float* s, float* y,
+                            const float* x_next, float* t_next) {
+  if (g.Pw == 1 || !x_next) {
+    gate_forward(g, x, s, y);
+    if (x_next) region_pool_forward(g, x_next, t_next);
     return;
   }
+  const GridLayout& L = layout_of(g);
+  const int64_t end = g.N * g.C * g.H * g.W, block = int64_t(L.k) * g.H * g.W;
+  prefetch_floats(x_next, 0, block, end);
   for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
-    float* vals = scratch(0, size_t(k * g.tokens()));
-    float* smap = scratch(1, size_t(k * HW));
-    loops::gate_forward_v(x + base, expand_block(g, L, k, block_tokens(g, s, p0, k, vals), smap), y + base, k * HW);
+    // The next block's lines are requested now; they arrive while this block is gated (from
+    // memory, a sample's planes take about as long as the gate's arithmetic).
+    prefetch_floats(x_next, base + block, base + 2 * block, end);
+    gate_block(g, L, x, s, y, p0, k, base);
+    pool_block(g, L, x_next, t_next, p0, k, base);
   });
 }
 

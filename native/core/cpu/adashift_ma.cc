@@ -87,12 +87,12 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   const RegionGrid g1 = sample_grid(g);
-  for_each_sample_ma(g.N, [&](int64_t n) {
+  // One sample, its pooled tokens (channel-major) in `pooled` on entry; its gate pass pools
+  // the sample `next` (when given) into `pooled` (already read by then).
+  auto sample = [&](int64_t n, float* pooled, const float* next) {
     const float* xs = x + n * C * HW;
     float* ts = t + n * TC;
-    float* cm = scratch_ma(5, size_t(TC));
-    region_pool_forward(g1, xs, cm);
-    loops::transpose(cm, T, C, T, ts, C);
+    loops::transpose(pooled, T, C, T, ts, C);
     float* q = scratch_ma(0, size_t(TC));
     float* k = scratch_ma(1, size_t(TC));
     float* v = scratch_ma(2, size_t(TC));
@@ -112,9 +112,25 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     if (p.lin_w) mm(false, true, T, C, C, 1.0f, os, C, p.lin_w, C, zs, C);  // z = o W^T
     float* ss = s + n * TC;
     layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
-    loops::transpose(ss, C, T, C, cm, T);
-    gate_forward(g1, xs, cm, y + n * C * HW);
-  });
+    float* sc = scratch_ma(6, size_t(TC));
+    loops::transpose(ss, C, T, C, sc, T);
+    gate_forward_pool_next(g1, xs, sc, y + n * C * HW, next, pooled);
+  };
+  if (g.N >= num_threads()) {
+    // Each thread's samples in turn, the pooling of each inside the previous one's gate pass.
+    parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
+      float* pooled = scratch_ma(5, size_t(TC));
+      region_pool_forward(g1, x + n0 * C * HW, pooled);
+      for (int64_t n = n0; n < n1; ++n) sample(n, pooled, n + 1 < n1 ? x + (n + 1) * C * HW : nullptr);
+    });
+  } else {
+    // Samples in turn, each pass split across the pool by planes.
+    float* pooled = scratch_ma(5, size_t(TC));
+    for (int64_t n = 0; n < g.N; ++n) {
+      region_pool_forward(g1, x + n * C * HW, pooled);
+      sample(n, pooled, nullptr);
+    }
+  }
 }
 
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,

@@ -240,6 +240,65 @@ __attribute__((target("avx512f"))) static void band_column_sums_rows(const float
   }
 }
 
+// Cell sums of bands straight from their rows (rows of up to 64 values): each band's column sums
+// in NV registers as above, then each cell's columns added in order, one permute per column
+// offset j (lane q of offset j takes column col0[q] + j, masked off past the cell's end or
+// outside the register pair read). Same bits as band_column_sums then cells_from_columns: each
+// cell is 0 + its first column + the next ... in column order. row0 null: one row per band.
+template <int NV>
+__attribute__((target("avx512f"))) static void band_cell_sums_rows(const float* x, int64_t W, const int* row0,
+                                                                  int bands, const int* col0, int Pw,
+                                                                  float* out) {
+  static_assert(NV >= 1 && NV <= 4, "rows of up to 64 values");
+  constexpr int kPairs = (NV + 1) / 2;
+  const __mmask16 tail = W % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (W % 16)) - 1u);
+  const __mmask16 cells = __mmask16((1u << Pw) - 1u);
+  const __m512i first = _mm512_maskz_loadu_epi32(cells, col0), end = _mm512_maskz_loadu_epi32(cells, col0 + 1);
+  int widest = 0;
+  for (int q = 0; q < Pw; ++q) widest = std::max(widest, col0[q + 1] - col0[q]);
+  __m512i idx[64];
+  __mmask16 take[64][kPairs];
+  for (int j = 0; j < widest; ++j) {
+    const __m512i col = _mm512_add_epi32(first, _mm512_set1_epi32(j));
+    const __mmask16 in_cell = _mm512_mask_cmplt_epi32_mask(cells, col, end);
+    idx[j] = col;  // permutes read the low 4 (one register) or 5 (a pair) bits
+    for (int p = 0; p < kPairs; ++p)
+      take[j][p] = _mm512_mask_cmpge_epi32_mask(in_cell, col, _mm512_set1_epi32(32 * p)) &
+                   _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(32 * p + 32));
+  }
+  for (int b = 0; b < bands; ++b) {
+    __m512 acc[2 * kPairs];
+    const int h0 = row0 ? row0[b] : b, h1 = row0 ? row0[b + 1] : b + 1;
+    const float* r = x + int64_t(h0) * W;
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * kPairs; ++v)
+      acc[v] = v < NV ? _mm512_maskz_loadu_ps(v == NV - 1 ? tail : __mmask16(0xFFFF), r + 16 * v) : _mm512_setzero_ps();
+    for (int h = h0 + 1; h < h1; ++h) {
+      r = x + int64_t(h) * W;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        acc[v] = _mm512_add_ps(acc[v], _mm512_maskz_loadu_ps(v == NV - 1 ? tail : __mmask16(0xFFFF), r + 16 * v));
+    }
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < widest; ++j)
+#pragma GCC unroll 2
+      for (int p = 0; p < kPairs; ++p)
+        sum = _mm512_mask_add_ps(sum, take[j][p], sum,
+                                 NV == 1 ? _mm512_mask_permutexvar_ps(acc[0], __mmask16(0xFFFF), idx[j], acc[0])
+                                         : _mm512_permutex2var_ps(acc[2 * p], idx[j], acc[2 * p + 1]));
+    _mm512_mask_storeu_ps(out + int64_t(b) * Pw, cells, sum);
+  }
+}
+
+using BandCellSums = void (*)(const float*, int64_t, const int*, int, const int*, int, float*);
+static BandCellSums band_cell_sums_for(int64_t W) {
+  if (W <= 16) return &band_cell_sums_rows<1>;
+  if (W <= 32) return &band_cell_sums_rows<2>;
+  if (W <= 48) return &band_cell_sums_rows<3>;
+  if (W <= 64) return &band_cell_sums_rows<4>;
+  return nullptr;
+}
+
 using BandSums = void (*)(const float*, int64_t, const int*, int, float*);
 template <int... NV>
 static BandSums band_sums_for(int64_t W, std::integer_sequence<int, NV...>) {
@@ -276,6 +335,35 @@ void band_column_sums(const float* x, int64_t W, const int* row0, int bands, flo
     if (BandSums f = band_sums_for(W, std::integer_sequence<int, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>{})) return f(x, W, row0, bands, out);
 #endif
   band_column_sums_generic(x, W, row0, bands, out);
+}
+
+AS_VECTORIZE static void cells_from_columns_generic(const float* cols, int64_t W, int bands, const int* col0,
+                                                    int Pw, float* out) {
+  for (int b = 0; b < bands; ++b)
+    for (int q = 0; q < Pw; ++q) {
+      const float* c = cols + int64_t(b) * W;
+      float acc = 0.0f;
+      for (int w = col0[q]; w < col0[q + 1]; ++w) acc += c[w];
+      out[int64_t(b) * Pw + q] = acc;
+    }
+}
+
+void cells_from_columns(const float* cols, int64_t W, int bands, const int* col0, int Pw, float* out) {
+#if AS_HAVE_AVX512_PATHS
+  if (Pw <= 16 && avx512_paths())
+    if (BandCellSums f = band_cell_sums_for(W)) return f(cols, W, nullptr, bands, col0, Pw, out);
+#endif
+  cells_from_columns_generic(cols, W, bands, col0, Pw, out);
+}
+
+void band_cell_sums(const float* x, int64_t W, const int* row0, int bands, const int* col0, int Pw,
+                    float* cols, float* out) {
+#if AS_HAVE_AVX512_PATHS
+  if (Pw <= 16 && avx512_paths())
+    if (BandCellSums f = band_cell_sums_for(W)) return f(x, W, row0, bands, col0, Pw, out);
+#endif
+  band_column_sums(x, W, row0, bands, cols);
+  cells_from_columns_generic(cols, W, bands, col0, Pw, out);
 }
 
 // ---- transposes ---------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ void add_v(float* x, const float* a, int64_t n);
 // Column sums of each band of rows of a [H, W] plane: out[b * W + w] = sum over h in
 // [row0[b], row0[b + 1]) of x[h * W + w], for b < bands.
 void band_column_sums(const float* x, int64_t W, const int* row0, int bands, float* out);
+// Cell sums of rows of column sums: out[b * Pw + q] = cols[b * W + w] added over cell q's
+// columns w in [col0[q], col0[q + 1]) in order, starting from 0, for b < bands.
+void cells_from_columns(const float* cols, int64_t W, int bands, const int* col0, int Pw, float* out);
+// band_column_sums then cells_from_columns, with the bits of the two (cols: scratch of bands * W
+// floats, written only where the rows are wider than the register path takes).
+void band_cell_sums(const float* x, int64_t W, const int* row0, int bands, const int* col0, int Pw,
+                    float* cols, float* out);
 // Lays the cell values of a [H, W] plane out per pixel: map[h * W + w] = vals[r * Pw + cell of w]
 // for h in cell row r ([row0[r], row0[r + 1])), r < Ph. flat_cell[i] is the cell column of
 // pixel column i % W, for i up to the tallest cell row's pixel count (a cell row is a contiguous
