@@ -153,7 +153,10 @@ function gemmCases(): GemmCase[] {
       add(7, 129, 1, ta, tb, true, 1, 1);
       add(49, 49, 64, ta, tb, ta, 0.125, 0); // AdaShift-MA's attention: 7-row tiles
       add(49, 64, 49, ta, tb, !ta, 1, 0);
+      // one row block over several depth blocks, the slivers split across the pool once
+      add(100, 200, 700, ta, tb, tb, 1, 0.5);
     }
+  add(64, 64, 3136, true, false, false, 1, 0); // AdaShift-MA's rect weight gradient over N * T tokens
   for (let i = 0; i < 24; i++) {
     add(pick(sizes), pick(sizes), pick(sizes), r() < 0.5, r() < 0.5, r() < 0.5, pick([1, 1, 0.5, -2]), pick([0, 0, 1, 0.25]));
   }
