@@ -301,6 +301,10 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
     { name: '7x7 s1 p3, N=6', x: [6, 5, 12, 9], w: [7, 5, 7, 7], stride: 1, padding: 3 },
     { name: '3x3 s1 p1, N=4, pixel rows (forward and dX)', x: [4, 32, 7, 7], w: [64, 32, 3, 3], stride: 1, padding: 1 },
     { name: '3x3 s1 p1, N=1, pixel rows with threads inside', x: [1, 32, 14, 14], w: [32, 32, 3, 3], stride: 1, padding: 1 },
+    // dW sample by sample in 16 fixed groups (N >= 16), next to each sample's dX
+    { name: '3x3 s1 p1, N=20, dW per sample (taps tile)', x: [20, 16, 14, 14], w: [16, 16, 3, 3], stride: 1, padding: 1 },
+    { name: '3x3 s1 p1, N=17, dW per sample (32 output channels)', x: [17, 8, 9, 9], w: [32, 8, 3, 3], stride: 1, padding: 1 },
+    { name: '3x3 s2 p1, N=16, dW per sample (phase planes)', x: [16, 8, 11, 9], w: [12, 8, 3, 3], stride: 2, padding: 1 },
   ];
   const run = (s: (typeof shapes)[number], threads: number) =>
     as.tidy(() => {
@@ -328,9 +332,10 @@ describe.each(backends)('conv2d determinism, %s GEMM', (backend) => {
 
 // The weight gradient reads each tap's row of the padded sample in place at the exact output
 // pixels (Wp = W + 2 pad per row, or the phase planes' width with a stride) against dy^T, in
-// depth blocks of 256 pixels, all samples summed in registers; the forward and dX run the
-// windows lowering or pixel rows; with samples across threads or threads inside one sample.
-// Each against a float64 direct sum.
+// depth blocks of 256 pixels: with fewer than 16 samples all samples summed in registers, with
+// more sample by sample in 16 fixed groups; the forward and dX run the windows lowering or pixel
+// rows; with samples across threads or threads inside one sample. Each against a float64 direct
+// sum.
 describe('conv2d forward and gradients against a float64 direct sum', () => {
   afterAll(() => as.setNumThreads(initialThreads));
   const cases: [string, number[], number[], number, number][] = [
@@ -352,9 +357,12 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['pixel rows: 20 wide (runs of 7, 7, 6), N=1', [1, 4, 6, 20], [32, 4, 3, 3], 1, 1],
     ['pixel rows: stride 2 (phase planes), 13x13 -> 7x7, N=2', [2, 8, 13, 13], [32, 8, 3, 3], 1, 2],
     ['pixel rows: stride 2, dX phases by pixel rows (32 input channels), N=2', [2, 32, 13, 13], [16, 32, 3, 3], 1, 2],
-    // dW of all samples at once, in two passes (the copies of 80 or 20 samples exceed one pass)
-    ['short rows over two passes, N=80 (dW only)', [80, 1, 20, 20], [128, 1, 3, 3], 1, 1],
+    // dW of all samples at once, in two passes (the copies of 20 samples exceed one pass)
     ['pointwise over two passes, N=20 (dW only)', [20, 2, 32, 32], [256, 2, 1, 1], 0, 1],
+    // dW sample by sample in 16 fixed groups (N >= 16; groups of 5 and of 1 sample)
+    ['dW per sample, N=80 (dW only)', [80, 1, 20, 20], [128, 1, 3, 3], 1, 1],
+    ['dW per sample with dX, 16 output channels (taps tile), N=18', [18, 5, 10, 12], [16, 5, 3, 3], 1, 1],
+    ['dW per sample with dX, stride 2, N=16', [16, 4, 11, 9], [6, 4, 3, 3], 1, 2],
   ];
   test.each(cases)('%s', (name, xs, ws, pad, stride) => {
     const dwOnly = name.endsWith('(dW only)');

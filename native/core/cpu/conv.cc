@@ -13,9 +13,11 @@
 //             With a stride, one such correlation per phase of the input, with that phase's
 //             taps (DxPhase), placed into dx with the stride.
 //   dW        dW[co][r] = sum over samples and output pixels p of dy[co][p] * xp[off(r) + q(p)],
-//             q(p) = p's place in the padded layout: for all samples at once as [K, Cout], each
-//             tap row read in place at the exact output pixels against dy^T
-//             (batched_weight_grad; also the pointwise dW).
+//             q(p) = p's place in the padded layout, as dW^T [K, Cout], each tap row read in
+//             place at the exact output pixels against dy^T: with at least kMaxGroups samples
+//             sample by sample in the groups below, next to the sample's dX
+//             (sample_weight_grad_rows), else for all samples at once (batched_weight_grad;
+//             also the pointwise dW).
 // Narrow outputs (rows of at most 32 pixels) run the forward and dX correlations by "pixel
 // rows" instead when that wastes less (gemm_pixel_rows): runs of up to 8 output pixels against
 // 32-channel slivers of the weight, the input read in place, no padding column computed.
@@ -62,8 +64,11 @@ using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const floa
 // Per-thread buffers, grown on demand and reused across calls: 0 im2col columns, 1 their
 // gradient, 2 a padded copy of one sample, 3 a GEMM output tile, 4 dy in the padded layout,
 // 5 a transposed weight-gradient accumulator, 6.. the padded copies of dy for the phases of a
-// strided dX (one each, so each keeps its zero borders from sample to sample).
-constexpr int kPhaseScratch = 6, kMaxPhaseScratch = 4, kScratchSlots = kPhaseScratch + kMaxPhaseScratch;
+// strided dX (one each, so each keeps its zero borders from sample to sample), then the padded
+// copy of x for the per-sample weight gradient and its packed dy.
+constexpr int kPhaseScratch = 6, kMaxPhaseScratch = 4;
+constexpr int kDwPadSlot = kPhaseScratch + kMaxPhaseScratch, kDwPackSlot = kDwPadSlot + 1;
+constexpr int kScratchSlots = kDwPackSlot + 1;
 
 // The input of one sample, zero-padded, as phase planes: with stride (sh, sw), channel c has
 // sh * sw planes, plane (a, b) holding the padded input at rows a, a + sh, ... and columns
@@ -493,7 +498,55 @@ struct WindowsPlan {
   // Pointwise convolutions with the own GEMM: the weight [Cout, Cin] (forward) or its transpose
   // (dX), packed once per call instead of once per sample.
   std::unique_ptr<GemmPackedA> pointwise;
+  // dW sample by sample in the groups (dw_rows): the partials are dW^T [K, Cout], each sample's
+  // taps read in place from its padded copy at the exact output pixels (kmap) against its dy.
+  bool dw_rows = false;
+  std::vector<int32_t> kmap;
 };
+
+// Weight-gradient row tiles (rows of dW^T = taps) for the rows kernels: a multiple of every
+// register tile's height (8 with the AVX-512 tiles, whose 16-row tile leaves a last 8 rows to an
+// 8-row tile; 6 and 4 otherwise); 8 when there are few rows (144 for 16 channels: 72 per thread,
+// where tiles of 16 split 80 / 64), 48 otherwise. Each row is computed whole inside one tile:
+// the tiling does not change any bit. A stride-1 3x3 weight gradient with at most 16 output
+// channels runs on the taps tile (gemm_rows_batched's tap_pitch: two channels' 9 taps per tile),
+// so tiles are whole pairs of channels (18 rows).
+bool dw_taps3x3(const Conv2dDims& d, const Padded* g) {
+  return g && gemm_pixel_rows_available() && loops::avx512_paths() && d.kh == 3 && d.kw == 3 &&
+         d.stride_h == 1 && d.stride_w == 1 && d.Cout <= 16;
+}
+int64_t dw_row_tile(const Conv2dDims& d, const Padded* g) {
+  return dw_taps3x3(d, g) ? 18 : gemm_pixel_rows_available() && d.K() <= 384 ? 8 : 48;
+}
+// Pixel p of the output sits at (p / Wo) * Wp + p % Wo of the padded layout's rows: the depth of
+// the weight-gradient products runs over the exact output pixels (padding columns never multiplied).
+std::vector<int32_t> output_pixel_map(const Conv2dDims& d, const Padded& g) {
+  std::vector<int32_t> kmap(size_t(d.P()));
+  for (int64_t q = 0; q < d.P(); ++q) kmap[size_t(q)] = int32_t((q / d.Wo) * g.Wp + q % d.Wo);
+  return kmap;
+}
+
+// dW^T [K, Cout] (+)= the weight gradient of one sample (accumulate: added to what dwt holds),
+// rows split across the pool when inner_parallel. The sample's padded copy and packed dy stay in
+// this thread's cache for the products.
+void sample_weight_grad_rows(const Conv2dDims& d, const WindowsPlan& plan, const float* xn,
+                             const float* dyn, bool accumulate, float* dwt, bool inner_parallel) {
+  const Padded& g = plan.gx;
+  const int64_t K = d.K(), Cout = d.Cout, P = d.P();
+  float* xp = scratch(kDwPadSlot, size_t(g.total)).data();
+  pad_sample(xn, g, xp, inner_parallel, kDwPadSlot);
+  const int nr = gemm_rows_sliver(Cout);
+  float* packed = scratch(kDwPackSlot, size_t(gemm_rows_packed_size(Cout, P, nr))).data();
+  gemm_rows_pack(dyn, P, Cout, P, packed, nr);
+  const float* xps[1] = {xp};
+  const int64_t tile = dw_row_tile(d, &g), tap_pitch = dw_taps3x3(d, &g) ? g.Wp : 0;
+  auto rows = [&](int64_t t0, int64_t t1) {
+    gemm_rows_batched(t0 * tile, std::min(K, t1 * tile), Cout, P, plan.offx.data(), xps, 1, packed,
+                      accumulate, dwt, Cout, plan.kmap.data(), tap_pitch);
+  };
+  if (inner_parallel) parallel_for((K + tile - 1) / tile, 1, rows);
+  else rows(0, (K + tile - 1) / tile);
+}
 
 // dX as stride-1 correlations of dy, one per phase of the stride (one in all for stride 1, whose
 // output is dx itself). False when the padding is too large for that (the columns path then).
@@ -606,8 +659,8 @@ void forward_sample(const Conv2dDims& d, const float* x, const float* w, const f
   if (b) add_bias(y, b, d.Cout, P);
 }
 
-// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample), dx
-// written per sample.
+// Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample; dW^T
+// [K, Cout] with plan.dw_rows, else [Cout, K]), dx written per sample.
 void backward_group(const Conv2dDims& d, const float* dy, const float* x, const float* w,
                     float* dx, float* dw_acc, int64_t n0, int64_t n1, const WindowsPlan& plan,
                     bool inner_parallel) {
@@ -619,7 +672,9 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
     const float* xn = x + n * x_stride;
     const float* dyn = dy + n * y_stride;
     if (dw_acc) {
-      if (d.pointwise()) {
+      if (plan.dw_rows) {
+        sample_weight_grad_rows(d, plan, xn, dyn, n != n0, dw_acc, inner_parallel);
+      } else if (d.pointwise()) {
         G(false, true, d.Cout, d.Cin, P, 1.0f, dyn, P, xn, P, n == n0 ? 0.0f : 1.0f, dw_acc, d.Cin);
       } else {
         float* cols = scratch(0, size_t(K * chunk)).data();
@@ -663,26 +718,12 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
 void batched_weight_grad(const Conv2dDims& d, const WindowsPlan* plan, const float* x,
                          const float* dy, float* dw) {
   constexpr int64_t kBatchFloats = int64_t(1) << 22;
-  // Rows per pool task: a multiple of every register tile's height (8 with the AVX-512 tiles,
-  // whose 16-row tile leaves a last 8 rows to an 8-row tile; 6 and 4 otherwise); 8 when there
-  // are few rows (144 for 16 channels: 72 per thread, where tasks of 16 split 80 / 64), 48
-  // otherwise. Each row is computed whole inside one task: the tiling does not change any bit.
-  // A stride-1 3x3 weight gradient with at most 16 output channels runs on the taps tile
-  // (gemm_rows_batched's tap_pitch: two channels' 9 taps per tile), so tasks are whole pairs of
-  // channels (18 rows; 16 channels: 72 rows per thread).
   const Padded* g = plan ? &plan->gx : nullptr;
-  const bool taps3x3 = g && gemm_pixel_rows_available() && loops::avx512_paths() && d.kh == 3 &&
-                       d.kw == 3 && d.stride_h == 1 && d.stride_w == 1 && d.Cout <= 16;
-  const int64_t kRowTile = taps3x3 ? 18 : gemm_pixel_rows_available() && d.K() <= 384 ? 8 : 48;
+  const bool taps3x3 = dw_taps3x3(d, g);
+  const int64_t kRowTile = dw_row_tile(d, g);
   const int64_t K = d.K(), Cout = d.Cout, P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = Cout * P;
-  // The depth runs over the exact output pixels: pixel p of the padded layout's row sits at
-  // kmap[p] = (p / Wo) * Wp + p % Wo (its padding columns are never multiplied).
-  std::vector<int32_t> kmap;
-  if (g) {
-    kmap.resize(size_t(P));
-    for (int64_t q = 0; q < P; ++q) kmap[size_t(q)] = int32_t((q / d.Wo) * g->Wp + q % d.Wo);
-  }
+  const std::vector<int32_t> kmap = g ? output_pixel_map(d, *g) : std::vector<int32_t>();
   const int nr = gemm_rows_sliver(Cout);
   const int64_t xsize = g ? g->total : 0, psize = gemm_rows_packed_size(Cout, P, nr);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(d.N, kBatchFloats / (xsize + psize)));
@@ -780,19 +821,31 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   } else if (dx && d.pointwise() && gemm_backend() == GemmBackend::Own) {
     plan.pointwise = std::make_unique<GemmPackedA>(true, d.Cin, d.Cout, w, d.Cin);  // W^T
   }
-  // dW with the own GEMM (windows and pointwise shapes): all samples at once, apart from the
-  // groups below (those serve the BLAS backend).
+  // dW with the own GEMM. Windows shapes with a full set of groups: sample by sample inside the
+  // groups below, next to the sample's dX, each sample's padded copy and packed dy made and
+  // used while in cache (the batched form below wrote them for the whole batch first and then
+  // read them back once per row tile: 16 channels at 28x28, batch 64, ~7 MB written and ~29 MB
+  // read back). Otherwise (fewer samples than groups, or pointwise): all samples at once, the
+  // rows across the pool. The groups also serve the BLAS backend.
   if (dw && gemm_backend() == GemmBackend::Own && (d.pointwise() || windows)) {
-    batched_weight_grad(d, windows ? &plan : nullptr, x, dy, dw);
-    dw = nullptr;
-    if (!dx) return;
+    if (windows && d.N >= kMaxGroups) {
+      plan.dw_rows = true;
+      plan.kmap = output_pixel_map(d, plan.gx);
+    } else {
+      batched_weight_grad(d, windows ? &plan : nullptr, x, dy, dw);
+      dw = nullptr;
+      if (!dx) return;
+    }
   }
 
+  // The groups' partials: dW [Cout, K] (the one group's straight into dw), or dW^T [K, Cout]
+  // with dw_rows (added, then transposed into dw).
   std::vector<float> part;
-  if (dw && groups > 1) part.resize(size_t(groups * CK));
+  const bool separate = dw && (groups > 1 || plan.dw_rows);
+  if (separate) part.resize(size_t(groups * CK));
   auto dw_of = [&](int64_t g) -> float* {
     if (!dw) return nullptr;
-    return groups == 1 ? dw : part.data() + g * CK;
+    return separate ? part.data() + g * CK : dw;
   };
   auto group_begin = [&](int64_t g) { return d.N * g / groups; };
   if (across_samples(groups)) {
@@ -804,12 +857,15 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     for (int64_t g = 0; g < groups; ++g)
       backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, true);
   }
-  if (dw && groups > 1) {
-    // dw = partial 0 + partial 1 + ... in group order, element-wise (split over the pool).
+  if (separate) {
+    // partial 0 + partial 1 + ... in group order, element-wise (split over the pool)
+    std::vector<float> dwt(plan.dw_rows ? size_t(CK) : 0);
+    float* sum = plan.dw_rows ? dwt.data() : dw;
     parallel_for(CK, 4096, [&](int64_t e0, int64_t e1) {
-      std::memcpy(dw + e0, part.data() + e0, size_t(e1 - e0) * sizeof(float));
-      for (int64_t g = 1; g < groups; ++g) add_into(dw + e0, part.data() + g * CK + e0, e1 - e0);
+      std::memcpy(sum + e0, part.data() + e0, size_t(e1 - e0) * sizeof(float));
+      for (int64_t g = 1; g < groups; ++g) add_into(sum + e0, part.data() + g * CK + e0, e1 - e0);
     });
+    if (plan.dw_rows) loops::transpose(dwt.data(), d.Cout, K, d.Cout, dw, K);
   }
 }
 
