@@ -363,6 +363,8 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['dW per sample, N=80 (dW only)', [80, 1, 20, 20], [128, 1, 3, 3], 1, 1],
     ['dW per sample with dX, 16 output channels (taps tile), N=18', [18, 5, 10, 12], [16, 5, 3, 3], 1, 1],
     ['dW per sample with dX, stride 2, N=16', [16, 4, 11, 9], [6, 4, 3, 3], 1, 2],
+    // a dW too large for per-sample partials (512 x 576 floats): all samples at once again
+    ['large dW over 16 samples, all at once', [16, 64, 3, 3], [512, 64, 3, 3], 1, 1],
   ];
   test.each(cases)('%s', (name, xs, ws, pad, stride) => {
     const dwOnly = name.endsWith('(dW only)');

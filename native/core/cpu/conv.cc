@@ -57,6 +57,10 @@ namespace {
 
 constexpr int64_t kColsBudget = int64_t(1) << 20;  // floats of im2col columns held at once
 constexpr int64_t kMaxGroups = 16;                  // dW partials (fixed by N, not threads)
+// The largest dW (floats) computed sample by sample into the groups' partials: each sample
+// reads and writes its group's partial, which must stay in cache. Batch 32, 3x3, dX+dW: 128
+// channels at 16x16 (147K floats) 13.1 -> 11.1 ms that way, 256 at 8x8 (590K) 15.4 -> 34.8 ms.
+constexpr int64_t kMaxSampleDwFloats = int64_t(1) << 18;
 
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                         const float*, int64_t, float, float*, int64_t);
@@ -821,14 +825,16 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   } else if (dx && d.pointwise() && gemm_backend() == GemmBackend::Own) {
     plan.pointwise = std::make_unique<GemmPackedA>(true, d.Cin, d.Cout, w, d.Cin);  // W^T
   }
-  // dW with the own GEMM. Windows shapes with a full set of groups: sample by sample inside the
-  // groups below, next to the sample's dX, each sample's padded copy and packed dy made and
-  // used while in cache (the batched form below wrote them for the whole batch first and then
-  // read them back once per row tile: 16 channels at 28x28, batch 64, ~7 MB written and ~29 MB
-  // read back). Otherwise (fewer samples than groups, or pointwise): all samples at once, the
-  // rows across the pool. The groups also serve the BLAS backend.
+  // dW with the own GEMM. Windows shapes with a full set of groups and a dW that stays in cache:
+  // sample by sample inside the groups below, next to the sample's dX, each sample's padded copy
+  // and packed dy made and used while in cache (the batched form below wrote them for the whole
+  // batch first and then read them back once per row tile: 16 channels at 28x28, batch 64, ~7
+  // MB written and ~29 MB read back). Each sample adds its products into its group's partial, so
+  // a large dW moves more than that: kMaxSampleDwFloats. Otherwise (fewer samples than groups,
+  // larger dW, or pointwise): all samples at once, the rows across the pool. The groups also
+  // serve the BLAS backend.
   if (dw && gemm_backend() == GemmBackend::Own && (d.pointwise() || windows)) {
-    if (windows && d.N >= kMaxGroups) {
+    if (windows && d.N >= kMaxGroups && K * d.Cout <= kMaxSampleDwFloats) {
       plan.dw_rows = true;
       plan.kmap = output_pixel_map(d, plan.gx);
     } else {
