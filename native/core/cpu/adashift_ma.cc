@@ -1,11 +1,13 @@
 // AdaShift-MA, sample by sample (see ops/adashift.h). Each sample runs pool -> q/k/v LayerNorm
-// -> attention per head -> rect -> gate while its x is in cache; backward runs one pass for both
+// -> attention per head -> rect -> gate while its x is in cache (with whole samples per thread,
+// the next sample's pooling rides in this one's gate pass); backward runs one pass for both
 // gate gradients (direct dx written, ds summed per cell), rect / attention / LayerNorm backward
-// on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache. With enough samples each thread takes whole samples
-// (the region kernels called inside then run inline); with fewer samples than threads the samples
-// run in turn and the region kernels split the sample's channel planes across threads. The token
-// math of a sample is serial in a fixed order and the region kernels sum each plane in a fixed
-// order, so the result does not depend on the number of threads.
+// on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache.
+// With enough samples each thread takes whole samples (the region kernels called inside then
+// run inline); with fewer samples than threads the samples run in turn and the region kernels
+// split the sample's channel planes across threads. The token math of a sample is serial in a
+// fixed order and the region kernels sum each plane in a fixed order, so the result does not
+// depend on the number of threads.
 #include <algorithm>
 #include <cmath>
 #include <vector>
