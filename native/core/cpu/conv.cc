@@ -15,9 +15,9 @@
 //   dW        dW[co][r] = sum over samples and output pixels p of dy[co][p] * xp[off(r) + q(p)],
 //             q(p) = p's place in the padded layout, as dW^T [K, Cout], each tap row read in
 //             place at the exact output pixels against dy^T: with at least kMaxGroups samples
-//             sample by sample in the groups below, next to the sample's dX
-//             (sample_weight_grad_rows), else for all samples at once (batched_weight_grad;
-//             also the pointwise dW).
+//             and a dW of at most kMaxSampleDwFloats, sample by sample in the groups below,
+//             next to the sample's dX (sample_weight_grad_rows), else for all samples at once
+//             (batched_weight_grad; also the pointwise dW).
 // Narrow outputs (rows of at most 32 pixels) run the forward and dX correlations by "pixel
 // rows" instead when that wastes less (gemm_pixel_rows): runs of up to 8 output pixels against
 // 32-channel slivers of the weight, the input read in place, no padding column computed.
