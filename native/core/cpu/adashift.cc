@@ -202,11 +202,6 @@ inline void for_each_band(const RegionGrid& g, const GridLayout& L, int k, const
   }
 }
 
-// Requests the cache lines of floats [from, to) of p (clipped to end) for a block to come.
-inline void prefetch_floats(const float* p, int64_t from, int64_t to, int64_t end) {
-  for (int64_t i = from; i < std::min(to, end); i += 16) __builtin_prefetch(p + i, 0, 3);
-}
-
 static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
                                  float* dx, float* ds) {
   const GridLayout& L = layout_of(g);
@@ -311,6 +306,11 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
   }
   const GridLayout& L = layout_of(g);
   for_each_block(g, L, [&](int64_t p0, int k, int64_t base) { gate_block(g, L, x, s, y, p0, k, base); });
+}
+
+// Requests the cache lines of floats [from, to) of p (clipped to end) for a block to come.
+inline void prefetch_floats(const float* p, int64_t from, int64_t to, int64_t end) {
+  for (int64_t i = from; i < std::min(to, end); i += 16) __builtin_prefetch(p + i, 0, 3);
 }
 
 void gate_forward_pool_next(const RegionGrid& g, const float* x, const float* s, float* y,

@@ -506,6 +506,7 @@ struct WindowsPlan {
   // taps read in place from its padded copy at the exact output pixels (kmap) against its dy.
   bool dw_rows = false;
   std::vector<int32_t> kmap;
+  int64_t dw_tile = 0, dw_tap_pitch = 0;  // dw_row_tile, and gx.Wp for the taps tile (else 0)
 };
 
 // Weight-gradient row tiles (rows of dW^T = taps) for the rows kernels: a multiple of every
@@ -543,10 +544,10 @@ void sample_weight_grad_rows(const Conv2dDims& d, const WindowsPlan& plan, const
   float* packed = scratch(kDwPackSlot, size_t(gemm_rows_packed_size(Cout, P, nr))).data();
   gemm_rows_pack(dyn, P, Cout, P, packed, nr);
   const float* xps[1] = {xp};
-  const int64_t tile = dw_row_tile(d, &g), tap_pitch = dw_taps3x3(d, &g) ? g.Wp : 0;
+  const int64_t tile = plan.dw_tile;
   auto rows = [&](int64_t t0, int64_t t1) {
     gemm_rows_batched(t0 * tile, std::min(K, t1 * tile), Cout, P, plan.offx.data(), xps, 1, packed,
-                      accumulate, dwt, Cout, plan.kmap.data(), tap_pitch);
+                      accumulate, dwt, Cout, plan.kmap.data(), plan.dw_tap_pitch);
   };
   if (inner_parallel) parallel_for((K + tile - 1) / tile, 1, rows);
   else rows(0, (K + tile - 1) / tile);
@@ -837,6 +838,8 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     if (windows && d.N >= kMaxGroups && K * d.Cout <= kMaxSampleDwFloats) {
       plan.dw_rows = true;
       plan.kmap = output_pixel_map(d, plan.gx);
+      plan.dw_tile = dw_row_tile(d, &plan.gx);
+      plan.dw_tap_pitch = dw_taps3x3(d, &plan.gx) ? plan.gx.Wp : 0;
     } else {
       batched_weight_grad(d, windows ? &plan : nullptr, x, dy, dw);
       dw = nullptr;
