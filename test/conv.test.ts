@@ -348,6 +348,10 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     ['stride 2, samples across threads, N=6', [6, 5, 11, 9], [6, 5, 3, 3], 1, 2],
     ['stride 2, samples across threads, even size, N=5', [5, 3, 12, 10], [4, 3, 3, 3], 1, 2],
     ['stride 2, 1x1 (unused phases), N=4', [4, 6, 9, 10], [5, 6, 1, 1], 0, 2],
+    // the phases need different paddings of dy (1 row and column for taps 0 and 2, none for
+    // tap 1): one padded copy serves them all, the less padded phases reading further in
+    ['stride 2, no padding (phases padded differently), N=5', [5, 3, 12, 11], [4, 3, 3, 3], 0, 2],
+    ['stride 2, 2x2, odd size (phases of 2 and 1 rows), N=3', [3, 4, 9, 7], [6, 4, 2, 2], 0, 2],
     ['stride 3, 5x5, long rows, N=2', [2, 2, 70, 66], [3, 2, 5, 5], 2, 3],
     ['stride 2, 4x4, padding 3 (dX by columns), N=2', [2, 3, 9, 8], [4, 3, 4, 4], 3, 2],
     // pixel rows (AVX-512 only; elsewhere these run the windows lowering): output rows of at

@@ -11,7 +11,8 @@
 //   dX        the same forward on dy padded by (kh-1-pad_h, kw-1-pad_w) with the weight
 //             flipped and transposed (W~[c][co, kh-1-i, kw-1-j] = W[co][c][i][j]): no col2im.
 //             With a stride, one such correlation per phase of the input, with that phase's
-//             taps (DxPhase), placed into dx with the stride.
+//             taps (DxPhase), all reading one padded copy of dy and written into dx with the
+//             stride (DxPlan).
 //   dW        dW[co][r] = sum over samples and output pixels p of dy[co][p] * xp[off(r) + q(p)],
 //             q(p) = p's place in the padded layout, as dW^T [K, Cout], each tap row read in
 //             place at the exact output pixels against dy^T: with at least kMaxGroups samples
@@ -66,12 +67,11 @@ using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const floa
                         const float*, int64_t, float, float*, int64_t);
 
 // Per-thread buffers, grown on demand and reused across calls: 0 im2col columns, 1 their
-// gradient, 2 a padded copy of one sample, 3 a GEMM output tile, 4 dy in the padded layout,
-// 5 a transposed weight-gradient accumulator, 6.. the padded copies of dy for the phases of a
-// strided dX (one each, so each keeps its zero borders from sample to sample), then the padded
-// copy of x for the per-sample weight gradient and its packed dy.
-constexpr int kPhaseScratch = 6, kMaxPhaseScratch = 4;
-constexpr int kDwPadSlot = kPhaseScratch + kMaxPhaseScratch, kDwPackSlot = kDwPadSlot + 1;
+// gradient (or a strided dX phase's output before it is placed), 2 a padded copy of one sample,
+// 3 a GEMM output tile, then the padded dy of dX, the padded copy of x for the per-sample
+// weight gradient and its packed dy (each padded copy in a slot of its own, so it keeps its
+// zero borders from sample to sample).
+constexpr int kDxPadSlot = 4, kDwPadSlot = 5, kDwPackSlot = 6;
 constexpr int kScratchSlots = kDwPackSlot + 1;
 
 // The input of one sample, zero-padded, as phase planes: with stride (sh, sw), channel c has
@@ -391,17 +391,28 @@ struct Windows final : GemmBSource {
   }
 };
 
-// y [Cout, Ho, Wo] (+ bias) from the GEMM rows [oh0, oh1) in the padded layout.
+// Where a correlation's output goes: element (c, u, v) at base[c * cs + u * rs + v * vs]. A
+// convolution's y is {y, Ho * Wo, Wo, 1}; a strided dX phase lands in dx with the stride.
+struct OutLayout {
+  float* base;
+  int64_t cs, rs, vs;
+  OutLayout rows_from(int64_t u) const { return OutLayout{base + u * rs, cs, rs, vs}; }
+};
+
+// out (+ bias) from the GEMM rows [oh0, oh1) in the padded layout (out at row oh0).
 AS_VECTORIZE void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp,
-                            int64_t Wo, int64_t HoWo, const float* __restrict b,
-                            float* __restrict y) {
+                            int64_t Wo, const float* __restrict b, const OutLayout& out) {
   for (int64_t co = 0; co < Cout; ++co) {
     const float bc = b ? b[co] : 0.0f;
     for (int64_t r = 0; r < rows; ++r) {
       const float* __restrict src = t + (co * rows + r) * Wp;
-      float* __restrict dst = y + co * HoWo + r * Wo;
+      float* __restrict dst = out.base + co * out.cs + r * out.rs;
+      if (out.vs == 1) {
 #pragma omp simd
-      for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow] + bc;
+        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow] + bc;
+      } else {
+        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow * out.vs] = src[ow] + bc;
+      }
     }
   }
 }
@@ -449,16 +460,15 @@ void pixel_rows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off
   }
 }
 
-// One sample of a stride-1 convolution in the windows lowering: x [Cin, H, W] -> y [Cout, Ho,
-// Wo] with the weight [Cout, Cin*kh*kw] packed once per call (and, for pixel rows, wpix from
-// pixel_weights); off from tap_offsets.
-void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, const float* x,
-                     const GemmPackedA& w, const std::vector<float>& wpix, const float* b, float* y,
-                     bool inner_parallel, int pad_slot = 2) {
-  float* xp = scratch(pad_slot, size_t(g.total)).data();
-  pad_sample(x, g, xp, inner_parallel, pad_slot);
+// One sample of a stride-1 convolution in the windows lowering on its padded copy xp: -> out,
+// with the weight [Cout, Cin*kh*kw] packed once per call (and, for pixel rows, wpix from
+// pixel_weights; those write rows of Wo contiguous pixels: out.vs == 1 and out.rs == Wo); off
+// from tap_offsets.
+void windows_forward_padded(const Conv2dDims& d, const Padded& g, const int64_t* off,
+                            const float* xp, const GemmPackedA& w, const std::vector<float>& wpix,
+                            const float* b, const OutLayout& out, bool inner_parallel) {
   if (!wpix.empty()) {
-    pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, y, inner_parallel);
+    pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, out.base, inner_parallel);
     return;
   }
   // Whole output rows per GEMM, with at most kColsBudget floats of output tile.
@@ -474,22 +484,38 @@ void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, c
       // On one thread the GEMM reads the windows in place (the same bits, no packing).
       gemm_packed_a_windows(w, L, xp, off, oh0 * g.Wp, t, L);
     }
-    take_rows(t, d.Cout, nr, g.Wp, d.Wo, d.P(), b, y + oh0 * d.Wo);
+    take_rows(t, d.Cout, nr, g.Wp, d.Wo, b, out.rows_from(oh0));
   }
 }
 
-// The data every sample of a windows-lowered call shares.
+// The same from x [Cin, H, W] (padded into this thread's scratch slot) to y [Cout, Ho, Wo].
+void windows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off, const float* x,
+                     const GemmPackedA& w, const std::vector<float>& wpix, const float* b, float* y,
+                     bool inner_parallel, int pad_slot = 2) {
+  float* xp = scratch(pad_slot, size_t(g.total)).data();
+  pad_sample(x, g, xp, inner_parallel, pad_slot);
+  windows_forward_padded(d, g, off, xp, w, wpix, b, OutLayout{y, d.P(), d.Wo, 1}, inner_parallel);
+}
+
 // dX of one phase (a, b) of the padded input: the input positions (s u + a, s v + b) get
 // dx[u][v] = sum over taps i = a + s i', j = b + s j' of w[i][j] dy[u - i'][v - j'], a stride-1
-// correlation of dy with the phase's taps flipped. Run as a windows forward (dy padded so that
-// its output rows start at the first row u0 the input needs), then placed into dx.
+// correlation of dy with the phase's taps flipped, run as a windows forward whose output rows
+// start at the first row u0 the input needs, written into dx with the stride.
 struct DxPhase {
   int64_t a, b, u0, v0;
   Conv2dDims t;                      // the correlation as a forward convolution of dy
-  Padded g;
-  std::vector<int64_t> off;
+  std::vector<int64_t> off;          // its taps' offsets in the plan's padded dy
   std::unique_ptr<GemmPackedA> w;    // the phase's flipped taps [Cin, Cout * kh' * kw'], packed
   std::vector<float> wpix;           // the same for pixel rows (pixel_weights), or empty
+};
+
+// dX of a windows-lowered convolution: its phases all read one padded copy of dy (padded by the
+// largest padding any phase needs; a phase that needs less starts its taps further in), so dy is
+// padded once per sample, not once per phase.
+struct DxPlan {
+  std::vector<DxPhase> phases;  // empty: the phases' taps are all outside dx
+  Padded g{};                   // the padded dy
+  bool covered = true;          // every position of dx gets a phase's output (no zero fill)
 };
 
 struct WindowsPlan {
@@ -498,7 +524,7 @@ struct WindowsPlan {
   std::vector<int64_t> offx;          // tap offsets on it
   std::unique_ptr<GemmPackedA> w;     // the weight [Cout, K], packed (forward)
   std::vector<float> wpix;            // the same for pixel rows (pixel_weights), or empty
-  std::vector<DxPhase> dx_phases;     // dX (empty: the phases' taps are all outside dx)
+  DxPlan dx;                          // dX (bwd_dx)
   // Pointwise convolutions with the own GEMM: the weight [Cout, Cin] (forward) or its transpose
   // (dX), packed once per call instead of once per sample.
   std::unique_ptr<GemmPackedA> pointwise;
@@ -555,7 +581,7 @@ void sample_weight_grad_rows(const Conv2dDims& d, const WindowsPlan& plan, const
 
 // dX as stride-1 correlations of dy, one per phase of the stride (one in all for stride 1, whose
 // output is dx itself). False when the padding is too large for that (the columns path then).
-bool plan_dx_phases(const Conv2dDims& d, const float* w, std::vector<DxPhase>& out) {
+bool plan_dx_phases(const Conv2dDims& d, const float* w, DxPlan& out) {
   for (int64_t a = 0; a < d.stride_h; ++a)
     for (int64_t b = 0; b < d.stride_w; ++b) {
       const int64_t kh = a < d.kh ? (d.kh - a + d.stride_h - 1) / d.stride_h : 0;
@@ -565,7 +591,11 @@ bool plan_dx_phases(const Conv2dDims& d, const float* w, std::vector<DxPhase>& o
       const int64_t u1 = d.pad_h + d.H - 1 - a < 0 ? 0 : (d.pad_h + d.H - 1 - a) / d.stride_h + 1;
       const int64_t v0 = std::max<int64_t>(0, (d.pad_w - b + d.stride_w - 1) / d.stride_w);
       const int64_t v1 = d.pad_w + d.W - 1 - b < 0 ? 0 : (d.pad_w + d.W - 1 - b) / d.stride_w + 1;
-      if (kh == 0 || kw == 0 || u1 <= u0 || v1 <= v0) continue;  // no tap: 0 there
+      if (u1 <= u0 || v1 <= v0) continue;  // no input position in this phase
+      if (kh == 0 || kw == 0) {            // positions but no tap: 0 there
+        out.covered = false;
+        continue;
+      }
       if (u0 > kh - 1 || v0 > kw - 1) return false;
       DxPhase ph;
       ph.a = a;
@@ -586,48 +616,77 @@ bool plan_dx_phases(const Conv2dDims& d, const float* w, std::vector<DxPhase>& o
       t.stride_h = t.stride_w = 1;
       t.pad_h = kh - 1 - u0;
       t.pad_w = kw - 1 - v0;
-      ph.g = padded(t);
-      ph.off = tap_offsets(t, ph.g);
-      const int64_t kk = kh * kw;
-      std::vector<float> flip(size_t(d.Cin * d.Cout * kk));
-      for (int64_t co = 0; co < d.Cout; ++co)
-        for (int64_t c = 0; c < d.Cin; ++c)
-          for (int64_t i = 0; i < kh; ++i)
-            for (int64_t j = 0; j < kw; ++j)
-              flip[size_t((c * d.Cout + co) * kk + (kh - 1 - i) * kw + (kw - 1 - j))] =
-                  w[((co * d.Cin + c) * d.kh + a + i * d.stride_h) * d.kw + b + j * d.stride_w];
-      ph.w = std::make_unique<GemmPackedA>(false, d.Cin, d.Cout * kk, flip.data(), d.Cout * kk);
-      ph.wpix = pixel_weights(t, ph.g, flip.data(), d.Cin, d.Cout * kk);
-      out.push_back(std::move(ph));
+      out.phases.push_back(std::move(ph));
     }
+  if (out.phases.empty()) return true;
+  // The shared padded dy: the largest padding of any phase, rows and columns for every phase's
+  // taps past it.
+  Padded& g = out.g;
+  g = Padded{d.Cout, d.Ho, d.Wo, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1};
+  for (const DxPhase& ph : out.phases) {
+    g.ph = std::max(g.ph, ph.t.pad_h);
+    g.pw = std::max(g.pw, ph.t.pad_w);
+    g.kh = std::max(g.kh, ph.t.kh);
+    g.kw = std::max(g.kw, ph.t.kw);
+  }
+  for (const DxPhase& ph : out.phases) {
+    g.Hp = std::max(g.Hp, g.ph - ph.t.pad_h + ph.t.Ho + ph.t.kh - 1);
+    g.Wp = std::max(g.Wp, g.pw - ph.t.pad_w + ph.t.Wo + ph.t.kw - 1);
+  }
+  g.plane = g.Hp * g.Wp;
+  // Windows read past a plane's last row by at most Wp (a phase's shift and taps) plus a
+  // register tile's width.
+  g.total = g.C * g.plane + g.Wp + 32;
+  for (DxPhase& ph : out.phases) {
+    const Conv2dDims& t = ph.t;
+    ph.off = tap_offsets(t, g);
+    const int64_t shift = (g.ph - t.pad_h) * g.Wp + (g.pw - t.pad_w);
+    for (int64_t& o : ph.off) o += shift;
+    const int64_t kh = t.kh, kw = t.kw, kk = kh * kw;
+    std::vector<float> flip(size_t(d.Cin * d.Cout * kk));
+    for (int64_t co = 0; co < d.Cout; ++co)
+      for (int64_t c = 0; c < d.Cin; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j)
+            flip[size_t((c * d.Cout + co) * kk + (kh - 1 - i) * kw + (kw - 1 - j))] =
+                w[((co * d.Cin + c) * d.kh + ph.a + i * d.stride_h) * d.kw + ph.b + j * d.stride_w];
+    ph.w = std::make_unique<GemmPackedA>(false, d.Cin, d.Cout * kk, flip.data(), d.Cout * kk);
+    ph.wpix = pixel_weights(t, g, flip.data(), d.Cin, d.Cout * kk);
+  }
   return true;
 }
 
 // dx [Cin, H, W] of one sample from dy through the plan's phases.
-void windows_input_grad(const Conv2dDims& d, const std::vector<DxPhase>& phases, const float* dy,
-                        float* dx, bool inner_parallel) {
-  const bool whole = d.stride_h == 1 && d.stride_w == 1 && phases.size() == 1 &&
-                     phases[0].t.Ho == d.H && phases[0].t.Wo == d.W;
-  if (whole) {  // stride 1: the correlation's output is dx
-    const DxPhase& ph = phases[0];
-    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, ph.wpix, nullptr, dx, inner_parallel);
+void windows_input_grad(const Conv2dDims& d, const DxPlan& plan, const float* dy, float* dx,
+                        bool inner_parallel) {
+  const std::vector<DxPhase>& phases = plan.phases;
+  if (phases.empty()) {
+    std::fill(dx, dx + d.Cin * d.H * d.W, 0.0f);
     return;
   }
-  std::fill(dx, dx + d.Cin * d.H * d.W, 0.0f);
-  for (size_t k = 0; k < phases.size(); ++k) {
-    const DxPhase& ph = phases[k];
-    const int64_t Hu = ph.t.Ho, Wv = ph.t.Wo;
-    float* t = scratch(1, size_t(d.Cin * Hu * Wv)).data();
-    // each phase pads dy into a buffer of its own (the first kMaxPhaseScratch phases), so its
-    // zero borders stay from one sample to the next
-    windows_forward(ph.t, ph.g, ph.off.data(), dy, *ph.w, ph.wpix, nullptr, t, inner_parallel,
-                    k < size_t(kMaxPhaseScratch) ? kPhaseScratch + int(k) : 2);
+  // dy padded once, in a slot of its own (its zero borders stay from sample to sample)
+  float* dyp = scratch(kDxPadSlot, size_t(plan.g.total)).data();
+  pad_sample(dy, plan.g, dyp, inner_parallel, kDxPadSlot);
+  if (!plan.covered) std::fill(dx, dx + d.Cin * d.H * d.W, 0.0f);
+  for (const DxPhase& ph : phases) {
+    const Conv2dDims& t = ph.t;
+    const int64_t h0 = ph.u0 * d.stride_h + ph.a - d.pad_h, w0 = ph.v0 * d.stride_w + ph.b - d.pad_w;
+    const OutLayout into_dx{dx + h0 * d.W + w0, d.H * d.W, d.stride_h * d.W, d.stride_w};
+    if (ph.wpix.empty() || (into_dx.vs == 1 && into_dx.rs == t.Wo)) {
+      windows_forward_padded(t, plan.g, ph.off.data(), dyp, *ph.w, ph.wpix, nullptr, into_dx,
+                             inner_parallel);
+      continue;
+    }
+    // pixel rows write contiguous rows: into a buffer, then placed with the stride
+    const int64_t Hu = t.Ho, Wv = t.Wo;
+    float* tmp = scratch(1, size_t(d.Cin * Hu * Wv)).data();
+    windows_forward_padded(t, plan.g, ph.off.data(), dyp, *ph.w, ph.wpix, nullptr,
+                           OutLayout{tmp, Hu * Wv, Wv, 1}, inner_parallel);
     for (int64_t c = 0; c < d.Cin; ++c)
       for (int64_t u = 0; u < Hu; ++u) {
-        const int64_t h = (ph.u0 + u) * d.stride_h + ph.a - d.pad_h;
-        float* row = dx + (c * d.H + h) * d.W + (ph.v0 * d.stride_w + ph.b - d.pad_w);
-        const float* src = t + (c * Hu + u) * Wv;
-        for (int64_t v = 0; v < Wv; ++v) row[v * d.stride_w] = src[v];
+        float* row = into_dx.base + c * into_dx.cs + u * into_dx.rs;
+        const float* src = tmp + (c * Hu + u) * Wv;
+        for (int64_t v = 0; v < Wv; ++v) row[v * into_dx.vs] = src[v];
       }
   }
 }
@@ -694,7 +753,7 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
     if (dx) {
       float* dxn = dx + n * x_stride;
       if (plan.bwd_dx) {
-        windows_input_grad(d, plan.dx_phases, dyn, dxn, inner_parallel);
+        windows_input_grad(d, plan.dx, dyn, dxn, inner_parallel);
       } else if (d.pointwise()) {
         if (plan.pointwise)
           gemm_packed_a(*plan.pointwise, P, 1.0f, GemmMatrixB(false, dyn, P), 0.0f, dxn, P,
@@ -822,7 +881,7 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
     plan.gx = padded(d);
     plan.offx = tap_offsets(d, plan.gx);
     // dX = stride-1 correlations of dy with the flipped weight, one per phase of the stride.
-    if (dx) plan.bwd_dx = plan_dx_phases(d, w, plan.dx_phases);
+    if (dx) plan.bwd_dx = plan_dx_phases(d, w, plan.dx);
   } else if (dx && d.pointwise() && gemm_backend() == GemmBackend::Own) {
     plan.pointwise = std::make_unique<GemmPackedA>(true, d.Cin, d.Cout, w, d.Cin);  // W^T
   }
