@@ -7,6 +7,7 @@ import * as path from 'path';
 import * as as from '../lib';
 import { relu, silu } from '../lib/ops/activation';
 import { batchNorm2d, batchNormAct, BatchNormActName } from '../lib/ops/norm';
+import { add } from '../lib/ops/elementwise';
 import { compareArrays, CloseResult } from './helpers/compare';
 
 const dir = path.join(__dirname, 'fixtures', 'norm');
@@ -155,8 +156,11 @@ interface RunOut {
   values: Record<string, Float32Array>;
 }
 
-/** One forward + backward of BN + act on fixed random data; every output and gradient. */
-function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: number[], training: boolean, proj = false, seed = 7): RunOut {
+/**
+ * One forward + backward of BN + act on fixed random data; every output and gradient. With
+ * `residual`, act(BN(x) + r) (separate: batchNorm2d, add, then the activation).
+ */
+function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: number[], training: boolean, proj = false, seed = 7, residual = false): RunOut {
   return as.tidy(() => {
     as.manualSeed(seed);
     const C = shape[1];
@@ -166,6 +170,7 @@ function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: numb
     const b = as.randn([C], { std: 0.4 }).requiresGrad_();
     const rm = as.randn([C], { std: 0.2 });
     const rv = as.rand([C], { low: 0.5, high: 1.5 });
+    const r = residual ? as.randn(shape, { mean: -0.2, std: 1.1 }).requiresGrad_() : null;
     let mod: as.nn.AdaShiftB | null = null;
     if (act === 'adashift-b') {
       mod = new as.nn.AdaShiftB(C, { proj });
@@ -179,9 +184,10 @@ function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: numb
     const opts = { training, momentum: 0.2, eps: 1e-5 };
     let y: as.Tensor;
     if (mode === 'fused') {
-      y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, ...(mod ? { context: contextOf(mod) } : {}) });
+      y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, residual: r, ...(mod ? { context: contextOf(mod) } : {}) });
     } else {
-      const z = batchNorm2d(x, w, b, rm, rv, opts);
+      const bnOut = batchNorm2d(x, w, b, rm, rv, opts);
+      const z = r ? add(bnOut, r) : bnOut;
       y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : (mod!.forward(z) as as.Tensor);
     }
     y.backward(dy);
@@ -192,12 +198,13 @@ function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: numb
       dbias: arr(b.grad),
       running_mean: arr(rm),
       running_var: arr(rv),
+      ...(r ? { dresidual: arr(r.grad) } : {}),
     };
     if (mod) {
       for (const [n, p] of mod.namedParameters()) values[`grad.${n}`] = arr(p.grad);
       mod.dispose();
     }
-    for (const t of [x, w, b]) t.grad?.dispose();
+    for (const t of [x, w, b, r]) t?.grad?.dispose();
     return { values };
   });
 }
@@ -211,26 +218,33 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
   // Linear per sample in double, the fused op's context through the float GEMM), and a
   // LayerNorm over few channels amplifies that: judged at the PyTorch-fixture tolerance.
   const PROJ_R = 1e-4, PROJ_A = 1e-5;
-  const combos: [BatchNormActName, number[], boolean, boolean][] = [];
+  // [act, shape, training, proj, residual]
+  const combos: [BatchNormActName, number[], boolean, boolean, boolean][] = [];
   for (const act of ['relu', 'silu', 'adashift-b'] as BatchNormActName[]) {
     for (const training of [true, false]) {
-      combos.push([act, [4, 6, 7, 7], training, false]);
-      combos.push([act, [3, 5, 9, 12], training, false]);
+      combos.push([act, [4, 6, 7, 7], training, false, false]);
+      combos.push([act, [3, 5, 9, 12], training, false, false]);
+      // a residual added before the activation (a ResNet block's shortcut)
+      combos.push([act, [4, 6, 7, 7], training, false, true]);
     }
+    combos.push([act, [3, 5, 9, 12], true, false, true]);
   }
-  combos.push(['adashift-b', [2, 8, 14, 14], true, true]);
-  combos.push(['adashift-b', [5, 3, 1, 1], true, false]);
-  combos.push(['adashift-b', [1, 3, 4, 3], false, true]);
-  test.each(combos.map((c) => [`${c[0]} ${c[1].join('x')} ${c[2] ? 'train' : 'eval'}${c[3] ? ' proj' : ''}`, ...c] as const))('%s', (_n, act, shape, training, proj) => {
-    const a = runBnAct('separate', act, shape, training, proj);
-    const b = runBnAct('fused', act, shape, training, proj);
+  combos.push(['adashift-b', [2, 8, 14, 14], true, true, false]);
+  combos.push(['adashift-b', [2, 8, 14, 14], true, true, true]);
+  combos.push(['adashift-b', [5, 3, 1, 1], true, false, false]);
+  combos.push(['adashift-b', [5, 3, 1, 1], true, false, true]);
+  combos.push(['adashift-b', [1, 3, 4, 3], false, true, false]);
+  test.each(combos.map((c) => [`${c[0]} ${c[1].join('x')} ${c[2] ? 'train' : 'eval'}${c[3] ? ' proj' : ''}${c[4] ? ' +residual' : ''}`, ...c] as const))('%s', (_n, act, shape, training, proj, residual) => {
+    const a = runBnAct('separate', act, shape, training, proj, 7, residual);
+    const b = runBnAct('fused', act, shape, training, proj, 7, residual);
+    if (residual) expect(Object.keys(a.values)).toContain('dresidual');
     expect(Object.keys(b.values).sort()).toEqual(Object.keys(a.values).sort());
     if (act === 'adashift-b') expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.norm.weight', 'grad.norm.bias']));
     if (proj) expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.proj.weight', 'grad.proj.bias']));
     const rs = Object.keys(a.values).map((k) => compareArrays(b.values[k], a.values[k], proj ? PROJ_R : TIGHT_R, proj ? PROJ_A : TIGHT_A, k));
     expect(failures(rs)).toEqual([]);
     // ReLU and SiLU recompute exactly the separate ops' expressions
-    if (act !== 'adashift-b') for (const k of ['y', 'dweight', 'dbias', 'running_mean', 'running_var']) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
+    if (act !== 'adashift-b') for (const k of ['y', 'dweight', 'dbias', 'running_mean', 'running_var', ...(residual ? ['dresidual'] : [])]) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
   });
 
   test('gradients for some inputs only (weight; only the context parameters) match the full run', () => {
@@ -285,6 +299,18 @@ describe('determinism', () => {
 });
 
 describe('behaviour', () => {
+  test('a residual of another shape, or of another kind, is refused before anything runs', () => {
+    as.tidy(() => {
+      const x = as.randn([2, 3, 4, 4]);
+      const bn = { weight: as.ones([3]), bias: as.zeros([3]), runningMean: as.zeros([3]), runningVar: as.ones([3]) };
+      const before = bn.runningMean.toFloat32Array();
+      expect(() => batchNormAct(x, bn, 'relu', { training: true, residual: as.randn([2, 3, 4, 5]) })).toThrow(
+        expect.objectContaining({ code: 'ERR_SHAPE', message: expect.stringContaining('the residual must have the input\'s shape [2, 3, 4, 4], got [2, 3, 4, 5]') }),
+      );
+      expect(() => batchNormAct(x, bn, 'silu', { training: true, residual: [1, 2] as unknown as as.Tensor })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
+      expect(Array.from(bn.runningMean.toFloat32Array())).toEqual(Array.from(before));
+    });
+  });
   test('no handle is left behind by forward + backward, nor by an inference forward', () => {
     const before = as.memory().tensors;
     for (const act of ['relu', 'adashift-b'] as BatchNormActName[]) {

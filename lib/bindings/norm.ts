@@ -11,17 +11,21 @@ export interface NormBinding {
   /**
    * Training: batch mean and invstd [C], running stats updated in place (when given).
    * Eval: mean = runningMean, invstd = 1/sqrt(runningVar + eps). With `planes`, also
-   * planeXhat[n, c] = (mean_x[n, c] - mean_c) * invstd_c and pooled = planeXhat * w + b ([N, C]).
+   * planeXhat[n, c] = (mean_x[n, c] - mean_c) * invstd_c and pooled = planeXhat * w + b ([N, C]),
+   * plus the plane means of `residual` when one is given (planes only).
    */
-  batchNormStats(x: T, weight: OptT, bias: OptT, runningMean: OptT, runningVar: OptT, training: boolean, momentum: number, eps: number, planes: boolean): [T, T, OptT, OptT];
-  /** y = act(bn(x)); s: the shift [N, C] or [N, 1, C] for the gate. */
-  batchNormActForward(x: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT): T;
+  batchNormStats(x: T, weight: OptT, bias: OptT, runningMean: OptT, runningVar: OptT, training: boolean, momentum: number, eps: number, planes: boolean, residual?: OptT): [T, T, OptT, OptT];
+  /** y = act(bn(x) + residual); s: the shift [N, C] or [N, 1, C] for the gate; residual: x's shape, or null. */
+  batchNormActForward(x: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, residual?: OptT): T;
   /** Per (n, c) plane: [sum dz_d, sum dz_d * xhat, ds (gate only)], each [N, C]. */
-  batchNormActBackwardReduce(x: T, dy: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT): [T, T, OptT];
+  batchNormActBackwardReduce(x: T, dy: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, residual?: OptT): [T, T, OptT];
   /** Channel sums (with the pooled path's dm when given) -> [dweight, dbias]. */
   batchNormBackwardParams(sumDz: T, sumDzXhat: T, dm: OptT, planeXhat: OptT): [T, T];
-  /** dx; training needs dweight and dbias (the channel sums), eval ignores them. */
-  batchNormActBackwardApply(x: T, dy: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, dm: OptT, dweight: OptT, dbias: OptT, training: boolean): T;
+  /**
+   * [dx, dresidual]; training needs dweight and dbias (the channel sums), eval ignores them.
+   * dresidual (the activation's input gradient) only with a residual, else null.
+   */
+  batchNormActBackwardApply(x: T, dy: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, dm: OptT, dweight: OptT, dbias: OptT, training: boolean, residual?: OptT): [T, OptT];
 
   /** -> [y, indices]: indices are flat offsets h * W + w inside the input plane, as float32. */
   maxPool2dForward(x: T, kh: number, kw: number, sh: number, sw: number, ph: number, pw: number): [T, T];

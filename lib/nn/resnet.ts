@@ -21,15 +21,20 @@ export interface BlockOptions extends ModuleOptions {
 }
 
 /**
- * BN followed by an activation module. In training, ReLU, SiLU and AdaShift-B run as one fused
- * op (BN statistics and the AdaShift pooled context from one pass over the input).
+ * BN followed by an activation module, with the residual (a block's shortcut) added between
+ * them when given: act(bn(x) + residual). In training, ReLU, SiLU and AdaShift-B run as one
+ * fused op (BN statistics and the AdaShift pooled context from one pass over the input; the
+ * residual read in the same passes instead of a sum written and read back).
  */
-export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true): Tensor {
+export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, residual: Tensor | null = null): Tensor {
   let kind: FusableAct | null = null;
   if (act instanceof ReLU) kind = 'relu';
   else if (act instanceof SiLU) kind = 'silu';
   else if (act instanceof AdaShiftB) kind = 'adashift-b';
-  if (!fused || kind === null || !bn.training) return act.forward(bn.forward(x)) as Tensor;
+  if (!fused || kind === null || !bn.training) {
+    const z = bn.forward(x) as Tensor;
+    return act.forward(residual ? add(z, residual) : z) as Tensor;
+  }
   bn.numBatchesTracked.value += 1n;
   return batchNormAct(
     x,
@@ -39,6 +44,7 @@ export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true): Te
       training: true,
       momentum: bn.momentum,
       eps: bn.eps,
+      residual,
       ...(kind === 'adashift-b' ? { context: (m: Tensor) => (act as AdaShiftB).context(m) } : {}),
     },
   );
@@ -76,9 +82,8 @@ export class BasicBlock extends Module {
   }
   override forward(x: Tensor): Tensor {
     const h = bnAct(this.conv1.forward(x), this.bn1, this.act1, this.fused);
-    const o = this.bn2.forward(this.conv2.forward(h));
     const shortcut = this.downsample ? this.downsample.forward(x) : x;
-    return this.act2.forward(add(o, shortcut)) as Tensor;
+    return bnAct(this.conv2.forward(h), this.bn2, this.act2, this.fused, shortcut);
   }
 }
 
@@ -118,9 +123,8 @@ export class Bottleneck extends Module {
   override forward(x: Tensor): Tensor {
     const h1 = bnAct(this.conv1.forward(x), this.bn1, this.act1, this.fused);
     const h2 = bnAct(this.conv2.forward(h1), this.bn2, this.act2, this.fused);
-    const o = this.bn3.forward(this.conv3.forward(h2));
     const shortcut = this.downsample ? this.downsample.forward(x) : x;
-    return this.act3.forward(add(o, shortcut)) as Tensor;
+    return bnAct(this.conv3.forward(h2), this.bn3, this.act3, this.fused, shortcut);
   }
 }
 

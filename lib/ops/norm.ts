@@ -1,4 +1,6 @@
-// BatchNorm2d and the fused BatchNorm + activation (ReLU, SiLU, AdaShift-B), differentiable.
+// BatchNorm2d and the fused BatchNorm + activation (ReLU, SiLU, AdaShift-B), differentiable,
+// optionally with a residual added between the two (y = act(bn(x) + r): a ResNet block's
+// shortcut; each pass below then also reads r, and the backward apply pass writes dr).
 //
 // Training forward (native/core/ops/norm.h):
 //   stats pass    reads x once: per-(n, c) plane means and M2 -> channel mean / invstd (Chan's
@@ -18,7 +20,7 @@ import { NormActKind } from '../bindings/norm';
 import { AdaShiftError, check } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
-import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
+import { assertTensor, reshapeOwned, sameShape, shapeStr, wrap } from './util';
 
 export interface BatchNormOptions {
   /** Batch statistics (and a running-stats update) when true; running statistics when false. Default false, as F.batch_norm. */
@@ -48,6 +50,12 @@ export interface BatchNormActOptions extends BatchNormOptions {
    * `(m) => norm.forward(proj ? proj.forward(m) : m)`). Required for 'adashift-b'.
    */
   context?: (m: Tensor) => Tensor;
+  /**
+   * Added to BN's output before the activation, y = act(bn(x) + residual), in the same passes
+   * (a ResNet block's shortcut): x's shape, differentiable. For AdaShift-B the context then
+   * pools bn(x) + residual.
+   */
+  residual?: Tensor | null;
 }
 
 /**
@@ -102,21 +110,30 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   const gate = act === NormActKind.gate;
   const context = options.context;
   if (gate) check(typeof context === 'function', 'ERR_ARG', () => `${name}: 'adashift-b' needs options.context, the shift's context network (m [N, 1, C]) => s`);
+  const r = options.residual ?? null;
+  if (r !== null) {
+    assertTensor(r, name, 'residual');
+    check(act !== NormActKind.none, 'ERR_ARG', () => `${name}: a residual is added before an activation; use add() after batchNorm2d without one`);
+    check(sameShape(r.shape, xs), 'ERR_SHAPE', () => `${name}: the residual must have the input's shape ${shapeStr(xs)}, got ${shapeStr(r.shape)}`);
+  }
+  const rH = r ? r.handle : null;
 
   const w = bn.weight, b = bn.bias;
-  const [meanH, invstdH, pxH, pooledH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, gate);
+  const [meanH, invstdH, pxH, pooledH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, gate, gate ? rH : null);
   const mean = wrap(meanH), invstd = wrap(invstdH);
   const [N, C] = xs;
-  const wantInput = needsGrad(x, w, b);
+  // The op's differentiable inputs: x, weight, bias (and the residual).
+  const inputs = r ? [x, w, b, r] : [x, w, b];
+  const wantInput = needsGrad(...inputs);
 
   if (!gate) {
-    const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, null));
+    const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, null, rH));
     if (!wantInput) {
       mean.dispose();
       invstd.dispose();
       return y;
     }
-    return record(y, name, [x, w, b], (g) => bnBackward(x, g, w, b, mean, invstd, act, null, null, null, training), [mean, invstd]);
+    return record(y, name, inputs, (g) => bnBackward(x, g, w, b, r, mean, invstd, act, null, null, null, training), [mean, invstd]);
   }
 
   // AdaShift-B: the context network on the pooled mean of BN's output.
@@ -138,7 +155,7 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
     for (const t of [mean, invstd, px, m]) t.dispose();
     throw e;
   }
-  const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, s.handle));
+  const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, s.handle, rH));
   if (!grad || (!wantInput && !s.requiresGrad)) {
     // Nothing upstream wants a gradient: drop the inner graph now.
     releaseGraph(s);
@@ -149,8 +166,8 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   return record(
     y,
     name,
-    [x, w, b],
-    (g) => bnBackward(x, g, w, b, mean, invstd, act, { m, s, sView }, px, pooledShape, training),
+    inputs,
+    (g) => bnBackward(x, g, w, b, r, mean, invstd, act, { m, s, sView }, px, pooledShape, training),
     [mean, invstd, px, m, s, sView],
     () => releaseGraph(s),
   );
@@ -167,6 +184,7 @@ function bnBackward(
   g: Tensor,
   w: Tensor,
   b: Tensor,
+  r: Tensor | null,
   mean: Tensor,
   invstd: Tensor,
   act: number,
@@ -176,7 +194,8 @@ function bnBackward(
   training: boolean,
 ): (Tensor | null)[] {
   const sH = shift ? shift.sView.handle : null;
-  const [sumDz, sumDzX, dsH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH);
+  const rH = r ? r.handle : null;
+  const [sumDz, sumDzX, dsH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, rH);
   let dm: Tensor | null = null;
   if (shift) {
     const ds = wrap(reshapeOwned(dsH as NativeTensor, pooledShape!));
@@ -191,23 +210,30 @@ function bnBackward(
     shift.m.grad = null;
   }
   const want = [x.requiresGrad, w.requiresGrad, b.requiresGrad];
-  if (!want.some(Boolean)) {
+  const wantR = r !== null && r.requiresGrad;
+  if (!want.some(Boolean) && !wantR) {
     sumDz.dispose();
     sumDzX.dispose();
     dm?.dispose();
-    return [null, null, null];
+    return r ? [null, null, null, null] : [null, null, null];
   }
   const [dwH, dbH] = native.batchNormBackwardParams(sumDz, sumDzX, dm ? dm.handle : null, dm ? px!.handle : null);
   sumDz.dispose();
   sumDzX.dispose();
-  let dx: Tensor | null = null;
+  let dx: Tensor | null = null, dr: Tensor | null = null;
   try {
-    if (want[0]) {
-      dx = wrap(native.batchNormActBackwardApply(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, dm ? dm.handle : null, dwH, dbH, training));
+    if (want[0] || wantR) {
+      // one pass gives both: dr is the activation's input gradient, dx that through BN
+      const [dxH, drH] = native.batchNormActBackwardApply(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, dm ? dm.handle : null, dwH, dbH, training, rH);
+      dx = wrap(dxH);
+      dr = drH ? wrap(drH) : null;
+      if (!want[0]) dx = (dx.dispose(), null);
+      if (dr && !wantR) dr = (dr.dispose(), null);
     }
   } finally {
     dm?.dispose();
   }
   const dw = wrap(dwH), db = wrap(dbH);
-  return [dx, want[1] ? dw : (dw.dispose(), null), want[2] ? db : (db.dispose(), null)];
+  const grads = [dx, want[1] ? dw : (dw.dispose(), null), want[2] ? db : (db.dispose(), null)];
+  return r ? [...grads, dr] : grads;
 }

@@ -29,8 +29,8 @@ Napi::Array wrap_opt(const CI& info, std::initializer_list<Tensor> ts) {
 NormAct norm_act(const Args& a, size_t i) { return NormAct(a.integer(i, "act", 0, 3)); }
 
 // ---- BatchNorm ------------------------------------------------------------------------------
-// (x, weight|null, bias|null, runningMean|null, runningVar|null, training, momentum, eps, planes)
-//   -> [mean, invstd, planeXhat|null, pooled|null]
+// (x, weight|null, bias|null, runningMean|null, runningVar|null, training, momentum, eps, planes,
+//  residual|null) -> [mean, invstd, planeXhat|null, pooled|null]
 Napi::Value BatchNormStats(const CI& info) {
   Args a{info, "batchNormStats"};
   Tensor rm = a.optional_tensor(3, "runningMean");
@@ -38,25 +38,27 @@ Napi::Value BatchNormStats(const CI& info) {
   BnStats s = batchnorm_stats(a.tensor(0, "x"), a.optional_tensor(1, "weight"),
                               a.optional_tensor(2, "bias"), rm, rv, a.boolean(5, "training"),
                               float(a.number(6, "momentum")), float(a.number(7, "eps")),
-                              a.boolean(8, "planes"));
+                              a.boolean(8, "planes"), a.optional_tensor(9, "residual"));
   return wrap_opt(info, {s.mean, s.invstd, s.plane_xhat, s.pooled});
 }
 
-// (x, weight, bias, mean, invstd, act, s|null) -> y
+// (x, weight, bias, mean, invstd, act, s|null, residual|null) -> y
 Napi::Value BatchNormActForward(const CI& info) {
   Args a{info, "batchNormActForward"};
   return wrap(info, batchnorm_act_forward(a.tensor(0, "x"), a.tensor(1, "weight"),
                                           a.tensor(2, "bias"), a.tensor(3, "mean"),
                                           a.tensor(4, "invstd"), norm_act(a, 5),
-                                          a.optional_tensor(6, "s")));
+                                          a.optional_tensor(6, "s"),
+                                          a.optional_tensor(7, "residual")));
 }
 
-// (x, dy, weight, bias, mean, invstd, act, s|null) -> [sumDz, sumDzXhat, ds|null]
+// (x, dy, weight, bias, mean, invstd, act, s|null, residual|null) -> [sumDz, sumDzXhat, ds|null]
 Napi::Value BatchNormActBackwardReduce(const CI& info) {
   Args a{info, "batchNormActBackwardReduce"};
   BnReduce r = batchnorm_act_backward_reduce(
       a.tensor(0, "x"), a.tensor(1, "dy"), a.tensor(2, "weight"), a.tensor(3, "bias"),
-      a.tensor(4, "mean"), a.tensor(5, "invstd"), norm_act(a, 6), a.optional_tensor(7, "s"));
+      a.tensor(4, "mean"), a.tensor(5, "invstd"), norm_act(a, 6), a.optional_tensor(7, "s"),
+      a.optional_tensor(8, "residual"));
   return wrap_opt(info, {r.sum_dz, r.sum_dz_xhat, r.ds});
 }
 
@@ -69,15 +71,16 @@ Napi::Value BatchNormBackwardParams(const CI& info) {
   return wrap_all(info, {g.dweight, g.dbias});
 }
 
-// (x, dy, weight, bias, mean, invstd, act, s|null, dm|null, dweight|null, dbias|null, training)
+// (x, dy, weight, bias, mean, invstd, act, s|null, dm|null, dweight|null, dbias|null, training,
+//  residual|null) -> [dx, dresidual|null]
 Napi::Value BatchNormActBackwardApply(const CI& info) {
   Args a{info, "batchNormActBackwardApply"};
-  return wrap(info, batchnorm_act_backward_apply(
-                        a.tensor(0, "x"), a.tensor(1, "dy"), a.tensor(2, "weight"),
-                        a.tensor(3, "bias"), a.tensor(4, "mean"), a.tensor(5, "invstd"),
-                        norm_act(a, 6), a.optional_tensor(7, "s"), a.optional_tensor(8, "dm"),
-                        a.optional_tensor(9, "dweight"), a.optional_tensor(10, "dbias"),
-                        a.boolean(11, "training")));
+  BnApplyGrad g = batchnorm_act_backward_apply(
+      a.tensor(0, "x"), a.tensor(1, "dy"), a.tensor(2, "weight"), a.tensor(3, "bias"),
+      a.tensor(4, "mean"), a.tensor(5, "invstd"), norm_act(a, 6), a.optional_tensor(7, "s"),
+      a.optional_tensor(8, "dm"), a.optional_tensor(9, "dweight"), a.optional_tensor(10, "dbias"),
+      a.boolean(11, "training"), a.optional_tensor(12, "residual"));
+  return wrap_opt(info, {g.dx, g.dresidual});
 }
 
 // ---- pooling --------------------------------------------------------------------------------

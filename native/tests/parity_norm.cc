@@ -202,6 +202,12 @@ void test_batchnorm() {
     Tensor w = nrm({C}, 1.0f, 0.4f), b = nrm({C}, 0.0f, 0.4f);
     Tensor rm = nrm({C}, 0.0f, 5.0f), rv = uni({C}, 0.5f, 3.0f);
     Tensor s = nrm({N, C}, 0.0f, 0.7f), dm = nrm({N, C});
+    // a residual added before the activation (a ResNet block's shortcut), on a few shapes:
+    // unaligned planes (odd H*W), the ResNet-20 shapes and more planes than blocks
+    Tensor res = nrm(shape, 0.0f, 1.5f);
+    const bool with_res = shape == Shape{2, 3, 5, 7} || shape == Shape{3, 17, 9, 9} ||
+                          shape == Shape{4, 16, 28, 28} || shape == Shape{64, 64, 7, 7} ||
+                          shape == Shape{128, 64, 3, 3};
     for (int training = 1; training >= 0; --training) {
       // Two outputs are small differences of large terms on some shapes, and their rounding
       // error follows the terms, not the result: plane_xhat = (plane mean - mean) * invstd is 0
@@ -220,38 +226,43 @@ void test_batchnorm() {
           dx_floor = std::max(dx_floor, dy_max * std::fabs(double(wv[size_t(c)]) * iv[size_t(c)]));
         }
       }
-      std::vector<double> floors(13, 0.0);
+      std::vector<double> floors(14, 0.0);
       floors[2] = px_floor;   // plane_xhat
       floors[12] = dx_floor;  // dx
-      for (int a = 0; a < 4; ++a) {
-        const NormAct act = NormAct(a);
-        const bool gate = act == NormAct::Gate;
-        const std::string desc = shape_str(shape) + (training ? " train " : " eval ") + act_names[a];
-        check("batchnorm", desc, {x, dy, w, b, rm, rv, s, dm},
-              [&](const Outs& in, Device dev) {
-                Tensor rmc = clone(in[4]), rvc = clone(in[5]);
-                BnStats st = batchnorm_stats(in[0], in[2], in[3], rmc, rvc, bool(training), 0.1f,
-                                             1e-5f, gate);
-                Tensor sg = gate ? in[6] : Tensor();
-                Tensor y = batchnorm_act_forward(in[0], in[2], in[3], st.mean, st.invstd, act, sg);
-                BnReduce r = batchnorm_act_backward_reduce(in[0], in[1], in[2], in[3], st.mean,
-                                                           st.invstd, act, sg);
-                Tensor dmg = gate ? in[7] : Tensor();
-                BnParamGrad pg = batchnorm_backward_params(r.sum_dz, r.sum_dz_xhat, dmg,
-                                                           gate ? st.plane_xhat : Tensor());
-                Tensor dx = batchnorm_act_backward_apply(in[0], in[1], in[2], in[3], st.mean,
-                                                         st.invstd, act, sg, dmg, pg.dweight,
-                                                         pg.dbias, bool(training));
-                (void)dev;
-                return Outs{st.mean, st.invstd, st.plane_xhat, st.pooled, rmc, rvc, y,
-                            r.sum_dz, r.sum_dz_xhat, r.ds, pg.dweight, pg.dbias, dx};
-              },
-              {"mean", "invstd", "plane_xhat", "pooled", "running_mean", "running_var", "y",
-               "sum_dz", "sum_dz_xhat", "ds", "dweight", "dbias", "dx"},
-              {kStat, kStat, kStat, kStat, kStat, kStat, kStat, kSum, kSum, kSum, kSum, kSum,
-               kSum},
-              floors);
-      }
+      for (int a = 0; a < 4; ++a)
+        for (int with_r = 0; with_r < (with_res ? 2 : 1); ++with_r) {
+          const NormAct act = NormAct(a);
+          const bool gate = act == NormAct::Gate;
+          const std::string desc = shape_str(shape) + (training ? " train " : " eval ") +
+                                   act_names[a] + (with_r ? " +residual" : "");
+          check("batchnorm", desc, {x, dy, w, b, rm, rv, s, dm, res},
+                [&](const Outs& in, Device dev) {
+                  Tensor rmc = clone(in[4]), rvc = clone(in[5]);
+                  Tensor r_in = with_r ? in[8] : Tensor();
+                  BnStats st = batchnorm_stats(in[0], in[2], in[3], rmc, rvc, bool(training),
+                                               0.1f, 1e-5f, gate, gate ? r_in : Tensor());
+                  Tensor sg = gate ? in[6] : Tensor();
+                  Tensor y =
+                      batchnorm_act_forward(in[0], in[2], in[3], st.mean, st.invstd, act, sg, r_in);
+                  BnReduce r = batchnorm_act_backward_reduce(in[0], in[1], in[2], in[3], st.mean,
+                                                             st.invstd, act, sg, r_in);
+                  Tensor dmg = gate ? in[7] : Tensor();
+                  BnParamGrad pg = batchnorm_backward_params(r.sum_dz, r.sum_dz_xhat, dmg,
+                                                             gate ? st.plane_xhat : Tensor());
+                  BnApplyGrad g = batchnorm_act_backward_apply(
+                      in[0], in[1], in[2], in[3], st.mean, st.invstd, act, sg, dmg, pg.dweight,
+                      pg.dbias, bool(training), r_in);
+                  (void)dev;
+                  return Outs{st.mean, st.invstd, st.plane_xhat, st.pooled, rmc,
+                              rvc, y, r.sum_dz, r.sum_dz_xhat, r.ds,
+                              pg.dweight, pg.dbias, g.dx, g.dresidual};
+                },
+                {"mean", "invstd", "plane_xhat", "pooled", "running_mean", "running_var", "y",
+                 "sum_dz", "sum_dz_xhat", "ds", "dweight", "dbias", "dx", "dresidual"},
+                {kStat, kStat, kStat, kStat, kStat, kStat, kStat, kSum, kSum, kSum, kSum, kSum,
+                 kSum, kSum},
+                floors);
+        }
     }
   }
 }

@@ -733,7 +733,7 @@ const MUTATION_SPECS: MutSpec[] = [
     name: 'batchNormStats',
     params: [
       // C is tied to the per-channel tensors the call reads: weight and bias with planes, the running stats
-      T('x', { dims: (a) => ((a[8] && a[1] != null) || a[3] != null || a[4] != null ? [1] : []) }),
+      T('x', { dims: (a) => (a[9] != null ? 'all' : (a[8] && a[1] != null) || a[3] != null || a[4] != null ? [1] : []) }),
       T('weight', { nullOk: (a) => !a[8], rank: (a) => !!a[8], dims: (a) => (a[8] ? [0] : []) }),
       T('bias', { nullOk: (a) => !a[8], rank: (a) => !!a[8], dims: (a) => (a[8] ? [0] : []) }),
       T('runningMean', { nullOk: (a) => a[5] === true && a[4] == null, dims: [0] }),
@@ -741,7 +741,11 @@ const MUTATION_SPECS: MutSpec[] = [
       B('training', (_c, a) => (a[3] == null ? [['eval without running stats', () => false]] : [])),
       F('momentum', { f32: true }),
       F('eps', { f32: true, min: 0 }),
-      B('planes', (_c, a) => (a[1] == null || a[2] == null ? [['planes without weight and bias', () => true]] : [])),
+      B('planes', (_c, a) => [
+        ...(a[1] == null || a[2] == null ? [['planes without weight and bias', () => true] as Mut] : []),
+        ...(a[9] != null ? [['a residual without planes', () => false] as Mut] : []),
+      ]),
+      T('residual', { nullOk: true, dims: 'all' }),
     ],
     seed: (c) => {
       const p = c.prng;
@@ -753,6 +757,7 @@ const MUTATION_SPECS: MutSpec[] = [
         c.rand([N, C, H, W]), affine ? c.rand([C]) : null, affine ? c.rand([C]) : null,
         running ? c.rand([C]) : null, running ? c.rand([C], 0.5, 1.5) : null,
         training, p.pick([0.1, 0.01, 0.5]), p.pick([1e-5, 1e-3, 0]), planes,
+        planes && p.bool(0.4) ? c.rand([N, C, H, W]) : null,
       ];
     },
     semantic: [
@@ -776,19 +781,21 @@ const MUTATION_SPECS: MutSpec[] = [
   {
     name: 'batchNormActForward',
     params: [
-      T('x', { dims: (a) => (a[5] === 3 ? [0, 1] : [1]) }),
+      T('x', { dims: (a) => (a[7] != null ? 'all' : a[5] === 3 ? [0, 1] : [1]) }),
       T('weight', { dims: [0] }),
       T('bias', { dims: [0] }),
       T('mean', { dims: [0] }),
       T('invstd', { dims: [0] }),
       I('act', 0, 3, actMismatch(5)),
       T('s', { nullOk: (a) => a[5] !== 3, rank: 'append', dims: 'all' }),
+      T('residual', { nullOk: true, dims: 'all' }),
     ],
     seed: (c) => {
       const p = c.prng;
       const [N, C, H, W] = bnDims(p, false);
       const act = p.int(0, 3);
-      return [c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null];
+      return [c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null,
+        p.bool(0.4) ? c.rand([N, C, H, W]) : null];
     },
     semantic: [
       ['no channels', (c) => [c.rand([2, 0, 2, 2]), c.rand([0]), c.rand([0]), c.rand([0]), c.rand([0]), 0, null]],
@@ -807,12 +814,14 @@ const MUTATION_SPECS: MutSpec[] = [
       T('invstd', { dims: [0] }),
       I('act', 0, 3, actMismatch(6)),
       T('s', { nullOk: (a) => a[6] !== 3, rank: 'append', dims: 'all' }),
+      T('residual', { nullOk: true, dims: 'all' }),
     ],
     seed: (c) => {
       const p = c.prng;
       const [N, C, H, W] = bnDims(p, false);
       const act = p.int(0, 3);
-      return [c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null];
+      return [c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null,
+        p.bool(0.4) ? c.rand([N, C, H, W]) : null];
     },
     check: (r, a) => {
       const [N, C] = shp(a[0]);
@@ -854,6 +863,7 @@ const MUTATION_SPECS: MutSpec[] = [
       T('dweight', { nullOk: (a) => !a[11], rank: (a) => !!a[11], dims: (a) => (a[11] ? [0] : []) }),
       T('dbias', { nullOk: (a) => !a[11], rank: (a) => !!a[11], dims: (a) => (a[11] ? [0] : []) }),
       B('training', (_c, a) => (a[9] == null || a[10] == null ? [['training without the channel sums', () => true]] : [])),
+      T('residual', { nullOk: true, dims: 'all' }),
     ],
     seed: (c) => {
       const p = c.prng;
@@ -864,13 +874,14 @@ const MUTATION_SPECS: MutSpec[] = [
         c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2),
         act, act === 3 ? planesOf(c, N, C) : null, act === 3 && p.bool() ? planesOf(c, N, C) : null,
         sums ? c.rand([C]) : null, sums ? c.rand([C]) : null, training,
+        p.bool(0.4) ? c.rand([N, C, H, W]) : null,
       ];
     },
     semantic: [['dm without the gate', (c, a) => {
       const [N, C] = shp(a[0]);
       return [...a.slice(0, 6), 1, null, c.rand([N, C]), ...a.slice(9)];
     }]],
-    check: (r, a) => expectShape(r, shp(a[0])),
+    check: (r, a) => expectList(r, [shp(a[0]), a[12] != null ? shp(a[0]) : null]),
   },
   // ---- lib/bindings/norm.ts: pooling --------------------------------------------------------
   {

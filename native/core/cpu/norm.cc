@@ -34,24 +34,32 @@ AS_VECTORIZE float v_sum(const float* __restrict x, int64_t n) {
   return acc;
 }
 
-template <int ACT>
-__attribute__((always_inline)) inline void fwd_body(const float* __restrict x, float mean,
+// z = bn(x) (+ r, the residual, with RES) is the activation's input in every pass.
+template <int ACT, bool RES>
+__attribute__((always_inline)) inline void fwd_body(const float* __restrict x,
+                                                    const float* __restrict r, float mean,
                                                     float scale, float bias, float s,
                                                     float* __restrict y, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = math::bn_act<ACT>(math::bn_norm(x[i], mean, scale, bias), s);
+  for (int64_t i = 0; i < n; ++i) {
+    float z = math::bn_norm(x[i], mean, scale, bias);
+    if (RES) z += r[i];
+    y[i] = math::bn_act<ACT>(z, s);
+  }
 }
 
 // out: sum dz_d, sum dz_d * (x - mean), sum ds-term
-template <int ACT>
+template <int ACT, bool RES>
 __attribute__((always_inline)) inline void red_body(const float* __restrict x,
+                                                    const float* __restrict r,
                                                     const float* __restrict dy, float mean,
                                                     float scale, float bias, float s, int64_t n,
                                                     float* out) {
   float a = 0.0f, b = 0.0f, c = 0.0f;
 #pragma omp simd reduction(+ : a, b, c)
   for (int64_t i = 0; i < n; ++i) {
-    const float z = math::bn_norm(x[i], mean, scale, bias);
+    float z = math::bn_norm(x[i], mean, scale, bias);
+    if (RES) z += r[i];
     const math::GateGrad g = math::bn_act_grad<ACT>(z, s, dy[i]);
     a += g.dx;
     b += g.dx * (x[i] - mean);
@@ -66,14 +74,19 @@ struct ApplyK {
   float mean, invstd, scale, bias, s, add, k1, k2;
 };
 
-template <int ACT>
+// dx, and with RES the residual's gradient dr = dz.
+template <int ACT, bool RES>
 __attribute__((always_inline)) inline void app_body(const float* __restrict x,
+                                                    const float* __restrict r,
                                                     const float* __restrict dy, ApplyK k,
-                                                    float* __restrict dx, int64_t n) {
+                                                    float* __restrict dx, float* __restrict dr,
+                                                    int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float z = math::bn_norm(x[i], k.mean, k.scale, k.bias);
+    float z = math::bn_norm(x[i], k.mean, k.scale, k.bias);
+    if (RES) z += r[i];
     const float dz = math::bn_act_grad<ACT>(z, k.s, dy[i]).dx + k.add;
+    if (RES) dr[i] = dz;
     dx[i] = math::bn_input_grad(dz, x[i], k.mean, k.invstd, k.scale, k.k1, k.k2);
   }
 }
@@ -86,8 +99,11 @@ __attribute__((always_inline)) inline void fwd_planes_body(const BnShape& d, con
                                                            int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t c = p % d.C, off = p * d.HW;
-    fwd_body<ACT>(x + off, k.mean[c], k.invstd[c] * k.weight[c], k.bias[c], k.s ? k.s[p] : 0.0f,
-                  y + off, d.HW);
+    const float scale = k.invstd[c] * k.weight[c], sv = k.s ? k.s[p] : 0.0f;
+    if (k.r)
+      fwd_body<ACT, true>(x + off, k.r + off, k.mean[c], scale, k.bias[c], sv, y + off, d.HW);
+    else
+      fwd_body<ACT, false>(x + off, nullptr, k.mean[c], scale, k.bias[c], sv, y + off, d.HW);
   }
 }
 
@@ -103,8 +119,13 @@ __attribute__((always_inline)) inline void red_planes_body(const BnShape& d, con
     double a = 0.0, b = 0.0, e = 0.0;
     for (int64_t i = 0; i < d.HW; i += kChunk) {
       float o[3];
-      red_body<ACT>(x + off + i, dy + off + i, k.mean[c], scale, k.bias[c], sv,
-                    std::min(kChunk, d.HW - i), o);
+      const int64_t n = std::min(kChunk, d.HW - i);
+      if (k.r)
+        red_body<ACT, true>(x + off + i, k.r + off + i, dy + off + i, k.mean[c], scale, k.bias[c],
+                            sv, n, o);
+      else
+        red_body<ACT, false>(x + off + i, nullptr, dy + off + i, k.mean[c], scale, k.bias[c], sv,
+                             n, o);
       a += o[0];
       b += o[1];
       e += o[2];
@@ -115,12 +136,14 @@ __attribute__((always_inline)) inline void red_planes_body(const BnShape& d, con
   }
 }
 
-// What the apply pass adds per plane (the mean term of the gradient and the pooled path).
+// What the apply pass adds per plane (the mean term of the gradient and the pooled path), and
+// where the residual's gradient goes.
 struct ApplyExtra {
   const float* dm;  // [N*C] or nullptr
   const float* dweight;
   const float* dbias;
   float inv_count;
+  float* dr;        // with BnApply::r
 };
 
 template <int ACT>
@@ -139,7 +162,10 @@ __attribute__((always_inline)) inline void app_planes_body(const BnShape& d, con
     a.add = e.dm ? e.dm[p] / float(d.HW) : 0.0f;
     a.k1 = e.dbias ? e.dbias[c] * e.inv_count : 0.0f;
     a.k2 = e.dweight ? e.dweight[c] * e.inv_count : 0.0f;
-    app_body<ACT>(x + off, dy + off, a, dx + off, d.HW);
+    if (k.r)
+      app_body<ACT, true>(x + off, k.r + off, dy + off, a, dx + off, e.dr + off, d.HW);
+    else
+      app_body<ACT, false>(x + off, nullptr, dy + off, a, dx + off, nullptr, d.HW);
   }
 }
 
@@ -242,15 +268,28 @@ double plane_sum(const float* x, int64_t n) {
   return acc;
 }
 
+// rmean: the residual's plane means (added to pooled), or empty.
 void write_planes(const BnShape& d, const std::vector<double>& pmean, const float* mean,
                   const float* invstd, const float* weight, const float* bias, float* plane_xhat,
-                  float* pooled) {
+                  float* pooled, const std::vector<double>& rmean) {
   for (int64_t p = 0; p < d.planes(); ++p) {
     const int64_t c = p % d.C;
     const double xh = (pmean[size_t(p)] - double(mean[c])) * double(invstd[c]);
     plane_xhat[p] = float(xh);
-    pooled[p] = float(xh * double(weight[c]) + double(bias[c]));
+    pooled[p] = float(xh * double(weight[c]) + double(bias[c]) +
+                      (rmean.empty() ? 0.0 : rmean[size_t(p)]));
   }
+}
+
+// The residual's plane means (for pooled), or nothing without one.
+std::vector<double> residual_means(const BnShape& d, const float* residual) {
+  std::vector<double> rm;
+  if (!residual) return rm;
+  rm.resize(size_t(d.planes()));
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) rm[size_t(p)] = plane_sum(residual + p * d.HW, d.HW) / double(d.HW);
+  });
+  return rm;
 }
 
 }  // namespace
@@ -258,7 +297,7 @@ void write_planes(const BnShape& d, const std::vector<double>& pmean, const floa
 void batchnorm_stats_train(const BnShape& d, const float* x, const float* weight,
                            const float* bias, float momentum, float eps, float* running_mean,
                            float* running_var, float* mean, float* invstd, float* plane_xhat,
-                           float* pooled) {
+                           float* pooled, const float* residual) {
   const int64_t P = d.planes();
   std::vector<double> pm(static_cast<size_t>(P)), pm2(static_cast<size_t>(P));
   for_plane_ranges(d, [&](int64_t p0, int64_t p1) { moments_planes(x, d.HW, p0, p1, pm.data(), pm2.data()); });
@@ -288,12 +327,14 @@ void batchnorm_stats_train(const BnShape& d, const float* x, const float* weight
     }
   }
   // plane_xhat uses the unrounded plane means but the float mean / invstd the passes use.
-  if (plane_xhat) write_planes(d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
+  if (plane_xhat)
+    write_planes(d, pm, mean, invstd, weight, bias, plane_xhat, pooled, residual_means(d, residual));
 }
 
 void batchnorm_stats_eval(const BnShape& d, const float* x, const float* weight,
                           const float* bias, const float* running_mean, const float* running_var,
-                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled) {
+                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled,
+                          const float* residual) {
   for (int64_t c = 0; c < d.C; ++c) {
     mean[c] = running_mean[c];
     invstd[c] = float(1.0 / std::sqrt(double(running_var[c]) + double(eps)));
@@ -303,7 +344,7 @@ void batchnorm_stats_eval(const BnShape& d, const float* x, const float* weight,
   for_plane_ranges(d, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) pm[size_t(p)] = plane_sum(x + p * d.HW, d.HW) / double(d.HW);
   });
-  write_planes(d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
+  write_planes(d, pm, mean, invstd, weight, bias, plane_xhat, pooled, residual_means(d, residual));
 }
 
 void batchnorm_act_forward(const BnShape& d, NormAct act, const BnApply& k, const float* x,
@@ -340,9 +381,9 @@ void batchnorm_backward_params(const BnShape& d, const float* sum_dz, const floa
 
 void batchnorm_act_backward_apply(const BnShape& d, NormAct act, const BnApply& k,
                                   const float* x, const float* dy, const float* dm,
-                                  const float* dweight, const float* dbias, float* dx) {
+                                  const float* dweight, const float* dbias, float* dx, float* dr) {
   const AppFn f = app_fn(act);
-  const ApplyExtra e{dm, dweight, dbias, float(1.0 / double(d.count()))};
+  const ApplyExtra e{dm, dweight, dbias, float(1.0 / double(d.count())), dr};
   for_plane_ranges(d, [&](int64_t p0, int64_t p1) { f(d, k, e, x, dy, dx, p0, p1); });
 }
 

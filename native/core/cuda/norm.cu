@@ -11,7 +11,8 @@
 //   k_channel_*       one thread per channel: Chan's formula over n in order -> mean, invstd,
 //                     running-stats update (in place); then one thread per plane for
 //                     plane_xhat and pooled.
-//   k_bn_ew           forward y = act(bn(x)) or backward dx (per-plane constants in registers)
+//   k_bn_ew           forward y = act(bn(x) + r) or backward dx (and dr) (per-plane constants
+//                     in registers; r, the optional residual, read alongside x)
 //   k_bn_reduce       per plane: block sums of dz_d, dz_d (x - mean), ds (fixed order)
 //   k_bn_params       one thread per channel: planes in order of n, in double
 // No atomics: every sum has a fixed order that depends only on the launch shape, so the same
@@ -117,15 +118,17 @@ __global__ void k_channel_eval(int64_t C, const float* __restrict__ running_mean
   }
 }
 
+// rm: the residual's plane means (added to pooled), or null.
 __global__ void k_planes(int64_t planes, int64_t C, const double* __restrict__ pm,
-                         const float* __restrict__ mean, const float* __restrict__ invstd,
-                         const float* __restrict__ weight, const float* __restrict__ bias,
-                         float* __restrict__ plane_xhat, float* __restrict__ pooled) {
+                         const double* __restrict__ rm, const float* __restrict__ mean,
+                         const float* __restrict__ invstd, const float* __restrict__ weight,
+                         const float* __restrict__ bias, float* __restrict__ plane_xhat,
+                         float* __restrict__ pooled) {
   for (int64_t p = global_thread(); p < planes; p += global_stride()) {
     const int64_t c = p % C;
     const double xh = (pm[p] - double(mean[c])) * double(invstd[c]);
     plane_xhat[p] = float(xh);
-    pooled[p] = float(xh * double(weight[c]) + double(bias[c]));
+    pooled[p] = float(xh * double(weight[c]) + double(bias[c]) + (rm ? rm[p] : 0.0));
   }
 }
 
@@ -149,19 +152,23 @@ __device__ __forceinline__ PlaneK plane_constants(const BnApply& k, int64_t p, i
   return q;
 }
 
+// The forward's y, or the backward's dx with dz (the residual's gradient) in *dz. r: the
+// residual's element (0 without one).
 template <int ACT, bool BWD>
-__device__ __forceinline__ float ew_value(const PlaneK& q, float x, float dy) {
-  const float z = math::bn_norm(x, q.mean, q.scale, q.bias);
+__device__ __forceinline__ float ew_value(const PlaneK& q, float x, float dy, float r, float* dz) {
+  const float z = math::bn_norm(x, q.mean, q.scale, q.bias) + r;
   if (!BWD) return math::bn_act<ACT>(z, q.s);
-  const float dz = math::bn_act_grad<ACT>(z, q.s, dy).dx + q.add;
-  return math::bn_input_grad(dz, x, q.mean, q.invstd, q.scale, q.k1, q.k2);
+  *dz = math::bn_act_grad<ACT>(z, q.s, dy).dx + q.add;
+  return math::bn_input_grad(*dz, x, q.mean, q.invstd, q.scale, q.k1, q.k2);
 }
 
-template <int ACT, bool BWD, bool VEC>
+// RES: with the residual k.r (read) and, backward, its gradient dr (written).
+template <int ACT, bool BWD, bool VEC, bool RES>
 __global__ void k_bn_ew(int64_t planes, int64_t C, int64_t hw, BnApply k,
                         const float* __restrict__ x, const float* __restrict__ dy,
                         const float* __restrict__ dm, const float* __restrict__ dweight,
-                        const float* __restrict__ dbias, float inv_count, float* __restrict__ out) {
+                        const float* __restrict__ dbias, float inv_count, float* __restrict__ out,
+                        float* __restrict__ dr) {
   for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
     const PlaneK q = plane_constants(k, p, p % C, hw, dm, dweight, dbias, inv_count);
     const int64_t base = p * hw;
@@ -170,28 +177,37 @@ __global__ void k_bn_ew(int64_t planes, int64_t C, int64_t hw, BnApply k,
       for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
         const float4 xv = ld4(x, b4 + i);
         const float4 dv = BWD ? ld4(dy, b4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 rv = RES ? ld4(k.r, b4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        float4 dz;
         st4(out, b4 + i,
-            make_float4(ew_value<ACT, BWD>(q, xv.x, dv.x), ew_value<ACT, BWD>(q, xv.y, dv.y),
-                        ew_value<ACT, BWD>(q, xv.z, dv.z), ew_value<ACT, BWD>(q, xv.w, dv.w)));
+            make_float4(ew_value<ACT, BWD>(q, xv.x, dv.x, rv.x, &dz.x),
+                        ew_value<ACT, BWD>(q, xv.y, dv.y, rv.y, &dz.y),
+                        ew_value<ACT, BWD>(q, xv.z, dv.z, rv.z, &dz.z),
+                        ew_value<ACT, BWD>(q, xv.w, dv.w, rv.w, &dz.w)));
+        if (BWD && RES) st4(dr, b4 + i, dz);
       }
     } else {
-      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x)
-        out[base + i] = ew_value<ACT, BWD>(q, x[base + i], BWD ? dy[base + i] : 0.0f);
+      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+        float dz;
+        out[base + i] = ew_value<ACT, BWD>(q, x[base + i], BWD ? dy[base + i] : 0.0f,
+                                           RES ? k.r[base + i] : 0.0f, &dz);
+        if (BWD && RES) dr[base + i] = dz;
+      }
     }
   }
 }
 
 template <int ACT>
-__device__ __forceinline__ void red_add(const PlaneK& q, float x, float dy, float& a, float& b,
-                                        float& e) {
-  const float z = math::bn_norm(x, q.mean, q.scale, q.bias);
+__device__ __forceinline__ void red_add(const PlaneK& q, float x, float dy, float r, float& a,
+                                        float& b, float& e) {
+  const float z = math::bn_norm(x, q.mean, q.scale, q.bias) + r;
   const math::GateGrad g = math::bn_act_grad<ACT>(z, q.s, dy);
   a += g.dx;
   b += g.dx * (x - q.mean);
   e += g.ds;
 }
 
-template <int ACT, bool VEC>
+template <int ACT, bool VEC, bool RES>
 __global__ void k_bn_reduce(int64_t planes, int64_t C, int64_t hw, BnApply k,
                             const float* __restrict__ x, const float* __restrict__ dy,
                             float* __restrict__ sum_dz, float* __restrict__ sum_dz_xhat,
@@ -205,14 +221,15 @@ __global__ void k_bn_reduce(int64_t planes, int64_t C, int64_t hw, BnApply k,
       const int64_t n4 = hw >> 2, b4 = base >> 2;
       for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
         const float4 xv = ld4(x, b4 + i), dv = ld4(dy, b4 + i);
-        red_add<ACT>(q, xv.x, dv.x, a, b, e);
-        red_add<ACT>(q, xv.y, dv.y, a, b, e);
-        red_add<ACT>(q, xv.z, dv.z, a, b, e);
-        red_add<ACT>(q, xv.w, dv.w, a, b, e);
+        const float4 rv = RES ? ld4(k.r, b4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        red_add<ACT>(q, xv.x, dv.x, rv.x, a, b, e);
+        red_add<ACT>(q, xv.y, dv.y, rv.y, a, b, e);
+        red_add<ACT>(q, xv.z, dv.z, rv.z, a, b, e);
+        red_add<ACT>(q, xv.w, dv.w, rv.w, a, b, e);
       }
     } else {
       for (int64_t i = threadIdx.x; i < hw; i += blockDim.x)
-        red_add<ACT>(q, x[base + i], dy[base + i], a, b, e);
+        red_add<ACT>(q, x[base + i], dy[base + i], RES ? k.r[base + i] : 0.0f, a, b, e);
     }
     const float A = block_sum(a, sh);
     const float B = block_sum(b, sh);
@@ -265,56 +282,72 @@ void launch_moments(cudaStream_t st, const BnShape& d, const float* x, double* p
   CUDA_CHECK_LAUNCH();
 }
 
-void launch_planes(cudaStream_t st, const BnShape& d, const double* pm, const float* mean,
-                   const float* invstd, const float* weight, const float* bias, float* plane_xhat,
-                   float* pooled) {
-  k_planes<<<grid_for(d.planes(), 256), 256, 0, st>>>(d.planes(), d.C, pm, mean, invstd, weight,
-                                                       bias, plane_xhat, pooled);
+void launch_planes(cudaStream_t st, const BnShape& d, const double* pm, const double* rm,
+                   const float* mean, const float* invstd, const float* weight, const float* bias,
+                   float* plane_xhat, float* pooled) {
+  k_planes<<<grid_for(d.planes(), 256), 256, 0, st>>>(d.planes(), d.C, pm, rm, mean, invstd,
+                                                       weight, bias, plane_xhat, pooled);
   CUDA_CHECK_LAUNCH();
+}
+
+template <int ACT, bool BWD, bool VEC>
+void launch_ew_res(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
+                   const float* dy, const float* dm, const float* dweight, const float* dbias,
+                   float* out, float* dr, int grid, int block) {
+  const float inv_count = float(1.0 / double(d.count()));
+  if (k.r)
+    k_bn_ew<ACT, BWD, VEC, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, dm,
+                                                         dweight, dbias, inv_count, out, dr);
+  else
+    k_bn_ew<ACT, BWD, VEC, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, dm,
+                                                          dweight, dbias, inv_count, out, dr);
 }
 
 template <int ACT, bool BWD>
 void launch_ew_act(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
                    const float* dy, const float* dm, const float* dweight, const float* dbias,
-                   float* out) {
-  const bool vec = vec_ok(d.HW, x, dy, out);
+                   float* out, float* dr) {
+  const bool vec = vec_ok(d.HW, x, dy, out) && aligned16(k.r) && aligned16(dr);
   const int block = block_for_items(vec ? d.HW / 4 : d.HW);
   const int grid = grid_for_items(d.planes(), block);
-  const float inv_count = float(1.0 / double(d.count()));
-  if (vec)
-    k_bn_ew<ACT, BWD, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, dm, dweight,
-                                                    dbias, inv_count, out);
-  else
-    k_bn_ew<ACT, BWD, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, dm, dweight,
-                                                     dbias, inv_count, out);
+  if (vec) launch_ew_res<ACT, BWD, true>(st, d, k, x, dy, dm, dweight, dbias, out, dr, grid, block);
+  else launch_ew_res<ACT, BWD, false>(st, d, k, x, dy, dm, dweight, dbias, out, dr, grid, block);
   CUDA_CHECK_LAUNCH();
 }
 
 template <bool BWD>
 void launch_ew(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& k, const float* x,
                const float* dy, const float* dm, const float* dweight, const float* dbias,
-               float* out) {
+               float* out, float* dr) {
   if (d.planes() <= 0 || d.HW <= 0) return;
   switch (act) {
-    case NormAct::ReLU: launch_ew_act<math::bnact::kReLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
-    case NormAct::SiLU: launch_ew_act<math::bnact::kSiLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
-    case NormAct::Gate: launch_ew_act<math::bnact::kGate, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
-    default: launch_ew_act<math::bnact::kNone, BWD>(st, d, k, x, dy, dm, dweight, dbias, out); break;
+    case NormAct::ReLU: launch_ew_act<math::bnact::kReLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
+    case NormAct::SiLU: launch_ew_act<math::bnact::kSiLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
+    case NormAct::Gate: launch_ew_act<math::bnact::kGate, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
+    default: launch_ew_act<math::bnact::kNone, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
   }
+}
+
+template <int ACT, bool VEC>
+void launch_reduce_res(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
+                       const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds, int grid,
+                       int block) {
+  if (k.r)
+    k_bn_reduce<ACT, VEC, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
+                                                        sum_dz_xhat, ds);
+  else
+    k_bn_reduce<ACT, VEC, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
+                                                         sum_dz_xhat, ds);
 }
 
 template <int ACT>
 void launch_reduce_act(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
                        const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds) {
-  const bool vec = vec_ok(d.HW, x, dy, nullptr);
+  const bool vec = vec_ok(d.HW, x, dy, nullptr) && aligned16(k.r);
   const int block = block_for_items(vec ? d.HW / 4 : d.HW);
   const int grid = grid_for_items(d.planes(), block);
-  if (vec)
-    k_bn_reduce<ACT, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
-                                                   sum_dz_xhat, ds);
-  else
-    k_bn_reduce<ACT, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
-                                                    sum_dz_xhat, ds);
+  if (vec) launch_reduce_res<ACT, true>(st, d, k, x, dy, sum_dz, sum_dz_xhat, ds, grid, block);
+  else launch_reduce_res<ACT, false>(st, d, k, x, dy, sum_dz, sum_dz_xhat, ds, grid, block);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -324,36 +357,43 @@ void launch_reduce_act(cudaStream_t st, const BnShape& d, const BnApply& k, cons
 void batchnorm_stats_train(cudaStream_t st, const BnShape& d, const float* x,
                            const float* weight, const float* bias, float momentum, float eps,
                            float* running_mean, float* running_var, float* mean, float* invstd,
-                           float* plane_xhat, float* pooled) {
+                           float* plane_xhat, float* pooled, const float* residual) {
   const int64_t P = d.planes();
-  Scratch scratch(size_t(2 * (P > 0 ? P : 1)) * sizeof(double));
+  Scratch scratch(size_t(3 * (P > 0 ? P : 1)) * sizeof(double));
   double* pm = scratch.as<double>();
   double* pm2 = pm + P;
+  double* rm = pm2 + P;  // the residual's plane means (for pooled)
   if (P > 0) launch_moments(st, d, x, pm, pm2);
   k_channel_train<<<grid_for(d.C, 128), 128, 0, st>>>(d.N, d.C, d.HW, pm, pm2, momentum, eps,
                                                        running_mean, running_var, mean, invstd);
   CUDA_CHECK_LAUNCH();
-  if (plane_xhat && P > 0)
-    launch_planes(st, d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
+  if (plane_xhat && P > 0) {
+    if (residual) launch_moments(st, d, residual, rm, nullptr);
+    launch_planes(st, d, pm, residual ? rm : nullptr, mean, invstd, weight, bias, plane_xhat,
+                  pooled);
+  }
 }
 
 void batchnorm_stats_eval(cudaStream_t st, const BnShape& d, const float* x, const float* weight,
                           const float* bias, const float* running_mean, const float* running_var,
-                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled) {
+                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled,
+                          const float* residual) {
   k_channel_eval<<<grid_for(d.C, 128), 128, 0, st>>>(d.C, running_mean, running_var, eps, mean,
                                                       invstd);
   CUDA_CHECK_LAUNCH();
   const int64_t P = d.planes();
   if (!plane_xhat || P <= 0) return;
-  Scratch scratch(size_t(P) * sizeof(double));
+  Scratch scratch(size_t(2 * P) * sizeof(double));
   double* pm = scratch.as<double>();
+  double* rm = pm + P;
   launch_moments(st, d, x, pm, nullptr);
-  launch_planes(st, d, pm, mean, invstd, weight, bias, plane_xhat, pooled);
+  if (residual) launch_moments(st, d, residual, rm, nullptr);
+  launch_planes(st, d, pm, residual ? rm : nullptr, mean, invstd, weight, bias, plane_xhat, pooled);
 }
 
 void batchnorm_act_forward(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& p,
                            const float* x, float* y) {
-  launch_ew<false>(st, d, act, p, x, nullptr, nullptr, nullptr, nullptr, y);
+  launch_ew<false>(st, d, act, p, x, nullptr, nullptr, nullptr, nullptr, y, nullptr);
 }
 
 void batchnorm_act_backward_reduce(cudaStream_t st, const BnShape& d, NormAct act,
@@ -379,8 +419,8 @@ void batchnorm_backward_params(cudaStream_t st, const BnShape& d, const float* s
 void batchnorm_act_backward_apply(cudaStream_t st, const BnShape& d, NormAct act,
                                   const BnApply& p, const float* x, const float* dy,
                                   const float* dm, const float* dweight, const float* dbias,
-                                  float* dx) {
-  launch_ew<true>(st, d, act, p, x, dy, dm, dweight, dbias, dx);
+                                  float* dx, float* dr) {
+  launch_ew<true>(st, d, act, p, x, dy, dm, dweight, dbias, dx, dr);
 }
 
 }  // namespace cuda

@@ -42,9 +42,17 @@ void check_act(NormAct act, const Tensor& s, const Tensor& x, const BnShape& d, 
 }
 
 BnApply apply_params(const Tensor& weight, const Tensor& bias, const Tensor& mean,
-                     const Tensor& invstd, const Tensor& s) {
+                     const Tensor& invstd, const Tensor& s, const Tensor& residual) {
   return BnApply{mean.data(), invstd.data(), weight.data(), bias.data(),
-                 s.defined() ? s.data() : nullptr};
+                 s.defined() ? s.data() : nullptr, residual.defined() ? residual.data() : nullptr};
+}
+
+// The residual, when given, has x's shape and device.
+void check_residual(const Tensor& residual, const Tensor& x, const char* what) {
+  if (!residual.defined()) return;
+  check_same_device(x, residual, what);
+  AS_CHECK(residual.shape() == x.shape(), Shape, what, ": the residual must have the input's shape ",
+           shape_str(x.shape()), ", got ", shape_str(residual.shape()));
 }
 
 void check_common(const Tensor& x, const BnShape& d, const Tensor& weight, const Tensor& bias,
@@ -59,9 +67,12 @@ void check_common(const Tensor& x, const BnShape& d, const Tensor& weight, const
 
 BnStats batchnorm_stats(const Tensor& x, const Tensor& weight, const Tensor& bias,
                         const Tensor& running_mean, const Tensor& running_var, bool training,
-                        float momentum, float eps, bool planes) {
+                        float momentum, float eps, bool planes, const Tensor& residual) {
   const char* what = "batchNorm2d";
   const BnShape d = bn_shape(x, what);
+  check_residual(residual, x, what);
+  AS_CHECK(!residual.defined() || planes, Arg, what,
+           ": a residual enters the statistics only through the pooled means (planes)");
   AS_CHECK(std::isfinite(eps) && eps >= 0.0f, Arg, what, ": eps must be finite and >= 0, got ",
            eps);
   AS_CHECK(std::isfinite(momentum), Arg, what, ": momentum must be finite, got ", momentum);
@@ -88,6 +99,7 @@ BnStats batchnorm_stats(const Tensor& x, const Tensor& weight, const Tensor& bia
   float* pp = planes ? out.pooled.data() : nullptr;
   const float* w = planes ? weight.data() : nullptr;
   const float* b = planes ? bias.data() : nullptr;
+  const float* r = residual.defined() ? residual.data() : nullptr;
   if (training) {
     AS_CHECK(d.count() > 1, Shape, what,
              ": expected more than 1 value per channel when training, got input of shape ",
@@ -95,37 +107,40 @@ BnStats batchnorm_stats(const Tensor& x, const Tensor& weight, const Tensor& bia
     AS_DISPATCH(x.device(), batchnorm_stats_train, d, x.data(), w, b, momentum, eps,
                 running_mean.defined() ? running_mean.data() : nullptr,
                 running_var.defined() ? running_var.data() : nullptr, out.mean.data(),
-                out.invstd.data(), px, pp);
+                out.invstd.data(), px, pp, r);
   } else {
     AS_CHECK(running_mean.defined(), Arg, what,
              ": eval mode (training: false) needs running_mean and running_var");
     AS_DISPATCH(x.device(), batchnorm_stats_eval, d, x.data(), w, b, running_mean.data(),
-                running_var.data(), eps, out.mean.data(), out.invstd.data(), px, pp);
+                running_var.data(), eps, out.mean.data(), out.invstd.data(), px, pp, r);
   }
   return out;
 }
 
 Tensor batchnorm_act_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                              const Tensor& mean, const Tensor& invstd, NormAct act,
-                             const Tensor& s) {
+                             const Tensor& s, const Tensor& residual) {
   const char* what = "batchNorm2d forward";
   const BnShape d = bn_shape(x, what);
   check_common(x, d, weight, bias, mean, invstd, what);
   check_act(act, s, x, d, what);
+  check_residual(residual, x, what);
   Tensor y(x.shape(), x.device());
   if (y.numel() > 0)
     AS_DISPATCH(x.device(), batchnorm_act_forward, d, act,
-                apply_params(weight, bias, mean, invstd, s), x.data(), y.data());
+                apply_params(weight, bias, mean, invstd, s, residual), x.data(), y.data());
   return y;
 }
 
 BnReduce batchnorm_act_backward_reduce(const Tensor& x, const Tensor& dy, const Tensor& weight,
                                        const Tensor& bias, const Tensor& mean,
-                                       const Tensor& invstd, NormAct act, const Tensor& s) {
+                                       const Tensor& invstd, NormAct act, const Tensor& s,
+                                       const Tensor& residual) {
   const char* what = "batchNorm2d backward";
   const BnShape d = bn_shape(x, what);
   check_common(x, d, weight, bias, mean, invstd, what);
   check_act(act, s, x, d, what);
+  check_residual(residual, x, what);
   check_same_device(x, dy, what);
   check_shape(dy, x.shape(), "batchNorm2d backward: output gradient");
   BnReduce r;
@@ -134,7 +149,7 @@ BnReduce batchnorm_act_backward_reduce(const Tensor& x, const Tensor& dy, const 
   if (act == NormAct::Gate) r.ds = Tensor({d.N, d.C}, x.device());
   if (d.planes() > 0)
     AS_DISPATCH(x.device(), batchnorm_act_backward_reduce, d, act,
-                apply_params(weight, bias, mean, invstd, s), x.data(), dy.data(),
+                apply_params(weight, bias, mean, invstd, s, residual), x.data(), dy.data(),
                 r.sum_dz.data(), r.sum_dz_xhat.data(), r.ds.defined() ? r.ds.data() : nullptr);
   return r;
 }
@@ -165,14 +180,17 @@ BnParamGrad batchnorm_backward_params(const Tensor& sum_dz, const Tensor& sum_dz
   return g;
 }
 
-Tensor batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& weight,
-                                    const Tensor& bias, const Tensor& mean, const Tensor& invstd,
-                                    NormAct act, const Tensor& s, const Tensor& dm,
-                                    const Tensor& dweight, const Tensor& dbias, bool training) {
+BnApplyGrad batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& weight,
+                                         const Tensor& bias, const Tensor& mean,
+                                         const Tensor& invstd, NormAct act, const Tensor& s,
+                                         const Tensor& dm, const Tensor& dweight,
+                                         const Tensor& dbias, bool training,
+                                         const Tensor& residual) {
   const char* what = "batchNorm2d backward";
   const BnShape d = bn_shape(x, what);
   check_common(x, d, weight, bias, mean, invstd, what);
   check_act(act, s, x, d, what);
+  check_residual(residual, x, what);
   check_same_device(x, dy, what);
   check_shape(dy, x.shape(), "batchNorm2d backward: output gradient");
   if (dm.defined()) {
@@ -183,13 +201,16 @@ Tensor batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, const Ten
     check_vec(dweight, x, d.C, what, "dweight");
     check_vec(dbias, x, d.C, what, "dbias");
   }
-  Tensor dx(x.shape(), x.device());
-  if (dx.numel() > 0)
+  BnApplyGrad g;
+  g.dx = Tensor(x.shape(), x.device());
+  if (residual.defined()) g.dresidual = Tensor(x.shape(), x.device());
+  if (g.dx.numel() > 0)
     AS_DISPATCH(x.device(), batchnorm_act_backward_apply, d, act,
-                apply_params(weight, bias, mean, invstd, s), x.data(), dy.data(),
+                apply_params(weight, bias, mean, invstd, s, residual), x.data(), dy.data(),
                 dm.defined() ? dm.data() : nullptr, training ? dweight.data() : nullptr,
-                training ? dbias.data() : nullptr, dx.data());
-  return dx;
+                training ? dbias.data() : nullptr, g.dx.data(),
+                residual.defined() ? g.dresidual.data() : nullptr);
+  return g;
 }
 
 }  // namespace adashift

@@ -1,6 +1,8 @@
 // BatchNorm2d over x [N, C, H, W] (training with batch statistics and a running-stats update;
 // eval with the running statistics), optionally fused with the activation that follows it:
-// ReLU, SiLU, or the AdaShift-B gate z * sigmoid(z + s[n, c]).
+// ReLU, SiLU, or the AdaShift-B gate z * sigmoid(z + s[n, c]); optionally with a residual r of
+// x's shape added between the two (a ResNet block's shortcut): y = act(bn(x) + r), which
+// saves the passes that would write bn(x), add r to it and read the sum back.
 //
 // The op is a few passes, each a plain kernel; the TypeScript layer strings them together
 // (lib/ops/norm.ts) and runs the AdaShift context network between them.
@@ -13,14 +15,18 @@
 //                        the input of AdaShift-B's context network, without touching x again.
 //                        eval: mean = running_mean, invstd = 1/sqrt(running_var + eps); reads x
 //                        only when `planes` is asked for.
-//   batchnorm_act_forward                  reads x, writes y = act(bn(x))
-//   batchnorm_act_backward_reduce          reads x, dy: per plane sum(dz_d), sum(dz_d * xhat)
-//                                          and (gate) ds = sum dy z g (1 - g), with z and the
-//                                          gate recomputed on the fly
+//                        With a residual, pooled also adds the plane means of r (one more
+//                        read of r).
+//   batchnorm_act_forward                  reads x (and r), writes y = act(bn(x) + r)
+//   batchnorm_act_backward_reduce          reads x, dy (and r): per plane sum(dz_d),
+//                                          sum(dz_d * xhat) and (gate) ds = sum dy z g (1 - g),
+//                                          with z and the gate recomputed on the fly
 //   batchnorm_backward_params              [N, C] -> dweight, dbias [C] (fixed order over n),
 //                                          adding the pooled path's dm in closed form
-//   batchnorm_act_backward_apply           reads x, dy, writes dx
-// Traffic per element (float32): forward 4 + 8 B (training), backward 8 + 12 B.
+//   batchnorm_act_backward_apply           reads x, dy (and r), writes dx (and dr = dz, the
+//                                          gradient of the activation's input)
+// Traffic per element (float32): forward 4 + 8 B (training), backward 8 + 12 B; with a
+// residual, forward 4 + 12 (gate: + 4), backward 12 + 20.
 //
 // Plane sums are per (n, c) plane in a fixed order; channel sums add the planes in order of n
 // in double: results do not depend on the CPU thread count, and are the same bits run to run
@@ -48,15 +54,18 @@ struct BnStats {
 };
 
 // running_mean / running_var: [C] (may be undefined in training: nothing to update; required
-// in eval). weight, bias: [C] (needed only for `pooled`).
+// in eval). weight, bias: [C] (needed only for `pooled`). residual: undefined, or x's shape
+// (only with `planes`: its plane means join `pooled`).
 BnStats batchnorm_stats(const Tensor& x, const Tensor& weight, const Tensor& bias,
                         const Tensor& running_mean, const Tensor& running_var, bool training,
-                        float momentum, float eps, bool planes);
+                        float momentum, float eps, bool planes,
+                        const Tensor& residual = Tensor());
 
-// s: the shift, [N, C] or [N, 1, C] (gate only; undefined otherwise).
+// s: the shift, [N, C] or [N, 1, C] (gate only; undefined otherwise). residual: undefined, or
+// x's shape, added to bn(x) before the activation (here and in the backward passes).
 Tensor batchnorm_act_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                              const Tensor& mean, const Tensor& invstd, NormAct act,
-                             const Tensor& s);
+                             const Tensor& s, const Tensor& residual = Tensor());
 
 struct BnReduce {
   Tensor sum_dz, sum_dz_xhat;  // [N, C]: per plane sums of the activation's direct gradient
@@ -64,7 +73,8 @@ struct BnReduce {
 };
 BnReduce batchnorm_act_backward_reduce(const Tensor& x, const Tensor& dy, const Tensor& weight,
                                        const Tensor& bias, const Tensor& mean,
-                                       const Tensor& invstd, NormAct act, const Tensor& s);
+                                       const Tensor& invstd, NormAct act, const Tensor& s,
+                                       const Tensor& residual = Tensor());
 
 struct BnParamGrad { Tensor dweight, dbias; };  // [C]
 // dm ([N, C] or [N, 1, C], the gradient of `pooled`) and plane_xhat are given together or not
@@ -75,11 +85,16 @@ BnParamGrad batchnorm_backward_params(const Tensor& sum_dz, const Tensor& sum_dz
 
 // dx from dy through the activation (recomputed) and BatchNorm. training: the full batch-
 // statistics formula with dweight = sum(dz xhat), dbias = sum(dz) (from
-// batchnorm_backward_params); eval: dx = dz * weight * invstd (dweight, dbias unused).
-Tensor batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& weight,
-                                    const Tensor& bias, const Tensor& mean, const Tensor& invstd,
-                                    NormAct act, const Tensor& s, const Tensor& dm,
-                                    const Tensor& dweight, const Tensor& dbias, bool training);
+// batchnorm_backward_params); eval: dx = dz * weight * invstd (dweight, dbias unused). With a
+// residual, also its gradient dresidual = dz (the activation's input gradient, pooled path
+// included).
+struct BnApplyGrad { Tensor dx, dresidual; };
+BnApplyGrad batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& weight,
+                                         const Tensor& bias, const Tensor& mean,
+                                         const Tensor& invstd, NormAct act, const Tensor& s,
+                                         const Tensor& dm, const Tensor& dweight,
+                                         const Tensor& dbias, bool training,
+                                         const Tensor& residual = Tensor());
 
 // Per-channel constants of the element-wise passes, packed by the launchers' callers.
 struct BnApply {
@@ -88,17 +103,20 @@ struct BnApply {
   const float* weight;  // [C]
   const float* bias;    // [C]
   const float* s;       // [N*C] or nullptr (gate only)
+  const float* r;       // [N*C*HW] or nullptr: the residual added before the activation
 };
 
 namespace cpu {
 // plane_xhat and pooled may be null (not wanted). running_* may be null.
+// residual (nullable, with plane_xhat only): its plane means join pooled.
 void batchnorm_stats_train(const BnShape& d, const float* x, const float* weight,
                            const float* bias, float momentum, float eps, float* running_mean,
                            float* running_var, float* mean, float* invstd, float* plane_xhat,
-                           float* pooled);
+                           float* pooled, const float* residual);
 void batchnorm_stats_eval(const BnShape& d, const float* x, const float* weight,
                           const float* bias, const float* running_mean, const float* running_var,
-                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled);
+                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled,
+                          const float* residual);
 void batchnorm_act_forward(const BnShape& d, NormAct act, const BnApply& p, const float* x,
                            float* y);
 void batchnorm_act_backward_reduce(const BnShape& d, NormAct act, const BnApply& p,
@@ -107,10 +125,10 @@ void batchnorm_act_backward_reduce(const BnShape& d, NormAct act, const BnApply&
 void batchnorm_backward_params(const BnShape& d, const float* sum_dz, const float* sum_dz_xhat,
                                const float* dm, const float* plane_xhat, float* dweight,
                                float* dbias);
-// dweight/dbias null: eval.
+// dweight/dbias null: eval. dr: the residual's gradient (with p.r only).
 void batchnorm_act_backward_apply(const BnShape& d, NormAct act, const BnApply& p,
                                   const float* x, const float* dy, const float* dm,
-                                  const float* dweight, const float* dbias, float* dx);
+                                  const float* dweight, const float* dbias, float* dx, float* dr);
 }  // namespace cpu
 
 #ifdef ADASHIFT_WITH_CUDA
@@ -118,10 +136,11 @@ namespace cuda {
 void batchnorm_stats_train(cudaStream_t st, const BnShape& d, const float* x,
                            const float* weight, const float* bias, float momentum, float eps,
                            float* running_mean, float* running_var, float* mean, float* invstd,
-                           float* plane_xhat, float* pooled);
+                           float* plane_xhat, float* pooled, const float* residual);
 void batchnorm_stats_eval(cudaStream_t st, const BnShape& d, const float* x, const float* weight,
                           const float* bias, const float* running_mean, const float* running_var,
-                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled);
+                          float eps, float* mean, float* invstd, float* plane_xhat, float* pooled,
+                          const float* residual);
 void batchnorm_act_forward(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& p,
                            const float* x, float* y);
 void batchnorm_act_backward_reduce(cudaStream_t st, const BnShape& d, NormAct act,
@@ -133,7 +152,7 @@ void batchnorm_backward_params(cudaStream_t st, const BnShape& d, const float* s
 void batchnorm_act_backward_apply(cudaStream_t st, const BnShape& d, NormAct act,
                                   const BnApply& p, const float* x, const float* dy,
                                   const float* dm, const float* dweight, const float* dbias,
-                                  float* dx);
+                                  float* dx, float* dr);
 }  // namespace cuda
 #endif
 
