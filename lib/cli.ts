@@ -291,7 +291,7 @@ export function main(argv = process.argv): void {
         onResult: (row) => console.log(actRow(row)),
       });
       console.log(`copy bandwidth: ${r.copyBandwidth.map((c) => `${c.shape.join('x')} ${c.gbPerSec.toFixed(1)} GB/s`).join(', ')}`);
-      console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), commit ${r.commit}${r.torchPython ? '' : '; PyTorch not found (set ADASHIFT_PYTHON)'}`);
+      console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), commit ${r.commit}${r.torchPython ? '' : 'torchSkipped' in r ? '; no PyTorch side (--no-torch)' : '; PyTorch not found (set ADASHIFT_PYTHON)'}`);
       if (r.file) console.log(`wrote ${r.file}`);
     });
 

@@ -7,7 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { benchAct } from '../lib/bench/act';
 import { pairedRatio } from '../lib/stats';
-import { benchStep, isStepError, resolveTorchPython, StepError, stepRowLine, StepRow } from '../lib/bench/step';
+import { benchStep, isStepError, resolveTorchPython, StepError, stepRowLine, StepRow, stepTable } from '../lib/bench/step';
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
 import { memory, resetPeakMemory } from '../lib/tensor';
@@ -143,6 +143,10 @@ describe('bench step', () => {
     expect(b.vsReluPaired!.q1).toBeCloseTo((ratios[0] + ratios[1]) / 2, 9);
     expect(b.vsReluPaired!.q3).toBeCloseTo((ratios[1] + ratios[2]) / 2, 9);
     expect(lines[1]).toMatch(/adashift-b .* ms\/step, .* x\d+\.\d\d ReLU's step \(IQR \d+\.\d\d-\d+\.\d\d\)/);
+    // the table says why there is no PyTorch column: asked for, not missing
+    expect(r.torchSkipped).toBe(true);
+    expect(stepTable(r)).toMatch(/no PyTorch side \(--no-torch\)/);
+    expect(stepTable(r)).not.toMatch(/PyTorch not found/);
     // one activation alone (timed on its own, the other path): nothing to pair, and the memory
     // figures of the round robin, where the other model (2 MB here) was resident too: its own
     // tensors counted there, all live bytes here (equal in a clean process; the margin is for

@@ -169,7 +169,7 @@ export function benchAct(options: BenchActOptions = {}) {
       options.onResult?.(r);
     }
   }
-  const report = { benchmark: 'act', ...environment(device), repeats, warmup, torchPython: python ?? null, copyBandwidth: copy, results };
+  const report = { benchmark: 'act', ...environment(device), repeats, warmup, torchPython: python ?? null, ...(options.torch === false ? { torchSkipped: true } : {}), copyBandwidth: copy, results };
   let file: string | undefined;
   if (options.outDir !== null) {
     const stamp = report.date.replace(/[:.]/g, '-');

@@ -549,6 +549,8 @@ export interface StepReport extends ReturnType<typeof environment> {
   torchPython: string | null;
   torchVersion: string | null;
   torchError?: string;
+  /** The run was asked not to start the PyTorch peer (--no-torch). */
+  torchSkipped?: boolean;
   /** PyTorch on CUDA runs with torch.backends.cudnn.benchmark = True (its best case). */
   torchCudnnBenchmark: boolean;
   sections: {
@@ -660,6 +662,7 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
     warmup,
     optimizer: STEP_OPTIMIZERS[opt],
     torchPython: python ?? null,
+    ...(options.torch === false ? { torchSkipped: true } : {}),
     torchVersion,
     torchCudnnBenchmark: cuda && torchVersion !== null,
     ...(torchError ? { torchError } : {}),
@@ -713,7 +716,13 @@ export function stepTable(report: StepReport): string {
   }
   lines.push(
     `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${report.cpu}, optimizer ${report.optimizer.kind}, commit ${report.commit}; ` +
-      (report.torchVersion ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step` : report.torchError ? `PyTorch side failed: ${report.torchError}` : 'PyTorch not found (set ADASHIFT_PYTHON)'),
+      (report.torchVersion
+        ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step`
+        : report.torchError
+          ? `PyTorch side failed: ${report.torchError}`
+          : report.torchSkipped
+            ? 'no PyTorch side (--no-torch): each step timed round robin with the other activations'
+            : 'PyTorch not found (set ADASHIFT_PYTHON)'),
   );
   return lines.join('\n');
 }
