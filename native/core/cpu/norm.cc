@@ -1,8 +1,11 @@
 // CPU BatchNorm (+ activation) kernels. Work is split by ranges of (n, c) planes across the
 // thread pool; each plane is a contiguous run walked by one vectorised loop (compiled per ISA,
-// see loops.h; one call per range of planes, so small planes pay no call each). Plane reductions add fixed chunks of kChunk elements (float vector lanes inside a
-// chunk, chunks in double, in order); channel results add the planes in order of n in double.
-// No result depends on the thread count.
+// see loops.h; one call per range of planes, so small planes pay no call each). Plane
+// reductions add fixed chunks of kChunk elements (float vector lanes inside a chunk, chunks in
+// double, in order); channel results add the planes in order of n in double. No result depends
+// on the thread count. With a residual r (BnApply::r), every pass computes the activation's
+// input as bn(x) + r (a template flag, so the plain passes carry no test per element) and the
+// backward apply pass also writes r's gradient.
 //
 // Statistics: per plane the corrected two-pass algorithm (mean, then sum of squared deviations
 // from it, minus the deviations' sum squared over n, Chan-Golub-LeVeque), the plane still in
