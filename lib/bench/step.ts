@@ -512,19 +512,21 @@ async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threa
       await torchStep();
     }
     const times: number[] = [], ttimes: number[] = [];
-    let peak = 0, base = 0, tpeak: number | null = null;
+    // Memory as in the round robin: the model's resident bytes plus the most a step adds on top
+    // of all that is live (so tensors other code left alive in the process do not count).
+    let transient = 0, tpeak: number | null = null;
     for (let i = 0; i < ctx.repeats; i++) {
       const s = ours.timedStep();
       times.push(s.seconds);
-      peak = Math.max(peak, s.peakBytes);
-      base = s.baseBytes;
+      transient = Math.max(transient, s.peakBytes - s.baseBytes);
       const t = await torchStep();
       if (t) {
         ttimes.push(t.t);
         if (t.peak !== null) tpeak = Math.max(tpeak ?? 0, t.peak);
       }
     }
-    const row = ourRow(ours, threads, times, peak, base);
+    const resident = ours.residentBytes();
+    const row = ourRow(ours, threads, times, resident + transient, resident);
     const ms = row.ms;
     if (ctx.graph) row.graph = measureGraph(ours, ctx, ms);
     if (torchError) row.torch = { error: torchError };
