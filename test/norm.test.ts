@@ -276,6 +276,45 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
   });
 });
 
+describe('batchNorm2d with a residual equals batchNorm2d then add', () => {
+  // Without an activation the residual's gradient is the output's own (no pass computes it)
+  test.each([
+    ['train, 7x7', [4, 6, 7, 7], true],
+    ['eval, 9x12', [3, 5, 9, 12], false],
+    ['train, 1x1 planes', [5, 3, 1, 1], true],
+  ] as const)('%s', (_n, shape, training) => {
+    const run = (fused: boolean) =>
+      as.tidy(() => {
+        as.manualSeed(5);
+        const C = shape[1];
+        const x = as.randn([...shape], { mean: 0.4, std: 1.3 }).requiresGrad_();
+        const r = as.randn([...shape], { std: 0.8 }).requiresGrad_();
+        const dy = as.randn([...shape]);
+        const w = as.randn([C], { mean: 1, std: 0.4 }).requiresGrad_();
+        const b = as.randn([C], { std: 0.4 }).requiresGrad_();
+        const rm = as.randn([C], { std: 0.2 }), rv = as.rand([C], { low: 0.5, high: 1.5 });
+        const opts = { training, momentum: 0.2 };
+        const y = fused ? batchNorm2d(x, w, b, rm, rv, { ...opts, residual: r }) : add(batchNorm2d(x, w, b, rm, rv, opts), r);
+        y.backward(dy);
+        const out = { y: arr(y), dx: arr(x.grad), dr: arr(r.grad), dweight: arr(w.grad), dbias: arr(b.grad), running_mean: arr(rm), running_var: arr(rv) };
+        for (const t of [x, r, w, b]) t.grad?.dispose();
+        return out;
+      });
+    const a = run(false), f = run(true);
+    for (const k of Object.keys(a) as (keyof typeof a)[]) expect(`${k} ${sameBits(f[k], a[k])}`).toBe(`${k} true`);
+  });
+
+  test('only the residual wanting a gradient: it gets the output gradient, nothing else runs', () => {
+    as.tidy(() => {
+      const x = as.randn([2, 3, 4, 4]), r = as.randn([2, 3, 4, 4]).requiresGrad_(), dy = as.randn([2, 3, 4, 4]);
+      const y = batchNorm2d(x, as.ones([3]), as.zeros([3]), null, null, { training: true, residual: r });
+      y.backward(dy);
+      expect(Array.from(r.grad!.toFloat32Array())).toEqual(Array.from(dy.toFloat32Array()));
+      r.grad!.dispose();
+    });
+  });
+});
+
 describe('determinism', () => {
   test('the same bits with 1 and 2 CPU threads, and run to run', () => {
     const before = as.getNumThreads();

@@ -63,12 +63,14 @@ export class BatchNorm2d extends Module {
     this.runningVar = this.registerBuffer('running_var', full([channels], 1, options));
     this.numBatchesTracked = this.registerIntBuffer('num_batches_tracked');
   }
-  override forward(x: Tensor): Tensor {
+  /** BN(x), or BN(x) + residual computed in the same pass (x's shape: a block's shortcut). */
+  override forward(x: Tensor, residual: Tensor | null = null): Tensor {
     if (this.training) this.numBatchesTracked.value += 1n;
     return batchNorm2d(x, this.weight, this.bias, this.runningMean, this.runningVar, {
       training: this.training,
       momentum: this.momentum,
       eps: this.eps,
+      residual,
     });
   }
 }

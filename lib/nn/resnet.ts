@@ -24,17 +24,20 @@ export interface BlockOptions extends ModuleOptions {
  * BN followed by an activation module, with the residual (a block's shortcut) added between
  * them when given: act(bn(x) + residual). In training, ReLU, SiLU and AdaShift-B run as one
  * fused op (BN statistics and the AdaShift pooled context from one pass over the input; the
- * residual read in the same passes instead of a sum written and read back).
+ * residual read in the same passes instead of a sum written and read back); before the other
+ * activations, and in eval, the residual joins BN's own pass. `fused: false` runs BN, add and
+ * the activation as separate ops.
  */
 export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, residual: Tensor | null = null): Tensor {
   let kind: FusableAct | null = null;
   if (act instanceof ReLU) kind = 'relu';
   else if (act instanceof SiLU) kind = 'silu';
   else if (act instanceof AdaShiftB) kind = 'adashift-b';
-  if (!fused || kind === null || !bn.training) {
+  if (!fused) {
     const z = bn.forward(x) as Tensor;
     return act.forward(residual ? add(z, residual) : z) as Tensor;
   }
+  if (kind === null || !bn.training) return act.forward(bn.forward(x, residual)) as Tensor;
   bn.numBatchesTracked.value += 1n;
   return batchNormAct(
     x,

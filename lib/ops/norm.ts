@@ -29,6 +29,12 @@ export interface BatchNormOptions {
   momentum?: number;
   /** Added to the variance. Default 1e-5. */
   eps?: number;
+  /**
+   * Added to BN's output in the same pass, BN(x) + residual (a ResNet block's shortcut; with
+   * batchNormAct before the activation, act(BN(x) + residual), and AdaShift-B's context pools
+   * that sum): x's shape, differentiable.
+   */
+  residual?: Tensor | null;
 }
 
 /** A BatchNorm2d's tensors: affine weight and bias [C], running statistics [C] (updated in place in training). */
@@ -50,12 +56,6 @@ export interface BatchNormActOptions extends BatchNormOptions {
    * `(m) => norm.forward(proj ? proj.forward(m) : m)`). Required for 'adashift-b'.
    */
   context?: (m: Tensor) => Tensor;
-  /**
-   * Added to BN's output before the activation, y = act(bn(x) + residual), in the same passes
-   * (a ResNet block's shortcut): x's shape, differentiable. For AdaShift-B the context then
-   * pools bn(x) + residual.
-   */
-  residual?: Tensor | null;
 }
 
 /**
@@ -113,7 +113,6 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   const r = options.residual ?? null;
   if (r !== null) {
     assertTensor(r, name, 'residual');
-    check(act !== NormActKind.none, 'ERR_ARG', () => `${name}: a residual is added before an activation; use add() after batchNorm2d without one`);
     check(sameShape(r.shape, xs), 'ERR_SHAPE', () => `${name}: the residual must have the input's shape ${shapeStr(xs)}, got ${shapeStr(r.shape)}`);
   }
   const rH = r ? r.handle : null;
@@ -194,7 +193,11 @@ function bnBackward(
   training: boolean,
 ): (Tensor | null)[] {
   const sH = shift ? shift.sView.handle : null;
-  const rH = r ? r.handle : null;
+  // Without an activation the residual's gradient is the output's, and BN's does not depend on
+  // the residual: the passes run without it and dr is g itself.
+  const plain = act === NormActKind.none;
+  if (plain && r && !x.requiresGrad && !w.requiresGrad && !b.requiresGrad) return [null, null, null, r.requiresGrad ? g : null];
+  const rH = r && !plain ? r.handle : null;
   const [sumDz, sumDzX, dsH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, rH);
   let dm: Tensor | null = null;
   if (shift) {
@@ -210,7 +213,7 @@ function bnBackward(
     shift.m.grad = null;
   }
   const want = [x.requiresGrad, w.requiresGrad, b.requiresGrad];
-  const wantR = r !== null && r.requiresGrad;
+  const wantR = r !== null && r.requiresGrad && !plain;
   if (!want.some(Boolean) && !wantR) {
     sumDz.dispose();
     sumDzX.dispose();
@@ -235,5 +238,6 @@ function bnBackward(
   }
   const dw = wrap(dwH), db = wrap(dbH);
   const grads = [dx, want[1] ? dw : (dw.dispose(), null), want[2] ? db : (db.dispose(), null)];
+  if (plain && r?.requiresGrad) dr = g;
   return r ? [...grads, dr] : grads;
 }
