@@ -462,13 +462,25 @@ void pixel_rows_forward(const Conv2dDims& d, const Padded& g, const int64_t* off
 
 // One sample of a stride-1 convolution in the windows lowering on its padded copy xp: -> out,
 // with the weight [Cout, Cin*kh*kw] packed once per call (and, for pixel rows, wpix from
-// pixel_weights; those write rows of Wo contiguous pixels: out.vs == 1 and out.rs == Wo); off
-// from tap_offsets.
+// pixel_weights); off from tap_offsets.
 void windows_forward_padded(const Conv2dDims& d, const Padded& g, const int64_t* off,
                             const float* xp, const GemmPackedA& w, const std::vector<float>& wpix,
                             const float* b, const OutLayout& out, bool inner_parallel) {
   if (!wpix.empty()) {
-    pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, out.base, inner_parallel);
+    // pixel rows write [Cout, Ho, Wo] contiguously: straight into out when it is laid out so,
+    // else into a buffer, then placed
+    if (out.cs == d.P() && out.rs == d.Wo && out.vs == 1) {
+      pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, out.base, inner_parallel);
+      return;
+    }
+    float* tmp = scratch(1, size_t(d.Cout * d.P())).data();
+    pixel_rows_forward(d, g, off, xp, wpix.data(), d.Cout, b, tmp, inner_parallel);
+    for (int64_t c = 0; c < d.Cout; ++c)
+      for (int64_t u = 0; u < d.Ho; ++u) {
+        float* row = out.base + c * out.cs + u * out.rs;
+        const float* src = tmp + (c * d.Ho + u) * d.Wo;
+        for (int64_t v = 0; v < d.Wo; ++v) row[v * out.vs] = src[v];
+      }
     return;
   }
   // Whole output rows per GEMM, with at most kColsBudget floats of output tile.
@@ -672,22 +684,8 @@ void windows_input_grad(const Conv2dDims& d, const DxPlan& plan, const float* dy
     const Conv2dDims& t = ph.t;
     const int64_t h0 = ph.u0 * d.stride_h + ph.a - d.pad_h, w0 = ph.v0 * d.stride_w + ph.b - d.pad_w;
     const OutLayout into_dx{dx + h0 * d.W + w0, d.H * d.W, d.stride_h * d.W, d.stride_w};
-    if (ph.wpix.empty() || (into_dx.vs == 1 && into_dx.rs == t.Wo)) {
-      windows_forward_padded(t, plan.g, ph.off.data(), dyp, *ph.w, ph.wpix, nullptr, into_dx,
-                             inner_parallel);
-      continue;
-    }
-    // pixel rows write contiguous rows: into a buffer, then placed with the stride
-    const int64_t Hu = t.Ho, Wv = t.Wo;
-    float* tmp = scratch(1, size_t(d.Cin * Hu * Wv)).data();
-    windows_forward_padded(t, plan.g, ph.off.data(), dyp, *ph.w, ph.wpix, nullptr,
-                           OutLayout{tmp, Hu * Wv, Wv, 1}, inner_parallel);
-    for (int64_t c = 0; c < d.Cin; ++c)
-      for (int64_t u = 0; u < Hu; ++u) {
-        float* row = into_dx.base + c * into_dx.cs + u * into_dx.rs;
-        const float* src = tmp + (c * Hu + u) * Wv;
-        for (int64_t v = 0; v < Wv; ++v) row[v * into_dx.vs] = src[v];
-      }
+    windows_forward_padded(t, plan.g, ph.off.data(), dyp, *ph.w, ph.wpix, nullptr, into_dx,
+                           inner_parallel);
   }
 }
 
@@ -908,12 +906,13 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
 
   // The groups' partials: dW [Cout, K] (the one group's straight into dw), or dW^T [K, Cout]
   // with dw_rows (added, then transposed into dw).
-  std::vector<float> part;
+  // Each group's first sample overwrites its partial whole, so the partials (megabytes for wide
+  // layers) are allocated without a zero fill.
   const bool separate = dw && (groups > 1 || plan.dw_rows);
-  if (separate) part.resize(size_t(groups * CK));
+  std::unique_ptr<float[]> part(separate ? new float[size_t(groups * CK)] : nullptr);
   auto dw_of = [&](int64_t g) -> float* {
     if (!dw) return nullptr;
-    return separate ? part.data() + g * CK : dw;
+    return separate ? part.get() + g * CK : dw;
   };
   auto group_begin = [&](int64_t g) { return d.N * g / groups; };
   if (across_samples(groups)) {
@@ -927,13 +926,13 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   }
   if (separate) {
     // partial 0 + partial 1 + ... in group order, element-wise (split over the pool)
-    std::vector<float> dwt(plan.dw_rows ? size_t(CK) : 0);
-    float* sum = plan.dw_rows ? dwt.data() : dw;
+    // dW^T sums into partial 0 itself (read once, element by element, before it is written)
+    float* sum = plan.dw_rows ? part.get() : dw;
     parallel_for(CK, 4096, [&](int64_t e0, int64_t e1) {
-      std::memcpy(sum + e0, part.data() + e0, size_t(e1 - e0) * sizeof(float));
-      for (int64_t g = 1; g < groups; ++g) add_into(sum + e0, part.data() + g * CK + e0, e1 - e0);
+      if (sum != part.get()) std::memcpy(sum + e0, part.get() + e0, size_t(e1 - e0) * sizeof(float));
+      for (int64_t g = 1; g < groups; ++g) add_into(sum + e0, part.get() + g * CK + e0, e1 - e0);
     });
-    if (plan.dw_rows) loops::transpose(dwt.data(), d.Cout, K, d.Cout, dw, K);
+    if (plan.dw_rows) loops::transpose(part.get(), d.Cout, K, d.Cout, dw, K);
   }
 }
 
