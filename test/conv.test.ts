@@ -153,6 +153,11 @@ function gemmCases(): GemmCase[] {
       add(7, 129, 1, ta, tb, true, 1, 1);
       add(49, 49, 64, ta, tb, ta, 0.125, 0); // AdaShift-MA's attention: 7-row tiles
       add(49, 64, 49, ta, tb, !ta, 1, 0);
+      // a last sliver of 16 columns or fewer (one vector wide in the small-product entry), with
+      // 7- and 8-row tiles, several depth blocks and beta
+      add(49, 16, 49, ta, tb, tb, 1, 0);
+      add(16, 45, 300, ta, tb, !tb, 0.5, 0.25);
+      add(40, 9, 700, ta, tb, true, 1, 1);
       // one row block over several depth blocks, the slivers split across the pool once
       add(100, 200, 700, ta, tb, tb, 1, 0.5);
     }
@@ -220,7 +225,8 @@ describe('CPU GEMM', () => {
       const res = compareArrays(window(own), refW, 1e-4, 1e-5, 'own');
       expect(res.message).toMatch(/ok/);
       // the single-threaded own kernel gives the very same bits, and so does the small-product
-      // entry (A read in place; 7-row tiles where they compute fewer padding rows, as for 49)
+      // entry (A read in place; 7-row tiles where they compute fewer padding rows, as for 49;
+      // a last sliver one vector wide where 16 columns or fewer are left)
       expect(Buffer.from(run('serial').buffer).equals(Buffer.from(own.buffer))).toBe(true);
       expect(Buffer.from(run('small').buffer).equals(Buffer.from(own.buffer))).toBe(true);
       if (gemmInfo.blasCompiled) {

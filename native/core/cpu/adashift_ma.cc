@@ -72,14 +72,18 @@ inline RegionGrid sample_grid(const RegionGrid& g) {
 }
 
 // q, k, v LayerNorm outputs for one sample's tokens ts [T, C]. The three LayerNorms share their
-// input, so its statistics and normalised tokens xh are computed once (mean, rstd [T]).
-inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, float* xh, float* q,
-                        float* k, float* v, float* mean, float* rstd) {
-  loops::normalize_rows(ts, p.eps, D.T, D.C, xh, mean, rstd);
+// input, so its statistics (mean, rstd [T]) are computed once: from the same tokens held
+// channel-major in tcm when given (the pooled tokens of the forward pass: the sums then run
+// down the channels with the tokens in the vector lanes), else from ts; the normalised tokens
+// are written to xh when it is given (the backward's LayerNorms need them).
+inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, const float* tcm,
+                        float* xh, float* q, float* k, float* v, float* mean, float* rstd) {
+  if (tcm) loops::col_moments(tcm, D.C, D.T, p.eps, mean, rstd);
+  else loops::normalize_rows(ts, p.eps, D.T, D.C, nullptr, mean, rstd);
   const float* w[3] = {p.q_w, p.k_w, p.v_w};
   const float* b[3] = {p.q_b, p.k_b, p.v_b};
   float* y[3] = {q, k, v};
-  loops::affine3_rows(xh, D.T, D.C, w, b, y);
+  loops::norm_affine3_rows(ts, mean, rstd, D.T, D.C, w, b, y, xh);
 }
 
 }  // namespace
@@ -98,10 +102,9 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     float* q = scratch_ma(0, size_t(TC));
     float* k = scratch_ma(1, size_t(TC));
     float* v = scratch_ma(2, size_t(TC));
-    float* xh = scratch_ma(3, size_t(TC));
     float* st = scratch_ma(4, size_t(4 * T));
     float* rm = st + 2 * T;
-    qkv_forward(D, p, ts, xh, q, k, v, st, st + T);
+    qkv_forward(D, p, ts, pooled, nullptr, q, k, v, st, st + T);
     float* os = o + n * TC;
     for (int64_t h = 0; h < D.G; ++h) {
       float* A = attn + (n * D.G + h) * T * T;
@@ -178,7 +181,7 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
       dov = dob;
     }
     // attention backward, head by head
-    qkv_forward(D, p, ts, xh, q, k, v, st, st + T);
+    qkv_forward(D, p, ts, nullptr, xh, q, k, v, st, st + T);
     for (int64_t h = 0; h < D.G; ++h) {
       const float* A = attn + (n * D.G + h) * T * T;
       const int64_t c0 = h * D.d;

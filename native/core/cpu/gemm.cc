@@ -224,6 +224,11 @@ AS_VECTORIZE void macro_inplace_8x32(const Block& p) { macro_body<8, 32, true>(p
 // attention over 7 x 7 = 49 tokens, where 8-row tiles compute 56 rows for 49.
 AS_VECTORIZE void macro_inplace_7x32(const Block& p) { macro_body<7, 32, true>(p); }
 AS_VECTORIZE void macro_inplace_6x16(const Block& p) { macro_body<6, 16, true>(p); }
+// One vector wide (AVX-512) for the last columns of a product when 16 or fewer are left
+// (gemm_small_serial): a 32-wide sliver there is half zeros, and the attention context of
+// AdaShift-MA with 16 channels has most of its products 16 columns wide.
+AS_VECTORIZE void macro_inplace_8x16(const Block& p) { macro_body<8, 16, true>(p); }
+AS_VECTORIZE void macro_inplace_7x16(const Block& p) { macro_body<7, 16, true>(p); }
 AS_VECTORIZE void macro_inplace_4x16(const Block& p) { macro_body<4, 16, true>(p); }
 
 struct Kernel {
@@ -640,21 +645,37 @@ void gemm_small_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
   // The driver's loops for one row block and one column panel, with A read in place: the
   // products, their order and the stores are the packed kernel's.
   const int NR = kern.NR;
-  const int64_t slivers = (N + NR - 1) / NR;
-  float* Bp = b_buffer().get(size_t(slivers * NR * std::min(KC, K)));
-  // The tile height that computes fewer padding rows (every element's sum is the same chain of
-  // products in k order whatever the tile: the same bits).
-  void (*run_inplace)(const Block&) = kern.run_inplace;
-  if (NR == 32 && (M + 6) / 7 * 7 < (M + 7) / 8 * 8) run_inplace = macro_inplace_7x32;
+  // The tile height that computes fewer padding rows, and with 32-wide slivers a last sliver of
+  // 16 columns when no more are left (every element's sum is the same chain of products in k
+  // order whatever the tile: the same bits).
+  const bool seven = NR == 32 && (M + 6) / 7 * 7 < (M + 7) / 8 * 8;
+  void (*run_inplace)(const Block&) = seven ? macro_inplace_7x32 : kern.run_inplace;
+  const bool narrow_tail = NR == 32 && (N % 32 != 0) && (N % 32) <= 16;
+  const int64_t slivers = narrow_tail ? N / 32 : (N + NR - 1) / NR;  // of width NR
+  const int64_t j_tail = slivers * NR, n_tail = N - j_tail;
+  float* Bp = b_buffer().get(size_t((slivers * NR + (narrow_tail ? 16 : 0)) * std::min(KC, K)));
   const int64_t rs = trans_a ? 1 : lda, ks = trans_a ? lda : 1;
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min(KC, K - pc);
-    pack_b(trans_b, B, ldb, pc, kc, 0, N, NR, 0, slivers, Bp);
     Block blk{nullptr, Bp, M, N, kc, 0, slivers, C, ldc, alpha, beta, pc == 0};
     blk.A = A + pc * ks;
     blk.rs = rs;
     blk.ks = ks;
-    run_inplace(blk);
+    if (slivers > 0) {
+      pack_b(trans_b, B, ldb, pc, kc, 0, N, NR, 0, slivers, Bp);
+      run_inplace(blk);
+    }
+    if (narrow_tail) {
+      float* Bt = Bp + slivers * NR * kc;
+      pack_b(trans_b, B, ldb, pc, kc, j_tail, n_tail, 16, 0, 1, Bt);
+      Block tail = blk;
+      tail.Bp = Bt;
+      tail.nc = n_tail;
+      tail.s0 = 0;
+      tail.s1 = 1;
+      tail.C = C + j_tail;
+      (seven ? macro_inplace_7x16 : macro_inplace_8x16)(tail);
+    }
   }
 }
 

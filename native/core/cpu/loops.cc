@@ -510,18 +510,70 @@ void normalize_rows(const float* x, float eps, int64_t rows, int64_t C, float* x
   norm_rows(x, nullptr, nullptr, eps, rows, C, xhat, mean, rstd);
 }
 
-AS_VECTORIZE void affine3_rows(const float* __restrict xhat, int64_t rows, int64_t C, const float* const* w,
-                               const float* const* b, float* const* y) {
+// The statistics of T tokens held channel-major: token t's C values are x[c * T + t]. The sums run
+// down the channels with the tokens in the vector lanes (no horizontal reduction per token),
+// in double like row_moments, chunk by chunk of kLanes tokens.
+AS_VECTORIZE void col_moments(const float* __restrict x, int64_t C, int64_t T, float eps,
+                              float* __restrict mean, float* __restrict rstd) {
+  constexpr int64_t kLanes = 64;
+  for (int64_t t0 = 0; t0 < T; t0 += kLanes) {
+    const int64_t nt = std::min(kLanes, T - t0);
+    const float* xc = x + t0;
+    double mu[kLanes], v[kLanes];
+#pragma omp simd
+    for (int64_t t = 0; t < nt; ++t) mu[t] = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+#pragma omp simd
+      for (int64_t t = 0; t < nt; ++t) mu[t] += double(xc[c * T + t]);
+    }
+#pragma omp simd
+    for (int64_t t = 0; t < nt; ++t) {
+      mu[t] /= double(C);
+      v[t] = 0.0;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+#pragma omp simd
+      for (int64_t t = 0; t < nt; ++t) {
+        const double d = double(xc[c * T + t]) - mu[t];
+        v[t] += d * d;
+      }
+    }
+#pragma omp simd
+    for (int64_t t = 0; t < nt; ++t) {
+      rstd[t0 + t] = float(1.0 / __builtin_sqrt(v[t] / double(C) + double(eps)));
+      mean[t0 + t] = float(mu[t]);
+    }
+  }
+}
+
+AS_VECTORIZE void norm_affine3_rows(const float* __restrict x, const float* __restrict mean,
+                                    const float* __restrict rstd, int64_t rows, int64_t C,
+                                    const float* const* w, const float* const* b, float* const* y,
+                                    float* __restrict xhat) {
   const float *__restrict w0 = w[0], *__restrict w1 = w[1], *__restrict w2 = w[2];
   const float *__restrict b0 = b[0], *__restrict b1 = b[1], *__restrict b2 = b[2];
   for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict h = xhat + r * C;
+    const float* __restrict xr = x + r * C;
+    const float m = mean[r], rs = rstd[r];
     float *__restrict y0 = y[0] + r * C, *__restrict y1 = y[1] + r * C, *__restrict y2 = y[2] + r * C;
+    if (xhat) {
+      float* __restrict hr = xhat + r * C;
 #pragma omp simd
-    for (int64_t j = 0; j < C; ++j) {
-      y0[j] = h[j] * w0[j] + b0[j];
-      y1[j] = h[j] * w1[j] + b1[j];
-      y2[j] = h[j] * w2[j] + b2[j];
+      for (int64_t j = 0; j < C; ++j) {
+        const float h = (xr[j] - m) * rs;
+        hr[j] = h;
+        y0[j] = h * w0[j] + b0[j];
+        y1[j] = h * w1[j] + b1[j];
+        y2[j] = h * w2[j] + b2[j];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < C; ++j) {
+        const float h = (xr[j] - m) * rs;
+        y0[j] = h * w0[j] + b0[j];
+        y1[j] = h * w1[j] + b1[j];
+        y2[j] = h * w2[j] + b2[j];
+      }
     }
   }
 }

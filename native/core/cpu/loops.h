@@ -99,9 +99,14 @@ void layernorm_rows(const float* x, const float* w, const float* b, float eps, i
 // with xhat null, the statistics only.
 void normalize_rows(const float* x, float eps, int64_t rows, int64_t C, float* xhat, float* mean,
                     float* rstd);
-// Three affine maps of the same normalised rows: y[i] = xhat * w[i] + b[i] (per column), i < 3.
-void affine3_rows(const float* xhat, int64_t rows, int64_t C, const float* const* w,
-                  const float* const* b, float* const* y);
+// LayerNorm statistics (as normalize_rows computes them) of T tokens of C channels stored
+// channel-major: token t's values are x[c * T + t], c < C.
+void col_moments(const float* x, int64_t C, int64_t T, float eps, float* mean, float* rstd);
+// Three affine maps of the same normalised rows of C: with xhat = (x - mean) * rstd per row (as
+// normalize_rows writes it; stored when xhat is not null), y[i] = xhat * w[i] + b[i], i < 3.
+void norm_affine3_rows(const float* x, const float* mean, const float* rstd, int64_t rows,
+                       int64_t C, const float* const* w, const float* const* b, float* const* y,
+                       float* xhat);
 // The backward of three LayerNorms of the same input (shared statistics): with G = sum_i dy[i] w[i],
 // dx = rstd * (G - mean(G) - xhat * mean(G xhat)) (the sum of the three input gradients, since
 // each is linear in its dy), and acc[2i] += dy[i] xhat, acc[2i + 1] += dy[i] (rows of C, in double).
