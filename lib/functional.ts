@@ -5,7 +5,7 @@ export { adashift, adashiftB, adashiftGate, adashiftMA, regionPool, regionTokens
 export type { AdaShiftBParams, AdaShiftMAParams } from './ops/adashift';
 export { layerNorm, linear, matmul, softmax } from './ops/dense';
 export { add, addScalar, div, flatten, mean, mul, permute, reshape, scale, sub, sum, transpose } from './ops/elementwise';
-export { batchNorm2d, batchNormAct } from './ops/norm';
+export { batchNorm2d, batchNormAct, batchNormAdaShiftMA } from './ops/norm';
 export type { BatchNormActName, BatchNormActOptions, BatchNormOptions, BatchNormParams } from './ops/norm';
 export { avgPool2d, globalAvgPool, maxPool2d } from './ops/pool';
 export { accuracy, countCorrect, crossEntropy, crossEntropyWithCorrect } from './ops/loss';

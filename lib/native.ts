@@ -97,15 +97,24 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   adashiftBBackward(x: T, dy: T, t: T, u: T, s: T, mean: T, rstd: T, projW: OptT, normW: T, needDx: boolean): [OptT, OptT, OptT, T, T];
   /**
    * AdaShift-MA in one op: [y, t, attn, o, z, s] (t, o, z, s: [N, T, C]; attn: [N, heads, T, T];
-   * z is o itself when rectLinearWeight is null).
+   * z is o itself when rectLinearWeight is null). With a BatchNorm input (bnMean ... bnBias from
+   * batchNormStats, residual optional) the op's input is bn(x) + residual, never stored.
    */
-  adashiftMAForward(x: T, grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number): [T, T, T, T, T, T];
-  /** [dx | null, dqW, dqB, dkW, dkB, dvW, dvB, dRectLinearW | null, dRectW, dRectB] */
+  adashiftMAForward(
+    x: T, grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
+    bnMean?: OptT, bnInvstd?: OptT, bnWeight?: OptT, bnBias?: OptT, residual?: OptT,
+  ): [T, T, T, T, T, T];
+  /**
+   * [dx | null, dqW, dqB, dkW, dkB, dvW, dvB, dRectLinearW | null, dRectW, dRectB, sumDz | null,
+   * sumDzXhat | null]; with a BatchNorm input dx is dz (the gradient of bn(x) + residual) and
+   * sumDz / sumDzXhat [N, C] its per-plane sums, as batchNormActBackwardReduce gives them.
+   */
   adashiftMABackward(
     x: T, dy: T, t: T, attn: T, o: T, z: T, s: T,
     grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
     needDx: boolean,
-  ): [OptT, T, T, T, T, T, T, OptT, T, T];
+    bnMean?: OptT, bnInvstd?: OptT, bnWeight?: OptT, bnBias?: OptT, residual?: OptT,
+  ): [OptT, T, T, T, T, T, T, OptT, T, T, OptT, OptT];
   layerNormForward(x: T, w: T, b: T, eps: number): [T, T, T];
   layerNormBackward(dy: T, x: T, mean: T, rstd: T, w: T): [T, T, T];
   softmaxForward(x: T): T;

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as as from '../lib';
 import { relu, silu } from '../lib/ops/activation';
-import { batchNorm2d, batchNormAct, BatchNormActName } from '../lib/ops/norm';
+import { batchNorm2d, batchNormAct, BatchNormActName, batchNormAdaShiftMA } from '../lib/ops/norm';
 import { add } from '../lib/ops/elementwise';
 import { compareArrays, CloseResult } from './helpers/compare';
 
@@ -311,6 +311,111 @@ describe('batchNorm2d with a residual equals batchNorm2d then add', () => {
       y.backward(dy);
       expect(Array.from(r.grad!.toFloat32Array())).toEqual(Array.from(dy.toFloat32Array()));
       r.grad!.dispose();
+    });
+  });
+});
+
+describe('batchNormAdaShiftMA equals batchNorm2d (with the residual) then AdaShift-MA', () => {
+  // The op lays each sample's BN(x) + r out with BatchNorm's own forward expression, runs the
+  // MA op's per-sample code on it and sums dz per plane with BatchNorm's reduce loop: every
+  // output, gradient and running statistic has the bits of the two separate ops.
+  function runMA(fused: boolean, shape: number[], grid: number, headDim: number, rect: 'norm' | 'linear', training: boolean, residual: boolean, threads?: number) {
+    const before = as.getNumThreads();
+    if (threads) as.setNumThreads(threads);
+    try {
+      return as.tidy(() => {
+        as.manualSeed(11);
+        const C = shape[1];
+        const x = as.randn(shape, { mean: 0.4, std: 1.3 }).requiresGrad_();
+        const r = residual ? as.randn(shape, { std: 0.8 }).requiresGrad_() : null;
+        const dy = as.randn(shape);
+        const w = as.randn([C], { mean: 1, std: 0.4 }).requiresGrad_();
+        const b = as.randn([C], { std: 0.4 }).requiresGrad_();
+        const rm = as.randn([C], { std: 0.2 }), rv = as.rand([C], { low: 0.5, high: 1.5 });
+        const m = new as.nn.AdaShiftMA(C, { grid, headDim, rect });
+        const sd: Record<string, as.Tensor> = {};
+        for (const [n, p] of m.namedParameters()) sd[n] = p.shape.length === 2 ? as.randn(p.shape, { std: 0.3 }) : as.randn(p.shape, { mean: n.endsWith('weight') ? 1 : 0, std: 0.3 });
+        as.noGrad(() => m.loadStateDict(sd));
+        const opts = { training, momentum: 0.2, eps: 1e-5, residual: r };
+        const bn = { weight: w, bias: b, runningMean: rm, runningVar: rv };
+        const y = fused ? batchNormAdaShiftMA(x, bn, m.opParams(), opts) : m.forward(batchNorm2d(x, w, b, rm, rv, opts));
+        y.backward(dy);
+        const out: Record<string, Float32Array> = { y: arr(y), dx: arr(x.grad), dweight: arr(w.grad), dbias: arr(b.grad), running_mean: arr(rm), running_var: arr(rv) };
+        if (r) out.dresidual = arr(r.grad);
+        for (const [n, p] of m.namedParameters()) out[`grad.${n}`] = arr(p.grad);
+        for (const t of [x, w, b, r]) t?.grad?.dispose();
+        m.dispose();
+        return out;
+      });
+    } finally {
+      as.setNumThreads(before);
+    }
+  }
+  test.each([
+    ['28x28, grid 7, linear rect, +residual', [3, 6, 28, 28], 7, 3, 'linear', true, true],
+    ['13x37, grid 4, norm rect', [2, 4, 13, 37], 4, 2, 'norm', true, false],
+    ['7x7 (one-pixel cells), +residual', [5, 8, 7, 7], 7, 4, 'linear', true, true],
+    ['N = 1 (samples in turn, planes across threads), +residual', [1, 12, 9, 9], 3, 4, 'norm', true, true],
+    ['eval, +residual', [3, 6, 10, 10], 7, 3, 'linear', false, true],
+  ] as const)('%s', (_n, shape, grid, headDim, rect, training, residual) => {
+    const a = runMA(false, [...shape], grid, headDim, rect, training, residual);
+    const f = runMA(true, [...shape], grid, headDim, rect, training, residual);
+    expect(Object.keys(f).sort()).toEqual(Object.keys(a).sort());
+    expect(Object.keys(a).length).toBeGreaterThanOrEqual(14);
+    for (const k of Object.keys(a)) expect(`${k} ${sameBits(f[k], a[k])}`).toBe(`${k} true`);
+    // and whatever the thread count
+    const one = runMA(true, [...shape], grid, headDim, rect, training, residual, 1);
+    for (const k of Object.keys(a)) expect(`${k} ${sameBits(one[k], a[k])}`).toBe(`${k} true`);
+  });
+
+  test('a ResNet block with AdaShift-MA: fused and separate ops train to the same bits, and the fused step keeps less', () => {
+    const step = (fused: boolean) =>
+      as.tidy(() => {
+        as.manualSeed(3);
+        const block = new as.nn.BasicBlock(8, 8, 1, { act: 'adashift-ma', actOptions: { headDim: 4 }, fused });
+        block.train();
+        const x = as.randn([4, 8, 14, 14]).requiresGrad_();
+        as.resetPeakMemory();
+        const base = as.memory().bytes;
+        const y = block.forward(x);
+        const kept = as.memory().bytes - base;
+        y.backward(as.randn([4, 8, 14, 14]));
+        const out: Record<string, Float32Array> = { y: arr(y), dx: arr(x.grad) };
+        for (const [n, p] of block.namedParameters()) out[`grad.${n}`] = arr(p.grad);
+        for (const [n, t] of Object.entries(block.stateDict())) out[`state.${n}`] = t instanceof as.Tensor ? t.toFloat32Array() : Float32Array.from(Array.from(t.data as ArrayLike<number | bigint>, Number));
+        block.dispose();
+        x.grad?.dispose();
+        return { out, kept };
+      });
+    const a = step(false), f = step(true);
+    for (const k of Object.keys(a.out)) expect(`${k} ${sameBits(f.out[k], a.out[k])}`).toBe(`${k} true`);
+    // the separate ops keep BN's outputs (the MA ops' inputs) for backward; the fused op does not
+    const bnOutputs = 2 * 4 * 8 * 14 * 14 * 4;
+    expect(a.kept - f.kept).toBeGreaterThanOrEqual(bnOutputs);
+  });
+
+  test('errors: a residual of another shape, BN tensors of another size; nothing updated by a refused call', () => {
+    as.tidy(() => {
+      const x = as.randn([2, 4, 6, 6]);
+      const m = new as.nn.AdaShiftMA(4, { headDim: 2 });
+      const bn = { weight: as.ones([4]), bias: as.zeros([4]), runningMean: as.zeros([4]), runningVar: as.ones([4]) };
+      const before = bn.runningMean.toFloat32Array();
+      expect(() => batchNormAdaShiftMA(x, bn, m.opParams(), { training: true, residual: as.randn([2, 4, 6, 5]) })).toThrow(
+        expect.objectContaining({ code: 'ERR_SHAPE', message: expect.stringContaining("the residual must have the input's shape [2, 4, 6, 6], got [2, 4, 6, 5]") }),
+      );
+      expect(() => batchNormAdaShiftMA(x, { ...bn, weight: as.ones([5]) }, m.opParams(), { training: true })).toThrow(
+        expect.objectContaining({ code: 'ERR_SHAPE', message: expect.stringContaining("'weight' must have shape [4] (one per channel), got [5]") }),
+      );
+      // the same check guards the other BatchNorm ops' running statistics
+      expect(() => batchNorm2d(x, as.ones([4]), as.zeros([3]), bn.runningMean, bn.runningVar, { training: true })).toThrow(expect.objectContaining({ code: 'ERR_SHAPE' }));
+      expect(() => batchNormAct(x, { ...bn, weight: as.ones([5]) }, 'relu', { training: true })).toThrow(expect.objectContaining({ code: 'ERR_SHAPE' }));
+      expect(() => batchNormAdaShiftMA(x, bn, null as unknown as as.functional.AdaShiftMAParams, { training: true })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
+      expect(() => batchNormAdaShiftMA(x, bn, { ...m.opParams(), qWeight: as.ones([3]) }, { training: true })).toThrow(
+        expect.objectContaining({ code: 'ERR_SHAPE', message: expect.stringContaining('qWeight must have shape [4] for 4 channels, got [3]') }),
+      );
+      expect(() => batchNormAdaShiftMA(x, bn, { ...m.opParams(), heads: 3 }, { training: true })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
+      expect(Array.from(bn.runningMean.toFloat32Array())).toEqual(Array.from(before));
+      m.dispose();
     });
   });
 });

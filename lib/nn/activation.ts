@@ -2,7 +2,7 @@
 // parameter names and initialisation of the reference implementation (see ADASHIFT.md).
 import { AdaShiftError, check } from '../errors';
 import { DeviceSpec } from '../device';
-import { adashiftB, adashiftMA } from '../ops/adashift';
+import { adashiftB, adashiftMA, AdaShiftMAParams } from '../ops/adashift';
 import { gelu, relu, silu } from '../ops/activation';
 import { layerNorm, linear, matmul, softmax } from '../ops/dense';
 import { permute, reshape, scale } from '../ops/elementwise';
@@ -163,8 +163,13 @@ export class AdaShiftMA extends Module {
 
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftMA');
+    return adashiftMA(x, this.opParams());
+  }
+
+  /** The module's parameters as functional.adashiftMA (and batchNormAdaShiftMA) take them. */
+  opParams(): AdaShiftMAParams {
     const rectNorm = this.rectNorm ?? this.rectSeq!.norm;
-    return adashiftMA(x, {
+    return {
       grid: this.grid,
       heads: this.heads,
       qWeight: this.q.weight,
@@ -177,7 +182,7 @@ export class AdaShiftMA extends Module {
       rectWeight: rectNorm.weight,
       rectBias: rectNorm.bias,
       eps: SHIFT_EPS,
-    });
+    };
   }
 
   /** The context network, attention over region tokens: t [N, T, C] -> shift [N, T, C]. */

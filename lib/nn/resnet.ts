@@ -3,13 +3,13 @@
 // registry in the stem and in every block (AdaShift's placement: ADASHIFT.md). Names follow
 // torchvision/timm, so PyTorch state dicts load unchanged.
 import { AdaShiftError, check } from '../errors';
-import { batchNormAct, FusableAct } from '../ops/norm';
+import { batchNormAct, batchNormAdaShiftMA, FusableAct } from '../ops/norm';
 import { add } from '../ops/elementwise';
 import { flatten } from '../ops/elementwise';
 import { globalAvgPool, maxPool2d } from '../ops/pool';
 import { full, Tensor } from '../tensor';
 import { noGrad } from '../autograd';
-import { activation, ActivationName, ActivationOptions, AdaShiftB, Linear, ModuleOptions, ReLU, SiLU } from './activation';
+import { activation, ActivationName, ActivationOptions, AdaShiftB, AdaShiftMA, Linear, ModuleOptions, ReLU, SiLU } from './activation';
 import { BatchNorm2d, Conv2d } from './layers';
 import { Module, Sequential } from './module';
 
@@ -24,9 +24,10 @@ export interface BlockOptions extends ModuleOptions {
  * BN followed by an activation module, with the residual (a block's shortcut) added between
  * them when given: act(bn(x) + residual). In training, ReLU, SiLU and AdaShift-B run as one
  * fused op (BN statistics and the AdaShift pooled context from one pass over the input; the
- * residual read in the same passes instead of a sum written and read back); before the other
- * activations, and in eval, the residual joins BN's own pass. `fused: false` runs BN, add and
- * the activation as separate ops.
+ * residual read in the same passes instead of a sum written and read back), and AdaShift-MA
+ * reads BN's input itself (batchNormAdaShiftMA: BN's output is never written or kept for
+ * backward); before GELU, and in eval, the residual joins BN's own pass. `fused: false` runs BN,
+ * add and the activation as separate ops.
  */
 export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, residual: Tensor | null = null): Tensor {
   let kind: FusableAct | null = null;
@@ -36,6 +37,15 @@ export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, res
   if (!fused) {
     const z = bn.forward(x) as Tensor;
     return act.forward(residual ? add(z, residual) : z) as Tensor;
+  }
+  if (act instanceof AdaShiftMA && bn.training) {
+    bn.numBatchesTracked.value += 1n;
+    return batchNormAdaShiftMA(
+      x,
+      { weight: bn.weight, bias: bn.bias, runningMean: bn.runningMean, runningVar: bn.runningVar },
+      act.opParams(),
+      { training: true, momentum: bn.momentum, eps: bn.eps, residual },
+    );
   }
   if (kind === null || !bn.training) return act.forward(bn.forward(x, residual)) as Tensor;
   bn.numBatchesTracked.value += 1n;

@@ -174,6 +174,27 @@ export interface AdaShiftMAParams {
 }
 
 /**
+ * AdaShift-MA's parameters checked and laid out as the binding takes them (args), and its
+ * differentiable parameters in the order of the binding's gradients after dx (params: q, k, v
+ * weights and biases, the rect Linear weight or null, the rect LayerNorm's weight and bias).
+ * @internal
+ */
+export function adashiftMAArgs(p: AdaShiftMAParams, who: string) {
+  check(p !== null && typeof p === 'object', 'ERR_ARG', () => `${who}: parameters {grid, heads, q/k/v weights and biases, rectWeight, rectBias, rectLinearWeight?} are required`);
+  const named: [Tensor, string][] = [
+    [p.qWeight, 'qWeight'], [p.qBias, 'qBias'], [p.kWeight, 'kWeight'], [p.kBias, 'kBias'],
+    [p.vWeight, 'vWeight'], [p.vBias, 'vBias'], [p.rectWeight, 'rectWeight'], [p.rectBias, 'rectBias'],
+  ];
+  for (const [t, n] of named) assertTensor(t, who, n);
+  const lw = p.rectLinearWeight ?? null;
+  if (lw) assertTensor(lw, who, 'rectLinearWeight');
+  const eps = p.eps ?? 1e-6;
+  const args = [p.grid, p.heads, p.qWeight.handle, p.qBias.handle, p.kWeight.handle, p.kBias.handle, p.vWeight.handle, p.vBias.handle, lw?.handle ?? null, p.rectWeight.handle, p.rectBias.handle, eps] as const;
+  const params: (Tensor | null)[] = [p.qWeight, p.qBias, p.kWeight, p.kBias, p.vWeight, p.vBias, lw, p.rectWeight, p.rectBias];
+  return { args, params };
+}
+
+/**
  * AdaShift-MA as one op: y = x * sigmoid(x + rect(attention(LN_q t, LN_k t, LN_v t))) over the
  * region tokens t = regionPool(x, grid). The CPU runs it sample by sample (see
  * native/core/ops/adashift.h); the result equals adashift(x, grid, context) with the same
@@ -181,22 +202,13 @@ export interface AdaShiftMAParams {
  */
 export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
   assertTensor(x, 'adashiftMA', 'x');
-  check(p !== null && typeof p === 'object', 'ERR_ARG', () => 'adashiftMA: parameters {grid, heads, q/k/v weights and biases, rectWeight, rectBias, rectLinearWeight?} are required');
-  const named: [Tensor, string][] = [
-    [p.qWeight, 'qWeight'], [p.qBias, 'qBias'], [p.kWeight, 'kWeight'], [p.kBias, 'kBias'],
-    [p.vWeight, 'vWeight'], [p.vBias, 'vBias'], [p.rectWeight, 'rectWeight'], [p.rectBias, 'rectBias'],
-  ];
-  for (const [t, n] of named) assertTensor(t, 'adashiftMA', n);
-  const lw = p.rectLinearWeight ?? null;
-  if (lw) assertTensor(lw, 'adashiftMA', 'rectLinearWeight');
-  const eps = p.eps ?? 1e-6;
-  const args = [p.grid, p.heads, p.qWeight.handle, p.qBias.handle, p.kWeight.handle, p.kBias.handle, p.vWeight.handle, p.vBias.handle, lw?.handle ?? null, p.rectWeight.handle, p.rectBias.handle, eps] as const;
+  const { args, params } = adashiftMAArgs(p, 'adashiftMA');
   const [yH, tH, attnH, oH, zH, sH] = native.adashiftMAForward(x.handle, ...args);
   const y = wrap(yH);
   // z shares o's storage for the 'norm' rect (a second handle, disposed like the others).
   const saved = [tH, attnH, oH, zH, sH].map(wrap);
   const [t, attn, o, z, s] = saved;
-  const inputs = [x, p.qWeight, p.qBias, p.kWeight, p.kBias, p.vWeight, p.vBias, lw, p.rectWeight, p.rectBias];
+  const inputs = [x, ...params];
   if (!needsGrad(...inputs)) {
     for (const u of saved) u.dispose();
     return y;
@@ -207,7 +219,8 @@ export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
     inputs,
     (dy) => {
       const hs = native.adashiftMABackward(x.handle, dy.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, ...args, x.requiresGrad);
-      const grads = hs.map((h) => (h ? wrap(h) : null));
+      // dx and the parameters' gradients (the last two entries come with a BatchNorm input only)
+      const grads = hs.slice(0, inputs.length).map((h) => (h ? wrap(h) : null));
       return grads.map((g, i) => {
         if (g && !inputs[i]?.requiresGrad) {
           g.dispose();

@@ -21,6 +21,7 @@ import { AdaShiftError, check } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, sameShape, shapeStr, wrap } from './util';
+import { adashiftMAArgs, AdaShiftMAParams } from './adashift';
 
 export interface BatchNormOptions {
   /** Batch statistics (and a running-stats update) when true; running statistics when false. Default false, as F.batch_norm. */
@@ -83,17 +84,100 @@ export function batchNorm2d(
 export function batchNormAct(x: Tensor, bn: BatchNormParams, act: BatchNormActName, options: BatchNormActOptions = {}): Tensor {
   const kind = act === 'relu' ? NormActKind.relu : act === 'silu' ? NormActKind.silu : act === 'adashift-b' ? NormActKind.gate : -1;
   if (kind < 0) throw new AdaShiftError('ERR_ARG', `batchNormAct: act must be 'relu', 'silu' or 'adashift-b', got '${String(act)}'`);
-  check(bn !== null && typeof bn === 'object', 'ERR_ARG', () => 'batchNormAct: bn must be {weight, bias, runningMean, runningVar}');
   checkOptions('batchNormAct', options);
   return bnAct('batchNormAct', x, bn, kind, options);
+}
+
+/**
+ * BatchNorm2d followed by AdaShift-MA, y = adashiftMA(BN(x) + residual): the same bits as
+ * batchNorm2d (with the residual) then adashiftMA, without BN's output ever written. The op
+ * reads x (and the residual) sample by sample and lays each sample's BN(x) + residual out in a
+ * per-thread buffer on the CPU; backward recomputes it and sums the gradient per plane while it
+ * is in cache, so BatchNorm's backward needs no pass of its own over it. (CUDA: BatchNorm's
+ * passes and the MA op in sequence.) Differentiable in x, the BN weight and bias, the residual
+ * and every AdaShift-MA parameter.
+ */
+export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShiftMAParams, options: BatchNormOptions = {}): Tensor {
+  const name = 'batchNormAdaShiftMA';
+  checkOptions(name, options);
+  const { rm, rv, training, momentum, eps, r } = bnInputs(name, x, bn, options);
+  const { args, params } = adashiftMAArgs(ma, name);
+  // The MA op checks its parameters too, but only after the statistics pass has updated the
+  // running statistics: a refused call must leave them alone, so their shapes are checked first.
+  const C = x.shape[1];
+  for (const [i, t] of params.entries()) {
+    if (!t) continue;
+    const want = i === 6 ? [C, C] : [C];
+    check(sameShape(t.shape, want), 'ERR_SHAPE', () => `${name}: AdaShift-MA parameter ${['qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias'][i]} must have shape ${shapeStr(want)} for ${C} channels, got ${shapeStr(t.shape)}`);
+  }
+  check(Number.isInteger(ma.heads) && ma.heads >= 1 && C % ma.heads === 0, 'ERR_ARG', () => `${name}: heads must divide the ${C} channels, got ${ma.heads}`);
+  check(Number.isInteger(ma.grid) && ma.grid >= 1, 'ERR_ARG', () => `${name}: grid must be an integer >= 1, got ${ma.grid}`);
+  const w = bn.weight, b = bn.bias;
+  const [meanH, invstdH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, false, null);
+  const mean = wrap(meanH), invstd = wrap(invstdH);
+  const bnArgs = [mean.handle, invstd.handle, w.handle, b.handle, r ? r.handle : null] as const;
+  let hs: NativeTensor[];
+  try {
+    hs = native.adashiftMAForward(x.handle, ...args, ...bnArgs);
+  } catch (e) {
+    mean.dispose();
+    invstd.dispose();
+    throw e;
+  }
+  const y = wrap(hs[0]);
+  const saved = hs.slice(1).map(wrap);
+  const inputs = [x, w, b, r, ...params];
+  if (!needsGrad(...inputs)) {
+    for (const t of [mean, invstd, ...saved]) t.dispose();
+    return y;
+  }
+  const [t, attn, o, z, s] = saved;
+  return record(
+    y,
+    name,
+    inputs,
+    (g) => {
+      const out = native.adashiftMABackward(x.handle, g.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, ...args, true, ...bnArgs);
+      const dz = wrap(out[0] as NativeTensor);
+      const sumDz = out[10] as NativeTensor, sumDzX = out[11] as NativeTensor;
+      const maGrads = out.slice(1, 10).map((h, i) => {
+        if (!h) return null;
+        if (params[i]?.requiresGrad) return wrap(h);
+        h.dispose();
+        return null;
+      });
+      let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
+      try {
+        if (x.requiresGrad || w.requiresGrad || b.requiresGrad) {
+          // BatchNorm's backward from the per-plane sums: its params pass, then (for x) its
+          // apply pass with the activation's gradient dz as the incoming one.
+          const [dwH, dbH] = native.batchNormBackwardParams(sumDz, sumDzX, null, null);
+          if (x.requiresGrad) dx = wrap(native.batchNormActBackwardApply(x.handle, dz.handle, w.handle, b.handle, mean.handle, invstd.handle, NormActKind.none, null, null, dwH, dbH, training, null)[0]);
+          dw = wrap(dwH);
+          db = wrap(dbH);
+          if (!w.requiresGrad) dw = (dw.dispose(), null);
+          if (!b.requiresGrad) db = (db.dispose(), null);
+        }
+      } finally {
+        sumDz.dispose();
+        sumDzX.dispose();
+      }
+      // The residual's gradient is the MA op's input gradient itself.
+      const dr = r?.requiresGrad ? dz : (dz.dispose(), null);
+      return [dx, dw, db, dr, ...maGrads];
+    },
+    [mean, invstd, ...saved],
+  );
 }
 
 function checkOptions(fn: string, options: unknown): void {
   check(options !== null && typeof options === 'object', 'ERR_ARG', () => `${fn}: options must be an object, got ${options === null ? 'null' : typeof options}`);
 }
 
-function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, options: BatchNormActOptions): Tensor {
+/** The checked inputs and options of a BatchNorm op. */
+function bnInputs(name: string, x: Tensor, bn: BatchNormParams, options: BatchNormOptions) {
   assertTensor(x, name, 'x');
+  check(bn !== null && typeof bn === 'object', 'ERR_ARG', () => `${name}: bn must be {weight, bias, runningMean, runningVar}`);
   assertTensor(bn.weight, name, 'weight');
   assertTensor(bn.bias, name, 'bias');
   const rm = bn.runningMean ?? null, rv = bn.runningVar ?? null;
@@ -101,20 +185,30 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   if (rv !== null) assertTensor(rv, name, 'runningVar');
   const xs = x.shape;
   check(xs.length === 4, 'ERR_SHAPE', () => `${name}: expected an input of shape [N, C, H, W], got ${shapeStr(xs)}`);
+  // Checked here, not only by the passes that use them: the statistics pass, which updates the
+  // running statistics, does not read them, and a refused call must change nothing.
+  for (const [t, what] of [[bn.weight, 'weight'], [bn.bias, 'bias']] as const)
+    check(sameShape(t.shape, [xs[1]]), 'ERR_SHAPE', () => `${name}: '${what}' must have shape [${xs[1]}] (one per channel), got ${shapeStr(t.shape)}`);
   const training = options.training ?? false;
   const momentum = options.momentum ?? 0.1;
   const eps = options.eps ?? 1e-5;
   check(typeof training === 'boolean', 'ERR_ARG', () => `${name}: training must be a boolean`);
   check(Number.isFinite(momentum), 'ERR_ARG', () => `${name}: momentum must be a finite number, got ${momentum}`);
   check(Number.isFinite(eps) && eps >= 0, 'ERR_ARG', () => `${name}: eps must be a finite number >= 0, got ${eps}`);
-  const gate = act === NormActKind.gate;
-  const context = options.context;
-  if (gate) check(typeof context === 'function', 'ERR_ARG', () => `${name}: 'adashift-b' needs options.context, the shift's context network (m [N, 1, C]) => s`);
   const r = options.residual ?? null;
   if (r !== null) {
     assertTensor(r, name, 'residual');
     check(sameShape(r.shape, xs), 'ERR_SHAPE', () => `${name}: the residual must have the input's shape ${shapeStr(xs)}, got ${shapeStr(r.shape)}`);
   }
+  return { rm, rv, training, momentum, eps, r };
+}
+
+function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, options: BatchNormActOptions): Tensor {
+  const { rm, rv, training, momentum, eps, r } = bnInputs(name, x, bn, options);
+  const xs = x.shape;
+  const gate = act === NormActKind.gate;
+  const context = options.context;
+  if (gate) check(typeof context === 'function', 'ERR_ARG', () => `${name}: 'adashift-b' needs options.context, the shift's context network (m [N, 1, C]) => s`);
   const rH = r ? r.handle : null;
 
   const w = bn.weight, b = bn.bias;

@@ -285,21 +285,38 @@ static AdaShiftMAParams ma_params(const Args& a, size_t i) {
   return p;
 }
 
+// An optional BatchNorm input at args [i, i + 5): mean, invstd, weight, bias (all or none) and
+// residual | null.
+static MABatchNormInput ma_bn_input(const Args& a, size_t i) {
+  MABatchNormInput bn;
+  bn.mean = a.optional_tensor(i, "bnMean");
+  if (!bn.mean.defined()) return bn;
+  bn.invstd = a.tensor(i + 1, "bnInvstd");
+  bn.weight = a.tensor(i + 2, "bnWeight");
+  bn.bias = a.tensor(i + 3, "bnBias");
+  bn.residual = a.optional_tensor(i + 4, "residual");
+  return bn;
+}
+
+// (x, ...MA params (12), [bnMean, bnInvstd, bnWeight, bnBias, residual | null]) -> [y, t, attn, o, z, s]
 Napi::Value AdaShiftMAForwardJs(const CI& info) {
   Args a{info, "adashiftMAForward"};
-  AdaShiftMAForward o = adashift_ma_forward(a.tensor(0, "x"), ma_params(a, 1));
+  AdaShiftMAForward o = adashift_ma_forward(a.tensor(0, "x"), ma_params(a, 1), ma_bn_input(a, 13));
   return wrap_all(info, {o.y, o.saved.t, o.saved.attn, o.saved.o, o.saved.z, o.saved.s});
 }
 
+// (x, dy, t, attn, o, z, s, ...MA params (12), needDx, [BatchNorm input as above]) ->
+// [dx (dz with a BatchNorm input), dq.w, dq.b, dk.w, dk.b, dv.w, dv.b, dlin.w, drect.w, drect.b,
+//  sumDz, sumDzXhat] (null where not computed)
 Napi::Value AdaShiftMABackwardJs(const CI& info) {
   Args a{info, "adashiftMABackward"};
   AdaShiftMASaved sv{a.tensor(2, "t"), a.tensor(3, "attn"), a.tensor(4, "o"), a.tensor(5, "z"), a.tensor(6, "s")};
   AdaShiftMAGrad g = adashift_ma_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, ma_params(a, 7),
-                                          a.boolean(19, "needDx"));
+                                          a.boolean(19, "needDx"), ma_bn_input(a, 20));
   Napi::Env env = info.Env();
-  Napi::Array out = Napi::Array::New(env, 10);
+  Napi::Array out = Napi::Array::New(env, 12);
   uint32_t i = 0;
-  for (const Tensor* t : {&g.dx, &g.dq_w, &g.dq_b, &g.dk_w, &g.dk_b, &g.dv_w, &g.dv_b, &g.dlin_w, &g.drect_w, &g.drect_b})
+  for (const Tensor* t : {&g.dx, &g.dq_w, &g.dq_b, &g.dk_w, &g.dk_b, &g.dv_w, &g.dv_b, &g.dlin_w, &g.drect_w, &g.drect_b, &g.sum_dz, &g.sum_dz_xhat})
     out.Set(i++, t->defined() ? wrap(info, *t) : env.Null());
   return out;
 }

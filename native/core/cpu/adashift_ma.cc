@@ -3,6 +3,8 @@
 // the next sample's pooling rides in this one's gate pass); backward runs one pass for both
 // gate gradients (direct dx written, ds summed per cell), rect / attention / LayerNorm backward
 // on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache.
+// With a BatchNorm input, each sample's bn(x) + r is laid out in scratch first and the passes
+// read it there; backward then also sums the sample's dz per plane for BatchNorm.
 // With enough samples each thread takes whole samples (the region kernels called inside then
 // run inline); with fewer samples than threads the samples run in turn and the region kernels
 // split the sample's channel planes across threads. The token math of a sample is serial in a
@@ -13,6 +15,7 @@
 #include <vector>
 #include "../ops/adashift.h"
 #include "../ops/dense.h"
+#include "../ops/norm.h"
 #include "../threadpool.h"
 #include "gemm.h"
 #include "loops.h"
@@ -35,7 +38,7 @@ void for_each_sample_ma(int64_t N, SampleFn sample) {
 
 // Per-thread scratch (reused across samples and calls).
 inline float* scratch_ma(int which, size_t n) {
-  thread_local std::vector<float> buf[13];
+  thread_local std::vector<float> buf[14];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
@@ -86,17 +89,31 @@ inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts,
   loops::norm_affine3_rows(ts, mean, rstd, D.T, D.C, w, b, y, xh);
 }
 
+// Sample n's input to the op: x's planes themselves, or with a BatchNorm input bn(x) + r laid
+// out in the calling thread's scratch by BatchNorm's own forward pass (act None: the bits of the
+// tensor BatchNorm would have written).
+inline const float* sample_input(const RegionGrid& g, const float* x, const BnApply* bn, int64_t n) {
+  const int64_t CHW = g.C * g.H * g.W;
+  if (!bn) return x + n * CHW;
+  float* z = scratch_ma(13, size_t(CHW));
+  BnApply k = *bn;
+  k.s = nullptr;
+  k.r = bn->r ? bn->r + n * CHW : nullptr;
+  batchnorm_act_forward(BnShape{1, g.C, g.H * g.W}, NormAct::None, k, x + n * CHW, z);
+  return z;
+}
+
 }  // namespace
 
-void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p, float* y,
-                         float* t, float* attn, float* o, float* z, float* s) {
+void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p,
+                         const BnApply* bn, float* y, float* t, float* attn, float* o, float* z,
+                         float* s) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   const RegionGrid g1 = sample_grid(g);
   // One sample, its pooled tokens (channel-major) in `pooled` on entry; its gate pass pools
   // the sample `next` (when given) into `pooled` (already read by then).
-  auto sample = [&](int64_t n, float* pooled, const float* next) {
-    const float* xs = x + n * C * HW;
+  auto sample = [&](int64_t n, const float* xs, float* pooled, const float* next) {
     float* ts = t + n * TC;
     loops::transpose(pooled, T, C, T, ts, C);
     float* q = scratch_ma(0, size_t(TC));
@@ -121,32 +138,43 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     loops::transpose(ss, C, T, C, sc, T);
     gate_forward_pool_next(g1, xs, sc, y + n * C * HW, next, pooled);
   };
+  // A sample's pooling, then the rest (with a BatchNorm input, of the sample laid out in
+  // scratch: its pooling and gate read it there).
+  auto pool_then_sample = [&](int64_t n) {
+    float* pooled = scratch_ma(5, size_t(TC));
+    const float* xs = sample_input(g, x, bn, n);
+    region_pool_forward(g1, xs, pooled);
+    sample(n, xs, pooled, nullptr);
+  };
   if (g.N >= num_threads()) {
-    // Each thread's samples in turn, the pooling of each inside the previous one's gate pass.
     parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
+      if (bn) {
+        for (int64_t n = n0; n < n1; ++n) pool_then_sample(n);
+        return;
+      }
+      // Each thread's samples in turn, the pooling of each inside the previous one's gate pass.
       float* pooled = scratch_ma(5, size_t(TC));
       region_pool_forward(g1, x + n0 * C * HW, pooled);
-      for (int64_t n = n0; n < n1; ++n) sample(n, pooled, n + 1 < n1 ? x + (n + 1) * C * HW : nullptr);
+      for (int64_t n = n0; n < n1; ++n)
+        sample(n, x + n * C * HW, pooled, n + 1 < n1 ? x + (n + 1) * C * HW : nullptr);
     });
   } else {
     // Samples in turn, each pass split across the pool by planes.
-    float* pooled = scratch_ma(5, size_t(TC));
-    for (int64_t n = 0; n < g.N; ++n) {
-      region_pool_forward(g1, x + n * C * HW, pooled);
-      sample(n, pooled, nullptr);
-    }
+    for (int64_t n = 0; n < g.N; ++n) pool_then_sample(n);
   }
 }
 
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
-                          const AdaShiftMAPtrs& p, const float* t, const float* attn,
-                          const float* o, const float* z, const float* s, bool need_dx, float* dx,
-                          float* dz, float* prow) {
+                          const AdaShiftMAPtrs& p, const BnApply* bn, const float* t,
+                          const float* attn, const float* o, const float* z, const float* s,
+                          bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
+                          float* sum_dz_xhat) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   const RegionGrid g1 = sample_grid(g);
+  need_dx = need_dx || bn;
   for_each_sample_ma(g.N, [&](int64_t n) {
-    const float* xs = x + n * C * HW;
+    const float* xs = sample_input(g, x, bn, n);
     const float* dys = dy + n * C * HW;
     const float* ts = t + n * TC;
     const float* zs = z + n * TC;
@@ -206,6 +234,15 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     if (need_dx) {
       loops::transpose(dt, C, T, C, cm, T);
       region_pool_backward_add(g1, cm, dxs);
+    }
+    // BatchNorm's reduce pass over this sample's planes while its dz is in cache (act None: dz
+    // is the incoming gradient; the residual plays no part).
+    if (bn) {
+      BnApply k = *bn;
+      k.s = nullptr;
+      k.r = nullptr;
+      batchnorm_act_backward_reduce(BnShape{1, C, HW}, NormAct::None, k, x + n * C * HW, dxs,
+                                    sum_dz + n * C, sum_dz_xhat + n * C, nullptr);
     }
   });
 }

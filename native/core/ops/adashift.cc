@@ -259,10 +259,36 @@ static Tensor ma_merge(const Tensor& z, int64_t N, int64_t T, int64_t G, int64_t
   return Tensor::view(permute(Tensor::view(z, {N, G, T, d}), {0, 2, 1, 3}), {N, T, G * d});
 }
 
-AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p) {
+// Checks a BatchNorm input against x and packs its pointers for the CPU kernels.
+static BnApply check_ma_bn(const Tensor& x, const MABatchNormInput& bn, int64_t C) {
+  check_ma_vec(x, bn.mean, C, "AdaShift-MA BatchNorm mean");
+  check_ma_vec(x, bn.invstd, C, "AdaShift-MA BatchNorm invstd");
+  check_ma_vec(x, bn.weight, C, "AdaShift-MA BatchNorm weight");
+  check_ma_vec(x, bn.bias, C, "AdaShift-MA BatchNorm bias");
+  if (bn.residual.defined()) {
+    check_same_device(x, bn.residual, "AdaShift-MA residual");
+    check_shape(bn.residual, x.shape(), "AdaShift-MA residual");
+  }
+  return BnApply{bn.mean.data(), bn.invstd.data(), bn.weight.data(), bn.bias.data(), nullptr,
+                 bn.residual.defined() ? bn.residual.data() : nullptr};
+}
+
+// bn(x) + r as BatchNorm's forward pass writes it (the CUDA path's input to the MA op).
+static Tensor ma_bn_input(const Tensor& x, const MABatchNormInput& bn) {
+  return batchnorm_act_forward(x, bn.weight, bn.bias, bn.mean, bn.invstd, NormAct::None, Tensor(),
+                               bn.residual);
+}
+
+AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p,
+                                      const MABatchNormInput& bn) {
   RegionGrid g = check_adashift_ma(x, p);
   const int64_t N = g.N, C = g.C, T = g.tokens(), G = p.heads, d = C / G;
   const Device dev = x.device();
+  BnApply bk{};
+  if (bn.defined()) {
+    bk = check_ma_bn(x, bn, C);
+    if (!dev.is_cpu() && x.numel() > 0) return adashift_ma_forward(ma_bn_input(x, bn), p);
+  }
   AdaShiftMAForward r;
   if (dev.is_cpu() || x.numel() == 0) {
     // An empty x on either device: the saved tensors are zeros rather than left unwritten.
@@ -275,7 +301,7 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
     r.saved.z = p.lin_w.defined() ? make({N, T, C}) : r.saved.o;
     r.saved.s = make({N, T, C});
     if (!empty)
-      cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), r.y.data(), r.saved.t.data(),
+      cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr, r.y.data(), r.saved.t.data(),
                                r.saved.attn.data(), r.saved.o.data(), r.saved.z.data(),
                                r.saved.s.data());
     return r;
@@ -299,8 +325,24 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
 }
 
 AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const AdaShiftMASaved& sv,
-                                    const AdaShiftMAParams& p, bool need_dx) {
+                                    const AdaShiftMAParams& p, bool need_dx,
+                                    const MABatchNormInput& bn) {
   RegionGrid g = check_adashift_ma(x, p);
+  BnApply bk{};
+  if (bn.defined()) {
+    bk = check_ma_bn(x, bn, g.C);
+    need_dx = true;
+    if (!x.device().is_cpu() && x.numel() > 0) {
+      check_same_device(x, dy, "AdaShift-MA backward");
+      check_shape(dy, x.shape(), "AdaShift-MA backward: output gradient");
+      AdaShiftMAGrad r = adashift_ma_backward(ma_bn_input(x, bn), dy, sv, p, true);
+      BnReduce red = batchnorm_act_backward_reduce(x, r.dx, bn.weight, bn.bias, bn.mean, bn.invstd,
+                                                   NormAct::None, Tensor(), Tensor());
+      r.sum_dz = red.sum_dz;
+      r.sum_dz_xhat = red.sum_dz_xhat;
+      return r;
+    }
+  }
   const int64_t N = g.N, C = g.C, T = g.tokens(), G = p.heads, d = C / G;
   check_same_device(x, dy, "AdaShift-MA backward");
   check_shape(dy, x.shape(), "AdaShift-MA backward: output gradient");
@@ -315,6 +357,10 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
   const bool lin = p.lin_w.defined();
   if (N == 0 || x.numel() == 0) {  // an empty batch: zero parameter gradients
     if (need_dx) r.dx = full(x.shape(), 0.0f, dev);
+    if (bn.defined()) {
+      r.sum_dz = full({N, C}, 0.0f, dev);
+      r.sum_dz_xhat = full({N, C}, 0.0f, dev);
+    }
     for (Tensor* t : {&r.dq_w, &r.dq_b, &r.dk_w, &r.dk_b, &r.dv_w, &r.dv_b, &r.drect_w, &r.drect_b})
       *t = full({C}, 0.0f, dev);
     if (lin) r.dlin_w = full({C, C}, 0.0f, dev);
@@ -325,9 +371,15 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
     dz = Tensor({N, T, C}, dev);
     Tensor prow({N, 8 * C}, dev);
     if (need_dx) r.dx = Tensor(x.shape(), dev);
-    cpu::adashift_ma_backward(g, x.data(), dy.data(), ma_ptrs(p), sv.t.data(), sv.attn.data(),
-                              sv.o.data(), sv.z.data(), sv.s.data(), need_dx,
-                              need_dx ? r.dx.data() : nullptr, dz.data(), prow.data());
+    if (bn.defined()) {
+      r.sum_dz = Tensor({N, C}, dev);
+      r.sum_dz_xhat = Tensor({N, C}, dev);
+    }
+    cpu::adashift_ma_backward(g, x.data(), dy.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr,
+                              sv.t.data(), sv.attn.data(), sv.o.data(), sv.z.data(), sv.s.data(),
+                              need_dx, need_dx ? r.dx.data() : nullptr, dz.data(), prow.data(),
+                              bn.defined() ? r.sum_dz.data() : nullptr,
+                              bn.defined() ? r.sum_dz_xhat.data() : nullptr);
     Tensor sums = sum_rows(prow, N);  // [8 C], samples added in a fixed order
     Tensor* outs[8] = {&r.dq_w, &r.dq_b, &r.dk_w, &r.dk_b, &r.dv_w, &r.dv_b, &r.drect_w, &r.drect_b};
     for (int i = 0; i < 8; ++i) {

@@ -12,6 +12,7 @@
 // The gate sigmoid(x + s) is recomputed in each pass, never stored.
 #pragma once
 #include "../tensor.h"
+#include "norm.h"
 #ifdef ADASHIFT_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -93,12 +94,30 @@ struct AdaShiftMAForward {
   AdaShiftMASaved saved;
 };
 struct AdaShiftMAGrad {
-  Tensor dx;  // undefined unless need_dx
+  Tensor dx;  // undefined unless need_dx (with a BatchNorm input: dz, the gradient of bn(x) + r)
   Tensor dq_w, dq_b, dk_w, dk_b, dv_w, dv_b, dlin_w /* undefined without lin_w */, drect_w, drect_b;
+  Tensor sum_dz, sum_dz_xhat;  // [N, C], with a BatchNorm input only (batchnorm_act_backward_reduce's)
 };
-AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p);
+// AdaShift-MA of a BatchNorm's output: the op's input is z = bn(x) + r (r optional, x's shape),
+// with bn(x) = (x - mean) * invstd * weight + bias per channel (the statistics from
+// batchnorm_stats). The CPU lays each sample's z out in a per-thread buffer (the sample's x and r
+// read once per pass) instead of reading a z tensor that BatchNorm wrote: forward y = the gate of
+// z, and z is never stored; backward recomputes it, and while each sample's dz is in cache sums
+// it per plane as batchnorm_act_backward_reduce does (the same bits), so BatchNorm's backward
+// needs only its params and apply passes. On CUDA: z written by batchnorm_act_forward, the MA op,
+// then batchnorm_act_backward_reduce on dz. Either way every output has the bits of BatchNorm
+// (act None, with the residual) followed by the MA op.
+struct MABatchNormInput {
+  Tensor mean, invstd, weight, bias;  // [C]
+  Tensor residual;                    // x's shape, or undefined
+  bool defined() const { return mean.defined(); }
+};
+AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p,
+                                      const MABatchNormInput& bn = MABatchNormInput());
+// With a BatchNorm input, dx is dz (need_dx is then implied) and sum_dz / sum_dz_xhat are set.
 AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const AdaShiftMASaved& saved,
-                                    const AdaShiftMAParams& p, bool need_dx);
+                                    const AdaShiftMAParams& p, bool need_dx,
+                                    const MABatchNormInput& bn = MABatchNormInput());
 
 namespace cpu {
 void adashift_b_forward(const float* x, int64_t N, int64_t C, int64_t HW, const float* pw,
@@ -115,14 +134,20 @@ struct AdaShiftMAPtrs {
   int64_t heads;
   float eps;
 };
-void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p, float* y,
-                         float* t, float* attn, float* o, float* z, float* s);
+// bn (nullable): the op's input is then bn(x) + r, laid out sample by sample (BnApply's mean,
+// invstd, weight, bias and r; its s unused).
+void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p,
+                         const BnApply* bn, float* y, float* t, float* attn, float* o, float* z,
+                         float* s);
 // Writes dx (when need_dx), dz [N, T, C] (the rect LayerNorm's input gradient) and per-sample
-// parameter gradient rows prow [N, 8, C]: q.w, q.b, k.w, k.b, v.w, v.b, rect.w, rect.b.
+// parameter gradient rows prow [N, 8, C]: q.w, q.b, k.w, k.b, v.w, v.b, rect.w, rect.b. With bn
+// (need_dx then true), dx is the gradient of bn(x) + r, and sum_dz / sum_dz_xhat [N, C] its
+// per-plane sums (batchnorm_act_backward_reduce with act None).
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
-                          const AdaShiftMAPtrs& p, const float* t, const float* attn,
-                          const float* o, const float* z, const float* s, bool need_dx, float* dx,
-                          float* dz, float* prow);
+                          const AdaShiftMAPtrs& p, const BnApply* bn, const float* t,
+                          const float* attn, const float* o, const float* z, const float* s,
+                          bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
+                          float* sum_dz_xhat);
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);
