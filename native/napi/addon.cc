@@ -290,7 +290,13 @@ static AdaShiftMAParams ma_params(const Args& a, size_t i) {
 static MABatchNormInput ma_bn_input(const Args& a, size_t i) {
   MABatchNormInput bn;
   bn.mean = a.optional_tensor(i, "bnMean");
-  if (!bn.mean.defined()) return bn;
+  if (!bn.mean.defined()) {
+    const char* names[] = {"bnInvstd", "bnWeight", "bnBias", "residual"};
+    for (size_t k = 0; k < 4; ++k)
+      AS_CHECK(!a.optional_tensor(i + 1 + k, names[k]).defined(), Arg, a.fn, ": '", names[k],
+               "' given without 'bnMean' (the BatchNorm input is all of bnMean, bnInvstd, bnWeight, bnBias, or none)");
+    return bn;
+  }
   bn.invstd = a.tensor(i + 1, "bnInvstd");
   bn.weight = a.tensor(i + 2, "bnWeight");
   bn.bias = a.tensor(i + 3, "bnBias");

@@ -1,4 +1,5 @@
-// CUDA parity check of AdaShift-B and AdaShift-MA as one op (adashift_b_* / adashift_ma_*): on
+// CUDA parity check of AdaShift-B and AdaShift-MA as one op (adashift_b_* / adashift_ma_*, the
+// latter also with a BatchNorm input): on
 // CUDA each op is a sequence of whole-tensor ops (region pool, LayerNorm, matmul, softmax,
 // permute, gate); on the CPU it runs sample by sample. Random awkward shapes (grids that do not
 // divide H or W, P clamped to H/W, one and several heads, both rects, proj on and off, N = 1,
@@ -41,6 +42,9 @@ std::vector<float> host(const Tensor& t) {
 }
 Tensor nrm(const std::vector<int64_t>& s, float mean, float std) {
   return rand(s, RandKind::Normal, mean, std, g_seed++, 0, kCPU);
+}
+Tensor rnd(const std::vector<int64_t>& s, float low, float high) {
+  return rand(s, RandKind::Uniform, low, high, g_seed++, 0, kCPU);
 }
 
 void compare(const std::string& what, const Tensor& gpu, const Tensor& cpu, double atol_scale,
@@ -127,6 +131,27 @@ void run_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t grid, int64_t 
     same_bits(n + " " + names[i], *gs[i], *gs2[i]);
   }
   same_bits(n + " dx", gg.dx, gg2.dx);
+
+  // With a BatchNorm input (and a residual for the 'linear' cases): the GPU's BatchNorm pass
+  // then the MA op against the CPU's per-sample layout, forward and backward (dz, its plane sums).
+  MABatchNormInput bn;
+  bn.mean = nrm({C}, 0.2f, 0.3f);
+  bn.invstd = rnd({C}, 0.5f, 1.5f);
+  bn.weight = nrm({C}, 1.0f, 0.3f);
+  bn.bias = nrm({C}, 0.0f, 0.3f);
+  if (lin) bn.residual = nrm({N, C, H, W}, 0.0f, 0.8f);
+  MABatchNormInput bng{to_device(bn.mean, kGPU), to_device(bn.invstd, kGPU), to_device(bn.weight, kGPU),
+                       to_device(bn.bias, kGPU), lin ? to_device(bn.residual, kGPU) : Tensor()};
+  AdaShiftMAForward bc = adashift_ma_forward(x, p, bn);
+  AdaShiftMAForward bg = adashift_ma_forward(xg, pg, bng);
+  compare(n + " bn y", bg.y, bc.y, 1e-5, 1e-4);
+  compare(n + " bn s", bg.saved.s, bc.saved.s, 1e-5, 1e-4);
+  AdaShiftMAGrad hc = adashift_ma_backward(x, dy, bc.saved, p, false, bn);
+  AdaShiftMAGrad hg = adashift_ma_backward(xg, dyg, saved_on(bc.saved, kGPU), pg, false, bng);
+  compare(n + " bn dz", hg.dx, hc.dx, 1e-5, 1e-4);
+  compare(n + " bn sum dz", hg.sum_dz, hc.sum_dz, 1e-4, 1e-3);
+  compare(n + " bn sum dz xhat", hg.sum_dz_xhat, hc.sum_dz_xhat, 1e-4, 1e-3);
+  compare(n + " bn drect.w", hg.drect_w, hc.drect_w, 1e-4, 1e-3);
 }
 
 void run_case_b(int64_t N, int64_t C, int64_t H, int64_t W, bool proj) {

@@ -481,6 +481,21 @@ function gemmRef(a: Args): Float32Array {
 }
 
 // A valid AdaShift-MA forward argument list: [x, grid, heads, q.w, q.b, k.w, k.b, v.w, v.b, linW | null, rect.w, rect.b, eps].
+/** AdaShift-MA's optional BatchNorm input (bnMean, bnInvstd, bnWeight, bnBias, residual), half the time. */
+function maBnSeed(c: Ctx, x: unknown): Args {
+  if (!c.prng.bool()) return [null, null, null, null, null];
+  const [N, C, H, W] = shp(x);
+  return [c.rand([C]), c.rand([C], 0.5, 1.5), c.rand([C]), c.rand([C]), c.prng.bool() ? c.rand([N, C, H, W]) : null];
+}
+/** The parameters of that input at index i (bnMean at i). */
+const maBnParams = (i: number): TensorParam[] => [
+  T('bnMean', { nullOk: true, dims: [0] }),
+  T('bnInvstd', { nullOk: (a) => a[i] == null, dims: [0] }),
+  T('bnWeight', { nullOk: (a) => a[i] == null, dims: [0] }),
+  T('bnBias', { nullOk: (a) => a[i] == null, dims: [0] }),
+  T('residual', { nullOk: true, dims: 'all' }),
+];
+
 function maSeed(c: Ctx): Args {
   const p = c.prng;
   const N = p.int(1, 2), C = p.pick([1, 2, 4, 6]);
@@ -569,8 +584,12 @@ const MUTATION_SPECS: MutSpec[] = [
       T('rectWeight', { dims: [0] }),
       T('rectBias', { dims: [0] }),
       F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
+      ...maBnParams(13),
     ],
-    seed: (c) => maSeed(c).slice(0, 13),
+    seed: (c) => {
+      const a = maSeed(c).slice(0, 13);
+      return [...a, ...maBnSeed(c, a[0])];
+    },
     semantic: [
       ['heads above the channels', (c, a) => a.map((v, i) => (i === 2 ? shp(a[0])[1] + 1 : v))],
       ['rank-3 input', (c, a) => [c.rand(shp(a[0]).slice(1)), ...a.slice(1)]],
@@ -604,18 +623,20 @@ const MUTATION_SPECS: MutSpec[] = [
       T('rectBias', { dims: [0] }),
       F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
       B('needDx'),
+      ...maBnParams(20),
     ],
     seed: (c) => {
       const a = maSeed(c);
-      const [y, t, attn, o, z, s] = c.keep(c.native.adashiftMAForward(...(a.slice(0, 13) as Parameters<typeof c.native.adashiftMAForward>)));
+      const bn = maBnSeed(c, a[0]);
+      const [y, t, attn, o, z, s] = c.keep(c.native.adashiftMAForward(...([...a.slice(0, 13), ...bn] as Parameters<typeof c.native.adashiftMAForward>)));
       y.dispose();
-      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, ...a.slice(1, 13), c.prng.bool()];
+      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, ...a.slice(1, 13), c.prng.bool(), ...bn];
     },
     semantic: [['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v))]],
     check: (r, a) => {
-      const C = shp(a[0])[1];
-      const lin = a[15] != null;
-      return expectList(r, [a[19] ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C]]);
+      const [N, C] = shp(a[0]);
+      const lin = a[15] != null, bn = a[20] != null;
+      return expectList(r, [a[19] || bn ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C], bn ? [N, C] : null, bn ? [N, C] : null]);
     },
   },
   // ---- lib/bindings/conv.ts --------------------------------------------------------------------
