@@ -414,6 +414,8 @@ describe('batchNormAdaShiftMA equals batchNorm2d (with the residual) then AdaShi
         expect.objectContaining({ code: 'ERR_SHAPE', message: expect.stringContaining('qWeight must have shape [4] for 4 channels, got [3]') }),
       );
       expect(() => batchNormAdaShiftMA(x, bn, { ...m.opParams(), heads: 3 }, { training: true })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
+      expect(() => batchNormAdaShiftMA(x, bn, { ...m.opParams(), eps: 1e-50 }, { training: true })).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringContaining('eps must be a positive number') }));
+      expect(() => batchNormAdaShiftMA(x, bn, { ...m.opParams(), grid: 0 }, { training: true })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
       expect(Array.from(bn.runningMean.toFloat32Array())).toEqual(Array.from(before));
       m.dispose();
     });

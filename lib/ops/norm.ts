@@ -103,15 +103,21 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
   const { rm, rv, training, momentum, eps, r } = bnInputs(name, x, bn, options);
   const { args, params } = adashiftMAArgs(ma, name);
   // The MA op checks its parameters too, but only after the statistics pass has updated the
-  // running statistics: a refused call must leave them alone, so their shapes are checked first.
+  // running statistics: a refused call must leave them alone, so they are checked first.
   const C = x.shape[1];
+  const names = ['qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias'];
   for (const [i, t] of params.entries()) {
     if (!t) continue;
     const want = i === 6 ? [C, C] : [C];
-    check(sameShape(t.shape, want), 'ERR_SHAPE', () => `${name}: AdaShift-MA parameter ${['qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias'][i]} must have shape ${shapeStr(want)} for ${C} channels, got ${shapeStr(t.shape)}`);
+    check(sameShape(t.shape, want), 'ERR_SHAPE', () => `${name}: AdaShift-MA parameter ${names[i]} must have shape ${shapeStr(want)} for ${C} channels, got ${shapeStr(t.shape)}`);
+    check(t.device === x.device, 'ERR_DEVICE', () => `${name}: AdaShift-MA parameter ${names[i]} is on ${t.device}, the input on ${x.device}`);
   }
+  for (const [t, what] of [[bn.weight, 'weight'], [bn.bias, 'bias'], [r, 'residual']] as const)
+    if (t) check(t.device === x.device, 'ERR_DEVICE', () => `${name}: '${what}' is on ${t.device}, the input on ${x.device}`);
   check(Number.isInteger(ma.heads) && ma.heads >= 1 && C % ma.heads === 0, 'ERR_ARG', () => `${name}: heads must divide the ${C} channels, got ${ma.heads}`);
   check(Number.isInteger(ma.grid) && ma.grid >= 1, 'ERR_ARG', () => `${name}: grid must be an integer >= 1, got ${ma.grid}`);
+  const maEps = ma.eps ?? 1e-6;
+  check(Number.isFinite(maEps) && Math.fround(maEps) > 0, 'ERR_ARG', () => `${name}: AdaShift-MA eps must be a positive number, got ${maEps}`);
   const w = bn.weight, b = bn.bias;
   const [meanH, invstdH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, false, null);
   const mean = wrap(meanH), invstd = wrap(invstdH);
