@@ -301,9 +301,9 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
     r.saved.z = p.lin_w.defined() ? make({N, T, C}) : r.saved.o;
     r.saved.s = make({N, T, C});
     if (!empty)
-      cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr, r.y.data(), r.saved.t.data(),
-                               r.saved.attn.data(), r.saved.o.data(), r.saved.z.data(),
-                               r.saved.s.data());
+      cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr, r.y.data(),
+                               r.saved.t.data(), r.saved.attn.data(), r.saved.o.data(),
+                               r.saved.z.data(), r.saved.s.data());
     return r;
   }
   // CUDA: the whole-tensor ops in sequence (each already checked against the CPU).
