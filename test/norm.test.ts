@@ -8,6 +8,8 @@ import * as as from '../lib';
 import { relu, silu } from '../lib/ops/activation';
 import { batchNorm2d, batchNormAct, BatchNormActName, batchNormAdaShiftMA } from '../lib/ops/norm';
 import { add } from '../lib/ops/elementwise';
+import { native } from '../lib/native';
+import { NormActKind } from '../lib/bindings/norm';
 import { compareArrays, CloseResult } from './helpers/compare';
 
 const dir = path.join(__dirname, 'fixtures', 'norm');
@@ -311,6 +313,45 @@ describe('batchNorm2d with a residual equals batchNorm2d then add', () => {
       y.backward(dy);
       expect(Array.from(r.grad!.toFloat32Array())).toEqual(Array.from(dy.toFloat32Array()));
       r.grad!.dispose();
+    });
+  });
+});
+
+describe('the backward apply pass from the reduce pass\'s direct gradient', () => {
+  // On the CPU, SiLU's and the gate's backward keep the reduce pass's dz_d and run the apply pass
+  // with act none on it (dm added per plane) instead of recomputing the sigmoid: it must give
+  // the recomputing pass's bits, and dz_d must be the activation's input gradient (the apply
+  // pass's dresidual without dm).
+  test.each([
+    ['silu', NormActKind.silu, false, false],
+    ['silu +residual', NormActKind.silu, true, false],
+    ['gate with dm', NormActKind.gate, false, true],
+    ['gate with dm +residual', NormActKind.gate, true, true],
+    ['gate +residual', NormActKind.gate, true, false],
+  ] as const)('%s', (_n, act, residual, withDm) => {
+    as.tidy(() => {
+      as.manualSeed(9);
+      const [N, C, H, W] = [3, 5, 9, 7];
+      const x = as.randn([N, C, H, W], { std: 1.3 }), dy = as.randn([N, C, H, W]);
+      const w = as.randn([C], { mean: 1, std: 0.4 }), b = as.randn([C], { std: 0.4 });
+      const r = residual ? as.randn([N, C, H, W]) : null;
+      const s = act === NormActKind.gate ? as.randn([N, C], { std: 0.5 }) : null;
+      const dm = withDm ? as.randn([N, C]) : null;
+      const [meanH, invstdH] = native.batchNormStats(x.handle, w.handle, b.handle, null, null, true, 0.1, 1e-5, false, null);
+      const red = native.batchNormActBackwardReduce(x.handle, dy.handle, w.handle, b.handle, meanH, invstdH, act, s?.handle ?? null, r?.handle ?? null, true);
+      const plain = native.batchNormActBackwardReduce(x.handle, dy.handle, w.handle, b.handle, meanH, invstdH, act, s?.handle ?? null, r?.handle ?? null, false);
+      expect(plain[3]).toBeNull();
+      const bits = (h: unknown) => Buffer.from((h as { toFloat32Array(): Float32Array }).toFloat32Array().buffer);
+      expect(bits(plain[0]).equals(bits(red[0])) && bits(plain[1]).equals(bits(red[1]))).toBe(true);
+      const [dwH, dbH] = native.batchNormBackwardParams(red[0], red[1], null, null);
+      const recompute = native.batchNormActBackwardApply(x.handle, dy.handle, w.handle, b.handle, meanH, invstdH, act, s?.handle ?? null, dm?.handle ?? null, dwH, dbH, true, r?.handle ?? null);
+      const fromDz = native.batchNormActBackwardApply(x.handle, red[3]!, w.handle, b.handle, meanH, invstdH, NormActKind.none, null, dm?.handle ?? null, dwH, dbH, true, r?.handle ?? null);
+      expect(bits(fromDz[0]).equals(bits(recompute[0]))).toBe(true);
+      if (r) {
+        expect(bits(fromDz[1]).equals(bits(recompute[1]))).toBe(true);
+        if (!dm) expect(bits(red[3]).equals(bits(recompute[1]))).toBe(true);
+      }
+      for (const h of [meanH, invstdH, ...red, ...plain, dwH, dbH, ...recompute, ...fromDz]) h?.dispose();
     });
   });
 });

@@ -17,8 +17,11 @@ export interface NormBinding {
   batchNormStats(x: T, weight: OptT, bias: OptT, runningMean: OptT, runningVar: OptT, training: boolean, momentum: number, eps: number, planes: boolean, residual?: OptT): [T, T, OptT, OptT];
   /** y = act(bn(x) + residual); s: the shift [N, C] or [N, 1, C] for the gate; residual: x's shape, or null. */
   batchNormActForward(x: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, residual?: OptT): T;
-  /** Per (n, c) plane: [sum dz_d, sum dz_d * xhat, ds (gate only)], each [N, C]. */
-  batchNormActBackwardReduce(x: T, dy: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, residual?: OptT): [T, T, OptT];
+  /**
+   * Per (n, c) plane: [sum dz_d, sum dz_d * xhat, ds (gate only)], each [N, C]; with writeDz also
+   * dz_d itself (x's shape), the activation's direct input gradient, else null.
+   */
+  batchNormActBackwardReduce(x: T, dy: T, weight: T, bias: T, mean: T, invstd: T, act: number, s: OptT, residual: OptT, writeDz: boolean): [T, T, OptT, OptT];
   /** Channel sums (with the pooled path's dm when given) -> [dweight, dbias]. */
   batchNormBackwardParams(sumDz: T, sumDzXhat: T, dm: OptT, planeXhat: OptT): [T, T];
   /**

@@ -52,14 +52,16 @@ Napi::Value BatchNormActForward(const CI& info) {
                                           a.optional_tensor(7, "residual")));
 }
 
-// (x, dy, weight, bias, mean, invstd, act, s|null, residual|null) -> [sumDz, sumDzXhat, ds|null]
+// (x, dy, weight, bias, mean, invstd, act, s|null, residual|null, writeDz) ->
+// [sumDz, sumDzXhat, ds|null, dz|null]
 Napi::Value BatchNormActBackwardReduce(const CI& info) {
   Args a{info, "batchNormActBackwardReduce"};
+  const bool want_dz = a.boolean(9, "writeDz");
   BnReduce r = batchnorm_act_backward_reduce(
       a.tensor(0, "x"), a.tensor(1, "dy"), a.tensor(2, "weight"), a.tensor(3, "bias"),
       a.tensor(4, "mean"), a.tensor(5, "invstd"), norm_act(a, 6), a.optional_tensor(7, "s"),
-      a.optional_tensor(8, "residual"));
-  return wrap_opt(info, {r.sum_dz, r.sum_dz_xhat, r.ds});
+      a.optional_tensor(8, "residual"), want_dz);
+  return wrap_opt(info, {r.sum_dz, r.sum_dz_xhat, r.ds, r.dz});
 }
 
 // (sumDz, sumDzXhat, dm|null, planeXhat|null) -> [dweight, dbias]

@@ -226,9 +226,10 @@ void test_batchnorm() {
           dx_floor = std::max(dx_floor, dy_max * std::fabs(double(wv[size_t(c)]) * iv[size_t(c)]));
         }
       }
-      std::vector<double> floors(14, 0.0);
+      std::vector<double> floors(17, 0.0);
       floors[2] = px_floor;   // plane_xhat
       floors[12] = dx_floor;  // dx
+      floors[15] = dx_floor;  // dx from the reduce pass's dz
       for (int a = 0; a < 4; ++a)
         for (int with_r = 0; with_r < (with_res ? 2 : 1); ++with_r) {
           const NormAct act = NormAct(a);
@@ -245,22 +246,29 @@ void test_batchnorm() {
                   Tensor y =
                       batchnorm_act_forward(in[0], in[2], in[3], st.mean, st.invstd, act, sg, r_in);
                   BnReduce r = batchnorm_act_backward_reduce(in[0], in[1], in[2], in[3], st.mean,
-                                                             st.invstd, act, sg, r_in);
+                                                             st.invstd, act, sg, r_in, true);
                   Tensor dmg = gate ? in[7] : Tensor();
                   BnParamGrad pg = batchnorm_backward_params(r.sum_dz, r.sum_dz_xhat, dmg,
                                                              gate ? st.plane_xhat : Tensor());
                   BnApplyGrad g = batchnorm_act_backward_apply(
                       in[0], in[1], in[2], in[3], st.mean, st.invstd, act, sg, dmg, pg.dweight,
                       pg.dbias, bool(training), r_in);
+                  // The apply pass from the reduce pass's direct gradient (act None, the
+                  // pooled path's dm added per plane), as the CPU's SiLU and gate backward run.
+                  BnApplyGrad g2 = batchnorm_act_backward_apply(
+                      in[0], r.dz, in[2], in[3], st.mean, st.invstd, NormAct::None, Tensor(), dmg,
+                      pg.dweight, pg.dbias, bool(training), r_in);
                   (void)dev;
                   return Outs{st.mean, st.invstd, st.plane_xhat, st.pooled, rmc,
                               rvc, y, r.sum_dz, r.sum_dz_xhat, r.ds,
-                              pg.dweight, pg.dbias, g.dx, g.dresidual};
+                              pg.dweight, pg.dbias, g.dx, g.dresidual, r.dz,
+                              g2.dx, g2.dresidual};
                 },
                 {"mean", "invstd", "plane_xhat", "pooled", "running_mean", "running_var", "y",
-                 "sum_dz", "sum_dz_xhat", "ds", "dweight", "dbias", "dx", "dresidual"},
+                 "sum_dz", "sum_dz_xhat", "ds", "dweight", "dbias", "dx", "dresidual", "dz",
+                 "dx (from dz)", "dresidual (from dz)"},
                 {kStat, kStat, kStat, kStat, kStat, kStat, kStat, kSum, kSum, kSum, kSum, kSum,
-                 kSum, kSum},
+                 kSum, kSum, kSum, kSum, kSum},
                 floors);
         }
     }

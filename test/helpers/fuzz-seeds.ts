@@ -836,17 +836,18 @@ const MUTATION_SPECS: MutSpec[] = [
       I('act', 0, 3, actMismatch(6)),
       T('s', { nullOk: (a) => a[6] !== 3, rank: 'append', dims: 'all' }),
       T('residual', { nullOk: true, dims: 'all' }),
+      B('writeDz'),
     ],
     seed: (c) => {
       const p = c.prng;
       const [N, C, H, W] = bnDims(p, false);
       const act = p.int(0, 3);
       return [c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null,
-        p.bool(0.4) ? c.rand([N, C, H, W]) : null];
+        p.bool(0.4) ? c.rand([N, C, H, W]) : null, p.bool()];
     },
     check: (r, a) => {
       const [N, C] = shp(a[0]);
-      return expectList(r, [[N, C], [N, C], a[6] === 3 ? [N, C] : null]);
+      return expectList(r, [[N, C], [N, C], a[6] === 3 ? [N, C] : null, a[9] ? shp(a[0]) : null]);
     },
   },
   {
@@ -893,12 +894,12 @@ const MUTATION_SPECS: MutSpec[] = [
       const sums = training || p.bool(0.3);
       return [
         c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2),
-        act, act === 3 ? planesOf(c, N, C) : null, act === 3 && p.bool() ? planesOf(c, N, C) : null,
+        act, act === 3 ? planesOf(c, N, C) : null, (act === 3 || act === 0) && p.bool() ? planesOf(c, N, C) : null,
         sums ? c.rand([C]) : null, sums ? c.rand([C]) : null, training,
         p.bool(0.4) ? c.rand([N, C, H, W]) : null,
       ];
     },
-    semantic: [['dm without the gate', (c, a) => {
+    semantic: [['dm with ReLU (only the gate, or act none after the reduce pass wrote dz)', (c, a) => {
       const [N, C] = shp(a[0]);
       return [...a.slice(0, 6), 1, null, c.rand([N, C]), ...a.slice(9)];
     }]],

@@ -242,7 +242,7 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
       k.s = nullptr;
       k.r = nullptr;
       batchnorm_act_backward_reduce(BnShape{1, C, HW}, NormAct::None, k, x + n * C * HW, dxs,
-                                    sum_dz + n * C, sum_dz_xhat + n * C, nullptr);
+                                    sum_dz + n * C, sum_dz_xhat + n * C, nullptr, nullptr);
     }
   });
 }

@@ -51,19 +51,20 @@ __attribute__((always_inline)) inline void fwd_body(const float* __restrict x,
   }
 }
 
-// out: sum dz_d, sum dz_d * (x - mean), sum ds-term
-template <int ACT, bool RES>
+// out: sum dz_d, sum dz_d * (x - mean), sum ds-term; with DZ also dz_d itself per element.
+template <int ACT, bool RES, bool DZ>
 __attribute__((always_inline)) inline void red_body(const float* __restrict x,
                                                     const float* __restrict r,
                                                     const float* __restrict dy, float mean,
                                                     float scale, float bias, float s, int64_t n,
-                                                    float* out) {
+                                                    float* out, float* __restrict dz) {
   float a = 0.0f, b = 0.0f, c = 0.0f;
 #pragma omp simd reduction(+ : a, b, c)
   for (int64_t i = 0; i < n; ++i) {
     float z = math::bn_norm(x[i], mean, scale, bias);
     if (RES) z += r[i];
     const math::GateGrad g = math::bn_act_grad<ACT>(z, s, dy[i]);
+    if (DZ) dz[i] = g.dx;
     a += g.dx;
     b += g.dx * (x[i] - mean);
     c += g.ds;
@@ -110,11 +111,20 @@ __attribute__((always_inline)) inline void fwd_planes_body(const BnShape& d, con
   }
 }
 
+template <int ACT, bool RES>
+__attribute__((always_inline)) inline void red_chunk(const float* x, const float* r, const float* dy,
+                                                     float mean, float scale, float bias, float s,
+                                                     int64_t n, float* out, float* dz) {
+  if (dz) red_body<ACT, RES, true>(x, r, dy, mean, scale, bias, s, n, out, dz);
+  else red_body<ACT, RES, false>(x, r, dy, mean, scale, bias, s, n, out, nullptr);
+}
+
 template <int ACT>
 __attribute__((always_inline)) inline void red_planes_body(const BnShape& d, const BnApply& k,
                                                            const float* x, const float* dy,
                                                            int64_t p0, int64_t p1, float* sum_dz,
-                                                           float* sum_dz_xhat, float* ds) {
+                                                           float* sum_dz_xhat, float* ds,
+                                                           float* dz) {
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t c = p % d.C, off = p * d.HW;
     const float scale = k.invstd[c] * k.weight[c];
@@ -123,12 +133,13 @@ __attribute__((always_inline)) inline void red_planes_body(const BnShape& d, con
     for (int64_t i = 0; i < d.HW; i += kChunk) {
       float o[3];
       const int64_t n = std::min(kChunk, d.HW - i);
+      float* dzc = dz ? dz + off + i : nullptr;
       if (k.r)
-        red_body<ACT, true>(x + off + i, k.r + off + i, dy + off + i, k.mean[c], scale, k.bias[c],
-                            sv, n, o);
+        red_chunk<ACT, true>(x + off + i, k.r + off + i, dy + off + i, k.mean[c], scale, k.bias[c],
+                             sv, n, o, dzc);
       else
-        red_body<ACT, false>(x + off + i, nullptr, dy + off + i, k.mean[c], scale, k.bias[c], sv,
-                             n, o);
+        red_chunk<ACT, false>(x + off + i, nullptr, dy + off + i, k.mean[c], scale, k.bias[c], sv,
+                              n, o, dzc);
       a += o[0];
       b += o[1];
       e += o[2];
@@ -179,8 +190,8 @@ __attribute__((always_inline)) inline void app_planes_body(const BnShape& d, con
   }                                                                                             \
   AS_VECTORIZE void red_##NAME(const BnShape& d, const BnApply& k, const float* x,              \
                                const float* dy, int64_t p0, int64_t p1, float* sum_dz,          \
-                               float* sum_dz_xhat, float* ds) {                                 \
-    red_planes_body<ACT>(d, k, x, dy, p0, p1, sum_dz, sum_dz_xhat, ds);                         \
+                               float* sum_dz_xhat, float* ds, float* dz) {                      \
+    red_planes_body<ACT>(d, k, x, dy, p0, p1, sum_dz, sum_dz_xhat, ds, dz);                     \
   }                                                                                             \
   AS_VECTORIZE void app_##NAME(const BnShape& d, const BnApply& k, const ApplyExtra& e,         \
                                const float* x, const float* dy, float* dx, int64_t p0,          \
@@ -195,7 +206,7 @@ AS_BN_LOOPS(gate, kGate)
 
 using FwdFn = void (*)(const BnShape&, const BnApply&, const float*, float*, int64_t, int64_t);
 using RedFn = void (*)(const BnShape&, const BnApply&, const float*, const float*, int64_t,
-                       int64_t, float*, float*, float*);
+                       int64_t, float*, float*, float*, float*);
 using AppFn = void (*)(const BnShape&, const BnApply&, const ApplyExtra&, const float*,
                        const float*, float*, int64_t, int64_t);
 
@@ -358,9 +369,9 @@ void batchnorm_act_forward(const BnShape& d, NormAct act, const BnApply& k, cons
 
 void batchnorm_act_backward_reduce(const BnShape& d, NormAct act, const BnApply& k,
                                    const float* x, const float* dy, float* sum_dz,
-                                   float* sum_dz_xhat, float* ds) {
+                                   float* sum_dz_xhat, float* ds, float* dz) {
   const RedFn f = red_fn(act);
-  for_plane_ranges(d, [&](int64_t p0, int64_t p1) { f(d, k, x, dy, p0, p1, sum_dz, sum_dz_xhat, ds); });
+  for_plane_ranges(d, [&](int64_t p0, int64_t p1) { f(d, k, x, dy, p0, p1, sum_dz, sum_dz_xhat, ds, dz); });
 }
 
 void batchnorm_backward_params(const BnShape& d, const float* sum_dz, const float* sum_dz_xhat,

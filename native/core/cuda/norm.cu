@@ -13,7 +13,8 @@
 //                     plane_xhat and pooled.
 //   k_bn_ew           forward y = act(bn(x) + r) or backward dx (and dr) (per-plane constants
 //                     in registers; r, the optional residual, read alongside x)
-//   k_bn_reduce       per plane: block sums of dz_d, dz_d (x - mean), ds (fixed order)
+//   k_bn_reduce       per plane: block sums of dz_d, dz_d (x - mean), ds (fixed order); dz_d
+//                     itself per element when asked for
 //   k_bn_params       one thread per channel: planes in order of n, in double
 // No atomics: every sum has a fixed order that depends only on the launch shape, so the same
 // inputs give the same bits on every run on one device. Per-element formulas: math.h.
@@ -197,21 +198,24 @@ __global__ void k_bn_ew(int64_t planes, int64_t C, int64_t hw, BnApply k,
   }
 }
 
+// Adds one element's terms; returns its direct gradient dz_d.
 template <int ACT>
-__device__ __forceinline__ void red_add(const PlaneK& q, float x, float dy, float r, float& a,
-                                        float& b, float& e) {
+__device__ __forceinline__ float red_add(const PlaneK& q, float x, float dy, float r, float& a,
+                                         float& b, float& e) {
   const float z = math::bn_norm(x, q.mean, q.scale, q.bias) + r;
   const math::GateGrad g = math::bn_act_grad<ACT>(z, q.s, dy);
   a += g.dx;
   b += g.dx * (x - q.mean);
   e += g.ds;
+  return g.dx;
 }
 
+// dz (nullable): dz_d written per element as well.
 template <int ACT, bool VEC, bool RES>
 __global__ void k_bn_reduce(int64_t planes, int64_t C, int64_t hw, BnApply k,
                             const float* __restrict__ x, const float* __restrict__ dy,
                             float* __restrict__ sum_dz, float* __restrict__ sum_dz_xhat,
-                            float* __restrict__ ds) {
+                            float* __restrict__ ds, float* __restrict__ dz) {
   __shared__ float sh[32];
   for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
     const PlaneK q = plane_constants(k, p, p % C, hw, nullptr, nullptr, nullptr, 0.0f);
@@ -222,14 +226,18 @@ __global__ void k_bn_reduce(int64_t planes, int64_t C, int64_t hw, BnApply k,
       for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
         const float4 xv = ld4(x, b4 + i), dv = ld4(dy, b4 + i);
         const float4 rv = RES ? ld4(k.r, b4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-        red_add<ACT>(q, xv.x, dv.x, rv.x, a, b, e);
-        red_add<ACT>(q, xv.y, dv.y, rv.y, a, b, e);
-        red_add<ACT>(q, xv.z, dv.z, rv.z, a, b, e);
-        red_add<ACT>(q, xv.w, dv.w, rv.w, a, b, e);
+        float4 g;
+        g.x = red_add<ACT>(q, xv.x, dv.x, rv.x, a, b, e);
+        g.y = red_add<ACT>(q, xv.y, dv.y, rv.y, a, b, e);
+        g.z = red_add<ACT>(q, xv.z, dv.z, rv.z, a, b, e);
+        g.w = red_add<ACT>(q, xv.w, dv.w, rv.w, a, b, e);
+        if (dz) st4(dz, b4 + i, g);
       }
     } else {
-      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x)
-        red_add<ACT>(q, x[base + i], dy[base + i], RES ? k.r[base + i] : 0.0f, a, b, e);
+      for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+        const float g = red_add<ACT>(q, x[base + i], dy[base + i], RES ? k.r[base + i] : 0.0f, a, b, e);
+        if (dz) dz[base + i] = g;
+      }
     }
     const float A = block_sum(a, sh);
     const float B = block_sum(b, sh);
@@ -330,24 +338,24 @@ void launch_ew(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& k,
 
 template <int ACT, bool VEC>
 void launch_reduce_res(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
-                       const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds, int grid,
-                       int block) {
+                       const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds, float* dz,
+                       int grid, int block) {
   if (k.r)
     k_bn_reduce<ACT, VEC, true><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
-                                                        sum_dz_xhat, ds);
+                                                        sum_dz_xhat, ds, dz);
   else
     k_bn_reduce<ACT, VEC, false><<<grid, block, 0, st>>>(d.planes(), d.C, d.HW, k, x, dy, sum_dz,
-                                                         sum_dz_xhat, ds);
+                                                         sum_dz_xhat, ds, dz);
 }
 
 template <int ACT>
 void launch_reduce_act(cudaStream_t st, const BnShape& d, const BnApply& k, const float* x,
-                       const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds) {
-  const bool vec = vec_ok(d.HW, x, dy, nullptr) && aligned16(k.r);
+                       const float* dy, float* sum_dz, float* sum_dz_xhat, float* ds, float* dz) {
+  const bool vec = vec_ok(d.HW, x, dy, dz) && aligned16(k.r);
   const int block = block_for_items(vec ? d.HW / 4 : d.HW);
   const int grid = grid_for_items(d.planes(), block);
-  if (vec) launch_reduce_res<ACT, true>(st, d, k, x, dy, sum_dz, sum_dz_xhat, ds, grid, block);
-  else launch_reduce_res<ACT, false>(st, d, k, x, dy, sum_dz, sum_dz_xhat, ds, grid, block);
+  if (vec) launch_reduce_res<ACT, true>(st, d, k, x, dy, sum_dz, sum_dz_xhat, ds, dz, grid, block);
+  else launch_reduce_res<ACT, false>(st, d, k, x, dy, sum_dz, sum_dz_xhat, ds, dz, grid, block);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -398,13 +406,13 @@ void batchnorm_act_forward(cudaStream_t st, const BnShape& d, NormAct act, const
 
 void batchnorm_act_backward_reduce(cudaStream_t st, const BnShape& d, NormAct act,
                                    const BnApply& p, const float* x, const float* dy,
-                                   float* sum_dz, float* sum_dz_xhat, float* ds) {
+                                   float* sum_dz, float* sum_dz_xhat, float* ds, float* dz) {
   if (d.planes() <= 0) return;
   switch (act) {
-    case NormAct::ReLU: launch_reduce_act<math::bnact::kReLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
-    case NormAct::SiLU: launch_reduce_act<math::bnact::kSiLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
-    case NormAct::Gate: launch_reduce_act<math::bnact::kGate>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
-    default: launch_reduce_act<math::bnact::kNone>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds); break;
+    case NormAct::ReLU: launch_reduce_act<math::bnact::kReLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
+    case NormAct::SiLU: launch_reduce_act<math::bnact::kSiLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
+    case NormAct::Gate: launch_reduce_act<math::bnact::kGate>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
+    default: launch_reduce_act<math::bnact::kNone>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
   }
 }
 

@@ -135,7 +135,7 @@ Tensor batchnorm_act_forward(const Tensor& x, const Tensor& weight, const Tensor
 BnReduce batchnorm_act_backward_reduce(const Tensor& x, const Tensor& dy, const Tensor& weight,
                                        const Tensor& bias, const Tensor& mean,
                                        const Tensor& invstd, NormAct act, const Tensor& s,
-                                       const Tensor& residual) {
+                                       const Tensor& residual, bool want_dz) {
   const char* what = "batchNorm2d backward";
   const BnShape d = bn_shape(x, what);
   check_common(x, d, weight, bias, mean, invstd, what);
@@ -147,10 +147,12 @@ BnReduce batchnorm_act_backward_reduce(const Tensor& x, const Tensor& dy, const 
   r.sum_dz = Tensor({d.N, d.C}, x.device());
   r.sum_dz_xhat = Tensor({d.N, d.C}, x.device());
   if (act == NormAct::Gate) r.ds = Tensor({d.N, d.C}, x.device());
+  if (want_dz) r.dz = Tensor(x.shape(), x.device());
   if (d.planes() > 0)
     AS_DISPATCH(x.device(), batchnorm_act_backward_reduce, d, act,
                 apply_params(weight, bias, mean, invstd, s, residual), x.data(), dy.data(),
-                r.sum_dz.data(), r.sum_dz_xhat.data(), r.ds.defined() ? r.ds.data() : nullptr);
+                r.sum_dz.data(), r.sum_dz_xhat.data(), r.ds.defined() ? r.ds.data() : nullptr,
+                want_dz ? r.dz.data() : nullptr);
   return r;
 }
 
@@ -194,7 +196,9 @@ BnApplyGrad batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, cons
   check_same_device(x, dy, what);
   check_shape(dy, x.shape(), "batchNorm2d backward: output gradient");
   if (dm.defined()) {
-    AS_CHECK(act == NormAct::Gate, Arg, what, ": the pooled gradient dm needs the gate");
+    AS_CHECK(act == NormAct::Gate || act == NormAct::None, Arg, what,
+             ": the pooled gradient dm needs the gate (or act None, with the gate's direct "
+             "gradient as dy)");
     check_planes(dm, x, d, what, "dm");
   }
   if (training) {

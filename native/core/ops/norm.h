@@ -70,11 +70,16 @@ Tensor batchnorm_act_forward(const Tensor& x, const Tensor& weight, const Tensor
 struct BnReduce {
   Tensor sum_dz, sum_dz_xhat;  // [N, C]: per plane sums of the activation's direct gradient
   Tensor ds;                   // [N, C] (gate only)
+  Tensor dz;                   // x's shape, when asked for: the direct gradient itself
 };
+// want_dz: also write the activation's direct input gradient dz_d per element, so that the
+// apply pass can take it as its incoming gradient with act None (dz = dz_d + dm / HW) instead
+// of evaluating the activation's gradient again: 4 more bytes written per element for one
+// sigmoid fewer, the better trade on a CPU for SiLU and the gate (the same bits either way).
 BnReduce batchnorm_act_backward_reduce(const Tensor& x, const Tensor& dy, const Tensor& weight,
                                        const Tensor& bias, const Tensor& mean,
                                        const Tensor& invstd, NormAct act, const Tensor& s,
-                                       const Tensor& residual = Tensor());
+                                       const Tensor& residual = Tensor(), bool want_dz = false);
 
 struct BnParamGrad { Tensor dweight, dbias; };  // [C]
 // dm ([N, C] or [N, 1, C], the gradient of `pooled`) and plane_xhat are given together or not
@@ -87,7 +92,8 @@ BnParamGrad batchnorm_backward_params(const Tensor& sum_dz, const Tensor& sum_dz
 // statistics formula with dweight = sum(dz xhat), dbias = sum(dz) (from
 // batchnorm_backward_params); eval: dx = dz * weight * invstd (dweight, dbias unused). With a
 // residual, also its gradient dresidual = dz (the activation's input gradient, pooled path
-// included).
+// included). dm (the gate's pooled path, dm / HW added to dz per plane) goes with the gate, or
+// with act None when dy is the gate's direct gradient from the reduce pass (want_dz).
 struct BnApplyGrad { Tensor dx, dresidual; };
 BnApplyGrad batchnorm_act_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& weight,
                                          const Tensor& bias, const Tensor& mean,
@@ -119,9 +125,10 @@ void batchnorm_stats_eval(const BnShape& d, const float* x, const float* weight,
                           const float* residual);
 void batchnorm_act_forward(const BnShape& d, NormAct act, const BnApply& p, const float* x,
                            float* y);
+// dz (nullable): the direct gradient per element.
 void batchnorm_act_backward_reduce(const BnShape& d, NormAct act, const BnApply& p,
                                    const float* x, const float* dy, float* sum_dz,
-                                   float* sum_dz_xhat, float* ds);
+                                   float* sum_dz_xhat, float* ds, float* dz);
 void batchnorm_backward_params(const BnShape& d, const float* sum_dz, const float* sum_dz_xhat,
                                const float* dm, const float* plane_xhat, float* dweight,
                                float* dbias);
@@ -145,7 +152,7 @@ void batchnorm_act_forward(cudaStream_t st, const BnShape& d, NormAct act, const
                            const float* x, float* y);
 void batchnorm_act_backward_reduce(cudaStream_t st, const BnShape& d, NormAct act,
                                    const BnApply& p, const float* x, const float* dy,
-                                   float* sum_dz, float* sum_dz_xhat, float* ds);
+                                   float* sum_dz, float* sum_dz_xhat, float* ds, float* dz);
 void batchnorm_backward_params(cudaStream_t st, const BnShape& d, const float* sum_dz,
                                const float* sum_dz_xhat, const float* dm, const float* plane_xhat,
                                float* dweight, float* dbias);
