@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as as from '../lib';
-import { relu, silu } from '../lib/ops/activation';
+import { gelu, relu, silu } from '../lib/ops/activation';
 import { batchNorm2d, batchNormAct, BatchNormActName, batchNormAdaShiftMA } from '../lib/ops/norm';
 import { add } from '../lib/ops/elementwise';
 import { native } from '../lib/native';
@@ -129,7 +129,7 @@ describe('BatchNorm + activation, separate and fused, against PyTorch fixtures',
         y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, ...(mod ? { context: contextOf(mod) } : {}) });
       } else {
         const z = batchNorm2d(x, w, b, rm, rv, opts);
-        y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : (mod!.forward(z) as as.Tensor);
+        y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : act === 'gelu' ? gelu(z) : act === 'gelu-tanh' ? gelu(z, { approximate: 'tanh' }) : (mod!.forward(z) as as.Tensor);
       }
       y.backward(f.dy);
       const rs = [
@@ -190,7 +190,7 @@ function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: numb
     } else {
       const bnOut = batchNorm2d(x, w, b, rm, rv, opts);
       const z = r ? add(bnOut, r) : bnOut;
-      y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : (mod!.forward(z) as as.Tensor);
+      y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : act === 'gelu' ? gelu(z) : act === 'gelu-tanh' ? gelu(z, { approximate: 'tanh' }) : (mod!.forward(z) as as.Tensor);
     }
     y.backward(dy);
     const values: Record<string, Float32Array> = {
@@ -222,7 +222,7 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
   const PROJ_R = 1e-4, PROJ_A = 1e-5;
   // [act, shape, training, proj, residual]
   const combos: [BatchNormActName, number[], boolean, boolean, boolean][] = [];
-  for (const act of ['relu', 'silu', 'adashift-b'] as BatchNormActName[]) {
+  for (const act of ['relu', 'silu', 'gelu', 'gelu-tanh', 'adashift-b'] as BatchNormActName[]) {
     for (const training of [true, false]) {
       combos.push([act, [4, 6, 7, 7], training, false, false]);
       combos.push([act, [3, 5, 9, 12], training, false, false]);
@@ -245,8 +245,11 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
     if (proj) expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.proj.weight', 'grad.proj.bias']));
     const rs = Object.keys(a.values).map((k) => compareArrays(b.values[k], a.values[k], proj ? PROJ_R : TIGHT_R, proj ? PROJ_A : TIGHT_A, k));
     expect(failures(rs)).toEqual([]);
-    // ReLU and SiLU recompute exactly the separate ops' expressions
-    if (act !== 'adashift-b') for (const k of ['y', 'dweight', 'dbias', 'running_mean', 'running_var', ...(residual ? ['dresidual'] : [])]) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
+    // ReLU and SiLU recompute exactly the separate ops' expressions; GELU's forward too (its
+    // derivative's multiply-adds may be contracted differently inline: a few elements of dz
+    // differ in the last bit, within the tolerance above)
+    if (act === 'relu' || act === 'silu') for (const k of ['y', 'dweight', 'dbias', 'running_mean', 'running_var', ...(residual ? ['dresidual'] : [])]) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
+    if (act === 'gelu' || act === 'gelu-tanh') for (const k of ['y', 'running_mean', 'running_var']) expect(`${k} ${sameBits(b.values[k], a.values[k])}`).toBe(`${k} true`);
   });
 
   test('gradients for some inputs only (weight; only the context parameters) match the full run', () => {
@@ -321,7 +324,9 @@ describe('the backward apply pass from the reduce pass\'s direct gradient', () =
   // On the CPU, SiLU's and the gate's backward keep the reduce pass's dz_d and run the apply pass
   // with act none on it (dm added per plane) instead of recomputing the sigmoid: it must give
   // the recomputing pass's bits, and dz_d must be the activation's input gradient (the apply
-  // pass's dresidual without dm).
+  // pass's dresidual without dm). (GELU's backward runs the same way; its derivative's
+  // multiply-adds may be contracted differently in the two loops, so there the two agree to
+  // rounding: tested against the separate ops.)
   test.each([
     ['silu', NormActKind.silu, false, false],
     ['silu +residual', NormActKind.silu, true, false],
@@ -648,9 +653,11 @@ describe('errors', () => {
       expect(e.code).toBe('ERR_ARG');
       e = code(() => batchNorm2d(x, p.weight, p.bias, null, null, { training: true, eps: -1 }));
       expect(e.code).toBe('ERR_ARG');
-      e = code(() => batchNormAct(x, p, 'gelu' as BatchNormActName, { training: true }));
+      e = code(() => batchNormAct(x, p, 'mish' as BatchNormActName, { training: true }));
       expect(e.code).toBe('ERR_ARG');
-      expect(e.message).toMatch(/act must be 'relu', 'silu' or 'adashift-b', got 'gelu'/);
+      expect(e.message).toMatch(/act must be 'relu', 'silu', 'gelu', 'gelu-tanh' or 'adashift-b', got 'mish'/);
+      e = code(() => batchNormAct(x, p, 'toString' as BatchNormActName, { training: true }));
+      expect(e.code).toBe('ERR_ARG');
       e = code(() => batchNormAct(x, p, 'adashift-b', { training: true }));
       expect(e.code).toBe('ERR_ARG');
       expect(e.message).toMatch(/needs options.context/);

@@ -4,8 +4,8 @@ import type { NativeTensor as T } from '../native';
 
 type OptT = T | null;
 
-/** Activation fused after BatchNorm: 0 none, 1 ReLU, 2 SiLU, 3 the AdaShift-B gate. */
-export const NormActKind = { none: 0, relu: 1, silu: 2, gate: 3 } as const;
+/** Activation fused after BatchNorm: 0 none, 1 ReLU, 2 SiLU, 3 the AdaShift-B gate, 4 GELU (erf), 5 GELU (tanh approximation). */
+export const NormActKind = { none: 0, relu: 1, silu: 2, gate: 3, gelu: 4, geluTanh: 5 } as const;
 
 export interface NormBinding {
   /**

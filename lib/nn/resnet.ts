@@ -9,7 +9,7 @@ import { flatten } from '../ops/elementwise';
 import { globalAvgPool, maxPool2d } from '../ops/pool';
 import { full, Tensor } from '../tensor';
 import { noGrad } from '../autograd';
-import { activation, ActivationName, ActivationOptions, AdaShiftB, AdaShiftMA, Linear, ModuleOptions, ReLU, SiLU } from './activation';
+import { activation, ActivationName, ActivationOptions, AdaShiftB, AdaShiftMA, GELU, Linear, ModuleOptions, ReLU, SiLU } from './activation';
 import { BatchNorm2d, Conv2d } from './layers';
 import { Module, Sequential } from './module';
 
@@ -22,17 +22,18 @@ export interface BlockOptions extends ModuleOptions {
 
 /**
  * BN followed by an activation module, with the residual (a block's shortcut) added between
- * them when given: act(bn(x) + residual). In training, ReLU, SiLU and AdaShift-B run as one
- * fused op (BN statistics and the AdaShift pooled context from one pass over the input; the
+ * them when given: act(bn(x) + residual). In training, ReLU, SiLU, GELU and AdaShift-B run as
+ * one fused op (BN statistics and the AdaShift pooled context from one pass over the input; the
  * residual read in the same passes instead of a sum written and read back), and AdaShift-MA
  * reads BN's input itself (batchNormAdaShiftMA: BN's output is never written or kept for
- * backward); before GELU, and in eval, the residual joins BN's own pass. `fused: false` runs BN,
- * add and the activation as separate ops.
+ * backward); in eval the residual joins BN's own pass. `fused: false` runs BN, add and the
+ * activation as separate ops.
  */
 export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, residual: Tensor | null = null): Tensor {
   let kind: FusableAct | null = null;
   if (act instanceof ReLU) kind = 'relu';
   else if (act instanceof SiLU) kind = 'silu';
+  else if (act instanceof GELU) kind = act.approximate === 'tanh' ? 'gelu-tanh' : 'gelu';
   else if (act instanceof AdaShiftB) kind = 'adashift-b';
   if (!fused) {
     const z = bn.forward(x) as Tensor;

@@ -46,7 +46,7 @@ export interface BatchNormParams {
   runningVar?: Tensor | null;
 }
 
-export type BatchNormActName = 'relu' | 'silu' | 'adashift-b';
+export type BatchNormActName = 'relu' | 'silu' | 'gelu' | 'gelu-tanh' | 'adashift-b';
 /** The activations batchNormAct fuses (alias). */
 export type FusableAct = BatchNormActName;
 
@@ -82,8 +82,9 @@ export function batchNorm2d(
  * 'adashift-b' the BN statistics and the AdaShift pool come from one reduction pass.
  */
 export function batchNormAct(x: Tensor, bn: BatchNormParams, act: BatchNormActName, options: BatchNormActOptions = {}): Tensor {
-  const kind = act === 'relu' ? NormActKind.relu : act === 'silu' ? NormActKind.silu : act === 'adashift-b' ? NormActKind.gate : -1;
-  if (kind < 0) throw new AdaShiftError('ERR_ARG', `batchNormAct: act must be 'relu', 'silu' or 'adashift-b', got '${String(act)}'`);
+  const kinds: Record<string, number> = { relu: NormActKind.relu, silu: NormActKind.silu, gelu: NormActKind.gelu, 'gelu-tanh': NormActKind.geluTanh, 'adashift-b': NormActKind.gate };
+  const kind = typeof act === 'string' && Object.prototype.hasOwnProperty.call(kinds, act) ? kinds[act] : -1;
+  if (kind < 0) throw new AdaShiftError('ERR_ARG', `batchNormAct: act must be 'relu', 'silu', 'gelu', 'gelu-tanh' or 'adashift-b', got '${String(act)}'`);
   checkOptions('batchNormAct', options);
   return bnAct('batchNormAct', x, bn, kind, options);
 }
@@ -298,11 +299,12 @@ function bnBackward(
   const plain = act === NormActKind.none;
   if (plain && r && !x.requiresGrad && !w.requiresGrad && !b.requiresGrad) return [null, null, null, r.requiresGrad ? g : null];
   const rH = r && !plain ? r.handle : null;
-  // On the CPU, SiLU's and the gate's reduce pass also writes their direct gradient dz_d, and
-  // the apply pass takes it as its incoming gradient (act none, the pooled path's dm added per
-  // plane) instead of evaluating the sigmoid a third time: the same bits, one sigmoid fewer per
-  // element for 4 more bytes written. (On a GPU the recompute is the cheaper: no dz_d.)
-  const keepDz = x.device === 'cpu' && (act === NormActKind.silu || act === NormActKind.gate) && (x.requiresGrad || (r !== null && r.requiresGrad));
+  // On the CPU, the reduce pass of SiLU, GELU and the gate also writes their direct gradient
+  // dz_d, and the apply pass takes it as its incoming gradient (act none, the pooled path's dm
+  // added per plane) instead of evaluating the activation's derivative again: the same bits,
+  // one sigmoid (or erf) fewer per element for 4 more bytes written. (On a GPU the recompute is
+  // the cheaper: no dz_d.)
+  const keepDz = x.device === 'cpu' && act !== NormActKind.relu && !plain && (x.requiresGrad || (r !== null && r.requiresGrad));
   const [sumDz, sumDzX, dsH, dzH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, rH, keepDz);
   const dzDirect = dzH ? wrap(dzH) : null;
   let dm: Tensor | null = null;

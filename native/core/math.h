@@ -192,7 +192,7 @@ namespace math {
 
 // Activation fused after BatchNorm; the values match NormAct in ops/norm.h.
 namespace bnact {
-constexpr int kNone = 0, kReLU = 1, kSiLU = 2, kGate = 3;
+constexpr int kNone = 0, kReLU = 1, kSiLU = 2, kGate = 3, kGELU = 4, kGELUTanh = 5;
 }
 
 // BatchNorm's output z = (x - mean) * scale + bias, scale = invstd * weight (per channel).
@@ -204,6 +204,8 @@ AS_HD float bn_act(float z, float s) {
   if (ACT == bnact::kReLU) return relu(z);
   if (ACT == bnact::kSiLU) return silu(z);
   if (ACT == bnact::kGate) return gate(z, s);
+  if (ACT == bnact::kGELU) return gelu(z);
+  if (ACT == bnact::kGELUTanh) return gelu_tanh(z);
   return z;
 }
 
@@ -214,6 +216,8 @@ AS_HD GateGrad bn_act_grad(float z, float s, float dy) {
   if (ACT == bnact::kReLU) return GateGrad{relu_grad(z, dy), 0.0f};
   if (ACT == bnact::kSiLU) return GateGrad{silu_grad(z, dy), 0.0f};
   if (ACT == bnact::kGate) return gate_grad(z, s, dy);
+  if (ACT == bnact::kGELU) return GateGrad{gelu_grad(z, dy), 0.0f};
+  if (ACT == bnact::kGELUTanh) return GateGrad{gelu_tanh_grad(z, dy), 0.0f};
   return GateGrad{dy, 0.0f};
 }
 

@@ -26,7 +26,7 @@ Napi::Array wrap_opt(const CI& info, std::initializer_list<Tensor> ts) {
   return a;
 }
 
-NormAct norm_act(const Args& a, size_t i) { return NormAct(a.integer(i, "act", 0, 3)); }
+NormAct norm_act(const Args& a, size_t i) { return NormAct(a.integer(i, "act", 0, 5)); }
 
 // ---- BatchNorm ------------------------------------------------------------------------------
 // (x, weight|null, bias|null, runningMean|null, runningVar|null, training, momentum, eps, planes,

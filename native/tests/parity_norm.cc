@@ -190,7 +190,7 @@ void test_batchnorm() {
                                      {1, 1000, 2, 2},
                                      // more planes than blocks: a block takes a second plane
                                      {128, 64, 3, 3}, {32, 64, 32, 32}};
-  const char* act_names[] = {"none", "relu", "silu", "gate"};
+  const char* act_names[] = {"none", "relu", "silu", "gate", "gelu", "gelu-tanh"};
   for (const Shape& shape : shapes) {
     const int64_t N = shape[0], C = shape[1];
     // per-channel offsets up to 50 std: the variance must not cancel
@@ -230,7 +230,7 @@ void test_batchnorm() {
       floors[2] = px_floor;   // plane_xhat
       floors[12] = dx_floor;  // dx
       floors[15] = dx_floor;  // dx from the reduce pass's dz
-      for (int a = 0; a < 4; ++a)
+      for (int a = 0; a < 6; ++a)
         for (int with_r = 0; with_r < (with_res ? 2 : 1); ++with_r) {
           const NormAct act = NormAct(a);
           const bool gate = act == NormAct::Gate;

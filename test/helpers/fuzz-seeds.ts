@@ -807,14 +807,14 @@ const MUTATION_SPECS: MutSpec[] = [
       T('bias', { dims: [0] }),
       T('mean', { dims: [0] }),
       T('invstd', { dims: [0] }),
-      I('act', 0, 3, actMismatch(5)),
+      I('act', 0, 5, actMismatch(5)),
       T('s', { nullOk: (a) => a[5] !== 3, rank: 'append', dims: 'all' }),
       T('residual', { nullOk: true, dims: 'all' }),
     ],
     seed: (c) => {
       const p = c.prng;
       const [N, C, H, W] = bnDims(p, false);
-      const act = p.int(0, 3);
+      const act = p.int(0, 5);
       return [c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null,
         p.bool(0.4) ? c.rand([N, C, H, W]) : null];
     },
@@ -833,7 +833,7 @@ const MUTATION_SPECS: MutSpec[] = [
       T('bias', { dims: [0] }),
       T('mean', { dims: [0] }),
       T('invstd', { dims: [0] }),
-      I('act', 0, 3, actMismatch(6)),
+      I('act', 0, 5, actMismatch(6)),
       T('s', { nullOk: (a) => a[6] !== 3, rank: 'append', dims: 'all' }),
       T('residual', { nullOk: true, dims: 'all' }),
       B('writeDz'),
@@ -841,7 +841,7 @@ const MUTATION_SPECS: MutSpec[] = [
     seed: (c) => {
       const p = c.prng;
       const [N, C, H, W] = bnDims(p, false);
-      const act = p.int(0, 3);
+      const act = p.int(0, 5);
       return [c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2), act, act === 3 ? planesOf(c, N, C) : null,
         p.bool(0.4) ? c.rand([N, C, H, W]) : null, p.bool()];
     },
@@ -879,7 +879,7 @@ const MUTATION_SPECS: MutSpec[] = [
       T('bias', { dims: [0] }),
       T('mean', { dims: [0] }),
       T('invstd', { dims: [0] }),
-      I('act', 0, 3, actMismatch(6)),
+      I('act', 0, 5, actMismatch(6)),
       T('s', { nullOk: (a) => a[6] !== 3, rank: 'append', dims: 'all' }),
       T('dm', { nullOk: true, rank: 'append', dims: 'all' }),
       T('dweight', { nullOk: (a) => !a[11], rank: (a) => !!a[11], dims: (a) => (a[11] ? [0] : []) }),
@@ -890,7 +890,7 @@ const MUTATION_SPECS: MutSpec[] = [
     seed: (c) => {
       const p = c.prng;
       const [N, C, H, W] = bnDims(p, false);
-      const act = p.int(0, 3), training = p.bool();
+      const act = p.int(0, 5), training = p.bool();
       const sums = training || p.bool(0.3);
       return [
         c.rand([N, C, H, W]), c.rand([N, C, H, W]), c.rand([C]), c.rand([C]), c.rand([C]), c.rand([C], 0.5, 2),

@@ -25,6 +25,8 @@ namespace {
 
 constexpr int64_t kChunk = 4096;
 using math::bnact::kGate;
+using math::bnact::kGELU;
+using math::bnact::kGELUTanh;
 using math::bnact::kNone;
 using math::bnact::kReLU;
 using math::bnact::kSiLU;
@@ -202,6 +204,8 @@ AS_BN_LOOPS(none, kNone)
 AS_BN_LOOPS(relu, kReLU)
 AS_BN_LOOPS(silu, kSiLU)
 AS_BN_LOOPS(gate, kGate)
+AS_BN_LOOPS(gelu, kGELU)
+AS_BN_LOOPS(gelu_tanh, kGELUTanh)
 #undef AS_BN_LOOPS
 
 using FwdFn = void (*)(const BnShape&, const BnApply&, const float*, float*, int64_t, int64_t);
@@ -215,6 +219,8 @@ FwdFn fwd_fn(NormAct a) {
     case NormAct::ReLU: return fwd_relu;
     case NormAct::SiLU: return fwd_silu;
     case NormAct::Gate: return fwd_gate;
+    case NormAct::GELU: return fwd_gelu;
+    case NormAct::GELUTanh: return fwd_gelu_tanh;
     default: return fwd_none;
   }
 }
@@ -223,6 +229,8 @@ RedFn red_fn(NormAct a) {
     case NormAct::ReLU: return red_relu;
     case NormAct::SiLU: return red_silu;
     case NormAct::Gate: return red_gate;
+    case NormAct::GELU: return red_gelu;
+    case NormAct::GELUTanh: return red_gelu_tanh;
     default: return red_none;
   }
 }
@@ -231,6 +239,8 @@ AppFn app_fn(NormAct a) {
     case NormAct::ReLU: return app_relu;
     case NormAct::SiLU: return app_silu;
     case NormAct::Gate: return app_gate;
+    case NormAct::GELU: return app_gelu;
+    case NormAct::GELUTanh: return app_gelu_tanh;
     default: return app_none;
   }
 }

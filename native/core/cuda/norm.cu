@@ -332,6 +332,8 @@ void launch_ew(cudaStream_t st, const BnShape& d, NormAct act, const BnApply& k,
     case NormAct::ReLU: launch_ew_act<math::bnact::kReLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
     case NormAct::SiLU: launch_ew_act<math::bnact::kSiLU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
     case NormAct::Gate: launch_ew_act<math::bnact::kGate, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
+    case NormAct::GELU: launch_ew_act<math::bnact::kGELU, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
+    case NormAct::GELUTanh: launch_ew_act<math::bnact::kGELUTanh, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
     default: launch_ew_act<math::bnact::kNone, BWD>(st, d, k, x, dy, dm, dweight, dbias, out, dr); break;
   }
 }
@@ -412,6 +414,8 @@ void batchnorm_act_backward_reduce(cudaStream_t st, const BnShape& d, NormAct ac
     case NormAct::ReLU: launch_reduce_act<math::bnact::kReLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
     case NormAct::SiLU: launch_reduce_act<math::bnact::kSiLU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
     case NormAct::Gate: launch_reduce_act<math::bnact::kGate>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
+    case NormAct::GELU: launch_reduce_act<math::bnact::kGELU>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
+    case NormAct::GELUTanh: launch_reduce_act<math::bnact::kGELUTanh>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
     default: launch_reduce_act<math::bnact::kNone>(st, d, p, x, dy, sum_dz, sum_dz_xhat, ds, dz); break;
   }
 }

@@ -34,7 +34,7 @@ void check_planes(const Tensor& t, const Tensor& x, const BnShape& d, const char
 
 void check_act(NormAct act, const Tensor& s, const Tensor& x, const BnShape& d, const char* what) {
   const int a = int(act);
-  AS_CHECK(a >= 0 && a <= 3, Arg, what, ": unknown activation kind ", a);
+  AS_CHECK(a >= 0 && a <= 5, Arg, what, ": unknown activation kind ", a);
   if (act == NormAct::Gate)
     check_planes(s, x, d, what, "shift s");
   else

@@ -1,8 +1,9 @@
 // BatchNorm2d over x [N, C, H, W] (training with batch statistics and a running-stats update;
 // eval with the running statistics), optionally fused with the activation that follows it:
-// ReLU, SiLU, or the AdaShift-B gate z * sigmoid(z + s[n, c]); optionally with a residual r of
-// x's shape added between the two (a ResNet block's shortcut): y = act(bn(x) + r), which
-// saves the passes that would write bn(x), add r to it and read the sum back.
+// ReLU, SiLU, GELU (erf or tanh form), or the AdaShift-B gate z * sigmoid(z + s[n, c]);
+// optionally with a residual r of x's shape added between the two (a ResNet block's
+// shortcut): y = act(bn(x) + r), which saves the passes that would write bn(x), add r to it
+// and read the sum back.
 //
 // The op is a few passes, each a plain kernel; the TypeScript layer strings them together
 // (lib/ops/norm.ts) and runs the AdaShift context network between them.
@@ -40,7 +41,7 @@
 namespace adashift {
 
 // Values match math::bnact.
-enum class NormAct : int { None = 0, ReLU = 1, SiLU = 2, Gate = 3 };
+enum class NormAct : int { None = 0, ReLU = 1, SiLU = 2, Gate = 3, GELU = 4, GELUTanh = 5 };
 
 struct BnShape {
   int64_t N, C, HW;
