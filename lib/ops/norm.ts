@@ -301,9 +301,10 @@ function bnBackward(
   const rH = r && !plain ? r.handle : null;
   // On the CPU, the reduce pass of SiLU, GELU and the gate also writes their direct gradient
   // dz_d, and the apply pass takes it as its incoming gradient (act none, the pooled path's dm
-  // added per plane) instead of evaluating the activation's derivative again: the same bits,
-  // one sigmoid (or erf) fewer per element for 4 more bytes written. (On a GPU the recompute is
-  // the cheaper: no dz_d.)
+  // added per plane) instead of evaluating the activation's derivative again: one sigmoid (or
+  // erf) fewer per element for 4 more bytes written; the same bits for SiLU and the gate, for
+  // GELU to the rounding of its derivative's contracted multiply-adds. (On a GPU the recompute
+  // is the cheaper: no dz_d.)
   const keepDz = x.device === 'cpu' && act !== NormActKind.relu && !plain && (x.requiresGrad || (r !== null && r.requiresGrad));
   const [sumDz, sumDzX, dsH, dzH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, rH, keepDz);
   const dzDirect = dzH ? wrap(dzH) : null;
