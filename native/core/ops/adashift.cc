@@ -259,18 +259,11 @@ static Tensor ma_merge(const Tensor& z, int64_t N, int64_t T, int64_t G, int64_t
   return Tensor::view(permute(Tensor::view(z, {N, G, T, d}), {0, 2, 1, 3}), {N, T, G * d});
 }
 
-// Checks a BatchNorm input against x and packs its pointers for the CPU kernels.
-static BnApply check_ma_bn(const Tensor& x, const MABatchNormInput& bn, int64_t C) {
-  check_ma_vec(x, bn.mean, C, "AdaShift-MA BatchNorm mean");
-  check_ma_vec(x, bn.invstd, C, "AdaShift-MA BatchNorm invstd");
-  check_ma_vec(x, bn.weight, C, "AdaShift-MA BatchNorm weight");
-  check_ma_vec(x, bn.bias, C, "AdaShift-MA BatchNorm bias");
-  if (bn.residual.defined()) {
-    check_same_device(x, bn.residual, "AdaShift-MA residual");
-    check_shape(bn.residual, x.shape(), "AdaShift-MA residual");
-  }
-  return BnApply{bn.mean.data(), bn.invstd.data(), bn.weight.data(), bn.bias.data(), nullptr,
-                 bn.residual.defined() ? bn.residual.data() : nullptr};
+// Checks a BatchNorm input against x (BatchNorm's own checks) and packs its pointers for the CPU
+// kernels.
+static BnApply check_ma_bn(const Tensor& x, const MABatchNormInput& bn) {
+  return batchnorm_apply_params(x, bn.weight, bn.bias, bn.mean, bn.invstd, bn.residual,
+                                "AdaShift-MA BatchNorm input");
 }
 
 // bn(x) + r as BatchNorm's forward pass writes it (the CUDA path's input to the MA op).
@@ -286,7 +279,7 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
   const Device dev = x.device();
   BnApply bk{};
   if (bn.defined()) {
-    bk = check_ma_bn(x, bn, C);
+    bk = check_ma_bn(x, bn);
     if (!dev.is_cpu() && x.numel() > 0) return adashift_ma_forward(ma_bn_input(x, bn), p);
   }
   AdaShiftMAForward r;
@@ -330,7 +323,7 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
   RegionGrid g = check_adashift_ma(x, p);
   BnApply bk{};
   if (bn.defined()) {
-    bk = check_ma_bn(x, bn, g.C);
+    bk = check_ma_bn(x, bn);
     need_dx = true;
     if (!x.device().is_cpu() && x.numel() > 0) {
       check_same_device(x, dy, "AdaShift-MA backward");

@@ -65,6 +65,18 @@ void check_common(const Tensor& x, const BnShape& d, const Tensor& weight, const
 
 }  // namespace
 
+BnApply batchnorm_apply_params(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                               const Tensor& mean, const Tensor& invstd, const Tensor& residual,
+                               const char* what) {
+  // Not bn_shape: the caller's op takes empty inputs (H or W = 0), which have nothing to apply.
+  AS_CHECK(x.dim() == 4, Shape, what, ": expected an input of shape [N, C, H, W], got ",
+           shape_str(x.shape()));
+  const BnShape d{x.size(0), x.size(1), x.size(2) * x.size(3)};
+  check_common(x, d, weight, bias, mean, invstd, what);
+  check_residual(residual, x, what);
+  return apply_params(weight, bias, mean, invstd, Tensor(), residual);
+}
+
 BnStats batchnorm_stats(const Tensor& x, const Tensor& weight, const Tensor& bias,
                         const Tensor& running_mean, const Tensor& running_var, bool training,
                         float momentum, float eps, bool planes, const Tensor& residual) {

@@ -113,6 +113,13 @@ struct BnApply {
   const float* r;       // [N*C*HW] or nullptr: the residual added before the activation
 };
 
+// BatchNorm's per-channel tensors (and the residual) checked against x as the passes above check
+// them, packed for a kernel that applies bn(x) + r itself (s unused): the AdaShift-MA op with a
+// BatchNorm input.
+BnApply batchnorm_apply_params(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                               const Tensor& mean, const Tensor& invstd, const Tensor& residual,
+                               const char* what);
+
 namespace cpu {
 // plane_xhat and pooled may be null (not wanted). running_* may be null.
 // residual (nullable, with plane_xhat only): its plane means join pooled.
