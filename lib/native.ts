@@ -96,21 +96,22 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   /** [dx | null, dProjW | null, dProjB | null, dNormW, dNormB] */
   adashiftBBackward(x: T, dy: T, t: T, u: T, s: T, mean: T, rstd: T, projW: OptT, normW: T, needDx: boolean): [OptT, OptT, OptT, T, T];
   /**
-   * AdaShift-MA in one op: [y, t, attn, o, z, s] (t, o, z, s: [N, T, C]; attn: [N, heads, T, T];
-   * z is o itself when rectLinearWeight is null). With a BatchNorm input (bnMean ... bnBias from
+   * AdaShift-MA in one op: [y, t, attn, o, z, s, stats] (t, o, z, s: [N, T, C]; attn: [N, heads,
+   * T, T]; z is o itself when rectLinearWeight is null; stats [N, 4, T]: the CPU's LayerNorm
+   * statistics, null on CUDA). With a BatchNorm input (bnMean ... bnBias from
    * batchNormStats, residual optional) the op's input is bn(x) + residual, never stored.
    */
   adashiftMAForward(
     x: T, grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
     bnMean?: OptT, bnInvstd?: OptT, bnWeight?: OptT, bnBias?: OptT, residual?: OptT,
-  ): [T, T, T, T, T, T];
+  ): [T, T, T, T, T, T, OptT];
   /**
    * [dx | null, dqW, dqB, dkW, dkB, dvW, dvB, dRectLinearW | null, dRectW, dRectB, sumDz | null,
    * sumDzXhat | null]; with a BatchNorm input dx is dz (the gradient of bn(x) + residual) and
    * sumDz / sumDzXhat [N, C] its per-plane sums, as batchNormActBackwardReduce gives them.
    */
   adashiftMABackward(
-    x: T, dy: T, t: T, attn: T, o: T, z: T, s: T,
+    x: T, dy: T, t: T, attn: T, o: T, z: T, s: T, stats: OptT,
     grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
     needDx: boolean,
     bnMean?: OptT, bnInvstd?: OptT, bnWeight?: OptT, bnBias?: OptT, residual?: OptT,

@@ -7,7 +7,7 @@
 //           dt / |cell|): 20 bytes per element. The gate is recomputed, never stored.
 import { isGradEnabled, isRetainingGraph, needsGrad, record, releaseGraph } from '../autograd';
 import { check } from '../errors';
-import { native } from '../native';
+import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, shapeStr, wrap } from './util';
 
@@ -195,6 +195,19 @@ export function adashiftMAArgs(p: AdaShiftMAParams, who: string) {
 }
 
 /**
+ * The tensors adashiftMAForward keeps for backward (its results after y), wrapped: t, attn, o, z
+ * (o's storage again for the 'norm' rect: a second handle, disposed like the others), s, and the
+ * CPU's LayerNorm statistics (null on CUDA). saved lists every one of them.
+ * @internal
+ */
+export function maSaved(hs: (NativeTensor | null)[]) {
+  const [t, attn, o, z, s] = hs.slice(1, 6).map((h) => wrap(h as NativeTensor));
+  const stats = hs[6] ? wrap(hs[6]) : null;
+  const saved = stats ? [t, attn, o, z, s, stats] : [t, attn, o, z, s];
+  return { saved, t, attn, o, z, s, stats };
+}
+
+/**
  * AdaShift-MA as one op: y = x * sigmoid(x + rect(attention(LN_q t, LN_k t, LN_v t))) over the
  * region tokens t = regionPool(x, grid). The CPU runs it sample by sample (see
  * native/core/ops/adashift.h); the result equals adashift(x, grid, context) with the same
@@ -203,11 +216,9 @@ export function adashiftMAArgs(p: AdaShiftMAParams, who: string) {
 export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
   assertTensor(x, 'adashiftMA', 'x');
   const { args, params } = adashiftMAArgs(p, 'adashiftMA');
-  const [yH, tH, attnH, oH, zH, sH] = native.adashiftMAForward(x.handle, ...args);
-  const y = wrap(yH);
-  // z shares o's storage for the 'norm' rect (a second handle, disposed like the others).
-  const saved = [tH, attnH, oH, zH, sH].map(wrap);
-  const [t, attn, o, z, s] = saved;
+  const hs = native.adashiftMAForward(x.handle, ...args);
+  const y = wrap(hs[0]);
+  const { saved, t, attn, o, z, s, stats } = maSaved(hs);
   const inputs = [x, ...params];
   if (!needsGrad(...inputs)) {
     for (const u of saved) u.dispose();
@@ -218,7 +229,7 @@ export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
     'adashiftMA',
     inputs,
     (dy) => {
-      const hs = native.adashiftMABackward(x.handle, dy.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, ...args, x.requiresGrad);
+      const hs = native.adashiftMABackward(x.handle, dy.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, stats?.handle ?? null, ...args, x.requiresGrad);
       // dx and the parameters' gradients (the last two entries come with a BatchNorm input only)
       const grads = hs.slice(0, inputs.length).map((h) => (h ? wrap(h) : null));
       return grads.map((g, i) => {

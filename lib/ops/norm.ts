@@ -21,7 +21,7 @@ import { AdaShiftError, check } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, sameShape, shapeStr, wrap } from './util';
-import { adashiftMAArgs, AdaShiftMAParams } from './adashift';
+import { adashiftMAArgs, AdaShiftMAParams, maSaved } from './adashift';
 
 export interface BatchNormOptions {
   /** Batch statistics (and a running-stats update) when true; running statistics when false. Default false, as F.batch_norm. */
@@ -123,7 +123,7 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
   const [meanH, invstdH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, false, null);
   const mean = wrap(meanH), invstd = wrap(invstdH);
   const bnArgs = [mean.handle, invstd.handle, w.handle, b.handle, r ? r.handle : null] as const;
-  let hs: NativeTensor[];
+  let hs: (NativeTensor | null)[];
   try {
     hs = native.adashiftMAForward(x.handle, ...args, ...bnArgs);
   } catch (e) {
@@ -131,20 +131,19 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
     invstd.dispose();
     throw e;
   }
-  const y = wrap(hs[0]);
-  const saved = hs.slice(1).map(wrap);
+  const y = wrap(hs[0] as NativeTensor);
+  const { saved, t, attn, o, z, s, stats } = maSaved(hs);
   const inputs = [x, w, b, r, ...params];
   if (!needsGrad(...inputs)) {
-    for (const t of [mean, invstd, ...saved]) t.dispose();
+    for (const u of [mean, invstd, ...saved]) u.dispose();
     return y;
   }
-  const [t, attn, o, z, s] = saved;
   return record(
     y,
     name,
     inputs,
     (g) => {
-      const out = native.adashiftMABackward(x.handle, g.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, ...args, true, ...bnArgs);
+      const out = native.adashiftMABackward(x.handle, g.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, stats?.handle ?? null, ...args, true, ...bnArgs);
       const dz = wrap(out[0] as NativeTensor);
       const sumDz = out[10] as NativeTensor, sumDzX = out[11] as NativeTensor;
       const maGrads = out.slice(1, 10).map((h, i) => {

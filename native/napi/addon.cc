@@ -19,7 +19,7 @@ Napi::Value wrap(const Napi::CallbackInfo& info, Tensor t) { return TensorHandle
 Napi::Array wrap_all(const Napi::CallbackInfo& info, std::initializer_list<Tensor> ts) {
   Napi::Array a = Napi::Array::New(info.Env(), ts.size());
   uint32_t i = 0;
-  for (const Tensor& t : ts) a.Set(i++, TensorHandle::Wrap(info.Env(), t));
+  for (const Tensor& t : ts) a.Set(i++, t.defined() ? TensorHandle::Wrap(info.Env(), t) : info.Env().Null());
   return a;
 }
 
@@ -304,21 +304,23 @@ static MABatchNormInput ma_bn_input(const Args& a, size_t i) {
   return bn;
 }
 
-// (x, ...MA params (12), [bnMean, bnInvstd, bnWeight, bnBias, residual | null]) -> [y, t, attn, o, z, s]
+// (x, ...MA params (12), [bnMean, bnInvstd, bnWeight, bnBias, residual | null]) ->
+// [y, t, attn, o, z, s, stats (null on CUDA)]
 Napi::Value AdaShiftMAForwardJs(const CI& info) {
   Args a{info, "adashiftMAForward"};
   AdaShiftMAForward o = adashift_ma_forward(a.tensor(0, "x"), ma_params(a, 1), ma_bn_input(a, 13));
-  return wrap_all(info, {o.y, o.saved.t, o.saved.attn, o.saved.o, o.saved.z, o.saved.s});
+  return wrap_all(info, {o.y, o.saved.t, o.saved.attn, o.saved.o, o.saved.z, o.saved.s, o.saved.stats});
 }
 
-// (x, dy, t, attn, o, z, s, ...MA params (12), needDx, [BatchNorm input as above]) ->
+// (x, dy, t, attn, o, z, s, stats | null, ...MA params (12), needDx, [BatchNorm input as above]) ->
 // [dx (dz with a BatchNorm input), dq.w, dq.b, dk.w, dk.b, dv.w, dv.b, dlin.w, drect.w, drect.b,
 //  sumDz, sumDzXhat] (null where not computed)
 Napi::Value AdaShiftMABackwardJs(const CI& info) {
   Args a{info, "adashiftMABackward"};
-  AdaShiftMASaved sv{a.tensor(2, "t"), a.tensor(3, "attn"), a.tensor(4, "o"), a.tensor(5, "z"), a.tensor(6, "s")};
-  AdaShiftMAGrad g = adashift_ma_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, ma_params(a, 7),
-                                          a.boolean(19, "needDx"), ma_bn_input(a, 20));
+  AdaShiftMASaved sv{a.tensor(2, "t"), a.tensor(3, "attn"), a.tensor(4, "o"), a.tensor(5, "z"), a.tensor(6, "s"),
+                     a.optional_tensor(7, "stats")};
+  AdaShiftMAGrad g = adashift_ma_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, ma_params(a, 8),
+                                          a.boolean(20, "needDx"), ma_bn_input(a, 21));
   Napi::Env env = info.Env();
   Napi::Array out = Napi::Array::New(env, 12);
   uint32_t i = 0;

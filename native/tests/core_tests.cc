@@ -33,6 +33,7 @@
 #include "core/ops/elementwise.h"
 #include "core/tensor.h"
 #include "core/threadpool.h"
+#include "ma_params.h"
 
 using namespace adashift;
 using Shape = std::vector<int64_t>;
@@ -1444,6 +1445,39 @@ TEST(errors_adashift) {
   EXPECT_ERROR(Shape, gate_backward_apply(x, dy, U({1, 49, 3}, 0, 1), Tensor(), 7));
   EXPECT_ERROR(Shape, gate_backward_apply(x, dy, s, U({2, 49, 2}, 0, 1), 7));
   EXPECT_ERROR(Shape, gate_backward_apply(x, dy, s, U({2, 9, 3}, 0, 1), 7));
+}
+
+// The CPU's AdaShift-MA keeps its LayerNorm statistics for backward: they must be those of its
+// saved tokens t (q/k/v) and rect input z, as the reference LayerNorm computes them, and backward
+// refuses to run without them or with another layout.
+TEST(adashift_ma_saved_stats) {
+  for (bool lin : {false, true}) {
+    const int64_t N = 3, C = 6, H = 9, W = 11, grid = 4, heads = 2, T = 16;
+    AdaShiftMAParams p = random_ma_params(C, grid, heads, lin, G);
+    Tensor x = G({N, C, H, W}, 0.2f, 1.5f), dy = G({N, C, H, W}, 0.0f, 1.0f);
+    AdaShiftMAForward f = adashift_ma_forward(x, p);
+    CHECK(f.saved.stats.shape() == (Shape{N, 4, T}));
+    const Tensor* inputs[2] = {&f.saved.t, &f.saved.z};
+    for (int which = 0; which < 2; ++which) {
+      const Tensor& in = *inputs[which];
+      LNRef r = ln_ref(in.data(), p.rect_w.data(), p.rect_b.data(), in.data(), N * T, C, p.eps);
+      std::vector<float> mean, rstd;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < T; ++k) {
+          mean.push_back(f.saved.stats.data()[(n * 4 + 2 * which) * T + k]);
+          rstd.push_back(f.saved.stats.data()[(n * 4 + 2 * which + 1) * T + k]);
+        }
+      const std::string tag = cat(which ? "rect" : "q/k/v", lin ? " (linear rect)" : "");
+      CHECK_CLOSE_PTR(cat("saved mean ", tag), mean.data(), int64_t(mean.size()), r.mean, scal(1e-6), 1e-6);
+      CHECK_CLOSE_PTR(cat("saved rstd ", tag), rstd.data(), int64_t(rstd.size()), r.rstd, scal(0), 1e-5);
+    }
+    AdaShiftMASaved missing = f.saved;
+    missing.stats = Tensor();
+    EXPECT_ERROR(Arg, adashift_ma_backward(x, dy, missing, p, true));
+    AdaShiftMASaved other = f.saved;
+    other.stats = U({N, T, 4}, 0, 1);
+    EXPECT_ERROR(Shape, adashift_ma_backward(x, dy, other, p, true));
+  }
 }
 
 TEST(errors_dense) {

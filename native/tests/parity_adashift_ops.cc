@@ -26,6 +26,7 @@
 #include "parity_common.h"
 #include "core/ops/adashift.h"
 #include "core/ops/elementwise.h"
+#include "ma_params.h"
 
 namespace adashift {
 namespace parity_adashift_detail {
@@ -79,8 +80,9 @@ AdaShiftMAParams params_on(const AdaShiftMAParams& p, Device d) {
   return q;
 }
 AdaShiftMASaved saved_on(const AdaShiftMASaved& s, Device d) {
+  // No statistics: CUDA's backward recomputes them (the CPU's are not carried over).
   return AdaShiftMASaved{to_device(s.t, d), to_device(s.attn, d), to_device(s.o, d),
-                         to_device(s.z, d), to_device(s.s, d)};
+                         to_device(s.z, d), to_device(s.s, d), Tensor()};
 }
 
 void run_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t grid, int64_t heads, bool lin) {
@@ -88,15 +90,7 @@ void run_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t grid, int64_t 
   std::snprintf(name, sizeof name, "[%lld,%lld,%lld,%lld] P%lld G%lld %s", (long long)N,
                 (long long)C, (long long)H, (long long)W, (long long)grid, (long long)heads,
                 lin ? "linear" : "norm");
-  AdaShiftMAParams p;
-  p.grid = grid;
-  p.heads = heads;
-  p.eps = 1e-6f;
-  p.q_w = nrm({C}, 1.0f, 0.3f); p.q_b = nrm({C}, 0.0f, 0.3f);
-  p.k_w = nrm({C}, 1.0f, 0.3f); p.k_b = nrm({C}, 0.0f, 0.3f);
-  p.v_w = nrm({C}, 1.0f, 0.3f); p.v_b = nrm({C}, 0.0f, 0.3f);
-  if (lin) p.lin_w = nrm({C, C}, 0.0f, 0.3f);
-  p.rect_w = nrm({C}, 1.0f, 0.3f); p.rect_b = nrm({C}, 0.0f, 0.3f);
+  AdaShiftMAParams p = random_ma_params(C, grid, heads, lin, nrm);
   Tensor x = nrm({N, C, H, W}, 0.0f, 1.5f), dy = nrm({N, C, H, W}, 0.0f, 1.0f);
   AdaShiftMAParams pg = params_on(p, kGPU);
   Tensor xg = to_device(x, kGPU), dyg = to_device(dy, kGPU);

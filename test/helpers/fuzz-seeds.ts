@@ -597,7 +597,7 @@ const MUTATION_SPECS: MutSpec[] = [
     check: (r, a) => {
       const [N, C, H, W] = shp(a[0]);
       const T = Math.min(a[1] as number, H) * Math.min(a[1] as number, W), G = a[2] as number;
-      return expectList(r, [shp(a[0]), [N, T, C], [N, G, T, T], [N, T, C], [N, T, C], [N, T, C]]);
+      return expectList(r, [shp(a[0]), [N, T, C], [N, G, T, T], [N, T, C], [N, T, C], [N, T, C], [N, 4, T]]);
     },
   },
   {
@@ -610,6 +610,7 @@ const MUTATION_SPECS: MutSpec[] = [
       T('o', { dims: 'all' }),
       T('z', { dims: 'all' }),
       T('s', { dims: 'all' }),
+      T('stats', { dims: 'all' }),
       I('grid', 1, 1024),
       I('heads', 1, 2 ** 40),
       T('qWeight', { dims: [0] }),
@@ -623,20 +624,23 @@ const MUTATION_SPECS: MutSpec[] = [
       T('rectBias', { dims: [0] }),
       F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
       B('needDx'),
-      ...maBnParams(20),
+      ...maBnParams(21),
     ],
     seed: (c) => {
       const a = maSeed(c);
       const bn = maBnSeed(c, a[0]);
-      const [y, t, attn, o, z, s] = c.keep(c.native.adashiftMAForward(...([...a.slice(0, 13), ...bn] as Parameters<typeof c.native.adashiftMAForward>)));
+      const [y, t, attn, o, z, s, stats] = c.keep(c.native.adashiftMAForward(...([...a.slice(0, 13), ...bn] as Parameters<typeof c.native.adashiftMAForward>)));
       y.dispose();
-      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, ...a.slice(1, 13), c.prng.bool(), ...bn];
+      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, stats, ...a.slice(1, 13), c.prng.bool(), ...bn];
     },
-    semantic: [['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v))]],
+    semantic: [
+      ['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v))],
+      ['stats of the layout [N, T, 4]', (c, a) => a.map((v, i) => (i === 7 ? c.rand([shp(a[7])[0], shp(a[7])[2], shp(a[7])[1]]) : v))],
+    ],
     check: (r, a) => {
       const [N, C] = shp(a[0]);
-      const lin = a[15] != null, bn = a[20] != null;
-      return expectList(r, [a[19] || bn ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C], bn ? [N, C] : null, bn ? [N, C] : null]);
+      const lin = a[16] != null, bn = a[21] != null;
+      return expectList(r, [a[20] || bn ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C], bn ? [N, C] : null, bn ? [N, C] : null]);
     },
   },
   // ---- lib/bindings/conv.ts --------------------------------------------------------------------

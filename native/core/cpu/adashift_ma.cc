@@ -74,15 +74,11 @@ inline RegionGrid sample_grid(const RegionGrid& g) {
   return g1;
 }
 
-// q, k, v LayerNorm outputs for one sample's tokens ts [T, C]. The three LayerNorms share their
-// input, so its statistics (mean, rstd [T]) are computed once: from the same tokens held
-// channel-major in tcm when given (the pooled tokens of the forward pass: the sums then run
-// down the channels with the tokens in the vector lanes), else from ts; the normalised tokens
-// are written to xh when it is given (the backward's LayerNorms need them).
-inline void qkv_forward(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, const float* tcm,
-                        float* xh, float* q, float* k, float* v, float* mean, float* rstd) {
-  if (tcm) loops::col_moments(tcm, D.C, D.T, p.eps, mean, rstd);
-  else loops::normalize_rows(ts, p.eps, D.T, D.C, nullptr, mean, rstd);
+// q, k, v LayerNorm outputs for one sample's tokens ts [T, C] from their statistics (mean,
+// rstd [T]); the normalised tokens are written to xh when it is given (the backward's
+// LayerNorms need them).
+inline void qkv_from_stats(const Dims& D, const AdaShiftMAPtrs& p, const float* ts, const float* mean,
+                           const float* rstd, float* xh, float* q, float* k, float* v) {
   const float* w[3] = {p.q_w, p.k_w, p.v_w};
   const float* b[3] = {p.q_b, p.k_b, p.v_b};
   float* y[3] = {q, k, v};
@@ -107,7 +103,7 @@ inline const float* sample_input(const RegionGrid& g, const float* x, const BnAp
 
 void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p,
                          const BnApply* bn, float* y, float* t, float* attn, float* o, float* z,
-                         float* s) {
+                         float* s, float* stats) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   const RegionGrid g1 = sample_grid(g);
@@ -119,9 +115,13 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     float* q = scratch_ma(0, size_t(TC));
     float* k = scratch_ma(1, size_t(TC));
     float* v = scratch_ma(2, size_t(TC));
-    float* st = scratch_ma(4, size_t(4 * T));
+    // The three LayerNorms share their input, so its statistics are computed once, from the
+    // pooled tokens as they are (channel-major: the sums run down the channels with the tokens
+    // in the vector lanes); they and the rect's are kept for backward.
+    float* st = stats + n * 4 * T;
     float* rm = st + 2 * T;
-    qkv_forward(D, p, ts, pooled, nullptr, q, k, v, st, st + T);
+    loops::col_moments(pooled, C, T, p.eps, st, st + T);
+    qkv_from_stats(D, p, ts, st, st + T, nullptr, q, k, v);
     float* os = o + n * TC;
     for (int64_t h = 0; h < D.G; ++h) {
       float* A = attn + (n * D.G + h) * T * T;
@@ -167,7 +167,7 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
                           const AdaShiftMAPtrs& p, const BnApply* bn, const float* t,
                           const float* attn, const float* o, const float* z, const float* s,
-                          bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
+                          const float* stats, bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
                           float* sum_dz_xhat) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
@@ -189,7 +189,7 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     float* dk = scratch_ma(6, size_t(TC));
     float* dv = scratch_ma(7, size_t(TC));
     float* dS = scratch_ma(9, size_t(T * T));
-    float* st = scratch_ma(10, size_t(4 * T));
+    const float* st = stats + n * 4 * T;  // q/k/v mean, rstd; rect mean, rstd
     float* xh = scratch_ma(8, size_t(TC));
     float* dt = scratch_ma(11, size_t(TC));
     // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds.
@@ -199,17 +199,16 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     if (need_dx) gate_backward_grads(g1, xs, dys, cm, dxs, cm + TC);
     else gate_backward_reduce(g1, xs, dys, cm, cm + TC);
     loops::transpose(cm + TC, T, C, T, ds, C);
-    // rect: recompute the LayerNorm statistics, then its backward.
+    // rect's LayerNorm backward (its statistics saved by the forward)
     float* dzs = dz + n * TC;
-    loops::normalize_rows(zs, p.eps, T, C, nullptr, st + 2 * T, st + 3 * T);
     layernorm_backward(ds, zs, st + 2 * T, st + 3 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
     const float* dov = dzs;  // d o (dz itself for the 'norm' rect)
     if (p.lin_w) {
       mm(false, false, T, C, C, 1.0f, dzs, C, p.lin_w, C, dob, C);  // do = dz W
       dov = dob;
     }
-    // attention backward, head by head
-    qkv_forward(D, p, ts, nullptr, xh, q, k, v, st, st + T);
+    // attention backward, head by head, on q, k, v recomputed from the saved statistics
+    qkv_from_stats(D, p, ts, st, st + T, xh, q, k, v);
     for (int64_t h = 0; h < D.G; ++h) {
       const float* A = attn + (n * D.G + h) * T * T;
       const int64_t c0 = h * D.d;

@@ -293,10 +293,11 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
     r.saved.o = make({N, T, C});
     r.saved.z = p.lin_w.defined() ? make({N, T, C}) : r.saved.o;
     r.saved.s = make({N, T, C});
+    r.saved.stats = make({N, 4, T});
     if (!empty)
       cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr, r.y.data(),
                                r.saved.t.data(), r.saved.attn.data(), r.saved.o.data(),
-                               r.saved.z.data(), r.saved.s.data());
+                               r.saved.z.data(), r.saved.s.data(), r.saved.stats.data());
     return r;
   }
   // CUDA: the whole-tensor ops in sequence (each already checked against the CPU).
@@ -345,6 +346,12 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
   }
   check_same_device(x, sv.attn, "AdaShift-MA backward: saved attention");
   check_shape(sv.attn, {N, G, T, T}, "AdaShift-MA backward: saved attention");
+  if (x.device().is_cpu()) {
+    AS_CHECK(sv.stats.defined(), Arg,
+             "AdaShift-MA backward: the saved LayerNorm statistics (stats) are required on the CPU");
+    check_same_device(x, sv.stats, "AdaShift-MA backward: saved statistics");
+    check_shape(sv.stats, {N, 4, T}, "AdaShift-MA backward: saved statistics");
+  }
   const Device dev = x.device();
   AdaShiftMAGrad r;
   const bool lin = p.lin_w.defined();
@@ -370,7 +377,7 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
     }
     cpu::adashift_ma_backward(g, x.data(), dy.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr,
                               sv.t.data(), sv.attn.data(), sv.o.data(), sv.z.data(), sv.s.data(),
-                              need_dx, need_dx ? r.dx.data() : nullptr, dz.data(), prow.data(),
+                              sv.stats.data(), need_dx, need_dx ? r.dx.data() : nullptr, dz.data(), prow.data(),
                               bn.defined() ? r.sum_dz.data() : nullptr,
                               bn.defined() ? r.sum_dz_xhat.data() : nullptr);
     Tensor sums = sum_rows(prow, N);  // [8 C], samples added in a fixed order

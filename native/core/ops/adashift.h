@@ -73,8 +73,10 @@ AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaSh
 // sample while its x is in cache; backward: both gate gradients in one pass, rect/attention/
 // LayerNorm backward, the pooled gradient added to dx in cache). The q/k/v LayerNorms share their
 // input's statistics (computed once, and their three backwards run as one). On CUDA it is the
-// same sequence of whole-tensor ops (pool, layernorm, matmul, softmax, permute, gate). Both backends save the same tensors; backward recomputes the
-// (cheap, token-sized) LayerNorm outputs and statistics.
+// same sequence of whole-tensor ops (pool, layernorm, matmul, softmax, permute, gate). Both
+// backends save t, attn, o, z and s; backward recomputes the (cheap, token-sized) q/k/v
+// LayerNorm outputs. The CPU also keeps the LayerNorm statistics (stats), so its backward
+// does not recompute them; CUDA's recomputes them with the outputs.
 struct AdaShiftMAParams {
   int64_t grid, heads;
   Tensor q_w, q_b, k_w, k_b, v_w, v_b;
@@ -88,6 +90,9 @@ struct AdaShiftMASaved {
   Tensor o;     // [N, T, C] attention output (heads merged)
   Tensor z;     // [N, T, C] rect LayerNorm input (o itself for the 'norm' rect)
   Tensor s;     // [N, T, C] shift
+  // [N, 4, T] the CPU's LayerNorm statistics: mean and rstd of t (shared by q, k, v), mean and
+  // rstd of z (rect); undefined on CUDA.
+  Tensor stats;
 };
 struct AdaShiftMAForward {
   Tensor y;
@@ -138,7 +143,8 @@ struct AdaShiftMAPtrs {
 // invstd, weight, bias and r; its s unused).
 void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p,
                          const BnApply* bn, float* y, float* t, float* attn, float* o, float* z,
-                         float* s);
+                         float* s, float* stats);
+// stats: the forward's [N, 4, T] LayerNorm statistics (AdaShiftMASaved::stats).
 // Writes dx (when need_dx), dz [N, T, C] (the rect LayerNorm's input gradient) and per-sample
 // parameter gradient rows prow [N, 8, C]: q.w, q.b, k.w, k.b, v.w, v.b, rect.w, rect.b. With bn
 // (need_dx then true), dx is the gradient of bn(x) + r, and sum_dz / sum_dz_xhat [N, C] its
@@ -146,7 +152,7 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
                           const AdaShiftMAPtrs& p, const BnApply* bn, const float* t,
                           const float* attn, const float* o, const float* z, const float* s,
-                          bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
+                          const float* stats, bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
                           float* sum_dz_xhat);
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
