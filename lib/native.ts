@@ -95,6 +95,10 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   adashiftBForward(x: T, projW: OptT, projB: OptT, normW: T, normB: T, eps: number): [T, T, T, T, T, T];
   /** [dx | null, dProjW | null, dProjB | null, dNormW, dNormB] */
   adashiftBBackward(x: T, dy: T, t: T, u: T, s: T, mean: T, rstd: T, projW: OptT, normW: T, needDx: boolean): [OptT, OptT, OptT, T, T];
+  /** AdaShift-B's context network on pooled means m [N, 1, C]: [s, u, mean, rstd] (u is m itself without proj). */
+  adashiftBContextForward(m: T, projW: OptT, projB: OptT, normW: T, normB: T, eps: number): [T, T, T, T];
+  /** [dm | null, dProjW | null, dProjB | null, dNormW, dNormB] */
+  adashiftBContextBackward(ds: T, m: T, u: T, mean: T, rstd: T, projW: OptT, normW: T, needDm: boolean): [OptT, OptT, OptT, T, T];
   /**
    * AdaShift-MA in one op: [y, t, attn, o, z, s, stats] (t, o, z, s: [N, T, C]; attn: [N, heads,
    * T, T]; z is o itself when rectLinearWeight is null; stats [N, 4, T]: the CPU's LayerNorm

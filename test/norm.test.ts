@@ -53,6 +53,9 @@ function adashiftB(C: number, proj: boolean, f?: Record<string, as.Tensor>): as.
 }
 // AdaShift-B's context network, spelled out from the module's public parts.
 const contextOf = (m: as.nn.AdaShiftB) => (t: as.Tensor) => m.norm.forward(m.proj ? m.proj.forward(t) : t);
+// batchNormAct's options for AdaShift-B's shift: the module's parameters (run natively), or
+// its context network as a function of ops; none for the other activations.
+const shiftOf = (m: as.nn.AdaShiftB | null, asFunction = false) => (!m ? {} : asFunction ? { context: contextOf(m) } : { shift: m.opParams() });
 
 /**
  * The size of the terms BN's input gradient is made of, max |w invstd| * max |dy|: training's
@@ -115,7 +118,10 @@ describe('batchNorm2d against PyTorch fixtures', () => {
 
 describe('BatchNorm + activation, separate and fused, against PyTorch fixtures', () => {
   const bnact = cases.filter((c) => c.kind === 'bnact');
-  test.each(bnact.flatMap((c) => (['separate', 'fused'] as const).map((mode) => [`${c.name} ${mode}`, c, mode] as const)))('%s', (_n, c, mode) => {
+  // fused: AdaShift-B's context network from its parameters (options.shift, as the ResNets run
+  // it); fused-context: from a function of differentiable ops (options.context)
+  const modes = (c: (typeof bnact)[number]) => (c.options.act === 'adashift-b' ? (['separate', 'fused', 'fused-context'] as const) : (['separate', 'fused'] as const));
+  test.each(bnact.flatMap((c) => modes(c).map((mode) => [`${c.name} ${mode}`, c, mode] as const)))('%s', (_n, c, mode) => {
     const bad = as.tidy(() => {
       const f = as.io.loadSafetensors(path.join(dir, c.file)) as Record<string, as.Tensor>;
       const x = leaf(f.x), w = leaf(f.weight), b = leaf(f.bias);
@@ -125,8 +131,8 @@ describe('BatchNorm + activation, separate and fused, against PyTorch fixtures',
       const opts = { training: o.training, momentum: o.momentum, eps: o.eps };
       const mod = act === 'adashift-b' ? adashiftB(c.inputShape[1], Boolean(o.proj), f) : null;
       let y: as.Tensor;
-      if (mode === 'fused') {
-        y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, ...(mod ? { context: contextOf(mod) } : {}) });
+      if (mode !== 'separate') {
+        y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, ...shiftOf(mod, mode === 'fused-context') });
       } else {
         const z = batchNorm2d(x, w, b, rm, rv, opts);
         y = act === 'relu' ? relu(z) : act === 'silu' ? silu(z) : act === 'gelu' ? gelu(z) : act === 'gelu-tanh' ? gelu(z, { approximate: 'tanh' }) : (mod!.forward(z) as as.Tensor);
@@ -162,7 +168,7 @@ interface RunOut {
  * One forward + backward of BN + act on fixed random data; every output and gradient. With
  * `residual`, act(BN(x) + r) (separate: batchNorm2d, add, then the activation).
  */
-function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: number[], training: boolean, proj = false, seed = 7, residual = false): RunOut {
+function runBnAct(mode: 'separate' | 'fused' | 'fused-context', act: BatchNormActName, shape: number[], training: boolean, proj = false, seed = 7, residual = false): RunOut {
   return as.tidy(() => {
     as.manualSeed(seed);
     const C = shape[1];
@@ -185,8 +191,8 @@ function runBnAct(mode: 'separate' | 'fused', act: BatchNormActName, shape: numb
     }
     const opts = { training, momentum: 0.2, eps: 1e-5 };
     let y: as.Tensor;
-    if (mode === 'fused') {
-      y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, residual: r, ...(mod ? { context: contextOf(mod) } : {}) });
+    if (mode !== 'separate') {
+      y = batchNormAct(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, act, { ...opts, residual: r, ...shiftOf(mod, mode === 'fused-context') });
     } else {
       const bnOut = batchNorm2d(x, w, b, rm, rv, opts);
       const z = r ? add(bnOut, r) : bnOut;
@@ -239,6 +245,12 @@ describe('batchNormAct equals batchNorm2d followed by the activation', () => {
   test.each(combos.map((c) => [`${c[0]} ${c[1].join('x')} ${c[2] ? 'train' : 'eval'}${c[3] ? ' proj' : ''}${c[4] ? ' +residual' : ''}`, ...c] as const))('%s', (_n, act, shape, training, proj, residual) => {
     const a = runBnAct('separate', act, shape, training, proj, 7, residual);
     const b = runBnAct('fused', act, shape, training, proj, 7, residual);
+    if (act === 'adashift-b') {
+      // the context network as a function of ops gives the same bits as from the parameters
+      const c = runBnAct('fused-context', act, shape, training, proj, 7, residual);
+      expect(Object.keys(c.values).sort()).toEqual(Object.keys(b.values).sort());
+      for (const k of Object.keys(b.values)) expect(`${k} ${sameBits(c.values[k], b.values[k])}`).toBe(`${k} true`);
+    }
     if (residual) expect(Object.keys(a.values)).toContain('dresidual');
     expect(Object.keys(b.values).sort()).toEqual(Object.keys(a.values).sort());
     if (act === 'adashift-b') expect(Object.keys(a.values)).toEqual(expect.arrayContaining(['grad.norm.weight', 'grad.norm.bias']));
@@ -660,7 +672,28 @@ describe('errors', () => {
       expect(e.code).toBe('ERR_ARG');
       e = code(() => batchNormAct(x, p, 'adashift-b', { training: true }));
       expect(e.code).toBe('ERR_ARG');
-      expect(e.message).toMatch(/needs options.context/);
+      expect(e.message).toMatch(/needs either options.shift .* or options.context/);
+      const mod = new as.nn.AdaShiftB(3, { proj: true });
+      e = code(() => batchNormAct(x, p, 'adashift-b', { training: true, shift: mod.opParams(), context: (m) => m }));
+      expect(e.code).toBe('ERR_ARG');
+      expect(e.message).toMatch(/, not both/);
+      // AdaShift-B's parameters are checked before the statistics pass: a refused call leaves
+      // the running statistics as they were
+      const before = [arr(p.runningMean), arr(p.runningVar)];
+      const bad: [Partial<as.functional.AdaShiftBParams>, string, RegExp][] = [
+        [{ normWeight: as.ones([4]) }, 'ERR_SHAPE', /AdaShift-B parameter normWeight must have shape \[3\] for 3 channels, got \[4\]/],
+        [{ normBias: as.ones([1, 3]) }, 'ERR_SHAPE', /normBias must have shape \[3\]/],
+        [{ projWeight: as.ones([3, 2]) }, 'ERR_SHAPE', /projWeight must have shape \[3, 3\]/],
+        [{ projWeight: null }, 'ERR_ARG', /projBias without projWeight/],
+        [{ eps: 0 }, 'ERR_ARG', /AdaShift-B eps must be a positive number, got 0/],
+        [{ normWeight: 'w' as unknown as as.Tensor }, 'ERR_ARG', /normWeight/],
+      ];
+      for (const [change, errCode, msg] of bad) {
+        e = code(() => batchNormAct(x, p, 'adashift-b', { training: true, shift: { ...mod.opParams(), ...change } }));
+        expect(`${e.code} ${e.message}`).toMatch(new RegExp(`^${errCode} .*${msg.source}`));
+      }
+      expect([arr(p.runningMean), arr(p.runningVar)]).toEqual(before);
+      mod.dispose();
       e = code(() => batchNormAct(x, p, 'adashift-b', { training: true, context: () => as.zeros([2, 3]) }));
       expect(e.code).toBe('ERR_SHAPE');
       expect(e.message).toMatch(/must return a shift of shape \[2, 1, 3\], got \[2, 3\]/);

@@ -2,7 +2,7 @@
 // parameter names and initialisation of the reference implementation (see ADASHIFT.md).
 import { AdaShiftError, check } from '../errors';
 import { DeviceSpec } from '../device';
-import { adashiftB, adashiftMA, AdaShiftMAParams } from '../ops/adashift';
+import { adashiftB, AdaShiftBParams, adashiftMA, AdaShiftMAParams } from '../ops/adashift';
 import { gelu, relu, silu } from '../ops/activation';
 import { layerNorm, linear, matmul, softmax } from '../ops/dense';
 import { permute, reshape, scale } from '../ops/elementwise';
@@ -94,13 +94,12 @@ export class AdaShiftB extends Module {
   }
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftB');
-    return adashiftB(x, {
-      normWeight: this.norm.weight,
-      normBias: this.norm.bias,
-      projWeight: this.proj?.weight,
-      projBias: this.proj?.bias,
-      eps: this.norm.eps,
-    });
+    return adashiftB(x, this.opParams());
+  }
+
+  /** The module's parameters as the functional ops take them (adashiftB, batchNormAct's shift). */
+  opParams(): AdaShiftBParams {
+    return { normWeight: this.norm.weight, normBias: this.norm.bias, projWeight: this.proj?.weight, projBias: this.proj?.bias, eps: this.norm.eps };
   }
 
   /** The context network: pooled means [N, 1, C] -> shift [N, 1, C]. */

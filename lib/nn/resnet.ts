@@ -59,7 +59,7 @@ export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, res
       momentum: bn.momentum,
       eps: bn.eps,
       residual,
-      ...(kind === 'adashift-b' ? { context: (m: Tensor) => (act as AdaShiftB).context(m) } : {}),
+      ...(kind === 'adashift-b' ? { shift: (act as AdaShiftB).opParams() } : {}),
     },
   );
 }

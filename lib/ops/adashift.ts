@@ -111,6 +111,21 @@ export interface AdaShiftBParams {
 }
 
 /**
+ * AdaShift-B's parameters checked to be tensors: proj's (null without proj), the LayerNorm's
+ * (nw, nb) and its eps (default 1e-6).
+ * @internal
+ */
+export function adashiftBArgs(p: AdaShiftBParams, who: string) {
+  check(p !== null && typeof p === 'object', 'ERR_ARG', () => `${who}: parameters {normWeight, normBias, projWeight?, projBias?} are required`);
+  assertTensor(p.normWeight, who, 'normWeight');
+  assertTensor(p.normBias, who, 'normBias');
+  const pw = p.projWeight ?? null, pb = p.projBias ?? null;
+  if (pw) assertTensor(pw, who, 'projWeight');
+  if (pb) assertTensor(pb, who, 'projBias');
+  return { pw, pb, nw: p.normWeight, nb: p.normBias, eps: p.eps ?? 1e-6 };
+}
+
+/**
  * AdaShift-B as one op: y = x * sigmoid(x + LN(proj?(mean_hw x))). The CPU runs it sample by
  * sample so each sample's data is read from memory once per pass and reused from cache (see
  * native/core/ops/adashift.h); the result equals adashift(x, 1, context) with the same
@@ -118,13 +133,7 @@ export interface AdaShiftBParams {
  */
 export function adashiftB(x: Tensor, p: AdaShiftBParams): Tensor {
   assertTensor(x, 'adashiftB', 'x');
-  check(p !== null && typeof p === 'object', 'ERR_ARG', () => 'adashiftB: parameters {normWeight, normBias, projWeight?, projBias?} are required');
-  assertTensor(p.normWeight, 'adashiftB', 'normWeight');
-  assertTensor(p.normBias, 'adashiftB', 'normBias');
-  const pw = p.projWeight ?? null, pb = p.projBias ?? null;
-  if (pw) assertTensor(pw, 'adashiftB', 'projWeight');
-  if (pb) assertTensor(pb, 'adashiftB', 'projBias');
-  const eps = p.eps ?? 1e-6;
+  const { pw, pb, eps } = adashiftBArgs(p, 'adashiftB');
   const [yH, tH, uH, sH, meanH, rstdH] = native.adashiftBForward(x.handle, pw?.handle ?? null, pb?.handle ?? null, p.normWeight.handle, p.normBias.handle, eps);
   const y = wrap(yH);
   const saved = [tH, uH, sH, meanH, rstdH].map(wrap);

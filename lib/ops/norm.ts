@@ -21,7 +21,7 @@ import { AdaShiftError, check } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, sameShape, shapeStr, wrap } from './util';
-import { adashiftMAArgs, AdaShiftMAParams, maSaved } from './adashift';
+import { adashiftBArgs, AdaShiftBParams, adashiftMAArgs, AdaShiftMAParams, maSaved } from './adashift';
 
 export interface BatchNormOptions {
   /** Batch statistics (and a running-stats update) when true; running statistics when false. Default false, as F.batch_norm. */
@@ -57,6 +57,12 @@ export interface BatchNormActOptions extends BatchNormOptions {
    * `(m) => norm.forward(proj ? proj.forward(m) : m)`). Required for 'adashift-b'.
    */
   context?: (m: Tensor) => Tensor;
+  /**
+   * AdaShift-B's parameters instead of a context function (`nn.AdaShiftB.opParams()`): the
+   * context network LayerNorm(proj?(m)) then runs natively, two calls per step instead of an
+   * inner graph of ops, and its parameters get their gradients from this op's backward.
+   */
+  shift?: AdaShiftBParams;
 }
 
 /**
@@ -107,18 +113,12 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
   // running statistics: a refused call must leave them alone, so they are checked first.
   const C = x.shape[1];
   const names = ['qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias'];
-  for (const [i, t] of params.entries()) {
-    if (!t) continue;
-    const want = i === 6 ? [C, C] : [C];
-    check(sameShape(t.shape, want), 'ERR_SHAPE', () => `${name}: AdaShift-MA parameter ${names[i]} must have shape ${shapeStr(want)} for ${C} channels, got ${shapeStr(t.shape)}`);
-    check(t.device === x.device, 'ERR_DEVICE', () => `${name}: AdaShift-MA parameter ${names[i]} is on ${t.device}, the input on ${x.device}`);
-  }
+  checkActParams(name, 'AdaShift-MA', x, params.map((t, i) => [t, names[i], i === 6 ? [C, C] : [C]]));
   for (const [t, what] of [[bn.weight, 'weight'], [bn.bias, 'bias'], [r, 'residual']] as const)
     if (t) check(t.device === x.device, 'ERR_DEVICE', () => `${name}: '${what}' is on ${t.device}, the input on ${x.device}`);
   check(Number.isInteger(ma.heads) && ma.heads >= 1 && C % ma.heads === 0, 'ERR_ARG', () => `${name}: heads must divide the ${C} channels, got ${ma.heads}`);
   check(Number.isInteger(ma.grid) && ma.grid >= 1, 'ERR_ARG', () => `${name}: grid must be an integer >= 1, got ${ma.grid}`);
-  const maEps = ma.eps ?? 1e-6;
-  check(Number.isFinite(maEps) && Math.fround(maEps) > 0, 'ERR_ARG', () => `${name}: AdaShift-MA eps must be a positive number, got ${maEps}`);
+  checkActEps(name, 'AdaShift-MA', ma.eps ?? 1e-6);
   const w = bn.weight, b = bn.bias;
   const [meanH, invstdH] = native.batchNormStats(x.handle, w.handle, b.handle, rm?.handle ?? null, rv?.handle ?? null, training, momentum, eps, false, null);
   const mean = wrap(meanH), invstd = wrap(invstdH);
@@ -176,6 +176,24 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
   );
 }
 
+/**
+ * A fused op's activation parameters [tensor | null, name, shape], checked against x's channels
+ * and device before BatchNorm's statistics pass updates the running statistics (a refused call
+ * must leave them alone; the native op would check them only after that pass).
+ */
+function checkActParams(name: string, what: string, x: Tensor, named: [Tensor | null, string, number[]][]): void {
+  const C = x.shape[1];
+  for (const [t, n, want] of named) {
+    if (!t) continue;
+    check(sameShape(t.shape, want), 'ERR_SHAPE', () => `${name}: ${what} parameter ${n} must have shape ${shapeStr(want)} for ${C} channels, got ${shapeStr(t.shape)}`);
+    check(t.device === x.device, 'ERR_DEVICE', () => `${name}: ${what} parameter ${n} is on ${t.device}, the input on ${x.device}`);
+  }
+}
+
+function checkActEps(name: string, what: string, eps: number): void {
+  check(Number.isFinite(eps) && Math.fround(eps) > 0, 'ERR_ARG', () => `${name}: ${what} eps must be a positive number, got ${eps}`);
+}
+
 function checkOptions(fn: string, options: unknown): void {
   check(options !== null && typeof options === 'object', 'ERR_ARG', () => `${fn}: options must be an object, got ${options === null ? 'null' : typeof options}`);
 }
@@ -214,7 +232,20 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   const xs = x.shape;
   const gate = act === NormActKind.gate;
   const context = options.context;
-  if (gate) check(typeof context === 'function', 'ERR_ARG', () => `${name}: 'adashift-b' needs options.context, the shift's context network (m [N, 1, C]) => s`);
+  if (gate) {
+    check(
+      (typeof context === 'function') !== (options.shift !== undefined),
+      'ERR_ARG',
+      () => `${name}: 'adashift-b' needs either options.shift (AdaShift-B's parameters, e.g. nn.AdaShiftB.opParams()) or options.context, the shift's context network (m [N, 1, C]) => s${context && options.shift ? ', not both' : ''}`,
+    );
+    if (options.shift) {
+      const { pw, pb, nw, nb, eps: shiftEps } = adashiftBArgs(options.shift, name);
+      const C = xs[1];
+      checkActParams(name, 'AdaShift-B', x, [[pw, 'projWeight', [C, C]], [pb, 'projBias', [C]], [nw, 'normWeight', [C]], [nb, 'normBias', [C]]]);
+      check(!pb || pw, 'ERR_ARG', () => `${name}: AdaShift-B projBias without projWeight`);
+      checkActEps(name, 'AdaShift-B', shiftEps);
+    }
+  }
   const rH = r ? r.handle : null;
 
   const w = bn.weight, b = bn.bias;
@@ -239,43 +270,108 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   const px = wrap(pxH as NativeTensor);
   const pooledShape = [N, 1, C];
   const grad = isGradEnabled();
-  // m needs a gradient only when one must flow back into x, weight or bias; the context
-  // parameters get theirs from ds either way.
-  const m = new Tensor(reshapeOwned(pooledH as NativeTensor, pooledShape), grad && wantInput);
-  let s: Tensor;
+  let shift: GateShift;
   try {
-    s = context!(m);
-    check(
-      s instanceof Tensor && s.shape.length === 3 && s.shape.every((v, i) => v === pooledShape[i]),
-      'ERR_SHAPE',
-      () => `${name}: the context network must return a shift of shape ${shapeStr(pooledShape)}, got ${s instanceof Tensor ? shapeStr(s.shape) : typeof s}`,
-    );
+    shift = options.shift
+      ? nativeShift(name, reshapeOwned(pooledH as NativeTensor, pooledShape), options.shift)
+      : closureShift(name, new Tensor(reshapeOwned(pooledH as NativeTensor, pooledShape), grad && wantInput), context!);
   } catch (e) {
-    for (const t of [mean, invstd, px, m]) t.dispose();
+    for (const t of [mean, invstd, px]) t.dispose();
     throw e;
   }
-  const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, s.handle, rH));
-  if (!grad || (!wantInput && !s.requiresGrad)) {
-    // Nothing upstream wants a gradient: drop the inner graph now.
-    releaseGraph(s);
-    for (const t of [mean, invstd, px, m, s]) t.dispose();
+  const y = wrap(native.batchNormActForward(x.handle, w.handle, b.handle, mean.handle, invstd.handle, act, shift.s.handle, rH));
+  if (!grad || (!wantInput && !shift.requiresGrad)) {
+    // Nothing upstream wants a gradient: drop the context's saved tensors (and inner graph) now.
+    shift.release();
+    for (const t of [mean, invstd, px, ...shift.saved]) t.dispose();
     return y;
   }
-  const sView = s.detach();
   return record(
     y,
     name,
-    inputs,
-    (g) => bnBackward(x, g, w, b, r, mean, invstd, act, { m, s, sView }, px, pooledShape, training),
-    [mean, invstd, px, m, s, sView],
-    () => releaseGraph(s),
+    [...inputs, ...shift.inputs],
+    (g) => bnBackward(x, g, w, b, r, mean, invstd, act, shift, px, pooledShape, training),
+    [mean, invstd, px, ...shift.saved],
+    () => shift.release(),
   );
 }
 
-interface Shift {
-  m: Tensor;
+/**
+ * AdaShift-B's shift inside a fused BatchNorm op: s from the pooled mean m, and the context
+ * network's backward from ds (dm, when asked for, and the gradients of its parameters, in the
+ * order of `inputs`, which the op's node routes).
+ */
+interface GateShift {
   s: Tensor;
-  sView: Tensor;
+  inputs: (Tensor | null)[];
+  requiresGrad: boolean;
+  saved: Tensor[];
+  backward(ds: Tensor, needDm: boolean): { dm: Tensor | null; grads: (Tensor | null)[] };
+  release(): void;
+}
+
+/** A user's context network (differentiable ops on its parameters): its own graph carries their gradients. */
+function closureShift(name: string, m: Tensor, context: (m: Tensor) => Tensor): GateShift {
+  let s: Tensor;
+  try {
+    s = context(m);
+    check(
+      s instanceof Tensor && s.shape.length === 3 && sameShape(s.shape, m.shape),
+      'ERR_SHAPE',
+      () => `${name}: the context network must return a shift of shape ${shapeStr(m.shape)}, got ${s instanceof Tensor ? shapeStr(s.shape) : typeof s}`,
+    );
+  } catch (e) {
+    m.dispose();
+    throw e;
+  }
+  const sView = s.detach();
+  return {
+    s: sView,
+    inputs: [],
+    requiresGrad: s.requiresGrad,
+    saved: [m, s, sView],
+    backward(ds) {
+      // The context parameters' gradients, and dm into m.grad (when m requires grad; also when
+      // the context is the identity).
+      if (s.requiresGrad) s.backward(ds, { retainGraph: isRetainingGraph() });
+      const dm = m.grad;
+      m.grad = null;
+      return { dm, grads: [] };
+    },
+    release: () => releaseGraph(s),
+  };
+}
+
+/** nn.AdaShiftB's context network (LayerNorm after an optional Linear) as two native calls. */
+function nativeShift(name: string, mH: NativeTensor, p: AdaShiftBParams): GateShift {
+  const m = wrap(mH);
+  let a: ReturnType<typeof adashiftBArgs>, hs: NativeTensor[];
+  try {
+    a = adashiftBArgs(p, name);
+    hs = native.adashiftBContextForward(m.handle, a.pw?.handle ?? null, a.pb?.handle ?? null, a.nw.handle, a.nb.handle, a.eps);
+  } catch (e) {
+    m.dispose();
+    throw e;
+  }
+  const [s, u, mean, rstd] = hs.map(wrap);
+  const params = [a.pw, a.pb, a.nw, a.nb];
+  return {
+    s,
+    inputs: params,
+    requiresGrad: isGradEnabled() && params.some((t) => t?.requiresGrad),
+    // u is m itself without proj: a second handle, disposed like the others
+    saved: [m, s, u, mean, rstd],
+    backward(ds, needDm) {
+      const out = native.adashiftBContextBackward(ds.handle, m.handle, u.handle, mean.handle, rstd.handle, a.pw?.handle ?? null, a.nw.handle, needDm);
+      const grads = out.slice(1).map((h, i) => {
+        if (h && params[i]?.requiresGrad) return wrap(h);
+        h?.dispose();
+        return null;
+      });
+      return { dm: out[0] ? wrap(out[0]) : null, grads };
+    },
+    release: () => undefined,
+  };
 }
 
 function bnBackward(
@@ -287,12 +383,12 @@ function bnBackward(
   mean: Tensor,
   invstd: Tensor,
   act: number,
-  shift: Shift | null,
+  shift: GateShift | null,
   px: Tensor | null,
   pooledShape: number[] | null,
   training: boolean,
 ): (Tensor | null)[] {
-  const sH = shift ? shift.sView.handle : null;
+  const sH = shift ? shift.s.handle : null;
   // Without an activation the residual's gradient is the output's, and BN's does not depend on
   // the residual: the passes run without it and dr is g itself.
   const plain = act === NormActKind.none;
@@ -307,27 +403,24 @@ function bnBackward(
   const keepDz = x.device === 'cpu' && act !== NormActKind.relu && !plain && (x.requiresGrad || (r !== null && r.requiresGrad));
   const [sumDz, sumDzX, dsH, dzH] = native.batchNormActBackwardReduce(x.handle, g.handle, w.handle, b.handle, mean.handle, invstd.handle, act, sH, rH, keepDz);
   const dzDirect = dzH ? wrap(dzH) : null;
+  const want = [x.requiresGrad, w.requiresGrad, b.requiresGrad];
+  const wantR = r !== null && r.requiresGrad && !plain;
   let dm: Tensor | null = null;
+  let shiftGrads: (Tensor | null)[] = [];
   if (shift) {
     const ds = wrap(reshapeOwned(dsH as NativeTensor, pooledShape!));
     try {
-      // The context parameters' gradients, and dm into m.grad (when m requires grad; also
-      // when the context is the identity).
-      if (shift.s.requiresGrad) shift.s.backward(ds, { retainGraph: isRetainingGraph() });
+      ({ dm, grads: shiftGrads } = shift.backward(ds, want.some(Boolean) || wantR));
     } finally {
       ds.dispose();
     }
-    dm = shift.m.grad;
-    shift.m.grad = null;
   }
-  const want = [x.requiresGrad, w.requiresGrad, b.requiresGrad];
-  const wantR = r !== null && r.requiresGrad && !plain;
   if (!want.some(Boolean) && !wantR) {
     sumDz.dispose();
     sumDzX.dispose();
     dm?.dispose();
     dzDirect?.dispose();
-    return r ? [null, null, null, null] : [null, null, null];
+    return [...(r ? [null, null, null, null] : [null, null, null]), ...shiftGrads];
   }
   const [dwH, dbH] = native.batchNormBackwardParams(sumDz, sumDzX, dm ? dm.handle : null, dm ? px!.handle : null);
   sumDz.dispose();
@@ -351,5 +444,5 @@ function bnBackward(
   const dw = wrap(dwH), db = wrap(dbH);
   const grads = [dx, want[1] ? dw : (dw.dispose(), null), want[2] ? db : (db.dispose(), null)];
   if (plain && r?.requiresGrad) dr = g;
-  return r ? [...grads, dr] : grads;
+  return [...grads, ...(r ? [dr] : []), ...shiftGrads];
 }

@@ -258,12 +258,27 @@ Napi::Value AdaShiftBBackwardJs(const CI& info) {
   AdaShiftBSaved sv{a.tensor(2, "t"), a.tensor(3, "u"), a.tensor(4, "s"), a.tensor(5, "mean"), a.tensor(6, "rstd")};
   AdaShiftBGrad g = adashift_b_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, a.optional_tensor(7, "projWeight"),
                                         a.tensor(8, "normWeight"), a.boolean(9, "needDx"));
-  Napi::Env env = info.Env();
-  Napi::Array out = Napi::Array::New(env, 5);
-  uint32_t i = 0;
-  for (const Tensor* t : {&g.dx, &g.dproj_w, &g.dproj_b, &g.dnorm_w, &g.dnorm_b})
-    out.Set(i++, t->defined() ? wrap(info, *t) : env.Null());
-  return out;
+  return wrap_all(info, {g.dx, g.dproj_w, g.dproj_b, g.dnorm_w, g.dnorm_b});
+}
+
+// (m [N, 1, C], projWeight | null, projBias | null, normWeight, normBias, eps) -> [s, u, mean, rstd]
+Napi::Value AdaShiftBContextForwardJs(const CI& info) {
+  Args a{info, "adashiftBContextForward"};
+  AdaShiftBContext o = adashift_b_context_forward(a.tensor(0, "m"), a.optional_tensor(1, "projWeight"),
+                                                  a.optional_tensor(2, "projBias"), a.tensor(3, "normWeight"),
+                                                  a.tensor(4, "normBias"), float(a.number(5, "eps")));
+  return wrap_all(info, {o.s, o.u, o.mean, o.rstd});
+}
+
+// (ds, m, u, mean, rstd, projWeight | null, normWeight, needDm) ->
+// [dm | null, dProjW | null, dProjB | null, dNormW, dNormB]
+Napi::Value AdaShiftBContextBackwardJs(const CI& info) {
+  Args a{info, "adashiftBContextBackward"};
+  AdaShiftBContext sv{Tensor(), a.tensor(2, "u"), a.tensor(3, "mean"), a.tensor(4, "rstd")};
+  AdaShiftBContextGrad g = adashift_b_context_backward(a.tensor(0, "ds"), a.tensor(1, "m"), sv,
+                                                       a.optional_tensor(5, "projWeight"),
+                                                       a.tensor(6, "normWeight"), a.boolean(7, "needDm"));
+  return wrap_all(info, {g.dm, g.dproj_w, g.dproj_b, g.dnorm_w, g.dnorm_b});
 }
 
 // Parameters of AdaShift-MA at args [i, i + 12): grid, heads, q.w, q.b, k.w, k.b, v.w, v.b,
@@ -321,12 +336,8 @@ Napi::Value AdaShiftMABackwardJs(const CI& info) {
                      a.optional_tensor(7, "stats")};
   AdaShiftMAGrad g = adashift_ma_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, ma_params(a, 8),
                                           a.boolean(20, "needDx"), ma_bn_input(a, 21));
-  Napi::Env env = info.Env();
-  Napi::Array out = Napi::Array::New(env, 12);
-  uint32_t i = 0;
-  for (const Tensor* t : {&g.dx, &g.dq_w, &g.dq_b, &g.dk_w, &g.dk_b, &g.dv_w, &g.dv_b, &g.dlin_w, &g.drect_w, &g.drect_b, &g.sum_dz, &g.sum_dz_xhat})
-    out.Set(i++, t->defined() ? wrap(info, *t) : env.Null());
-  return out;
+  return wrap_all(info, {g.dx, g.dq_w, g.dq_b, g.dk_w, g.dk_b, g.dv_w, g.dv_b, g.dlin_w, g.drect_w,
+                         g.drect_b, g.sum_dz, g.sum_dz_xhat});
 }
 
 // ---- dense ----------------------------------------------------------------------------------
@@ -400,6 +411,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("gateForward", GateForward); FN("gateBackwardReduce", GateBackwardReduce);
   FN("gateBackwardApply", GateBackwardApply);
   FN("adashiftBForward", AdaShiftBForwardJs); FN("adashiftBBackward", AdaShiftBBackwardJs);
+  FN("adashiftBContextForward", AdaShiftBContextForwardJs); FN("adashiftBContextBackward", AdaShiftBContextBackwardJs);
   FN("adashiftMAForward", AdaShiftMAForwardJs); FN("adashiftMABackward", AdaShiftMABackwardJs);
   FN("layerNormForward", LayerNormForward); FN("layerNormBackward", LayerNormBackward);
   FN("softmaxForward", SoftmaxForward); FN("softmaxBackward", SoftmaxBackward);

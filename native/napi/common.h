@@ -85,6 +85,7 @@ Device parse_device(const std::string& s);  // 'cpu' | 'cuda' | 'cuda:N'
 Tensor unwrap_tensor(const Napi::CallbackInfo& info, const Napi::Value& v, const char* fn, const std::string& what);
 
 Napi::Value wrap(const Napi::CallbackInfo& info, Tensor t);
+// The tensors as handles, an undefined tensor as null.
 Napi::Array wrap_all(const Napi::CallbackInfo& info, std::initializer_list<Tensor> ts);
 // Exports fn under name, guarded (every native error becomes a JS Error with a code).
 #define AS_EXPORT(exports, env, name, fn) \

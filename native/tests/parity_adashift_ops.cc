@@ -183,6 +183,21 @@ void run_case_b(int64_t N, int64_t C, int64_t H, int64_t W, bool proj) {
       compare(n + " " + names[i], *gs[i], *cs[i], 1e-4, 1e-3);
       same_bits(n + " " + names[i], *gs[i], *gs2[i]);
     }
+    // The context network alone (as the fused BatchNorm + AdaShift-B op runs it), on the
+    // pooled means.
+    AdaShiftBContext kc = adashift_b_context_forward(sc.t, pw, pb, nw, nb, 1e-6f);
+    AdaShiftBContext kg = adashift_b_context_forward(on(sc.t), pwg, pbg, nwg, nbg, 1e-6f);
+    compare(n + " context s", kg.s, kc.s, 1e-5, 1e-4);
+    compare(n + " context rstd", kg.rstd, kc.rstd, 1e-5, 1e-4);
+    Tensor ds = nrm({N, 1, C}, 0.0f, 1.0f);
+    AdaShiftBContextGrad dc = adashift_b_context_backward(ds, sc.t, kc, pw, nw, true);
+    AdaShiftBContextGrad dg = adashift_b_context_backward(
+        on(ds), on(sc.t), AdaShiftBContext{Tensor(), on(kc.u), on(kc.mean), on(kc.rstd)}, pwg, nwg, true);
+    const Tensor* ccs[] = {&dc.dm, &dc.dnorm_w, &dc.dnorm_b, &dc.dproj_w, &dc.dproj_b};
+    const Tensor* cgs[] = {&dg.dm, &dg.dnorm_w, &dg.dnorm_b, &dg.dproj_w, &dg.dproj_b};
+    const char* cnames[] = {"context dm", "context dnorm.w", "context dnorm.b", "context dproj.w", "context dproj.b"};
+    for (int i = 0; i < 5; ++i)
+      if (ccs[i]->defined()) compare(n + " " + cnames[i], *cgs[i], *ccs[i], 1e-4, 1e-3);
   } catch (const std::exception& e) {
     std::printf("parity_adashift: %-58s FAIL (%s)\n", n.c_str(), e.what());
     ++g_failures;

@@ -496,6 +496,23 @@ const maBnParams = (i: number): TensorParam[] => [
   T('residual', { nullOk: true, dims: 'all' }),
 ];
 
+// AdaShift-B's context parameters after the input (x or m, at 0): proj.weight, proj.bias,
+// norm.weight, norm.bias, eps; and what its backward takes after the saved u: the LayerNorm
+// statistics, proj.weight and norm.weight.
+const bContextParams = (): Param[] => [
+  T('projWeight', { nullOk: (a) => a[2] == null, dims: 'all' }),
+  T('projBias', { nullOk: true, dims: [0] }),
+  T('normWeight', { dims: [0] }),
+  T('normBias', { dims: [0] }),
+  F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
+];
+const bContextSaved = (): Param[] => [
+  T('mean', { dims: 'all' }),
+  T('rstd', { dims: 'all' }),
+  T('projWeight', { nullOk: true, dims: 'all' }),
+  T('normWeight', { dims: [0] }),
+];
+
 function maSeed(c: Ctx): Args {
   const p = c.prng;
   const N = p.int(1, 2), C = p.pick([1, 2, 4, 6]);
@@ -516,11 +533,7 @@ const MUTATION_SPECS: MutSpec[] = [
     name: 'adashiftBForward',
     params: [
       T('x', { dims: [1] }),
-      T('projWeight', { nullOk: (a) => a[2] == null, dims: 'all' }),
-      T('projBias', { nullOk: true, dims: [0] }),
-      T('normWeight', { dims: [0] }),
-      T('normBias', { dims: [0] }),
-      F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
+      ...bContextParams(),
     ],
     seed: (c) => {
       const p = c.prng;
@@ -545,10 +558,7 @@ const MUTATION_SPECS: MutSpec[] = [
       T('t', { dims: 'all' }),
       T('u', { dims: 'all' }),
       T('s', { dims: 'all' }),
-      T('mean', { dims: 'all' }),
-      T('rstd', { dims: 'all' }),
-      T('projWeight', { nullOk: true, dims: 'all' }),
-      T('normWeight', { dims: [0] }),
+      ...bContextSaved(),
       B('needDx'),
     ],
     seed: (c) => {
@@ -566,6 +576,53 @@ const MUTATION_SPECS: MutSpec[] = [
       const C = shp(a[0])[1];
       const pw = a[7] != null;
       return expectList(r, [a[9] ? shp(a[0]) : null, pw ? [C, C] : null, pw ? [C] : null, [C], [C]]);
+    },
+  },
+  {
+    name: 'adashiftBContextForward',
+    params: [
+      T('m', { dims: [1] }),
+      ...bContextParams(),
+    ],
+    seed: (c) => {
+      const p = c.prng;
+      const N = p.int(0, 3), C = p.int(1, 4);
+      const pw = p.bool() ? c.rand([C, C]) : null;
+      return [c.rand([N, 1, C]), pw, pw && p.bool() ? c.rand([C]) : null, c.rand([C]), c.rand([C]), p.pick([1e-5, 1e-6, 0.1])];
+    },
+    semantic: [
+      ['projBias without projWeight', (c, a) => [a[0], null, c.rand([shp(a[0])[2]]), a[3], a[4], a[5]]],
+      ['m of the layout [N, C]', (c, a) => [c.rand([shp(a[0])[0], shp(a[0])[2]]), ...a.slice(1)]],
+    ],
+    check: (r, a) => {
+      const [N, , C] = shp(a[0]);
+      return expectList(r, [[N, 1, C], [N, 1, C], [N], [N]]);
+    },
+  },
+  {
+    name: 'adashiftBContextBackward',
+    params: [
+      T('ds', { dims: 'all' }),
+      T('m', { dims: 'all' }),
+      T('u', { dims: 'all' }),
+      ...bContextSaved(),
+      B('needDm'),
+    ],
+    seed: (c) => {
+      const p = c.prng;
+      const N = p.int(0, 3), C = p.int(1, 4);
+      const m = c.rand([N, 1, C]);
+      const pw = p.bool() ? c.rand([C, C]) : null;
+      const nw = c.rand([C]);
+      const [s, u, mean, rstd] = c.keep(c.native.adashiftBContextForward(m, pw, pw && p.bool() ? c.rand([C]) : null, nw, c.rand([C]), 1e-5));
+      s.dispose();
+      return [c.rand([N, 1, C]), m, u, mean, rstd, pw, nw, p.bool()];
+    },
+    semantic: [['ds of the layout [N, C]', (c, a) => [c.rand([shp(a[0])[0], shp(a[0])[2]]), ...a.slice(1)]]],
+    check: (r, a) => {
+      const [N, , C] = shp(a[1]);
+      const pw = a[5] != null;
+      return expectList(r, [a[7] ? [N, 1, C] : null, pw ? [C, C] : null, pw ? [C] : null, [C], [C]]);
     },
   },
   {

@@ -86,10 +86,9 @@ Tensor gate_backward_apply(const Tensor& x, const Tensor& dy, const Tensor& s, c
 
 namespace adashift {
 
-static void check_adashift_b_params(const Tensor& x, const Tensor& proj_w, const Tensor& proj_b,
-                                    const Tensor& norm_w, const Tensor& norm_b) {
-  AS_CHECK(x.dim() == 4, Shape, "AdaShift-B expects an input of shape [N, C, H, W], got ", shape_str(x.shape()));
-  const int64_t C = x.size(1);
+// AdaShift-B's parameters for C channels, on x's device.
+static void check_b_params(const Tensor& x, int64_t C, const Tensor& proj_w, const Tensor& proj_b,
+                           const Tensor& norm_w, const Tensor& norm_b) {
   check_same_device(x, norm_w, "AdaShift-B norm.weight");
   check_shape(norm_w, {C}, "AdaShift-B norm.weight");
   if (norm_b.defined()) {
@@ -107,6 +106,80 @@ static void check_adashift_b_params(const Tensor& x, const Tensor& proj_w, const
   }
 }
 
+static void check_adashift_b_params(const Tensor& x, const Tensor& proj_w, const Tensor& proj_b,
+                                    const Tensor& norm_w, const Tensor& norm_b) {
+  AS_CHECK(x.dim() == 4, Shape, "AdaShift-B expects an input of shape [N, C, H, W], got ", shape_str(x.shape()));
+  check_b_params(x, x.size(1), proj_w, proj_b, norm_w, norm_b);
+}
+
+static void check_b_forward_args(const Tensor& norm_b, float eps) {
+  AS_CHECK(norm_b.defined(), Arg, "AdaShift-B: norm.bias is required");
+  AS_CHECK(std::isfinite(eps) && eps > 0, Arg, "AdaShift-B: eps must be a positive number, got ", eps);
+}
+
+AdaShiftBContext adashift_b_context_forward(const Tensor& m, const Tensor& proj_w,
+                                            const Tensor& proj_b, const Tensor& norm_w,
+                                            const Tensor& norm_b, float eps) {
+  AS_CHECK(m.defined() && m.dim() == 3 && m.size(1) == 1, Shape,
+           "AdaShift-B context: the pooled means must have shape [N, 1, C], got ",
+           m.defined() ? shape_str(m.shape()) : std::string("nothing"));
+  const int64_t N = m.size(0), C = m.size(2);
+  check_b_params(m, C, proj_w, proj_b, norm_w, norm_b);
+  check_b_forward_args(norm_b, eps);
+  AdaShiftBContext o;
+  if (proj_w.defined()) {
+    Tensor u = matmul(Tensor::view(m, {N, C}), proj_w, false, true);
+    o.u = Tensor::view(proj_b.defined() ? add_rowvec(u, proj_b) : u, {N, 1, C});
+  } else {
+    o.u = m;
+  }
+  LayerNormOut ln = layernorm_forward(o.u, norm_w, norm_b, eps);
+  o.s = ln.y;
+  o.mean = ln.mean;
+  o.rstd = ln.rstd;
+  return o;
+}
+
+AdaShiftBContextGrad adashift_b_context_backward(const Tensor& ds, const Tensor& m,
+                                                 const AdaShiftBContext& saved,
+                                                 const Tensor& proj_w, const Tensor& norm_w,
+                                                 bool need_dm) {
+  AS_CHECK(m.defined() && m.dim() == 3 && m.size(1) == 1, Shape,
+           "AdaShift-B context backward: the pooled means must have shape [N, 1, C], got ",
+           m.defined() ? shape_str(m.shape()) : std::string("nothing"));
+  const int64_t N = m.size(0), C = m.size(2);
+  check_b_params(m, C, proj_w, Tensor(), norm_w, Tensor());
+  for (const Tensor* t : {&ds, &saved.u}) {
+    check_same_device(m, *t, "AdaShift-B context backward");
+    check_shape(*t, {N, 1, C}, "AdaShift-B context backward: shift gradient / saved u");
+  }
+  for (const Tensor* t : {&saved.mean, &saved.rstd}) {
+    check_same_device(m, *t, "AdaShift-B context backward: saved statistics");
+    check_shape(*t, {N}, "AdaShift-B context backward: saved statistics");
+  }
+  AdaShiftBContextGrad g;
+  const Device d = m.device();
+  if (N == 0) {  // no samples: zero parameter gradients
+    if (need_dm) g.dm = Tensor({0, 1, C}, d);
+    g.dnorm_w = full({C}, 0.0f, d);
+    g.dnorm_b = full({C}, 0.0f, d);
+    if (proj_w.defined()) { g.dproj_w = full({C, C}, 0.0f, d); g.dproj_b = full({C}, 0.0f, d); }
+    return g;
+  }
+  LayerNormGrad lg = layernorm_backward(ds, saved.u, saved.mean, saved.rstd, norm_w);
+  g.dnorm_w = lg.dweight;
+  g.dnorm_b = lg.dbias;
+  if (!proj_w.defined()) {
+    if (need_dm) g.dm = lg.dx;
+    return g;
+  }
+  Tensor du = Tensor::view(lg.dx, {N, C});
+  g.dproj_w = matmul(du, Tensor::view(m, {N, C}), true, false);
+  g.dproj_b = sum_rows(du, N);
+  if (need_dm) g.dm = Tensor::view(matmul(du, proj_w, false, false), {N, 1, C});
+  return g;
+}
+
 // A tensor the fused ops save for backward: zeros for an empty input (no kernel will write it),
 // else left for the kernel to fill.
 static Tensor saved_tensor(const std::vector<int64_t>& shape, Device d, bool empty) {
@@ -116,8 +189,7 @@ static Tensor saved_tensor(const std::vector<int64_t>& shape, Device d, bool emp
 AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const Tensor& proj_b,
                                     const Tensor& norm_w, const Tensor& norm_b, float eps) {
   check_adashift_b_params(x, proj_w, proj_b, norm_w, norm_b);
-  AS_CHECK(norm_b.defined(), Arg, "AdaShift-B: norm.bias is required");
-  AS_CHECK(std::isfinite(eps) && eps > 0, Arg, "AdaShift-B: eps must be a positive number, got ", eps);
+  check_b_forward_args(norm_b, eps);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   AS_CHECK(HW > 0 || x.numel() == 0, Shape, "AdaShift-B needs H, W >= 1, got ", shape_str(x.shape()));
   const Device d = x.device();
@@ -143,17 +215,11 @@ AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const
   // CUDA: the whole-tensor kernels in sequence (each already checked against the CPU).
   AdaShiftBForward o;
   o.saved.t = region_pool_forward(x, 1);
-  if (proj_w.defined()) {
-    Tensor t2 = Tensor::view(o.saved.t, {N, C});
-    Tensor m = matmul(t2, proj_w, false, true);
-    o.saved.u = Tensor::view(proj_b.defined() ? add_rowvec(m, proj_b) : m, {N, 1, C});
-  } else {
-    o.saved.u = o.saved.t;
-  }
-  LayerNormOut ln = layernorm_forward(o.saved.u, norm_w, norm_b, eps);
-  o.saved.s = ln.y;
-  o.saved.mean = ln.mean;
-  o.saved.rstd = ln.rstd;
+  AdaShiftBContext cx = adashift_b_context_forward(o.saved.t, proj_w, proj_b, norm_w, norm_b, eps);
+  o.saved.u = cx.u;
+  o.saved.s = cx.s;
+  o.saved.mean = cx.mean;
+  o.saved.rstd = cx.rstd;
   o.y = gate_forward(x, o.saved.s, 1);
   return o;
 }
@@ -179,29 +245,28 @@ AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaSh
     if (proj_w.defined()) { g.dproj_w = full({C, C}, 0.0f, d); g.dproj_b = full({C}, 0.0f, d); }
     return g;
   }
-  Tensor du;
-  if (d.is_cpu()) {
-    du = Tensor({N, C}, d);
-    Tensor dnw_rows({N, C}, d), dnb_rows({N, C}, d);
-    if (need_dx) g.dx = Tensor(x.shape(), d);
-    cpu::adashift_b_backward(x.data(), dy.data(), N, C, HW, sv.u.data(), sv.s.data(), sv.mean.data(),
-                               sv.rstd.data(), proj_w.defined() ? proj_w.data() : nullptr, norm_w.data(),
-                               need_dx && x.numel() > 0, need_dx ? g.dx.data() : nullptr, du.data(),
-                               dnw_rows.data(), dnb_rows.data());
-    g.dnorm_w = sum_rows(dnw_rows, N);
-    g.dnorm_b = sum_rows(dnb_rows, N);
-  } else {
+  if (!d.is_cpu()) {
+    // CUDA: the whole-tensor kernels in sequence; the context network's backward as the
+    // BatchNorm + AdaShift-B op runs it.
     Tensor ds = gate_backward_reduce(x, dy, sv.s, 1);
-    LayerNormGrad lg = layernorm_backward(ds, sv.u, sv.mean, sv.rstd, norm_w);
-    g.dnorm_w = lg.dweight;
-    g.dnorm_b = lg.dbias;
-    du = Tensor::view(lg.dx, {N, C});
-    if (need_dx) {
-      Tensor dt = proj_w.defined() ? Tensor::view(matmul(du, proj_w, false, false), {N, 1, C})
-                                   : Tensor::view(du, {N, 1, C});
-      g.dx = gate_backward_apply(x, dy, sv.s, dt, 1);
-    }
+    AdaShiftBContextGrad cg = adashift_b_context_backward(ds, sv.t, AdaShiftBContext{sv.s, sv.u, sv.mean, sv.rstd},
+                                                          proj_w, norm_w, need_dx);
+    if (need_dx) g.dx = gate_backward_apply(x, dy, sv.s, cg.dm, 1);
+    g.dnorm_w = cg.dnorm_w;
+    g.dnorm_b = cg.dnorm_b;
+    g.dproj_w = cg.dproj_w;
+    g.dproj_b = cg.dproj_b;
+    return g;
   }
+  Tensor du({N, C}, d);
+  Tensor dnw_rows({N, C}, d), dnb_rows({N, C}, d);
+  if (need_dx) g.dx = Tensor(x.shape(), d);
+  cpu::adashift_b_backward(x.data(), dy.data(), N, C, HW, sv.u.data(), sv.s.data(), sv.mean.data(),
+                           sv.rstd.data(), proj_w.defined() ? proj_w.data() : nullptr, norm_w.data(),
+                           need_dx && x.numel() > 0, need_dx ? g.dx.data() : nullptr, du.data(),
+                           dnw_rows.data(), dnb_rows.data());
+  g.dnorm_w = sum_rows(dnw_rows, N);
+  g.dnorm_b = sum_rows(dnb_rows, N);
   if (proj_w.defined()) {
     g.dproj_w = matmul(du, Tensor::view(sv.t, {N, C}), true, false);
     g.dproj_b = sum_rows(du, N);

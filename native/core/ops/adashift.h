@@ -65,6 +65,27 @@ AdaShiftBForward adashift_b_forward(const Tensor& x, const Tensor& proj_w, const
 AdaShiftBGrad adashift_b_backward(const Tensor& x, const Tensor& dy, const AdaShiftBSaved& saved,
                                   const Tensor& proj_w, const Tensor& norm_w, bool need_dx);
 
+// ---- AdaShift-B's context network alone -------------------------------------------------------
+// s = LayerNorm_C(u), u = proj ? m W^T + b : m, on pooled means m [N, 1, C] (the context of a
+// BatchNorm + AdaShift-B op, whose statistics pass gives m): the whole-tensor ops in sequence on
+// either device. The CUDA path of the AdaShift-B op above runs the same functions.
+struct AdaShiftBContext {
+  Tensor s, u;        // [N, 1, C] (u is m itself without proj)
+  Tensor mean, rstd;  // [N] LayerNorm statistics
+};
+struct AdaShiftBContextGrad {
+  Tensor dm;  // [N, 1, C], undefined unless need_dm
+  Tensor dproj_w, dproj_b, dnorm_w, dnorm_b;  // proj's undefined without proj
+};
+AdaShiftBContext adashift_b_context_forward(const Tensor& m, const Tensor& proj_w,
+                                            const Tensor& proj_b, const Tensor& norm_w,
+                                            const Tensor& norm_b, float eps);
+// From the forward's m, u, mean and rstd; ds [N, 1, C] the shift's gradient.
+AdaShiftBContextGrad adashift_b_context_backward(const Tensor& ds, const Tensor& m,
+                                                 const AdaShiftBContext& saved,
+                                                 const Tensor& proj_w, const Tensor& norm_w,
+                                                 bool need_dm);
+
 // ---- AdaShift-MA as one op --------------------------------------------------------------------
 // s = rect(attention(LN_q(t), LN_k(t), LN_v(t))) over the T = Ph*Pw region tokens t = pool(x),
 // heads G (d = C / G), softmax(q k^T / sqrt(d)) v per head; rect is LayerNorm (rect.weight/bias)
