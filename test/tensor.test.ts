@@ -386,6 +386,19 @@ describe('creation log (what CudaGraph.capture disposes when a capture fails)', 
   });
 });
 
+describe('native handles', () => {
+  test('cannot be constructed from JS, whatever the arguments', () => {
+    const t = as.zeros([2]);
+    const Ctor = Object.getPrototypeOf(t.handle).constructor as new (...a: unknown[]) => unknown;
+    expect(Ctor.name).toBe('NativeTensor');
+    const before = cpuMem();
+    for (const args of [[], ['__adashift_internal__'], [{}], [t.handle], [Object.create(null)], ['x', 'y']])
+      expect(() => new Ctor(...args)).toThrow(/NativeTensor cannot be constructed directly/);
+    expect(cpuMem()).toEqual(before);
+    t.dispose();
+  });
+});
+
 describe('dispose', () => {
   test('dispose frees now, is idempotent, and later use throws ERR_DISPOSED', () => {
     const before = cpuMem();

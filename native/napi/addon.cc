@@ -395,6 +395,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new InstanceData();
   Napi::Function ctor = TensorHandle::Init(env);
   data->tensor_ctor = Napi::Persistent(ctor);
+  data->ctor_token = Napi::Persistent(Napi::Object::New(env));
   env.SetInstanceData<InstanceData>(data);
   exports.Set("NativeTensor", ctor);
 #define FN(name, fn) exports.Set(name, Napi::Function::New<guarded<fn>>(env, name))

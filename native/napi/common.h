@@ -40,6 +40,9 @@ std::atomic<int64_t>& live_handles(Device d);
 // Per-instance data (the addon is context-aware: one per main thread / worker).
 struct InstanceData {
   Napi::FunctionReference tensor_ctor;
+  // What TensorHandle::Wrap passes the constructor (JS cannot construct handles directly): an
+  // object no script can reach, compared by identity.
+  Napi::ObjectReference ctor_token;
 };
 
 // ---- errors -------------------------------------------------------------------------------

@@ -30,22 +30,22 @@ Napi::Function TensorHandle::Init(Napi::Env env) {
                       InstanceMethod<&TensorHandle::Reshape>("reshape")});
 }
 
-// JS cannot construct handles directly: the factory passes this token as the only argument.
-static const char* kToken = "__adashift_internal__";
+// JS cannot construct handles directly: the factory passes the instance's token object as the
+// only argument (compared by identity: no string made and read back per handle).
 static thread_local Tensor* t_pending = nullptr;
 
 Napi::Object TensorHandle::Wrap(Napi::Env env, Tensor t) {
   AS_CHECK(t.defined(), Arg, "internal: an op produced no tensor");
   auto* data = env.GetInstanceData<InstanceData>();
   t_pending = &t;
-  Napi::Object obj = data->tensor_ctor.New({Napi::String::New(env, kToken)});
+  Napi::Object obj = data->tensor_ctor.New({data->ctor_token.Value()});
   t_pending = nullptr;
   return obj;
 }
 
 TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {
-  if (!t_pending || info.Length() != 1 || !info[0].IsString() ||
-      info[0].As<Napi::String>().Utf8Value() != kToken)
+  if (!t_pending || info.Length() != 1 ||
+      !info[0].StrictEquals(info.Env().GetInstanceData<InstanceData>()->ctor_token.Value()))
     throw make_error(info.Env(), ErrorCode::Arg,
                      "NativeTensor cannot be constructed directly; use tensor(), zeros(), ...");
   t_ = *t_pending;
@@ -155,24 +155,44 @@ static std::string type_of(const Napi::Value& v) {
   }
 }
 
-Tensor unwrap_tensor(const Napi::CallbackInfo& info, const Napi::Value& v, const char* fn, const std::string& what) {
+// The handle v wraps; null when v is not a handle of this addon (*imitation: it has the
+// handles' prototype without being one: Object.create, a Proxy).
+static TensorHandle* handle_of(const Napi::CallbackInfo& info, const Napi::Value& v, bool* imitation) {
+  *imitation = false;
   auto* data = info.Env().GetInstanceData<InstanceData>();
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-    fail(ErrorCode::Arg, cat(fn, ": ", what, " must be a tensor, got ", type_of(v)));
-  // An object can share the prototype without being a wrapped handle (Object.create, Proxy).
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value())) return nullptr;
   void* raw = nullptr;
   if (napi_unwrap(info.Env(), v, &raw) != napi_ok || raw == nullptr) {
     Napi::Env env = info.Env();
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (pending) { napi_value ignored; napi_get_and_clear_last_exception(env, &ignored); }
-    fail(ErrorCode::Arg, cat(fn, ": ", what, " must be a tensor made by adashift, got an imitation"));
+    *imitation = true;
+    return nullptr;
   }
-  return static_cast<TensorHandle*>(raw)->tensor(fn);
+  return static_cast<TensorHandle*>(raw);
 }
 
+[[noreturn]] static void fail_not_tensor(const Napi::Value& v, const char* fn, const std::string& what,
+                                         bool imitation) {
+  if (imitation) fail(ErrorCode::Arg, cat(fn, ": ", what, " must be a tensor made by adashift, got an imitation"));
+  fail(ErrorCode::Arg, cat(fn, ": ", what, " must be a tensor, got ", type_of(v)));
+}
+
+Tensor unwrap_tensor(const Napi::CallbackInfo& info, const Napi::Value& v, const char* fn, const std::string& what) {
+  bool imitation;
+  TensorHandle* h = handle_of(info, v, &imitation);
+  if (!h) fail_not_tensor(v, fn, what, imitation);
+  return h->tensor(fn);
+}
+
+// The argument's description is only built for the error (every op reads several tensors).
 Tensor Args::tensor(size_t i, const char* name) const {
-  return unwrap_tensor(info, at(i, name), fn, cat("argument '", name, "'"));
+  const Napi::Value v = at(i, name);
+  bool imitation;
+  TensorHandle* h = handle_of(info, v, &imitation);
+  if (!h) fail_not_tensor(v, fn, cat("argument '", name, "'"), imitation);
+  return h->tensor(fn);
 }
 
 Tensor Args::optional_tensor(size_t i, const char* name) const {
