@@ -261,8 +261,8 @@ Padded padded(const Conv2dDims& d) {
   g.Wp = d.Wo + (d.kw - 1) / d.stride_w;
   g.plane = g.Hp * g.Wp;
   // Reads run past the last plane by up to (kw - 1) / sw (windows) plus a register tile's
-  // width (32 floats: windows read in place by the GEMM).
-  g.total = g.C * g.sh * g.sw * g.plane + d.kw + 32;
+  // width (windows read in place by the GEMM).
+  g.total = g.C * g.sh * g.sw * g.plane + d.kw + kWindowsTileCols;
   return g;
 }
 
@@ -428,11 +428,11 @@ std::vector<float> pixel_weights(const Conv2dDims& t, const Padded& g, const flo
                                  int64_t K) {
   if (!gemm_pixel_rows_available() || t.Wo > kPixelRowsMaxWidth || t.Wo < 1 || N < 1) return {};
   // Products computed per useful one: pixel rows round the channels up to the 32-wide sliver;
-  // the windows lowering computes Wp columns per Wo and rounds the row block up to 32 columns
-  // and the channels up to 8 rows.
+  // the windows lowering computes Wp columns per Wo and rounds the row block up to its tile's
+  // columns and the channels up to 8 rows.
   const double pixel = double((N + 31) / 32 * 32) / double(N);
-  const double cols = double(t.Ho * g.Wp);
-  const double windows = std::ceil(cols / 32.0) * 32.0 / double(t.Ho * t.Wo) *
+  const double cols = double(t.Ho * g.Wp), tile = double(kWindowsTileCols);
+  const double windows = std::ceil(cols / tile) * tile / double(t.Ho * t.Wo) *
                          (double((N + 7) / 8 * 8) / double(N));
   if (!(pixel < windows)) return {};
   std::vector<float> out(size_t(gemm_rows_packed_size(N, K, 32)));
@@ -648,7 +648,7 @@ bool plan_dx_phases(const Conv2dDims& d, const float* w, DxPlan& out) {
   g.plane = g.Hp * g.Wp;
   // Windows read past a plane's last row by at most Wp (a phase's shift and taps) plus a
   // register tile's width.
-  g.total = g.C * g.plane + g.Wp + 32;
+  g.total = g.C * g.plane + g.Wp + kWindowsTileCols;
   for (DxPhase& ph : out.phases) {
     const Conv2dDims& t = ph.t;
     ph.off = tap_offsets(t, g);

@@ -104,10 +104,14 @@ class GemmPackedA {
 void gemm_packed_a(const GemmPackedA& A, int64_t N, float alpha, const GemmBSource& B,
                    float beta, float* C, int64_t ldc, bool parallel);
 
+// The widest column tile gemm_packed_a_windows runs (floats): it reads up to this far past
+// column N - 1 of a row of X~.
+constexpr int64_t kWindowsTileCols = 48;
 // C[M, N] = A (prepacked, M x K) @ X~ with X~[k][q] = xp[off[k] + q_base + q], on the calling
-// thread, reading X~ in place (no packing). It reads up to the register tile's width (32
-// floats) past column N - 1 of every row of X~: those must be readable (their values only
-// reach discarded accumulators). Bit-identical to gemm_packed_a with the same operands.
+// thread, reading X~ in place (no packing). It reads up to kWindowsTileCols floats past column
+// N - 1 of every row of X~: those must be readable (their values only reach discarded
+// accumulators). Bit-identical to gemm_packed_a with the same operands (each element's
+// products are summed in the same order whatever the tile).
 void gemm_packed_a_windows(const GemmPackedA& A, int64_t N, const float* xp, const int64_t* off,
                            int64_t q_base, float* C, int64_t ldc);
 
