@@ -224,7 +224,10 @@ describe('bench step --profile', () => {
     // the calls land where they belong: convs, the optimizer's one update per parameter
     expect(r.rows.find((x) => x.family === 'conv')!.calls).toBeGreaterThanOrEqual(2 * 21);
     expect(r.functions.find((f) => f.name === 'sgdStep')!.calls).toBeGreaterThan(50);
-    expect(r.functions.find((f) => f.name === 'layerNormForward')).toBeDefined();
+    // AdaShift-B's context networks run natively inside the fused BatchNorm ops
+    const ctx = r.functions.find((f) => f.name === 'adashiftBContextForward');
+    expect(ctx?.calls).toBeGreaterThanOrEqual(19);
+    expect(r.rows.find((x) => x.family === 'activation')!.calls).toBeGreaterThanOrEqual(2 * 19);
     expect(JSON.parse(fs.readFileSync(r.file!, 'utf8')).rows).toHaveLength(r.rows.length);
   });
 

@@ -60,6 +60,8 @@ const BY_NAME: Record<string, Family> = {
   gateBackwardApply: 'activation',
   layerNormForward: 'activation',
   layerNormBackward: 'activation',
+  adashiftBContextForward: 'activation',
+  adashiftBContextBackward: 'activation',
   softmaxForward: 'activation',
   softmaxBackward: 'activation',
   regionPoolForward: 'pooling',
