@@ -38,7 +38,7 @@ void for_each_sample_ma(int64_t N, SampleFn sample) {
 
 // Per-thread scratch (reused across samples and calls).
 inline float* scratch_ma(int which, size_t n) {
-  thread_local std::vector<float> buf[14];
+  thread_local std::vector<float> buf[13];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
@@ -91,7 +91,7 @@ inline void qkv_from_stats(const Dims& D, const AdaShiftMAPtrs& p, const float* 
 inline const float* sample_input(const RegionGrid& g, const float* x, const BnApply* bn, int64_t n) {
   const int64_t CHW = g.C * g.H * g.W;
   if (!bn) return x + n * CHW;
-  float* z = scratch_ma(13, size_t(CHW));
+  float* z = scratch_ma(12, size_t(CHW));
   BnApply k = *bn;
   k.s = nullptr;
   k.r = bn->r ? bn->r + n * CHW : nullptr;
@@ -191,10 +191,10 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     float* dS = scratch_ma(9, size_t(T * T));
     const float* st = stats + n * 4 * T;  // q/k/v mean, rstd; rect mean, rstd
     float* xh = scratch_ma(8, size_t(TC));
-    float* dt = scratch_ma(11, size_t(TC));
+    float* dt = scratch_ma(10, size_t(TC));
     // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds.
     float* dxs = need_dx ? dx + n * C * HW : nullptr;
-    float* cm = scratch_ma(12, size_t(2 * TC));  // s, then ds, channel-major
+    float* cm = scratch_ma(11, size_t(2 * TC));  // s, then ds, channel-major
     loops::transpose(ss, C, T, C, cm, T);
     if (need_dx) gate_backward_grads(g1, xs, dys, cm, dxs, cm + TC);
     else gate_backward_reduce(g1, xs, dys, cm, cm + TC);
