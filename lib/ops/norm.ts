@@ -232,20 +232,13 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   const xs = x.shape;
   const gate = act === NormActKind.gate;
   const context = options.context;
-  if (gate) {
+  if (gate)
     check(
       (typeof context === 'function') !== (options.shift !== undefined),
       'ERR_ARG',
       () => `${name}: 'adashift-b' needs either options.shift (AdaShift-B's parameters, e.g. nn.AdaShiftB.opParams()) or options.context, the shift's context network (m [N, 1, C]) => s${context && options.shift ? ', not both' : ''}`,
     );
-    if (options.shift) {
-      const { pw, pb, nw, nb, eps: shiftEps } = adashiftBArgs(options.shift, name);
-      const C = xs[1];
-      checkActParams(name, 'AdaShift-B', x, [[pw, 'projWeight', [C, C]], [pb, 'projBias', [C]], [nw, 'normWeight', [C]], [nb, 'normBias', [C]]]);
-      check(!pb || pw, 'ERR_ARG', () => `${name}: AdaShift-B projBias without projWeight`);
-      checkActEps(name, 'AdaShift-B', shiftEps);
-    }
-  }
+  const shiftArgs = gate && options.shift ? checkedShiftArgs(name, x, options.shift) : null;
   const rH = r ? r.handle : null;
 
   const w = bn.weight, b = bn.bias;
@@ -272,8 +265,8 @@ function bnAct(name: string, x: Tensor, bn: BatchNormParams, act: number, option
   const grad = isGradEnabled();
   let shift: GateShift;
   try {
-    shift = options.shift
-      ? nativeShift(name, reshapeOwned(pooledH as NativeTensor, pooledShape), options.shift)
+    shift = shiftArgs
+      ? nativeShift(reshapeOwned(pooledH as NativeTensor, pooledShape), shiftArgs)
       : closureShift(name, new Tensor(reshapeOwned(pooledH as NativeTensor, pooledShape), grad && wantInput), context!);
   } catch (e) {
     for (const t of [mean, invstd, px]) t.dispose();
@@ -342,12 +335,26 @@ function closureShift(name: string, m: Tensor, context: (m: Tensor) => Tensor): 
   };
 }
 
+type ShiftArgs = ReturnType<typeof adashiftBArgs>;
+
+/**
+ * AdaShift-B's parameters for a fused op, checked against x (shapes, device, eps) before
+ * BatchNorm's statistics pass updates the running statistics.
+ */
+function checkedShiftArgs(name: string, x: Tensor, p: AdaShiftBParams): ShiftArgs {
+  const a = adashiftBArgs(p, name);
+  const C = x.shape[1];
+  checkActParams(name, 'AdaShift-B', x, [[a.pw, 'projWeight', [C, C]], [a.pb, 'projBias', [C]], [a.nw, 'normWeight', [C]], [a.nb, 'normBias', [C]]]);
+  check(!a.pb || a.pw, 'ERR_ARG', () => `${name}: AdaShift-B projBias without projWeight`);
+  checkActEps(name, 'AdaShift-B', a.eps);
+  return a;
+}
+
 /** nn.AdaShiftB's context network (LayerNorm after an optional Linear) as two native calls. */
-function nativeShift(name: string, mH: NativeTensor, p: AdaShiftBParams): GateShift {
+function nativeShift(mH: NativeTensor, a: ShiftArgs): GateShift {
   const m = wrap(mH);
-  let a: ReturnType<typeof adashiftBArgs>, hs: NativeTensor[];
+  let hs: NativeTensor[];
   try {
-    a = adashiftBArgs(p, name);
     hs = native.adashiftBContextForward(m.handle, a.pw?.handle ?? null, a.pb?.handle ?? null, a.nw.handle, a.nb.handle, a.eps);
   } catch (e) {
     m.dispose();

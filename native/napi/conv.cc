@@ -15,10 +15,6 @@ using CI = Napi::CallbackInfo;
 constexpr int64_t kMaxStride = int64_t(1) << 20;
 constexpr int64_t kMaxDim = int64_t(1) << 40;
 
-Napi::Value or_null(const CI& info, const Tensor& t) {
-  return t.defined() ? wrap(info, t) : info.Env().Null();
-}
-
 // conv2dForward(x, w, b | null, strideH, strideW, padH, padW)
 Napi::Value Conv2dForward(const CI& info) {
   Args a{info, "conv2d"};
@@ -39,11 +35,7 @@ Napi::Value Conv2dBackward(const CI& info) {
       int(a.integer(3, "strideH", 1, kMaxStride)), int(a.integer(4, "strideW", 1, kMaxStride)),
       int(a.integer(5, "padH", 0, kMaxStride)), int(a.integer(6, "padW", 0, kMaxStride)),
       a.boolean(7, "needDx"), a.boolean(8, "needDw"), a.boolean(9, "needDb"));
-  Napi::Array out = Napi::Array::New(info.Env(), 3);
-  out.Set(uint32_t(0), or_null(info, g.dx));
-  out.Set(uint32_t(1), or_null(info, g.dw));
-  out.Set(uint32_t(2), or_null(info, g.db));
-  return out;
+  return wrap_all(info, {g.dx, g.dw, g.db});
 }
 
 std::string string_arg(const CI& info, size_t i, const char* fn, const char* name) {

@@ -12,20 +12,6 @@ namespace {
 using CI = Napi::CallbackInfo;
 constexpr int64_t kMaxWin = int64_t(1) << 30;
 
-// Like wrap_all, with null for an undefined tensor.
-Napi::Array wrap_opt(const CI& info, std::initializer_list<Tensor> ts) {
-  Napi::Array a = Napi::Array::New(info.Env(), ts.size());
-  uint32_t i = 0;
-  for (const Tensor& t : ts) {
-    if (t.defined())
-      a.Set(i, wrap(info, t));
-    else
-      a.Set(i, info.Env().Null());
-    ++i;
-  }
-  return a;
-}
-
 NormAct norm_act(const Args& a, size_t i) { return NormAct(a.integer(i, "act", 0, 5)); }
 
 // ---- BatchNorm ------------------------------------------------------------------------------
@@ -39,7 +25,7 @@ Napi::Value BatchNormStats(const CI& info) {
                               a.optional_tensor(2, "bias"), rm, rv, a.boolean(5, "training"),
                               float(a.number(6, "momentum")), float(a.number(7, "eps")),
                               a.boolean(8, "planes"), a.optional_tensor(9, "residual"));
-  return wrap_opt(info, {s.mean, s.invstd, s.plane_xhat, s.pooled});
+  return wrap_all(info, {s.mean, s.invstd, s.plane_xhat, s.pooled});
 }
 
 // (x, weight, bias, mean, invstd, act, s|null, residual|null) -> y
@@ -61,7 +47,7 @@ Napi::Value BatchNormActBackwardReduce(const CI& info) {
       a.tensor(0, "x"), a.tensor(1, "dy"), a.tensor(2, "weight"), a.tensor(3, "bias"),
       a.tensor(4, "mean"), a.tensor(5, "invstd"), norm_act(a, 6), a.optional_tensor(7, "s"),
       a.optional_tensor(8, "residual"), want_dz);
-  return wrap_opt(info, {r.sum_dz, r.sum_dz_xhat, r.ds, r.dz});
+  return wrap_all(info, {r.sum_dz, r.sum_dz_xhat, r.ds, r.dz});
 }
 
 // (sumDz, sumDzXhat, dm|null, planeXhat|null) -> [dweight, dbias]
@@ -82,7 +68,7 @@ Napi::Value BatchNormActBackwardApply(const CI& info) {
       a.tensor(4, "mean"), a.tensor(5, "invstd"), norm_act(a, 6), a.optional_tensor(7, "s"),
       a.optional_tensor(8, "dm"), a.optional_tensor(9, "dweight"), a.optional_tensor(10, "dbias"),
       a.boolean(11, "training"), a.optional_tensor(12, "residual"));
-  return wrap_opt(info, {g.dx, g.dresidual});
+  return wrap_all(info, {g.dx, g.dresidual});
 }
 
 // ---- pooling --------------------------------------------------------------------------------

@@ -506,6 +506,12 @@ const bContextParams = (): Param[] => [
   T('normBias', { dims: [0] }),
   F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
 ];
+/** Values for bContextParams at C channels (proj on or off, its bias with it or not). */
+function bContextSeed(c: Ctx, C: number): Args {
+  const p = c.prng;
+  const pw = p.bool() ? c.rand([C, C]) : null;
+  return [pw, pw && p.bool() ? c.rand([C]) : null, c.rand([C]), c.rand([C]), p.pick([1e-5, 1e-6, 0.1])];
+}
 const bContextSaved = (): Param[] => [
   T('mean', { dims: 'all' }),
   T('rstd', { dims: 'all' }),
@@ -538,8 +544,7 @@ const MUTATION_SPECS: MutSpec[] = [
     seed: (c) => {
       const p = c.prng;
       const N = p.int(1, 2), C = p.int(1, 4);
-      const pw = p.bool() ? c.rand([C, C]) : null;
-      return [c.rand([N, C, p.int(1, 3), p.int(1, 3)]), pw, pw && p.bool() ? c.rand([C]) : null, c.rand([C]), c.rand([C]), p.pick([1e-5, 1e-6, 0.1])];
+      return [c.rand([N, C, p.int(1, 3), p.int(1, 3)]), ...bContextSeed(c, C)];
     },
     semantic: [
       ['projBias without projWeight', (c, a) => [a[0], null, c.rand([shp(a[0])[1]]), a[3], a[4], a[5]]],
@@ -587,8 +592,7 @@ const MUTATION_SPECS: MutSpec[] = [
     seed: (c) => {
       const p = c.prng;
       const N = p.int(0, 3), C = p.int(1, 4);
-      const pw = p.bool() ? c.rand([C, C]) : null;
-      return [c.rand([N, 1, C]), pw, pw && p.bool() ? c.rand([C]) : null, c.rand([C]), c.rand([C]), p.pick([1e-5, 1e-6, 0.1])];
+      return [c.rand([N, 1, C]), ...bContextSeed(c, C)];
     },
     semantic: [
       ['projBias without projWeight', (c, a) => [a[0], null, c.rand([shp(a[0])[2]]), a[3], a[4], a[5]]],

@@ -95,15 +95,11 @@ void softmax_backward_rows(const float* y, const float* dy, int64_t rows, int64_
 // LayerNorm over rows of C: y = (x - mean) * rstd * w + b; statistics in double.
 void layernorm_rows(const float* x, const float* w, const float* b, float eps, int64_t rows,
                     int64_t C, float* y, float* mean, float* rstd);
-// LayerNorm's normalisation alone: xhat = (x - mean) * rstd per row of C (as layernorm_rows);
-// with xhat null, the statistics only.
-void normalize_rows(const float* x, float eps, int64_t rows, int64_t C, float* xhat, float* mean,
-                    float* rstd);
-// LayerNorm statistics (as normalize_rows computes them) of T tokens of C channels stored
+// LayerNorm statistics (as layernorm_rows computes them) of T tokens of C channels stored
 // channel-major: token t's values are x[c * T + t], c < C.
 void col_moments(const float* x, int64_t C, int64_t T, float eps, float* mean, float* rstd);
-// Three affine maps of the same normalised rows of C: with xhat = (x - mean) * rstd per row (as
-// normalize_rows writes it; stored when xhat is not null), y[i] = xhat * w[i] + b[i], i < 3.
+// Three affine maps of the same normalised rows of C: with xhat = (x - mean) * rstd per row
+// (stored when xhat is not null), y[i] = xhat * w[i] + b[i], i < 3.
 void norm_affine3_rows(const float* x, const float* mean, const float* rstd, int64_t rows,
                        int64_t C, const float* const* w, const float* const* b, float* const* y,
                        float* xhat);
