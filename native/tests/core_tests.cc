@@ -4,6 +4,7 @@
 // formulas in ADASHIFT.md (plain nested loops; math.h's gate/gate_grad are not used by the
 // references). Self-contained: a tiny TEST/CHECK framework, no dependencies. Prints one line
 // per test and a final line "core_tests: N passed, M failed"; exits non-zero on any failure.
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@
 #include "core/ops/elementwise.h"
 #include "core/tensor.h"
 #include "core/threadpool.h"
+#include "core/cpu/loops.h"
 #include "ma_params.h"
 
 using namespace adashift;
@@ -1201,6 +1203,42 @@ TEST(softmax) {
   Tensor c = softmax_forward(full({4, 8}, 3.0f, kCPU));
   CHECK_CLOSE("softmax of constant row", c, Vec(32, 0.125), scal(1e-7), 0);
   CHECK_EXACT("softmax n=1", softmax_forward(G({9, 1}, 0.0f, 5.0f)), std::vector<float>(9, 1.0f));
+}
+
+// Short rows copied between strided blocks (a plane into its padded copy, every element or every
+// second or third): every row length around the vector width and its tail, each element where
+// it belongs, nothing written past a row's end (the guard values around the rows stay), and
+// nothing read past the last element a row takes (the last row ends where an inaccessible page
+// begins: a read past it kills the test process).
+TEST(copy_rows) {
+  constexpr float kGuard = -12345.0f;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  char* pages = static_cast<char*>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  CHECK(pages != MAP_FAILED);
+  if (pages == MAP_FAILED) return;
+  CHECK(mprotect(pages + page, page, PROT_NONE) == 0);
+  int64_t bad = 0;
+  for (int64_t step : {1, 2, 3})
+    for (int64_t n = 0; n <= 50; ++n)
+      for (int64_t rows : {1, 2, 5}) {
+        const int64_t span = n ? (n - 1) * step + 1 : 0;  // source elements a row reaches
+        const int64_t lds = span + 3, ldd = n + 5;
+        const int64_t src_len = (rows - 1) * lds + span;
+        float* src = reinterpret_cast<float*>(pages + page) - src_len;
+        std::vector<float> dst(size_t(rows * ldd + 32), kGuard);
+        for (int64_t i = 0; i < src_len; ++i) src[i] = float(i) + 0.5f;
+        cpu::loops::copy_rows(src, lds, step, dst.data() + 1, ldd, rows, n);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = -1; k < ldd - 1; ++k) {
+            const float got = dst[size_t(1 + r * ldd + k)];
+            const float want = k >= 0 && k < n ? src[r * lds + k * step] : kGuard;
+            if (got != want && bad++ < 4)
+              CHECK_MSG(false, "step=", step, " n=", n, " rows=", rows, " r=", r, " k=", k, ": ", got, " != ", want);
+          }
+        if (dst.back() != kGuard && bad++ < 4) CHECK_MSG(false, "step=", step, " n=", n, " rows=", rows, ": written past the block");
+      }
+  CHECK_MSG(bad == 0, bad, " misplaced elements");
+  munmap(pages, 2 * page);
 }
 
 TEST(softmax_backward_reference_vs_finite_differences) {

@@ -268,44 +268,27 @@ Padded padded(const Conv2dDims& d) {
 
 // With zero_borders false only the input's values are written: the rest must already be zero
 // (from an earlier call with the same geometry on the same buffer).
-AS_VECTORIZE void pad_planes(const float* __restrict x, const Padded& g, int64_t c0, int64_t c1,
-                             float* __restrict xp, bool zero_borders) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const float* __restrict xc = x + c * g.H * g.W;
-    for (int64_t a = 0; a < g.sh; ++a)
-      for (int64_t b = 0; b < g.sw; ++b) {
-        float* __restrict o = xp + ((c * g.sh + a) * g.sw + b) * g.plane;
-        if (a >= g.kh || b >= g.kw) {  // read only past the end of a used plane's last row
-          if (zero_borders)
-            for (int64_t t = 0; t < g.plane; ++t) o[t] = 0.0f;
-          continue;
-        }
-        // plane column v holds input column v * sw + b - pw: valid for v in [v0, v1)
-        const int64_t v0 = std::min(g.Wp, std::max<int64_t>(0, (g.pw - b + g.sw - 1) / g.sw));
-        const int64_t v1 = std::max(v0, std::min(g.Wp, (g.W + g.pw - b + g.sw - 1) / g.sw));
-        for (int64_t u = 0; u < g.Hp; ++u) {
-          float* __restrict row = o + u * g.Wp;
-          const int64_t ih = u * g.sh + a - g.ph;
-          if (ih < 0 || ih >= g.H || v1 <= v0) {
-            if (zero_borders)
-              for (int64_t t = 0; t < g.Wp; ++t) row[t] = 0.0f;
-            continue;
-          }
-          if (zero_borders)
-            for (int64_t t = 0; t < v0; ++t) row[t] = 0.0f;
-          const float* __restrict src = xc + ih * g.W + (v0 * g.sw + b - g.pw);
-          if (g.sw == 1) {
-            // memcpy: rows here are often shorter than a vector (7 or 14 floats), where a
-            // vectorised loop runs only its scalar remainder
-            std::memcpy(row + v0, src, size_t(v1 - v0) * sizeof(float));
-          } else {
-            for (int64_t t = 0; t < v1 - v0; ++t) row[v0 + t] = src[t * g.sw];
-          }
-          if (zero_borders)
-            for (int64_t t = v1; t < g.Wp; ++t) row[t] = 0.0f;
-        }
+void pad_planes(const float* __restrict x, const Padded& g, int64_t c0, int64_t c1, float* __restrict xp,
+                bool zero_borders) {
+  const int64_t per_channel = g.sh * g.sw * g.plane;
+  if (zero_borders) std::fill(xp + c0 * per_channel, xp + c1 * per_channel, 0.0f);
+  // Phases (a, b) with a >= kh or b >= kw are read only past the end of a used plane's last
+  // row: zeros.
+  for (int64_t a = 0; a < std::min(g.sh, g.kh); ++a)
+    for (int64_t b = 0; b < std::min(g.sw, g.kw); ++b) {
+      // plane row u holds input row u * sh + a - ph, column v input column v * sw + b - pw:
+      // valid for u in [u0, u1), v in [v0, v1)
+      const int64_t u0 = std::min(g.Hp, std::max<int64_t>(0, (g.ph - a + g.sh - 1) / g.sh));
+      const int64_t u1 = std::max(u0, std::min(g.Hp, (g.H + g.ph - a + g.sh - 1) / g.sh));
+      const int64_t v0 = std::min(g.Wp, std::max<int64_t>(0, (g.pw - b + g.sw - 1) / g.sw));
+      const int64_t v1 = std::max(v0, std::min(g.Wp, (g.W + g.pw - b + g.sw - 1) / g.sw));
+      if (u1 == u0 || v1 == v0) continue;
+      for (int64_t c = c0; c < c1; ++c) {
+        const float* __restrict src = x + c * g.H * g.W + (u0 * g.sh + a - g.ph) * g.W + (v0 * g.sw + b - g.pw);
+        float* __restrict o = xp + ((c * g.sh + a) * g.sw + b) * g.plane + u0 * g.Wp + v0;
+        loops::copy_rows(src, g.sh * g.W, g.sw, o, g.Wp, u1 - u0, v1 - v0);
       }
-  }
+    }
 }
 
 // The padded copy of one sample into xp. The zeros around the values depend only on the

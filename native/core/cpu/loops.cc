@@ -1,5 +1,6 @@
 #include "loops.h"
 #include <algorithm>
+#include <cstring>
 #include <utility>
 #include "../math.h"
 
@@ -364,6 +365,63 @@ void band_cell_sums(const float* x, int64_t W, const int* row0, int bands, const
 #endif
   band_column_sums(x, W, row0, bands, cols);
   cells_from_columns_generic(cols, W, bands, col0, Pw, out);
+}
+
+// ---- row copies ---------------------------------------------------------------------------------
+#if AS_HAVE_AVX512_PATHS
+__attribute__((target("avx512f"))) static void copy_rows_avx512(const float* src, int64_t lds, float* dst,
+                                                               int64_t ldd, int64_t rows, int64_t n) {
+  const int64_t full = n / 16;
+  const __mmask16 tail = __mmask16((1u << (n % 16)) - 1u);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * lds;
+    float* d = dst + r * ldd;
+    for (int64_t i = 0; i < full; ++i) _mm512_storeu_ps(d + 16 * i, _mm512_loadu_ps(s + 16 * i));
+    if (tail) _mm512_mask_storeu_ps(d + 16 * full, tail, _mm512_maskz_loadu_ps(tail, s + 16 * full));
+  }
+}
+
+// Every second element: 16 outputs from two loads of 16 through one two-register permute; the
+// last chunk's loads are masked to the elements it takes (nothing read past src's row).
+__attribute__((target("avx512f"))) static void copy_rows_step2_avx512(const float* src, int64_t lds, float* dst,
+                                                                     int64_t ldd, int64_t rows, int64_t n) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const int64_t full = n / 16, m = n % 16;
+  // the tail takes elements 0, 2, ..., 2m - 2 of its 32: the first 2m - 1 (of the low 16 at most)
+  const int lo_count = int(std::min<int64_t>(16, 2 * m - 1)), hi_count = int(std::max<int64_t>(0, 2 * m - 1 - 16));
+  const __mmask16 tail = __mmask16((1u << m) - 1u);
+  const __mmask16 lo_mask = __mmask16((1u << lo_count) - 1u), hi_mask = __mmask16((1u << hi_count) - 1u);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * lds;
+    float* d = dst + r * ldd;
+    for (int64_t i = 0; i < full; ++i) {
+      // the last full chunk's element 31 lies one past its last use: masked off
+      const __mmask16 hm = i + 1 == full && m == 0 ? __mmask16(0x7FFF) : __mmask16(0xFFFF);
+      const __m512 lo = _mm512_loadu_ps(s + 32 * i), hi = _mm512_maskz_loadu_ps(hm, s + 32 * i + 16);
+      _mm512_storeu_ps(d + 16 * i, _mm512_permutex2var_ps(lo, even, hi));
+    }
+    if (m) {
+      const __m512 lo = _mm512_maskz_loadu_ps(lo_mask, s + 32 * full);
+      const __m512 hi = _mm512_maskz_loadu_ps(hi_mask, s + 32 * full + 16);
+      _mm512_mask_storeu_ps(d + 16 * full, tail, _mm512_permutex2var_ps(lo, even, hi));
+    }
+  }
+}
+#endif
+
+void copy_rows(const float* src, int64_t lds, int64_t step, float* dst, int64_t ldd, int64_t rows, int64_t n) {
+  if (rows <= 0 || n <= 0) return;
+#if AS_HAVE_AVX512_PATHS
+  if (step == 1 && avx512_paths()) return copy_rows_avx512(src, lds, dst, ldd, rows, n);
+  if (step == 2 && avx512_paths()) return copy_rows_step2_avx512(src, lds, dst, ldd, rows, n);
+#endif
+  for (int64_t r = 0; r < rows; ++r) {
+    if (step == 1) {
+      std::memcpy(dst + r * ldd, src + r * lds, size_t(n) * sizeof(float));
+    } else {
+      for (int64_t k = 0; k < n; ++k) dst[r * ldd + k] = src[r * lds + k * step];
+    }
+  }
 }
 
 // ---- transposes ---------------------------------------------------------------------------------

@@ -85,6 +85,11 @@ void band_cell_sums(const float* x, int64_t W, const int* row0, int bands, const
 // run of the plane, so one index pattern covers it).
 void expand_cells(const float* vals, const int* row0, const int* flat_cell, int Ph, int Pw,
                   int64_t W, float* map);
+// dst[r * ldd + k] = src[r * lds + k * step] for r < rows, k < n: a block of short rows (a
+// plane into its padded copy; step 2: a stride-2 phase of it), through vector registers with a
+// masked tail where the CPU has AVX-512 (for steps 1 and 2: a memcpy per row of 7 to 28 floats
+// costs more in the call than in the copy). Reads no element of a row past its last one.
+void copy_rows(const float* src, int64_t lds, int64_t step, float* dst, int64_t ldd, int64_t rows, int64_t n);
 // dst[k * ldd + r] = src[r * lds + k] for r < rows, k < cols (8 x 8 blocks through registers
 // where the CPU has AVX2).
 void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd);
