@@ -11,8 +11,15 @@ export interface GradFn {
   readonly name: string;
   /** The op's tensor inputs (null where an input needs no gradient). */
   inputs: (Tensor | null)[];
-  /** Given the output's gradient (owned by the engine: do not dispose), the inputs' gradients. */
-  backward(grad: Tensor): (Tensor | null)[];
+  /**
+   * Given the output's gradient (owned by the engine: do not dispose), the inputs' gradients.
+   * `pending`, when given, holds per input the gradient already waiting for it from the input's
+   * other users (or null). A node may return, for input i, its gradient plus pending[i] (each
+   * element rounded once, as the engine's own add would: a + b == b + a bit for bit) and then
+   * sets pending[i] = null to say so; the engine frees the pending tensor. It must not keep or
+   * change that tensor.
+   */
+  backward(grad: Tensor, pending?: (Tensor | null)[]): (Tensor | null)[];
   /** Frees what the node saved for backward. */
   release(): void;
   released?: boolean;
@@ -69,7 +76,7 @@ export function record(
   out: Tensor,
   name: string,
   inputs: (Tensor | null)[],
-  backward: (g: Tensor) => (Tensor | null)[],
+  backward: (g: Tensor, pending?: (Tensor | null)[]) => (Tensor | null)[],
   saved: Tensor[] = [],
   onRelease?: () => void,
 ): Tensor {
@@ -195,7 +202,14 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
       const g = pending.get(fn);
       if (!g) continue; // no gradient reached this node (its output fed nothing that needs one)
       pending.delete(fn);
-      const grads = fn.backward(g);
+      // What already waits for each input (offered once per input node), for the node to fold
+      // into its own gradient of that input.
+      const offered = fn.inputs.map((t, i) => {
+        const prev = t?.gradFn ? pending.get(t.gradFn) : undefined;
+        return prev && fn.inputs.findIndex((u) => u?.gradFn === t!.gradFn) === i ? prev : null;
+      });
+      const waiting = offered.slice();
+      const grads = fn.backward(g, waiting);
       for (let i = 0; i < fn.inputs.length; i++) {
         const input = fn.inputs[i];
         const gi = grads[i];
@@ -204,7 +218,11 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
         if (input.gradFn) {
           const prev = pending.get(input.gradFn);
           if (!prev) pending.set(input.gradFn, gi);
-          else {
+          else if (offered[i] === prev && waiting[i] === null) {
+            // the node's gradient already includes prev
+            refs.drop(prev);
+            pending.set(input.gradFn, gi);
+          } else {
             const sum = new TensorClass(native.binary(0, prev.handle, gi.handle));
             refs.drop(prev);
             refs.drop(gi);

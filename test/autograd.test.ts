@@ -413,6 +413,44 @@ describe('the engine', () => {
     x.dispose();
   });
 
+  // A residual block's input gets its gradient from the shortcut first and from the branch's
+  // convolution last; the convolution adds the waiting one into its dx (no add of the engine's
+  // own), with the bits of that add, and in the other order the engine adds as before.
+  test.each([
+    ['the shortcut first: the convolution folds it in', true],
+    ['the convolution first: the engine adds', false],
+  ])('a gradient waiting for a convolution\'s input: %s', (_, shortcutFirst) => {
+    const { native } = require('../lib/native') as typeof import('../lib/native');
+    const p = new Prng(11);
+    const x0 = as.tensor(Array.from({ length: 3 * 4 * 9 * 7 }, () => p.normal()), [3, 4, 9, 7], { requiresGrad: true });
+    const w = as.tensor(Array.from({ length: 4 * 4 * 9 }, () => p.normal()), [4, 4, 3, 3], { requiresGrad: true });
+    const g = as.tensor(Array.from({ length: 3 * 4 * 9 * 7 }, () => p.normal()), [3, 4, 9, 7]);
+    const binary = jest.spyOn(native, 'binary');
+    try {
+      const xs = as.tidy(() => {
+        const x = F.scale(x0, 1.5); // not a leaf: its gradient waits in the engine
+        const c = F.conv2d(x, w, null, { padding: 1 });
+        // shortcut first: add(c, x)'s node hands x its gradient before the convolution runs
+        const y = shortcutFirst ? F.add(c, x) : F.add(F.scale(F.scale(x, 1), 1), c);
+        binary.mockClear();
+        y.backward(g);
+        return binary.mock.calls.length;
+      });
+      expect(xs).toBe(shortcutFirst ? 0 : 1);
+      // reference: the convolution's dx alone, plus g, in JS (float32 rounding of each sum)
+      const ref = as.tidy(() => {
+        const [dxH] = native.conv2dBackward(g.handle, F.scale(x0, 1.5).handle, w.handle, 1, 1, 1, 1, true, false, false);
+        const dx = new as.Tensor(dxH!).toFloat32Array(), gv = g.toFloat32Array();
+        return dx.map((v, i) => Math.fround(Math.fround(v + gv[i]) * 1.5));
+      });
+      const got = x0.grad!.toFloat32Array();
+      expect(got.every((v, i) => Object.is(v, ref[i]))).toBe(true);
+    } finally {
+      binary.mockRestore();
+      for (const t of [x0, w, g, x0.grad, w.grad]) t?.dispose();
+    }
+  });
+
   test('a 2,000-op chain backpropagates without overflowing the stack', () => {
     const x = as.tensor([0.5, -1, 2], undefined, { requiresGrad: true });
     const k = Math.fround(1.001);

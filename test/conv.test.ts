@@ -431,6 +431,14 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
         expect(compareArrays(dx, Float32Array.from(dxref), 1e-4, 1e-5, `dx, ${threads} thread(s)`).message).toMatch(/ok/);
         const y = new as.Tensor(native.conv2dForward(x.handle, w.handle, null, stride, stride, pad, pad)).toFloat32Array();
         expect(compareArrays(y, yref, 1e-4, 1e-5, `y, ${threads} thread(s)`).message).toMatch(/ok/);
+        // A gradient folded into dx (dxAdd): dx + add, each element rounded once, whatever path
+        // computed dx; the added tensor left as it was.
+        const A = fillRandom(N * C * H * W, r), add = as.tensor(A, xs);
+        const [dxaH] = native.conv2dBackward(dy.handle, x.handle, w.handle, stride, stride, pad, pad, true, false, false, add.handle);
+        const dxa = new as.Tensor(dxaH!).toFloat32Array();
+        const want = dx.map((v, i) => Math.fround(v + A[i]));
+        expect(dxa.every((v, i) => Object.is(v, want[i]))).toBe(true);
+        expect(Array.from(add.toFloat32Array())).toEqual(Array.from(A));
       });
   });
 });
@@ -466,6 +474,15 @@ describe('the 3x3 weight-gradient taps tile (ADASHIFT_CPU_GENERIC)', () => {
 // ---- errors ----------------------------------------------------------------------------------
 
 describe('conv2d errors', () => {
+  test('a gradient to fold into dx of another shape or device is refused', () => {
+    as.tidy(() => {
+      const x = as.zeros([2, 3, 5, 5]), w = as.zeros([4, 3, 3, 3]), dy = as.zeros([2, 4, 5, 5]);
+      const e = thrown(() => native.conv2dBackward(dy.handle, x.handle, w.handle, 1, 1, 1, 1, true, true, false, as.zeros([2, 3, 5, 4]).handle));
+      expect(e.code).toBe('ERR_SHAPE');
+      expect(e.message).toMatch(/gradient to add to dx/);
+    });
+  });
+
   const x = () => as.zeros([2, 3, 5, 5]);
   const w = () => as.zeros([4, 3, 3, 3]);
   test('wrong ranks', () =>

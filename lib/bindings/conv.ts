@@ -6,10 +6,13 @@ export type GemmBackendName = 'openblas' | 'own';
 export interface ConvBinding {
   /** y [N, Cout, Ho, Wo] = conv2d(x [N, Cin, H, W], w [Cout, Cin, kh, kw]) + b [Cout]. */
   conv2dForward(x: T, w: T, b: T | null, strideH: number, strideW: number, padH: number, padW: number): T;
-  /** Gradients of sum(y * dy): [dx, dw, db], null where not asked for. */
+  /**
+   * Gradients of sum(y * dy): [dx, dw, db], null where not asked for. With dxAdd (x's shape and
+   * device), dx comes back as the input gradient plus dxAdd (the bits of a separate add).
+   */
   conv2dBackward(
     dy: T, x: T, w: T, strideH: number, strideW: number, padH: number, padW: number,
-    needDx: boolean, needDw: boolean, needDb: boolean,
+    needDx: boolean, needDw: boolean, needDb: boolean, dxAdd?: T | null,
   ): [T | null, T | null, T | null];
   /**
    * The CPU GEMM conv2d uses ('own' by default; ADASHIFT_GEMM=openblas at load picks OpenBLAS in

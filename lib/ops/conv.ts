@@ -3,7 +3,7 @@ import { needsGrad, record } from '../autograd';
 import { AdaShiftError, check } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
-import { assertTensor, wrap } from './util';
+import { assertTensor, sameShape, wrap } from './util';
 
 export interface Conv2dOptions {
   /** Step between output pixels: one number for both axes, or [h, w]. Default 1. */
@@ -42,11 +42,16 @@ export function conv2d(x: Tensor, weight: Tensor, bias?: Tensor | null, options:
   check(options.groups === undefined || options.groups === 1, 'ERR_ARG', () => `conv2d: only groups 1 is supported, got ${String(options.groups)}`);
   const out = wrap(native.conv2dForward(x.handle, weight.handle, b ? b.handle : null, sh, sw, ph, pw));
   if (!needsGrad(x, weight, b)) return out;
-  return record(out, 'conv2d', [x, weight, b], (g) => {
+  return record(out, 'conv2d', [x, weight, b], (g, pending) => {
+    // A gradient already waiting for x (a residual block's shortcut) is added into dx while each
+    // sample's dx is in cache, instead of by the engine in a pass of its own.
+    const waiting = x.requiresGrad ? pending?.[0] ?? null : null;
+    const add = waiting && waiting.device === x.device && sameShape(waiting.shape, x.shape) ? waiting : null;
     const [dx, dwt, db] = native.conv2dBackward(
       g.handle, x.handle, weight.handle, sh, sw, ph, pw,
-      x.requiresGrad, weight.requiresGrad, b !== null && b.requiresGrad,
+      x.requiresGrad, weight.requiresGrad, b !== null && b.requiresGrad, add?.handle ?? null,
     );
+    if (add && dx) pending![0] = null;
     return [dx ? wrap(dx) : null, dwt ? wrap(dwt) : null, db ? wrap(db) : null];
   });
 }

@@ -26,15 +26,16 @@ Napi::Value Conv2dForward(const CI& info) {
                                    int(a.integer(6, "padW", 0, kMaxStride))));
 }
 
-// conv2dBackward(dy, x, w, strideH, strideW, padH, padW, needDx, needDw, needDb)
-//   -> [dx | null, dw | null, db | null]
+// conv2dBackward(dy, x, w, strideH, strideW, padH, padW, needDx, needDw, needDb, dxAdd?)
+//   -> [dx | null, dw | null, db | null]; with dxAdd (x's shape), dx includes it
 Napi::Value Conv2dBackward(const CI& info) {
   Args a{info, "conv2dBackward"};
   Conv2dGrad g = conv2d_backward(
       a.tensor(0, "dy"), a.tensor(1, "x"), a.tensor(2, "weight"),
       int(a.integer(3, "strideH", 1, kMaxStride)), int(a.integer(4, "strideW", 1, kMaxStride)),
       int(a.integer(5, "padH", 0, kMaxStride)), int(a.integer(6, "padW", 0, kMaxStride)),
-      a.boolean(7, "needDx"), a.boolean(8, "needDw"), a.boolean(9, "needDb"));
+      a.boolean(7, "needDx"), a.boolean(8, "needDw"), a.boolean(9, "needDb"),
+      a.optional_tensor(10, "dxAdd"));
   return wrap_all(info, {g.dx, g.dw, g.db});
 }
 

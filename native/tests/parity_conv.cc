@@ -119,7 +119,7 @@ struct Parity {
       same = x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
     }
     if (!same) ++failures;
-    std::printf("%-22s %-44s run twice: %s\n", what.c_str(), desc.c_str(),
+    std::printf("%-22s %-44s %s\n", what.c_str(), desc.c_str(),
                 same ? "bit-identical PASS" : "results differ FAIL");
   }
 
@@ -169,6 +169,14 @@ struct Parity {
         const std::string what = std::string("conv2d.") + names[which] + " only";
         std::printf("%-22s %-44s %s\n", what.c_str(), desc, ok ? "PASS" : "FAIL");
         if (ok) same_bits(what, desc, {*got[which]}, {*full_run[which]});
+      }
+
+      // A gradient folded into dx: the bits of the separate add on the device.
+      {
+        Tensor gadd = to_device(nrm(x.shape()), kGPU);
+        poison({x.shape()});
+        Conv2dGrad fold = conv2d_backward(gdy, gx, gw, c.sh, c.sw, c.ph, c.pw, true, false, false, gadd);
+        same_bits("conv2d.dx + dx_add", desc, {fold.dx}, {binary(Binary::Add, gg.dx, gadd)});
       }
 
       poison({y.shape()});

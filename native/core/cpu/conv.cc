@@ -254,6 +254,15 @@ AS_VECTORIZE void add_into(float* __restrict acc, const float* __restrict v, int
   for (int64_t i = 0; i < n; ++i) acc[i] += v[i];
 }
 
+// A sample's dx += the gradient folded into it (conv2d_backward's dx_add), split over the pool
+// when the sample's own kernels are.
+void add_sample(float* dxn, const float* add, int64_t n, bool inner_parallel) {
+  if (inner_parallel)
+    parallel_for(n, 16384, [&](int64_t i0, int64_t i1) { add_into(dxn + i0, add + i0, i1 - i0); });
+  else
+    add_into(dxn, add, n);
+}
+
 // ---- the windows lowering (own GEMM) -----------------------------------------------------------
 Padded padded(const Conv2dDims& d) {
   Padded g{d.Cin, d.H, d.W, d.pad_h, d.pad_w, d.stride_h, d.stride_w, 0, 0, 0, 0, d.kh, d.kw};
@@ -707,8 +716,8 @@ void forward_sample(const Conv2dDims& d, const float* x, const float* w, const f
 // Samples [n0, n1) in order: dW accumulates into dw_acc (overwritten by the first sample; dW^T
 // [K, Cout] with plan.dw_rows, else [Cout, K]), dx written per sample.
 void backward_group(const Conv2dDims& d, const float* dy, const float* x, const float* w,
-                    float* dx, float* dw_acc, int64_t n0, int64_t n1, const WindowsPlan& plan,
-                    bool inner_parallel) {
+                    float* dx, const float* dx_add, float* dw_acc, int64_t n0, int64_t n1,
+                    const WindowsPlan& plan, bool inner_parallel) {
   const GemmFn G = inner_parallel ? &gemm : &gemm_serial;
   const int64_t K = d.K(), P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
@@ -750,6 +759,7 @@ void backward_group(const Conv2dDims& d, const float* dy, const float* x, const 
           scatter_cols(d, dcols, p0, p1, dxn, inner_parallel);
         }
       }
+      if (dx_add) add_sample(dxn, dx_add + n * x_stride, x_stride, inner_parallel);
     }
   }
 }
@@ -842,7 +852,7 @@ void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const f
 }
 
 void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const float* w,
-                     float* dx, float* dw, float* db) {
+                     float* dx, float* dw, float* db, const float* dx_add) {
   const int64_t P = d.P();
   if (db) {
     // db[c] = sum over samples (fixed blocks, in order) of the plane sums of dy[n, c].
@@ -901,11 +911,11 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   if (across_samples(groups)) {
     parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g)
-        backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, false);
+        backward_group(d, dy, x, w, dx, dx_add, dw_of(g), group_begin(g), group_begin(g + 1), plan, false);
     });
   } else {
     for (int64_t g = 0; g < groups; ++g)
-      backward_group(d, dy, x, w, dx, dw_of(g), group_begin(g), group_begin(g + 1), plan, true);
+      backward_group(d, dy, x, w, dx, dx_add, dw_of(g), group_begin(g), group_begin(g + 1), plan, true);
   }
   if (separate) {
     // partial 0 + partial 1 + ... in group order, element-wise (split over the pool)

@@ -14,6 +14,7 @@
 // anywhere: the same inputs give the same bits on every run on one device.
 #include <algorithm>
 #include "../ops/conv.h"
+#include "../ops/elementwise.h"
 #include "common.cuh"
 
 namespace adashift {
@@ -257,7 +258,7 @@ void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const f
 }
 
 void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const float* x,
-                     const float* w, float* dx, float* dw, float* db) {
+                     const float* w, float* dx, float* dw, float* db, const float* dx_add) {
   const int64_t K = d.K(), P = d.P(), CK = d.Cout * K;
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
   if (db) {
@@ -298,18 +299,20 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
       GemmArgs g{d.Cin, P, d.Cout, d.N, w, d.Cin, 0, dy, P, y_stride, dx, P, x_stride,
                  1.0f, 0.0f, nullptr};
       sgemm(s, g, true, false);
-      return;
+    } else {
+      Scratch dcols(size_t(nb_max * K * P) * sizeof(float));
+      for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
+        const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
+        GemmArgs g{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride, dcols.as<float>(),
+                   P, K * P, 1.0f, 0.0f, nullptr};
+        sgemm(s, g, true, false);
+        const int64_t total = nb * x_stride;
+        k_col2im<<<grid_for(total, 256), 256, 0, s>>>(d, dcols.as<float>(), nb, dx + n0 * x_stride);
+        CUDA_CHECK_LAUNCH();
+      }
     }
-    Scratch dcols(size_t(nb_max * K * P) * sizeof(float));
-    for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
-      const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
-      GemmArgs g{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride, dcols.as<float>(),
-                 P, K * P, 1.0f, 0.0f, nullptr};
-      sgemm(s, g, true, false);
-      const int64_t total = nb * x_stride;
-      k_col2im<<<grid_for(total, 256), 256, 0, s>>>(d, dcols.as<float>(), nb, dx + n0 * x_stride);
-      CUDA_CHECK_LAUNCH();
-    }
+    // The folded gradient: one element-wise add over dx (in place).
+    if (dx_add) binary(s, Binary::Add, dx, dx_add, dx, d.N * x_stride);
   }
 }
 

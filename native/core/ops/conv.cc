@@ -64,11 +64,15 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, int str
 
 Conv2dGrad conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int stride_h,
                            int stride_w, int pad_h, int pad_w, bool need_dx, bool need_dw,
-                           bool need_db) {
+                           bool need_db, const Tensor& dx_add) {
   Conv2dDims d = conv_dims("conv2d backward", x, w, stride_h, stride_w, pad_h, pad_w);
   AS_CHECK(dy.defined(), Arg, "conv2d backward: the output gradient is undefined");
   check_same_device(x, dy, "conv2d backward");
   check_shape(dy, {d.N, d.Cout, d.Ho, d.Wo}, "conv2d backward: output gradient");
+  if (dx_add.defined()) {
+    check_same_device(x, dx_add, "conv2d backward");
+    check_shape(dx_add, x.shape(), "conv2d backward: the gradient to add to dx");
+  }
   Conv2dGrad g;
   if (need_dx) g.dx = Tensor(x.shape(), x.device());
   if (need_dw) g.dw = Tensor(w.shape(), x.device());
@@ -76,7 +80,7 @@ Conv2dGrad conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& w, i
   if (!need_dx && !need_dw && !need_db) return g;
   AS_DISPATCH(x.device(), conv2d_backward, d, dy.data(), x.data(), w.data(),
               need_dx ? g.dx.data() : nullptr, need_dw ? g.dw.data() : nullptr,
-              need_db ? g.db.data() : nullptr);
+              need_db ? g.db.data() : nullptr, need_dx && dx_add.defined() ? dx_add.data() : nullptr);
   return g;
 }
 

@@ -21,10 +21,13 @@ struct Conv2dGrad { Tensor dx, dw, db; };
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, int stride_h,
                       int stride_w, int pad_h, int pad_w);
-// Gradients of sum(y * dy); the ones not asked for are left undefined.
+// Gradients of sum(y * dy); the ones not asked for are left undefined. With dx_add (x's shape
+// and device) and need_dx, dx comes back as the input gradient plus dx_add, each element's sum
+// rounded once (the bits of a separate add): a gradient already waiting for x (a residual
+// block's shortcut) folded in while each sample's dx is in cache, not in a pass of its own.
 Conv2dGrad conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int stride_h,
                            int stride_w, int pad_h, int pad_w, bool need_dx, bool need_dw,
-                           bool need_db);
+                           bool need_db, const Tensor& dx_add = Tensor());
 
 // CPU GEMM on raw row-major operands held in tensors (any shape; only the element count
 // matters): returns a copy of c updated with C = alpha * op(A) op(B) + beta * C, where C is
@@ -52,9 +55,10 @@ namespace cpu {
 // b may be null. y [N, Cout, Ho, Wo] is fully written.
 void conv2d_forward(const Conv2dDims& d, const float* x, const float* w, const float* b,
                     float* y);
-// dx, dw, db: null when not needed; each given one is fully written.
+// dx, dw, db: null when not needed; each given one is fully written. dx_add (null or x's
+// size): added into dx.
 void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const float* w,
-                     float* dx, float* dw, float* db);
+                     float* dx, float* dw, float* db, const float* dx_add = nullptr);
 }  // namespace cpu
 
 #ifdef ADASHIFT_WITH_CUDA
@@ -62,7 +66,7 @@ namespace cuda {
 void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const float* w,
                     const float* b, float* y);
 void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const float* x,
-                     const float* w, float* dx, float* dw, float* db);
+                     const float* w, float* dx, float* dw, float* db, const float* dx_add = nullptr);
 }  // namespace cuda
 #endif
 
