@@ -37,6 +37,14 @@ const creationLogs: Set<Tensor>[] = [];
 
 export class Tensor {
   private h: NativeTensor;
+  // Disposed through this object. The handle's own flag, shape, element count and device are
+  // native accessors (a call into the addon each); ops read them several times per call, so the
+  // wrapper keeps what cannot change for its handle and its own disposal state (a handle is
+  // disposed only through its Tensor: ops dispose raw handles they made, never a Tensor's).
+  private gone = false;
+  private shp: number[] | null = null;
+  private num = -1;
+  private dev: string | null = null;
   /** Whether gradients flow to this tensor (leaves: user's choice; results: derived). */
   requiresGrad: boolean;
   /** Accumulated gradient of a leaf after backward(). */
@@ -55,21 +63,23 @@ export class Tensor {
 
   /** @internal The native handle (throws ERR_DISPOSED once disposed). */
   get handle(): NativeTensor {
-    if (this.h.disposed) throw new AdaShiftError('ERR_DISPOSED', 'the tensor was disposed and can no longer be used');
+    if (this.gone) throw new AdaShiftError('ERR_DISPOSED', 'the tensor was disposed and can no longer be used');
     return this.h;
   }
 
   get shape(): number[] {
-    return this.handle.shape;
+    return (this.shp ??= this.handle.shape).slice();
   }
   get device(): string {
-    return this.h.device;
+    return (this.dev ??= this.h.device);
   }
   get numel(): number {
-    return this.handle.numel;
+    const h = this.handle;
+    if (this.num < 0) this.num = h.numel;
+    return this.num;
   }
   get isDisposed(): boolean {
-    return this.h.disposed;
+    return this.gone || this.h.disposed;
   }
   get isLeaf(): boolean {
     return this.gradFn === null;
@@ -138,7 +148,8 @@ export class Tensor {
 
   /** Frees the native memory now. Further use throws ERR_DISPOSED. Idempotent. */
   dispose(): void {
-    if (!this.h.disposed) this.h.dispose();
+    if (!this.gone) this.h.dispose();
+    this.gone = true;
     finalizer.unregister(this);
     for (const s of scopes) s.delete(this);
   }
@@ -166,9 +177,13 @@ export class Tensor {
   _setData(other: Tensor): void {
     const h = other.handle;
     check(other !== this, 'ERR_ARG', () => '_setData: a tensor cannot take its own data');
-    if (!this.h.disposed) this.h.dispose();
+    if (!this.gone) this.h.dispose();
     finalizer.unregister(this);
     this.h = h;
+    this.gone = false;
+    this.shp = null;
+    this.num = -1;
+    this.dev = null;
     finalizer.register(this, h, this);
     // `other` gives up its handle: make it an empty shell that does not free it again.
     other.h = h.reshape(h.shape);
