@@ -1206,32 +1206,37 @@ TEST(softmax) {
 }
 
 // Short rows copied between strided blocks (a plane into its padded copy, every element or every
-// second or third): every row length around the vector width and its tail, each element where
-// it belongs, nothing written past a row's end (the guard values around the rows stay), and
-// nothing read past the last element a row takes (the last row ends where an inaccessible page
-// begins: a read past it kills the test process).
+// second or third; add_rows: a GEMM tile's rows into the output plus the bias): every row length
+// around the vector width and its tail, each element where it belongs, nothing written past a
+// row's end (the guard values around the rows stay), and nothing read past the last element a
+// row takes (the last row ends where an inaccessible page begins: a read past it kills the test
+// process).
 TEST(copy_rows) {
-  constexpr float kGuard = -12345.0f;
+  constexpr float kGuard = -12345.0f, kBias = 0.3f;
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
   char* pages = static_cast<char*>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   CHECK(pages != MAP_FAILED);
   if (pages == MAP_FAILED) return;
   CHECK(mprotect(pages + page, page, PROT_NONE) == 0);
   int64_t bad = 0;
-  for (int64_t step : {1, 2, 3})
+  // step 0: add_rows (step 1 with the bias added)
+  for (int64_t step : {1, 2, 3, 0})
     for (int64_t n = 0; n <= 50; ++n)
       for (int64_t rows : {1, 2, 5}) {
-        const int64_t span = n ? (n - 1) * step + 1 : 0;  // source elements a row reaches
+        const int64_t st = step ? step : 1;
+        const int64_t span = n ? (n - 1) * st + 1 : 0;  // source elements a row reaches
         const int64_t lds = span + 3, ldd = n + 5;
         const int64_t src_len = (rows - 1) * lds + span;
         float* src = reinterpret_cast<float*>(pages + page) - src_len;
         std::vector<float> dst(size_t(rows * ldd + 32), kGuard);
         for (int64_t i = 0; i < src_len; ++i) src[i] = float(i) + 0.5f;
-        cpu::loops::copy_rows(src, lds, step, dst.data() + 1, ldd, rows, n);
+        if (step) cpu::loops::copy_rows(src, lds, step, dst.data() + 1, ldd, rows, n);
+        else cpu::loops::add_rows(src, lds, kBias, dst.data() + 1, ldd, rows, n);
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t k = -1; k < ldd - 1; ++k) {
             const float got = dst[size_t(1 + r * ldd + k)];
-            const float want = k >= 0 && k < n ? src[r * lds + k * step] : kGuard;
+            const float v = k >= 0 && k < n ? src[r * lds + k * st] : 0.0f;
+            const float want = k >= 0 && k < n ? (step ? v : v + kBias) : kGuard;
             if (got != want && bad++ < 4)
               CHECK_MSG(false, "step=", step, " n=", n, " rows=", rows, " r=", r, " k=", k, ": ", got, " != ", want);
           }

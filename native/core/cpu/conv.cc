@@ -392,19 +392,18 @@ struct OutLayout {
 };
 
 // out (+ bias) from the GEMM rows [oh0, oh1) in the padded layout (out at row oh0).
-AS_VECTORIZE void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp,
+void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp,
                             int64_t Wo, const float* __restrict b, const OutLayout& out) {
   for (int64_t co = 0; co < Cout; ++co) {
     const float bc = b ? b[co] : 0.0f;
+    if (out.vs == 1) {
+      loops::add_rows(t + co * rows * Wp, Wp, bc, out.base + co * out.cs, out.rs, rows, Wo);
+      continue;
+    }
     for (int64_t r = 0; r < rows; ++r) {
       const float* __restrict src = t + (co * rows + r) * Wp;
       float* __restrict dst = out.base + co * out.cs + r * out.rs;
-      if (out.vs == 1) {
-#pragma omp simd
-        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow] + bc;
-      } else {
-        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow * out.vs] = src[ow] + bc;
-      }
+      for (int64_t ow = 0; ow < Wo; ++ow) dst[ow * out.vs] = src[ow] + bc;
     }
   }
 }

@@ -409,6 +409,39 @@ __attribute__((target("avx512f"))) static void copy_rows_step2_avx512(const floa
 }
 #endif
 
+#if AS_HAVE_AVX512_PATHS
+__attribute__((target("avx512f"))) static void add_rows_avx512(const float* src, int64_t lds, float add, float* dst,
+                                                              int64_t ldd, int64_t rows, int64_t n) {
+  const int64_t full = n / 16;
+  const __mmask16 tail = __mmask16((1u << (n % 16)) - 1u);
+  const __m512 a = _mm512_set1_ps(add);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * lds;
+    float* d = dst + r * ldd;
+    for (int64_t i = 0; i < full; ++i) _mm512_storeu_ps(d + 16 * i, _mm512_add_ps(_mm512_loadu_ps(s + 16 * i), a));
+    if (tail) _mm512_mask_storeu_ps(d + 16 * full, tail, _mm512_add_ps(_mm512_maskz_loadu_ps(tail, s + 16 * full), a));
+  }
+}
+#endif
+
+AS_VECTORIZE static void add_rows_generic(const float* __restrict src, int64_t lds, float add, float* __restrict dst,
+                                          int64_t ldd, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict s = src + r * lds;
+    float* __restrict d = dst + r * ldd;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) d[k] = s[k] + add;
+  }
+}
+
+void add_rows(const float* src, int64_t lds, float add, float* dst, int64_t ldd, int64_t rows, int64_t n) {
+  if (rows <= 0 || n <= 0) return;
+#if AS_HAVE_AVX512_PATHS
+  if (avx512_paths()) return add_rows_avx512(src, lds, add, dst, ldd, rows, n);
+#endif
+  add_rows_generic(src, lds, add, dst, ldd, rows, n);
+}
+
 void copy_rows(const float* src, int64_t lds, int64_t step, float* dst, int64_t ldd, int64_t rows, int64_t n) {
   if (rows <= 0 || n <= 0) return;
 #if AS_HAVE_AVX512_PATHS

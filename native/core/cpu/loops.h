@@ -90,6 +90,10 @@ void expand_cells(const float* vals, const int* row0, const int* flat_cell, int 
 // masked tail where the CPU has AVX-512 (for steps 1 and 2: a memcpy per row of 7 to 28 floats
 // costs more in the call than in the copy). Reads no element of a row past its last one.
 void copy_rows(const float* src, int64_t lds, int64_t step, float* dst, int64_t ldd, int64_t rows, int64_t n);
+// dst[r * ldd + k] = src[r * lds + k] + add for r < rows, k < n (a GEMM tile's rows placed in
+// the output with the bias), likewise by vector moves with a masked tail where the CPU has
+// AVX-512 (rows of 7 to 28 outputs are mostly remainder for a compiled loop).
+void add_rows(const float* src, int64_t lds, float add, float* dst, int64_t ldd, int64_t rows, int64_t n);
 // dst[k * ldd + r] = src[r * lds + k] for r < rows, k < cols (8 x 8 blocks through registers
 // where the CPU has AVX2).
 void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd);
