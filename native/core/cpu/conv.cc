@@ -392,8 +392,8 @@ struct OutLayout {
 };
 
 // out (+ bias) from the GEMM rows [oh0, oh1) in the padded layout (out at row oh0).
-void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp,
-                            int64_t Wo, const float* __restrict b, const OutLayout& out) {
+void take_rows(const float* __restrict t, int64_t Cout, int64_t rows, int64_t Wp, int64_t Wo,
+               const float* __restrict b, const OutLayout& out) {
   for (int64_t co = 0; co < Cout; ++co) {
     const float bc = b ? b[co] : 0.0f;
     if (out.vs == 1) {

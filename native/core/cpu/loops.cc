@@ -388,7 +388,8 @@ __attribute__((target("avx512f"))) static void copy_rows_step2_avx512(const floa
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const int64_t full = n / 16, m = n % 16;
   // the tail takes elements 0, 2, ..., 2m - 2 of its 32: the first 2m - 1 (of the low 16 at most)
-  const int lo_count = int(std::min<int64_t>(16, 2 * m - 1)), hi_count = int(std::max<int64_t>(0, 2 * m - 1 - 16));
+  const int lo_count = m ? int(std::min<int64_t>(16, 2 * m - 1)) : 0;
+  const int hi_count = m ? int(std::max<int64_t>(0, 2 * m - 1 - 16)) : 0;
   const __mmask16 tail = __mmask16((1u << m) - 1u);
   const __mmask16 lo_mask = __mmask16((1u << lo_count) - 1u), hi_mask = __mmask16((1u << hi_count) - 1u);
   for (int64_t r = 0; r < rows; ++r) {
@@ -407,9 +408,7 @@ __attribute__((target("avx512f"))) static void copy_rows_step2_avx512(const floa
     }
   }
 }
-#endif
 
-#if AS_HAVE_AVX512_PATHS
 __attribute__((target("avx512f"))) static void add_rows_avx512(const float* src, int64_t lds, float add, float* dst,
                                                               int64_t ldd, int64_t rows, int64_t n) {
   const int64_t full = n / 16;
