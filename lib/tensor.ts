@@ -68,7 +68,8 @@ export class Tensor {
   }
 
   get shape(): number[] {
-    return (this.shp ??= this.handle.shape).slice();
+    const h = this.handle;
+    return (this.shp ??= h.shape).slice();
   }
   get device(): string {
     return (this.dev ??= this.h.device);

@@ -404,6 +404,11 @@ describe('dispose', () => {
     const before = cpuMem();
     const t = as.zeros([3, 5]);
     expect(cpuMem()).toEqual({ tensors: before.tensors + 1, bytes: before.bytes + 60 });
+    // read before disposal too: what the wrapper keeps of its handle does not outlive it
+    expect([t.shape, t.numel, t.device]).toEqual([[3, 5], 15, 'cpu']);
+    const shape = t.shape;
+    shape[0] = 7; // a copy: the tensor's shape stays
+    expect(t.shape).toEqual([3, 5]);
     t.dispose();
     expect(cpuMem()).toEqual(before);
     t.dispose();
@@ -412,6 +417,7 @@ describe('dispose', () => {
     expect(t.toString()).toBe('Tensor(disposed)');
     expectCode(() => t.toFloat32Array(), 'ERR_DISPOSED');
     expectCode(() => t.shape, 'ERR_DISPOSED');
+    expectCode(() => t.numel, 'ERR_DISPOSED');
     expectCode(() => F.relu(t), 'ERR_DISPOSED');
   });
 
