@@ -512,6 +512,23 @@ function bContextSeed(c: Ctx, C: number): Args {
   const pw = p.bool() ? c.rand([C, C]) : null;
   return [pw, pw && p.bool() ? c.rand([C]) : null, c.rand([C]), c.rand([C]), p.pick([1e-5, 1e-6, 0.1])];
 }
+/**
+ * What an AdaShift-B backward takes from its forward: the context's parameters drawn (proj on
+ * or off, its bias with it or not; eps 1e-5) and `forward` run on them; its outputs are kept
+ * except the first (the op's result, not saved), disposed here.
+ */
+function bForwardSaved(
+  c: Ctx,
+  C: number,
+  forward: (pw: NativeTensor | null, pb: NativeTensor | null, nw: NativeTensor, nb: NativeTensor) => NativeTensor[],
+): { saved: NativeTensor[]; pw: NativeTensor | null; nw: NativeTensor } {
+  const p = c.prng;
+  const pw = p.bool() ? c.rand([C, C]) : null;
+  const nw = c.rand([C]);
+  const [first, ...saved] = c.keep(forward(pw, pw && p.bool() ? c.rand([C]) : null, nw, c.rand([C])));
+  first.dispose();
+  return { saved, pw, nw };
+}
 const bContextSaved = (): Param[] => [
   T('mean', { dims: 'all' }),
   T('rstd', { dims: 'all' }),
@@ -570,11 +587,8 @@ const MUTATION_SPECS: MutSpec[] = [
       const p = c.prng;
       const N = p.int(1, 2), C = p.int(1, 4);
       const x = c.rand([N, C, p.int(1, 3), p.int(1, 3)]);
-      const pw = p.bool() ? c.rand([C, C]) : null;
-      const nw = c.rand([C]);
-      const [y, t, u, s, mean, rstd] = c.keep(c.native.adashiftBForward(x, pw, pw && p.bool() ? c.rand([C]) : null, nw, c.rand([C]), 1e-5));
-      y.dispose();
-      return [x, c.rand(x.shape), t, u, s, mean, rstd, pw, nw, p.bool()];
+      const { saved, pw, nw } = bForwardSaved(c, C, (pw, pb, nw, nb) => c.native.adashiftBForward(x, pw, pb, nw, nb, 1e-5));
+      return [x, c.rand(x.shape), ...saved, pw, nw, p.bool()];
     },
     semantic: [['s of the layout [N, C]', (c, a) => a.map((x, i) => (i === 4 ? c.rand([shp(a[0])[0], shp(a[0])[1]]) : x))]],
     check: (r, a) => {
@@ -616,11 +630,8 @@ const MUTATION_SPECS: MutSpec[] = [
       const p = c.prng;
       const N = p.int(0, 3), C = p.int(1, 4);
       const m = c.rand([N, 1, C]);
-      const pw = p.bool() ? c.rand([C, C]) : null;
-      const nw = c.rand([C]);
-      const [s, u, mean, rstd] = c.keep(c.native.adashiftBContextForward(m, pw, pw && p.bool() ? c.rand([C]) : null, nw, c.rand([C]), 1e-5));
-      s.dispose();
-      return [c.rand([N, 1, C]), m, u, mean, rstd, pw, nw, p.bool()];
+      const { saved, pw, nw } = bForwardSaved(c, C, (pw, pb, nw, nb) => c.native.adashiftBContextForward(m, pw, pb, nw, nb, 1e-5));
+      return [c.rand([N, 1, C]), m, ...saved, pw, nw, p.bool()];
     },
     semantic: [['ds of the layout [N, C]', (c, a) => [c.rand([shp(a[0])[0], shp(a[0])[2]]), ...a.slice(1)]]],
     check: (r, a) => {
