@@ -50,6 +50,8 @@ describe('ERR_ARG', () => {
     expect(thrown(() => new as.nn.AdaShiftMA(10, { headDim: 3 }), 'ERR_ARG').message).toMatch(/10 channels do not split into 3 heads \(headDim 3\)/);
     expect(thrown(() => new as.nn.AdaShiftMA(8, { grid: 0 }), 'ERR_ARG').message).toMatch(/grid must be an integer in \[1, 1024\], got 0/);
     expect(thrown(() => as.nn.activation('swish', 4), 'ERR_ARG').message).toMatch(/unknown activation 'swish'; expected one of relu, gelu, silu/);
+    // a name that a template string cannot convert (a Symbol) still gets the package's error
+    expect(thrown(() => as.nn.activation(Symbol('relu') as never, 4), 'ERR_ARG').message).toMatch(/unknown activation 'Symbol\(relu\)'/);
     x.dispose();
   });
 

@@ -17,10 +17,21 @@ import { ensureDist } from './helpers/dist';
 import { FuzzCase, makeApiCase, makeEnv, makeNativeCase, NATIVE_FUNCTIONS, NO_ARG_FUNCTIONS, runCase } from './helpers/fuzz';
 import { makeMutationCase, makeValidCase, MUTATION_ALL_OPTIONAL, MUTATION_FUNCTIONS, MUTATION_PARAMS, MUTATION_SEMANTIC } from './helpers/fuzz-seeds';
 
-const SEED = 0xada5;
-const N = 1000;
+// ADASHIFT_FUZZ_SEED (a number, 0x... allowed) and ADASHIFT_FUZZ_SCALE (a whole multiplier of
+// the case counts) run other and more cases than the default ones, e.g.
+//   ADASHIFT_FUZZ_SEED=0xbeef ADASHIFT_FUZZ_SCALE=8 npx jest test/fuzz.test.ts
+function envInt(name: string, fallback: number, min: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const v = Number(raw);
+  if (!Number.isSafeInteger(v) || v < min) throw new Error(`${name} must be an integer >= ${min}, got '${raw}'`);
+  return v;
+}
+const SEED = envInt('ADASHIFT_FUZZ_SEED', 0xada5, 0) >>> 0;
+const SCALE = envInt('ADASHIFT_FUZZ_SCALE', 1, 1);
+const N = 1000 * SCALE;
 /** mutation cases: spread evenly over the functions of fuzz-seeds.ts (round robin) */
-const N_MUT = 1500;
+const N_MUT = 1500 * SCALE;
 /** the layers in the order the child replays them */
 const LAYERS = [
   { name: 'native', n: N },

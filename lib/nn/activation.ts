@@ -226,6 +226,6 @@ export function activation(name: ActivationName | string, channels: number, opti
     case 'adashift-ma':
       return new AdaShiftMA(channels, options);
     default:
-      throw new AdaShiftError('ERR_ARG', `unknown activation '${name}'; expected one of ${ACTIVATIONS.join(', ')}`);
+      throw new AdaShiftError('ERR_ARG', `unknown activation '${String(name)}'; expected one of ${ACTIVATIONS.join(', ')}`);
   }
 }

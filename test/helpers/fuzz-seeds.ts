@@ -185,7 +185,7 @@ function tensorPool(p: TensorParam, a: Args, cur: unknown, c: Ctx): Mut[] {
     const dims = ev(p.dims, a, [] as number[] | 'all');
     for (const d of dims === 'all' ? s.map((_, i) => i) : dims) {
       pool.push([`dim ${d} + 1`, (cx) => cx.rand(withDim(s, d, s[d] + 1))]);
-      pool.push([`dim ${d} - 1`, (cx) => cx.rand(withDim(s, d, s[d] - 1))]);
+      if (s[d] > 0) pool.push([`dim ${d} - 1`, (cx) => cx.rand(withDim(s, d, s[d] - 1))]);
     }
   }
   return [...pool, ...(p.extra?.(c, a) ?? [])];
@@ -341,8 +341,12 @@ interface MutSpec {
   params: Param[];
   /** a valid argument list (tensors made through c, so cleanup frees them) */
   seed: (c: Ctx) => Args;
-  /** contract violations that need more than one argument changed: (c, seed) -> arguments */
-  semantic?: [string, (c: Ctx, a: Args) => Args][];
+  /**
+   * contract violations that need more than one argument changed: (c, seed) -> arguments, and
+   * when given, whether the violation exists for this seed (a transposed layout of a square
+   * tensor is the same shape)
+   */
+  semantic?: [string, (c: Ctx, a: Args) => Args, ((a: Args) => boolean)?][];
   /** checks what a valid call returned: a problem, or undefined */
   check?: (r: unknown, a: Args, c: Ctx) => string | undefined;
 }
@@ -706,8 +710,8 @@ const MUTATION_SPECS: MutSpec[] = [
       return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, stats, ...a.slice(1, 13), c.prng.bool(), ...bn];
     },
     semantic: [
-      ['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v))],
-      ['stats of the layout [N, T, 4]', (c, a) => a.map((v, i) => (i === 7 ? c.rand([shp(a[7])[0], shp(a[7])[2], shp(a[7])[1]]) : v))],
+      ['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v)), (a) => shp(a[6])[1] !== shp(a[6])[2]],
+      ['stats of the layout [N, T, 4]', (c, a) => a.map((v, i) => (i === 7 ? c.rand([shp(a[7])[0], shp(a[7])[2], shp(a[7])[1]]) : v)), (a) => shp(a[7])[1] !== shp(a[7])[2]],
     ],
     check: (r, a) => {
       const [N, C] = shp(a[0]);
@@ -1234,10 +1238,15 @@ function lastRequired(spec: MutSpec, a: Args): number {
   return last;
 }
 
+/** The semantic cases that are violations for this seed. */
+function semanticsFor(spec: MutSpec, a: Args) {
+  return (spec.semantic ?? []).filter(([, , applies]) => !applies || applies(a));
+}
+
 /** Positions, then semantic cases, then truncation, in turn: every one is reached. */
 function slotsOf(spec: MutSpec, a: Args): Slot[] {
   const slots: Slot[] = spec.params.map((_, i) => i);
-  if (spec.semantic?.length) slots.push('semantic');
+  if (semanticsFor(spec, a).length) slots.push('semantic');
   if (lastRequired(spec, a) >= 0) slots.push('missing');
   return slots;
 }
@@ -1272,7 +1281,7 @@ export function makeMutationCase(index: number, seed: number, env: FuzzEnv): Mut
   let what: string;
   try {
     if (slot === 'semantic') {
-      const [label, make] = prng.pick(spec.semantic!);
+      const [label, make] = prng.pick(semanticsFor(spec, args));
       call = make(ctx, args);
       what = `semantic:${label}`;
     } else if (slot === 'missing') {
