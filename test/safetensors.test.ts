@@ -1,12 +1,16 @@
 // safetensors I/O: round trips (F32 of several shapes incl. 0-d and empty, I64, I32,
 // metadata), the on-disk layout checked by an independent parser, the fixture files, other
 // float dtypes, every kind of corrupt file (ERR_IO with a message that says what is wrong),
-// and atomic saves (a failing save leaves the old file and no temp files).
+// atomic saves (a failing save leaves the old file and no temp files), and the output folders
+// the CLI makes.
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { types } from 'util';
 import * as as from '../lib';
+import { ensureDir } from '../lib/io/safetensors';
+import { ensureDist } from './helpers/dist';
 import { thrown } from './helpers/errors';
 
 const io = as.io;
@@ -259,5 +263,32 @@ describe('atomic saves', () => {
     expect(e.code).toBe('ERR_IO');
     expect(fs.readdirSync(sub)).toEqual([]);
     t.dispose();
+  });
+});
+
+describe('output folders (ensureDir, used by train, compare and the benchmarks)', () => {
+  test('makes missing parents, accepts an existing folder, refuses a file in the path', () => {
+    const base = fs.mkdtempSync(path.join(dir, 'dirs-'));
+    const deep = path.join(base, 'a', 'b', 'c');
+    ensureDir(deep);
+    expect(fs.statSync(deep).isDirectory()).toBe(true);
+    ensureDir(deep);  // already there
+    fs.writeFileSync(path.join(base, 'f'), 'x');
+    expect(thrown(() => ensureDir(path.join(base, 'f')), 'ERR_IO').message).toMatch(/exists and is not a folder/);
+    expect(thrown(() => ensureDir(path.join(base, 'f', 'sub')), 'ERR_IO').message).toMatch(/cannot create the folder: ENOTDIR/);
+  });
+
+  // fs.mkdirSync(..., { recursive: true }) never returns here (procfs answers ENOENT for the
+  // child of a folder that exists); run in a child with a time limit so a regression fails the
+  // test instead of hanging the suite.
+  (fs.existsSync('/proc/self') ? test : test.skip)('a folder under /proc is refused at once with ERR_IO', () => {
+    const dist = ensureDist();
+    const script = `
+      const { ensureDir } = require(${JSON.stringify(path.join(dist, 'io', 'safetensors.js'))});
+      try { ensureDir('/proc/adashift-no-such/sub'); console.log('made'); }
+      catch (e) { console.log(e.code + ' ' + e.message); }`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.error).toBeUndefined();
+    expect(r.stdout.trim()).toMatch(/^ERR_IO \/proc\/adashift-no-such\/sub: cannot create the folder: ENOENT/);
   });
 });

@@ -270,6 +270,20 @@ describe('CLI', () => {
     expect(r.stderr).toMatch(/Usage: adashift/);
   });
 
+  test('an output folder that cannot be made is an ERR_IO error, not a hang', () => {
+    const f = path.join(tmp, 'a-file');
+    fs.writeFileSync(f, 'x');
+    const r = spawnSync(process.execPath, [cli, 'train', '--data-dir', dataDir, '--epochs', '1', '--out', path.join(f, 'run')], { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { ...process.env, ADASHIFT_DEVICE: 'cpu' } });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/a-file\/run: cannot create the folder: ENOTDIR.*\(ERR_IO\)/);
+    if (fs.existsSync('/proc/self')) {
+      const p = spawnSync(process.execPath, [cli, 'bench', 'act', '--shape', '2,4,8,8', '--acts', 'relu', '--no-torch', '--repeats', '1', '--out', '/proc/adashift-no-such'], { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { ...process.env, ADASHIFT_DEVICE: 'cpu' } });
+      expect(p.error).toBeUndefined();
+      expect(p.status).toBe(1);
+      expect(p.stderr).toMatch(/\/proc\/adashift-no-such: cannot create the folder: ENOENT.*\(ERR_IO\)/);
+    }
+  });
+
   test('train then eval from the command line', () => {
     const out = path.join(tmp, 'cli-run');
     const t = run('train', '--act', 'silu', '--data-dir', dataDir, '--epochs', '1', '--batch', '50', '--no-augment', '--out', out);

@@ -1,9 +1,8 @@
 // Shared pieces of the benchmark programs: timing with device synchronisation, medians,
 // environment description, the PyTorch peer, and result files.
 import { spawnSync } from 'child_process';
-import * as fs from 'fs';
 import * as path from 'path';
-import { writeAtomic } from '../io/safetensors';
+import { ensureDir, writeAtomic } from '../io/safetensors';
 import { native } from '../native';
 export { environment, gitCommit } from '../provenance';
 export { median, pairedRatio } from '../stats';
@@ -40,7 +39,7 @@ export function runPython(python: string, script: string, config: unknown, timeo
 }
 
 export function writeResult(dir: string, name: string, data: unknown): string {
-  fs.mkdirSync(dir, { recursive: true });
+  ensureDir(dir);
   const file = path.join(dir, name);
   writeAtomic(file, [Buffer.from(JSON.stringify(data, null, 2) + '\n')]);
   return file;

@@ -67,6 +67,42 @@ export function saveSafetensors(file: string, tensors: Record<string, Safetensor
   writeAtomic(file, [head, Buffer.from(json, 'utf8'), ...chunks]);
 }
 
+/**
+ * Creates the folder `dir` and any missing parents, one level at a time (mkdir -p). Node's
+ * recursive mkdir never returns for a path under /proc or /sys: the kernel answers ENOENT for
+ * the child of a folder that exists, which it takes for a missing parent and retries forever.
+ * Throws ERR_IO naming the folder that could not be made.
+ * @internal
+ */
+export function ensureDir(dir: string): void {
+  const missing: string[] = [];
+  for (let p = path.resolve(dir); ; ) {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(dir, `cannot create the folder: ${(e as Error).message}`);
+    }
+    if (st) {
+      if (!st.isDirectory()) throw ioError(dir, `cannot create the folder: '${p}' exists and is not a folder`);
+      break;
+    }
+    missing.push(p);
+    const parent = path.dirname(p);
+    if (parent === p) break;
+    p = parent;
+  }
+  for (const d of missing.reverse()) {
+    try {
+      fs.mkdirSync(d);
+    } catch (e) {
+      // made meanwhile by another process: fine if it is a folder
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST' && fs.statSync(d).isDirectory()) continue;
+      throw ioError(dir, `cannot create the folder: ${(e as Error).message}`);
+    }
+  }
+}
+
 /** Writes buffers to a temp file beside `file`, flushes it, then renames over `file`. */
 export function writeAtomic(file: string, parts: Buffer[]): void {
   const dir = path.dirname(path.resolve(file));

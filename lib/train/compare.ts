@@ -1,11 +1,10 @@
 // compare(): trains each activation with several seeds under the same settings and writes a
 // report: a Markdown table (test accuracy mean and spread, seconds per epoch, images/s,
 // parameters), summary.json, and SVG plots of test accuracy and train loss per epoch.
-import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../device';
 import { check } from '../errors';
-import { writeAtomic } from '../io/safetensors';
+import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { environment } from '../provenance';
 import { mean, median, std } from '../stats';
@@ -46,7 +45,7 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
   check(acts.length > 0 && acts.every((a) => ACTIVATIONS.includes(a)), 'ERR_ARG', () => `compare: acts must be some of ${ACTIVATIONS.join(', ')}`);
   check(Number.isInteger(seeds) && seeds >= 1, 'ERR_ARG', () => `compare: seeds must be a positive integer, got ${seeds}`);
   check(typeof options.out === 'string' && options.out.length > 0, 'ERR_ARG', () => 'compare: an output folder (out) is required');
-  fs.mkdirSync(options.out, { recursive: true });
+  ensureDir(options.out);
   const { acts: _a, seeds: _s, seed: _sd, out, ...trainOptions } = options;
   // Taken before the runs: the code and machine that ran them (an edit to the checkout while
   // they run must not change what the report says they ran).

@@ -7,7 +7,7 @@ import { AdaShiftError, check } from '../errors';
 import { resolveDevice, setNumThreads } from '../device';
 import { environment } from '../provenance';
 import { noGrad } from '../autograd';
-import { writeAtomic } from '../io/safetensors';
+import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
 import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
@@ -326,7 +326,7 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   }
   const params = model.numParameters();
   if (out) {
-    fs.mkdirSync(out, { recursive: true });
+    ensureDir(out);
     if (!resumed) {
       const config = { ...cfg, resume: undefined, out: undefined, provenance: environment(device) };
       writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
