@@ -362,12 +362,14 @@ export function main(argv = process.argv): void {
       .option('--resume', 'continue from <out>/checkpoint.safetensors'),
   ).action(async (opts, cmd: Command) => {
     const out = (opts.out as string | undefined) ?? path.join('runs', `${opts.model}-${opts.act}-${opts.dataset}-seed${opts.seed}`);
-    // A resumed run keeps its configuration; only flags given on this command line apply
-    // (epochs to extend it, device, threads).
+    // A resumed run keeps its configuration: only flags given on this command line are passed
+    // (epochs extends it; device, threads and graph may change; train refuses any other that
+    // differs from the run's), not the defaults of those left out.
     const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
+    const all: TrainOptions = { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed };
     const options: TrainOptions = opts.resume
-      ? { epochs: given('epochs') ? opts.epochs : undefined, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out, resume: true }
-      : { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed, out };
+      ? { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out, resume: true }
+      : { ...all, out };
     const stop = interruptible();
     const progress = progressCallbacks();
     try {

@@ -129,6 +129,28 @@ describe('train', () => {
     expect(modelTensors(path.join(split, 'checkpoint.safetensors'))).toEqual(modelTensors(path.join(straight, 'checkpoint.safetensors')));
   });
 
+  test('a resumed run refuses settings that differ from its own, and takes the same ones', async () => {
+    const out = path.join(tmp, 'resume-settings');
+    const r = await train({ ...base, act: 'relu', out }, { shouldStop: () => true });
+    expect(r.interrupted).toBe(true);
+    const ckpt = path.join(out, 'checkpoint.safetensors');
+    const bytes = fs.readFileSync(ckpt);
+    const before = memory().tensors;
+    await expect(train({ ...base, act: 'silu', out, resume: true })).rejects.toMatchObject({
+      code: 'ERR_ARG',
+      message: expect.stringMatching(/a resumed run keeps its settings, and act "silu" \(the run's: "relu"\) differs/),
+    });
+    await expect(train({ out, resume: true, lr: 0.5, batch: 7 })).rejects.toMatchObject({
+      code: 'ERR_ARG',
+      message: expect.stringMatching(/lr 0\.5 \(the run's: [0-9.e-]+\), batch 7 \(the run's: \d+\) differ: leave them out/),
+    });
+    expect(memory().tensors).toBe(before); // the loaded checkpoint is freed
+    expect(fs.readFileSync(ckpt).equals(bytes)).toBe(true);
+    // the run's own values, epochs and the device may be given
+    const done = await train({ ...base, act: 'relu', out, resume: true, device: 'cpu' });
+    expect(done.history.length).toBe(base.epochs);
+  });
+
   test('bad options and missing data give clear errors', async () => {
     await expect(train({ ...base, act: 'tanh' as never })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/unknown activation 'tanh'/) });
     await expect(train({ ...base, epochs: 0 })).rejects.toMatchObject({ code: 'ERR_ARG' });

@@ -3,7 +3,7 @@
 // resume. evaluate(): test loss and accuracy of a model or a checkpoint.
 import * as fs from 'fs';
 import * as path from 'path';
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, fail } from '../errors';
 import { resolveDevice, setNumThreads } from '../device';
 import { environment } from '../provenance';
 import { noGrad } from '../autograd';
@@ -117,6 +117,9 @@ const DEFAULTS = {
   resume: false,
   graph: false,
 };
+
+/** What a resumed run may be given anew; every other setting is the run's own. */
+const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'threads', 'maxBatches', 'out', 'resume']);
 
 function normalize(options: TrainOptions) {
   const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & TrainOptions;
@@ -293,8 +296,17 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     resumed = loadCheckpoint(ckptFile!, device);
   }
   // The run's configuration is the checkpoint's when resuming (flags other than epochs, device,
-  // threads and graph cannot change a run half-way).
+  // threads and graph cannot change a run half-way): a setting given now that differs from the
+  // run's is refused rather than dropped without a word.
   const saved = resumed?.meta.config as TrainOptions | undefined;
+  if (saved) {
+    const run = normalize(saved) as unknown as Record<string, unknown>;
+    const differ = Object.entries(options).filter(([k, v]) => v !== undefined && !RESUME_MAY_CHANGE.has(k) && v !== run[k]);
+    if (differ.length) {
+      disposeCheckpoint(resumed!);
+      fail('ERR_ARG', `train: a resumed run keeps its settings, and ${differ.map(([k, v]) => `${k} ${JSON.stringify(v)} (the run's: ${JSON.stringify(run[k])})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or start a new run in another folder`);
+    }
+  }
   const cfg = saved
     ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, graph: o.graph, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
     : o;
