@@ -144,6 +144,8 @@ describe('train', () => {
       code: 'ERR_ARG',
       message: expect.stringMatching(/lr 0\.5 \(the run's: [0-9.e-]+\), batch 7 \(the run's: \d+\) differ: leave them out/),
     });
+    // an error after the checkpoint is loaded (its data folder is gone) frees it too
+    await expect(train({ out, resume: true, dataDir: path.join(tmp, 'no-data-here') })).rejects.toMatchObject({ code: 'ERR_IO' });
     expect(memory().tensors).toBe(before); // the loaded checkpoint is freed
     expect(fs.readFileSync(ckpt).equals(bytes)).toBe(true);
     // the run's own values, epochs and the device may be given

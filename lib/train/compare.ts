@@ -100,7 +100,7 @@ export function markdownTable(rows: CompareRow[], options: Partial<CompareOption
     lines.push(`| ${r.act} | ${acc} | ${r.secondsPerEpoch.toFixed(1)} | ${r.imagesPerSec.toFixed(0)}${vs} | ${r.params.toLocaleString('en-US')} |`);
   }
   const o = options;
-  const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} epochs`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]
+  const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} ${(o.epochs ?? 10) === 1 ? 'epoch' : 'epochs'}`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]
     .concat(o.limitTrain ? [`first ${o.limitTrain} training images`] : [])
     .join(', ');
   const p = provenance;

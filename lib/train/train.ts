@@ -281,6 +281,15 @@ function optimizerBuffers(opt: Optimizer<BaseHyper>): { buffers: Record<number, 
   return { buffers, meta: { kind: opt.constructor.name, state, paramGroups: sd.paramGroups } };
 }
 
+/** What a run holds that must be freed when it ends, however it ends. */
+interface Held {
+  resumed?: CheckpointData;
+  model?: ResNet;
+  opt?: ReturnType<typeof makeTrainOptimizer>;
+  loader?: DataLoader;
+  graph?: GraphStep;
+}
+
 /** Trains a ResNet (see TrainOptions); resolves when done or stopped. */
 export async function train(options: TrainOptions = {}, callbacks: TrainCallbacks = {}): Promise<TrainResult> {
   const o = normalize(options);
@@ -289,11 +298,36 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   check(!o.graph || device.startsWith('cuda'), 'ERR_ARG', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
   const out = o.out ?? null;
   const ckptFile = out ? path.join(out, 'checkpoint.safetensors') : null;
+  // What the run has made, freed however it ends: an error before the first batch (a dataset
+  // that does not load, an output folder that cannot be made) must not leave the checkpoint's
+  // or the model's tensors alive in the caller's process.
+  const held: Held = {};
+  try {
+    return await runTraining(o, options, callbacks, device, out, ckptFile, held);
+  } finally {
+    if (held.resumed) disposeCheckpoint(held.resumed);
+    held.graph?.dispose();
+    await held.loader?.close();
+    held.model?.dispose();
+    held.opt?.dispose();
+  }
+}
+
+/** train() once its options are checked: everything it makes goes into held as it is made. */
+async function runTraining(
+  o: ReturnType<typeof normalize>,
+  options: TrainOptions,
+  callbacks: TrainCallbacks,
+  device: string,
+  out: string | null,
+  ckptFile: string | null,
+  held: Held,
+): Promise<TrainResult> {
   let resumed: CheckpointData | null = null;
   if (o.resume) {
     check(ckptFile !== null, 'ERR_ARG', () => 'train: resume needs an output folder (out) holding checkpoint.safetensors');
     if (!fs.existsSync(ckptFile!)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${ckptFile} does not exist`);
-    resumed = loadCheckpoint(ckptFile!, device);
+    resumed = held.resumed = loadCheckpoint(ckptFile!, device);
   }
   // The run's configuration is the checkpoint's when resuming (flags other than epochs, device,
   // threads and graph cannot change a run half-way): a setting given now that differs from the
@@ -303,20 +337,21 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     const run = normalize(saved) as unknown as Record<string, unknown>;
     const differ = Object.entries(options).filter(([k, v]) => v !== undefined && !RESUME_MAY_CHANGE.has(k) && v !== run[k]);
     if (differ.length) {
-      disposeCheckpoint(resumed!);
       fail('ERR_ARG', `train: a resumed run keeps its settings, and ${differ.map(([k, v]) => `${k} ${JSON.stringify(v)} (the run's: ${JSON.stringify(run[k])})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or start a new run in another folder`);
     }
   }
   const cfg = saved
     ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, graph: o.graph, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
     : o;
+  // the output folder first: a bad one fails before the datasets are read and the model built
+  if (out) ensureDir(out);
 
   const trainSet = loadDataset(cfg.dataset, 'train', { dataDir: cfg.dataDir, limit: cfg.limitTrain });
   const testSet = loadDataset(cfg.dataset, 'test', { dataDir: cfg.dataDir, limit: cfg.limitTest });
   manualSeed(cfg.seed);
-  const model = resnet(cfg.model, { act: cfg.act, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device });
-  const loader = new DataLoader(trainSet, { batchSize: cfg.batch, shuffle: true, seed: cfg.seed, augment: augmentFor(trainSet, cfg.augment), dropLast: false });
-  const opt = makeTrainOptimizer(model, cfg, device);
+  const model = (held.model = resnet(cfg.model, { act: cfg.act, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device }));
+  const loader = (held.loader = new DataLoader(trainSet, { batchSize: cfg.batch, shuffle: true, seed: cfg.seed, augment: augmentFor(trainSet, cfg.augment), dropLast: false }));
+  const opt = (held.opt = makeTrainOptimizer(model, cfg, device));
   const schedule = makeSchedule(cfg, loader.batchesPerEpoch);
   const scheduler = schedule ? new LrScheduler(opt, schedule) : null;
   const history: EpochMetrics[] = [];
@@ -335,14 +370,12 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     if (resumed.meta.partial) partial = { ...resumed.meta.partial };
     history.push(...(resumed.meta.history as unknown as EpochMetrics[]));
     disposeCheckpoint(resumed);
+    held.resumed = undefined;
   }
   const params = model.numParameters();
-  if (out) {
-    ensureDir(out);
-    if (!resumed) {
-      const config = { ...cfg, resume: undefined, out: undefined, provenance: environment(device) };
-      writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
-    }
+  if (out && !resumed) {
+    const config = { ...cfg, resume: undefined, out: undefined, provenance: environment(device) };
+    writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
   }
   const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, ...shown } = cfg;
   callbacks.onStart?.({ config: shown as never, params, trainCount: trainSet.count, testCount: testSet.count, batchesPerEpoch: loader.batchesPerEpoch, startEpoch, startBatch, device });
@@ -379,66 +412,59 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     opt.zeroGrad();
     return r;
   };
-  const graph = cfg.graph ? new GraphStep(model, step, device, [cfg.batch, trainSet.channels, trainSet.height, trainSet.width], trainSet.numClasses) : null;
-  try {
-    for (let epoch = startEpoch; epoch < cfg.epochs && !interrupted; epoch++) {
-      model.train();
-      let { lossSum, correct, seen, seconds } = epoch === startEpoch ? partial : { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
-      const first = epoch === startEpoch ? startBatch : 0;
-      let lastBatch = first;
-      for await (const b of loader.epoch(epoch, first)) {
-        const t0 = process.hrtime.bigint();
-        const n = b.shape[0];
-        // With graph: replays for full-size batches once one eager step has run in this process.
-        const [l, c] = graph && n === cfg.batch && batchesRun > 0
-          ? graph.run(b.images, b.labels)
-          : tidy(() => {
-              const r = step(tensor(b.images, b.shape, { device }), b.labels);
-              return [r.loss.item(), r.correct.item()];
-            });
-        scheduler?.step();
-        if (!Number.isFinite(l)) {
-          throw new AdaShiftError('ERR_ARG', `training diverged: loss is ${l} at epoch ${epoch + 1}, batch ${b.index + 1}; lower the learning rate (--lr)`);
-        }
-        seconds += Number(process.hrtime.bigint() - t0) / 1e9;
-        lossSum += l * n;
-        correct += c;
-        seen += n;
-        lastBatch = b.index + 1;
-        batchesRun++;
-        callbacks.onBatch?.({ epoch, batch: b.index, batches: loader.batchesPerEpoch, loss: lossSum / seen, acc: correct / seen, imagesPerSec: seen / seconds, lr: opt.paramGroups[0].lr });
-        if (callbacks.shouldStop?.() || (cfg.maxBatches !== undefined && batchesRun >= cfg.maxBatches)) {
-          if (lastBatch < loader.batchesPerEpoch) {
-            interrupted = true;
-            save(epoch, lastBatch, { lossSum, correct, seen, seconds });
-            break;
-          }
-          interrupted = true;
-        }
+  const graph = cfg.graph ? (held.graph = new GraphStep(model, step, device, [cfg.batch, trainSet.channels, trainSet.height, trainSet.width], trainSet.numClasses)) : null;
+  for (let epoch = startEpoch; epoch < cfg.epochs && !interrupted; epoch++) {
+    model.train();
+    let { lossSum, correct, seen, seconds } = epoch === startEpoch ? partial : { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
+    const first = epoch === startEpoch ? startBatch : 0;
+    let lastBatch = first;
+    for await (const b of loader.epoch(epoch, first)) {
+      const t0 = process.hrtime.bigint();
+      const n = b.shape[0];
+      // With graph: replays for full-size batches once one eager step has run in this process.
+      const [l, c] = graph && n === cfg.batch && batchesRun > 0
+        ? graph.run(b.images, b.labels)
+        : tidy(() => {
+            const r = step(tensor(b.images, b.shape, { device }), b.labels);
+            return [r.loss.item(), r.correct.item()];
+          });
+      scheduler?.step();
+      if (!Number.isFinite(l)) {
+        throw new AdaShiftError('ERR_ARG', `training diverged: loss is ${l} at epoch ${epoch + 1}, batch ${b.index + 1}; lower the learning rate (--lr)`);
       }
-      if (interrupted && lastBatch < loader.batchesPerEpoch) break;
-      callbacks.onEvalStart?.(epoch);
-      const ev = evaluate(model, testSet, { device });
-      const m: EpochMetrics = {
-        epoch: epoch + 1,
-        trainLoss: lossSum / seen,
-        trainAcc: correct / seen,
-        testLoss: ev.loss,
-        testAcc: ev.acc,
-        lr: opt.paramGroups[0].lr,
-        imagesPerSec: seen / seconds,
-        seconds,
-      };
-      history.push(m);
-      writeMetrics();
-      save(epoch + 1, 0, null);
-      callbacks.onEpoch?.(m);
+      seconds += Number(process.hrtime.bigint() - t0) / 1e9;
+      lossSum += l * n;
+      correct += c;
+      seen += n;
+      lastBatch = b.index + 1;
+      batchesRun++;
+      callbacks.onBatch?.({ epoch, batch: b.index, batches: loader.batchesPerEpoch, loss: lossSum / seen, acc: correct / seen, imagesPerSec: seen / seconds, lr: opt.paramGroups[0].lr });
+      if (callbacks.shouldStop?.() || (cfg.maxBatches !== undefined && batchesRun >= cfg.maxBatches)) {
+        if (lastBatch < loader.batchesPerEpoch) {
+          interrupted = true;
+          save(epoch, lastBatch, { lossSum, correct, seen, seconds });
+          break;
+        }
+        interrupted = true;
+      }
     }
-  } finally {
-    graph?.dispose();
-    await loader.close();
-    model.dispose();
-    opt.dispose();
+    if (interrupted && lastBatch < loader.batchesPerEpoch) break;
+    callbacks.onEvalStart?.(epoch);
+    const ev = evaluate(model, testSet, { device });
+    const m: EpochMetrics = {
+      epoch: epoch + 1,
+      trainLoss: lossSum / seen,
+      trainAcc: correct / seen,
+      testLoss: ev.loss,
+      testAcc: ev.acc,
+      lr: opt.paramGroups[0].lr,
+      imagesPerSec: seen / seconds,
+      seconds,
+    };
+    history.push(m);
+    writeMetrics();
+    save(epoch + 1, 0, null);
+    callbacks.onEpoch?.(m);
   }
   return { history, interrupted, checkpoint: ckptFile ?? undefined, params, graphSteps: graph?.replayCount ?? 0 };
 }
