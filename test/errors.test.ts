@@ -63,6 +63,23 @@ describe('ERR_ARG', () => {
     extra.dispose();
     m.dispose();
   });
+
+  test('a state dict refused for one entry loads none of them', () => {
+    const m = new as.nn.Sequential(new as.nn.Linear(3, 4), new as.nn.BatchNorm2d(4));
+    const before = Object.fromEntries(Object.entries(m.stateDict()).map(([k, t]) => [k, t instanceof as.Tensor ? Array.from(t.toFloat32Array()) : t]));
+    const names = Object.keys(m.stateDict());
+    // every entry new values of the right shape, except the last tensor one (a wrong shape)
+    const lastTensor = names.filter((k) => m.stateDict()[k] instanceof as.Tensor).pop()!;
+    const dict: Record<string, as.Tensor> = {};
+    for (const k of names) {
+      const t = m.stateDict()[k];
+      if (t instanceof as.Tensor) dict[k] = k === lastTensor ? as.full([t.numel + 1], 7) : as.full(t.shape, 7);
+    }
+    expect(thrown(() => m.loadStateDict(dict, { strict: false }), 'ERR_SHAPE').message).toMatch(new RegExp(`'${lastTensor.replace(/\./g, '\\.')}' has shape`));
+    for (const [k, t] of Object.entries(m.stateDict())) if (t instanceof as.Tensor) expect(Array.from(t.toFloat32Array())).toEqual(before[k]);
+    for (const t of Object.values(dict)) t.dispose();
+    m.dispose();
+  });
 });
 
 describe('ERR_SHAPE', () => {

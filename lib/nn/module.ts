@@ -107,6 +107,8 @@ export class Module {
         `loadStateDict: ${missing.length ? `missing keys: ${missing.join(', ')}` : ''}${missing.length && unexpected.length ? '; ' : ''}${unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''}`,
       );
     }
+    // Every entry is checked before any is loaded, so a dict that fails leaves the module as it was.
+    const loads: (() => void)[] = [];
     for (const [k, target] of Object.entries(own)) {
       const src = dict[k];
       if (!src) continue;
@@ -114,10 +116,12 @@ export class Module {
       if (intBuf) {
         if (isIntTensor(src)) {
           check(src.data.length === 1, 'ERR_SHAPE', () => `loadStateDict: '${k}' must hold one integer`);
-          intBuf.value = BigInt(src.data[0]);
+          const v = BigInt(src.data[0]);
+          loads.push(() => (intBuf.value = v));
         } else {
           check(src instanceof Tensor && src.numel === 1, 'ERR_ARG', () => `loadStateDict: '${k}' must be an integer scalar`);
-          intBuf.value = BigInt(Math.round(src.item()));
+          const v = BigInt(Math.round(src.item()));
+          loads.push(() => (intBuf.value = v));
         }
         continue;
       }
@@ -126,8 +130,9 @@ export class Module {
       const a = target.shape, b = src.shape;
       check(a.length === b.length && a.every((v, i) => v === b[i]), 'ERR_SHAPE', () => `loadStateDict: '${k}' has shape [${b.join(', ')}], the module expects [${a.join(', ')}]`);
       // Always a copy: the module must never share memory with the dict it loaded from.
-      noGrad(() => target._setData(new Tensor(src.device === target.device ? native.clone(src.handle) : native.to(src.handle, target.device))));
+      loads.push(() => noGrad(() => target._setData(new Tensor(src.device === target.device ? native.clone(src.handle) : native.to(src.handle, target.device)))));
     }
+    for (const load of loads) load();
     return { missing, unexpected };
   }
 
