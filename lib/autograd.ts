@@ -209,7 +209,18 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
         return prev && fn.inputs.findIndex((u) => u?.gradFn === t!.gradFn) === i ? prev : null;
       });
       const waiting = offered.slice();
-      const grads = fn.backward(g, waiting);
+      let grads: (Tensor | null)[];
+      try {
+        grads = fn.backward(g, waiting);
+      } catch (e) {
+        refs.drop(g); // out of pending already: the finally below would not free it
+        // A tensor the node needs (an input it reads in backward) was disposed after the forward:
+        // say which node, not just that some tensor was disposed.
+        if (e instanceof AdaShiftError && e.code === 'ERR_DISPOSED') {
+          throw new AdaShiftError('ERR_DISPOSED', `backward(): '${fn.name}' needs a tensor that was disposed after the forward (an input, or a tensor it saved); keep the tensors a graph was built from alive until backward() has run`);
+        }
+        throw e;
+      }
       for (let i = 0; i < fn.inputs.length; i++) {
         const input = fn.inputs[i];
         const gi = grads[i];

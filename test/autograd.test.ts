@@ -485,6 +485,21 @@ describe('the engine', () => {
     expect(() => y.backward()).toThrow(expect.objectContaining({ code: 'ERR_AUTOGRAD' }));
   });
 
+  test('an input disposed before backward: ERR_DISPOSED naming the op that needed it', () => {
+    const x = as.tensor([1, -2, 3], undefined, { requiresGrad: true });
+    const w = as.tensor([0.5, 0.5, 0.5], undefined, { requiresGrad: true });
+    const y = F.sum(F.mul(F.silu(x), w));
+    x.dispose();
+    const before = as.memory().tensors;
+    expect(() => y.backward()).toThrow(expect.objectContaining({ code: 'ERR_DISPOSED', message: expect.stringMatching(/^backward\(\): 'silu' needs a tensor that was disposed after the forward/) }));
+    // w's gradient was accumulated before silu's node failed (as PyTorch would have too); every
+    // other gradient made on the way is freed
+    expect(w.grad).not.toBeNull();
+    w.grad!.dispose();
+    expect(as.memory().tensors).toBe(before);
+    w.dispose();
+  });
+
   test('retainGraph also works through an AdaShift module (its inner context graph)', () => {
     const m = new as.nn.AdaShiftB(4);
     const x = as.randn([2, 4, 3, 3], { requiresGrad: true });
