@@ -28,3 +28,17 @@ export function fail(code: ErrorCode, message: string): never {
 export function check(cond: unknown, code: ErrorCode, message: () => string): asserts cond {
   if (!cond) throw new AdaShiftError(code, message());
 }
+
+/**
+ * An options argument checked: undefined or null (the defaults) or a plain object whose keys
+ * the callee knows. A misspelt option would otherwise be ignored without a word and the
+ * default used in its place. Returns the object ({} for undefined or null).
+ */
+export function checkOptions<T extends object>(who: string, options: T | null | undefined, known: readonly string[]): T {
+  if (options === undefined || options === null) return {} as T;
+  check(typeof options === 'object' && !Array.isArray(options), 'ERR_ARG', () => `${who}: options must be an object, got ${Array.isArray(options) ? 'an array' : typeof options}`);
+  for (const k of Object.keys(options)) {
+    check(known.includes(k), 'ERR_ARG', () => `${who}: unknown option '${k}' (known: ${known.join(', ')})`);
+  }
+  return options;
+}

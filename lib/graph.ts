@@ -13,7 +13,7 @@
 // Run the function eagerly once or twice before capturing (`warmup`), so that lazily made state
 // (optimizer buffers, gradients) exists and is not re-initialised by every replay.
 import { DeviceSpec, resolveDevice } from './device';
-import { AdaShiftError, check } from './errors';
+import { AdaShiftError, check, checkOptions } from './errors';
 import { native } from './native';
 import { closeCreationLog, keep, openCreationLog, tensorsIn, tidy } from './tensor';
 
@@ -47,6 +47,7 @@ export class CudaGraph<T = unknown> {
    */
   static capture<T>(fn: () => T, options: CaptureOptions = {}): CudaGraph<T> {
     check(typeof fn === 'function', 'ERR_ARG', () => `CudaGraph.capture(fn): fn must be a function, got ${typeof fn}`);
+    options = checkOptions('CudaGraph.capture', options, ['device', 'warmup']);
     const device = resolveDevice(options.device);
     if (!device.startsWith('cuda')) {
       throw new AdaShiftError('ERR_CUDA_GRAPH', `CUDA graphs need a CUDA device; the device is '${device}' (pass {device: 'cuda'})`);

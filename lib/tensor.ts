@@ -2,7 +2,7 @@
 // Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
 // the program forgot (and counts it, see memory().leaked).
 import { types } from 'util';
-import { AdaShiftError, check } from './errors';
+import { AdaShiftError, check, checkOptions } from './errors';
 import { DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
 import type { GradFn } from './autograd';
@@ -164,7 +164,7 @@ export class Tensor {
    * with requiresGrad. A non-scalar tensor needs an explicit upstream gradient.
    */
   backward(grad?: Tensor, options: { retainGraph?: boolean } = {}): void {
-    runBackward(this, grad, options.retainGraph ?? false);
+    runBackward(this, grad, checkOptions('backward', options, ['retainGraph']).retainGraph ?? false);
   }
 
   /** Sets requiresGrad on a leaf (returns this). */
@@ -212,10 +212,9 @@ export function toShape(shape: unknown, fn: string): number[] {
   return dims as number[];
 }
 
-function opts<T extends object>(o: T | null | undefined, fn: string): T {
-  if (o === undefined || o === null) return {} as T;
-  if (typeof o !== 'object') throw new AdaShiftError('ERR_ARG', `${fn}: options must be an object, got ${typeof o}`);
-  return o;
+const TENSOR_OPTIONS = ['device', 'requiresGrad'];
+function opts<T extends object>(o: T | null | undefined, fn: string, extra: string[] = []): T {
+  return checkOptions(fn, o, [...TENSOR_OPTIONS, ...extra]);
 }
 
 function flatten(data: unknown, shape: number[], depth: number, out: number[]): void {
@@ -313,12 +312,12 @@ function draw(shape: Shape, kind: number, a: number, b: number, options: TensorO
 
 /** Uniform samples in [low, high) (default [0, 1)). */
 export function rand(shape: Shape, options: TensorOptions & { low?: number; high?: number } = {}): Tensor {
-  options = opts(options, 'rand');
+  options = opts(options, 'rand', ['low', 'high']);
   return draw(shape, RandKind.uniform, options.low ?? 0, options.high ?? 1, options);
 }
 /** Normal samples (default mean 0, std 1). */
 export function randn(shape: Shape, options: TensorOptions & { mean?: number; std?: number } = {}): Tensor {
-  options = opts(options, 'randn');
+  options = opts(options, 'randn', ['mean', 'std']);
   return draw(shape, RandKind.normal, options.mean ?? 0, options.std ?? 1, options);
 }
 

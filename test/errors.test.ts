@@ -82,6 +82,69 @@ describe('ERR_ARG', () => {
   });
 });
 
+describe('options objects', () => {
+  // A misspelt option must not be ignored (the default silently used in its place): every
+  // function and constructor that takes an options object refuses a key it does not know,
+  // naming it and the ones it knows. Each call below is otherwise valid.
+  const x = () => as.zeros([2, 3, 4, 4]);
+  let linear: as.nn.Linear;
+  beforeAll(() => {
+    linear = new as.nn.Linear(3, 3);
+  });
+  afterAll(() => linear.dispose());
+  const lin = () => linear;
+  const bnp = () => ({ weight: as.ones([3]), bias: as.zeros([3]), runningMean: as.zeros([3]), runningVar: as.ones([3]) });
+  const cases: [string, () => unknown, RegExp][] = [
+    ['zeros', () => as.zeros([2], { requires_grad: true } as never), /^full: unknown option 'requires_grad' \(known: device, requiresGrad\)/],
+    ['randn', () => as.randn([2], { stdev: 2 } as never), /^randn: unknown option 'stdev' \(known: device, requiresGrad, mean, std\)/],
+    ['rand', () => as.rand([2], { max: 2 } as never), /^rand: unknown option 'max'/],
+    ['tensor', () => as.tensor([1], [1], { dev: 'cpu' } as never), /^tensor: unknown option 'dev'/],
+    ['backward', () => F.sum(as.ones([2], { requiresGrad: true })).backward(undefined, { retain: true } as never), /^backward: unknown option 'retain' \(known: retainGraph\)/],
+    ['nn.Linear', () => new as.nn.Linear(3, 3, { bias_: false } as never), /^Linear: unknown option 'bias_'/],
+    ['nn.LayerNorm', () => new as.nn.LayerNorm(3, 1e-5, { init: 1 } as never), /^LayerNorm: unknown option 'init'/],
+    ['nn.Conv2d', () => new as.nn.Conv2d(3, 4, 3, { pad: 1 } as never), /^Conv2d: unknown option 'pad' \(known: device, stride, padding, bias\)/],
+    ['nn.BatchNorm2d', () => new as.nn.BatchNorm2d(3, { epsilon: 1e-3 } as never), /^BatchNorm2d: unknown option 'epsilon'/],
+    ['nn.AdaShiftB', () => new as.nn.AdaShiftB(4, { projection: true } as never), /^AdaShiftB: unknown option 'projection' \(known: device, proj\)/],
+    ['nn.AdaShiftMA', () => new as.nn.AdaShiftMA(4, { grd: 3 } as never), /^AdaShiftMA: unknown option 'grd' \(known: device, grid, headDim, rect\)/],
+    ['nn.activation', () => as.nn.activation('relu', 4, { gird: 3 } as never), /^activation: unknown option 'gird'/],
+    ['nn.resnet', () => as.nn.resnet('resnet20', { activation: 'silu' } as never), /^resnet: unknown option 'activation'/],
+    ['loadStateDict', () => lin().loadStateDict({}, { strict: false, partial: true } as never), /^loadStateDict: unknown option 'partial' \(known: strict\)/],
+    ['functional.gelu', () => F.gelu(x(), { approx: 'tanh' } as never), /^gelu: unknown option 'approx' \(known: approximate\)/],
+    ['functional.matmul', () => F.matmul(as.ones([2, 2]), as.ones([2, 2]), { transpose: true } as never), /^matmul: unknown option 'transpose'/],
+    ['functional.conv2d', () => F.conv2d(x(), as.ones([2, 3, 1, 1]), null, { pad: 1 } as never), /^conv2d: unknown option 'pad'/],
+    ['functional.crossEntropy', () => F.crossEntropy(as.zeros([2, 3]), [0, 1], { smoothing: 0.1 } as never), /^crossEntropy: unknown option 'smoothing' \(known: labelSmoothing\)/],
+    ['functional.batchNorm2d', () => F.batchNorm2d(x(), as.ones([3]), as.zeros([3]), null, null, { train: true } as never), /^batchNorm2d: unknown option 'train'/],
+    ['functional.batchNormAct (bn)', () => F.batchNormAct(x(), { ...bnp(), mean: null } as never, 'relu', { training: true }), /^batchNormAct: bn: unknown option 'mean'/],
+    ['functional.adashiftB', () => F.adashiftB(x(), { normWeight: as.ones([3]), normBias: as.zeros([3]), projWeights: as.ones([3, 3]) } as never), /^adashiftB: unknown option 'projWeights'/],
+    ['optim.SGD', () => new as.optim.SGD(lin().parameters(), { lr: 0.1, learningRate: 0.5 } as never), /^SGD: unknown option 'learningRate'/],
+    ['optim.LrScheduler', () => new as.optim.LrScheduler(new as.optim.SGD(lin().parameters(), { lr: 0.1 }), as.optim.stepLr({ baseLr: 0.1, stepSize: 1 }), { start: 3 } as never), /^LrScheduler: unknown option 'start' \(known: step\)/],
+    ['optim.cosineWithWarmup', () => as.optim.cosineWithWarmup({ baseLr: 0.1, totalSteps: 10, warmup: 2 } as never), /^cosineWithWarmup: unknown option 'warmup'/],
+    ['optim.paramGroups', () => as.optim.paramGroups(lin(), { weightDecay: 0.1, exclude: 'bn' } as never), /^paramGroups: unknown option 'exclude'/],
+    ['data.DataLoader', () => new as.data.DataLoader({ count: 0 } as never, { batchSize: 2, shufle: true } as never), /^DataLoader: unknown option 'shufle'/],
+    ['data.loadDataset', () => as.data.loadDataset('fashion-mnist', 'test', { dir: '/nowhere' } as never), /^loadDataset: unknown option 'dir' \(known: dataDir, limit, labels, records\)/],
+    ['io.loadSafetensors', () => as.io.loadSafetensors('/nowhere.safetensors', { devices: 'cpu' } as never), /^readSafetensors: unknown option 'devices' \(known: device\)/],
+    ['CudaGraph.capture', () => as.CudaGraph.capture(() => null, { warmups: 2 } as never), /^CudaGraph\.capture: unknown option 'warmups'/],
+    ['benchAct', () => as.benchAct({ shape: [[1, 1, 1, 1]] } as never), /^benchAct: unknown option 'shape'/],
+  ];
+  test.each(cases)('%s', (_name, call, message) => {
+    const before = as.memory().tensors;
+    expect(thrown(() => as.tidy(() => void call()), 'ERR_ARG').message).toMatch(message);
+    expect(as.memory().tensors).toBe(before);
+  });
+
+  test('train and compare', async () => {
+    await expect(as.train({ epoch: 1 } as never)).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/^train: unknown option 'epoch' \(known: model, act, dataset/) });
+    await expect(as.compare({ out: '/tmp/x', act: 'relu' } as never)).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/^compare: unknown option 'act'/) });
+  });
+
+  test('undefined and null mean the defaults; a non-object is refused', () => {
+    as.zeros([1], undefined).dispose();
+    as.zeros([1], null as never).dispose();
+    expect(thrown(() => as.zeros([1], 'cpu' as never), 'ERR_ARG').message).toMatch(/^full: options must be an object, got string/);
+    expect(thrown(() => as.zeros([1], [] as never), 'ERR_ARG').message).toMatch(/^full: options must be an object, got an array/);
+  });
+});
+
 describe('ERR_SHAPE', () => {
   test('operands of different shapes', () => {
     const a = as.zeros([2, 3]), b = as.zeros([3, 2]);

@@ -2,6 +2,7 @@
 // bandwidth from the counted bytes (ADASHIFT.md) and, when PyTorch is present, the same
 // activations in PyTorch measured in the same run.
 import { resolveDevice } from '../device';
+import { checkOptions } from '../errors';
 import { noGrad } from '../autograd';
 import { native } from '../native';
 import { activation, ActivationName, ACTIVATIONS } from '../nn/activation';
@@ -115,6 +116,7 @@ export function copyBandwidth(n: number, device: string, repeats = 10): number {
 }
 
 export function benchAct(options: BenchActOptions = {}) {
+  options = checkOptions('benchAct', options, ['shapes', 'acts', 'device', 'repeats', 'warmup', 'torch', 'outDir', 'onResult']);
   const device = resolveDevice(options.device ?? 'auto');
   const shapes = options.shapes ?? DEFAULT_ACT_SHAPES;
   const acts = options.acts ?? [...ACTIVATIONS];

@@ -11,6 +11,7 @@ import { NativeBinding, rawNative, setNativeLayer } from '../native';
 import { ActivationName } from '../nn/activation';
 import { AdaShiftB, AdaShiftMA } from '../nn/activation';
 import { resolveDevice } from '../device';
+import { checkOptions } from '../errors';
 import { Tensor } from '../tensor';
 import { median, timeIt, writeResult, environment } from './common';
 import { modelSpec, StepCase } from './step';
@@ -331,6 +332,7 @@ export interface ProfileReport extends ReturnType<typeof environment> {
 
 /** Profiles one model + activation: time per op family per training step. */
 export function benchProfile(options: ProfileOptions = {}): ProfileReport {
+  options = checkOptions('benchProfile', options, ['model', 'act', 'batch', 'inputSize', 'device', 'repeats', 'warmup', 'threads', 'opt', 'outDir']);
   const device = resolveDevice(options.device ?? 'auto');
   const spec = modelSpec(options.model ?? 'resnet20', { batch: options.batch, inputSize: options.inputSize });
   const act = options.act ?? 'adashift-b';

@@ -7,7 +7,7 @@
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
 import { resolveDevice } from '../device';
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { CudaGraph } from '../graph';
 import { native } from '../native';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
@@ -564,6 +564,7 @@ export interface StepReport extends ReturnType<typeof environment> {
 }
 
 export async function benchStep(options: BenchStepOptions = {}): Promise<StepReport> {
+  options = checkOptions('benchStep', options, ['models', 'acts', 'batch', 'inputSize', 'device', 'threads', 'repeats', 'warmup', 'torch', 'graph', 'python', 'opt', 'sections', 'batchSizes', 'outDir', 'onResult']);
   const device = resolveDevice(options.device ?? 'auto');
   const cuda = device.startsWith('cuda');
   const graph = options.graph ?? false;

@@ -5,7 +5,7 @@
 // 32x32, stored as the 1024 red values, then green, then blue, each row-major: already CHW.
 import * as fs from 'fs';
 import * as path from 'path';
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, checkOptions } from '../errors';
 import type { Dataset } from './datasets';
 
 export const CIFAR_IMAGE_BYTES = 3 * 32 * 32;
@@ -68,7 +68,7 @@ function resolveDir(dir: string, sub: string, files: string[], what: string, url
   for (const d of [dir, path.join(dir, sub)]) {
     if (files.every((f) => fs.existsSync(path.join(d, f)))) return d;
   }
-  const where = fs.existsSync(dir) ? `in ${dir} (or ${path.join(dir, sub)})` : `: directory ${dir} does not exist`;
+  const where = fs.existsSync(dir) ? ` in ${dir} (or ${path.join(dir, sub)})` : `: directory ${dir} does not exist`;
   const missing = files.filter((f) => !fs.existsSync(path.join(dir, f)) && !fs.existsSync(path.join(dir, sub, f)));
   throw new AdaShiftError(
     'ERR_IO',
@@ -136,6 +136,7 @@ function readRecords(
 /** Reads CIFAR-10 (binary version) from `dir` or `dir`/cifar-10-batches-bin. */
 export function readCifar10(dir: string, split: 'train' | 'test', options: CifarOptions = {}): Dataset {
   checkSplit('readCifar10', split);
+  options = checkOptions('readCifar10', options, ['records']);
   const files = cifar10Files(split);
   const d = resolveDir(dir, 'cifar-10-batches-bin', files, 'CIFAR-10', 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz');
   const { images, labels, count } = readRecords(d, files, 1, 0, 10, options.records ?? 10000, 'readCifar10');
@@ -149,6 +150,7 @@ export function readCifar10(dir: string, split: 'train' | 'test', options: Cifar
 /** Reads CIFAR-100 (binary version) from `dir` or `dir`/cifar-100-binary, with fine (100) or coarse (20) labels. */
 export function readCifar100(dir: string, split: 'train' | 'test', labels: 'fine' | 'coarse' = 'fine', options: CifarOptions = {}): Dataset {
   checkSplit('readCifar100', split);
+  options = checkOptions('readCifar100', options, ['records']);
   if (labels !== 'fine' && labels !== 'coarse') {
     throw new AdaShiftError('ERR_ARG', `readCifar100: labels must be 'fine' or 'coarse', got ${JSON.stringify(labels)}`);
   }

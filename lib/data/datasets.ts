@@ -3,7 +3,7 @@
 // prefetch worker reads them without a copy.
 import * as fs from 'fs';
 import * as path from 'path';
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, checkOptions } from '../errors';
 import { readCifar10, readCifar100, sharedBytes } from './cifar';
 import { readIdx } from './idx';
 
@@ -153,7 +153,7 @@ export function loadDataset(name: DatasetName | string, split: 'train' | 'test',
   if (split !== 'train' && split !== 'test') {
     throw new AdaShiftError('ERR_ARG', `loadDataset: split must be 'train' or 'test', got ${JSON.stringify(split)}`);
   }
-  const { limit } = options;
+  const { limit } = checkOptions('loadDataset', options, ['dataDir', 'limit', 'labels', 'records']);
   if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) {
     throw new AdaShiftError('ERR_ARG', `loadDataset: limit must be a positive integer, got ${String(limit)}`);
   }

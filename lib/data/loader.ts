@@ -13,7 +13,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, checkOptions } from '../errors';
 import type { Dataset } from './datasets';
 import {
   AugmentOptions, augmentedSize, augmentWithTable, normalizationTable, normalizeWithTable, validateAugment,
@@ -244,7 +244,7 @@ export class DataLoader {
   private counts = { worker: 0, main: 0 };
 
   constructor(private readonly dataset: Dataset, options: LoaderOptions) {
-    const o = options ?? ({} as LoaderOptions);
+    const o = checkOptions('DataLoader', options, ['batchSize', 'shuffle', 'seed', 'augment', 'dropLast', 'prefetch']) as LoaderOptions;
     const bs = o.batchSize;
     if (!(Number.isInteger(bs) && bs > 0)) throw new AdaShiftError('ERR_ARG', `DataLoader: batchSize must be a positive integer, got ${String(bs)}`);
     const seed = o.seed ?? 0;

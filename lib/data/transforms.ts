@@ -3,7 +3,7 @@
 // augmentation (random crop with zero padding, then horizontal flip with p = 0.5, then
 // normalisation). Padding happens in [0, 255] space before normalisation: a padded pixel is 0,
 // exactly as torchvision's RandomCrop(size, padding) applied to the raw image.
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, checkOptions } from '../errors';
 
 export interface AugmentOptions {
   /** Pad each side with `padding` zero pixels, then crop a random `size` x `size` window (default size: the image's own). */
@@ -41,8 +41,11 @@ export function augmentedSize(h: number, w: number, options: AugmentOptions): [n
 
 /** Checks augmentation options against an h x w image; throws ERR_ARG with what is wrong. */
 export function validateAugment(h: number, w: number, options: AugmentOptions): void {
+  // A misspelt option would otherwise be ignored without a word (no augmentation at all).
+  checkOptions('augment', options, ['randomCrop', 'horizontalFlip']);
   const rc = options.randomCrop;
   if (!rc) return;
+  checkOptions('augment.randomCrop', rc, ['size', 'padding']);
   const p = rc.padding;
   if (!(Number.isInteger(p) && p >= 0)) {
     throw new AdaShiftError('ERR_ARG', `randomCrop.padding must be a non-negative integer, got ${String(p)}`);

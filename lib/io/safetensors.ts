@@ -4,7 +4,7 @@
 // every offset and size and says what is wrong with a corrupt or truncated file.
 import * as fs from 'fs';
 import * as path from 'path';
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, checkOptions } from '../errors';
 import { DeviceSpec } from '../device';
 import { Tensor, tensor } from '../tensor';
 
@@ -136,6 +136,7 @@ export interface SafetensorsFile {
 
 /** Reads a safetensors file: F32 (and F64/F16/BF16, converted) as Tensors, I64/I32 as IntTensor. */
 export function readSafetensors(file: string, options: { device?: DeviceSpec | string } = {}): SafetensorsFile {
+  options = checkOptions('readSafetensors', options, ['device']);
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);

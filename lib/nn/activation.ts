@@ -1,6 +1,6 @@
 // Activation modules: the baselines (ReLU, GELU, SiLU) and AdaShift-B / AdaShift-MA, with the
 // parameter names and initialisation of the reference implementation (see ADASHIFT.md).
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { DeviceSpec } from '../device';
 import { adashiftB, AdaShiftBParams, adashiftMA, AdaShiftMAParams } from '../ops/adashift';
 import { gelu, relu, silu } from '../ops/activation';
@@ -40,9 +40,11 @@ export class LayerNorm extends Module {
   readonly bias: Tensor;
   constructor(readonly features: number, readonly eps = 1e-5, options: ModuleOptions & { weightInit?: number } = {}) {
     super();
+    options = checkOptions('LayerNorm', options, ['device', 'weightInit']);
     checkChannels(features, 'LayerNorm');
-    this.weight = this.registerParameter('weight', full([features], options.weightInit ?? 1, options))!;
-    this.bias = this.registerParameter('bias', full([features], 0, options))!;
+    const device = options.device;
+    this.weight = this.registerParameter('weight', full([features], options.weightInit ?? 1, { device }))!;
+    this.bias = this.registerParameter('bias', full([features], 0, { device }))!;
   }
   override forward(x: Tensor): Tensor {
     return layerNorm(x, this.weight, this.bias, this.eps);
@@ -55,15 +57,17 @@ export class Linear extends Module {
   readonly bias: Tensor | null;
   constructor(readonly inFeatures: number, readonly outFeatures: number, options: ModuleOptions & { bias?: boolean; weightStd?: number } = {}) {
     super();
+    options = checkOptions('Linear', options, ['device', 'bias', 'weightStd']);
     checkChannels(inFeatures, 'Linear');
     checkChannels(outFeatures, 'Linear');
     const bound = 1 / Math.sqrt(inFeatures);
+    const device = options.device;
     const w =
       options.weightStd !== undefined
-        ? randn([outFeatures, inFeatures], { ...options, std: options.weightStd })
-        : rand([outFeatures, inFeatures], { ...options, low: -bound, high: bound });
+        ? randn([outFeatures, inFeatures], { device, std: options.weightStd })
+        : rand([outFeatures, inFeatures], { device, low: -bound, high: bound });
     this.weight = this.registerParameter('weight', w)!;
-    this.bias = (options.bias ?? true) ? this.registerParameter('bias', rand([outFeatures], { ...options, low: -bound, high: bound })) : null;
+    this.bias = (options.bias ?? true) ? this.registerParameter('bias', rand([outFeatures], { device, low: -bound, high: bound })) : null;
   }
   override forward(x: Tensor): Tensor {
     return linear(x, this.weight, this.bias);
@@ -87,10 +91,11 @@ export class AdaShiftB extends Module {
   readonly proj: Linear | null;
   constructor(readonly channels: number, options: AdaShiftBOptions = {}) {
     super();
-    options = options ?? {};
+    options = checkOptions('AdaShiftB', options, ['device', 'proj']);
     checkChannels(channels, 'AdaShiftB');
-    this.proj = options.proj ? this.registerModule('proj', new Linear(channels, channels, options)) : null;
-    this.norm = this.registerModule('norm', new LayerNorm(channels, SHIFT_EPS, { ...options, weightInit: 0.01 }));
+    const device = options.device;
+    this.proj = options.proj ? this.registerModule('proj', new Linear(channels, channels, { device })) : null;
+    this.norm = this.registerModule('norm', new LayerNorm(channels, SHIFT_EPS, { device, weightInit: 0.01 }));
   }
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftB');
@@ -132,8 +137,9 @@ export class AdaShiftMA extends Module {
 
   constructor(readonly channels: number, options: AdaShiftMAOptions = {}) {
     super();
-    options = options ?? {};
+    options = checkOptions('AdaShiftMA', options, ['device', 'grid', 'headDim', 'rect']);
     checkChannels(channels, 'AdaShiftMA');
+    const device = options.device;
     this.grid = options.grid ?? 7;
     this.headDim = options.headDim ?? 64;
     this.rect = options.rect ?? 'norm';
@@ -144,17 +150,17 @@ export class AdaShiftMA extends Module {
     if (channels % this.heads !== 0) {
       throw new AdaShiftError('ERR_ARG', `AdaShiftMA: ${channels} channels do not split into ${this.heads} heads (headDim ${this.headDim}); pick a headDim that divides the channels`);
     }
-    this.q = this.registerModule('q', new LayerNorm(channels, SHIFT_EPS, options));
-    this.k = this.registerModule('k', new LayerNorm(channels, SHIFT_EPS, options));
-    this.v = this.registerModule('v', new LayerNorm(channels, SHIFT_EPS, options));
+    this.q = this.registerModule('q', new LayerNorm(channels, SHIFT_EPS, { device }));
+    this.k = this.registerModule('k', new LayerNorm(channels, SHIFT_EPS, { device }));
+    this.v = this.registerModule('v', new LayerNorm(channels, SHIFT_EPS, { device }));
     if (this.rect === 'norm') {
-      this.rectNorm = this.registerModule('rect', new LayerNorm(channels, SHIFT_EPS, { ...options, weightInit: 0.01 }));
+      this.rectNorm = this.registerModule('rect', new LayerNorm(channels, SHIFT_EPS, { device, weightInit: 0.01 }));
     } else {
       // Named like PyTorch's nn.Sequential: rect.0 (Linear), rect.1 (LayerNorm).
       // trunc-normal(std 0.02) truncated at +-2 (absolute) as in the reference: at this std
       // the truncation never triggers, so a plain normal draw is the same distribution.
-      const lin = new Linear(channels, channels, { ...options, bias: false, weightStd: 0.02 });
-      const norm = new LayerNorm(channels, SHIFT_EPS, options);
+      const lin = new Linear(channels, channels, { device, bias: false, weightStd: 0.02 });
+      const norm = new LayerNorm(channels, SHIFT_EPS, { device });
       this.registerModule('rect', new Sequential(lin, norm));
       this.rectSeq = { linear: lin, norm };
     }
@@ -211,20 +217,24 @@ export type ActivationName = 'relu' | 'gelu' | 'silu' | 'adashift-b' | 'adashift
 export const ACTIVATIONS: readonly ActivationName[] = ['relu', 'gelu', 'silu', 'adashift-b', 'adashift-ma'];
 
 export type ActivationOptions = AdaShiftBOptions & AdaShiftMAOptions & { approximate?: 'none' | 'tanh' };
+const ACTIVATION_OPTIONS = ['device', 'proj', 'grid', 'headDim', 'rect', 'approximate'];
 
 /** The activation registry: a module for `name` acting on `channels` channels. */
 export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): Module {
+  // Options of every activation are accepted (a model passes one set to all its activations);
+  // each gets its own.
+  const o = checkOptions('activation', options, ACTIVATION_OPTIONS);
   switch (name) {
     case 'relu':
       return new ReLU();
     case 'gelu':
-      return new GELU(options.approximate ?? 'none');
+      return new GELU(o.approximate ?? 'none');
     case 'silu':
       return new SiLU();
     case 'adashift-b':
-      return new AdaShiftB(channels, options);
+      return new AdaShiftB(channels, { device: o.device, proj: o.proj });
     case 'adashift-ma':
-      return new AdaShiftMA(channels, options);
+      return new AdaShiftMA(channels, { device: o.device, grid: o.grid, headDim: o.headDim, rect: o.rect });
     default:
       throw new AdaShiftError('ERR_ARG', `unknown activation '${String(name)}'; expected one of ${ACTIVATIONS.join(', ')}`);
   }

@@ -1,5 +1,5 @@
 // Convolution and batch normalisation modules (torchvision's names and initialisation).
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { conv2d } from '../ops/conv';
 import { batchNorm2d } from '../ops/norm';
 import { full, randn, Tensor, zeros } from '../tensor';
@@ -20,6 +20,7 @@ export class Conv2d extends Module {
   readonly padding: number;
   constructor(readonly inChannels: number, readonly outChannels: number, readonly kernelSize: number, options: Conv2dOptions = {}) {
     super();
+    options = checkOptions('Conv2d', options, ['device', 'stride', 'padding', 'bias']);
     for (const [n, v] of [['inChannels', inChannels], ['outChannels', outChannels], ['kernelSize', kernelSize]] as const) {
       check(Number.isInteger(v) && v >= 1, 'ERR_ARG', () => `Conv2d: ${n} must be a positive integer, got ${v}`);
     }
@@ -28,8 +29,8 @@ export class Conv2d extends Module {
     check(Number.isInteger(this.stride) && this.stride >= 1, 'ERR_ARG', () => `Conv2d: stride must be a positive integer, got ${this.stride}`);
     check(Number.isInteger(this.padding) && this.padding >= 0, 'ERR_ARG', () => `Conv2d: padding must be a non-negative integer, got ${this.padding}`);
     const fanOut = outChannels * kernelSize * kernelSize;
-    this.weight = this.registerParameter('weight', randn([outChannels, inChannels, kernelSize, kernelSize], { ...options, std: Math.sqrt(2 / fanOut) }))!;
-    this.bias = options.bias ? this.registerParameter('bias', zeros([outChannels], options)) : null;
+    this.weight = this.registerParameter('weight', randn([outChannels, inChannels, kernelSize, kernelSize], { device: options.device, std: Math.sqrt(2 / fanOut) }))!;
+    this.bias = options.bias ? this.registerParameter('bias', zeros([outChannels], { device: options.device })) : null;
   }
   override forward(x: Tensor): Tensor {
     return conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding });
@@ -52,15 +53,17 @@ export class BatchNorm2d extends Module {
   readonly momentum: number;
   constructor(readonly channels: number, options: BatchNorm2dOptions = {}) {
     super();
+    options = checkOptions('BatchNorm2d', options, ['device', 'eps', 'momentum']);
     check(Number.isInteger(channels) && channels >= 1, 'ERR_ARG', () => `BatchNorm2d: channels must be a positive integer, got ${channels}`);
     this.eps = options.eps ?? 1e-5;
     this.momentum = options.momentum ?? 0.1;
     check(this.eps > 0, 'ERR_ARG', () => `BatchNorm2d: eps must be positive, got ${this.eps}`);
     check(this.momentum >= 0 && this.momentum <= 1, 'ERR_ARG', () => `BatchNorm2d: momentum must be in [0, 1], got ${this.momentum}`);
-    this.weight = this.registerParameter('weight', full([channels], 1, options))!;
-    this.bias = this.registerParameter('bias', zeros([channels], options))!;
-    this.runningMean = this.registerBuffer('running_mean', zeros([channels], options));
-    this.runningVar = this.registerBuffer('running_var', full([channels], 1, options));
+    const dev = { device: options.device };
+    this.weight = this.registerParameter('weight', full([channels], 1, dev))!;
+    this.bias = this.registerParameter('bias', zeros([channels], dev))!;
+    this.runningMean = this.registerBuffer('running_mean', zeros([channels], dev));
+    this.runningVar = this.registerBuffer('running_var', full([channels], 1, dev));
     this.numBatchesTracked = this.registerIntBuffer('num_batches_tracked');
   }
   /** BN(x), or BN(x) + residual computed in the same pass (x's shape: a block's shortcut). */

@@ -1,6 +1,6 @@
 // Module: a tree of named parameters, buffers and sub-modules, with PyTorch's naming
 // ("layer1.0.conv1.weight") so state dicts move between the two without renaming.
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { DeviceSpec, resolveDevice } from '../device';
 import { noGrad } from '../autograd';
 import { native } from '../native';
@@ -96,7 +96,7 @@ export class Module {
    */
   loadStateDict(dict: Record<string, Tensor | IntTensor>, options: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
     check(dict !== null && typeof dict === 'object' && !Array.isArray(dict), 'ERR_ARG', () => `loadStateDict: expected an object of name -> Tensor, got ${dict === null ? 'null' : typeof dict}`);
-    const strict = (options ?? {}).strict ?? true;
+    const strict = checkOptions('loadStateDict', options, ['strict']).strict ?? true;
     const own = this.stateDict();
     const ints = new Map(this.namedIntBuffers());
     const missing = Object.keys(own).filter((k) => !(k in dict));

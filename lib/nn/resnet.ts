@@ -2,7 +2,7 @@
 // projection shortcuts) and torchvision's (resnet18 ... resnet101), with any activation of the
 // registry in the stem and in every block (AdaShift's placement: ADASHIFT.md). Names follow
 // torchvision/timm, so PyTorch state dicts load unchanged.
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { batchNormAct, batchNormAdaShiftMA, FusableAct } from '../ops/norm';
 import { add } from '../ops/elementwise';
 import { flatten } from '../ops/elementwise';
@@ -19,6 +19,7 @@ export interface BlockOptions extends ModuleOptions {
   /** Use the fused BatchNorm + activation op where an activation directly follows a BN. */
   fused?: boolean;
 }
+const BLOCK_OPTIONS = ['device', 'act', 'actOptions', 'fused'];
 
 /**
  * BN followed by an activation module, with the residual (a block's shortcut) added between
@@ -65,7 +66,8 @@ export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, res
 }
 
 function projection(inC: number, outC: number, stride: number, options: ModuleOptions): Sequential {
-  return new Sequential(new Conv2d(inC, outC, 1, { ...options, stride }), new BatchNorm2d(outC, options));
+  const dev = { device: options.device };
+  return new Sequential(new Conv2d(inC, outC, 1, { ...dev, stride }), new BatchNorm2d(outC, dev));
 }
 
 /** Two 3x3 convolutions; act1 after bn1, act2 after the residual add. */
@@ -81,12 +83,14 @@ export class BasicBlock extends Module {
   private readonly fused: boolean;
   constructor(inC: number, planes: number, stride: number, options: BlockOptions) {
     super();
+    options = checkOptions('BasicBlock', options, BLOCK_OPTIONS);
+    const dev = { device: options.device };
     const actOptions = { rect: 'linear' as const, ...options.actOptions, device: options.device };
-    this.conv1 = this.registerModule('conv1', new Conv2d(inC, planes, 3, { ...options, stride, padding: 1 }));
-    this.bn1 = this.registerModule('bn1', new BatchNorm2d(planes, options));
+    this.conv1 = this.registerModule('conv1', new Conv2d(inC, planes, 3, { ...dev, stride, padding: 1 }));
+    this.bn1 = this.registerModule('bn1', new BatchNorm2d(planes, dev));
     this.act1 = this.registerModule('act1', activation(options.act, planes, actOptions));
-    this.conv2 = this.registerModule('conv2', new Conv2d(planes, planes, 3, { ...options, padding: 1 }));
-    this.bn2 = this.registerModule('bn2', new BatchNorm2d(planes, options));
+    this.conv2 = this.registerModule('conv2', new Conv2d(planes, planes, 3, { ...dev, padding: 1 }));
+    this.bn2 = this.registerModule('bn2', new BatchNorm2d(planes, dev));
     this.act2 = this.registerModule('act2', activation(options.act, planes, actOptions));
     this.downsample = stride !== 1 || inC !== planes ? this.registerModule('downsample', projection(inC, planes, stride, options)) : null;
     this.fused = options.fused ?? true;
@@ -118,15 +122,17 @@ export class Bottleneck extends Module {
   constructor(inC: number, planes: number, stride: number, options: BlockOptions) {
     super();
     const outC = planes * Bottleneck.expansion;
+    options = checkOptions('Bottleneck', options, BLOCK_OPTIONS);
+    const dev = { device: options.device };
     const actOptions = { rect: 'norm' as const, ...options.actOptions, device: options.device };
-    this.conv1 = this.registerModule('conv1', new Conv2d(inC, planes, 1, options));
-    this.bn1 = this.registerModule('bn1', new BatchNorm2d(planes, options));
+    this.conv1 = this.registerModule('conv1', new Conv2d(inC, planes, 1, dev));
+    this.bn1 = this.registerModule('bn1', new BatchNorm2d(planes, dev));
     this.act1 = this.registerModule('act1', activation(options.act, planes, actOptions));
-    this.conv2 = this.registerModule('conv2', new Conv2d(planes, planes, 3, { ...options, stride, padding: 1 }));
-    this.bn2 = this.registerModule('bn2', new BatchNorm2d(planes, options));
+    this.conv2 = this.registerModule('conv2', new Conv2d(planes, planes, 3, { ...dev, stride, padding: 1 }));
+    this.bn2 = this.registerModule('bn2', new BatchNorm2d(planes, dev));
     this.act2 = this.registerModule('act2', activation(options.act, planes, actOptions));
-    this.conv3 = this.registerModule('conv3', new Conv2d(planes, outC, 1, options));
-    this.bn3 = this.registerModule('bn3', new BatchNorm2d(outC, options));
+    this.conv3 = this.registerModule('conv3', new Conv2d(planes, outC, 1, dev));
+    this.bn3 = this.registerModule('bn3', new BatchNorm2d(outC, dev));
     this.act3 = this.registerModule('act3', activation(options.act, outC, actOptions));
     this.downsample = stride !== 1 || inC !== outC ? this.registerModule('downsample', projection(inC, outC, stride, options)) : null;
     this.fused = options.fused ?? true;
@@ -178,6 +184,7 @@ export class ResNet extends Module {
 
   constructor(name: ResNetName, options: ResNetOptions = {}) {
     super();
+    options = checkOptions('resnet', options, ['device', 'act', 'actOptions', 'numClasses', 'inChannels', 'smallInput', 'zeroInitResidual', 'fused']);
     const act = options.act ?? 'relu';
     const numClasses = options.numClasses ?? (name in CIFAR_DEPTH ? 10 : 1000);
     const inChannels = options.inChannels ?? 3;

@@ -1,6 +1,6 @@
 // The baseline activations: ReLU, GELU (erf form, or the tanh approximation), SiLU.
 import { needsGrad, record } from '../autograd';
-import { AdaShiftError } from '../errors';
+import { AdaShiftError, checkOptions } from '../errors';
 import { ActKind, native } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, wrap } from './util';
@@ -22,7 +22,7 @@ export interface GeluOptions {
   approximate?: 'none' | 'tanh';
 }
 export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
-  options = options ?? {};
+  options = checkOptions('gelu', options, ['approximate']);
   const tanh = options.approximate === 'tanh';
   if (options.approximate !== undefined && !tanh && options.approximate !== 'none') {
     throw new AdaShiftError('ERR_ARG', `gelu: approximate must be 'none' or 'tanh', got '${String(options.approximate)}'`);

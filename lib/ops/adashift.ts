@@ -6,7 +6,7 @@
 //           (parameter gradients, dt) -> apply pass (reads x, dy, writes dx, adding
 //           dt / |cell|): 20 bytes per element. The gate is recomputed, never stored.
 import { isGradEnabled, isRetainingGraph, needsGrad, record, releaseGraph } from '../autograd';
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, shapeStr, wrap } from './util';
@@ -117,6 +117,7 @@ export interface AdaShiftBParams {
  */
 export function adashiftBArgs(p: AdaShiftBParams, who: string) {
   check(p !== null && typeof p === 'object', 'ERR_ARG', () => `${who}: parameters {normWeight, normBias, projWeight?, projBias?} are required`);
+  checkOptions(who, p, ['normWeight', 'normBias', 'projWeight', 'projBias', 'eps']);
   assertTensor(p.normWeight, who, 'normWeight');
   assertTensor(p.normBias, who, 'normBias');
   const pw = p.projWeight ?? null, pb = p.projBias ?? null;
@@ -190,6 +191,7 @@ export interface AdaShiftMAParams {
  */
 export function adashiftMAArgs(p: AdaShiftMAParams, who: string) {
   check(p !== null && typeof p === 'object', 'ERR_ARG', () => `${who}: parameters {grid, heads, q/k/v weights and biases, rectWeight, rectBias, rectLinearWeight?} are required`);
+  checkOptions(who, p, ['grid', 'heads', 'qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias', 'eps']);
   const named: [Tensor, string][] = [
     [p.qWeight, 'qWeight'], [p.qBias, 'qBias'], [p.kWeight, 'kWeight'], [p.kBias, 'kBias'],
     [p.vWeight, 'vWeight'], [p.vBias, 'vBias'], [p.rectWeight, 'rectWeight'], [p.rectBias, 'rectBias'],

@@ -1,6 +1,6 @@
 // 2-D convolution, differentiable in the input, the weight and the bias.
 import { needsGrad, record } from '../autograd';
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, sameShape, wrap } from './util';
@@ -35,6 +35,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias?: Tensor | null, options:
   assertTensor(weight, 'conv2d', 'weight');
   if (bias !== undefined && bias !== null) assertTensor(bias, 'conv2d', 'bias');
   const b = bias ?? null;
+  options = checkOptions('conv2d', options, ['stride', 'padding', 'dilation', 'groups']);
   const [sh, sw] = pair(options.stride, 1, 1, 'stride');
   const [ph, pw] = pair(options.padding, 0, 0, 'padding');
   const [dh, dw] = pair(options.dilation, 1, 1, 'dilation');

@@ -1,6 +1,6 @@
 // LayerNorm, softmax, (batched) matmul and linear layers, differentiable.
 import { needsGrad, record } from '../autograd';
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
@@ -54,7 +54,7 @@ export interface MatmulOptions {
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
   assertTensor(a, 'matmul', 'a');
   assertTensor(b, 'matmul', 'b');
-  const o = options ?? {};
+  const o = checkOptions('matmul', options, ['transA', 'transB']);
   const ta = o.transA ?? false, tb = o.transB ?? false;
   check(typeof ta === 'boolean' && typeof tb === 'boolean', 'ERR_ARG', () => 'matmul: transA and transB must be booleans');
   const out = wrap(native.matmul(a.handle, b.handle, ta, tb));

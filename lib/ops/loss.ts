@@ -1,7 +1,7 @@
 // The fused cross-entropy loss (log-softmax + NLL + label smoothing in one kernel per
 // direction), and the count of correct predictions that comes with it.
 import { needsGrad, noGrad, record } from '../autograd';
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { isCapturing } from '../graph';
 import { native } from '../native';
 import { Tensor } from '../tensor';
@@ -60,6 +60,7 @@ function labelTensor(fn: string, labels: Labels, N: number, K: number, device: s
 
 function smoothingOf(fn: string, options: CrossEntropyOptions): number {
   check(options !== null && typeof options === 'object', 'ERR_ARG', () => `${fn}: options must be an object, got ${options === null ? 'null' : typeof options}`);
+  checkOptions(fn, options, ['labelSmoothing']);
   const eps = options.labelSmoothing ?? 0;
   check(typeof eps === 'number' && eps >= 0 && eps <= 1, 'ERR_ARG', () => `${fn}: labelSmoothing must be a number in [0, 1], got ${String(eps)}`);
   return eps;

@@ -17,7 +17,7 @@
 //   apply pass    reads x, dy, writes dx
 import { isGradEnabled, isRetainingGraph, needsGrad, record, releaseGraph } from '../autograd';
 import { NormActKind } from '../bindings/norm';
-import { AdaShiftError, check } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, sameShape, shapeStr, wrap } from './util';
@@ -78,7 +78,7 @@ export function batchNorm2d(
   runningVar: Tensor | null,
   options: BatchNormOptions = {},
 ): Tensor {
-  checkOptions('batchNorm2d', options);
+  checkBnOptions('batchNorm2d', options);
   return bnAct('batchNorm2d', x, { weight, bias, runningMean, runningVar }, NormActKind.none, options);
 }
 
@@ -91,7 +91,7 @@ export function batchNormAct(x: Tensor, bn: BatchNormParams, act: BatchNormActNa
   const kinds: Record<string, number> = { relu: NormActKind.relu, silu: NormActKind.silu, gelu: NormActKind.gelu, 'gelu-tanh': NormActKind.geluTanh, 'adashift-b': NormActKind.gate };
   const kind = typeof act === 'string' && Object.prototype.hasOwnProperty.call(kinds, act) ? kinds[act] : -1;
   if (kind < 0) throw new AdaShiftError('ERR_ARG', `batchNormAct: act must be 'relu', 'silu', 'gelu', 'gelu-tanh' or 'adashift-b', got '${String(act)}'`);
-  checkOptions('batchNormAct', options);
+  checkBnOptions('batchNormAct', options, [...BN_OPTIONS, 'context', 'shift']);
   return bnAct('batchNormAct', x, bn, kind, options);
 }
 
@@ -106,7 +106,7 @@ export function batchNormAct(x: Tensor, bn: BatchNormParams, act: BatchNormActNa
  */
 export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShiftMAParams, options: BatchNormOptions = {}): Tensor {
   const name = 'batchNormAdaShiftMA';
-  checkOptions(name, options);
+  checkBnOptions(name, options);
   const { rm, rv, training, momentum, eps, r } = bnInputs(name, x, bn, options);
   const { args, params } = adashiftMAArgs(ma, name);
   // The MA op checks its parameters too, but only after the statistics pass has updated the
@@ -194,14 +194,17 @@ function checkActEps(name: string, what: string, eps: number): void {
   check(Number.isFinite(eps) && Math.fround(eps) > 0, 'ERR_ARG', () => `${name}: ${what} eps must be a positive number, got ${eps}`);
 }
 
-function checkOptions(fn: string, options: unknown): void {
+const BN_OPTIONS = ['training', 'momentum', 'eps', 'residual'];
+function checkBnOptions(fn: string, options: unknown, known = BN_OPTIONS): void {
   check(options !== null && typeof options === 'object', 'ERR_ARG', () => `${fn}: options must be an object, got ${options === null ? 'null' : typeof options}`);
+  checkOptions(fn, options as object, known);
 }
 
 /** The checked inputs and options of a BatchNorm op. */
 function bnInputs(name: string, x: Tensor, bn: BatchNormParams, options: BatchNormOptions) {
   assertTensor(x, name, 'x');
   check(bn !== null && typeof bn === 'object', 'ERR_ARG', () => `${name}: bn must be {weight, bias, runningMean, runningVar}`);
+  checkOptions(`${name}: bn`, bn, ['weight', 'bias', 'runningMean', 'runningVar']);
   assertTensor(bn.weight, name, 'weight');
   assertTensor(bn.bias, name, 'bias');
   const rm = bn.runningMean ?? null, rv = bn.runningVar ?? null;

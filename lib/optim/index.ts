@@ -1,6 +1,6 @@
 // Optimizers (SGD, AdamW, LAMB) with fused native updates, parameter groups, and
 // learning-rate schedules.
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import type { Tensor } from '../tensor';
 import { AdamW } from './adamw';
 import { LAMB } from './lamb';
@@ -36,6 +36,7 @@ export interface ParamGroupsOptions {
  */
 export function paramGroups(module: { namedParameters(): NamedParam[] } | NamedParam[], options: ParamGroupsOptions): ParamGroupSpec[] {
   check(options !== null && typeof options === 'object', 'ERR_ARG', () => 'paramGroups: options {weightDecay, exempt?} are required');
+  checkOptions('paramGroups', options, ['weightDecay', 'exempt']);
   const wd = options.weightDecay;
   check(typeof wd === 'number' && Number.isFinite(wd) && wd >= 0, 'ERR_ARG', () => `paramGroups: weightDecay must be a finite number >= 0, got ${String(wd)}`);
   const ex = options.exempt ?? 'bn-and-bias';

@@ -3,7 +3,7 @@
 // device-side schedules of capturable optimizers (CUDA graphs).
 // Subclasses implement one update per parameter as one fused native call (lib/bindings/optim.ts);
 // no per-element math happens in JS.
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { noGrad } from '../autograd';
 import { isCapturing } from '../graph';
 import { native } from '../native';
@@ -131,10 +131,7 @@ export abstract class Optimizer<H extends BaseHyper> {
    */
   constructor(params: ParamsArg, defaults: H, options: CommonOptions, name: string, extraOptions: string[] = []) {
     this.name = name;
-    const knownTop = new Set([...Object.keys(defaults), 'noDecay', 'capturable', ...extraOptions]);
-    for (const k of Object.keys(options)) {
-      check(knownTop.has(k), 'ERR_ARG', () => `${name}: unknown option '${k}' (known: ${[...knownTop].join(', ')})`);
-    }
+    options = checkOptions(name, options, [...Object.keys(defaults), 'noDecay', 'capturable', ...extraOptions]);
     check(Array.isArray(params), 'ERR_ARG', () => `${name}: params must be an array of tensors, of [name, tensor] pairs, or of parameter groups`);
     check(params.length > 0, 'ERR_ARG', () => `${name}: got an empty parameter list`);
     if (options.noDecay !== undefined) {
@@ -148,9 +145,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     specs.forEach((spec, gi) => {
       const where = `${name}: param group ${gi}`;
       check(spec !== null && typeof spec === 'object' && Array.isArray(spec.params), 'ERR_ARG', () => `${where} must be an object with a 'params' array`);
-      for (const k of Object.keys(spec)) {
-        check(known.has(k), 'ERR_ARG', () => `${where}: unknown option '${k}' (known: ${[...known].join(', ')})`);
-      }
+      checkOptions(where, spec, [...known]);
       const named: NamedParam[] = isNamedList(spec.params)
         ? (spec.params as NamedParam[])
         : (spec.params as Tensor[]).map((p): NamedParam => ['', p]);

@@ -1,6 +1,6 @@
 // Learning-rate schedules (pure functions of the step) and LrScheduler, which applies one to an
 // optimizer's groups step by step, like torch.optim.lr_scheduler.
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { checkNumber, Optimizer, BaseHyper } from './optimizer';
 
 /** A learning rate for every step (0-based: lrAt(0) is the rate of the first update). */
@@ -14,8 +14,9 @@ function checkStep(step: unknown, what: string): number {
 function checkInt(v: unknown, what: string, min: number): number {
   return checkNumber(v, what, (x) => Number.isInteger(x) && x >= min, `an integer >= ${min}`);
 }
-function checkObj(o: unknown, what: string): void {
+function checkObj(o: unknown, what: string, known: string[]): void {
   check(o !== null && typeof o === 'object', 'ERR_ARG', () => `${what}: options must be an object`);
+  checkOptions(what, o as object, known);
 }
 
 export interface CosineWithWarmupOptions {
@@ -33,7 +34,7 @@ export interface CosineWithWarmupOptions {
  */
 export function cosineWithWarmup(options: CosineWithWarmupOptions): LrSchedule {
   const w = 'cosineWithWarmup';
-  checkObj(options, w);
+  checkObj(options, w, ['baseLr', 'warmupSteps', 'totalSteps', 'minLr', 'warmupStartLr']);
   const baseLr = checkNumber(options.baseLr, `${w}: baseLr`, (x) => x >= 0, 'a finite number >= 0');
   const warmup = checkInt(options.warmupSteps ?? 0, `${w}: warmupSteps`, 0);
   const total = checkInt(options.totalSteps, `${w}: totalSteps`, 1);
@@ -59,7 +60,7 @@ export interface StepLrOptions {
 /** baseLr * gamma^floor(step / stepSize) (torch's StepLR). */
 export function stepLr(options: StepLrOptions): LrSchedule {
   const w = 'stepLr';
-  checkObj(options, w);
+  checkObj(options, w, ['baseLr', 'stepSize', 'gamma']);
   const baseLr = checkNumber(options.baseLr, `${w}: baseLr`, (x) => x >= 0, 'a finite number >= 0');
   const stepSize = checkInt(options.stepSize, `${w}: stepSize`, 1);
   const gamma = checkNumber(options.gamma ?? 0.1, `${w}: gamma`, (x) => x >= 0, 'a finite number >= 0');
@@ -89,7 +90,7 @@ export interface OneCycleOptions {
  */
 export function oneCycle(options: OneCycleOptions): LrSchedule {
   const w = 'oneCycle';
-  checkObj(options, w);
+  checkObj(options, w, ['maxLr', 'totalSteps', 'pctStart', 'divFactor', 'finalDivFactor', 'anneal', 'threePhase']);
   const maxLr = checkNumber(options.maxLr, `${w}: maxLr`, (x) => x >= 0, 'a finite number >= 0');
   const total = checkInt(options.totalSteps, `${w}: totalSteps`, 1);
   const pct = checkNumber(options.pctStart ?? 0.3, `${w}: pctStart`, (x) => x >= 0 && x <= 1, 'in [0, 1]');
@@ -141,7 +142,7 @@ export class LrScheduler {
   constructor(readonly optimizer: Optimizer<BaseHyper>, readonly schedule: LrSchedule, options: { step?: number } = {}) {
     check(optimizer instanceof Optimizer, 'ERR_ARG', () => 'LrScheduler: optimizer must be an optim optimizer');
     check(schedule !== null && typeof schedule === 'object' && typeof schedule.lrAt === 'function', 'ERR_ARG', () => 'LrScheduler: schedule must have lrAt(step)');
-    this.t = checkStep(options.step ?? 0, 'LrScheduler');
+    this.t = checkStep(checkOptions('LrScheduler', options, ['step']).step ?? 0, 'LrScheduler');
     this.apply();
   }
 

@@ -3,12 +3,12 @@
 // parameters), summary.json, and SVG plots of test accuracy and train loss per epoch.
 import * as path from 'path';
 import { resolveDevice } from '../device';
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
 import { environment } from '../provenance';
 import { mean, median, std } from '../stats';
-import { EpochMetrics, train, TrainCallbacks, TrainOptions } from './train';
+import { EpochMetrics, train, TrainCallbacks, TRAIN_OPTIONS, TrainOptions } from './train';
 
 export interface CompareOptions extends Omit<TrainOptions, 'act' | 'out' | 'resume' | 'seed'> {
   acts?: ActivationName[];
@@ -39,6 +39,8 @@ export interface CompareCallbacks {
 }
 
 export async function compare(options: CompareOptions, callbacks: CompareCallbacks = {}) {
+  // train()'s options but those compare sets itself per run, and its own
+  checkOptions('compare', options, [...TRAIN_OPTIONS.filter((k) => !['act', 'out', 'resume', 'seed'].includes(k)), 'acts', 'seeds', 'seed', 'out']);
   const acts = options.acts ?? [...ACTIVATIONS];
   const seeds = options.seeds ?? 1;
   const seed0 = options.seed ?? 0;

@@ -3,7 +3,7 @@
 // resume. evaluate(): test loss and accuracy of a model or a checkpoint.
 import * as fs from 'fs';
 import * as path from 'path';
-import { AdaShiftError, check, fail } from '../errors';
+import { AdaShiftError, check, checkOptions, fail } from '../errors';
 import { resolveDevice, setNumThreads } from '../device';
 import { environment } from '../provenance';
 import { noGrad } from '../autograd';
@@ -120,8 +120,11 @@ const DEFAULTS = {
 
 /** What a resumed run may be given anew; every other setting is the run's own. */
 const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'threads', 'maxBatches', 'out', 'resume']);
+/** Every option train() takes. */
+export const TRAIN_OPTIONS: readonly string[] = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph'];
 
 function normalize(options: TrainOptions) {
+  checkOptions('train', options, TRAIN_OPTIONS);
   const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & TrainOptions;
   check(RESNETS.includes(o.model), 'ERR_ARG', () => `unknown model '${o.model}'; expected one of ${RESNETS.join(', ')}`);
   check(ACTIVATIONS.includes(o.act), 'ERR_ARG', () => `unknown activation '${o.act}'; expected one of ${ACTIVATIONS.join(', ')}`);
@@ -234,6 +237,7 @@ function makeSchedule(o: ReturnType<typeof normalize>, stepsPerEpoch: number): L
 
 /** Test loss and accuracy of a model over a dataset (eval mode, no graph). */
 export function evaluate(model: ResNet, ds: Dataset, options: { batch?: number; device?: string } = {}): { loss: number; acc: number; count: number } {
+  options = checkOptions('evaluate', options, ['batch', 'device']);
   const device = resolveDevice(options.device ?? model.parameters()[0].device);
   const batch = options.batch ?? 256;
   const wasTraining = model.training;
@@ -471,6 +475,7 @@ async function runTraining(
 
 /** Loads a checkpoint's model and evaluates it on its dataset's test split (or another). */
 export function evaluateCheckpoint(file: string, options: { dataset?: string; dataDir?: string; limit?: number; device?: string; batch?: number } = {}) {
+  options = checkOptions('evaluateCheckpoint', options, ['dataset', 'dataDir', 'limit', 'device', 'batch']);
   const device = resolveDevice(options.device ?? 'auto');
   const ck = loadCheckpoint(file, device);
   const cfg = ck.meta.config as TrainOptions;
