@@ -270,15 +270,18 @@ export function empty(shape: Shape, options: TensorOptions = {}): Tensor {
   const o = opts(options, 'empty');
   return new Tensor(native.empty(toShape(shape, 'empty'), resolveDevice(o.device)), o.requiresGrad ?? false);
 }
+function filled(fn: string, shape: Shape, value: number, options: TensorOptions): Tensor {
+  const o = opts(options, fn);
+  return new Tensor(native.full(toShape(shape, fn), value, resolveDevice(o.device)), o.requiresGrad ?? false);
+}
 export function full(shape: Shape, value: number, options: TensorOptions = {}): Tensor {
-  const o = opts(options, 'full');
-  return new Tensor(native.full(toShape(shape, 'full'), value, resolveDevice(o.device)), o.requiresGrad ?? false);
+  return filled('full', shape, value, options);
 }
 export function zeros(shape: Shape, options: TensorOptions = {}): Tensor {
-  return full(shape, 0, options);
+  return filled('zeros', shape, 0, options);
 }
 export function ones(shape: Shape, options: TensorOptions = {}): Tensor {
-  return full(shape, 1, options);
+  return filled('ones', shape, 1, options);
 }
 
 // ---- random numbers: a counter-based stream (Philox), identical on every device ----------------

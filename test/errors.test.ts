@@ -95,7 +95,7 @@ describe('options objects', () => {
   const lin = () => linear;
   const bnp = () => ({ weight: as.ones([3]), bias: as.zeros([3]), runningMean: as.zeros([3]), runningVar: as.ones([3]) });
   const cases: [string, () => unknown, RegExp][] = [
-    ['zeros', () => as.zeros([2], { requires_grad: true } as never), /^full: unknown option 'requires_grad' \(known: device, requiresGrad\)/],
+    ['zeros', () => as.zeros([2], { requires_grad: true } as never), /^zeros: unknown option 'requires_grad' \(known: device, requiresGrad\)/],
     ['randn', () => as.randn([2], { stdev: 2 } as never), /^randn: unknown option 'stdev' \(known: device, requiresGrad, mean, std\)/],
     ['rand', () => as.rand([2], { max: 2 } as never), /^rand: unknown option 'max'/],
     ['tensor', () => as.tensor([1], [1], { dev: 'cpu' } as never), /^tensor: unknown option 'dev'/],
@@ -140,8 +140,8 @@ describe('options objects', () => {
   test('undefined and null mean the defaults; a non-object is refused', () => {
     as.zeros([1], undefined).dispose();
     as.zeros([1], null as never).dispose();
-    expect(thrown(() => as.zeros([1], 'cpu' as never), 'ERR_ARG').message).toMatch(/^full: options must be an object, got string/);
-    expect(thrown(() => as.zeros([1], [] as never), 'ERR_ARG').message).toMatch(/^full: options must be an object, got an array/);
+    expect(thrown(() => as.zeros([1], 'cpu' as never), 'ERR_ARG').message).toMatch(/^zeros: options must be an object, got string/);
+    expect(thrown(() => as.zeros([1], [] as never), 'ERR_ARG').message).toMatch(/^zeros: options must be an object, got an array/);
   });
 });
 
