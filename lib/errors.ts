@@ -10,7 +10,9 @@ export type ErrorCode =
   | 'ERR_CUDA_GRAPH'
   | 'ERR_DISPOSED'
   | 'ERR_IO'
-  | 'ERR_AUTOGRAD';
+  | 'ERR_AUTOGRAD'
+  /** Host (CPU) memory could not be allocated; on a CUDA device: ERR_CUDA_OOM. */
+  | 'ERR_OOM';
 
 export class AdaShiftError extends Error {
   readonly code: ErrorCode;

@@ -338,6 +338,28 @@ describe('ERR_AUTOGRAD', () => {
   });
 });
 
+// With the kernel set to grant any allocation (vm.overcommit_memory = 1) a 4 TB malloc succeeds.
+const overcommitAlways = (() => {
+  try {
+    return fs.readFileSync('/proc/sys/vm/overcommit_memory', 'utf8').trim() === '1';
+  } catch {
+    return false;
+  }
+})();
+
+describe('ERR_OOM', () => {
+  (overcommitAlways ? test.skip : test)('a host allocation that cannot be made: ERR_OOM, and the process still works', () => {
+    const before = as.memory().tensors;
+    // 4 TB: more than any host this runs on has (malloc refuses it at once; nothing is touched)
+    const e = thrown(() => as.empty([1e6, 1e6]), 'ERR_OOM');
+    expect(e.message).toMatch(/out of host memory allocating 4000000000000 bytes/);
+    expect(as.memory().tensors).toBe(before);
+    const t = as.ones([3]);
+    expect(Array.from(t.toFloat32Array())).toEqual([1, 1, 1]);
+    t.dispose();
+  });
+});
+
 describe('CUDA failures', () => {
   cudaTest('ERR_CUDA_OOM: a 200 GiB tensor, and the device still works afterwards', () => {
     const before = as.memory();

@@ -16,7 +16,7 @@
 namespace adashift {
 
 // Codes are part of the public JS API (error.code); keep them in sync with lib/errors.ts.
-enum class ErrorCode { Arg, Shape, DType, Device, NoCuda, Cuda, CudaOom, CudaGraph, Disposed, IO };
+enum class ErrorCode { Arg, Shape, DType, Device, NoCuda, Cuda, CudaOom, CudaGraph, Disposed, IO, Oom };
 
 inline const char* error_code_name(ErrorCode c) {
   switch (c) {
@@ -30,6 +30,7 @@ inline const char* error_code_name(ErrorCode c) {
     case ErrorCode::CudaGraph: return "ERR_CUDA_GRAPH";
     case ErrorCode::Disposed: return "ERR_DISPOSED";
     case ErrorCode::IO: return "ERR_IO";
+    case ErrorCode::Oom: return "ERR_OOM";
   }
   return "ERR_ARG";
 }

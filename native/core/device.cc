@@ -58,7 +58,7 @@ void* cpu_alloc(size_t bytes) {
     cpu_empty_cache();
     p = std::aligned_alloc(64, n);
   }
-  if (!p) fail(ErrorCode::Arg, cat("out of host memory allocating ", bytes, " bytes"));
+  if (!p) fail(ErrorCode::Oom, cat("out of host memory allocating ", bytes, " bytes"));
   return p;
 }
 void cpu_free(void* p, size_t bytes) {

@@ -58,7 +58,7 @@ Napi::Value guarded(const Napi::CallbackInfo& info) {
   } catch (const Napi::Error&) {
     throw;
   } catch (const std::bad_alloc&) {
-    throw make_error(info.Env(), ErrorCode::Arg, "out of host memory");
+    throw make_error(info.Env(), ErrorCode::Oom, "out of host memory");
   } catch (const std::exception& e) {
     throw make_error(info.Env(), ErrorCode::Arg, e.what());
   }
