@@ -9,7 +9,7 @@ import * as zlib from 'zlib';
 import { encodeIdx } from '../lib/data/idx';
 import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
 import { compare } from '../lib/train/compare';
-import { loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
+import { loadCheckpoint, disposeCheckpoint, saveCheckpoint } from '../lib/train/checkpoint';
 import { backendInfo, memory } from '../lib';
 import { gitCommit } from '../lib/provenance';
 import { ensureDist, ROOT } from './helpers/dist';
@@ -148,6 +148,11 @@ describe('train', () => {
     await expect(train({ out, resume: true, dataDir: path.join(tmp, 'no-data-here') })).rejects.toMatchObject({ code: 'ERR_IO' });
     expect(memory().tensors).toBe(before); // the loaded checkpoint is freed
     expect(fs.readFileSync(ckpt).equals(bytes)).toBe(true);
+    // a setting in the checkpoint that this version does not know is not the caller's mistake
+    const ck = loadCheckpoint(ckpt);
+    (ck.meta.config as Record<string, unknown>).settingOfAnotherVersion = 1;
+    saveCheckpoint(ckpt, ck);
+    disposeCheckpoint(ck);
     // the run's own values, epochs and the device may be given
     const done = await train({ ...base, act: 'relu', out, resume: true, device: 'cpu' });
     expect(done.history.length).toBe(base.epochs);

@@ -124,7 +124,6 @@ const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'thre
 export const TRAIN_OPTIONS: readonly string[] = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph'];
 
 function normalize(options: TrainOptions) {
-  checkOptions('train', options, TRAIN_OPTIONS);
   const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & TrainOptions;
   check(RESNETS.includes(o.model), 'ERR_ARG', () => `unknown model '${o.model}'; expected one of ${RESNETS.join(', ')}`);
   check(ACTIVATIONS.includes(o.act), 'ERR_ARG', () => `unknown activation '${o.act}'; expected one of ${ACTIVATIONS.join(', ')}`);
@@ -296,6 +295,9 @@ interface Held {
 
 /** Trains a ResNet (see TrainOptions); resolves when done or stopped. */
 export async function train(options: TrainOptions = {}, callbacks: TrainCallbacks = {}): Promise<TrainResult> {
+  // The caller's options only: a checkpoint's saved settings (normalised below too) may come
+  // from another version of the package.
+  options = checkOptions('train', options, TRAIN_OPTIONS);
   const o = normalize(options);
   if (o.threads !== undefined) setNumThreads(o.threads);
   const device = resolveDevice(o.device);
