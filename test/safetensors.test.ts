@@ -256,6 +256,19 @@ describe('atomic saves', () => {
     a.dispose();
   });
 
+  test('a save onto a folder, or of a disposed tensor, fails before anything is written', () => {
+    const sub = fs.mkdtempSync(path.join(dir, 'atomic-'));
+    fs.mkdirSync(path.join(sub, 'taken'));
+    const t = as.ones([2]);
+    expect(thrown(() => io.saveSafetensors(path.join(sub, 'taken'), { t }), 'ERR_IO').message).toMatch(/taken: could not write: it is a folder; give a file name/);
+    const gone = as.ones([1]);
+    gone.dispose();
+    expect(thrown(() => io.saveSafetensors(path.join(sub, 'g.safetensors'), { t, gone }), 'ERR_DISPOSED').message).toMatch(/saveSafetensors: 'gone' was disposed/);
+    expect(fs.readdirSync(sub)).toEqual(['taken']);
+    expect(fs.readdirSync(path.join(sub, 'taken'))).toEqual([]);
+    t.dispose();
+  });
+
   test('a save into a directory that does not exist fails cleanly', () => {
     const sub = fs.mkdtempSync(path.join(dir, 'atomic-'));
     const t = as.ones([2]);

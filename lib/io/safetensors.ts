@@ -38,6 +38,7 @@ export function saveSafetensors(file: string, tensors: Record<string, Safetensor
     const v = tensors[name];
     let buf: Buffer, dtype: string, shape: number[];
     if (v instanceof Tensor) {
+      if (v.isDisposed) throw new AdaShiftError('ERR_DISPOSED', `saveSafetensors: '${name}' was disposed`);
       const data = v.toFloat32Array();
       buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       dtype = 'F32';
@@ -105,6 +106,15 @@ export function ensureDir(dir: string): void {
 
 /** Writes buffers to a temp file beside `file`, flushes it, then renames over `file`. */
 export function writeAtomic(file: string, parts: Buffer[]): void {
+  // A folder in the file's place would be found only at the rename, after a temp file was
+  // written into the folder above it.
+  let isDir = false;
+  try {
+    isDir = fs.statSync(file).isDirectory();
+  } catch {
+    // not there yet (the usual case), or not reachable: the write below says why
+  }
+  if (isDir) throw ioError(file, 'could not write: it is a folder; give a file name');
   const dir = path.dirname(path.resolve(file));
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`);
   let fd: number | undefined;
