@@ -26,6 +26,13 @@ class Pool {
   Pool() {
     unsigned hw = std::thread::hardware_concurrency();
     max_threads_ = int(hw == 0 ? 1 : hw);
+    // ADASHIFT_POOL_THREADS: the pool's size in place of the hardware threads (for tests: a
+    // 2-core machine then runs the jobs a 16-core one would split, slower but alike).
+    if (const char* env = std::getenv("ADASHIFT_POOL_THREADS")) {
+      const int v = std::atoi(env);
+      if (v >= 1 && v <= 256) max_threads_ = v;
+    }
+    if (const char* fake = std::getenv("ADASHIFT_FAKE_HW")) max_threads_ = std::atoi(fake);
     active_ = max_threads_;
     if (const char* env = std::getenv("ADASHIFT_NUM_THREADS")) {
       int v = std::atoi(env);
@@ -100,8 +107,20 @@ class Pool {
         cv_.wait(lk, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
         if (stop_) return;
       }
-      seen = generation_.load(std::memory_order_acquire);
-      if (id >= chunks_) continue;
+      // The generation and the job's chunk count are read together, under the lock the caller
+      // publishes them under. Read apart, a worker with no chunk in a job (id >= chunks) could
+      // look after the caller had finished that job and was writing the next one's fields: it
+      // then took the next job's chunk count for this one's, ran a chunk of a job not yet
+      // published (through a cleared fn_: a crash; or twice: a count that never reached zero,
+      // a hang). With two threads every job has the one worker in it, so only larger machines
+      // (from 3 threads, when a job has fewer chunks than threads) met it.
+      int64_t chunks;
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        seen = generation_.load(std::memory_order_acquire);
+        chunks = chunks_;
+      }
+      if (id >= chunks) continue;
       run_chunk(id);
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lk(m_);  // the caller may be about to sleep: no lost wake-up
