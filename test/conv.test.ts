@@ -259,7 +259,9 @@ describe('CPU GEMM', () => {
     expect(Number.isFinite(peak) && peak > 0).toBe(true);
     const n = 384;
     as.tidy(() => {
-      const a = as.randn([n * n]), b = as.randn([n * n]), c = as.zeros([n * n]);
+      // on the CPU whatever the default device (cuda:0 where a GPU is usable)
+      const cpu = { device: 'cpu' } as const;
+      const a = as.randn([n * n], cpu), b = as.randn([n * n], cpu), c = as.zeros([n * n], cpu);
       const run = () => native.gemm(a.handle, b.handle, c.handle, false, false, n, n, n, n, n, n, 1, 0, 'own').dispose();
       run();
       const times: number[] = [];
