@@ -81,9 +81,11 @@ fi
 
 step "jest suites (CUDA cases run where a GPU is usable)"
 # (on a usable GPU the default device is cuda:0; ADASHIFT_TEST_DEVICE moves the ResNet fixture
-# comparisons there too)
-ADASHIFT_TEST_DEVICE=$([ "$usable" = 1 ] && echo cuda || echo cpu) \
-  limited 200 "$node_bin" node_modules/jest/bin/jest.js --silent >"$out/jest.txt" 2>&1
+# comparisons there too). At most 4 jest workers of 4 CPU threads each: on the 16-thread H200
+# host (2026-11-29) the suites ran past the 200 s limit with the default (15 workers, each with
+# a 16-thread pool, many more threads than cores) and a thread-pool race since fixed.
+ADASHIFT_TEST_DEVICE=$([ "$usable" = 1 ] && echo cuda || echo cpu) ADASHIFT_NUM_THREADS=4 \
+  limited 300 "$node_bin" node_modules/jest/bin/jest.js --silent --maxWorkers=4 >"$out/jest.txt" 2>&1
 grep -E '^(FAIL|Tests:|Test Suites:)|●' "$out/jest.txt" | head -n 40
 
 step "summary"
