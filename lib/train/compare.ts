@@ -39,8 +39,8 @@ export interface CompareCallbacks {
 }
 
 export async function compare(options: CompareOptions, callbacks: CompareCallbacks = {}) {
-  // train()'s options but those compare sets itself per run, and its own
-  checkOptions('compare', options, [...TRAIN_OPTIONS.filter((k) => !['act', 'out', 'resume', 'seed'].includes(k)), 'acts', 'seeds', 'seed', 'out']);
+  // train()'s options but the two compare sets per run (act, resume), and its own
+  checkOptions('compare', options, [...TRAIN_OPTIONS.filter((k) => k !== 'act' && k !== 'resume'), 'acts', 'seeds']);
   const acts = options.acts ?? [...ACTIVATIONS];
   const seeds = options.seeds ?? 1;
   const seed0 = options.seed ?? 0;

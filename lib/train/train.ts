@@ -120,8 +120,11 @@ const DEFAULTS = {
 
 /** What a resumed run may be given anew; every other setting is the run's own. */
 const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'threads', 'maxBatches', 'out', 'resume']);
-/** Every option train() takes. */
-export const TRAIN_OPTIONS: readonly string[] = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph'];
+/** Every option train() takes (the compiler checks the list against TrainOptions, both ways). */
+export const TRAIN_OPTIONS = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph'] as const satisfies readonly (keyof TrainOptions)[];
+// An option added to TrainOptions but not to the list would be refused at run time: this fails to compile instead.
+const UNLISTED_TRAIN_OPTIONS: Record<Exclude<keyof TrainOptions, (typeof TRAIN_OPTIONS)[number]>, never> = {};
+void UNLISTED_TRAIN_OPTIONS;
 
 function normalize(options: TrainOptions) {
   const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & TrainOptions;
