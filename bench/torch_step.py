@@ -232,6 +232,10 @@ class Peer:
         if dev.type == "cuda":
             # what a training script on a fixed input size does; autotuning happens in warm-up
             torch.backends.cudnn.benchmark = True
+            # convolutions in TF32 exactly when ours are (cuDNN's default is on); matrix products
+            # in float32 on both sides
+            torch.backends.cudnn.allow_tf32 = bool(cfg.get("allowTF32", False))
+            torch.backends.cuda.matmul.allow_tf32 = False
         model = ResNet(cfg["model"], cfg["act"], cfg["input"][0], cfg["classes"], cfg["smallInput"]).to(dev).train()
         decay, no_decay = [], []
         for name, p in model.named_parameters():

@@ -2,7 +2,7 @@
 // The adashift command line: a thin shell over the exported functions (argument parsing and
 // printing only).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { backendInfo, resolveDevice, setNumThreads } from './device';
+import { backendInfo, resolveDevice, setAllowTF32, setNumThreads } from './device';
 import { memory } from './tensor';
 import { ACTIVATIONS, ActivationName } from './nn/activation';
 import { ActResult, benchAct } from './bench/act';
@@ -196,6 +196,7 @@ function addTrainFlags(cmd: Command): Command {
     .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
     .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
     .option('--graph', 'CUDA: replay each training step as a captured CUDA graph')
+    .option('--tf32', 'CUDA: convolutions in TF32 on the tensor cores (setAllowTF32; off by default)')
     .option('--limit-train <n>', 'use the first N training images', parseIntArg('--limit-train', 1, 1e9))
     .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9));
 }
@@ -309,6 +310,7 @@ export function main(argv = process.argv): void {
     .option('--no-torch', "skip the PyTorch side-by-side run (the step section then times the activations round robin, each step against ReLU's of the same round)")
     .option('--graph', 'CUDA: also time each step captured and replayed as one CUDA graph')
     .option('--opt <name>', `the step's optimizer: ${STEP_OPTIMIZER_NAMES.join(', ')} (PyTorch has no LAMB: no peer for it)`, choice('--opt', STEP_OPTIMIZER_NAMES), 'sgd')
+    .option('--tf32', "CUDA: convolutions in TF32 on the tensor cores, ours and PyTorch's (setAllowTF32; PyTorch's default)")
     .option('--profile', 'profile one model + activation (the first of --models and --acts; default resnet20, adashift-b): time per op family per step')
     .option('--out <dir>', 'folder for the JSON result', 'bench/results')
     .addOption(new Option('--input-size <n>', 'override the input height = width (tests)').argParser(parseIntArg('--input-size', 1, 4096)).hideHelp())
@@ -345,6 +347,7 @@ export function main(argv = process.argv): void {
         torch: opts.torch,
         graph: opts.graph,
         opt: opts.opt,
+        tf32: opts.tf32 === true ? true : undefined,
         outDir: opts.out,
         onResult: (section, row) => console.log(stepRowLine(section, row)),
       });
@@ -361,6 +364,7 @@ export function main(argv = process.argv): void {
       .option('--out <dir>', 'output folder (metrics.jsonl, checkpoint.safetensors)')
       .option('--resume', 'continue from <out>/checkpoint.safetensors'),
   ).action(async (opts, cmd: Command) => {
+    if (opts.tf32) setAllowTF32(true);
     const out = (opts.out as string | undefined) ?? path.join('runs', `${opts.model}-${opts.act}-${opts.dataset}-seed${opts.seed}`);
     // A resumed run keeps its configuration: only flags given on this command line are passed
     // (epochs extends it; device, threads and graph may change; train refuses any other that
@@ -392,7 +396,9 @@ export function main(argv = process.argv): void {
     .option('--data-dir <dir>', 'dataset folder')
     .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9))
     .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--tf32', 'CUDA: convolutions in TF32 on the tensor cores (setAllowTF32; off by default)')
     .action((opts) => {
+      if (opts.tf32) setAllowTF32(true);
       const r = evaluateCheckpoint(opts.checkpoint, { dataset: opts.dataset, dataDir: opts.dataDir, limit: opts.limitTest, device: opts.device });
       console.log(`${r.model} ${r.act} after ${r.epoch} epoch(s) on ${r.dataset} (${r.count} test images): loss ${r.loss.toFixed(4)}, accuracy ${(100 * r.acc).toFixed(2)}%`);
     });
@@ -406,6 +412,7 @@ export function main(argv = process.argv): void {
       .option('--seed <n>', 'first seed', parseIntArg('--seed', 0, 2 ** 31), 0)
       .option('--out <dir>', 'output folder', 'runs/compare'),
   ).action(async (opts) => {
+    if (opts.tf32) setAllowTF32(true);
     const stop = interruptible();
     let progress: ReturnType<typeof progressCallbacks> | null = null;
     try {

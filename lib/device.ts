@@ -60,3 +60,33 @@ export function setNumThreads(n: number): void {
 export function getNumThreads(): number {
   return native.getNumThreads();
 }
+
+/**
+ * Lets convolutions on CUDA round their operands to TF32 (a 10-bit mantissa) and multiply them on
+ * the tensor cores, accumulating in float32: PyTorch's `torch.backends.cudnn.allow_tf32`, which
+ * is on by default there and off by default here. It applies to products of 64 or more output
+ * rows on GPUs of compute capability 8.0 or later, is read when each convolution is launched (a
+ * captured CUDA graph keeps the mode it was captured with), and leaves the CPU alone.
+ * `ADASHIFT_ALLOW_TF32=1` sets it when the package loads.
+ */
+export function setAllowTF32(on: boolean): void {
+  if (typeof on !== 'boolean') {
+    throw new AdaShiftError('ERR_ARG', `setAllowTF32: expected a boolean, got ${on === null ? 'null' : typeof on}`);
+  }
+  native.setConvAllowTF32(on);
+}
+export function getAllowTF32(): boolean {
+  return native.getConvAllowTF32();
+}
+
+// ADASHIFT_ALLOW_TF32: '1' or 'true' turns TF32 on, '0', 'false' or '' leaves it off; anything
+// else is refused when the package loads (a misspelt value would otherwise change the numbers
+// without a word).
+{
+  const v = process.env.ADASHIFT_ALLOW_TF32;
+  if (v !== undefined) {
+    const on = ['1', 'true'].includes(v.toLowerCase()), off = ['0', 'false', ''].includes(v.toLowerCase());
+    if (!on && !off) throw new AdaShiftError('ERR_ARG', `ADASHIFT_ALLOW_TF32 must be 1 or 0 (or true / false), got '${v}'`);
+    native.setConvAllowTF32(on);
+  }
+}

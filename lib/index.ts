@@ -1,7 +1,7 @@
 // adashift: train convolutional networks from Node with the AdaShift activation.
 export { AdaShiftError } from './errors';
 export type { ErrorCode } from './errors';
-export { backendInfo, getNumThreads, resolveDevice, setDefaultDevice, setNumThreads } from './device';
+export { backendInfo, getAllowTF32, getNumThreads, resolveDevice, setAllowTF32, setDefaultDevice, setNumThreads } from './device';
 export type { DeviceSpec } from './device';
 export {
   empty, full, getRngState, keep, manualSeed, memory, ones, rand, randn, resetPeakMemory, setRngState, Tensor, tensor, tidy, zeros,

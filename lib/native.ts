@@ -59,6 +59,8 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   memory(): NativeMemoryEntry[];
   setNumThreads(n: number): void;
   getNumThreads(): number;
+  setConvAllowTF32(on: boolean): void;
+  getConvAllowTF32(): boolean;
   synchronize(device: string): void;
   emptyCache(device: string): void;
   resetPeakMemory(device: string): void;

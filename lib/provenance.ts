@@ -1,11 +1,11 @@
 // Where a result came from: date, commit, Node, CPU and threads, device (and GPU, CUDA
-// versions). Benchmark JSON, compare summaries and training configs carry it, so that a
+// versions, TF32 mode). Benchmark JSON, compare summaries and training configs carry it, so that a
 // number can be traced to the build and machine that produced it.
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { backendInfo } from './device';
+import { backendInfo, getAllowTF32 } from './device';
 
 const packageRoot = path.resolve(__dirname, '..');
 
@@ -53,5 +53,7 @@ export function environment(device: string) {
     gpu: device.startsWith('cuda') ? info.devices[Number(device.split(':')[1] ?? 0)]?.name : undefined,
     cudaRuntime: info.cudaCompiled ? info.runtimeVersion : undefined,
     cudaDriver: info.cudaCompiled ? info.driverVersion : undefined,
+    // whether CUDA convolutions ran in TF32 (setAllowTF32); the CPU computes in float32 always
+    allowTF32: device.startsWith('cuda') ? getAllowTF32() : undefined,
   };
 }

@@ -72,6 +72,10 @@ if [ "$usable" = 1 ]; then
   # CUDA graph, ReLU against AdaShift-B and -MA
   limited 180 "$node_bin" dist/cli.js bench step --device cuda --models resnet20,resnet50 --acts relu,adashift-b,adashift-ma \
     --sections step --repeats 5 --graph --out "$out"
+  # the same with the convolutions in TF32 on the tensor cores, ours and PyTorch's (cuDNN's
+  # default; the float32 run above sets PyTorch's off)
+  limited 150 "$node_bin" dist/cli.js bench step --device cuda --models resnet20,resnet50 --acts relu,adashift-b,adashift-ma \
+    --sections step --repeats 5 --tf32 --out "$out"
   # the timm recipe's optimizer (LAMB, capturable: its update inside the graph); PyTorch has none
   limited 90 "$node_bin" dist/cli.js bench step --device cuda --models resnet50 --acts relu,adashift-b \
     --sections step --repeats 5 --graph --opt lamb --no-torch --out "$out"

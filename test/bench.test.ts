@@ -11,7 +11,7 @@ import { benchStep, isStepError, resolveTorchPython, StepError, stepRowLine, Ste
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
 import { memory, resetPeakMemory } from '../lib/tensor';
-import { ones, zeros } from '../lib';
+import { getAllowTF32, ones, zeros } from '../lib';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-bench-'));
 const TINY = { models: ['resnet20'], inputSize: 8, batch: 2, repeats: 1, warmup: 0, device: 'cpu' };
@@ -115,6 +115,13 @@ describe('bench step', () => {
     expect(Object.keys(r.sections)).toEqual(['step']);
     expect(r.file).toBeUndefined();
     checkRow(ok(r.sections.step)[0], 'silu', 2);
+  });
+
+  test('tf32: set for the run and restored after it; a CPU report has no TF32 mode; a non-boolean is refused', async () => {
+    const r = await benchStep({ ...TINY, acts: ['relu'], sections: ['step'], torch: false, tf32: true, outDir: null });
+    expect(getAllowTF32()).toBe(false);
+    expect(r.allowTF32).toBeUndefined(); // the CPU computes in float32 whatever the setting
+    await expect(benchStep({ ...TINY, torch: false, tf32: 1 as unknown as boolean, outDir: null })).rejects.toThrow(/benchStep: tf32 must be a boolean/);
   });
 
   test('the optimizer is selectable: AdamW and LAMB steps, recorded in the report', async () => {

@@ -8,6 +8,7 @@ import * as as from '../lib';
 import { native } from '../lib/native';
 import { conv2d } from '../lib/ops/conv';
 import { compareArrays } from './helpers/compare';
+import { convRef } from './helpers/conv-ref';
 import { thrown } from './helpers/errors';
 import { ensureDist, jsonFromChild } from './helpers/dist';
 
@@ -385,42 +386,8 @@ describe('conv2d forward and gradients against a float64 direct sum', () => {
     const Ho = Math.floor((H + 2 * pad - kh) / stride) + 1, Wo = Math.floor((W + 2 * pad - kw) / stride) + 1;
     const X = fillRandom(N * C * H * W, r), Wt = fillRandom(Co * C * kh * kw, r), DY = fillRandom(N * Co * Ho * Wo, r);
     // references: each entry summed in float64, then rounded once
-    const dwref = new Float32Array(Co * C * kh * kw), dxref = new Float64Array(N * C * H * W);
-    for (let co = 0; co < Co; co++)
-      for (let c = 0; c < C; c++)
-        for (let i = 0; i < kh; i++)
-          for (let j = 0; j < kw; j++) {
-            const wv = Wt[((co * C + c) * kh + i) * kw + j];
-            let acc = 0;
-            for (let n = 0; n < N; n++)
-              for (let oh = 0; oh < Ho; oh++) {
-                const h = oh * stride + i - pad;
-                if (h < 0 || h >= H) continue;
-                for (let ow = 0; ow < Wo; ow++) {
-                  const v = ow * stride + j - pad;
-                  if (v < 0 || v >= W) continue;
-                  const g = DY[((n * Co + co) * Ho + oh) * Wo + ow];
-                  acc += g * X[((n * C + c) * H + h) * W + v];
-                  if (!dwOnly) dxref[((n * C + c) * H + h) * W + v] += g * wv;
-                }
-              }
-            dwref[((co * C + c) * kh + i) * kw + j] = acc;
-          }
-    const yref = new Float32Array(dwOnly ? 0 : N * Co * Ho * Wo);
-    if (!dwOnly)
-      for (let n = 0; n < N; n++)
-        for (let co = 0; co < Co; co++)
-          for (let oh = 0; oh < Ho; oh++)
-            for (let ow = 0; ow < Wo; ow++) {
-              let acc = 0;
-              for (let c = 0; c < C; c++)
-                for (let i = 0; i < kh; i++)
-                  for (let j = 0; j < kw; j++) {
-                    const h = oh * stride + i - pad, v = ow * stride + j - pad;
-                    if (h >= 0 && h < H && v >= 0 && v < W) acc += Wt[((co * C + c) * kh + i) * kw + j] * X[((n * C + c) * H + h) * W + v];
-                  }
-              yref[((n * Co + co) * Ho + oh) * Wo + ow] = acc;
-            }
+    const ref = convRef(X, Wt, DY, xs, ws, pad, stride, dwOnly);
+    const dwref = Float32Array.from(ref.dw), dxref = ref.dx, yref = Float32Array.from(ref.y);
     for (const threads of [1, 2])
       as.tidy(() => {
         as.setNumThreads(threads);

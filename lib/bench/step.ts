@@ -6,7 +6,7 @@
 // (models x activations), 'threads' (1 thread vs all, CPU), 'batch' (batch sizes).
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
-import { resolveDevice } from '../device';
+import { getAllowTF32, resolveDevice, setAllowTF32 } from '../device';
 import { AdaShiftError, check, checkOptions } from '../errors';
 import { CudaGraph } from '../graph';
 import { native } from '../native';
@@ -89,6 +89,11 @@ export interface BenchStepOptions {
   python?: string;
   /** The optimizer of the step (default 'sgd'). */
   opt?: StepOptimizerName;
+  /**
+   * CUDA convolutions in TF32 for this run (setAllowTF32; default: the current setting), and
+   * PyTorch's peer set the same way (its cuDNN convolutions default to TF32).
+   */
+  tf32?: boolean;
   sections?: StepSection[];
   /** Batch sizes of the 'batch' section (default 16, 32, 64, 128, 256). */
   batchSizes?: number[];
@@ -493,6 +498,7 @@ async function measure(ctx: Ctx, spec: StepModelSpec, act: ActivationName, threa
         device: torchDevice(ctx.device),
         threads,
         optimizer: STEP_OPTIMIZERS[ctx.opt],
+        allowTF32: getAllowTF32(),
         seed: 0,
       });
       if (!r.ok) torchError = r.error ?? 'setup failed';
@@ -564,7 +570,7 @@ export interface StepReport extends ReturnType<typeof environment> {
 }
 
 export async function benchStep(options: BenchStepOptions = {}): Promise<StepReport> {
-  options = checkOptions('benchStep', options, ['models', 'acts', 'batch', 'inputSize', 'device', 'threads', 'repeats', 'warmup', 'torch', 'graph', 'python', 'opt', 'sections', 'batchSizes', 'outDir', 'onResult']);
+  options = checkOptions('benchStep', options, ['models', 'acts', 'batch', 'inputSize', 'device', 'threads', 'repeats', 'warmup', 'torch', 'graph', 'python', 'opt', 'tf32', 'sections', 'batchSizes', 'outDir', 'onResult']);
   const device = resolveDevice(options.device ?? 'auto');
   const cuda = device.startsWith('cuda');
   const graph = options.graph ?? false;
@@ -577,6 +583,10 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
   const sections = options.sections ?? [...STEP_SECTIONS];
   const repeats = options.repeats ?? 10;
   const warmup = options.warmup ?? 2;
+  check(options.tf32 === undefined || options.tf32 === null || typeof options.tf32 === 'boolean', 'ERR_ARG', () => `benchStep: tf32 must be a boolean, got ${typeof options.tf32}`);
+  const startTF32 = getAllowTF32();
+  if (options.tf32 !== undefined && options.tf32 !== null) setAllowTF32(options.tf32);
+  const tf32 = getAllowTF32();
   const startThreads = native.getNumThreads();
   if (options.threads !== undefined) native.setNumThreads(options.threads);
   const threads = native.getNumThreads();
@@ -656,10 +666,13 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
   } finally {
     if (peer) await peer.close();
     native.setNumThreads(options.threads !== undefined ? startThreads : threads);
+    setAllowTF32(startTF32);
   }
   const report: StepReport = {
     benchmark: 'step',
     ...environment(device),
+    // on a CUDA device: ours and (with a peer) PyTorch's convolutions both in TF32, or both not
+    allowTF32: cuda ? tf32 : undefined,
     threads,
     repeats,
     warmup,

@@ -3,6 +3,7 @@
 // library, and wraps results as NativeTensor handles.
 #include "../core/backend.h"
 #include "../core/ops/adashift.h"
+#include "../core/ops/conv.h"
 #include "../core/ops/dense.h"
 #include "../core/ops/elementwise.h"
 #include "../core/threadpool.h"
@@ -86,6 +87,14 @@ Napi::Value SetNumThreads(const CI& info) {
   return info.Env().Undefined();
 }
 Napi::Value GetNumThreads(const CI& info) { return Napi::Number::New(info.Env(), num_threads()); }
+
+Napi::Value SetConvAllowTF32(const CI& info) {
+  set_conv_allow_tf32(Args{info, "setConvAllowTF32"}.boolean(0, "on"));
+  return info.Env().Undefined();
+}
+Napi::Value GetConvAllowTF32(const CI& info) {
+  return Napi::Boolean::New(info.Env(), conv_allow_tf32());
+}
 
 Napi::Value Synchronize(const CI& info) {
   Device d = Args{info, "synchronize"}.device(0, "device");
@@ -401,6 +410,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #define FN(name, fn) exports.Set(name, Napi::Function::New<guarded<fn>>(env, name))
   FN("backendInfo", BackendInfoJs); FN("memory", Memory);
   FN("setNumThreads", SetNumThreads); FN("getNumThreads", GetNumThreads);
+  FN("setConvAllowTF32", SetConvAllowTF32); FN("getConvAllowTF32", GetConvAllowTF32);
   FN("synchronize", Synchronize); FN("emptyCache", EmptyCache);
   FN("resetPeakMemory", ResetPeakMemory);
   FN("empty", Empty); FN("full", Full); FN("fromArray", FromArray); FN("rand", Rand);

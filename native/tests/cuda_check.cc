@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -703,17 +704,24 @@ int main(int argc, char** argv) {
                 "GPU\n");
   if (cuda_emulated())
     std::printf("cuda_check: ADASHIFT_CUDA_EMU=1: benchmarks and timings are skipped\n");
+  // ADASHIFT_CHECK_ONLY=<family> (conv, norm, optim or adashift) runs that parity family alone.
+  const char* only_env = std::getenv("ADASHIFT_CHECK_ONLY");
+  const std::string only = only_env ? only_env : "";
+  if (!only.empty()) std::printf("cuda_check: ADASHIFT_CHECK_ONLY=%s: other checks skipped\n", only.c_str());
   try {
-    test_elementwise();
-    test_unaligned();
-    test_adashift();
-    test_dense();
+    if (only.empty()) {
+      test_elementwise();
+      test_unaligned();
+      test_adashift();
+      test_dense();
+    }
   } catch (const std::exception& e) {
     std::printf("cuda_check: FAIL (uncaught: %s)\n", e.what());
     return 1;
   }
   int family_failures = 0;
   for (auto [name, fn] : {std::pair<const char*, int (*)()>{"conv", parity_conv}, {"norm", parity_norm}, {"optim", parity_optim}, {"adashift", parity_adashift_ops}}) {
+    if (!only.empty() && only != name) continue;
     try {
       int f = fn();
       std::printf("cuda_check: parity_%s: %d failed\n", name, f);
@@ -726,6 +734,8 @@ int main(int argc, char** argv) {
   try {
     if (cuda_emulated())
       std::printf("cuda_check: benchmark SKIPPED (ADASHIFT_CUDA_EMU=1)\n");
+    else if (!only.empty())
+      std::printf("cuda_check: benchmark SKIPPED (ADASHIFT_CHECK_ONLY)\n");
     else
       bench(argc > 1 ? argv[1] : nullptr);
   } catch (const std::exception& e) {

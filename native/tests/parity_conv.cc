@@ -16,6 +16,12 @@
 // statistically; the factor 4 is the margin, and any indexing error is O(S).
 // Determinism: every output of the CUDA backward and forward is computed twice from the same
 // inputs and must be bit-identical (no atomics; fixed reduction orders).
+//
+// TF32 (set_conv_allow_tf32): the cases run again with the tensor-core products, whose operands
+// are rounded to a 10-bit mantissa (relative error at most 2^-11 each), so each product is off by
+// at most 2^-10 of its magnitude: the bound above gains 2^-10 S. An indexing error is still O(S).
+// A smaller scratch budget then makes the chunks of samples hold two, so that the weight
+// gradient's later chunks (added to the first) and dX's run on the tensor cores too.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -51,6 +57,7 @@ struct Case {
 struct Parity {
   int checks = 0, failures = 0;
   uint64_t seed = 99001;
+  bool tf32 = false;  // the tolerance of TF32 products (the mode itself is the op's setting)
 
   std::vector<float> host(const Tensor& t) {
     if (!t.defined()) return {};
@@ -83,25 +90,32 @@ struct Parity {
     ++checks;
     std::vector<float> g = host(gpu), c = host(cpu), m = host(mag);
     bool ok = g.size() == c.size() && m.size() == c.size();
-    double max_abs = 0.0, max_rel = 0.0;
+    double max_abs = 0.0, max_rel = 0.0, err2 = 0.0, ref2 = 0.0;
     int64_t bad = 0, first = -1;
-    const double stat = (4.0 * std::sqrt(terms) + 4.0) * kU;
+    const double stat = (4.0 * std::sqrt(terms) + 4.0) * kU + (tf32 ? 1.0 / 1024.0 : 0.0);
     for (size_t i = 0; ok && i < c.size(); ++i) {
       const double d = std::fabs(double(g[i]) - double(c[i]));
       const double lim = 1e-6 + 1e-5 * std::fabs(double(c[i])) + stat * double(m[i]);
       const bool good = std::isfinite(g[i]) && std::isfinite(c[i]) && d <= lim;
       max_abs = std::max(max_abs, std::isfinite(d) ? d : INFINITY);
       max_rel = std::max(max_rel, d / std::max(std::fabs(double(c[i])), 1e-6));
+      err2 += d * d;
+      ref2 += double(c[i]) * double(c[i]);
       if (!good) {
         if (first < 0) first = int64_t(i);
         ++bad;
       }
     }
-    ok = ok && bad == 0;
-    std::printf("%-22s %-44s n=%-9zu max_abs=%.2e max_rel=%.2e %s\n", what.c_str(), desc.c_str(),
-                c.size(), max_abs, max_rel, ok ? "PASS" : "FAIL");
+    // ||gpu - cpu|| / ||cpu||: float32 lands far under 1e-5 here, TF32 near 3e-4 on random data;
+    // over 2e-3 means the products lost more than TF32's rounding (e.g. operands truncated).
+    const double rel_l2 = ref2 > 0.0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+    const bool l2_ok = !tf32 || !(rel_l2 > 2e-3);
+    ok = ok && bad == 0 && l2_ok;
+    std::printf("%-22s %-44s n=%-9zu max_abs=%.2e max_rel=%.2e rel_l2=%.1e %s\n", what.c_str(),
+                desc.c_str(), c.size(), max_abs, max_rel, rel_l2, ok ? "PASS" : "FAIL");
     if (!ok) {
       ++failures;
+      if (!l2_ok) std::printf("    relative L2 error %.2e over TF32's 2e-3\n", rel_l2);
       if (g.size() != c.size())
         std::printf("    size mismatch: gpu %zu, cpu %zu\n", g.size(), c.size());
       else if (first >= 0)
@@ -125,8 +139,8 @@ struct Parity {
 
   void run(const Case& c) {
     char desc[160];
-    std::snprintf(desc, sizeof desc, "%s N%lld %lld->%lld %lldx%lld k%lldx%lld s%d,%d p%d,%d%s",
-                  c.name, (long long)c.N, (long long)c.Cin, (long long)c.Cout, (long long)c.H,
+    std::snprintf(desc, sizeof desc, "%s%s N%lld %lld->%lld %lldx%lld k%lldx%lld s%d,%d p%d,%d%s",
+                  tf32 ? "tf32 " : "", c.name, (long long)c.N, (long long)c.Cin, (long long)c.Cout, (long long)c.H,
                   (long long)c.W, (long long)c.kh, (long long)c.kw, c.sh, c.sw, c.ph, c.pw,
                   c.bias ? " +b" : "");
     try {
@@ -213,23 +227,38 @@ struct Parity {
     return t[2];
   }
 
+  // ResNet-20's 3x3 convolutions at batch 64 and ResNet-50's (224x224 input) at batch 128, in
+  // float32 and then TF32: forward, and the backward's dX and dW together.
   void timings() {
-    struct S { const char* name; int64_t C, H; };
-    for (S s : {S{"16ch 28x28", 16, 28}, S{"32ch 14x14", 32, 14}, S{"64ch 7x7", 64, 7}}) {
-      try {
-        Tensor x = to_device(nrm({64, s.C, s.H, s.H}), kGPU);
-        Tensor w = to_device(nrm({s.C, s.C, 3, 3}), kGPU);
-        Tensor dy = to_device(nrm({64, s.C, s.H, s.H}), kGPU);
-        const double flops = 2.0 * 64 * s.C * s.H * s.H * s.C * 9;
-        const double f = time_ms([&] { conv2d_forward(x, w, Tensor(), 1, 1, 1, 1); });
-        const double b = time_ms([&] { conv2d_backward(dy, x, w, 1, 1, 1, 1, true, true, false); });
-        std::printf("time conv2d 3x3 batch 64 %-10s fwd %.3f ms (%.0f GFLOP/s)  "
-                    "bwd dx+dw %.3f ms (%.0f GFLOP/s)\n",
-                    s.name, f, flops / f / 1e6, b, 2 * flops / b / 1e6);
-      } catch (const std::exception& e) {
-        std::printf("time conv2d %s: failed (%s)\n", s.name, e.what());
+    struct S { const char* name; int64_t N, Cin, Cout, H, k; };
+    const S shapes[] = {
+        {"r20 3x3 16ch 28x28", 64, 16, 16, 28, 3},    {"r20 3x3 32ch 14x14", 64, 32, 32, 14, 3},
+        {"r20 3x3 64ch 7x7", 64, 64, 64, 7, 3},       {"r50 3x3 64ch 56x56", 128, 64, 64, 56, 3},
+        {"r50 3x3 128ch 28x28", 128, 128, 128, 28, 3}, {"r50 3x3 256ch 14x14", 128, 256, 256, 14, 3},
+        {"r50 3x3 512ch 7x7", 128, 512, 512, 7, 3},   {"r50 1x1 256->64 56x56", 128, 256, 64, 56, 1},
+        {"r50 1x1 1024->256 14x14", 128, 1024, 256, 14, 1}};
+    for (bool mode : {false, true}) {
+      set_conv_allow_tf32(mode);
+      for (const S& s : shapes) {
+        try {
+          const int pad = int(s.k / 2);
+          Tensor x = to_device(nrm({s.N, s.Cin, s.H, s.H}), kGPU);
+          Tensor w = to_device(nrm({s.Cout, s.Cin, s.k, s.k}), kGPU);
+          Tensor dy = to_device(nrm({s.N, s.Cout, s.H, s.H}), kGPU);
+          const double flops = 2.0 * s.N * s.Cout * s.H * s.H * s.Cin * s.k * s.k;
+          const double f = time_ms([&] { conv2d_forward(x, w, Tensor(), 1, 1, pad, pad); });
+          const double b =
+              time_ms([&] { conv2d_backward(dy, x, w, 1, 1, pad, pad, true, true, false); });
+          std::printf("time conv2d %-4s batch %-3lld %-24s fwd %8.3f ms (%6.0f GFLOP/s)  "
+                      "bwd dx+dw %8.3f ms (%6.0f GFLOP/s)\n",
+                      mode ? "tf32" : "fp32", (long long)s.N, s.name, f, flops / f / 1e6, b,
+                      2 * flops / b / 1e6);
+        } catch (const std::exception& e) {
+          std::printf("time conv2d %s %s: failed (%s)\n", mode ? "tf32" : "fp32", s.name, e.what());
+        }
       }
     }
+    set_conv_allow_tf32(false);
   }
 };
 
@@ -258,6 +287,29 @@ int parity_conv() {
       {"empty batch", 0, 3, 4, 5, 5, 3, 3, 1, 1, 1, 1, true},
   };
   for (const Case& c : cases) t.run(c);
+#ifdef ADASHIFT_WITH_CUDA
+  // The same on the tensor cores (the cases with a product of 64 or more rows use them), then
+  // with chunks of two samples. The 1024-channel case is left to a GPU: on the emulation its
+  // weight gradient alone would take minutes.
+  const Case tf32_cases[] = {
+      {"strided, 72 rows", 3, 70, 72, 11, 13, 3, 3, 2, 2, 1, 1, true},
+      {"pointwise, 80 rows", 5, 96, 80, 7, 5, 1, 1, 1, 1, 0, 0, false},
+      {"two row tiles", 2, 40, 200, 9, 6, 3, 3, 1, 1, 1, 1, true},
+  };
+  set_conv_allow_tf32(true);
+  t.tf32 = true;
+  for (const Case& c : cases)
+    if (!(cuda_emulated() && c.Cin >= 1024)) t.run(c);
+  for (const Case& c : tf32_cases) t.run(c);
+  const int64_t budget = cuda::conv_scratch_floats();
+  cuda::set_conv_scratch_floats(2 * 64 * 9 * 49);  // "resnet-like": chunks of 2, 2 and 1 samples
+  t.run(cases[2]);
+  cuda::set_conv_scratch_floats(2 * 70 * 9 * 42);  // "tf32 strided": chunks of 2 and 1
+  t.run(tf32_cases[0]);
+  cuda::set_conv_scratch_floats(budget);
+  set_conv_allow_tf32(false);
+  t.tf32 = false;
+#endif
   if (!cuda_emulated()) t.timings();  // timings mean nothing on the CPU emulation
   std::printf("parity_conv: %d checks, %d failures\n", t.checks, t.failures);
   return t.failures;

@@ -309,6 +309,7 @@ interface NativeSpec {
 
 const NATIVE_SPECS: NativeSpec[] = [
   { name: 'setNumThreads', kinds: ['threads'], base: () => [1] },
+  { name: 'setConvAllowTF32', kinds: ['bool'], base: () => [false] },
   { name: 'cpuPeakGflops', kinds: ['ms'], base: () => [1] },
   { name: 'synchronize', kinds: ['dev'], base: () => ['cpu'] },
   { name: 'emptyCache', kinds: ['dev'], base: () => ['cpu'] },
@@ -553,7 +554,7 @@ const NATIVE_SPECS: NativeSpec[] = [
 /** The binding functions the native specs cover (the NativeTensor methods aside). */
 export const NATIVE_FUNCTIONS = NATIVE_SPECS.filter((s) => !s.method).map((s) => s.name);
 /** Functions that take no arguments: nothing to get wrong. */
-export const NO_ARG_FUNCTIONS = ['backendInfo', 'memory', 'getNumThreads', 'gemmInfo'];
+export const NO_ARG_FUNCTIONS = ['backendInfo', 'memory', 'getNumThreads', 'getConvAllowTF32', 'gemmInfo'];
 
 function invokeNative(spec: NativeSpec, env: FuzzEnv, args: unknown[]): () => unknown {
   if (!spec.method) {
@@ -645,7 +646,7 @@ export function makeNativeCase(index: number, seed: number, env: FuzzEnv): FuzzC
 // ---- the public API --------------------------------------------------------------------------
 type ApiKind =
   | 'self' | 'tensor' | 'shape' | 'num' | 'options' | 'device' | 'axes' | 'seed' | 'threads' | 'grid' | 'dim'
-  | 'context' | 'channels' | 'path' | 'geluopts' | 'mmopts' | 'state' | 'name';
+  | 'context' | 'channels' | 'path' | 'geluopts' | 'mmopts' | 'state' | 'name' | 'flag';
 
 interface ApiSpec {
   name: string;
@@ -702,6 +703,9 @@ function invalidApi(kind: ApiKind, env: FuzzEnv, prng: Prng, optional: boolean):
       break;
     case 'threads':
       pool = [['NaN', NaN], ['fractional', 1.5], ['zero', 0], ['negative', -1], ['above 4096', 5000], ['string', '1'], ['object', {}], ['bigint', 1n], ...nullish];
+      break;
+    case 'flag':
+      pool = [['number 1', 1], ['string', 'true'], ['Boolean object', new Boolean(true)], ['object', {}], ...nullish];
       break;
     case 'grid':
       pool = [['NaN', NaN], ['fractional', 1.5], ['zero', 0], ['negative', -2], ['above 1024', 1025], ['string', '2'], ['object', {}], ['bigint', 2n], ...nullish];
@@ -796,6 +800,7 @@ const API_SPECS: ApiSpec[] = [
   { name: 'manualSeed', kinds: ['seed'], base: () => [1], call: (e, a) => e.as.manualSeed(a[0] as number) },
   { name: 'setRngState', kinds: ['state'], base: () => [{ seed: 1, offset: 0 }], call: (e, a) => e.as.setRngState(a[0] as { seed: number; offset: number }) },
   { name: 'setNumThreads', kinds: ['threads'], base: () => [1], call: (e, a) => e.as.setNumThreads(a[0] as number) },
+  { name: 'setAllowTF32', kinds: ['flag'], base: () => [false], call: (e, a) => e.as.setAllowTF32(a[0] as boolean) },
   { name: 'setDefaultDevice', kinds: ['device'], optionalFrom: 0, base: () => ['cpu'], call: (e, a) => e.as.setDefaultDevice(a[0] as 'cpu') },
   { name: 'resolveDevice', kinds: ['device'], optionalFrom: 0, base: () => ['cpu'], call: (e, a) => e.as.resolveDevice(a[0] as string) },
   { name: 'relu', kinds: ['tensor'], base: (e) => [e.t.m23], call: (e, a) => e.as.functional.relu(a[0] as Tn) },

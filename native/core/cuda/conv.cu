@@ -1,8 +1,9 @@
 // CUDA 2-D convolution: im2col / col2im kernels around a shared-memory tiled SGEMM of our own
-// (no cuBLAS), with deterministic weight and bias gradients.
+// (no cuBLAS), with deterministic weight and bias gradients; with conv_allow_tf32, products of 64
+// or more rows run on the tensor cores in TF32 instead (k_sgemm_tf32, below the SGEMM).
 //
 // Samples are processed in chunks of nb (the im2col columns of a chunk, nb x K x P floats, stay
-// under kScratchFloats); within a chunk every GEMM is batched over the samples:
+// under conv_scratch_floats()); within a chunk every GEMM is batched over the samples:
 //   forward  y[n]     = W [Cout, K] @ cols[n] [K, P] (+ bias per row, in the GEMM epilogue)
 //   dW       part[n]  = dy[n] [Cout, P] @ cols[n]^T, then dw = sum over n in order (one thread
 //                       per weight element, double sum within a chunk; chunks added to dw
@@ -12,7 +13,10 @@
 //   db       one block per channel: double sums over (n, p) in a fixed pattern + block_sum
 // A 1x1, stride-1, unpadded convolution uses x (or dx) itself as the columns. No float atomics
 // anywhere: the same inputs give the same bits on every run on one device.
+#include <mma.h>
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 #include "../ops/conv.h"
 #include "../ops/elementwise.h"
 #include "common.cuh"
@@ -24,7 +28,8 @@ using namespace detail;
 
 namespace {
 
-constexpr int64_t kScratchFloats = int64_t(1) << 25;  // im2col columns per chunk (128 MiB)
+// im2col columns per chunk (default 2^25 floats, 128 MiB; tests lower it to make chunks)
+std::atomic<int64_t> g_scratch_floats{int64_t(1) << 25};
 
 // ---- SGEMM --------------------------------------------------------------------------------------
 // C[e] = alpha * op(A[e]) op(B[e]) + beta * C[e] (+ bias[i] on row i), row-major with leading
@@ -150,6 +155,219 @@ void sgemm(cudaStream_t s, const GemmArgs& g, bool ta, bool tb) {
   else launch_sgemm_tile<64, 64, 4, 4>(s, g, ta, tb);
 }
 
+// ---- TF32 tensor-core GEMM (conv_allow_tf32) ------------------------------------------------------
+// The convolution's three products with the batch folded into one GEMM, so that a small map (7x7
+// outputs at 512 channels) still gives the tensor cores full tiles:
+//   FoldN (forward, dX): C_n[M][P] = op(A)[M][K] @ B_n[K][P] for n < nb, computed as one
+//     M x (nb P) product whose column j is pixel j % P of sample j / P; A is shared (the weight,
+//     TA: stored [K][M]), B_n and C_n are per sample.
+//   FoldK (dW): C[M][N] = beta C + sum over n of A_n[M][P] @ B_n[N][P]^T, one product of depth
+//     nb P whose k-tiles stay inside one sample (the sum over samples happens in the
+//     accumulators, in sample order: no per-sample partials).
+// A block of 8 warps computes a 128 x 128 tile of C in k-steps of 32: each thread loads its 16
+// elements of the A tile and 16 of the B tile into registers (consecutive threads on consecutive
+// addresses, zero outside the matrices; the next step's loads are issued before this step's
+// products), rounds them to TF32 and stores them to shared memory in the operand's own storage
+// order, which the fragment layouts then name (no transposes). Warp (wm, wn) owns the 64 x 32
+// sub-tile at (64 wm, 32 wn): 4 x 2 accumulators of 16 x 16, k-steps of 8. The epilogue stages
+// each accumulator through a per-warp 16 x 16 buffer and writes it with the bounds, bias and beta.
+// Every product adds in a fixed order: the same inputs give the same bits on every run.
+struct TcGemmArgs {
+  int64_t M, N, K;  // FoldN: N = P (columns per sample), K the depth; FoldK: N, K = P per sample
+  int64_t nb;       // samples
+  const float* A;
+  int64_t lda, stride_a;  // stride_a: per sample (FoldK); 0 for FoldN (the shared weight)
+  const float* B;
+  int64_t ldb, stride_b;
+  float* C;
+  int64_t ldc, stride_c;  // stride_c: per sample (FoldN)
+  float beta;             // FoldK: 0 or 1 (a later chunk of samples adds to dw)
+  const float* bias;      // per row of C, or null
+};
+
+constexpr int kTcBM = 128, kTcBN = 128, kTcBK = 32;
+constexpr int kTcLdShort = kTcBK + 4;   // a [128][32] tile's row pitch (floats)
+constexpr int kTcLdLong = kTcBM + 4;    // a [32][128] tile's row pitch
+constexpr int kTcTileFloats = kTcBM * kTcLdShort;  // the larger of the two tile layouts
+static_assert(kTcTileFloats >= kTcBK * kTcLdLong, "tile buffer");
+constexpr int kTcMinRows = 64;  // below this, the SIMT tiles waste less
+
+// Operands in shared memory, aligned as the fragment loads require (256 bits).
+struct alignas(32) TcSmem {
+  float a[kTcTileFloats];
+  float b[kTcTileFloats];
+  float stage[8][16 * 16];  // per warp, the epilogue's 16 x 16 buffer
+};
+
+template <bool TA, bool FOLDK>
+__global__ void __launch_bounds__(kThreads, 1) k_sgemm_tf32(TcGemmArgs g) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // Not launched below compute capability 8.0 (tf32_usable() says no).
+#else
+  namespace wmma = nvcuda::wmma;
+  using LayoutA = typename std::conditional<TA, wmma::col_major, wmma::row_major>::type;
+  using LayoutB = typename std::conditional<FOLDK, wmma::col_major, wmma::row_major>::type;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LayoutA>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+  static_assert(!(TA && FOLDK), "FoldK reads A as stored");
+  __shared__ TcSmem sm;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps
+  // This thread's place in the tile loads (fixed for the whole product): in a [rows][BK] tile
+  // (A not TA: [M][K]; B for FoldK: [N][P]) k = s_k and rows s_r + kRowStep t; in a [BK][128]
+  // tile (A TA: [K][M]; B for FoldN: [K][P]) the row index l_r and k = l_k + 2 t.
+  constexpr int kRowStep = kThreads / kTcBK, kPer = kTcBM * kTcBK / kThreads;
+  static_assert(kThreads / kTcBM == 2, "two k per pass in a [BK][128] tile");
+  const int s_k = tid % kTcBK, s_r = tid / kTcBK;
+  const int l_r = tid % kTcBM, l_k = tid / kTcBM;
+  const int64_t cols = FOLDK ? g.N : g.nb * g.N;  // columns of C
+  const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
+  const int64_t ktiles_per = (g.K + kTcBK - 1) / kTcBK;
+  const int64_t ktiles = FOLDK ? g.nb * ktiles_per : ktiles_per;
+  // How many of a thread's kPer elements lie inside: those of index < count.
+  auto count = [](int64_t first, int64_t limit, int step) -> int {
+    if (first >= limit) return 0;
+    const int64_t c = (limit - first + step - 1) / step;
+    return c < kPer ? int(c) : kPer;
+  };
+  for (int64_t tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
+    for (int64_t tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
+      const int64_t i0 = tm * kTcBM, j0 = tn * kTcBN;
+      // A's first element for this thread at k-tile 0, and the rows (not TA) inside M.
+      const float* a_first = TA ? g.A + l_k * g.lda + (i0 + l_r) : g.A + (i0 + s_r) * g.lda + s_k;
+      const bool a_in = TA ? i0 + l_r < g.M : true;
+      const int a_rows = TA ? kPer : count(i0 + s_r, g.M, kRowStep);
+      const int64_t a_step = TA ? 2 * g.lda : kRowStep * g.lda;
+      // B likewise; FoldN: this thread's column (fixed over k) is pixel j % P of sample j / P.
+      const float* b_first = nullptr;
+      int b_rows = kPer;
+      if (FOLDK) {
+        b_first = g.B + (j0 + s_r) * g.ldb + s_k;
+        b_rows = count(j0 + s_r, g.N, kRowStep);
+      } else {
+        const int64_t j = j0 + l_r;
+        if (j < cols) b_first = g.B + (j / g.N) * g.stride_b + (j % g.N) + l_k * g.ldb;
+      }
+      const int64_t b_step = FOLDK ? kRowStep * g.ldb : 2 * g.ldb;
+      float ra[kPer], rb[kPer];
+      // Loads k-tile kt's elements of A and B into ra / rb (zero outside the matrices).
+      auto load = [&](int64_t kt) {
+        const int64_t n = FOLDK ? kt / ktiles_per : 0;
+        const int64_t k0 = (FOLDK ? kt % ktiles_per : kt) * kTcBK;
+        // Elements inside along k: a [rows][BK] tile has one k per thread, a [BK][128] tile kPer.
+        const int k_short = k0 + s_k < g.K ? kPer : 0;
+        const int k_long = count(k0 + l_k, g.K, 2);
+        const int na = a_in ? (TA ? k_long : (k_short ? a_rows : 0)) : 0;
+        const float* pa = a_first + n * g.stride_a + (TA ? k0 * g.lda : k0);
+#pragma unroll
+        for (int t = 0; t < kPer; ++t) {
+          ra[t] = t < na ? *pa : 0.0f;
+          pa += a_step;
+        }
+        const int nbv = FOLDK ? (k_short ? b_rows : 0) : (b_first ? k_long : 0);
+        const float* pb = FOLDK ? b_first + n * g.stride_b + k0 : b_first + k0 * g.ldb;
+#pragma unroll
+        for (int t = 0; t < kPer; ++t) {
+          rb[t] = t < nbv ? *pb : 0.0f;
+          pb += b_step;
+        }
+      };
+      // Stores ra / rb, rounded to TF32, in the operands' storage order.
+      auto store = [&]() {
+#pragma unroll
+        for (int t = 0; t < kPer; ++t) {
+          const float a = wmma::__float_to_tf32(ra[t]), b = wmma::__float_to_tf32(rb[t]);
+          if (!TA) sm.a[(s_r + kRowStep * t) * kTcLdShort + s_k] = a;  // [m][k]
+          else sm.a[(l_k + 2 * t) * kTcLdLong + l_r] = a;              // [k][m]
+          if (FOLDK) sm.b[(s_r + kRowStep * t) * kTcLdShort + s_k] = b;  // [n][k]
+          else sm.b[(l_k + 2 * t) * kTcLdLong + l_r] = b;               // [k][n]
+        }
+      };
+      FragC acc[4][2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+      load(0);
+      store();
+      __syncthreads();
+      for (int64_t kt = 0; kt < ktiles; ++kt) {
+        const bool more = kt + 1 < ktiles;
+        if (more) load(kt + 1);  // in flight while the tensor cores work on this step
+#pragma unroll
+        for (int k8 = 0; k8 < kTcBK; k8 += 8) {
+          FragB b[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int n = wn * 32 + 16 * j;
+            const float* p = FOLDK ? sm.b + n * kTcLdShort + k8 : sm.b + k8 * kTcLdLong + n;
+            wmma::load_matrix_sync(b[j], p, FOLDK ? kTcLdShort : kTcLdLong);
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int m = wm * 64 + 16 * i;
+            FragA a;
+            const float* p = TA ? sm.a + k8 * kTcLdLong + m : sm.a + m * kTcLdShort + k8;
+            wmma::load_matrix_sync(a, p, TA ? kTcLdLong : kTcLdShort);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+          }
+        }
+        __syncthreads();
+        if (more) {
+          store();
+          __syncthreads();
+        }
+      }
+      // Epilogue: each accumulator through the warp's buffer; lane l writes entries l + 32 t,
+      // which share the column l % 16 (rows l / 16 + 2 t): one column lookup per lane and j.
+      float* stage = sm.stage[warp];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int64_t col = j0 + wn * 32 + 16 * j + (lane & 15);
+        float* cbase = nullptr;
+        if (col < cols) cbase = FOLDK ? g.C + col : g.C + (col / g.N) * g.stride_c + col % g.N;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
+          __syncwarp();
+          const int64_t row0 = i0 + wm * 64 + 16 * i + (lane >> 4);
+#pragma unroll
+          for (int t = 0; t < 8; ++t) {
+            const int64_t row = row0 + 2 * t;
+            if (!cbase || row >= g.M) continue;
+            float* cp = cbase + row * g.ldc;
+            float v = stage[lane + 32 * t];
+            if (g.beta != 0.0f) v += g.beta * *cp;
+            if (g.bias) v += g.bias[row];
+            *cp = v;
+          }
+          __syncwarp();  // the buffer is read before the next accumulator overwrites it
+        }
+      }
+      __syncthreads();  // the next tile's first store must not overwrite operands still in use
+    }
+  }
+#endif
+}
+
+// TF32 products run where the setting allows them, the device has TF32 tensor cores (8.0+), and
+// the product has enough rows for the 128-row tiles.
+bool tf32_usable(int64_t M) {
+  return conv_allow_tf32() && M >= kTcMinRows && cuda_current_cc_major() >= 8;
+}
+
+template <bool TA, bool FOLDK>
+void launch_tf32(cudaStream_t s, const TcGemmArgs& g) {
+  const int64_t cols = FOLDK ? g.N : g.nb * g.N;
+  const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
+  const dim3 grid(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
+                  unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), 1);
+  k_sgemm_tf32<TA, FOLDK><<<grid, kThreads, 0, s>>>(g);
+  CUDA_CHECK_LAUNCH();
+}
+
 // ---- im2col / col2im ----------------------------------------------------------------------------
 // cols[n][r][p] for nb samples: r = (c, i, j) a kernel tap, p = (oh, ow) an output pixel.
 __global__ void k_im2col(Conv2dDims d, const float* x, int64_t nb, float* cols) {
@@ -221,7 +439,7 @@ __global__ void k_bias_grad(const float* dy, int64_t N, int64_t C, int64_t P, fl
 
 int64_t samples_per_chunk(const Conv2dDims& d) {
   const int64_t per = d.Cin * d.kh * d.kw * d.Ho * d.Wo;
-  int64_t nb = per > 0 ? kScratchFloats / per : d.N;
+  int64_t nb = per > 0 ? g_scratch_floats.load() / per : d.N;
   if (nb < 1) nb = 1;
   if (nb > d.N) nb = d.N;
   return nb;
@@ -235,13 +453,22 @@ void im2col(cudaStream_t s, const Conv2dDims& d, const float* x, int64_t nb, flo
 
 }  // namespace
 
+int64_t conv_scratch_floats() { return g_scratch_floats.load(); }
+void set_conv_scratch_floats(int64_t n) { g_scratch_floats.store(n > 0 ? n : 1); }
+
 // ---- launchers ------------------------------------------------------------------------------
 void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const float* w,
                     const float* b, float* y) {
   if (d.N <= 0) return;
   const int64_t K = d.K(), P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
+  const bool tf32 = tf32_usable(d.Cout);
   if (d.pointwise()) {
+    if (tf32) {
+      launch_tf32<false, false>(s, TcGemmArgs{d.Cout, P, d.Cin, d.N, w, d.Cin, 0, x, P, x_stride,
+                                              y, P, y_stride, 0.0f, b});
+      return;
+    }
     GemmArgs g{d.Cout, P, d.Cin, d.N, w, d.Cin, 0, x, P, x_stride, y, P, y_stride, 1.0f, 0.0f, b};
     sgemm(s, g, false, false);
     return;
@@ -251,6 +478,11 @@ void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const f
   for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
     const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
     im2col(s, d, x + n0 * x_stride, nb, cols.as<float>());
+    if (tf32) {
+      launch_tf32<false, false>(s, TcGemmArgs{d.Cout, P, K, nb, w, K, 0, cols.as<float>(), P,
+                                              K * P, y + n0 * y_stride, P, y_stride, 0.0f, b});
+      continue;
+    }
     GemmArgs g{d.Cout, P, K, nb, w, K, 0, cols.as<float>(), P, K * P,
                y + n0 * y_stride, P, y_stride, 1.0f, 0.0f, b};
     sgemm(s, g, false, false);
@@ -271,11 +503,27 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
     return;
   }
   const int64_t nb_max = samples_per_chunk(d);
-  if (dw) {
+  if (dw && tf32_usable(d.Cout)) {
+    // One product over the chunk's samples and pixels (FoldK): no per-sample partials. A 1x1
+    // stride-1 convolution reads x itself, so its whole batch is one product.
+    const int64_t nb_tc = d.pointwise() ? d.N : nb_max;
+    Scratch cols(d.pointwise() ? sizeof(float) : size_t(nb_tc * K * P) * sizeof(float));
+    for (int64_t n0 = 0; n0 < d.N; n0 += nb_tc) {
+      const int64_t nb = d.N - n0 < nb_tc ? d.N - n0 : nb_tc;
+      const float* c = x + n0 * x_stride;
+      if (!d.pointwise()) {
+        im2col(s, d, x + n0 * x_stride, nb, cols.as<float>());
+        c = cols.as<float>();
+      }
+      launch_tf32<false, true>(s, TcGemmArgs{d.Cout, K, P, nb, dy + n0 * y_stride, P, y_stride, c,
+                                             P, d.pointwise() ? x_stride : K * P, dw, K, 0,
+                                             n0 > 0 ? 1.0f : 0.0f, nullptr});
+    }
+  } else if (dw) {
     // The per-sample partials (nb x Cout x K floats) have the same budget as the columns: with
     // many channels on a small map they are the larger of the two (1x1 maps, 4096 channels, 4096
     // samples would otherwise ask for 256 GiB).
-    const int64_t nb_dw = std::max<int64_t>(1, std::min<int64_t>(nb_max, CK > 0 ? kScratchFloats / CK : nb_max));
+    const int64_t nb_dw = std::max<int64_t>(1, std::min<int64_t>(nb_max, CK > 0 ? g_scratch_floats.load() / CK : nb_max));
     Scratch part(size_t(nb_dw * CK) * sizeof(float));
     Scratch cols(d.pointwise() ? sizeof(float) : size_t(nb_dw * K * P) * sizeof(float));
     for (int64_t n0 = 0; n0 < d.N; n0 += nb_dw) {
@@ -294,7 +542,10 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
     }
   }
   if (dx) {
-    if (d.pointwise()) {
+    if (d.pointwise() && tf32_usable(d.Cin)) {
+      launch_tf32<true, false>(s, TcGemmArgs{d.Cin, P, d.Cout, d.N, w, d.Cin, 0, dy, P, y_stride,
+                                             dx, P, x_stride, 0.0f, nullptr});
+    } else if (d.pointwise()) {
       // dx[n] [Cin, P] = W^T [Cin, Cout] @ dy[n] [Cout, P]
       GemmArgs g{d.Cin, P, d.Cout, d.N, w, d.Cin, 0, dy, P, y_stride, dx, P, x_stride,
                  1.0f, 0.0f, nullptr};
@@ -303,9 +554,15 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
       Scratch dcols(size_t(nb_max * K * P) * sizeof(float));
       for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
         const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
-        GemmArgs g{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride, dcols.as<float>(),
-                   P, K * P, 1.0f, 0.0f, nullptr};
-        sgemm(s, g, true, false);
+        if (tf32_usable(K)) {
+          launch_tf32<true, false>(s, TcGemmArgs{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P,
+                                                 y_stride, dcols.as<float>(), P, K * P, 0.0f,
+                                                 nullptr});
+        } else {
+          GemmArgs g{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride,
+                     dcols.as<float>(), P, K * P, 1.0f, 0.0f, nullptr};
+          sgemm(s, g, true, false);
+        }
         const int64_t total = nb * x_stride;
         k_col2im<<<grid_for(total, 256), 256, 0, s>>>(d, dcols.as<float>(), nb, dx + n0 * x_stride);
         CUDA_CHECK_LAUNCH();

@@ -24,6 +24,7 @@ struct DeviceState {
   std::once_flag once;
   cudaStream_t stream = nullptr;
   int sms = 0;
+  int cc_major = 0;
 };
 DeviceState g_dev[kMaxCudaDevices];
 
@@ -35,6 +36,7 @@ DeviceState& state(int index) {
     CUDA_CHECK(cudaSetDevice(index));
     CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaDeviceGetAttribute(&s.sms, cudaDevAttrMultiProcessorCount, index));
+    CUDA_CHECK(cudaDeviceGetAttribute(&s.cc_major, cudaDevAttrComputeCapabilityMajor, index));
   });
   return s;
 }
@@ -52,6 +54,12 @@ int cuda_current_sm_count() {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   return state(dev).sms;
+}
+
+int cuda_current_cc_major() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  return state(dev).cc_major;
 }
 
 int cuda_grid_for(Device d, int64_t n, int block) {

@@ -18,6 +18,7 @@ int cuda_sm_count(Device d);
 // Blocks for a grid-stride loop over n items: enough to fill the device, no more.
 int cuda_grid_for(Device d, int64_t n, int block);
 int cuda_current_sm_count();
+int cuda_current_cc_major();  // compute capability of the current device (major)
 
 // Caching allocator (device memory is returned to per-size free lists, not to the driver).
 void* cuda_cached_alloc(int device, size_t bytes);

@@ -1,3 +1,4 @@
+#include <atomic>
 #include "conv.h"
 #include "../cpu/gemm.h"
 #include "../dispatch.h"
@@ -46,6 +47,12 @@ Conv2dDims conv_dims(const char* fn, const Tensor& x, const Tensor& w, int strid
 }
 
 }  // namespace
+
+namespace {
+std::atomic<bool> g_conv_tf32{false};
+}  // namespace
+void set_conv_allow_tf32(bool on) { g_conv_tf32.store(on); }
+bool conv_allow_tf32() { return g_conv_tf32.load(); }
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, int stride_h,
                       int stride_w, int pad_h, int pad_w) {

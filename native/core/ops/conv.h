@@ -19,6 +19,14 @@ namespace adashift {
 
 struct Conv2dGrad { Tensor dx, dw, db; };
 
+// Whether CUDA convolutions may round their GEMM operands to TF32 (10-bit mantissa) and multiply
+// them on the tensor cores, accumulating in float (PyTorch's torch.backends.cudnn.allow_tf32, on
+// by default there). Off by default here; read when a convolution is launched (a captured CUDA
+// graph keeps the mode it was captured with). Used for products of at least 64 output rows on
+// devices of compute capability 8.0 or later; the CPU ignores it.
+void set_conv_allow_tf32(bool on);
+bool conv_allow_tf32();
+
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, int stride_h,
                       int stride_w, int pad_h, int pad_w);
 // Gradients of sum(y * dy); the ones not asked for are left undefined. With dx_add (x's shape
@@ -67,6 +75,10 @@ void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const f
                     const float* b, float* y);
 void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const float* x,
                      const float* w, float* dx, float* dw, float* db, const float* dx_add = nullptr);
+// Floats of scratch per chunk of samples (im2col columns; default 2^25, 128 MiB): a convolution
+// whose columns exceed it runs in chunks. For tests, which lower it to make chunks.
+int64_t conv_scratch_floats();
+void set_conv_scratch_floats(int64_t n);
 }  // namespace cuda
 #endif
 

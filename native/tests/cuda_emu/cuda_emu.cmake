@@ -123,7 +123,7 @@ if(ADASHIFT_NODE AND _emu_napi_rc EQUAL 0 AND _emu_naa_rc EQUAL 0 AND EXISTS ${C
   endif()
   add_test(NAME cuda_emu_jest
            COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/graph.test.ts
-                   test/errors.test.ts test/optim.test.ts
+                   test/errors.test.ts test/optim.test.ts test/tf32.test.ts
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cuda_emu_jest PROPERTIES TIMEOUT 900
                        ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")

@@ -1,5 +1,5 @@
 // CPU emulation of what the adashift kernels use from CUDA C++: qualifiers, built-in index
-// variables, __syncthreads, warp shuffles, __ldg, __fmul_rn, float4, shared memory and kernel
+// variables, __syncthreads, __syncwarp, warp shuffles, __ldg, __fmul_rn, float4, shared memory and kernel
 // launches. The .cu files are compiled as C++ after cuda_emu_cu2cc (cu_to_cc.cc) has rewritten
 // the three things C++ cannot spell:
 //   k<<<grid, block, smem, stream>>>(args)   ->  k ->* ::emu::launch_site(...)(args)
@@ -171,6 +171,13 @@ void operator->*(void (*fn)(P...), PendingLaunch<A...>&& p) {
 #define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
 #define __shfl_xor_sync(mask, v, lane_mask) \
   ::emu::shfl_xor_sync((mask), (v), (lane_mask), __FILE__, __LINE__)
+
+// A warp barrier among the lanes of mask, checked like a shuffle (the same call by every lane of
+// the mask); memory is coherent between the fibers of a block, so it needs no fence here.
+inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
+                       int line = __builtin_LINE()) {
+  ::emu::shfl_xor(mask, 0, 0, file, line);
+}
 
 template <typename T>
 inline T __ldg(const T* p) {

@@ -1022,7 +1022,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(emu::kSharedLimit); break;
     case cudaDevAttrWarpSize: *value = 32; break;
     case cudaDevAttrMultiProcessorCount: *value = emu::sm_count(); break;
-    case cudaDevAttrComputeCapabilityMajor:
+    // What a kernel's launcher asks before it uses a feature (TF32 tensor cores need 8.0): the
+    // emulation provides those of 9.0 that the kernels use (mma.h). The device properties still
+    // say 0.0, for reports: nothing here is a GPU.
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     default: return err(cudaErrorInvalidValue);
   }

@@ -3,12 +3,15 @@
 //   - correct kernels give the right results: index variables in 3-D grids and blocks, shared
 //     memory with barriers, shuffles, dynamic shared memory, several blocks on the worker pool;
 //   - shared memory reads before writes see NaN, in every block;
+//   - the warp matrix API (mma.h): a TF32 product through shared memory, stored both ways, and
+//     __float_to_tf32's rounding;
 //   - stream capture records kernels, memsets and copies, and each graph launch replays them;
 //     a synchronisation during a capture invalidates it;
 //   - every misuse the emulator promises to catch stops the process with its message: each
 //     such case runs in a child process (cuda_emu_selftest <case>) and must die with a signal
 //     and print the expected text.
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -80,6 +83,45 @@ __global__ void k_add(float* x, float v, int n) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] += v;
 }
 
+// One warp: D = A B + C with A [16][8] row-major from shared memory, B [8][16] held column-major
+// ([16][8]), through shared memory both ways out (row-major to d, column-major to dt).
+__global__ void k_wmma(const float* a, const float* b, float* d, float* dt) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ float sa[16 * 8], sb[16 * 8];
+  for (int i = threadIdx.x; i < 128; i += 32) {
+    sa[i] = wmma::__float_to_tf32(a[i]);
+    sb[i] = wmma::__float_to_tf32(b[i]);
+  }
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = 0.5f;  // + C = 0.5 everywhere
+  wmma::load_matrix_sync(fa, sa, 8);
+  wmma::load_matrix_sync(fb, sb, 8);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+  wmma::store_matrix_sync(dt, acc, 16, wmma::mem_col_major);
+}
+
+// Misuse of the matrix API: a fragment pointer 16 bytes off the 32 required; an operand not
+// rounded to TF32; half a warp multiplying.
+__global__ void k_wmma_misuse(float* p, int which) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::fill_fragment(fa, 1.0f);
+  wmma::fill_fragment(fb, 1.0f);
+  if (which == 0) wmma::load_matrix_sync(fa, p + 4, 8);
+  if (which == 1) fa.x[3] = 1.0f + 1.0f / 4096.0f;  // 1 + 2^-12: not a TF32 value
+  if (which == 2 && threadIdx.x >= 16) return;
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(p, acc, 16, wmma::mem_row_major);
+}
+
 void correct_kernels() {
   {
     const dim3 grid(2, 3, 2), block(4, 4, 2);
@@ -129,6 +171,44 @@ void correct_kernels() {
     cudaMemcpy(h, out, sizeof h, cudaMemcpyDeviceToHost);
     expect(std::isnan(h[0]) && h[1] == 999.0f, "extern __shared__ (NaN before its first write)");
     cudaFree(out);
+  }
+  {
+    // Values with a few bits, so that their TF32 roundings (kept exactly here) are products and
+    // sums exact in float: the emulated product must equal the reference to the bit.
+    std::vector<float> a(128), b(128);
+    for (int i = 0; i < 128; ++i) {
+      a[i] = float((i * 7) % 23 - 11) * 0.25f;
+      b[i] = float((i * 5) % 19 - 9) * 0.5f;
+    }
+    a[5] = 1.0f + 1.0f / 2048.0f;  // 1 + 2^-11: a tie, rounded away from zero to 1 + 2^-10
+    b[9] = -(1.0f + 1.0f / 2048.0f);
+    a[6] = 1.0f + 1.0f / 4096.0f;  // 1 + 2^-12: rounded down to 1
+    float *da = device_floats(128), *db = device_floats(128), *dd = device_floats(256),
+          *ddt = device_floats(256);
+    cudaMemcpy(da, a.data(), 512, cudaMemcpyHostToDevice);
+    cudaMemcpy(db, b.data(), 512, cudaMemcpyHostToDevice);
+    k_wmma<<<1, 32>>>(da, db, dd, ddt);
+    std::vector<float> d(256), dt(256);
+    cudaMemcpy(d.data(), dd, 1024, cudaMemcpyDeviceToHost);
+    cudaMemcpy(dt.data(), ddt, 1024, cudaMemcpyDeviceToHost);
+    auto r = [&](std::vector<float>& v, int i) {  // the TF32 value of v[i]
+      if (&v == &a && i == 5) return 1.0f + 1.0f / 1024.0f;
+      if (&v == &a && i == 6) return 1.0f;
+      if (&v == &b && i == 9) return -(1.0f + 1.0f / 1024.0f);
+      return v[i];
+    };
+    bool ok = true;
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 16; ++n) {
+        double e = 0.5;
+        for (int k = 0; k < 8; ++k) e += double(r(a, m * 8 + k)) * double(r(b, n * 8 + k));
+        ok = ok && d[m * 16 + n] == float(e) && dt[n * 16 + m] == float(e);
+      }
+    expect(ok, "wmma TF32 16x16x8 product, __float_to_tf32 ties away from zero");
+    cudaFree(da);
+    cudaFree(db);
+    cudaFree(dd);
+    cudaFree(ddt);
   }
   {
     float* fresh = device_floats(5);
@@ -265,6 +345,10 @@ const Misuse kMisuses[] = {
        cudaFree(gone);
        k_read<<<1, 1>>>(Ptr{gone}, d, 0);
      }},
+    {"wmma-misaligned", "not 256-bit", [](float* d) { k_wmma_misuse<<<1, 32>>>(d, 0); }},
+    {"wmma-not-tf32", "not a TF32 value", [](float* d) { k_wmma_misuse<<<1, 32>>>(d, 1); }},
+    {"wmma-half-warp", "wait for it", [](float* d) { k_wmma_misuse<<<1, 32>>>(d, 2); }},
+    {"wmma-partial-warp", "do not exist", [](float* d) { k_wmma_misuse<<<1, 16>>>(d, 3); }},
     {"freed-pointer-argument", "not device memory", [](float* d) {
        float* gone = device_floats(1000);
        cudaFree(gone);
