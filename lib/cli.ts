@@ -328,6 +328,7 @@ export function main(argv = process.argv): void {
           outDir: opts.out,
           threads: opts.threads,
           opt: opts.opt,
+          tf32: opts.tf32 === true ? true : undefined,
         });
         console.log(profileTable(r));
         if (r.file) console.log(`wrote ${r.file}`);

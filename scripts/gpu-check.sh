@@ -76,6 +76,12 @@ if [ "$usable" = 1 ]; then
   # default; the float32 run above sets PyTorch's off)
   limited 150 "$node_bin" dist/cli.js bench step --device cuda --models resnet20,resnet50 --acts relu,adashift-b,adashift-ma \
     --sections step --repeats 5 --tf32 --out "$out"
+  # where a ResNet-50 224x224 AdaShift-B step's time goes (kernel time per op family), float32
+  # and TF32 convolutions
+  limited 60 "$node_bin" dist/cli.js bench step --profile --device cuda --models resnet50 --acts adashift-b \
+    --repeats 3 --out "$out"
+  limited 60 "$node_bin" dist/cli.js bench step --profile --device cuda --models resnet50 --acts adashift-b \
+    --repeats 3 --tf32 --out "$out"
   # the timm recipe's optimizer (LAMB, capturable: its update inside the graph); PyTorch has none
   limited 90 "$node_bin" dist/cli.js bench step --device cuda --models resnet50 --acts relu,adashift-b \
     --sections step --repeats 5 --graph --opt lamb --no-torch --out "$out"

@@ -117,11 +117,15 @@ describe('bench step', () => {
     checkRow(ok(r.sections.step)[0], 'silu', 2);
   });
 
-  test('tf32: set for the run and restored after it; a CPU report has no TF32 mode; a non-boolean is refused', async () => {
+  test('tf32 (step and profile): set for the run and restored after it; a CPU report has no TF32 mode; a non-boolean is refused', async () => {
     const r = await benchStep({ ...TINY, acts: ['relu'], sections: ['step'], torch: false, tf32: true, outDir: null });
     expect(getAllowTF32()).toBe(false);
     expect(r.allowTF32).toBeUndefined(); // the CPU computes in float32 whatever the setting
     await expect(benchStep({ ...TINY, torch: false, tf32: 1 as unknown as boolean, outDir: null })).rejects.toThrow(/benchStep: tf32 must be a boolean/);
+    const p = benchProfile({ model: 'resnet20', batch: 2, inputSize: 8, device: 'cpu', repeats: 1, warmup: 0, tf32: true, outDir: null });
+    expect(getAllowTF32()).toBe(false);
+    expect(p.allowTF32).toBeUndefined();
+    expect(() => benchProfile({ device: 'cpu', tf32: 'yes' as unknown as boolean, outDir: null })).toThrow(/benchProfile: tf32 must be a boolean/);
   });
 
   test('the optimizer is selectable: AdamW and LAMB steps, recorded in the report', async () => {

@@ -2,6 +2,8 @@
 // environment description, the PyTorch peer, and result files.
 import { spawnSync } from 'child_process';
 import * as path from 'path';
+import { getAllowTF32, setAllowTF32 } from '../device';
+import { check } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { native } from '../native';
 export { environment, gitCommit } from '../provenance';
@@ -48,4 +50,16 @@ export function writeResult(dir: string, name: string, data: unknown): string {
 export function scriptPath(name: string): string {
   // dist/bench/common.js -> <root>/bench/<name>; also works from lib/ under ts-jest
   return path.resolve(__dirname, '..', '..', 'bench', name);
+}
+
+/**
+ * A benchmark's `tf32` option: true or false sets CUDA convolutions' TF32 mode for the run,
+ * undefined or null keeps the current one. Returns the mode in force and a restore of the
+ * previous setting, for the benchmark's finally.
+ */
+export function applyTF32(who: string, tf32: boolean | null | undefined): { tf32: boolean; restore(): void } {
+  check(tf32 === undefined || tf32 === null || typeof tf32 === 'boolean', 'ERR_ARG', () => `${who}: tf32 must be a boolean, got ${typeof tf32}`);
+  const before = getAllowTF32();
+  if (typeof tf32 === 'boolean') setAllowTF32(tf32);
+  return { tf32: getAllowTF32(), restore: () => setAllowTF32(before) };
 }

@@ -13,7 +13,7 @@ import { AdaShiftB, AdaShiftMA } from '../nn/activation';
 import { resolveDevice } from '../device';
 import { checkOptions } from '../errors';
 import { Tensor } from '../tensor';
-import { median, timeIt, writeResult, environment } from './common';
+import { applyTF32, environment, median, timeIt, writeResult } from './common';
 import { modelSpec, StepCase } from './step';
 import type { StepOptimizerName } from './step';
 
@@ -292,6 +292,8 @@ export interface ProfileOptions {
   threads?: number;
   /** The step's optimizer (default 'sgd'). */
   opt?: StepOptimizerName;
+  /** CUDA convolutions in TF32 during the profile (default: the current setting; restored after). */
+  tf32?: boolean;
   outDir?: string | null;
 }
 
@@ -332,12 +334,13 @@ export interface ProfileReport extends ReturnType<typeof environment> {
 
 /** Profiles one model + activation: time per op family per training step. */
 export function benchProfile(options: ProfileOptions = {}): ProfileReport {
-  options = checkOptions('benchProfile', options, ['model', 'act', 'batch', 'inputSize', 'device', 'repeats', 'warmup', 'threads', 'opt', 'outDir']);
+  options = checkOptions('benchProfile', options, ['model', 'act', 'batch', 'inputSize', 'device', 'repeats', 'warmup', 'threads', 'opt', 'tf32', 'outDir']);
   const device = resolveDevice(options.device ?? 'auto');
   const spec = modelSpec(options.model ?? 'resnet20', { batch: options.batch, inputSize: options.inputSize });
   const act = options.act ?? 'adashift-b';
   const repeats = options.repeats ?? 10;
   const warmup = options.warmup ?? 2;
+  const tf32Mode = applyTF32('benchProfile', options.tf32);
   const startThreads = rawNative.getNumThreads();
   if (options.threads !== undefined) rawNative.setNumThreads(options.threads);
   const threads = rawNative.getNumThreads();
@@ -346,6 +349,7 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
     c = new StepCase(spec, act, device, options.opt ?? 'sgd');
   } catch (e) {
     rawNative.setNumThreads(startThreads);
+    tf32Mode.restore();
     throw e;
   }
   let profiledMs = 0;
@@ -390,6 +394,7 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
   } finally {
     c.dispose();
     rawNative.setNumThreads(startThreads);
+    tf32Mode.restore();
   }
   const per = (x: number) => x / repeats;
   const step = per(profiledMs);
@@ -413,6 +418,7 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
   const report: ProfileReport = {
     benchmark: 'step-profile',
     ...environment(device),
+    allowTF32: device.startsWith('cuda') ? tf32Mode.tf32 : undefined,
     threads,
     model: spec.name,
     act,

@@ -6,7 +6,7 @@
 // (models x activations), 'threads' (1 thread vs all, CPU), 'batch' (batch sizes).
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
-import { getAllowTF32, resolveDevice, setAllowTF32 } from '../device';
+import { getAllowTF32, resolveDevice } from '../device';
 import { AdaShiftError, check, checkOptions } from '../errors';
 import { CudaGraph } from '../graph';
 import { native } from '../native';
@@ -16,7 +16,7 @@ import { crossEntropyWithCorrect } from '../ops/loss';
 import { makeOptimizer, paramGroups } from '../optim';
 import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
-import { environment, findTorchPython, median, pairedRatio, scriptPath, timeIt, writeResult } from './common';
+import { applyTF32, environment, findTorchPython, median, pairedRatio, scriptPath, timeIt, writeResult } from './common';
 
 /** A benchmark model: a ResNet with its input and batch. */
 export interface StepModelSpec {
@@ -583,10 +583,8 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
   const sections = options.sections ?? [...STEP_SECTIONS];
   const repeats = options.repeats ?? 10;
   const warmup = options.warmup ?? 2;
-  check(options.tf32 === undefined || options.tf32 === null || typeof options.tf32 === 'boolean', 'ERR_ARG', () => `benchStep: tf32 must be a boolean, got ${typeof options.tf32}`);
-  const startTF32 = getAllowTF32();
-  if (options.tf32 !== undefined && options.tf32 !== null) setAllowTF32(options.tf32);
-  const tf32 = getAllowTF32();
+  const tf32Mode = applyTF32('benchStep', options.tf32);
+  const tf32 = tf32Mode.tf32;
   const startThreads = native.getNumThreads();
   if (options.threads !== undefined) native.setNumThreads(options.threads);
   const threads = native.getNumThreads();
@@ -666,7 +664,7 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
   } finally {
     if (peer) await peer.close();
     native.setNumThreads(options.threads !== undefined ? startThreads : threads);
-    setAllowTF32(startTF32);
+    tf32Mode.restore();
   }
   const report: StepReport = {
     benchmark: 'step',

@@ -12,8 +12,10 @@
 //   Ph x Pw grid (AdaShift-MA): element-wise passes walk the plane row by row, L lanes across a
 //     row and blockDim / L rows at once (float4 along a row when W % 4 == 0 and aligned); the
 //     cell of each row/column and the plane's T shift values (and dt / |cell|) are staged in
-//     shared memory. Reductions give each cell to a team of `team` lanes (a power of two <= 32
-//     inside one warp); the team walks the cell's rows in a fixed order and sums with shuffles.
+//     shared memory. Reductions sum each cell-row's columns over its rows (one thread per
+//     column or float4 of columns, coalesced along the rows), then each cell's column sums, in
+//     shared memory (k_cells_colsum); planes too wide for that give each cell to a team of
+//     `team` lanes inside one warp, which walks the cell's rows and sums with shuffles.
 //
 // Every per-element formula comes from math.h (gate, gate_grad, cell_of, cell_begin). The cell
 // means and the pooled gradient dt / |cell| are divisions here; the CPU's banded grid paths
@@ -195,7 +197,89 @@ __global__ void k_cells_ew(RegionGrid g, bool tab, const float* x, const float* 
   }
 }
 
-// ---- Ph x Pw grid: reductions ----------------------------------------------------------------
+// ---- Ph x Pw grid: reductions by column sums -------------------------------------------------
+// A plane's cell sums in two steps inside one block, through shared memory:
+//   1. item (r, j) adds the rows of cell-row r, in order, for each column of column group j (4
+//      adjacent columns read as one float4 when W % 4 == 0, else 1), and stores one sum per
+//      column: colsum[r][w];
+//   2. each cell adds its columns' sums in column order.
+// The items of one cell-row read adjacent pieces of each row (coalesced), each with as many
+// independent loads as its cell-row has rows; a block takes several planes when one needs few
+// items (ppb planes of tpp threads each). Orders depend only on the shape: deterministic. Used
+// when a plane's column sums fit in kColsumFloats of shared memory; k_cells_reduce otherwise.
+constexpr int kColsumBlock = 256;
+constexpr int kColsumFloats = 8192;  // 32 KB
+
+template <bool GATE, bool VEC>
+__global__ void __launch_bounds__(kColsumBlock) k_cells_colsum(RegionGrid g, int ppb, const float* x,
+                                                             const float* dy, const float* s,
+                                                             float* out) {
+  extern __shared__ float colsum[];  // ppb x Ph x W floats
+  const int H = int(g.H), W = int(g.W), Ph = g.Ph, Pw = g.Pw, T = Ph * Pw;
+  const int64_t C = g.C, planes = g.N * g.C, hw = int64_t(H) * W;
+  const int G = VEC ? W / 4 : W;  // column groups per cell-row
+  const int tpp = kColsumBlock / ppb, lp = int(threadIdx.x) / tpp, lt = int(threadIdx.x) % tpp;
+  float* cs = colsum + lp * Ph * W;
+  for (int64_t pg = blockIdx.x; pg * ppb < planes; pg += gridDim.x) {
+    const int64_t p = pg * ppb + lp;
+    const bool active = lp < ppb && p < planes;
+    const int64_t n = p / C, c = p % C;
+    const int64_t tokbase = n * T * C + c;  // token ti of this plane: tokbase + ti * C
+    const int64_t base = p * hw;
+    if (active) {
+      for (int item = lt; item < Ph * G; item += tpp) {
+        const int r = item / G, j = item % G;
+        const int h0 = math::cell_begin(r, H, Ph), h1 = math::cell_begin(r + 1, H, Ph);
+        constexpr int NC = VEC ? 4 : 1;
+        const int w0 = j * NC;
+        float sv[NC], acc[NC];
+#pragma unroll
+        for (int k = 0; k < NC; ++k) {
+          acc[k] = 0.0f;
+          sv[k] = GATE ? s[tokbase + int64_t(r * Pw + math::cell_of(w0 + k, W, Pw)) * C] : 0.0f;
+        }
+#pragma unroll 4
+        for (int h = h0; h < h1; ++h) {
+          const int64_t o = base + int64_t(h) * W + w0;
+          if (VEC) {
+            const float4 xv = ld4(x, o >> 2);
+            if (GATE) {
+              const float4 dv = ld4(dy, o >> 2);
+              acc[0] += math::gate_grad(xv.x, sv[0], dv.x).ds;
+              acc[NC > 1 ? 1 : 0] += math::gate_grad(xv.y, sv[NC > 1 ? 1 : 0], dv.y).ds;
+              acc[NC > 2 ? 2 : 0] += math::gate_grad(xv.z, sv[NC > 2 ? 2 : 0], dv.z).ds;
+              acc[NC > 3 ? 3 : 0] += math::gate_grad(xv.w, sv[NC > 3 ? 3 : 0], dv.w).ds;
+            } else {
+              acc[0] += xv.x;
+              acc[NC > 1 ? 1 : 0] += xv.y;
+              acc[NC > 2 ? 2 : 0] += xv.z;
+              acc[NC > 3 ? 3 : 0] += xv.w;
+            }
+          } else {
+            acc[0] += GATE ? math::gate_grad(x[o], sv[0], dy[o]).ds : x[o];
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < NC; ++k) cs[r * W + w0 + k] = acc[k];
+      }
+    }
+    __syncthreads();
+    if (active) {
+      for (int cell = lt; cell < T; cell += tpp) {
+        const int r = cell / Pw, q = cell % Pw;
+        const int w0 = math::cell_begin(q, W, Pw), w1 = math::cell_begin(q + 1, W, Pw);
+        float acc = 0.0f;
+        for (int w = w0; w < w1; ++w) acc += cs[r * W + w];
+        const int64_t count =
+            int64_t(math::cell_begin(r + 1, H, Ph) - math::cell_begin(r, H, Ph)) * (w1 - w0);
+        out[tokbase + int64_t(cell) * C] = GATE ? acc : acc / float(count);
+      }
+    }
+    __syncthreads();  // the next planes' step 1 overwrites colsum
+  }
+}
+
+// ---- Ph x Pw grid: reductions by cell teams (large planes) -----------------------------------
 // Each cell belongs to one team of `team` lanes (power of two <= 32, aligned inside a warp).
 // Within the team, L lanes cover adjacent columns and team / L rows are in flight; each lane adds
 // its elements row by row, then the team sums with xor shuffles. Cell-to-team assignment and
@@ -288,6 +372,22 @@ void launch_reduce(cudaStream_t st, const RegionGrid& g, const float* x, const f
       k_plane_reduce<GATE, true><<<grid, block, 0, st>>>(planes, hw, x, dy, s, out);
     else
       k_plane_reduce<GATE, false><<<grid, block, 0, st>>>(planes, hw, x, dy, s, out);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (int64_t(g.Ph) * g.W <= kColsumFloats) {
+    // Planes per block: as many as the block's threads cover with one item each (at least one).
+    const int64_t items = int64_t(g.Ph) * (g.W % 4 == 0 ? g.W / 4 : g.W);
+    int64_t ppb = kColsumBlock / items;
+    if (ppb < 1) ppb = 1;
+    if (ppb * g.Ph * g.W > kColsumFloats) ppb = kColsumFloats / (g.Ph * g.W);
+    const int grid = grid_for_items((planes + ppb - 1) / ppb, kColsumBlock);
+    const bool vec = g.W % 4 == 0 && aligned16(x) && aligned16(dy);
+    const size_t smem = sizeof(float) * size_t(ppb * g.Ph * g.W);
+    if (vec)
+      k_cells_colsum<GATE, true><<<grid, kColsumBlock, smem, st>>>(g, int(ppb), x, dy, s, out);
+    else
+      k_cells_colsum<GATE, false><<<grid, kColsumBlock, smem, st>>>(g, int(ppb), x, dy, s, out);
     CUDA_CHECK_LAUNCH();
     return;
   }
