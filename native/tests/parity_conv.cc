@@ -43,6 +43,22 @@ using namespace adashift;
 namespace {
 namespace conv_parity {
 
+// The TF32 kernel variants (none without the CUDA backend).
+int tf32_variants() {
+#ifdef ADASHIFT_WITH_CUDA
+  return cuda::conv_tf32_variants();
+#else
+  return 0;
+#endif
+}
+void set_tf32_variant(int v) {
+#ifdef ADASHIFT_WITH_CUDA
+  cuda::set_conv_tf32_variant(v);
+#else
+  (void)v;
+#endif
+}
+
 const Device kCPU{DeviceType::CPU, 0};
 const Device kGPU{DeviceType::CUDA, 0};
 constexpr double kU = 5.9604644775390625e-08;  // 2^-24
@@ -228,7 +244,7 @@ struct Parity {
   }
 
   // ResNet-20's 3x3 convolutions at batch 64 and ResNet-50's (224x224 input) at batch 128, in
-  // float32 and then TF32: forward, and the backward's dX and dW together.
+  // float32 and then TF32 (each kernel variant): forward, and the backward's dX and dW together.
   void timings() {
     struct S { const char* name; int64_t N, Cin, Cout, H, k; };
     const S shapes[] = {
@@ -237,8 +253,12 @@ struct Parity {
         {"r50 3x3 128ch 28x28", 128, 128, 128, 28, 3}, {"r50 3x3 256ch 14x14", 128, 256, 256, 14, 3},
         {"r50 3x3 512ch 7x7", 128, 512, 512, 7, 3},   {"r50 1x1 256->64 56x56", 128, 256, 64, 56, 1},
         {"r50 1x1 1024->256 14x14", 128, 1024, 256, 14, 1}};
-    for (bool mode : {false, true}) {
-      set_conv_allow_tf32(mode);
+    // float32, then TF32 with each kernel variant
+    for (int mode = -1; mode < tf32_variants(); ++mode) {
+      set_conv_allow_tf32(mode >= 0);
+      if (mode >= 0) set_tf32_variant(mode);
+      char tag[16];
+      std::snprintf(tag, sizeof tag, mode < 0 ? "fp32" : "tf32/%d", mode);
       for (const S& s : shapes) {
         try {
           const int pad = int(s.k / 2);
@@ -249,16 +269,16 @@ struct Parity {
           const double f = time_ms([&] { conv2d_forward(x, w, Tensor(), 1, 1, pad, pad); });
           const double b =
               time_ms([&] { conv2d_backward(dy, x, w, 1, 1, pad, pad, true, true, false); });
-          std::printf("time conv2d %-4s batch %-3lld %-24s fwd %8.3f ms (%6.0f GFLOP/s)  "
+          std::printf("time conv2d %-7s batch %-3lld %-24s fwd %8.3f ms (%6.0f GFLOP/s)  "
                       "bwd dx+dw %8.3f ms (%6.0f GFLOP/s)\n",
-                      mode ? "tf32" : "fp32", (long long)s.N, s.name, f, flops / f / 1e6, b,
-                      2 * flops / b / 1e6);
+                      tag, (long long)s.N, s.name, f, flops / f / 1e6, b, 2 * flops / b / 1e6);
         } catch (const std::exception& e) {
-          std::printf("time conv2d %s %s: failed (%s)\n", mode ? "tf32" : "fp32", s.name, e.what());
+          std::printf("time conv2d %s %s: failed (%s)\n", tag, s.name, e.what());
         }
       }
     }
     set_conv_allow_tf32(false);
+    set_tf32_variant(0);
   }
 };
 
@@ -300,13 +320,18 @@ int parity_conv() {
   t.tf32 = true;
   for (const Case& c : cases)
     if (!(cuda_emulated() && c.Cin >= 1024)) t.run(c);
-  for (const Case& c : tf32_cases) t.run(c);
-  const int64_t budget = cuda::conv_scratch_floats();
-  cuda::set_conv_scratch_floats(2 * 64 * 9 * 49);  // "resnet-like": chunks of 2, 2 and 1 samples
-  t.run(cases[2]);
-  cuda::set_conv_scratch_floats(2 * 70 * 9 * 42);  // "tf32 strided": chunks of 2 and 1
-  t.run(tf32_cases[0]);
-  cuda::set_conv_scratch_floats(budget);
+  // Every kernel variant (k-step, register budget) on the TF32 cases; the default last.
+  for (int v = conv_parity::tf32_variants() - 1; v >= 0; --v) {
+    conv_parity::set_tf32_variant(v);
+    std::printf("parity_conv: TF32 kernel variant %d\n", v);
+    for (const Case& c : tf32_cases) t.run(c);
+    const int64_t budget = cuda::conv_scratch_floats();
+    cuda::set_conv_scratch_floats(2 * 64 * 9 * 49);  // "resnet-like": chunks of 2, 2 and 1
+    t.run(cases[2]);
+    cuda::set_conv_scratch_floats(2 * 70 * 9 * 42);  // "strided, 72 rows": chunks of 2 and 1
+    t.run(tf32_cases[0]);
+    cuda::set_conv_scratch_floats(budget);
+  }
   set_conv_allow_tf32(false);
   t.tf32 = false;
 #endif

@@ -185,22 +185,26 @@ struct TcGemmArgs {
   const float* bias;      // per row of C, or null
 };
 
-constexpr int kTcBM = 128, kTcBN = 128, kTcBK = 32;
-constexpr int kTcLdShort = kTcBK + 4;   // a [128][32] tile's row pitch (floats)
-constexpr int kTcLdLong = kTcBM + 4;    // a [32][128] tile's row pitch
-constexpr int kTcTileFloats = kTcBM * kTcLdShort;  // the larger of the two tile layouts
-static_assert(kTcTileFloats >= kTcBK * kTcLdLong, "tile buffer");
+constexpr int kTcBM = 128, kTcBN = 128;
 constexpr int kTcMinRows = 64;  // below this, the SIMT tiles waste less
 
-// Operands in shared memory, aligned as the fragment loads require (256 bits).
+// Operands in shared memory, aligned as the fragment loads require (256 bits): a [128][BK] tile
+// has rows of BK + 4 floats, a [BK][128] tile rows of 132 (the padding spreads the fragment
+// loads' rows over the banks); each buffer holds the larger layout.
+template <int BK>
 struct alignas(32) TcSmem {
-  float a[kTcTileFloats];
-  float b[kTcTileFloats];
+  static constexpr int kLdShort = BK + 4, kLdLong = kTcBM + 4;
+  static constexpr int kFloats =
+      kTcBM * kLdShort > BK * kLdLong ? kTcBM * kLdShort : BK * kLdLong;
+  float a[kFloats];
+  float b[kFloats];
   float stage[8][16 * 16];  // per warp, the epilogue's 16 x 16 buffer
 };
 
-template <bool TA, bool FOLDK>
-__global__ void __launch_bounds__(kThreads, 1) k_sgemm_tf32(TcGemmArgs g) {
+// The k-step (BK) and the blocks per SM the registers are capped for (MINB) are template
+// parameters: the variants below are timed against each other on a GPU (cuda_check).
+template <bool TA, bool FOLDK, int BK, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) k_sgemm_tf32(TcGemmArgs g) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   // Not launched below compute capability 8.0 (tf32_usable() says no).
 #else
@@ -211,7 +215,8 @@ __global__ void __launch_bounds__(kThreads, 1) k_sgemm_tf32(TcGemmArgs g) {
   using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB>;
   using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
   static_assert(!(TA && FOLDK), "FoldK reads A as stored");
-  __shared__ TcSmem sm;
+  __shared__ TcSmem<BK> sm;
+  constexpr int kTcBK = BK, kTcLdShort = TcSmem<BK>::kLdShort, kTcLdLong = TcSmem<BK>::kLdLong;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps
   // This thread's place in the tile loads (fixed for the whole product): in a [rows][BK] tile
@@ -358,13 +363,24 @@ bool tf32_usable(int64_t M) {
   return conv_allow_tf32() && M >= kTcMinRows && cuda_current_cc_major() >= 8;
 }
 
+// The kernel variants (set_conv_tf32_variant): 0 is the default.
+//   0: k-steps of 32, one block of 8 warps per SM (ptxas: 255 registers)
+//   1: k-steps of 16, one block per SM (about 220 registers)
+//   2: k-steps of 16, registers capped for two blocks per SM (128: some spilled)
+constexpr int kTf32Variants = 3;
+std::atomic<int> g_tf32_variant{0};
+
 template <bool TA, bool FOLDK>
 void launch_tf32(cudaStream_t s, const TcGemmArgs& g) {
   const int64_t cols = FOLDK ? g.N : g.nb * g.N;
   const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
   const dim3 grid(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
                   unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), 1);
-  k_sgemm_tf32<TA, FOLDK><<<grid, kThreads, 0, s>>>(g);
+  switch (g_tf32_variant.load()) {
+    case 1: k_sgemm_tf32<TA, FOLDK, 16, 1><<<grid, kThreads, 0, s>>>(g); break;
+    case 2: k_sgemm_tf32<TA, FOLDK, 16, 2><<<grid, kThreads, 0, s>>>(g); break;
+    default: k_sgemm_tf32<TA, FOLDK, 32, 1><<<grid, kThreads, 0, s>>>(g); break;
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -454,6 +470,11 @@ void im2col(cudaStream_t s, const Conv2dDims& d, const float* x, int64_t nb, flo
 }  // namespace
 
 int64_t conv_scratch_floats() { return g_scratch_floats.load(); }
+int conv_tf32_variants() { return kTf32Variants; }
+void set_conv_tf32_variant(int v) {
+  AS_CHECK(v >= 0 && v < kTf32Variants, Arg, "TF32 convolution variant ", v, " out of range");
+  g_tf32_variant.store(v);
+}
 void set_conv_scratch_floats(int64_t n) { g_scratch_floats.store(n > 0 ? n : 1); }
 
 // ---- launchers ------------------------------------------------------------------------------

@@ -79,6 +79,10 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
 // whose columns exceed it runs in chunks. For tests, which lower it to make chunks.
 int64_t conv_scratch_floats();
 void set_conv_scratch_floats(int64_t n);
+// The TF32 GEMM's kernel variants (k-step and register budget; conv.cu), for timing them
+// against each other: 0 (the default) .. conv_tf32_variants() - 1.
+int conv_tf32_variants();
+void set_conv_tf32_variant(int v);
 }  // namespace cuda
 #endif
 
