@@ -58,6 +58,13 @@ void set_tf32_variant(int v) {
   (void)v;
 #endif
 }
+void set_f32_kernel(int k) {
+#ifdef ADASHIFT_WITH_CUDA
+  cuda::set_conv_f32_kernel(k);
+#else
+  (void)k;
+#endif
+}
 
 const Device kCPU{DeviceType::CPU, 0};
 const Device kGPU{DeviceType::CUDA, 0};
@@ -226,6 +233,33 @@ struct Parity {
     }
   }
 
+  // The folded float32 kernel (set_conv_f32_kernel(1)) gives the bits of the default one.
+  void folded_same_bits(const Case& c) {
+    char desc[160];
+    std::snprintf(desc, sizeof desc, "%s N%lld %lld->%lld", c.name, (long long)c.N,
+                  (long long)c.Cin, (long long)c.Cout);
+    try {
+      Tensor gx = to_device(nrm({c.N, c.Cin, c.H, c.W}), kGPU);
+      Tensor gw = to_device(nrm({c.Cout, c.Cin, c.kh, c.kw}), kGPU);
+      Tensor gb = c.bias ? to_device(nrm({c.Cout}), kGPU) : Tensor();
+      std::vector<Tensor> out[2];
+      for (int k = 0; k < 2; ++k) {
+        set_f32_kernel(k);
+        Tensor y = conv2d_forward(gx, gw, gb, c.sh, c.sw, c.ph, c.pw);
+        Tensor gdy = to_device(rand(y.shape(), RandKind::Normal, 0.0f, 1.0f, 4242, 0, kCPU), kGPU);
+        Conv2dGrad g = conv2d_backward(gdy, gx, gw, c.sh, c.sw, c.ph, c.pw, true, true, c.bias);
+        out[k] = {y, g.dx, g.dw};
+      }
+      set_f32_kernel(0);
+      same_bits("conv2d folded fp32", desc, out[1], out[0]);
+    } catch (const std::exception& e) {
+      set_f32_kernel(0);
+      ++checks;
+      ++failures;
+      std::printf("%-22s %-44s FAIL (%s)\n", "conv2d folded fp32", desc, e.what());
+    }
+  }
+
   // Median of 5 timed runs after a warm-up; host clock around a device synchronise.
   template <typename F>
   double time_ms(F f) {
@@ -253,12 +287,14 @@ struct Parity {
         {"r50 3x3 128ch 28x28", 128, 128, 128, 28, 3}, {"r50 3x3 256ch 14x14", 128, 256, 256, 14, 3},
         {"r50 3x3 512ch 7x7", 128, 512, 512, 7, 3},   {"r50 1x1 256->64 56x56", 128, 256, 64, 56, 1},
         {"r50 1x1 1024->256 14x14", 128, 1024, 256, 14, 1}};
-    // float32, then TF32 with each kernel variant
-    for (int mode = -1; mode < tf32_variants(); ++mode) {
+    // float32 with the per-sample and the folded kernel, then TF32 with each kernel variant
+    for (int mode = -2; mode < tf32_variants(); ++mode) {
       set_conv_allow_tf32(mode >= 0);
       if (mode >= 0) set_tf32_variant(mode);
+      set_f32_kernel(mode == -1 ? 1 : 0);
       char tag[16];
-      std::snprintf(tag, sizeof tag, mode < 0 ? "fp32" : "tf32/%d", mode);
+      if (mode < 0) std::snprintf(tag, sizeof tag, "fp32/%d", mode + 2);
+      else std::snprintf(tag, sizeof tag, "tf32/%d", mode);
       for (const S& s : shapes) {
         try {
           const int pad = int(s.k / 2);
@@ -279,6 +315,7 @@ struct Parity {
     }
     set_conv_allow_tf32(false);
     set_tf32_variant(0);
+    set_f32_kernel(0);
   }
 };
 
@@ -308,6 +345,11 @@ int parity_conv() {
   };
   for (const Case& c : cases) t.run(c);
 #ifdef ADASHIFT_WITH_CUDA
+  // The folded float32 kernel: the same bits as the default on every case with a product of 64
+  // or more rows (forward with 64+ output channels, dX with 64+ rows of taps).
+  std::printf("parity_conv: the folded float32 kernel\n");
+  for (const Case& c : cases)
+    if (!(cuda_emulated() && c.Cin >= 1024)) t.folded_same_bits(c);
   // The same on the tensor cores (the cases with a product of 64 or more rows use them), then
   // with chunks of two samples. The 1024-channel case is left to a GPU: on the emulation its
   // weight gradient alone would take minutes.

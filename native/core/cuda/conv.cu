@@ -201,6 +201,91 @@ struct alignas(32) TcSmem {
   float stage[8][16 * 16];  // per warp, the epilogue's 16 x 16 buffer
 };
 
+// Global -> register loads of the folded GEMMs' k-tiles, shared by the TF32 and float32 kernels:
+// a BM x BK tile of op(A) and a BK x BN tile of B per step, kPer elements of each per thread,
+// consecutive threads on consecutive addresses, zero outside the matrices. A thread's place is
+// fixed for the whole product: in a [rows][BK] tile (A not TA: [M][K]; B for FoldK: [N][P]) k is
+// s_k and its rows s_r + kRowStep t; in a [BK][128] tile (A TA: [K][M]; B for FoldN: [K][P]) its
+// row index is l_r and k = l_k + 2 t. FoldN: the thread's column of B (fixed over k) is pixel
+// j % P of sample j / P.
+template <bool TA, bool FOLDK, int BK>
+struct FoldLoader {
+  static constexpr int kRowStep = kThreads / BK, kPer = kTcBM * BK / kThreads;
+  static_assert(kThreads / kTcBM == 2, "two k per pass in a [BK][128] tile");
+  static_assert(!(TA && FOLDK), "FoldK reads A as stored");
+  int s_k, s_r, l_r, l_k;
+  int64_t ktiles_per, ktiles;
+  const float* a_first;  // A's element for this thread at k-tile 0
+  bool a_in;             // TA: the thread's row is inside M
+  int a_rows;            // not TA: how many of its rows are inside M
+  int64_t a_step;
+  const float* b_first;  // null: the thread's B column (FoldN) is outside
+  int b_rows;
+  int64_t b_step;
+  float ra[kPer], rb[kPer];
+
+  // How many of a thread's kPer elements lie inside: those of index < count.
+  __device__ __forceinline__ static int count(int64_t first, int64_t limit, int step) {
+    if (first >= limit) return 0;
+    const int64_t c = (limit - first + step - 1) / step;
+    return c < kPer ? int(c) : kPer;
+  }
+  __device__ __forceinline__ void begin(const TcGemmArgs& g, int tid, int64_t i0, int64_t j0) {
+    s_k = tid % BK;
+    s_r = tid / BK;
+    l_r = tid % kTcBM;
+    l_k = tid / kTcBM;
+    ktiles_per = (g.K + BK - 1) / BK;
+    ktiles = FOLDK ? g.nb * ktiles_per : ktiles_per;
+    a_first = TA ? g.A + l_k * g.lda + (i0 + l_r) : g.A + (i0 + s_r) * g.lda + s_k;
+    a_in = TA ? i0 + l_r < g.M : true;
+    a_rows = TA ? kPer : count(i0 + s_r, g.M, kRowStep);
+    a_step = TA ? 2 * g.lda : kRowStep * g.lda;
+    b_first = nullptr;
+    b_rows = kPer;
+    if (FOLDK) {
+      b_first = g.B + (j0 + s_r) * g.ldb + s_k;
+      b_rows = count(j0 + s_r, g.N, kRowStep);
+    } else {
+      const int64_t j = j0 + l_r;
+      if (j < g.nb * g.N) b_first = g.B + (j / g.N) * g.stride_b + (j % g.N) + l_k * g.ldb;
+    }
+    b_step = FOLDK ? kRowStep * g.ldb : 2 * g.ldb;
+  }
+  // Loads k-tile kt's elements into ra / rb.
+  __device__ __forceinline__ void load(const TcGemmArgs& g, int64_t kt) {
+    const int64_t n = FOLDK ? kt / ktiles_per : 0;
+    const int64_t k0 = (FOLDK ? kt % ktiles_per : kt) * BK;
+    // Elements inside along k: a [rows][BK] tile has one k per thread, a [BK][128] tile kPer.
+    const int k_short = k0 + s_k < g.K ? kPer : 0;
+    const int k_long = count(k0 + l_k, g.K, 2);
+    const int na = a_in ? (TA ? k_long : (k_short ? a_rows : 0)) : 0;
+    const float* pa = a_first + n * g.stride_a + (TA ? k0 * g.lda : k0);
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) {
+      ra[t] = t < na ? *pa : 0.0f;
+      pa += a_step;
+    }
+    const int nbv = FOLDK ? (k_short ? b_rows : 0) : (b_first ? k_long : 0);
+    const float* pb = FOLDK ? b_first + n * g.stride_b + k0 : b_first + k0 * g.ldb;
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) {
+      rb[t] = t < nbv ? *pb : 0.0f;
+      pb += b_step;
+    }
+  }
+  // Shared-memory offsets of element t of the A and B tiles. As stored: A [m][k] (not TA) or
+  // [k][m] (TA), B [n][k] (FoldK) or [k][n] (FoldN). K-major: A [k][m], B [k][n] always.
+  __device__ __forceinline__ int a_at(int t, int ld_short, int ld_long, bool k_major) const {
+    if (TA) return (l_k + 2 * t) * ld_long + l_r;
+    return k_major ? s_k * ld_long + s_r + kRowStep * t : (s_r + kRowStep * t) * ld_short + s_k;
+  }
+  __device__ __forceinline__ int b_at(int t, int ld_short, int ld_long, bool k_major) const {
+    if (!FOLDK) return (l_k + 2 * t) * ld_long + l_r;
+    return k_major ? s_k * ld_long + s_r + kRowStep * t : (s_r + kRowStep * t) * ld_short + s_k;
+  }
+};
+
 // The k-step (BK) and the blocks per SM the registers are capped for (MINB) are template
 // parameters: the variants below are timed against each other on a GPU (cuda_check).
 template <bool TA, bool FOLDK, int BK, int MINB>
@@ -214,79 +299,26 @@ __global__ void __launch_bounds__(kThreads, MINB) k_sgemm_tf32(TcGemmArgs g) {
   using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LayoutA>;
   using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB>;
   using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-  static_assert(!(TA && FOLDK), "FoldK reads A as stored");
   __shared__ TcSmem<BK> sm;
   constexpr int kTcBK = BK, kTcLdShort = TcSmem<BK>::kLdShort, kTcLdLong = TcSmem<BK>::kLdLong;
+  using Loader = FoldLoader<TA, FOLDK, BK>;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps
-  // This thread's place in the tile loads (fixed for the whole product): in a [rows][BK] tile
-  // (A not TA: [M][K]; B for FoldK: [N][P]) k = s_k and rows s_r + kRowStep t; in a [BK][128]
-  // tile (A TA: [K][M]; B for FoldN: [K][P]) the row index l_r and k = l_k + 2 t.
-  constexpr int kRowStep = kThreads / kTcBK, kPer = kTcBM * kTcBK / kThreads;
-  static_assert(kThreads / kTcBM == 2, "two k per pass in a [BK][128] tile");
-  const int s_k = tid % kTcBK, s_r = tid / kTcBK;
-  const int l_r = tid % kTcBM, l_k = tid / kTcBM;
   const int64_t cols = FOLDK ? g.N : g.nb * g.N;  // columns of C
   const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
-  const int64_t ktiles_per = (g.K + kTcBK - 1) / kTcBK;
-  const int64_t ktiles = FOLDK ? g.nb * ktiles_per : ktiles_per;
-  // How many of a thread's kPer elements lie inside: those of index < count.
-  auto count = [](int64_t first, int64_t limit, int step) -> int {
-    if (first >= limit) return 0;
-    const int64_t c = (limit - first + step - 1) / step;
-    return c < kPer ? int(c) : kPer;
-  };
   for (int64_t tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
     for (int64_t tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
       const int64_t i0 = tm * kTcBM, j0 = tn * kTcBN;
-      // A's first element for this thread at k-tile 0, and the rows (not TA) inside M.
-      const float* a_first = TA ? g.A + l_k * g.lda + (i0 + l_r) : g.A + (i0 + s_r) * g.lda + s_k;
-      const bool a_in = TA ? i0 + l_r < g.M : true;
-      const int a_rows = TA ? kPer : count(i0 + s_r, g.M, kRowStep);
-      const int64_t a_step = TA ? 2 * g.lda : kRowStep * g.lda;
-      // B likewise; FoldN: this thread's column (fixed over k) is pixel j % P of sample j / P.
-      const float* b_first = nullptr;
-      int b_rows = kPer;
-      if (FOLDK) {
-        b_first = g.B + (j0 + s_r) * g.ldb + s_k;
-        b_rows = count(j0 + s_r, g.N, kRowStep);
-      } else {
-        const int64_t j = j0 + l_r;
-        if (j < cols) b_first = g.B + (j / g.N) * g.stride_b + (j % g.N) + l_k * g.ldb;
-      }
-      const int64_t b_step = FOLDK ? kRowStep * g.ldb : 2 * g.ldb;
-      float ra[kPer], rb[kPer];
-      // Loads k-tile kt's elements of A and B into ra / rb (zero outside the matrices).
-      auto load = [&](int64_t kt) {
-        const int64_t n = FOLDK ? kt / ktiles_per : 0;
-        const int64_t k0 = (FOLDK ? kt % ktiles_per : kt) * kTcBK;
-        // Elements inside along k: a [rows][BK] tile has one k per thread, a [BK][128] tile kPer.
-        const int k_short = k0 + s_k < g.K ? kPer : 0;
-        const int k_long = count(k0 + l_k, g.K, 2);
-        const int na = a_in ? (TA ? k_long : (k_short ? a_rows : 0)) : 0;
-        const float* pa = a_first + n * g.stride_a + (TA ? k0 * g.lda : k0);
-#pragma unroll
-        for (int t = 0; t < kPer; ++t) {
-          ra[t] = t < na ? *pa : 0.0f;
-          pa += a_step;
-        }
-        const int nbv = FOLDK ? (k_short ? b_rows : 0) : (b_first ? k_long : 0);
-        const float* pb = FOLDK ? b_first + n * g.stride_b + k0 : b_first + k0 * g.ldb;
-#pragma unroll
-        for (int t = 0; t < kPer; ++t) {
-          rb[t] = t < nbv ? *pb : 0.0f;
-          pb += b_step;
-        }
-      };
-      // Stores ra / rb, rounded to TF32, in the operands' storage order.
+      Loader ld;
+      ld.begin(g, tid, i0, j0);
+      const int64_t ktiles = ld.ktiles;
+      auto load = [&](int64_t kt) { ld.load(g, kt); };
+      // Stores the loaded elements, rounded to TF32, in the operands' storage order.
       auto store = [&]() {
 #pragma unroll
-        for (int t = 0; t < kPer; ++t) {
-          const float a = wmma::__float_to_tf32(ra[t]), b = wmma::__float_to_tf32(rb[t]);
-          if (!TA) sm.a[(s_r + kRowStep * t) * kTcLdShort + s_k] = a;  // [m][k]
-          else sm.a[(l_k + 2 * t) * kTcLdLong + l_r] = a;              // [k][m]
-          if (FOLDK) sm.b[(s_r + kRowStep * t) * kTcLdShort + s_k] = b;  // [n][k]
-          else sm.b[(l_k + 2 * t) * kTcLdLong + l_r] = b;               // [k][n]
+        for (int t = 0; t < Loader::kPer; ++t) {
+          sm.a[ld.a_at(t, kTcLdShort, kTcLdLong, false)] = wmma::__float_to_tf32(ld.ra[t]);
+          sm.b[ld.b_at(t, kTcLdShort, kTcLdLong, false)] = wmma::__float_to_tf32(ld.rb[t]);
         }
       };
       FragC acc[4][2];
@@ -357,6 +389,108 @@ __global__ void __launch_bounds__(kThreads, MINB) k_sgemm_tf32(TcGemmArgs g) {
 #endif
 }
 
+// ---- float32 folded GEMM (FoldN) -------------------------------------------------------------
+// The forward's and dX's products as one M x (nb P) GEMM on the FMA units, loaded like the TF32
+// kernel's (FoldLoader, k-steps of 16, the next step's loads in registers during this one's
+// products) and stored k-major ([k][m] and [k][n], 16-byte aligned rows). Thread (tx, ty) of
+// 16 x 16 owns rows ty*4 + {0..3} and 64 + ty*4 + {0..3} and the same columns by tx, so that its
+// operands are two float4 reads each per k and a warp's reads fall in distinct banks. Each
+// output is one FMA chain over k in increasing order with the same zero padding as k_sgemm: the
+// bits of the per-sample kernel. For timing against it on a GPU (set_conv_f32_kernel).
+struct alignas(16) F32Smem {
+  float a[16][kTcBM + 4];
+  float b[16][kTcBN + 4];
+};
+
+template <bool TA>
+__global__ void __launch_bounds__(kThreads, 2) k_sgemm_foldn(TcGemmArgs g) {
+  using Loader = FoldLoader<TA, false, 16>;
+  constexpr int kLd = kTcBM + 4;
+  __shared__ F32Smem sm;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t cols = g.nb * g.N;
+  const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
+  float* const sa = &sm.a[0][0];
+  float* const sb = &sm.b[0][0];
+  for (int64_t tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
+    for (int64_t tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
+      const int64_t i0 = tm * kTcBM, j0 = tn * kTcBN;
+      Loader ld;
+      ld.begin(g, tid, i0, j0);
+      float acc[8][8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+      auto store = [&]() {
+#pragma unroll
+        for (int t = 0; t < Loader::kPer; ++t) {
+          sa[ld.a_at(t, kLd, kLd, true)] = ld.ra[t];
+          sb[ld.b_at(t, kLd, kLd, true)] = ld.rb[t];
+        }
+      };
+      ld.load(g, 0);
+      store();
+      __syncthreads();
+      for (int64_t kt = 0; kt < ld.ktiles; ++kt) {
+        const bool more = kt + 1 < ld.ktiles;
+        if (more) ld.load(g, kt + 1);
+#pragma unroll
+        for (int kk = 0; kk < 16; ++kk) {
+          const float4 a0 = *reinterpret_cast<const float4*>(&sm.a[kk][ty * 4]);
+          const float4 a1 = *reinterpret_cast<const float4*>(&sm.a[kk][64 + ty * 4]);
+          const float4 b0 = *reinterpret_cast<const float4*>(&sm.b[kk][tx * 4]);
+          const float4 b1 = *reinterpret_cast<const float4*>(&sm.b[kk][64 + tx * 4]);
+          const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+          const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+        if (more) {
+          store();
+          __syncthreads();
+        }
+      }
+      // Epilogue: column j of C is pixel j % P of sample j / P; as k_sgemm, acc + bias (+0).
+      int64_t coff[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int64_t col = j0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
+        coff[j] = col < cols ? (col / g.N) * g.stride_c + col % g.N : -1;
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int64_t row = i0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+        if (row >= g.M) continue;
+        const float add = g.bias ? g.bias[row] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (coff[j] >= 0) g.C[coff[j] + row * g.ldc] = acc[i][j] + add;
+      }
+      __syncthreads();  // the next tile's first store must not overwrite operands in use
+    }
+  }
+}
+
+// The float32 convolution GEMM for products of >= 64 rows (set_conv_f32_kernel): 0, the default,
+// is k_sgemm over the samples (blockIdx.z); 1 is k_sgemm_foldn (same bits).
+std::atomic<int> g_f32_kernel{0};
+
+bool f32_folded(int64_t M) { return g_f32_kernel.load() == 1 && M >= kTcMinRows; }
+
+template <bool TA>
+void launch_foldn(cudaStream_t s, const TcGemmArgs& g) {
+  const int64_t cols = g.nb * g.N;
+  const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
+  const dim3 grid(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
+                  unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), 1);
+  k_sgemm_foldn<TA><<<grid, kThreads, 0, s>>>(g);
+  CUDA_CHECK_LAUNCH();
+}
+
 // TF32 products run where the setting allows them, the device has TF32 tensor cores (8.0+), and
 // the product has enough rows for the 128-row tiles.
 bool tf32_usable(int64_t M) {
@@ -382,6 +516,21 @@ void launch_tf32(cudaStream_t s, const TcGemmArgs& g) {
     default: k_sgemm_tf32<TA, FOLDK, 32, 1><<<grid, kThreads, 0, s>>>(g); break;
   }
   CUDA_CHECK_LAUNCH();
+}
+
+// C_n = op(A) B_n for the samples n < nb (FoldN: the forward and dX products): on the tensor cores
+// in TF32 where allowed, else the folded float32 kernel where chosen, else the per-sample SGEMM.
+template <bool TA>
+void gemm_foldn(cudaStream_t s, const TcGemmArgs& t) {
+  if (tf32_usable(t.M)) {
+    launch_tf32<TA, false>(s, t);
+  } else if (f32_folded(t.M)) {
+    launch_foldn<TA>(s, t);
+  } else {
+    const GemmArgs g{t.M, t.N, t.K, t.nb, t.A, t.lda, t.stride_a, t.B, t.ldb, t.stride_b,
+                     t.C, t.ldc, t.stride_c, 1.0f, 0.0f, t.bias};
+    sgemm(s, g, TA, false);
+  }
 }
 
 // ---- im2col / col2im ----------------------------------------------------------------------------
@@ -471,6 +620,11 @@ void im2col(cudaStream_t s, const Conv2dDims& d, const float* x, int64_t nb, flo
 
 int64_t conv_scratch_floats() { return g_scratch_floats.load(); }
 int conv_tf32_variants() { return kTf32Variants; }
+int conv_f32_kernel() { return g_f32_kernel.load(); }
+void set_conv_f32_kernel(int k) {
+  AS_CHECK(k == 0 || k == 1, Arg, "float32 convolution kernel ", k, " out of range (0 or 1)");
+  g_f32_kernel.store(k);
+}
 void set_conv_tf32_variant(int v) {
   AS_CHECK(v >= 0 && v < kTf32Variants, Arg, "TF32 convolution variant ", v, " out of range");
   g_tf32_variant.store(v);
@@ -483,15 +637,9 @@ void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const f
   if (d.N <= 0) return;
   const int64_t K = d.K(), P = d.P();
   const int64_t x_stride = d.Cin * d.H * d.W, y_stride = d.Cout * P;
-  const bool tf32 = tf32_usable(d.Cout);
   if (d.pointwise()) {
-    if (tf32) {
-      launch_tf32<false, false>(s, TcGemmArgs{d.Cout, P, d.Cin, d.N, w, d.Cin, 0, x, P, x_stride,
-                                              y, P, y_stride, 0.0f, b});
-      return;
-    }
-    GemmArgs g{d.Cout, P, d.Cin, d.N, w, d.Cin, 0, x, P, x_stride, y, P, y_stride, 1.0f, 0.0f, b};
-    sgemm(s, g, false, false);
+    gemm_foldn<false>(s, TcGemmArgs{d.Cout, P, d.Cin, d.N, w, d.Cin, 0, x, P, x_stride, y, P,
+                                    y_stride, 0.0f, b});
     return;
   }
   const int64_t nb_max = samples_per_chunk(d);
@@ -499,14 +647,8 @@ void conv2d_forward(cudaStream_t s, const Conv2dDims& d, const float* x, const f
   for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
     const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
     im2col(s, d, x + n0 * x_stride, nb, cols.as<float>());
-    if (tf32) {
-      launch_tf32<false, false>(s, TcGemmArgs{d.Cout, P, K, nb, w, K, 0, cols.as<float>(), P,
-                                              K * P, y + n0 * y_stride, P, y_stride, 0.0f, b});
-      continue;
-    }
-    GemmArgs g{d.Cout, P, K, nb, w, K, 0, cols.as<float>(), P, K * P,
-               y + n0 * y_stride, P, y_stride, 1.0f, 0.0f, b};
-    sgemm(s, g, false, false);
+    gemm_foldn<false>(s, TcGemmArgs{d.Cout, P, K, nb, w, K, 0, cols.as<float>(), P, K * P,
+                                    y + n0 * y_stride, P, y_stride, 0.0f, b});
   }
 }
 
@@ -563,27 +705,17 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
     }
   }
   if (dx) {
-    if (d.pointwise() && tf32_usable(d.Cin)) {
-      launch_tf32<true, false>(s, TcGemmArgs{d.Cin, P, d.Cout, d.N, w, d.Cin, 0, dy, P, y_stride,
-                                             dx, P, x_stride, 0.0f, nullptr});
-    } else if (d.pointwise()) {
+    if (d.pointwise()) {
       // dx[n] [Cin, P] = W^T [Cin, Cout] @ dy[n] [Cout, P]
-      GemmArgs g{d.Cin, P, d.Cout, d.N, w, d.Cin, 0, dy, P, y_stride, dx, P, x_stride,
-                 1.0f, 0.0f, nullptr};
-      sgemm(s, g, true, false);
+      gemm_foldn<true>(s, TcGemmArgs{d.Cin, P, d.Cout, d.N, w, d.Cin, 0, dy, P, y_stride, dx, P,
+                                     x_stride, 0.0f, nullptr});
     } else {
       Scratch dcols(size_t(nb_max * K * P) * sizeof(float));
       for (int64_t n0 = 0; n0 < d.N; n0 += nb_max) {
         const int64_t nb = d.N - n0 < nb_max ? d.N - n0 : nb_max;
-        if (tf32_usable(K)) {
-          launch_tf32<true, false>(s, TcGemmArgs{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P,
-                                                 y_stride, dcols.as<float>(), P, K * P, 0.0f,
-                                                 nullptr});
-        } else {
-          GemmArgs g{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride,
-                     dcols.as<float>(), P, K * P, 1.0f, 0.0f, nullptr};
-          sgemm(s, g, true, false);
-        }
+        // dcols[n] [K, P] = W^T [K, Cout] @ dy[n] [Cout, P]
+        gemm_foldn<true>(s, TcGemmArgs{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride,
+                                       dcols.as<float>(), P, K * P, 0.0f, nullptr});
         const int64_t total = nb * x_stride;
         k_col2im<<<grid_for(total, 256), 256, 0, s>>>(d, dcols.as<float>(), nb, dx + n0 * x_stride);
         CUDA_CHECK_LAUNCH();

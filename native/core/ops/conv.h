@@ -83,6 +83,10 @@ void set_conv_scratch_floats(int64_t n);
 // against each other: 0 (the default) .. conv_tf32_variants() - 1.
 int conv_tf32_variants();
 void set_conv_tf32_variant(int v);
+// The float32 GEMM of products with >= 64 rows: 0 (the default) the per-sample tiled SGEMM, 1
+// the folded one (k_sgemm_foldn: the batch folded into the columns; the same bits), for timing.
+int conv_f32_kernel();
+void set_conv_f32_kernel(int k);
 }  // namespace cuda
 #endif
 
