@@ -13,6 +13,12 @@
 //   db       one block per channel: double sums over (n, p) in a fixed pattern + block_sum
 // A 1x1, stride-1, unpadded convolution uses x (or dx) itself as the columns. No float atomics
 // anywhere: the same inputs give the same bits on every run on one device.
+//
+// In TF32 (conv_allow_tf32) the forward and dX products are one GEMM over the chunk's samples
+// (the batch folded into the columns) and dW is one GEMM whose depth runs over the chunk's
+// samples and pixels (summed in the tensor cores' float accumulators, chunks added in order): no
+// per-sample partials. set_conv_f32_kernel(1) runs the float32 forward and dX products folded
+// the same way (k_sgemm_foldn), with the per-sample kernel's bits.
 #include <mma.h>
 #include <algorithm>
 #include <atomic>
