@@ -357,6 +357,10 @@ int parity_conv() {
       {"strided, 72 rows", 3, 70, 72, 11, 13, 3, 3, 2, 2, 1, 1, true},
       {"pointwise, 80 rows", 5, 96, 80, 7, 5, 1, 1, 1, 1, 0, 0, false},
       {"two row tiles", 2, 40, 200, 9, 6, 3, 3, 1, 1, 1, 1, true},
+      // depth 2 (one k-step, mostly zero padding); 437 pixels per sample (column tiles that
+      // straddle samples, dW over 14 k-steps per sample)
+      {"depth 2", 3, 2, 70, 5, 7, 1, 1, 1, 1, 0, 0, true},
+      {"wide maps", 2, 8, 64, 23, 19, 3, 3, 1, 1, 1, 1, false},
   };
   set_conv_allow_tf32(true);
   t.tf32 = true;
