@@ -106,11 +106,14 @@ __global__ void k_plane_reduce(int64_t planes, int64_t hw, const float* x, const
 }
 
 // ---- Ph x Pw grid: element-wise passes -------------------------------------------------------
-// Dynamic shared memory when `tab` (see cells_ew_smem): rowcell[H], colcell[W], rowcnt[Ph],
-// colcnt[Pw] (ints), then the plane's shift sv[T] and pooled gradient pooled[T] (floats).
-// Without `tab` (tables too large for shared memory) the same values are computed directly.
+// Dynamic shared memory when `tab`: rowcell[H], colcell[W], rowcnt[Ph], colcnt[Pw] (ints), then
+// for each of the block's ppb planes its shifts s_sh[T] and pooled gradients p_sh[T] (floats).
+// A block takes ppb consecutive planes at a time: their T values are staged together (planes of
+// consecutive channels have adjacent values in [N, T, C], so the staging loads share sectors),
+// then its threads walk the ppb * H rows, L lanes across a row and RP rows at once. Without
+// `tab` (tables too large for shared memory; ppb is 1) the same values are computed directly.
 template <Ew K, bool VEC>
-__global__ void k_cells_ew(RegionGrid g, bool tab, const float* x, const float* dy,
+__global__ void k_cells_ew(RegionGrid g, bool tab, int ppb, const float* x, const float* dy,
                            const float* s, const float* dt, float* out) {
   extern __shared__ int smem[];
   const int H = int(g.H), W = int(g.W), Ph = g.Ph, Pw = g.Pw, T = Ph * Pw;
@@ -120,7 +123,7 @@ __global__ void k_cells_ew(RegionGrid g, bool tab, const float* x, const float* 
   int* rowcnt = colcell + W;
   int* colcnt = rowcnt + Ph;
   float* s_sh = reinterpret_cast<float*>(colcnt + Pw);
-  float* p_sh = s_sh + T;
+  float* p_sh = s_sh + ppb * T;
   if (tab) {
     for (int i = threadIdx.x; i < H; i += blockDim.x) rowcell[i] = math::cell_of(i, H, Ph);
     for (int i = threadIdx.x; i < W; i += blockDim.x) colcell[i] = math::cell_of(i, W, Pw);
@@ -135,32 +138,35 @@ __global__ void k_cells_ew(RegionGrid g, bool tab, const float* x, const float* 
   const int L = Wv < int(blockDim.x) ? Wv : int(blockDim.x);
   const int RP = int(blockDim.x) / L;
   const int co = int(threadIdx.x) % L, ro = int(threadIdx.x) / L;
+  // token ti of plane p: (n * T + ti) * C + c
+  auto token = [&](int64_t p, int ti) -> int64_t { return ((p / C) * T + ti) * C + p % C; };
 
-  for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
-    const int64_t n = p / C, c = p % C;
-    const int64_t tokbase = n * T * C + c;  // token ti of this plane: tokbase + ti * C
-    const int64_t base = p * hw;
+  for (int64_t p0 = int64_t(blockIdx.x) * ppb; p0 < planes; p0 += int64_t(gridDim.x) * ppb) {
+    const int np = planes - p0 < ppb ? int(planes - p0) : ppb;  // planes in this group
     if (tab) {
-      __syncthreads();  // the previous plane's readers are done with s_sh / p_sh
-      for (int ti = threadIdx.x; ti < T; ti += blockDim.x) {
-        if (K != Ew::PoolBwd) s_sh[ti] = s[tokbase + int64_t(ti) * C];
+      __syncthreads();  // the previous group's readers are done with s_sh / p_sh
+      for (int i = threadIdx.x; i < np * T; i += blockDim.x) {
+        const int lp = i % np, ti = i / np;  // consecutive threads: consecutive planes
+        const int64_t tok = token(p0 + lp, ti);
+        if (K != Ew::PoolBwd) s_sh[lp * T + ti] = s[tok];
         if (K != Ew::GateFwd)
-          p_sh[ti] = dt ? dt[tokbase + int64_t(ti) * C] /
-                              float(int64_t(rowcnt[ti / Pw]) * colcnt[ti % Pw])
-                        : 0.0f;
+          p_sh[lp * T + ti] =
+              dt ? dt[tok] / float(int64_t(rowcnt[ti / Pw]) * colcnt[ti % Pw]) : 0.0f;
       }
       __syncthreads();
     }
-    // The shift and pooled gradient of cell (r, q).
-    auto shift = [&](int r, int q) -> float {
+    // The shift and pooled gradient of cell (r, q) of the group's plane lp (without tables the
+    // group is the one plane p0, whose token ti is at tokbase + ti * C).
+    const int64_t tokbase = token(p0, 0);
+    auto shift = [&](int lp, int r, int q) -> float {
       if (K == Ew::PoolBwd) return 0.0f;
       const int ti = r * Pw + q;
-      return tab ? s_sh[ti] : s[tokbase + int64_t(ti) * C];
+      return tab ? s_sh[lp * T + ti] : s[tokbase + int64_t(ti) * C];
     };
-    auto pooled = [&](int r, int q) -> float {
+    auto pooled = [&](int lp, int r, int q) -> float {
       if (K == Ew::GateFwd) return 0.0f;
       const int ti = r * Pw + q;
-      if (tab) return p_sh[ti];
+      if (tab) return p_sh[lp * T + ti];
       if (!dt) return 0.0f;
       const int64_t count =
           int64_t(math::cell_begin(r + 1, H, Ph) - math::cell_begin(r, H, Ph)) *
@@ -170,9 +176,10 @@ __global__ void k_cells_ew(RegionGrid g, bool tab, const float* x, const float* 
     auto colq = [&](int w) -> int { return tab ? colcell[w] : math::cell_of(w, W, Pw); };
 
     if (ro < RP) {
-      for (int h = ro; h < H; h += RP) {
+      for (int R = ro; R < np * H; R += RP) {  // row h of the group's plane lp
+        const int lp = R / H, h = R % H;
         const int r = tab ? rowcell[h] : math::cell_of(h, H, Ph);
-        const int64_t o = base + int64_t(h) * W;  // first element of row h
+        const int64_t o = (p0 + lp) * hw + int64_t(h) * W;  // first element of the row
         for (int col = co; col < Wv; col += L) {
           if (VEC) {
             const int w = col * 4;
@@ -181,15 +188,15 @@ __global__ void k_cells_ew(RegionGrid g, bool tab, const float* x, const float* 
             const float4 dv = K == Ew::Apply ? ld4(dy, i4) : make_float4(0.f, 0.f, 0.f, 0.f);
             const int q0 = colq(w), q1 = colq(w + 1), q2 = colq(w + 2), q3 = colq(w + 3);
             st4(out, i4,
-                make_float4(ew_value<K>(xv.x, dv.x, shift(r, q0), pooled(r, q0)),
-                            ew_value<K>(xv.y, dv.y, shift(r, q1), pooled(r, q1)),
-                            ew_value<K>(xv.z, dv.z, shift(r, q2), pooled(r, q2)),
-                            ew_value<K>(xv.w, dv.w, shift(r, q3), pooled(r, q3))));
+                make_float4(ew_value<K>(xv.x, dv.x, shift(lp, r, q0), pooled(lp, r, q0)),
+                            ew_value<K>(xv.y, dv.y, shift(lp, r, q1), pooled(lp, r, q1)),
+                            ew_value<K>(xv.z, dv.z, shift(lp, r, q2), pooled(lp, r, q2)),
+                            ew_value<K>(xv.w, dv.w, shift(lp, r, q3), pooled(lp, r, q3))));
           } else {
             const int q = colq(col);
             const float xv = K == Ew::PoolBwd ? 0.0f : x[o + col];
             const float dv = K == Ew::Apply ? dy[o + col] : 0.0f;
-            out[o + col] = ew_value<K>(xv, dv, shift(r, q), pooled(r, q));
+            out[o + col] = ew_value<K>(xv, dv, shift(lp, r, q), pooled(lp, r, q));
           }
         }
       }
@@ -346,16 +353,22 @@ void launch_ew(cudaStream_t st, const RegionGrid& g, const float* x, const float
     return;
   }
   const bool vec = aligned && g.W % 4 == 0;
-  const int block = block_for_items(g.H * (vec ? g.W / 4 : g.W));
-  const int grid = grid_for_items(planes, block);
-  const size_t smem =
-      sizeof(int) * size_t(g.H + g.W + g.Ph + g.Pw) + sizeof(float) * 2 * size_t(g.tokens());
-  const bool tab = smem <= 48 * 1024;
-  const size_t dyn = tab ? smem : 0;
+  const int64_t items = g.H * (vec ? g.W / 4 : g.W);  // per plane
+  const int block = block_for_items(items);
+  // Planes per block: about four items per thread, as many as the shared memory holds (at most
+  // 32); one when even one plane's tables do not fit (then no tables at all).
+  const size_t fixed = sizeof(int) * size_t(g.H + g.W + g.Ph + g.Pw);
+  const size_t per_plane = sizeof(float) * 2 * size_t(g.tokens());
+  int64_t ppb = (4 * int64_t(block)) / items;
+  ppb = ppb < 1 ? 1 : ppb > 32 ? 32 : ppb;
+  while (ppb > 1 && fixed + per_plane * size_t(ppb) > 48 * 1024) --ppb;
+  const bool tab = fixed + per_plane * size_t(ppb) <= 48 * 1024;
+  const size_t dyn = tab ? fixed + per_plane * size_t(ppb) : 0;
+  const int grid = grid_for_items((planes + ppb - 1) / ppb, block);
   if (vec)
-    k_cells_ew<K, true><<<grid, block, dyn, st>>>(g, tab, x, dy, s, dt, out);
+    k_cells_ew<K, true><<<grid, block, dyn, st>>>(g, tab, int(ppb), x, dy, s, dt, out);
   else
-    k_cells_ew<K, false><<<grid, block, dyn, st>>>(g, tab, x, dy, s, dt, out);
+    k_cells_ew<K, false><<<grid, block, dyn, st>>>(g, tab, int(ppb), x, dy, s, dt, out);
   CUDA_CHECK_LAUNCH();
 }
 
