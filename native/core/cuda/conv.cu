@@ -16,8 +16,10 @@
 //
 // In TF32 (conv_allow_tf32) the forward and dX products are one GEMM over the chunk's samples
 // (the batch folded into the columns) and dW is one GEMM whose depth runs over the chunk's
-// samples and pixels (summed in the tensor cores' float accumulators, chunks added in order): no
-// per-sample partials. set_conv_f32_kernel(1) runs the float32 forward and dX products folded
+// samples and pixels (summed in the tensor cores' float accumulators, chunks added in order),
+// split over the depth into enough blocks to fill the GPU when its output has few tiles (the
+// splits' sums added in order, in double): the bits depend on the device's SM count and the
+// kernel variant, and are the same on every run with both fixed. set_conv_f32_kernel(1) runs the float32 forward and dX products folded
 // the same way (k_sgemm_foldn), with the per-sample kernel's bits.
 #include <mma.h>
 #include <algorithm>
@@ -161,6 +163,17 @@ void sgemm(cudaStream_t s, const GemmArgs& g, bool ta, bool tb) {
   else launch_sgemm_tile<64, 64, 4, 4>(s, g, ta, tb);
 }
 
+// ---- partial sums --------------------------------------------------------------------------
+// dw[e] (+)= sum over n < nb of part[n][e], in n order, in double.
+__global__ void k_sum_partials(const float* part, int64_t nb, int64_t CK, bool accumulate,
+                               float* dw) {
+  for (int64_t e = global_thread(); e < CK; e += global_stride()) {
+    double s = 0.0;
+    for (int64_t n = 0; n < nb; ++n) s += double(part[n * CK + e]);
+    dw[e] = accumulate ? dw[e] + float(s) : float(s);
+  }
+}
+
 // ---- TF32 tensor-core GEMM (conv_allow_tf32) ------------------------------------------------------
 // The convolution's three products with the batch folded into one GEMM, so that a small map (7x7
 // outputs at 512 channels) still gives the tensor cores full tiles:
@@ -189,6 +202,9 @@ struct TcGemmArgs {
   int64_t ldc, stride_c;  // stride_c: per sample (FoldN)
   float beta;             // FoldK: 0 or 1 (a later chunk of samples adds to dw)
   const float* bias;      // per row of C, or null
+  // FoldK split over the depth: blockIdx.z takes k-steps [z * per, (z + 1) * per) of the
+  // product and writes its sums to C + z * split_stride (launch_tf32 adds them up).
+  int64_t split_stride = 0;
 };
 
 constexpr int kTcBM = 128, kTcBN = 128;
@@ -317,7 +333,12 @@ __global__ void __launch_bounds__(kThreads, MINB) k_sgemm_tf32(TcGemmArgs g) {
       const int64_t i0 = tm * kTcBM, j0 = tn * kTcBN;
       Loader ld;
       ld.begin(g, tid, i0, j0);
-      const int64_t ktiles = ld.ktiles;
+      // This block's k-steps: all of them, or its split's share (which may be empty: its sums
+      // are then zeros).
+      const int64_t per = (ld.ktiles + gridDim.z - 1) / gridDim.z;
+      const int64_t kt_begin = int64_t(blockIdx.z) * per;
+      const int64_t kt_end = kt_begin + per < ld.ktiles ? kt_begin + per : ld.ktiles;
+      float* const C = g.C + int64_t(blockIdx.z) * g.split_stride;
       auto load = [&](int64_t kt) { ld.load(g, kt); };
       // Stores the loaded elements, rounded to TF32, in the operands' storage order.
       auto store = [&]() {
@@ -332,11 +353,13 @@ __global__ void __launch_bounds__(kThreads, MINB) k_sgemm_tf32(TcGemmArgs g) {
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-      load(0);
-      store();
+      if (kt_begin < kt_end) {
+        load(kt_begin);
+        store();
+      }
       __syncthreads();
-      for (int64_t kt = 0; kt < ktiles; ++kt) {
-        const bool more = kt + 1 < ktiles;
+      for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
+        const bool more = kt + 1 < kt_end;
         if (more) load(kt + 1);  // in flight while the tensor cores work on this step
 #pragma unroll
         for (int k8 = 0; k8 < kTcBK; k8 += 8) {
@@ -370,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, MINB) k_sgemm_tf32(TcGemmArgs g) {
       for (int j = 0; j < 2; ++j) {
         const int64_t col = j0 + wn * 32 + 16 * j + (lane & 15);
         float* cbase = nullptr;
-        if (col < cols) cbase = FOLDK ? g.C + col : g.C + (col / g.N) * g.stride_c + col % g.N;
+        if (col < cols) cbase = FOLDK ? C + col : C + (col / g.N) * g.stride_c + col % g.N;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
@@ -510,18 +533,46 @@ bool tf32_usable(int64_t M) {
 constexpr int kTf32Variants = 3;
 std::atomic<int> g_tf32_variant{0};
 
+// Splits of a FoldK product over its depth: a weight gradient has few output tiles (64 x 147
+// for a 7x7 stem: two) and a depth of every sample's pixels (18 x 12544 per chunk), which one
+// block per tile would walk alone. Enough splits for about two blocks per SM, each of at least
+// 4 k-steps of 32, their sums within the scratch budget.
+int64_t foldk_splits(const TcGemmArgs& g, int64_t tiles) {
+  const int64_t ksteps = g.nb * ((g.K + 31) / 32);
+  int64_t want = (2 * int64_t(cuda_current_sm_count()) + tiles - 1) / tiles;
+  want = std::min<int64_t>(want, ksteps / 4);
+  want = std::min<int64_t>(want, g_scratch_floats.load() / std::max<int64_t>(1, g.M * g.N));
+  return std::max<int64_t>(1, std::min<int64_t>(want, kMaxGridYZ));
+}
+
 template <bool TA, bool FOLDK>
 void launch_tf32(cudaStream_t s, const TcGemmArgs& g) {
   const int64_t cols = FOLDK ? g.N : g.nb * g.N;
   const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
+  const int64_t splits = FOLDK ? foldk_splits(g, tiles_m * tiles_n) : 1;
   const dim3 grid(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
-                  unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), 1);
+                  unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), unsigned(splits));
+  // Split: each split's sums to scratch, then added in split order (in double) into C, which
+  // FoldK's callers lay out densely (ldc == N).
+  TcGemmArgs k = g;
+  Scratch part(splits > 1 ? size_t(splits * g.M * g.N) * sizeof(float) : sizeof(float));
+  if (splits > 1) {
+    AS_CHECK(g.ldc == g.N && !g.bias, Arg, "internal: a split TF32 product needs a dense C and no bias");
+    k.C = part.as<float>();
+    k.beta = 0.0f;
+    k.split_stride = g.M * g.N;
+  }
   switch (g_tf32_variant.load()) {
-    case 1: k_sgemm_tf32<TA, FOLDK, 16, 1><<<grid, kThreads, 0, s>>>(g); break;
-    case 2: k_sgemm_tf32<TA, FOLDK, 16, 2><<<grid, kThreads, 0, s>>>(g); break;
-    default: k_sgemm_tf32<TA, FOLDK, 32, 1><<<grid, kThreads, 0, s>>>(g); break;
+    case 1: k_sgemm_tf32<TA, FOLDK, 16, 1><<<grid, kThreads, 0, s>>>(k); break;
+    case 2: k_sgemm_tf32<TA, FOLDK, 16, 2><<<grid, kThreads, 0, s>>>(k); break;
+    default: k_sgemm_tf32<TA, FOLDK, 32, 1><<<grid, kThreads, 0, s>>>(k); break;
   }
   CUDA_CHECK_LAUNCH();
+  if (splits > 1) {
+    k_sum_partials<<<grid_for(g.M * g.N, 256), 256, 0, s>>>(part.as<float>(), splits, g.M * g.N,
+                                                            g.beta != 0.0f, g.C);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 // C_n = op(A) B_n for the samples n < nb (FoldN: the forward and dX products): on the tensor cores
@@ -583,16 +634,6 @@ __global__ void k_col2im(Conv2dDims d, const float* dcols, int64_t nb, float* dx
 }
 
 // ---- reductions -----------------------------------------------------------------------------
-// dw[e] (+)= sum over n < nb of part[n][e], in n order, in double.
-__global__ void k_sum_partials(const float* part, int64_t nb, int64_t CK, bool accumulate,
-                               float* dw) {
-  for (int64_t e = global_thread(); e < CK; e += global_stride()) {
-    double s = 0.0;
-    for (int64_t n = 0; n < nb; ++n) s += double(part[n * CK + e]);
-    dw[e] = accumulate ? dw[e] + float(s) : float(s);
-  }
-}
-
 // db[c] = sum over n, p of dy[n][c][p]: one block per channel, threads stride over (n, p) in a
 // fixed pattern, double partials, block_sum in warp order.
 __global__ void k_bias_grad(const float* dy, int64_t N, int64_t C, int64_t P, float* db) {
