@@ -590,6 +590,96 @@ void gemm_foldn(cudaStream_t s, const TcGemmArgs& t) {
   }
 }
 
+// ---- im2col / col2im by rows -----------------------------------------------------------------
+// The flat kernels below decode every element's place with 64-bit divisions (five for im2col,
+// and two per tap for col2im's stride tests): hundreds of instructions per float moved. These
+// walk rows instead, with 32-bit indices (the launchers check that they fit): a row (a tap of
+// one sample's columns; one image row of dx) is decoded once per thread, and a thread keeps the
+// same place within rows from row to row, stepping through a long row by a fixed increment.
+// A block of 256 threads takes R = 256 / L rows at once, L = min(row length, 256) threads each.
+struct RowWalk {
+  int L, R, q, first;  // lanes per row, rows at once, this thread's row offset and first place
+  __device__ __forceinline__ RowWalk(int len) {
+    L = len < int(blockDim.x) ? len : int(blockDim.x);
+    R = int(blockDim.x) / L;
+    q = int(threadIdx.x) / L;
+    first = int(threadIdx.x) % L;
+  }
+};
+
+// cols[n][r][p] = x[n][c][oh*sh - ph + i][ow*sw - pw + j] (0 outside), r = (c, i, j), p = (oh, ow).
+__global__ void k_im2col_rows(Conv2dDims d, const float* x, int rows, float* cols) {
+  const int P = int(d.Ho * d.Wo), Wo = int(d.Wo), khw = int(d.kh * d.kw), K = int(d.Cin) * khw;
+  const int kw = int(d.kw), H = int(d.H), W = int(d.W), sh = int(d.stride_h), sw = int(d.stride_w);
+  const int ph = int(d.pad_h), pw = int(d.pad_w);
+  const RowWalk rw(P);
+  if (rw.q >= rw.R) return;  // no barriers below
+  const int oh0 = rw.first / Wo, ow0 = rw.first % Wo, dh = rw.L / Wo, dw = rw.L % Wo;
+  for (int row = int(blockIdx.x) * rw.R + rw.q; row < rows; row += int(gridDim.x) * rw.R) {
+    const int n = row / K, r = row - n * K, c = r / khw, ij = r - c * khw, i = ij / kw;
+    const int j = ij - i * kw;
+    const float* xp = x + (int64_t(n) * d.Cin + c) * int64_t(H) * W;
+    float* out = cols + int64_t(row) * P;
+    int oh = oh0, ow = ow0;
+    for (int p = rw.first; p < P; p += rw.L) {
+      const int ih = oh * sh - ph + i, iw = ow * sw - pw + j;
+      out[p] = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xp[ih * W + iw] : 0.0f;
+      ow += dw;
+      oh += dh;
+      if (ow >= Wo) {
+        ow -= Wo;
+        ++oh;
+      }
+    }
+  }
+}
+
+// dx[n][c][ih][iw] = sum over the taps (i, j) that reach (ih, iw) from an output pixel of
+// dcols[n][(c, i, j)][(oh, ow)], i then j increasing (k_col2im's order: the same bits). A tap i
+// reaches row ih when ih + ph - i is a multiple of sh: i = (ih + ph) % sh, then every sh-th.
+template <bool STRIDE1>
+__global__ void k_col2im_rows(Conv2dDims d, const float* dcols, int rows, float* dx) {
+  const int H = int(d.H), W = int(d.W), C = int(d.Cin), kh = int(d.kh), kw = int(d.kw);
+  const int Ho = int(d.Ho), Wo = int(d.Wo), sh = int(d.stride_h), sw = int(d.stride_w);
+  const int ph = int(d.pad_h), pw = int(d.pad_w);
+  const int64_t P = int64_t(Ho) * Wo, K = int64_t(C) * kh * kw;
+  const RowWalk rw(W);
+  if (rw.q >= rw.R) return;
+  for (int row = int(blockIdx.x) * rw.R + rw.q; row < rows; row += int(gridDim.x) * rw.R) {
+    const int nc = row / H, ih = row - nc * H, n = nc / C, c = nc - n * C;
+    const float* col = dcols + int64_t(n) * K * P + int64_t(c) * kh * kw * P;
+    float* out = dx + int64_t(row) * W;
+    const int th0 = ih + ph;  // = oh * sh + i
+    const int i_first = STRIDE1 ? 0 : th0 % sh;
+    for (int iw = rw.first; iw < W; iw += rw.L) {
+      const int tw0 = iw + pw;  // = ow * sw + j
+      const int j_first = STRIDE1 ? 0 : tw0 % sw;
+      float acc = 0.0f;
+      for (int i = i_first; i < kh; i += STRIDE1 ? 1 : sh) {
+        const int th = th0 - i;
+        if (th < 0) break;  // i only grows
+        const int oh = STRIDE1 ? th : th / sh;
+        if (oh >= Ho) continue;
+        for (int j = j_first; j < kw; j += STRIDE1 ? 1 : sw) {
+          const int tw = tw0 - j;
+          if (tw < 0) break;
+          const int ow = STRIDE1 ? tw : tw / sw;
+          if (ow >= Wo) continue;
+          acc += col[(int64_t(i) * kw + j) * P + int64_t(oh) * Wo + ow];
+        }
+      }
+      out[iw] = acc;
+    }
+  }
+}
+
+// Whether the row kernels' 32-bit indices hold: rows, row lengths, and every in-row offset.
+bool rows_fit(const Conv2dDims& d, int64_t nb) {
+  const int64_t lim = int64_t(1) << 30;
+  return nb * d.K() < lim && nb * d.Cin * d.H < lim && d.P() < lim && d.H * d.W < lim &&
+         d.Ho * d.stride_h + d.kh < lim && d.Wo * d.stride_w + d.kw < lim && d.K() * d.P() < lim * 2;
+}
+
 // ---- im2col / col2im ----------------------------------------------------------------------------
 // cols[n][r][p] for nb samples: r = (c, i, j) a kernel tap, p = (oh, ow) an output pixel.
 __global__ void k_im2col(Conv2dDims d, const float* x, int64_t nb, float* cols) {
@@ -659,7 +749,30 @@ int64_t samples_per_chunk(const Conv2dDims& d) {
 
 void im2col(cudaStream_t s, const Conv2dDims& d, const float* x, int64_t nb, float* cols) {
   const int64_t total = nb * d.K() * d.P();
-  k_im2col<<<grid_for(total, 256), 256, 0, s>>>(d, x, nb, cols);
+  if (rows_fit(d, nb)) {
+    const int64_t rows = nb * d.K();
+    const int64_t per_block = 256 / std::min<int64_t>(d.P(), 256);  // rows at once
+    k_im2col_rows<<<grid_for_items((rows + per_block - 1) / per_block, 256), 256, 0, s>>>(
+        d, x, int(rows), cols);
+  } else {
+    k_im2col<<<grid_for(total, 256), 256, 0, s>>>(d, x, nb, cols);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void col2im(cudaStream_t s, const Conv2dDims& d, const float* dcols, int64_t nb, float* dx) {
+  if (rows_fit(d, nb)) {
+    const int64_t rows = nb * d.Cin * d.H;
+    const int64_t per_block = 256 / std::min<int64_t>(d.W, 256);
+    const int grid = grid_for_items((rows + per_block - 1) / per_block, 256);
+    if (d.stride_h == 1 && d.stride_w == 1)
+      k_col2im_rows<true><<<grid, 256, 0, s>>>(d, dcols, int(rows), dx);
+    else
+      k_col2im_rows<false><<<grid, 256, 0, s>>>(d, dcols, int(rows), dx);
+  } else {
+    const int64_t total = nb * d.Cin * d.H * d.W;
+    k_col2im<<<grid_for(total, 256), 256, 0, s>>>(d, dcols, nb, dx);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -763,9 +876,7 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
         // dcols[n] [K, P] = W^T [K, Cout] @ dy[n] [Cout, P]
         gemm_foldn<true>(s, TcGemmArgs{K, P, d.Cout, nb, w, K, 0, dy + n0 * y_stride, P, y_stride,
                                        dcols.as<float>(), P, K * P, 0.0f, nullptr});
-        const int64_t total = nb * x_stride;
-        k_col2im<<<grid_for(total, 256), 256, 0, s>>>(d, dcols.as<float>(), nb, dx + n0 * x_stride);
-        CUDA_CHECK_LAUNCH();
+        col2im(s, d, dcols.as<float>(), nb, dx + n0 * x_stride);
       }
     }
     // The folded gradient: one element-wise add over dx (in place).
