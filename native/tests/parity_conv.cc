@@ -43,29 +43,6 @@ using namespace adashift;
 namespace {
 namespace conv_parity {
 
-// The TF32 kernel variants (none without the CUDA backend).
-int tf32_variants() {
-#ifdef ADASHIFT_WITH_CUDA
-  return cuda::conv_tf32_variants();
-#else
-  return 0;
-#endif
-}
-void set_tf32_variant(int v) {
-#ifdef ADASHIFT_WITH_CUDA
-  cuda::set_conv_tf32_variant(v);
-#else
-  (void)v;
-#endif
-}
-void set_f32_kernel(int k) {
-#ifdef ADASHIFT_WITH_CUDA
-  cuda::set_conv_f32_kernel(k);
-#else
-  (void)k;
-#endif
-}
-
 const Device kCPU{DeviceType::CPU, 0};
 const Device kGPU{DeviceType::CUDA, 0};
 constexpr double kU = 5.9604644775390625e-08;  // 2^-24
@@ -244,16 +221,16 @@ struct Parity {
       Tensor gb = c.bias ? to_device(nrm({c.Cout}), kGPU) : Tensor();
       std::vector<Tensor> out[2];
       for (int k = 0; k < 2; ++k) {
-        set_f32_kernel(k);
+        cuda::set_conv_f32_kernel(k);
         Tensor y = conv2d_forward(gx, gw, gb, c.sh, c.sw, c.ph, c.pw);
         Tensor gdy = to_device(rand(y.shape(), RandKind::Normal, 0.0f, 1.0f, 4242, 0, kCPU), kGPU);
         Conv2dGrad g = conv2d_backward(gdy, gx, gw, c.sh, c.sw, c.ph, c.pw, true, true, c.bias);
         out[k] = {y, g.dx, g.dw};
       }
-      set_f32_kernel(0);
+      cuda::set_conv_f32_kernel(0);
       same_bits("conv2d folded fp32", desc, out[1], out[0]);
     } catch (const std::exception& e) {
-      set_f32_kernel(0);
+      cuda::set_conv_f32_kernel(0);
       ++checks;
       ++failures;
       std::printf("%-22s %-44s FAIL (%s)\n", "conv2d folded fp32", desc, e.what());
@@ -288,10 +265,10 @@ struct Parity {
         {"r50 3x3 512ch 7x7", 128, 512, 512, 7, 3},   {"r50 1x1 256->64 56x56", 128, 256, 64, 56, 1},
         {"r50 1x1 1024->256 14x14", 128, 1024, 256, 14, 1}};
     // float32 with the per-sample and the folded kernel, then TF32 with each kernel variant
-    for (int mode = -2; mode < tf32_variants(); ++mode) {
+    for (int mode = -2; mode < cuda::conv_tf32_variants(); ++mode) {
       set_conv_allow_tf32(mode >= 0);
-      if (mode >= 0) set_tf32_variant(mode);
-      set_f32_kernel(mode == -1 ? 1 : 0);
+      if (mode >= 0) cuda::set_conv_tf32_variant(mode);
+      cuda::set_conv_f32_kernel(mode == -1 ? 1 : 0);
       char tag[16];
       if (mode < 0) std::snprintf(tag, sizeof tag, "fp32/%d", mode + 2);
       else std::snprintf(tag, sizeof tag, "tf32/%d", mode);
@@ -314,8 +291,8 @@ struct Parity {
       }
     }
     set_conv_allow_tf32(false);
-    set_tf32_variant(0);
-    set_f32_kernel(0);
+    cuda::set_conv_tf32_variant(0);
+    cuda::set_conv_f32_kernel(0);
   }
 };
 
@@ -344,15 +321,16 @@ int parity_conv() {
       {"empty batch", 0, 3, 4, 5, 5, 3, 3, 1, 1, 1, 1, true},
   };
   for (const Case& c : cases) t.run(c);
-#ifdef ADASHIFT_WITH_CUDA
+  // The 1024-channel case is left to a GPU in the TF32 and folded passes: on the emulation its
+  // weight gradient alone would take minutes.
+  auto affordable = [](const Case& c) { return !(cuda_emulated() && c.Cin >= 1024); };
   // The folded float32 kernel: the same bits as the default on every case with a product of 64
   // or more rows (forward with 64+ output channels, dX with 64+ rows of taps).
   std::printf("parity_conv: the folded float32 kernel\n");
   for (const Case& c : cases)
-    if (!(cuda_emulated() && c.Cin >= 1024)) t.folded_same_bits(c);
+    if (affordable(c)) t.folded_same_bits(c);
   // The same on the tensor cores (the cases with a product of 64 or more rows use them), then
-  // with chunks of two samples. The 1024-channel case is left to a GPU: on the emulation its
-  // weight gradient alone would take minutes.
+  // with chunks of two samples.
   const Case tf32_cases[] = {
       {"strided, 72 rows", 3, 70, 72, 11, 13, 3, 3, 2, 2, 1, 1, true},
       {"pointwise, 80 rows", 5, 96, 80, 7, 5, 1, 1, 1, 1, 0, 0, false},
@@ -365,10 +343,10 @@ int parity_conv() {
   set_conv_allow_tf32(true);
   t.tf32 = true;
   for (const Case& c : cases)
-    if (!(cuda_emulated() && c.Cin >= 1024)) t.run(c);
+    if (affordable(c)) t.run(c);
   // Every kernel variant (k-step, register budget) on the TF32 cases; the default last.
-  for (int v = conv_parity::tf32_variants() - 1; v >= 0; --v) {
-    conv_parity::set_tf32_variant(v);
+  for (int v = cuda::conv_tf32_variants() - 1; v >= 0; --v) {
+    cuda::set_conv_tf32_variant(v);
     std::printf("parity_conv: TF32 kernel variant %d\n", v);
     for (const Case& c : tf32_cases) t.run(c);
     const int64_t budget = cuda::conv_scratch_floats();
@@ -380,7 +358,6 @@ int parity_conv() {
   }
   set_conv_allow_tf32(false);
   t.tf32 = false;
-#endif
   if (!cuda_emulated()) t.timings();  // timings mean nothing on the CPU emulation
   std::printf("parity_conv: %d checks, %d failures\n", t.checks, t.failures);
   return t.failures;

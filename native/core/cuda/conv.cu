@@ -510,13 +510,17 @@ std::atomic<int> g_f32_kernel{0};
 
 bool f32_folded(int64_t M) { return g_f32_kernel.load() == 1 && M >= kTcMinRows; }
 
+// The folded kernels' grid: column tiles (x) and row tiles (y) of 128, capped (the kernels loop
+// over the rest), and z splits of the depth.
+dim3 fold_grid(int64_t M, int64_t cols, int64_t z) {
+  const int64_t tiles_m = (M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
+  return dim3(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
+              unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), unsigned(z));
+}
+
 template <bool TA>
 void launch_foldn(cudaStream_t s, const TcGemmArgs& g) {
-  const int64_t cols = g.nb * g.N;
-  const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
-  const dim3 grid(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
-                  unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), 1);
-  k_sgemm_foldn<TA><<<grid, kThreads, 0, s>>>(g);
+  k_sgemm_foldn<TA><<<fold_grid(g.M, g.nb * g.N, 1), kThreads, 0, s>>>(g);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -548,10 +552,9 @@ int64_t foldk_splits(const TcGemmArgs& g, int64_t tiles) {
 template <bool TA, bool FOLDK>
 void launch_tf32(cudaStream_t s, const TcGemmArgs& g) {
   const int64_t cols = FOLDK ? g.N : g.nb * g.N;
-  const int64_t tiles_m = (g.M + kTcBM - 1) / kTcBM, tiles_n = (cols + kTcBN - 1) / kTcBN;
-  const int64_t splits = FOLDK ? foldk_splits(g, tiles_m * tiles_n) : 1;
-  const dim3 grid(unsigned(tiles_n < kMaxGridX ? tiles_n : kMaxGridX),
-                  unsigned(tiles_m < kMaxGridYZ ? tiles_m : kMaxGridYZ), unsigned(splits));
+  const int64_t tiles = ((g.M + kTcBM - 1) / kTcBM) * ((cols + kTcBN - 1) / kTcBN);
+  const int64_t splits = FOLDK ? foldk_splits(g, tiles) : 1;
+  const dim3 grid = fold_grid(g.M, cols, splits);
   // Split: each split's sums to scratch, then added in split order (in double) into C, which
   // FoldK's callers lay out densely (ldc == N).
   TcGemmArgs k = g;
@@ -826,28 +829,17 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
     return;
   }
   const int64_t nb_max = samples_per_chunk(d);
-  if (dw && tf32_usable(d.Cout)) {
-    // One product over the chunk's samples and pixels (FoldK): no per-sample partials. A 1x1
-    // stride-1 convolution reads x itself, so its whole batch is one product.
-    const int64_t nb_tc = d.pointwise() ? d.N : nb_max;
-    Scratch cols(d.pointwise() ? sizeof(float) : size_t(nb_tc * K * P) * sizeof(float));
-    for (int64_t n0 = 0; n0 < d.N; n0 += nb_tc) {
-      const int64_t nb = d.N - n0 < nb_tc ? d.N - n0 : nb_tc;
-      const float* c = x + n0 * x_stride;
-      if (!d.pointwise()) {
-        im2col(s, d, x + n0 * x_stride, nb, cols.as<float>());
-        c = cols.as<float>();
-      }
-      launch_tf32<false, true>(s, TcGemmArgs{d.Cout, K, P, nb, dy + n0 * y_stride, P, y_stride, c,
-                                             P, d.pointwise() ? x_stride : K * P, dw, K, 0,
-                                             n0 > 0 ? 1.0f : 0.0f, nullptr});
-    }
-  } else if (dw) {
-    // The per-sample partials (nb x Cout x K floats) have the same budget as the columns: with
-    // many channels on a small map they are the larger of the two (1x1 maps, 4096 channels, 4096
-    // samples would otherwise ask for 256 GiB).
-    const int64_t nb_dw = std::max<int64_t>(1, std::min<int64_t>(nb_max, CK > 0 ? g_scratch_floats.load() / CK : nb_max));
-    Scratch part(size_t(nb_dw * CK) * sizeof(float));
+  if (dw) {
+    // TF32: one product over a chunk's samples and pixels (FoldK), no partials; a 1x1 stride-1
+    // convolution reads x itself, so its whole batch is one product. Float32: per-sample
+    // partials, whose budget (nb x Cout x K floats) is the columns': with many channels on a
+    // small map they are the larger of the two (1x1 maps, 4096 channels, 4096 samples would
+    // otherwise ask for 256 GiB).
+    const bool tf32 = tf32_usable(d.Cout);
+    const int64_t nb_dw =
+        tf32 ? (d.pointwise() ? d.N : nb_max)
+             : std::max<int64_t>(1, std::min<int64_t>(nb_max, CK > 0 ? g_scratch_floats.load() / CK : nb_max));
+    Scratch part(tf32 ? sizeof(float) : size_t(nb_dw * CK) * sizeof(float));
     Scratch cols(d.pointwise() ? sizeof(float) : size_t(nb_dw * K * P) * sizeof(float));
     for (int64_t n0 = 0; n0 < d.N; n0 += nb_dw) {
       const int64_t nb = d.N - n0 < nb_dw ? d.N - n0 : nb_dw;
@@ -856,9 +848,16 @@ void conv2d_backward(cudaStream_t s, const Conv2dDims& d, const float* dy, const
         im2col(s, d, x + n0 * x_stride, nb, cols.as<float>());
         c = cols.as<float>();
       }
+      const int64_t c_stride = d.pointwise() ? x_stride : K * P;
+      if (tf32) {
+        launch_tf32<false, true>(s, TcGemmArgs{d.Cout, K, P, nb, dy + n0 * y_stride, P, y_stride,
+                                               c, P, c_stride, dw, K, 0, n0 > 0 ? 1.0f : 0.0f,
+                                               nullptr});
+        continue;
+      }
       // part[n] [Cout, K] = dy[n] [Cout, P] @ cols[n]^T (cols stored [K, P])
-      GemmArgs g{d.Cout, K, P, nb, dy + n0 * y_stride, P, y_stride, c, P,
-                 d.pointwise() ? x_stride : K * P, part.as<float>(), K, CK, 1.0f, 0.0f, nullptr};
+      GemmArgs g{d.Cout, K, P, nb, dy + n0 * y_stride, P, y_stride, c, P, c_stride,
+                 part.as<float>(), K, CK, 1.0f, 0.0f, nullptr};
       sgemm(s, g, false, true);
       k_sum_partials<<<grid_for(CK, 256), 256, 0, s>>>(part.as<float>(), nb, CK, n0 > 0, dw);
       CUDA_CHECK_LAUNCH();

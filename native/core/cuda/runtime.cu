@@ -40,6 +40,12 @@ DeviceState& state(int index) {
   });
   return s;
 }
+DeviceState& current_state() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  return state(dev);
+}
+
 }  // namespace
 
 cudaStream_t cuda_stream(Device d) {
@@ -50,17 +56,8 @@ cudaStream_t cuda_stream(Device d) {
 
 int cuda_sm_count(Device d) { return state(d.index).sms; }
 
-int cuda_current_sm_count() {
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  return state(dev).sms;
-}
-
-int cuda_current_cc_major() {
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  return state(dev).cc_major;
-}
+int cuda_current_sm_count() { return current_state().sms; }
+int cuda_current_cc_major() { return current_state().cc_major; }
 
 int cuda_grid_for(Device d, int64_t n, int block) {
   int64_t want = (n + block - 1) / block;

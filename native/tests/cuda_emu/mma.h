@@ -74,8 +74,7 @@ inline unsigned lane() {
 }
 // Every lane of a full warp must reach the same call: the shuffle machinery checks it (and
 // stops a warp of fewer than 32 lanes).
-inline void warp_collective(const char* what, const char* file, int line) {
-  (void)what;
+inline void warp_collective(const char* file, int line) {
   ::emu::shfl_xor(0xffffffffu, 0, 0, file, line);
 }
 inline void check_ptr(const void* p, unsigned ldm, const char* what, const char* file, int line) {
@@ -108,7 +107,7 @@ template <typename Use, typename Layout>
 inline void load_matrix_sync(fragment<Use, 16, 16, 8, precision::tf32, Layout>& f, const float* p,
                              unsigned ldm, const char* file = __builtin_FILE(),
                              int line = __builtin_LINE()) {
-  emu_detail::warp_collective("load_matrix_sync", file, line);
+  emu_detail::warp_collective(file, line);
   emu_detail::check_ptr(p, ldm, "load_matrix_sync", file, line);
   constexpr bool row = std::is_same<Layout, row_major>::value;
   constexpr unsigned rows = std::is_same<Use, matrix_a>::value ? 16 : 8, cols = 128 / rows;
@@ -123,7 +122,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
                      const fragment<matrix_b, 16, 16, 8, precision::tf32, LB>& b,
                      const fragment<accumulator, 16, 16, 8, float>& c,
                      const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
-  emu_detail::warp_collective("mma_sync", file, line);
+  emu_detail::warp_collective(file, line);
   for (int i = 0; i < 128; ++i) {
     emu_detail::check_tf32(a.x[i], "matrix_a", file, line);
     emu_detail::check_tf32(b.x[i], "matrix_b", file, line);
@@ -142,7 +141,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f,
                               unsigned ldm, layout_t layout, const char* file = __builtin_FILE(),
                               int line = __builtin_LINE()) {
-  emu_detail::warp_collective("store_matrix_sync", file, line);
+  emu_detail::warp_collective(file, line);
   emu_detail::check_ptr(p, ldm, "store_matrix_sync", file, line);
   const unsigned l = emu_detail::lane();
   for (int t = 0; t < 8; ++t) {
