@@ -13,6 +13,8 @@ import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, Tra
 import { compare } from './train/compare';
 import { DEFAULT_DATA_DIRS } from './data';
 import * as path from 'path';
+import * as os from 'os';
+import { cpuDetails, cpuLabel } from './provenance';
 
 function parseIntArg(name: string, lo: number, hi: number) {
   return (v: string): number => {
@@ -63,7 +65,7 @@ export function doctorText(): string {
   const info = backendInfo();
   const lines: string[] = [];
   lines.push(`adashift ${require('../package.json').version} on Node ${process.version} (${process.platform}-${process.arch})`);
-  lines.push(`CPU backend: available, ${info.cpuThreads} thread(s)`);
+  lines.push(`CPU backend: available, ${info.cpuThreads} thread(s) on ${cpuLabel(os.cpus()[0]?.model ?? 'an unknown CPU', cpuDetails())}`);
   lines.push(`CUDA compiled in: ${info.cudaCompiled ? `yes (architectures: ${info.compiledArchs})` : 'no'}`);
   if (info.cudaCompiled) {
     lines.push(`CUDA runtime: ${cudaVersion(info.runtimeVersion)}; driver: ${info.driverVersion ? cudaVersion(info.driverVersion) : 'not found'}`);
@@ -292,7 +294,7 @@ export function main(argv = process.argv): void {
         onResult: (row) => console.log(actRow(row)),
       });
       console.log(`copy bandwidth: ${r.copyBandwidth.map((c) => `${c.shape.join('x')} ${c.gbPerSec.toFixed(1)} GB/s`).join(', ')}`);
-      console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), commit ${r.commit}${r.torchPython ? '' : 'torchSkipped' in r ? '; no PyTorch side (--no-torch)' : '; PyTorch not found (set ADASHIFT_PYTHON)'}`);
+      console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), ${cpuLabel(r.cpu, r.cpuDetails)}, commit ${r.commit}${r.torchPython ? '' : 'torchSkipped' in r ? '; no PyTorch side (--no-torch)' : '; PyTorch not found (set ADASHIFT_PYTHON)'}`);
       if (r.file) console.log(`wrote ${r.file}`);
     });
 

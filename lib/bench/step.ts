@@ -17,6 +17,7 @@ import { makeOptimizer, paramGroups } from '../optim';
 import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
 import { applyTF32, environment, findTorchPython, median, pairedRatio, scriptPath, timeIt, writeResult } from './common';
+import { cpuLabel } from '../provenance';
 
 /** A benchmark model: a ResNet with its input and batch. */
 export interface StepModelSpec {
@@ -729,7 +730,7 @@ export function stepTable(report: StepReport): string {
     }
   }
   lines.push(
-    `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${report.cpu}, optimizer ${report.optimizer.kind}, commit ${report.commit}; ` +
+    `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${cpuLabel(report.cpu, report.cpuDetails)}, optimizer ${report.optimizer.kind}, commit ${report.commit}; ` +
       (report.torchVersion
         ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step`
         : report.torchError

@@ -6,7 +6,7 @@ import { resolveDevice } from '../device';
 import { check, checkOptions } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS } from '../nn/activation';
-import { environment } from '../provenance';
+import { cpuLabel, environment } from '../provenance';
 import { mean, median, std } from '../stats';
 import { EpochMetrics, train, TrainCallbacks, TRAIN_OPTIONS, TrainOptions } from './train';
 
@@ -106,7 +106,7 @@ export function markdownTable(rows: CompareRow[], options: Partial<CompareOption
     .concat(o.limitTrain ? [`first ${o.limitTrain} training images`] : [])
     .join(', ');
   const p = provenance;
-  const source = p ? `\n\n${p.date}, adashift ${p.version} (commit ${p.commit}), ${p.device === 'cpu' ? `${p.cpu}, ${p.threads} thread(s)` : `${p.gpu ?? p.device}`}` : '';
+  const source = p ? `\n\n${p.date}, adashift ${p.version} (commit ${p.commit}), ${p.device === 'cpu' ? `${cpuLabel(p.cpu, p.cpuDetails)}, ${p.threads} thread(s)` : `${p.gpu ?? p.device}`}` : '';
   return `${setting}${source}\n\n${lines.join('\n')}`;
 }
 
