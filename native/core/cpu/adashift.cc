@@ -308,30 +308,6 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
   for_each_block(g, L, [&](int64_t p0, int k, int64_t base) { gate_block(g, L, x, s, y, p0, k, base); });
 }
 
-// Requests the cache lines of floats [from, to) of p (clipped to end) for a block to come.
-inline void prefetch_floats(const float* p, int64_t from, int64_t to, int64_t end) {
-  for (int64_t i = from; i < std::min(to, end); i += 16) __builtin_prefetch(p + i, 0, 3);
-}
-
-void gate_forward_pool_next(const RegionGrid& g, const float* x, const float* s, float* y,
-                            const float* x_next, float* t_next) {
-  if (g.Pw == 1 || !x_next) {
-    gate_forward(g, x, s, y);
-    if (x_next) region_pool_forward(g, x_next, t_next);
-    return;
-  }
-  const GridLayout& L = layout_of(g);
-  const int64_t end = g.N * g.C * g.H * g.W, block = int64_t(L.k) * g.H * g.W;
-  prefetch_floats(x_next, 0, block, end);
-  for_each_block(g, L, [&](int64_t p0, int k, int64_t base) {
-    // The next block's lines are requested now; they arrive while this block is gated (from
-    // memory, a sample's planes take about as long as the gate's arithmetic).
-    prefetch_floats(x_next, base + block, base + 2 * block, end);
-    gate_block(g, L, x, s, y, p0, k, base);
-    pool_block(g, L, x_next, t_next, p0, k, base);
-  });
-}
-
 void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, const float* s,
                           float* ds) {
   if (g.Pw == 1) {

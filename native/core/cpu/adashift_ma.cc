@@ -1,6 +1,5 @@
 // AdaShift-MA, sample by sample (see ops/adashift.h). Each sample runs pool -> q/k/v LayerNorm
-// -> attention per head -> rect -> gate while its x is in cache (with whole samples per thread,
-// the next sample's pooling rides in this one's gate pass); backward runs one pass for both
+// -> attention per head -> rect -> gate while its x is in cache; backward runs one pass for both
 // gate gradients (direct dx written, ds summed per cell), rect / attention / LayerNorm backward
 // on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache.
 // With a BatchNorm input, each sample's bn(x) + r is laid out in scratch first and the passes
@@ -107,9 +106,17 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   const RegionGrid g1 = sample_grid(g);
-  // One sample, its pooled tokens (channel-major) in `pooled` on entry; its gate pass pools
-  // the sample `next` (when given) into `pooled` (already read by then).
-  auto sample = [&](int64_t n, const float* xs, float* pooled, const float* next) {
+  // One sample: pool, context, gate. The sample's planes are read from memory by the pooling
+  // and again, from cache, by the gate (a sample of [64, 28, 28] is 200 KB; one too large for
+  // L2 comes back from L3 or memory). Pooling the next sample inside this one's gate loop,
+  // block by block with its lines prefetched ahead, measured slower on every ResNet shape
+  // (AMD family 25 model 17, 2 threads, alternated runs: [64,64,28,28] forward 2.45 -> 1.98 ms,
+  // [32,256,56,56] 14.4 -> 11.3 ms, ResNet-20's [64,16..64,7..28] 1-6% less): its loads of the
+  // next sample stall behind the gate's, where a pooling pass alone streams at full speed.
+  auto sample = [&](int64_t n) {
+    const float* xs = sample_input(g, x, bn, n);
+    float* pooled = scratch_ma(5, size_t(TC));
+    region_pool_forward(g1, xs, pooled);
     float* ts = t + n * TC;
     loops::transpose(pooled, T, C, T, ts, C);
     float* q = scratch_ma(0, size_t(TC));
@@ -136,32 +143,11 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
     float* sc = scratch_ma(6, size_t(TC));
     loops::transpose(ss, C, T, C, sc, T);
-    gate_forward_pool_next(g1, xs, sc, y + n * C * HW, next, pooled);
+    gate_forward(g1, xs, sc, y + n * C * HW);
   };
-  // A sample's pooling, then the rest (with a BatchNorm input, of the sample laid out in
-  // scratch: its pooling and gate read it there).
-  auto pool_then_sample = [&](int64_t n) {
-    float* pooled = scratch_ma(5, size_t(TC));
-    const float* xs = sample_input(g, x, bn, n);
-    region_pool_forward(g1, xs, pooled);
-    sample(n, xs, pooled, nullptr);
-  };
-  if (g.N >= num_threads()) {
-    parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
-      if (bn) {
-        for (int64_t n = n0; n < n1; ++n) pool_then_sample(n);
-        return;
-      }
-      // Each thread's samples in turn, the pooling of each inside the previous one's gate pass.
-      float* pooled = scratch_ma(5, size_t(TC));
-      region_pool_forward(g1, x + n0 * C * HW, pooled);
-      for (int64_t n = n0; n < n1; ++n)
-        sample(n, x + n * C * HW, pooled, n + 1 < n1 ? x + (n + 1) * C * HW : nullptr);
-    });
-  } else {
-    // Samples in turn, each pass split across the pool by planes.
-    for (int64_t n = 0; n < g.N; ++n) pool_then_sample(n);
-  }
+  // Whole samples per thread, or with fewer samples than threads the samples in turn, each
+  // pass split across the pool by planes.
+  for_each_sample_ma(g.N, sample);
 }
 
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,

@@ -178,11 +178,6 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);
-// gate_forward, pooling x_next (planes laid out as x's) into t_next block by block in the same
-// pass: the next sample's planes come from memory while this one's gate computes (x_next null:
-// the gate alone). Same bits as gate_forward then region_pool_forward.
-void gate_forward_pool_next(const RegionGrid& g, const float* x, const float* s, float* y,
-                            const float* x_next, float* t_next);
 void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, const float* s,
                           float* ds);
 void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
