@@ -62,6 +62,12 @@ constexpr int64_t kMaxGroups = 16;                  // dW partials (fixed by N, 
 // reads and writes its group's partial, which must stay in cache. Batch 32, 3x3, dX+dW: 128
 // channels at 16x16 (147K floats) 13.1 -> 11.1 ms that way, 256 at 8x8 (590K) 15.4 -> 34.8 ms.
 constexpr int64_t kMaxSampleDwFloats = int64_t(1) << 18;
+// ... and only for maps of more output pixels than this: a sample's product has that depth, so on
+// small maps each register tile runs a few dozen steps between writes to the partial, where the
+// batched form keeps it in registers over every sample. dX + dW, batch 64, 3x3, 2 threads (AMD
+// family 25 model 17, alternated calls, batched / per sample): 64 channels at 7x7 0.94, 8x8
+// 0.95, 128 at 4x4 0.76, 32 at 7x7 0.97; at 14x14 1.00-1.05 and 16 channels at 28x28 1.09.
+constexpr int64_t kMinSampleDwDepth = 64;
 
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                         const float*, int64_t, float, float*, int64_t);
@@ -880,11 +886,12 @@ void conv2d_backward(const Conv2dDims& d, const float* dy, const float* x, const
   // and packed dy made and used while in cache (the batched form below wrote them for the whole
   // batch first and then read them back once per row tile: 16 channels at 28x28, batch 64, ~7
   // MB written and ~29 MB read back). Each sample adds its products into its group's partial, so
-  // a large dW moves more than that: kMaxSampleDwFloats. Otherwise (fewer samples than groups,
-  // larger dW, or pointwise): all samples at once, the rows across the pool. The groups also
+  // a large dW moves more than that: kMaxSampleDwFloats; on small maps its short products
+  // write it too often: kMinSampleDwDepth. Otherwise (fewer samples than groups, larger dW,
+  // small maps, or pointwise): all samples at once, the rows across the pool. The groups also
   // serve the BLAS backend.
   if (dw && gemm_backend() == GemmBackend::Own && (d.pointwise() || windows)) {
-    if (windows && d.N >= kMaxGroups && K * d.Cout <= kMaxSampleDwFloats) {
+    if (windows && d.N >= kMaxGroups && K * d.Cout <= kMaxSampleDwFloats && d.P() > kMinSampleDwDepth) {
       plan.dw_rows = true;
       plan.kmap = output_pixel_map(d, plan.gx);
       plan.dw_tile = dw_row_tile(d, &plan.gx);
