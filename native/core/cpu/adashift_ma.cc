@@ -109,7 +109,7 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
   // One sample: pool, context, gate. The sample's planes are read from memory by the pooling
   // and again, from cache, by the gate (a sample of [64, 28, 28] is 200 KB; one too large for
   // L2 comes back from L3 or memory). Pooling the next sample inside this one's gate loop,
-  // block by block with its lines prefetched ahead, measured slower on every ResNet shape
+  // block by block with its lines prefetched ahead, measured slower on every shape tried
   // (AMD family 25 model 17, 2 threads, alternated runs: [64,64,28,28] forward 2.45 -> 1.98 ms,
   // [32,256,56,56] 14.4 -> 11.3 ms, ResNet-20's [64,16..64,7..28] 1-6% less): its loads of the
   // next sample stall behind the gate's, where a pooling pass alone streams at full speed.
