@@ -38,3 +38,15 @@ describe('cpuLabel', () => {
     expect(cpuLabel('Some CPU', { isa: [], cacheBytes: {} })).toBe('Some CPU');
   });
 });
+
+describe('adashift doctor', () => {
+  test('names the CPU backend with the CPU beyond its model string', () => {
+    // imported here: the CLI module parses argv only when run as the program
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { doctorText } = require('../lib/cli') as { doctorText: () => string };
+    const os = require('os') as typeof import('os');
+    const line = doctorText().split('\n').find((l) => l.startsWith('CPU backend: available'));
+    expect(line).toBeDefined();
+    expect(line).toContain(cpuLabel(os.cpus()[0]?.model ?? 'an unknown CPU', cpuDetails()));
+  });
+});
