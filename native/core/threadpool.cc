@@ -32,7 +32,6 @@ class Pool {
       const int v = std::atoi(env);
       if (v >= 1 && v <= 256) max_threads_ = v;
     }
-    if (const char* fake = std::getenv("ADASHIFT_FAKE_HW")) max_threads_ = std::atoi(fake);
     active_ = max_threads_;
     if (const char* env = std::getenv("ADASHIFT_NUM_THREADS")) {
       int v = std::atoi(env);

@@ -248,23 +248,23 @@ __global__ void __launch_bounds__(kColsumBlock) k_cells_colsum(RegionGrid g, int
 #pragma unroll 4
         for (int h = h0; h < h1; ++h) {
           const int64_t o = base + int64_t(h) * W + w0;
+          // this row's NC columns (one float4 when VEC), and dy's when GATE
+          float xa[NC], da[NC];
           if (VEC) {
             const float4 xv = ld4(x, o >> 2);
-            if (GATE) {
-              const float4 dv = ld4(dy, o >> 2);
-              acc[0] += math::gate_grad(xv.x, sv[0], dv.x).ds;
-              acc[NC > 1 ? 1 : 0] += math::gate_grad(xv.y, sv[NC > 1 ? 1 : 0], dv.y).ds;
-              acc[NC > 2 ? 2 : 0] += math::gate_grad(xv.z, sv[NC > 2 ? 2 : 0], dv.z).ds;
-              acc[NC > 3 ? 3 : 0] += math::gate_grad(xv.w, sv[NC > 3 ? 3 : 0], dv.w).ds;
-            } else {
-              acc[0] += xv.x;
-              acc[NC > 1 ? 1 : 0] += xv.y;
-              acc[NC > 2 ? 2 : 0] += xv.z;
-              acc[NC > 3 ? 3 : 0] += xv.w;
+            const float4 dv = GATE ? ld4(dy, o >> 2) : make_float4(0.f, 0.f, 0.f, 0.f);
+            const float xs[4] = {xv.x, xv.y, xv.z, xv.w}, ds[4] = {dv.x, dv.y, dv.z, dv.w};
+#pragma unroll
+            for (int k = 0; k < NC; ++k) {
+              xa[k] = xs[k];
+              da[k] = ds[k];
             }
           } else {
-            acc[0] += GATE ? math::gate_grad(x[o], sv[0], dy[o]).ds : x[o];
+            xa[0] = x[o];
+            da[0] = GATE ? dy[o] : 0.0f;
           }
+#pragma unroll
+          for (int k = 0; k < NC; ++k) acc[k] += GATE ? math::gate_grad(xa[k], sv[k], da[k]).ds : xa[k];
         }
 #pragma unroll
         for (int k = 0; k < NC; ++k) cs[r * W + w0 + k] = acc[k];
