@@ -206,15 +206,12 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     }
     // The q/k/v LayerNorms' backward in one pass (shared statistics): dt and the six
     // parameter gradient rows of this sample.
-    thread_local std::vector<double> acc_buf;
-    if (acc_buf.size() < size_t(6 * C)) acc_buf.resize(size_t(6 * C));
-    std::fill(acc_buf.begin(), acc_buf.begin() + 6 * C, 0.0);
-    double* acc[6];
-    for (int i = 0; i < 6; ++i) acc[i] = acc_buf.data() + i * C;
+    std::fill(pr, pr + 6 * C, 0.0f);
+    float* acc[6];
+    for (int i = 0; i < 6; ++i) acc[i] = pr + i * C;
     const float* dys3[3] = {dq, dk, dv};
     const float* w3[3] = {p.q_w, p.k_w, p.v_w};
     loops::layernorm3_backward_rows(dys3, xh, st + T, w3, T, C, dt, acc);
-    for (int64_t e = 0; e < 6 * C; ++e) pr[e] = float(acc_buf[size_t(e)]);
     // The pooled path, dt / |cell|, added to the sample's dx while it is in cache.
     if (need_dx) {
       loops::transpose(dt, C, T, C, cm, T);

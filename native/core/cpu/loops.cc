@@ -541,26 +541,53 @@ AS_VECTORIZE void softmax_backward_rows(const float* y, const float* dy, int64_t
   }
 }
 
-// A row's LayerNorm moments: the mean and the mean squared deviation, both passes in double.
-__attribute__((always_inline)) inline void row_moments(const float* __restrict xr, int64_t C, double& mu,
-                                                       double& var) {
-  double s = 0.0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < C; ++j) s += double(xr[j]);
-  mu = s / double(C);
-  double v = 0.0;
-#pragma omp simd reduction(+ : v)
+// LayerNorm moments (the mean and the mean squared deviation, both passes in double) of R rows
+// at once. The rows of the context networks are 16 to 64 channels, a few vectors: one row's
+// sums are a short chain of dependent adds and a horizontal reduction, so its time is their
+// latency; R rows in one loop keep R independent chains in flight. Each row's sums are the ones
+// a loop over that row alone adds (the same lanes, the same order).
+template <int R>
+__attribute__((always_inline)) inline void rows_moments(const float* __restrict x, int64_t C, double* mu,
+                                                        double* var) {
+  static_assert(R == 1 || R == 4, "one or four rows");
+  const float* __restrict x0 = x;
+  const float* __restrict x1 = x + (R > 1 ? C : 0);
+  const float* __restrict x2 = x + (R > 1 ? 2 * C : 0);
+  const float* __restrict x3 = x + (R > 1 ? 3 * C : 0);
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
   for (int64_t j = 0; j < C; ++j) {
-    const double d = double(xr[j]) - mu;
-    v += d * d;
+    s0 += double(x0[j]);
+    if (R > 1) {
+      s1 += double(x1[j]);
+      s2 += double(x2[j]);
+      s3 += double(x3[j]);
+    }
   }
-  var = v / double(C);
+  const double m0 = s0 / double(C), m1 = s1 / double(C), m2 = s2 / double(C), m3 = s3 / double(C);
+  double v0 = 0.0, v1 = 0.0, v2 = 0.0, v3 = 0.0;
+#pragma omp simd reduction(+ : v0, v1, v2, v3)
+  for (int64_t j = 0; j < C; ++j) {
+    const double d0 = double(x0[j]) - m0;
+    v0 += d0 * d0;
+    if (R > 1) {
+      const double d1 = double(x1[j]) - m1, d2 = double(x2[j]) - m2, d3 = double(x3[j]) - m3;
+      v1 += d1 * d1;
+      v2 += d2 * d2;
+      v3 += d3 * d3;
+    }
+  }
+  const double m[4] = {m0, m1, m2, m3}, v[4] = {v0, v1, v2, v3};
+  for (int i = 0; i < R; ++i) {
+    mu[i] = m[i];
+    var[i] = v[i] / double(C);
+  }
 }
 
 // Per row: the statistics, and into y (x - m) * rs * w + b.
-// Rows go in blocks: the moments of a block's rows first, then their 1 / sqrt(var + eps) as one
-// vector operation. Row by row, each row waited for its own square root and division (half of
-// this function's time with rows of 32 channels); the values are the same (both correctly rounded).
+// Rows go in blocks: the moments of a block's rows first (four rows at a time), then their
+// 1 / sqrt(var + eps) as one vector operation. Row by row, each row waited for its own sums,
+// square root and division; the values are the same (the sums as above, both correctly rounded).
 AS_VECTORIZE static void norm_rows(const float* __restrict x, const float* __restrict w, const float* __restrict b,
                                    float eps, int64_t rows, int64_t C, float* __restrict y,
                                    float* __restrict mean, float* __restrict rstd) {
@@ -568,7 +595,9 @@ AS_VECTORIZE static void norm_rows(const float* __restrict x, const float* __res
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t nb = std::min(kBlock, rows - r0);
     double mu[kBlock], var[kBlock];
-    for (int64_t i = 0; i < nb; ++i) row_moments(x + (r0 + i) * C, C, mu[i], var[i]);
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) rows_moments<4>(x + (r0 + i) * C, C, mu + i, var + i);
+    for (; i < nb; ++i) rows_moments<1>(x + (r0 + i) * C, C, mu + i, var + i);
 #pragma omp simd
     for (int64_t i = 0; i < nb; ++i) {
       rstd[r0 + i] = float(1.0 / __builtin_sqrt(var[i] + double(eps)));
@@ -647,75 +676,124 @@ AS_VECTORIZE void norm_affine3_rows(const float* __restrict x, const float* __re
   }
 }
 
-AS_VECTORIZE void layernorm3_backward_rows(const float* const* dy, const float* __restrict xhat,
-                                           const float* __restrict rstd, const float* const* w, int64_t rows,
-                                           int64_t C, float* __restrict dx, double* const* acc) {
-  const float *__restrict w0 = w[0], *__restrict w1 = w[1], *__restrict w2 = w[2];
-  double *__restrict a0 = acc[0], *__restrict a1 = acc[1], *__restrict a2 = acc[2];
-  double *__restrict a3 = acc[3], *__restrict a4 = acc[4], *__restrict a5 = acc[5];
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *__restrict d0 = dy[0] + r * C, *__restrict d1 = dy[1] + r * C, *__restrict d2 = dy[2] + r * C;
-    const float* __restrict h = xhat + r * C;
-    double sa = 0.0, sb = 0.0;
-#pragma omp simd reduction(+ : sa, sb)
-    for (int64_t j = 0; j < C; ++j) {
-      const double g = double(d0[j]) * double(w0[j]) + double(d1[j]) * double(w1[j]) + double(d2[j]) * double(w2[j]);
-      sa += g;
-      sb += g * double(h[j]);
+// Both LayerNorm backward loops below go over a block of rows twice: first each row's two sums
+// (of g and of g xhat, in double, four rows at a time as in rows_moments), with g stored in dx,
+// then dx from g and the parameter gradients. The parameter gradients' column sums over the
+// rows are float: the callers pass a sample's tokens (AdaShift-MA) or dense.cc's blocks of 64
+// rows, whose partials dense.cc adds in double. (Row by row, with those sums in double as well,
+// the loops spent most of their time converting to double and waiting on each row's sums.)
+// Not contracted into FMAs (the x86-64-v3/v4 clones would fuse g - ma - xhat * mb, and the
+// products of g): the values do not depend on the host's instruction set, and g = dy w is
+// rounded before the subtraction, as the CUDA kernel's __fmul_rn does, so that when a row's
+// variance is ~0 (C == 1: rstd ~ 1/sqrt(eps)) g and its mean cancel exactly instead of leaving
+// the product's rounding error times rstd.
+#if defined(__GNUC__) && !defined(__clang__)
+#define AS_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define AS_NO_CONTRACT
+#endif
+constexpr int64_t kNormBackBlock = 16;
+
+// Pass one for the R rows (1 or 4) from row r on: dx[row] = g(row, j), and the rows' means of
+// g and of g * xhat(row, j) into ma, mb.
+template <int R, class G, class H>
+AS_NO_CONTRACT __attribute__((always_inline)) inline void norm_back_sums(int64_t r, int64_t C, G g, H xhat,
+                                                                        float* __restrict dx, float* ma, float* mb) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  static_assert(R == 1 || R == 4, "one or four rows");
+  double sa0 = 0.0, sa1 = 0.0, sa2 = 0.0, sa3 = 0.0, sb0 = 0.0, sb1 = 0.0, sb2 = 0.0, sb3 = 0.0;
+  float* __restrict d0 = dx + r * C;
+#pragma omp simd reduction(+ : sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3)
+  for (int64_t j = 0; j < C; ++j) {
+    const float g0 = g(r, j);
+    d0[j] = g0;
+    sa0 += double(g0);
+    sb0 += double(g0) * double(xhat(r, j));
+    if (R > 1) {
+      const float g1 = g(r + 1, j), g2 = g(r + 2, j), g3 = g(r + 3, j);
+      d0[C + j] = g1;
+      d0[2 * C + j] = g2;
+      d0[3 * C + j] = g3;
+      sa1 += double(g1);
+      sa2 += double(g2);
+      sa3 += double(g3);
+      sb1 += double(g1) * double(xhat(r + 1, j));
+      sb2 += double(g2) * double(xhat(r + 2, j));
+      sb3 += double(g3) * double(xhat(r + 3, j));
     }
-    const float ma = float(sa / double(C)), mb = float(sb / double(C)), rs = rstd[r];
-    float* __restrict dxr = dx + r * C;
+  }
+  const double sa[4] = {sa0, sa1, sa2, sa3}, sb[4] = {sb0, sb1, sb2, sb3};
+  for (int q = 0; q < R; ++q) {
+    ma[q] = float(sa[q] / double(C));
+    mb[q] = float(sb[q] / double(C));
+  }
+}
+
+// Both passes over rows [0, rows) in blocks: pass one as above, then per row
+// apply(row, j, rstd * (g - mean(g) - xhat * mean(g xhat))) for each column.
+template <class G, class H, class Apply>
+AS_NO_CONTRACT __attribute__((always_inline)) inline void norm_back_rows(int64_t rows, int64_t C, const float* __restrict rstd,
+                                                                        G g, H xhat, float* __restrict dx, Apply apply) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  for (int64_t r0 = 0; r0 < rows; r0 += kNormBackBlock) {
+    const int64_t nb = std::min(kNormBackBlock, rows - r0);
+    float ma[kNormBackBlock], mb[kNormBackBlock];
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) norm_back_sums<4>(r0 + i, C, g, xhat, dx, ma + i, mb + i);
+    for (; i < nb; ++i) norm_back_sums<1>(r0 + i, C, g, xhat, dx, ma + i, mb + i);
+    for (int64_t r = r0; r < r0 + nb; ++r) {
+      const float m_a = ma[r - r0], m_b = mb[r - r0], rs = rstd[r];
+      float* __restrict dxr = dx + r * C;
 #pragma omp simd
-    for (int64_t j = 0; j < C; ++j) {
-      const float g = d0[j] * w0[j] + d1[j] * w1[j] + d2[j] * w2[j];
-      dxr[j] = rs * (g - ma - h[j] * mb);
-      a0[j] += double(d0[j]) * double(h[j]);
-      a1[j] += double(d0[j]);
-      a2[j] += double(d1[j]) * double(h[j]);
-      a3[j] += double(d1[j]);
-      a4[j] += double(d2[j]) * double(h[j]);
-      a5[j] += double(d2[j]);
+      for (int64_t j = 0; j < C; ++j) {
+        const float h = xhat(r, j);
+        apply(r, j, h, rs * (dxr[j] - m_a - h * m_b));
+      }
     }
   }
 }
 
+AS_NO_CONTRACT AS_VECTORIZE void layernorm3_backward_rows(const float* const* dy, const float* __restrict xhat,
+                                                          const float* __restrict rstd, const float* const* w,
+                                                          int64_t rows, int64_t C, float* __restrict dx,
+                                                          float* const* acc) {
+  const float *__restrict w0 = w[0], *__restrict w1 = w[1], *__restrict w2 = w[2];
+  const float *__restrict y0 = dy[0], *__restrict y1 = dy[1], *__restrict y2 = dy[2];
+  float *__restrict a0 = acc[0], *__restrict a1 = acc[1], *__restrict a2 = acc[2];
+  float *__restrict a3 = acc[3], *__restrict a4 = acc[4], *__restrict a5 = acc[5];
+  norm_back_rows(
+      rows, C, rstd,
+      [&](int64_t r, int64_t j) { return y0[r * C + j] * w0[j] + y1[r * C + j] * w1[j] + y2[r * C + j] * w2[j]; },
+      [&](int64_t r, int64_t j) { return xhat[r * C + j]; }, dx,
+      [&](int64_t r, int64_t j, float h, float v) {
+        dx[r * C + j] = v;
+        a0[j] += y0[r * C + j] * h;
+        a1[j] += y0[r * C + j];
+        a2[j] += y1[r * C + j] * h;
+        a3[j] += y1[r * C + j];
+        a4[j] += y2[r * C + j] * h;
+        a5[j] += y2[r * C + j];
+      });
+}
+
 // dx = rstd * (dy w - mean(dy w) - xhat * mean(dy w xhat)); dw += dy xhat, db += dy
-// Not contracted into FMAs (the x86-64-v3/v4 clones would fuse dy*w - ma): dy*w is rounded before
-// the subtraction, as the CUDA kernel's __fmul_rn does, so that when a row's variance is ~0 (C == 1:
-// rstd ~ 1/sqrt(eps)) dy*w and its mean cancel exactly instead of leaving the product's rounding
-// error times rstd, and the result does not depend on the host's instruction set.
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("fp-contract=off")))
-#endif
-AS_VECTORIZE void layernorm_backward_rows(const float* __restrict dy, const float* __restrict x,
-                                          const float* __restrict mean, const float* __restrict rstd,
-                                          const float* __restrict w, int64_t rows, int64_t C,
-                                          float* __restrict dx, double* __restrict acc_w,
-                                          double* __restrict acc_b) {
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#endif
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * C;
-    const float* dyr = dy + r * C;
-    const float m = mean[r], rs = rstd[r];
-    double a = 0.0, bs = 0.0;
-#pragma omp simd reduction(+ : a, bs)
-    for (int64_t j = 0; j < C; ++j) {
-      const double g = double(dyr[j]) * double(w[j]);
-      a += g;
-      bs += g * double((xr[j] - m) * rs);
-    }
-    const float ma = float(a / double(C)), mb = float(bs / double(C));
-    float* dxr = dx + r * C;
-#pragma omp simd
-    for (int64_t j = 0; j < C; ++j) {
-      const float xhat = (xr[j] - m) * rs;
-      dxr[j] = rs * (dyr[j] * w[j] - ma - xhat * mb);
-      acc_w[j] += double(dyr[j]) * double(xhat);
-      acc_b[j] += double(dyr[j]);
-    }
-  }
+AS_NO_CONTRACT AS_VECTORIZE void layernorm_backward_rows(const float* __restrict dy, const float* __restrict x,
+                                                         const float* __restrict mean, const float* __restrict rstd,
+                                                         const float* __restrict w, int64_t rows, int64_t C,
+                                                         float* __restrict dx, float* __restrict acc_w,
+                                                         float* __restrict acc_b) {
+  norm_back_rows(
+      rows, C, rstd, [&](int64_t r, int64_t j) { return dy[r * C + j] * w[j]; },
+      [&](int64_t r, int64_t j) { return (x[r * C + j] - mean[r]) * rstd[r]; }, dx,
+      [&](int64_t r, int64_t j, float h, float v) {
+        dx[r * C + j] = v;
+        acc_w[j] += dy[r * C + j] * h;
+        acc_b[j] += dy[r * C + j];
+      });
 }
 
 #define AS_MAP1(name, f)                                                                  \

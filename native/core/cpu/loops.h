@@ -114,14 +114,17 @@ void norm_affine3_rows(const float* x, const float* mean, const float* rstd, int
                        float* xhat);
 // The backward of three LayerNorms of the same input (shared statistics): with G = sum_i dy[i] w[i],
 // dx = rstd * (G - mean(G) - xhat * mean(G xhat)) (the sum of the three input gradients, since
-// each is linear in its dy), and acc[2i] += dy[i] xhat, acc[2i + 1] += dy[i] (rows of C, in double).
+// each is linear in its dy), and acc[2i] += dy[i] xhat, acc[2i + 1] += dy[i] (column sums over
+// the rows in float: meant for a few dozen rows per call). dx must not overlap dy.
 void layernorm3_backward_rows(const float* const* dy, const float* xhat, const float* rstd,
                               const float* const* w, int64_t rows, int64_t C, float* dx,
-                              double* const* acc);
-// LayerNorm backward over rows of C: dx, and dw/db accumulated (+=) in double into acc_w/acc_b.
+                              float* const* acc);
+// LayerNorm backward over rows of C: dx, and dw/db accumulated (+=) in float into acc_w/acc_b
+// (meant for blocks of up to 64 rows; dense.cc adds the blocks' partials in double). dx must not
+// overlap dy.
 void layernorm_backward_rows(const float* dy, const float* x, const float* mean, const float* rstd,
-                             const float* w, int64_t rows, int64_t C, float* dx, double* acc_w,
-                             double* acc_b);
+                             const float* w, int64_t rows, int64_t C, float* dx, float* acc_w,
+                             float* acc_b);
 void act_forward(Act a, const float* x, float* y, int64_t n);
 void act_backward(Act a, const float* x, const float* dy, float* dx, int64_t n);
 
