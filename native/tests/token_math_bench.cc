@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
   std::vector<float> x = filled(T * kMaxC), y(T * kMaxC * 3), dx(T * kMaxC), xhat = filled(T * kMaxC);
   std::vector<float> d0 = filled(T * kMaxC), d1 = filled(T * kMaxC), d2 = filled(T * kMaxC);
   std::vector<float> w = filled(kMaxC), b = filled(kMaxC), mean(T), rstd(T), acc(6 * kMaxC);
+  std::vector<double> dacc(2 * kMaxC);
   std::vector<float> S = filled(T * T), A(T * T), dS(T * T);
   loops::layernorm_rows(x.data(), w.data(), b.data(), 1e-6f, T, kMaxC, y.data(), mean.data(), rstd.data());
   loops::softmax_rows(S.data(), T, T, A.data());
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
         }));
     row("layernorm_backward_rows", C, time_calls([&] {
           loops::layernorm_backward_rows(d0.data(), x.data(), mean.data(), rstd.data(), w.data(), T, C, dx.data(),
-                                         acc.data(), acc.data() + C);
+                                         dacc.data(), dacc.data() + C);
         }));
     row("layernorm3_backward_rows", C, time_calls([&] {
           loops::layernorm3_backward_rows(dy3, xhat.data(), rstd.data(), w3, T, C, dx.data(), acc6);

@@ -22,31 +22,29 @@ void layernorm_forward(const float* x, const float* w, const float* b, float eps
 }
 
 // The rows are cut into fixed blocks (independent of the thread count); each block writes its
-// dx rows and sums its weight/bias gradient partials in order (in float over its at most 64
-// rows); the partials are then added in block order, in double. One block (the per-sample calls
-// of the fused ops) runs inline.
+// dx rows and sums its weight/bias gradient partials in order, in double; the partials are then
+// added in block order. One block (the per-sample calls of the fused ops) runs inline.
 void layernorm_backward(const float* dy, const float* x, const float* mean, const float* rstd,
                         const float* w, int64_t rows, int64_t C, float* dx, float* dw, float* db) {
   constexpr int64_t kRowBlock = 64;
   const int64_t blocks = std::max<int64_t>((rows + kRowBlock - 1) / kRowBlock, 1);
-  if (blocks == 1) {
-    std::fill(dw, dw + C, 0.0f);
-    std::fill(db, db + C, 0.0f);
-    loops::layernorm_backward_rows(dy, x, mean, rstd, w, rows, C, dx, dw, db);
-    return;
-  }
-  thread_local std::vector<float> part;
+  thread_local std::vector<double> part;
   const size_t need = size_t(blocks * 2 * C);
   if (part.size() < need) part.resize(need);
-  std::fill(part.begin(), part.begin() + need, 0.0f);
-  float* parts = part.data();
-  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bl = b0; bl < b1; ++bl) {
-      const int64_t r0 = bl * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      loops::layernorm_backward_rows(dy + r0 * C, x + r0 * C, mean + r0, rstd + r0, w, r1 - r0, C,
-                                     dx + r0 * C, parts + bl * 2 * C, parts + bl * 2 * C + C);
-    }
-  });
+  std::fill(part.begin(), part.begin() + need, 0.0);
+  double* parts = part.data();
+  auto block = [&](int64_t bl) {
+    const int64_t r0 = bl * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+    loops::layernorm_backward_rows(dy + r0 * C, x + r0 * C, mean + r0, rstd + r0, w, r1 - r0, C,
+                                   dx + r0 * C, parts + bl * 2 * C, parts + bl * 2 * C + C);
+  };
+  if (blocks == 1) {
+    block(0);
+  } else {
+    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bl = b0; bl < b1; ++bl) block(bl);
+    });
+  }
   for (int64_t j = 0; j < C; ++j) {
     double sw = 0.0, sb = 0.0;
     for (int64_t bl = 0; bl < blocks; ++bl) {

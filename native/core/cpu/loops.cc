@@ -678,10 +678,11 @@ AS_VECTORIZE void norm_affine3_rows(const float* __restrict x, const float* __re
 
 // Both LayerNorm backward loops below go over a block of rows twice: first each row's two sums
 // (of g and of g xhat, in double, four rows at a time as in rows_moments), with g stored in dx,
-// then dx from g and the parameter gradients. The parameter gradients' column sums over the
-// rows are float: the callers pass a sample's tokens (AdaShift-MA) or dense.cc's blocks of 64
-// rows, whose partials dense.cc adds in double. (Row by row, with those sums in double as well,
-// the loops spent most of their time converting to double and waiting on each row's sums.)
+// then dx from g and the parameter gradients. (Row by row, each row waited on its own sums.)
+// The general LayerNorm's parameter gradients sum in double (any number of rows; the CUDA
+// kernel sums in double too, and the two agree to that precision); the q/k/v backward of
+// AdaShift-MA sums one sample's tokens (49 with the default grid) in float, which halved that
+// loop's time: six accumulators per channel converted every element to double.
 // Not contracted into FMAs (the x86-64-v3/v4 clones would fuse g - ma - xhat * mb, and the
 // products of g): the values do not depend on the host's instruction set, and g = dy w is
 // rounded before the subtraction, as the CUDA kernel's __fmul_rn does, so that when a row's
@@ -784,15 +785,15 @@ AS_NO_CONTRACT AS_VECTORIZE void layernorm3_backward_rows(const float* const* dy
 AS_NO_CONTRACT AS_VECTORIZE void layernorm_backward_rows(const float* __restrict dy, const float* __restrict x,
                                                          const float* __restrict mean, const float* __restrict rstd,
                                                          const float* __restrict w, int64_t rows, int64_t C,
-                                                         float* __restrict dx, float* __restrict acc_w,
-                                                         float* __restrict acc_b) {
+                                                         float* __restrict dx, double* __restrict acc_w,
+                                                         double* __restrict acc_b) {
   norm_back_rows(
       rows, C, rstd, [&](int64_t r, int64_t j) { return dy[r * C + j] * w[j]; },
       [&](int64_t r, int64_t j) { return (x[r * C + j] - mean[r]) * rstd[r]; }, dx,
       [&](int64_t r, int64_t j, float h, float v) {
         dx[r * C + j] = v;
-        acc_w[j] += dy[r * C + j] * h;
-        acc_b[j] += dy[r * C + j];
+        acc_w[j] += double(dy[r * C + j]) * double(h);
+        acc_b[j] += double(dy[r * C + j]);
       });
 }
 

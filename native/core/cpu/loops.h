@@ -119,12 +119,11 @@ void norm_affine3_rows(const float* x, const float* mean, const float* rstd, int
 void layernorm3_backward_rows(const float* const* dy, const float* xhat, const float* rstd,
                               const float* const* w, int64_t rows, int64_t C, float* dx,
                               float* const* acc);
-// LayerNorm backward over rows of C: dx, and dw/db accumulated (+=) in float into acc_w/acc_b
-// (meant for blocks of up to 64 rows; dense.cc adds the blocks' partials in double). dx must not
-// overlap dy.
+// LayerNorm backward over rows of C: dx, and dw/db accumulated (+=) in double into acc_w/acc_b.
+// dx must not overlap dy.
 void layernorm_backward_rows(const float* dy, const float* x, const float* mean, const float* rstd,
-                             const float* w, int64_t rows, int64_t C, float* dx, float* acc_w,
-                             float* acc_b);
+                             const float* w, int64_t rows, int64_t C, float* dx, double* acc_w,
+                             double* acc_b);
 void act_forward(Act a, const float* x, float* y, int64_t n);
 void act_backward(Act a, const float* x, const float* dy, float* dx, int64_t n);
 
