@@ -33,18 +33,13 @@ void layernorm_backward(const float* dy, const float* x, const float* mean, cons
   if (part.size() < need) part.resize(need);
   std::fill(part.begin(), part.begin() + need, 0.0);
   double* parts = part.data();
-  auto block = [&](int64_t bl) {
-    const int64_t r0 = bl * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-    loops::layernorm_backward_rows(dy + r0 * C, x + r0 * C, mean + r0, rstd + r0, w, r1 - r0, C,
-                                   dx + r0 * C, parts + bl * 2 * C, parts + bl * 2 * C + C);
-  };
-  if (blocks == 1) {
-    block(0);
-  } else {
-    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t bl = b0; bl < b1; ++bl) block(bl);
-    });
-  }
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bl = b0; bl < b1; ++bl) {
+      const int64_t r0 = bl * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      loops::layernorm_backward_rows(dy + r0 * C, x + r0 * C, mean + r0, rstd + r0, w, r1 - r0, C,
+                                     dx + r0 * C, parts + bl * 2 * C, parts + bl * 2 * C + C);
+    }
+  });
   for (int64_t j = 0; j < C; ++j) {
     double sw = 0.0, sb = 0.0;
     for (int64_t bl = 0; bl < blocks; ++bl) {

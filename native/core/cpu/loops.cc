@@ -595,9 +595,9 @@ AS_VECTORIZE static void norm_rows(const float* __restrict x, const float* __res
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t nb = std::min(kBlock, rows - r0);
     double mu[kBlock], var[kBlock];
-    int64_t i = 0;
-    for (; i + 4 <= nb; i += 4) rows_moments<4>(x + (r0 + i) * C, C, mu + i, var + i);
-    for (; i < nb; ++i) rows_moments<1>(x + (r0 + i) * C, C, mu + i, var + i);
+    int64_t q = 0;  // four rows at a time, then one
+    for (; q + 4 <= nb; q += 4) rows_moments<4>(x + (r0 + q) * C, C, mu + q, var + q);
+    for (; q < nb; ++q) rows_moments<1>(x + (r0 + q) * C, C, mu + q, var + q);
 #pragma omp simd
     for (int64_t i = 0; i < nb; ++i) {
       rstd[r0 + i] = float(1.0 / __builtin_sqrt(var[i] + double(eps)));
