@@ -103,23 +103,25 @@ export interface NativeBinding extends ConvBinding, NormBinding, OptimBinding {
   adashiftBContextBackward(ds: T, m: T, u: T, mean: T, rstd: T, projW: OptT, normW: T, needDm: boolean): [OptT, OptT, OptT, T, T];
   /**
    * AdaShift-MA in one op: [y, t, attn, o, z, s, stats] (t, o, z, s: [N, T, C]; attn: [N, heads,
-   * T, T]; z is o itself when rectLinearWeight is null; stats [N, 4, T]: the CPU's LayerNorm
-   * statistics, null on CUDA). With a BatchNorm input (bnMean ... bnBias from
-   * batchNormStats, residual optional) the op's input is bn(x) + residual, never stored.
+   * T, T]; z is o itself when rectLinearWeight is null; t, attn, o, z are null unless
+   * keepContext; stats [N, 4, T]: the CPU's LayerNorm statistics, null on CUDA). With a
+   * BatchNorm input (bnMean ... bnBias from batchNormStats, residual optional) the op's input is
+   * bn(x) + residual, never stored.
    */
   adashiftMAForward(
     x: T, grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
+    keepContext: boolean,
     bnMean?: OptT, bnInvstd?: OptT, bnWeight?: OptT, bnBias?: OptT, residual?: OptT,
-  ): [T, T, T, T, T, T, OptT];
+  ): [T, OptT, OptT, OptT, OptT, T, OptT];
   /**
    * [dx | null, dqW, dqB, dkW, dkB, dvW, dvB, dRectLinearW | null, dRectW, dRectB, sumDz | null,
    * sumDzXhat | null]; with a BatchNorm input dx is dz (the gradient of bn(x) + residual) and
    * sumDz / sumDzXhat [N, C] its per-plane sums, as batchNormActBackwardReduce gives them.
    */
   adashiftMABackward(
-    x: T, dy: T, t: T, attn: T, o: T, z: T, s: T, stats: OptT,
+    x: T, dy: T, t: OptT, attn: OptT, o: OptT, z: OptT, s: T, stats: OptT,
     grid: number, heads: number, qW: T, qB: T, kW: T, kB: T, vW: T, vB: T, rectLinearW: OptT, rectW: T, rectB: T, eps: number,
-    needDx: boolean,
+    keepContext: boolean, needDx: boolean,
     bnMean?: OptT, bnInvstd?: OptT, bnWeight?: OptT, bnBias?: OptT, residual?: OptT,
   ): [OptT, T, T, T, T, T, T, OptT, T, T, OptT, OptT];
   layerNormForward(x: T, w: T, b: T, eps: number): [T, T, T];

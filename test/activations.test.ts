@@ -184,6 +184,78 @@ describe('AdaShift-MA as one op', () => {
   });
 });
 
+describe('AdaShift-MA keepContext', () => {
+  // Without keepContext the op keeps only its shift (and on the CPU its LayerNorm statistics)
+  // and the backward runs the forward's context steps again: the same calls on the same values,
+  // so every output and gradient must have the same bits as with the context kept; and the
+  // memory held from forward to backward must drop by exactly the context's tensors.
+  test.each([
+    [[3, 8, 7, 7], 7, 4, 'linear'],
+    [[2, 16, 9, 11], 3, 8, 'norm'],
+    [[5, 6, 14, 14], 7, 3, 'linear'],
+    [[1, 4, 5, 3], 7, 64, 'norm'],
+    [[2, 6, 9, 50], 7, 2, 'norm'], // rows of 48+: the backward runs band by band
+  ])('shape %j, grid %d, headDim %d, rect %s: same bits, less memory kept', (shape, grid, headDim, rect) => {
+    as.tidy(() => {
+      const [N, C, H, W] = shape as number[];
+      const make = (keepContext: boolean) => new as.nn.AdaShiftMA(C, { grid: grid as number, headDim: headDim as number, rect: rect as 'norm' | 'linear', keepContext });
+      const kept = make(true), lean = make(false);
+      as.manualSeed(21);
+      const sd: Record<string, as.Tensor> = {};
+      for (const [name, p] of kept.namedParameters()) sd[name] = as.randn(p.shape, { mean: name.endsWith('weight') && p.shape.length === 1 ? 1 : 0, std: 0.3 });
+      kept.loadStateDict(sd);
+      lean.loadStateDict(sd);
+      expect(lean.keepContext).toBe(false);
+      const x = as.randn(shape as number[], { std: 1.5, requiresGrad: true });
+      const dy = as.randn(shape as number[]);
+      const run = (m: as.nn.AdaShiftMA) => {
+        const before = as.memory().bytes;
+        const y = m.forward(x);
+        const held = as.memory().bytes - before - 4 * y.numel;
+        y.backward(dy);
+        const out = [y, x.grad!, ...m.parameters().map((p) => p.grad!)].map((t) => Array.from(t.toFloat32Array()));
+        x.grad = null;
+        return { out, held };
+      };
+      const a = run(kept), b = run(lean);
+      expect(b.out).toEqual(a.out);
+      const Ph = Math.min(grid as number, H), Pw = Math.min(grid as number, W), T = Ph * Pw;
+      const G = kept.heads;
+      // t, o (and z for the 'linear' rect: the 'norm' rect's z is o's storage) and attn
+      const context = 4 * (N * T * C * (rect === 'linear' ? 3 : 2) + N * G * T * T);
+      expect(a.held - b.held).toBe(context);
+    });
+  });
+
+  test('the fused BatchNorm + AdaShift-MA op: same bits either way, with a residual', () => {
+    as.tidy(() => {
+      as.manualSeed(8);
+      const x = as.randn([4, 6, 10, 9], { std: 1.2, requiresGrad: true });
+      const r = as.randn([4, 6, 10, 9], { requiresGrad: true });
+      const w = as.randn([6], { mean: 1, std: 0.2, requiresGrad: true }), b = as.randn([6], { std: 0.2, requiresGrad: true });
+      const dy = as.randn([4, 6, 10, 9]);
+      const run = (keepContext: boolean) => {
+        const m = new as.nn.AdaShiftMA(6, { grid: 4, headDim: 3, rect: 'linear', keepContext });
+        as.manualSeed(3);
+        const sd: Record<string, as.Tensor> = {};
+        for (const [name, p] of m.namedParameters()) sd[name] = as.randn(p.shape, { mean: p.shape.length === 1 ? 1 : 0, std: 0.3 });
+        m.loadStateDict(sd);
+        const rm = as.zeros([6]), rv = as.ones([6]);
+        const y = as.functional.batchNormAdaShiftMA(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, m.opParams(), { training: true, residual: r });
+        y.backward(dy);
+        const out = [y, x.grad!, r.grad!, w.grad!, b.grad!, rm, rv, ...m.parameters().map((p) => p.grad!)].map((t) => Array.from(t.toFloat32Array()));
+        for (const t of [x, r, w, b]) t.grad = null;
+        return out;
+      };
+      expect(run(false)).toEqual(run(true));
+    });
+  });
+
+  test('rejects a keepContext that is not a boolean', () => {
+    expect(() => new as.nn.AdaShiftMA(4, { keepContext: 1 as unknown as boolean })).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringContaining('keepContext must be a boolean') }));
+  });
+});
+
 // Runs AdaShift-MA forward and backward on four shapes in a child process with the given
 // environment (the switches below are read once per process) and returns every output's bits.
 // Row widths 28, 37, 9 and 56 take 2, 3, 1 and 4 vector registers in the AVX-512 column sums.

@@ -181,6 +181,13 @@ export interface AdaShiftMAParams {
   rectBias: Tensor;
   /** LayerNorm epsilon (default 1e-6). */
   eps?: number;
+  /**
+   * Keep the context network's tensors (region tokens, attention weights, attention output,
+   * rect input) for backward (true), or keep only the shift and recompute them in backward
+   * (false, the default): the same gradients to the bit; about four times less kept memory at 7x7
+   * maps with the 7x7 grid, for a few percent more time per step.
+   */
+  keepContext?: boolean;
 }
 
 /**
@@ -191,7 +198,8 @@ export interface AdaShiftMAParams {
  */
 export function adashiftMAArgs(p: AdaShiftMAParams, who: string) {
   check(p !== null && typeof p === 'object', 'ERR_ARG', () => `${who}: parameters {grid, heads, q/k/v weights and biases, rectWeight, rectBias, rectLinearWeight?} are required`);
-  checkOptions(who, p, ['grid', 'heads', 'qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias', 'eps']);
+  checkOptions(who, p, ['grid', 'heads', 'qWeight', 'qBias', 'kWeight', 'kBias', 'vWeight', 'vBias', 'rectLinearWeight', 'rectWeight', 'rectBias', 'eps', 'keepContext']);
+  check(p.keepContext === undefined || typeof p.keepContext === 'boolean', 'ERR_ARG', () => `${who}: keepContext must be a boolean, got ${String(p.keepContext)}`);
   const named: [Tensor, string][] = [
     [p.qWeight, 'qWeight'], [p.qBias, 'qBias'], [p.kWeight, 'kWeight'], [p.kBias, 'kBias'],
     [p.vWeight, 'vWeight'], [p.vBias, 'vBias'], [p.rectWeight, 'rectWeight'], [p.rectBias, 'rectBias'],
@@ -200,22 +208,23 @@ export function adashiftMAArgs(p: AdaShiftMAParams, who: string) {
   const lw = p.rectLinearWeight ?? null;
   if (lw) assertTensor(lw, who, 'rectLinearWeight');
   const eps = p.eps ?? 1e-6;
-  const args = [p.grid, p.heads, p.qWeight.handle, p.qBias.handle, p.kWeight.handle, p.kBias.handle, p.vWeight.handle, p.vBias.handle, lw?.handle ?? null, p.rectWeight.handle, p.rectBias.handle, eps] as const;
+  const args = [p.grid, p.heads, p.qWeight.handle, p.qBias.handle, p.kWeight.handle, p.kBias.handle, p.vWeight.handle, p.vBias.handle, lw?.handle ?? null, p.rectWeight.handle, p.rectBias.handle, eps, p.keepContext ?? false] as const;
   const params: (Tensor | null)[] = [p.qWeight, p.qBias, p.kWeight, p.kBias, p.vWeight, p.vBias, lw, p.rectWeight, p.rectBias];
   return { args, params };
 }
 
 /**
  * The tensors adashiftMAForward keeps for backward (its results after y), wrapped: t, attn, o, z
- * (o's storage again for the 'norm' rect: a second handle, disposed like the others), s, and the
- * CPU's LayerNorm statistics (null on CUDA). saved lists every one of them.
+ * with keepContext, else null (o's storage again as z for the 'norm' rect: a second handle,
+ * disposed like the others), s, and the CPU's LayerNorm statistics (null on CUDA). saved lists
+ * every one that is there; handles gives the backward binding's arguments.
  * @internal
  */
 export function maSaved(hs: (NativeTensor | null)[]) {
-  const [t, attn, o, z, s] = hs.slice(1, 6).map((h) => wrap(h as NativeTensor));
-  const stats = hs[6] ? wrap(hs[6]) : null;
-  const saved = stats ? [t, attn, o, z, s, stats] : [t, attn, o, z, s];
-  return { saved, t, attn, o, z, s, stats };
+  const [t, attn, o, z, s, stats] = hs.slice(1, 7).map((h) => (h ? wrap(h) : null));
+  const saved = [t, attn, o, z, s, stats].filter((u): u is Tensor => u !== null);
+  const handles = [t, attn, o, z, s, stats].map((u) => u?.handle ?? null) as [NativeTensor | null, NativeTensor | null, NativeTensor | null, NativeTensor | null, NativeTensor, NativeTensor | null];
+  return { saved, handles };
 }
 
 /**
@@ -229,7 +238,7 @@ export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
   const { args, params } = adashiftMAArgs(p, 'adashiftMA');
   const hs = native.adashiftMAForward(x.handle, ...args);
   const y = wrap(hs[0]);
-  const { saved, t, attn, o, z, s, stats } = maSaved(hs);
+  const { saved, handles } = maSaved(hs);
   const inputs = [x, ...params];
   if (!needsGrad(...inputs)) {
     for (const u of saved) u.dispose();
@@ -240,7 +249,7 @@ export function adashiftMA(x: Tensor, p: AdaShiftMAParams): Tensor {
     'adashiftMA',
     inputs,
     (dy) => {
-      const hs = native.adashiftMABackward(x.handle, dy.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, stats?.handle ?? null, ...args, x.requiresGrad);
+      const hs = native.adashiftMABackward(x.handle, dy.handle, ...handles, ...args, x.requiresGrad);
       // dx and the parameters' gradients (the last two entries come with a BatchNorm input only)
       const grads = hs.slice(0, inputs.length).map((h) => (h ? wrap(h) : null));
       return grads.map((g, i) => {

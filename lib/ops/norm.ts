@@ -132,7 +132,7 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
     throw e;
   }
   const y = wrap(hs[0] as NativeTensor);
-  const { saved, t, attn, o, z, s, stats } = maSaved(hs);
+  const { saved, handles } = maSaved(hs);
   const inputs = [x, w, b, r, ...params];
   if (!needsGrad(...inputs)) {
     for (const u of [mean, invstd, ...saved]) u.dispose();
@@ -143,7 +143,7 @@ export function batchNormAdaShiftMA(x: Tensor, bn: BatchNormParams, ma: AdaShift
     name,
     inputs,
     (g) => {
-      const out = native.adashiftMABackward(x.handle, g.handle, t.handle, attn.handle, o.handle, z.handle, s.handle, stats?.handle ?? null, ...args, true, ...bnArgs);
+      const out = native.adashiftMABackward(x.handle, g.handle, ...handles, ...args, true, ...bnArgs);
       const dz = wrap(out[0] as NativeTensor);
       const sumDz = out[10] as NativeTensor, sumDzX = out[11] as NativeTensor;
       const maGrads = out.slice(1, 10).map((h, i) => {

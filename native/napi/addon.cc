@@ -290,8 +290,8 @@ Napi::Value AdaShiftBContextBackwardJs(const CI& info) {
   return wrap_all(info, {g.dm, g.dproj_w, g.dproj_b, g.dnorm_w, g.dnorm_b});
 }
 
-// Parameters of AdaShift-MA at args [i, i + 12): grid, heads, q.w, q.b, k.w, k.b, v.w, v.b,
-// linW | null, rectW, rectB, eps.
+// Parameters of AdaShift-MA at args [i, i + 13): grid, heads, q.w, q.b, k.w, k.b, v.w, v.b,
+// linW | null, rectW, rectB, eps, keepContext.
 static AdaShiftMAParams ma_params(const Args& a, size_t i) {
   AdaShiftMAParams p;
   p.grid = a.integer(i, "grid", 1, kMaxGrid);
@@ -306,6 +306,7 @@ static AdaShiftMAParams ma_params(const Args& a, size_t i) {
   p.rect_w = a.tensor(i + 9, "rectWeight");
   p.rect_b = a.tensor(i + 10, "rectBias");
   p.eps = float(a.number(i + 11, "eps"));
+  p.keep_context = a.boolean(i + 12, "keepContext");
   return p;
 }
 
@@ -328,23 +329,24 @@ static MABatchNormInput ma_bn_input(const Args& a, size_t i) {
   return bn;
 }
 
-// (x, ...MA params (12), [bnMean, bnInvstd, bnWeight, bnBias, residual | null]) ->
-// [y, t, attn, o, z, s, stats (null on CUDA)]
+// (x, ...MA params (13), [bnMean, bnInvstd, bnWeight, bnBias, residual | null]) ->
+// [y, t, attn, o, z, s, stats (null on CUDA)] (t, attn, o, z null without keepContext)
 Napi::Value AdaShiftMAForwardJs(const CI& info) {
   Args a{info, "adashiftMAForward"};
-  AdaShiftMAForward o = adashift_ma_forward(a.tensor(0, "x"), ma_params(a, 1), ma_bn_input(a, 13));
+  AdaShiftMAForward o = adashift_ma_forward(a.tensor(0, "x"), ma_params(a, 1), ma_bn_input(a, 14));
   return wrap_all(info, {o.y, o.saved.t, o.saved.attn, o.saved.o, o.saved.z, o.saved.s, o.saved.stats});
 }
 
-// (x, dy, t, attn, o, z, s, stats | null, ...MA params (12), needDx, [BatchNorm input as above]) ->
+// (x, dy, t | null, attn | null, o | null, z | null, s, stats | null, ...MA params (13), needDx,
+// [BatchNorm input as above]) ->
 // [dx (dz with a BatchNorm input), dq.w, dq.b, dk.w, dk.b, dv.w, dv.b, dlin.w, drect.w, drect.b,
 //  sumDz, sumDzXhat] (null where not computed)
 Napi::Value AdaShiftMABackwardJs(const CI& info) {
   Args a{info, "adashiftMABackward"};
-  AdaShiftMASaved sv{a.tensor(2, "t"), a.tensor(3, "attn"), a.tensor(4, "o"), a.tensor(5, "z"), a.tensor(6, "s"),
-                     a.optional_tensor(7, "stats")};
+  AdaShiftMASaved sv{a.optional_tensor(2, "t"), a.optional_tensor(3, "attn"), a.optional_tensor(4, "o"),
+                     a.optional_tensor(5, "z"), a.tensor(6, "s"), a.optional_tensor(7, "stats")};
   AdaShiftMAGrad g = adashift_ma_backward(a.tensor(0, "x"), a.tensor(1, "dy"), sv, ma_params(a, 8),
-                                          a.boolean(20, "needDx"), ma_bn_input(a, 21));
+                                          a.boolean(21, "needDx"), ma_bn_input(a, 22));
   return wrap_all(info, {g.dx, g.dq_w, g.dq_b, g.dk_w, g.dk_b, g.dv_w, g.dv_b, g.dlin_w, g.drect_w,
                          g.drect_b, g.sum_dz, g.sum_dz_xhat});
 }

@@ -1520,6 +1520,18 @@ TEST(adashift_ma_saved_stats) {
     AdaShiftMASaved other = f.saved;
     other.stats = U({N, T, 4}, 0, 1);
     EXPECT_ERROR(Shape, adashift_ma_backward(x, dy, other, p, true));
+    // Without keep_context only s and stats are kept; a context given in part is refused.
+    AdaShiftMAParams lean = p;
+    lean.keep_context = false;
+    AdaShiftMAForward fl = adashift_ma_forward(x, lean);
+    CHECK(!fl.saved.t.defined() && !fl.saved.attn.defined() && !fl.saved.o.defined() && !fl.saved.z.defined());
+    CHECK(fl.saved.s.defined() && fl.saved.stats.defined());
+    AdaShiftMASaved part = fl.saved;
+    part.attn = f.saved.attn;
+    EXPECT_ERROR(Arg, adashift_ma_backward(x, dy, part, lean, true));
+    AdaShiftMASaved no_s = fl.saved;
+    no_s.s = Tensor();
+    EXPECT_ERROR(Arg, adashift_ma_backward(x, dy, no_s, lean, true));
   }
 }
 

@@ -64,11 +64,12 @@ void compare(const std::string& what, const Tensor& gpu, const Tensor& cpu, doub
   if (!ok) ++g_failures;
 }
 
-void same_bits(const std::string& what, const Tensor& a, const Tensor& b) {
+void same_bits(const std::string& what, const Tensor& a, const Tensor& b,
+               const char* how = "two GPU runs, same bits") {
   std::vector<float> x = host(a), y = host(b);
   const bool ok = x.size() == y.size() &&
                   (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
-  std::printf("parity_adashift: %-58s %s\n", (what + " (two GPU runs, same bits)").c_str(),
+  std::printf("parity_adashift: %-58s %s\n", (what + " (" + how + ")").c_str(),
               ok ? "ok" : "FAIL");
   if (!ok) ++g_failures;
 }
@@ -125,6 +126,30 @@ void run_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t grid, int64_t 
     same_bits(n + " " + names[i], *gs[i], *gs2[i]);
   }
   same_bits(n + " dx", gg.dx, gg2.dx);
+
+  // Without keep_context: each backend's backward recomputes the context from x (CUDA's with its
+  // own kernels) from the shift its forward kept; the CPU's gives its kept-context bits.
+  {
+    AdaShiftMAParams pl = p, pgl = pg;
+    pl.keep_context = pgl.keep_context = false;
+    AdaShiftMAForward lc = adashift_ma_forward(x, pl);
+    AdaShiftMAForward lg = adashift_ma_forward(xg, pgl);
+    AdaShiftMAGrad rc = adashift_ma_backward(x, dy, lc.saved, pl, true);
+    AdaShiftMAGrad rg = adashift_ma_backward(xg, dyg, lg.saved, pgl, true);
+    AdaShiftMAGrad kg = adashift_ma_backward(xg, dyg, fg.saved, pg, true);
+    same_bits(n + " recompute: CPU dx as kept", rc.dx, gc.dx, "same bits");
+    compare(n + " recompute: dx", rg.dx, rc.dx, 1e-5, 1e-4);
+    same_bits(n + " recompute: GPU dx as kept", rg.dx, kg.dx, "same bits");
+    const Tensor* rcs[] = {&rc.dq_w, &rc.dq_b, &rc.dk_w, &rc.dk_b, &rc.dv_w, &rc.dv_b, &rc.drect_w, &rc.drect_b, &rc.dlin_w};
+    const Tensor* rgs[] = {&rg.dq_w, &rg.dq_b, &rg.dk_w, &rg.dk_b, &rg.dv_w, &rg.dv_b, &rg.drect_w, &rg.drect_b, &rg.dlin_w};
+    const Tensor* kgs[] = {&kg.dq_w, &kg.dq_b, &kg.dk_w, &kg.dk_b, &kg.dv_w, &kg.dv_b, &kg.drect_w, &kg.drect_b, &kg.dlin_w};
+    for (int i = 0; i < 9; ++i) {
+      if (!cs[i]->defined()) continue;
+      same_bits(n + " recompute: CPU " + names[i] + " as kept", *rcs[i], *cs[i], "same bits");
+      compare(n + " recompute: " + names[i], *rgs[i], *rcs[i], 1e-4, 1e-3, i == 3 ? kw_scale : 0.0);
+      same_bits(n + " recompute: GPU " + names[i] + " as kept", *rgs[i], *kgs[i], "same bits");
+    }
+  }
 
   // With a BatchNorm input (and a residual for the 'linear' cases): the GPU's BatchNorm pass
   // then the MA op against the CPU's per-sample layout, forward and backward (dz, its plane sums).

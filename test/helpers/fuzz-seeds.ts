@@ -545,7 +545,7 @@ function maSeed(c: Ctx): Args {
   const N = p.int(1, 2), C = p.pick([1, 2, 4, 6]);
   const heads = p.pick([1, 2, 3, 4, 6].filter((g) => C % g === 0));
   const v = () => c.rand([C]);
-  return [c.rand([N, C, p.int(1, 4), p.int(1, 4)]), p.int(1, 3), heads, v(), v(), v(), v(), v(), v(), p.bool() ? c.rand([C, C]) : null, v(), v(), p.pick([1e-5, 1e-6, 0.1])];
+  return [c.rand([N, C, p.int(1, 4), p.int(1, 4)]), p.int(1, 3), heads, v(), v(), v(), v(), v(), v(), p.bool() ? c.rand([C, C]) : null, v(), v(), p.pick([1e-5, 1e-6, 0.1]), p.bool()];
 }
 
 const MUTATION_SPECS: MutSpec[] = [
@@ -660,10 +660,11 @@ const MUTATION_SPECS: MutSpec[] = [
       T('rectWeight', { dims: [0] }),
       T('rectBias', { dims: [0] }),
       F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
-      ...maBnParams(13),
+      B('keepContext'),
+      ...maBnParams(14),
     ],
     seed: (c) => {
-      const a = maSeed(c).slice(0, 13);
+      const a = maSeed(c);
       return [...a, ...maBnSeed(c, a[0])];
     },
     semantic: [
@@ -673,7 +674,8 @@ const MUTATION_SPECS: MutSpec[] = [
     check: (r, a) => {
       const [N, C, H, W] = shp(a[0]);
       const T = Math.min(a[1] as number, H) * Math.min(a[1] as number, W), G = a[2] as number;
-      return expectList(r, [shp(a[0]), [N, T, C], [N, G, T, T], [N, T, C], [N, T, C], [N, T, C], [N, 4, T]]);
+      const kept = a[13] === true; // t, attn, o, z only with keepContext
+      return expectList(r, [shp(a[0]), kept ? [N, T, C] : null, kept ? [N, G, T, T] : null, kept ? [N, T, C] : null, kept ? [N, T, C] : null, [N, T, C], [N, 4, T]]);
     },
   },
   {
@@ -681,10 +683,11 @@ const MUTATION_SPECS: MutSpec[] = [
     params: [
       T('x', { dims: 'all' }),
       T('dy', { dims: 'all' }),
-      T('t', { dims: 'all' }),
-      T('attn', { dims: 'all' }),
-      T('o', { dims: 'all' }),
-      T('z', { dims: 'all' }),
+      // the forward's context: all four tensors or none (the backward then recomputes them)
+      T('t', { nullOk: (a) => a[3] == null && a[4] == null && a[5] == null, dims: 'all' }),
+      T('attn', { nullOk: (a) => a[2] == null && a[4] == null && a[5] == null, dims: 'all' }),
+      T('o', { nullOk: (a) => a[2] == null && a[3] == null && a[5] == null, dims: 'all' }),
+      T('z', { nullOk: (a) => a[2] == null && a[3] == null && a[4] == null, dims: 'all' }),
       T('s', { dims: 'all' }),
       T('stats', { dims: 'all' }),
       I('grid', 1, 1024),
@@ -699,15 +702,16 @@ const MUTATION_SPECS: MutSpec[] = [
       T('rectWeight', { dims: [0] }),
       T('rectBias', { dims: [0] }),
       F('eps', { f32: true, min: 0, minOpen: true, extra: () => [['rounds to 0 in float32', () => 1e-50]] }),
+      B('keepContext'),
       B('needDx'),
-      ...maBnParams(21),
+      ...maBnParams(22),
     ],
     seed: (c) => {
       const a = maSeed(c);
       const bn = maBnSeed(c, a[0]);
-      const [y, t, attn, o, z, s, stats] = c.keep(c.native.adashiftMAForward(...([...a.slice(0, 13), ...bn] as Parameters<typeof c.native.adashiftMAForward>)));
+      const [y, t, attn, o, z, s, stats] = c.keep(c.native.adashiftMAForward(...([...a, ...bn] as Parameters<typeof c.native.adashiftMAForward>)));
       y.dispose();
-      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, stats, ...a.slice(1, 13), c.prng.bool(), ...bn];
+      return [a[0], c.rand(shp(a[0])), t, attn, o, z, s, stats, ...a.slice(1), c.prng.bool(), ...bn];
     },
     semantic: [
       ['s of the layout [N, C, T]', (c, a) => a.map((v, i) => (i === 6 ? c.rand([shp(a[6])[0], shp(a[6])[2], shp(a[6])[1]]) : v)), (a) => shp(a[6])[1] !== shp(a[6])[2]],
@@ -715,8 +719,8 @@ const MUTATION_SPECS: MutSpec[] = [
     ],
     check: (r, a) => {
       const [N, C] = shp(a[0]);
-      const lin = a[16] != null, bn = a[21] != null;
-      return expectList(r, [a[20] || bn ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C], bn ? [N, C] : null, bn ? [N, C] : null]);
+      const lin = a[16] != null, bn = a[22] != null;
+      return expectList(r, [a[21] || bn ? shp(a[0]) : null, [C], [C], [C], [C], [C], [C], lin ? [C, C] : null, [C], [C], bn ? [N, C] : null, bn ? [N, C] : null]);
     },
   },
   // ---- lib/bindings/conv.ts --------------------------------------------------------------------

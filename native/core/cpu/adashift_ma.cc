@@ -2,6 +2,8 @@
 // -> attention per head -> rect -> gate while its x is in cache; backward runs one pass for both
 // gate gradients (direct dx written, ds summed per cell), rect / attention / LayerNorm backward
 // on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache.
+// When the op keeps no context (t, attn, o, z), the backward first runs the forward's steps up to
+// z again on the sample (pooling it brings its planes into cache for the gate pass that follows).
 // With a BatchNorm input, each sample's bn(x) + r is laid out in scratch first and the passes
 // read it there; backward then also sums the sample's dz per plane for BatchNorm.
 // With enough samples each thread takes whole samples (the region kernels called inside then
@@ -11,6 +13,7 @@
 // depend on the number of threads.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 #include "../ops/adashift.h"
 #include "../ops/dense.h"
@@ -35,11 +38,22 @@ void for_each_sample_ma(int64_t N, SampleFn sample) {
   }
 }
 
-// Per-thread scratch (reused across samples and calls).
-inline float* scratch_ma(int which, size_t n) {
-  thread_local std::vector<float> buf[13];
-  if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which].data();
+// Per-thread scratch (reused across samples and calls), on the heap behind one thread_local
+// pointer (the static TLS a shared object gets at load is small; see cpu/conv.cc).
+enum Slot {
+  kQ, kK, kV,                     // q, k, v (forward and backward)
+  kDs, kDo, kDq, kDk, kDv,        // backward: ds, do ('linear' rect), dq, dk, dv
+  kXhat, kDscore, kDt, kCm,       // backward: q/k/v xhat, dS, dt, channel-major s / ds / dt
+  kPooled, kShiftCm, kBnInput,    // the pooled tokens (channel-major), s channel-major, bn(x) + r
+  kT, kAttn, kO, kZ,              // t, attn, o, z when the op does not keep them
+  kSlots
+};
+inline float* scratch_ma(Slot which, size_t n) {
+  thread_local std::unique_ptr<std::vector<float>[]> buf;
+  if (!buf) buf.reset(new std::vector<float>[kSlots]);
+  std::vector<float>& b = buf[which];
+  if (b.size() < n) b.resize(n);
+  return b.data();
 }
 
 // C [M, N] (leading dimension ldc) = alpha op(A) op(B) on the calling thread: the package's
@@ -90,12 +104,61 @@ inline void qkv_from_stats(const Dims& D, const AdaShiftMAPtrs& p, const float* 
 inline const float* sample_input(const RegionGrid& g, const float* x, const BnApply* bn, int64_t n) {
   const int64_t CHW = g.C * g.H * g.W;
   if (!bn) return x + n * CHW;
-  float* z = scratch_ma(12, size_t(CHW));
+  float* z = scratch_ma(kBnInput, size_t(CHW));
   BnApply k = *bn;
   k.s = nullptr;
   k.r = bn->r ? bn->r + n * CHW : nullptr;
   batchnorm_act_forward(BnShape{1, g.C, g.H * g.W}, NormAct::None, k, x + n * CHW, z);
   return z;
+}
+
+// Where one sample's context tensors are: the op's saved tensors when it keeps them (the
+// forward writes them, the backward only reads them), else the calling thread's scratch.
+struct SampleContext {
+  float *t, *attn, *o, *z;  // [T, C], [G, T, T], [T, C], [T, C] (z == o for the 'norm' rect)
+};
+inline SampleContext sample_context(const Dims& D, const AdaShiftMAPtrs& p, const float* t,
+                                    const float* attn, const float* o, const float* z, int64_t n) {
+  const int64_t TC = D.T * D.C, TT = D.G * D.T * D.T;
+  if (t)
+    return SampleContext{const_cast<float*>(t) + n * TC, const_cast<float*>(attn) + n * TT,
+                         const_cast<float*>(o) + n * TC, const_cast<float*>(z) + n * TC};
+  SampleContext c;
+  c.t = scratch_ma(kT, size_t(TC));
+  c.attn = scratch_ma(kAttn, size_t(TT));
+  c.o = scratch_ma(kO, size_t(TC));
+  c.z = p.lin_w ? scratch_ma(kZ, size_t(TC)) : c.o;
+  return c;
+}
+
+// The forward's steps from a sample's input planes xs to the rect's input z: the pooled tokens
+// into c.t, the q/k/v statistics (computed into new_stats when given, else read from st), q, k,
+// v (and their xhat into xh when given), the attention per head into c.attn and c.o, and z = o
+// W^T ('linear' rect). The forward runs it, and the backward again when the op kept no context:
+// the same calls on the same values, so the same bits.
+void context_to_z(const RegionGrid& g1, const Dims& D, const AdaShiftMAPtrs& p, const float* xs,
+                  float* new_stats, const float* st, const SampleContext& c, float* q, float* k,
+                  float* v, float* xh) {
+  const int64_t T = D.T, C = D.C, TC = T * C;
+  float* pooled = scratch_ma(kPooled, size_t(TC));
+  region_pool_forward(g1, xs, pooled);
+  loops::transpose(pooled, T, C, T, c.t, C);
+  // The three LayerNorms share their input, so its statistics are computed once, from the
+  // pooled tokens as they are (channel-major: the sums run down the channels with the tokens
+  // in the vector lanes).
+  if (new_stats) {
+    loops::col_moments(pooled, C, T, p.eps, new_stats, new_stats + T);
+    st = new_stats;
+  }
+  qkv_from_stats(D, p, c.t, st, st + T, xh, q, k, v);
+  for (int64_t h = 0; h < D.G; ++h) {
+    float* A = c.attn + h * T * T;
+    const int64_t c0 = h * D.d;
+    mm(false, true, T, T, D.d, D.scale, q + c0, C, k + c0, C, A, T);  // scale q_h k_h^T
+    softmax_forward(A, T, T, A);
+    mm(false, false, T, D.d, T, 1.0f, A, T, v + c0, C, c.o + c0, C);  // o_h = A v_h
+  }
+  if (p.lin_w) mm(false, true, T, C, C, 1.0f, c.o, C, p.lin_w, C, c.z, C);  // z = o W^T
 }
 
 }  // namespace
@@ -115,33 +178,14 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
   // next sample stall behind the gate's, where a pooling pass alone streams at full speed.
   auto sample = [&](int64_t n) {
     const float* xs = sample_input(g, x, bn, n);
-    float* pooled = scratch_ma(5, size_t(TC));
-    region_pool_forward(g1, xs, pooled);
-    float* ts = t + n * TC;
-    loops::transpose(pooled, T, C, T, ts, C);
-    float* q = scratch_ma(0, size_t(TC));
-    float* k = scratch_ma(1, size_t(TC));
-    float* v = scratch_ma(2, size_t(TC));
-    // The three LayerNorms share their input, so its statistics are computed once, from the
-    // pooled tokens as they are (channel-major: the sums run down the channels with the tokens
-    // in the vector lanes); they and the rect's are kept for backward.
-    float* st = stats + n * 4 * T;
+    const SampleContext c = sample_context(D, p, t, attn, o, z, n);
+    float* st = stats + n * 4 * T;  // q/k/v mean, rstd; rect mean, rstd (kept for backward)
     float* rm = st + 2 * T;
-    loops::col_moments(pooled, C, T, p.eps, st, st + T);
-    qkv_from_stats(D, p, ts, st, st + T, nullptr, q, k, v);
-    float* os = o + n * TC;
-    for (int64_t h = 0; h < D.G; ++h) {
-      float* A = attn + (n * D.G + h) * T * T;
-      const int64_t c0 = h * D.d;
-      mm(false, true, T, T, D.d, D.scale, q + c0, C, k + c0, C, A, T);  // scale q_h k_h^T
-      softmax_forward(A, T, T, A);
-      mm(false, false, T, D.d, T, 1.0f, A, T, v + c0, C, os + c0, C);  // o_h = A v_h
-    }
-    float* zs = z + n * TC;
-    if (p.lin_w) mm(false, true, T, C, C, 1.0f, os, C, p.lin_w, C, zs, C);  // z = o W^T
+    context_to_z(g1, D, p, xs, st, st, c, scratch_ma(kQ, size_t(TC)), scratch_ma(kK, size_t(TC)),
+                 scratch_ma(kV, size_t(TC)), nullptr);
     float* ss = s + n * TC;
-    layernorm_forward(zs, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
-    float* sc = scratch_ma(6, size_t(TC));
+    layernorm_forward(c.z, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
+    float* sc = scratch_ma(kShiftCm, size_t(TC));
     loops::transpose(ss, C, T, C, sc, T);
     gate_forward(g1, xs, sc, y + n * C * HW);
   };
@@ -154,49 +198,58 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
                           const AdaShiftMAPtrs& p, const BnApply* bn, const float* t,
                           const float* attn, const float* o, const float* z, const float* s,
                           const float* stats, bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
-                          float* sum_dz_xhat) {
+                          float* sum_dz_xhat, float* o_out) {
   const Dims D = dims_of(g, p);
   const int64_t T = D.T, C = D.C, HW = g.H * g.W, TC = T * C;
   const RegionGrid g1 = sample_grid(g);
+  const bool recompute = t == nullptr;
   need_dx = need_dx || bn;
   for_each_sample_ma(g.N, [&](int64_t n) {
     const float* xs = sample_input(g, x, bn, n);
     const float* dys = dy + n * C * HW;
-    const float* ts = t + n * TC;
-    const float* zs = z + n * TC;
     const float* ss = s + n * TC;
     float* pr = prow + n * 8 * C;
-    float* ds = scratch_ma(0, size_t(TC));
-    float* q = scratch_ma(1, size_t(TC));
-    float* k = scratch_ma(2, size_t(TC));
-    float* v = scratch_ma(3, size_t(TC));
-    float* dob = scratch_ma(4, size_t(TC));
-    float* dq = scratch_ma(5, size_t(TC));
-    float* dk = scratch_ma(6, size_t(TC));
-    float* dv = scratch_ma(7, size_t(TC));
-    float* dS = scratch_ma(9, size_t(T * T));
+    float* ds = scratch_ma(kDs, size_t(TC));
+    float* q = scratch_ma(kQ, size_t(TC));
+    float* k = scratch_ma(kK, size_t(TC));
+    float* v = scratch_ma(kV, size_t(TC));
+    float* dob = scratch_ma(kDo, size_t(TC));
+    float* dq = scratch_ma(kDq, size_t(TC));
+    float* dk = scratch_ma(kDk, size_t(TC));
+    float* dv = scratch_ma(kDv, size_t(TC));
+    float* dS = scratch_ma(kDscore, size_t(T * T));
     const float* st = stats + n * 4 * T;  // q/k/v mean, rstd; rect mean, rstd
-    float* xh = scratch_ma(8, size_t(TC));
-    float* dt = scratch_ma(10, size_t(TC));
+    float* xh = scratch_ma(kXhat, size_t(TC));
+    float* dt = scratch_ma(kDt, size_t(TC));
+    // The context: the forward's, or computed again from the sample (its statistics are the
+    // forward's), with q, k, v and their xhat; o into o_out when given.
+    SampleContext c = sample_context(D, p, t, attn, o, z, n);
+    if (recompute) {
+      if (o_out) {
+        c.o = o_out + n * TC;
+        if (!p.lin_w) c.z = c.o;
+      }
+      context_to_z(g1, D, p, xs, nullptr, st, c, q, k, v, xh);
+    }
     // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds.
     float* dxs = need_dx ? dx + n * C * HW : nullptr;
-    float* cm = scratch_ma(11, size_t(2 * TC));  // s, then ds, channel-major
+    float* cm = scratch_ma(kCm, size_t(2 * TC));  // s, then ds, channel-major
     loops::transpose(ss, C, T, C, cm, T);
     if (need_dx) gate_backward_grads(g1, xs, dys, cm, dxs, cm + TC);
     else gate_backward_reduce(g1, xs, dys, cm, cm + TC);
     loops::transpose(cm + TC, T, C, T, ds, C);
     // rect's LayerNorm backward (its statistics saved by the forward)
     float* dzs = dz + n * TC;
-    layernorm_backward(ds, zs, st + 2 * T, st + 3 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
+    layernorm_backward(ds, c.z, st + 2 * T, st + 3 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);
     const float* dov = dzs;  // d o (dz itself for the 'norm' rect)
     if (p.lin_w) {
       mm(false, false, T, C, C, 1.0f, dzs, C, p.lin_w, C, dob, C);  // do = dz W
       dov = dob;
     }
     // attention backward, head by head, on q, k, v recomputed from the saved statistics
-    qkv_from_stats(D, p, ts, st, st + T, xh, q, k, v);
+    if (!recompute) qkv_from_stats(D, p, c.t, st, st + T, xh, q, k, v);
     for (int64_t h = 0; h < D.G; ++h) {
-      const float* A = attn + (n * D.G + h) * T * T;
+      const float* A = c.attn + h * T * T;
       const int64_t c0 = h * D.d;
       mm(false, true, T, T, D.d, 1.0f, dov + c0, C, v + c0, C, dS, T);    // dA = do_h v_h^T
       mm(true, false, T, D.d, T, 1.0f, A, T, dov + c0, C, dv + c0, C);    // dv_h = A^T do_h

@@ -337,6 +337,30 @@ static Tensor ma_bn_input(const Tensor& x, const MABatchNormInput& bn) {
                                bn.residual);
 }
 
+// CUDA: the context network up to the rect's input, as the whole-tensor ops in sequence (each
+// checked against the CPU): the forward's, and the backward's when the forward kept no context.
+struct MAContext {
+  Tensor t, attn, o, z;
+};
+static MAContext ma_context_cuda(const Tensor& x, const AdaShiftMAParams& p, int64_t N, int64_t T,
+                                 int64_t G, int64_t d) {
+  const float scale = float(1.0 / std::sqrt(double(d)));
+  MAContext c;
+  c.t = region_pool_forward(x, p.grid);
+  Tensor q = ma_split(layernorm_forward(c.t, p.q_w, p.q_b, p.eps).y, N, T, G, d);
+  Tensor k = ma_split(layernorm_forward(c.t, p.k_w, p.k_b, p.eps).y, N, T, G, d);
+  Tensor v = ma_split(layernorm_forward(c.t, p.v_w, p.v_b, p.eps).y, N, T, G, d);
+  Tensor sc = matmul(q, k, false, true);
+  Tensor a = softmax_forward(axpby(scale, sc, 0.0f, sc));
+  c.attn = Tensor::view(a, {N, G, T, T});
+  c.o = ma_merge(matmul(a, v, false, false), N, T, G, d);
+  const int64_t C = G * d;
+  c.z = p.lin_w.defined()
+            ? Tensor::view(matmul(Tensor::view(c.o, {N * T, C}), p.lin_w, false, true), {N, T, C})
+            : c.o;
+  return c;
+}
+
 AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p,
                                       const MABatchNormInput& bn) {
   RegionGrid g = check_adashift_ma(x, p);
@@ -348,38 +372,36 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
     if (!dev.is_cpu() && x.numel() > 0) return adashift_ma_forward(ma_bn_input(x, bn), p);
   }
   AdaShiftMAForward r;
+  const bool keep = p.keep_context;
   if (dev.is_cpu() || x.numel() == 0) {
     // An empty x on either device: the saved tensors are zeros rather than left unwritten.
     const bool empty = x.numel() == 0;
     auto make = [&](std::vector<int64_t> shape) { return saved_tensor(shape, dev, empty); };
     r.y = Tensor(x.shape(), dev);
-    r.saved.t = make({N, T, C});
-    r.saved.attn = make({N, G, T, T});
-    r.saved.o = make({N, T, C});
-    r.saved.z = p.lin_w.defined() ? make({N, T, C}) : r.saved.o;
+    if (keep) {
+      r.saved.t = make({N, T, C});
+      r.saved.attn = make({N, G, T, T});
+      r.saved.o = make({N, T, C});
+      r.saved.z = p.lin_w.defined() ? make({N, T, C}) : r.saved.o;
+    }
     r.saved.s = make({N, T, C});
     r.saved.stats = make({N, 4, T});
+    auto ptr = [](Tensor& u) { return u.defined() ? u.data() : nullptr; };
     if (!empty)
       cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr, r.y.data(),
-                               r.saved.t.data(), r.saved.attn.data(), r.saved.o.data(),
-                               r.saved.z.data(), r.saved.s.data(), r.saved.stats.data());
+                               ptr(r.saved.t), ptr(r.saved.attn), ptr(r.saved.o), ptr(r.saved.z),
+                               r.saved.s.data(), r.saved.stats.data());
     return r;
   }
-  // CUDA: the whole-tensor ops in sequence (each already checked against the CPU).
-  const float scale = float(1.0 / std::sqrt(double(d)));
-  r.saved.t = region_pool_forward(x, p.grid);
-  Tensor q = ma_split(layernorm_forward(r.saved.t, p.q_w, p.q_b, p.eps).y, N, T, G, d);
-  Tensor k = ma_split(layernorm_forward(r.saved.t, p.k_w, p.k_b, p.eps).y, N, T, G, d);
-  Tensor v = ma_split(layernorm_forward(r.saved.t, p.v_w, p.v_b, p.eps).y, N, T, G, d);
-  Tensor sc = matmul(q, k, false, true);
-  Tensor a = softmax_forward(axpby(scale, sc, 0.0f, sc));
-  r.saved.attn = Tensor::view(a, {N, G, T, T});
-  r.saved.o = ma_merge(matmul(a, v, false, false), N, T, G, d);
-  r.saved.z = p.lin_w.defined()
-                  ? Tensor::view(matmul(Tensor::view(r.saved.o, {N * T, C}), p.lin_w, false, true), {N, T, C})
-                  : r.saved.o;
-  r.saved.s = layernorm_forward(r.saved.z, p.rect_w, p.rect_b, p.eps).y;
+  MAContext c = ma_context_cuda(x, p, N, T, G, d);
+  r.saved.s = layernorm_forward(c.z, p.rect_w, p.rect_b, p.eps).y;
   r.y = gate_forward(x, r.saved.s, p.grid);
+  if (keep) {
+    r.saved.t = c.t;
+    r.saved.attn = c.attn;
+    r.saved.o = c.o;
+    r.saved.z = c.z;
+  }
   return r;
 }
 
@@ -405,12 +427,21 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
   const int64_t N = g.N, C = g.C, T = g.tokens(), G = p.heads, d = C / G;
   check_same_device(x, dy, "AdaShift-MA backward");
   check_shape(dy, x.shape(), "AdaShift-MA backward: output gradient");
+  // The forward's context (t, attn, o, z) all given, or none: then recomputed here from x.
+  const bool recompute = !sv.t.defined();
+  AS_CHECK(sv.attn.defined() != recompute && sv.o.defined() != recompute && sv.z.defined() != recompute, Arg,
+           "AdaShift-MA backward: the saved t, attn, o and z go together: all of them (kept by the forward) "
+           "or none (the backward recomputes them)");
+  AS_CHECK(sv.s.defined(), Arg, "AdaShift-MA backward: the saved shift s is required");
   for (const Tensor* t : {&sv.t, &sv.o, &sv.z, &sv.s}) {
+    if (!t->defined()) continue;
     check_same_device(x, *t, "AdaShift-MA backward: saved tensor");
     check_shape(*t, {N, T, C}, "AdaShift-MA backward: saved tensor");
   }
-  check_same_device(x, sv.attn, "AdaShift-MA backward: saved attention");
-  check_shape(sv.attn, {N, G, T, T}, "AdaShift-MA backward: saved attention");
+  if (!recompute) {
+    check_same_device(x, sv.attn, "AdaShift-MA backward: saved attention");
+    check_shape(sv.attn, {N, G, T, T}, "AdaShift-MA backward: saved attention");
+  }
   if (x.device().is_cpu()) {
     AS_CHECK(sv.stats.defined(), Arg,
              "AdaShift-MA backward: the saved LayerNorm statistics (stats) are required on the CPU");
@@ -431,7 +462,7 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
     if (lin) r.dlin_w = full({C, C}, 0.0f, dev);
     return r;
   }
-  Tensor dz;
+  Tensor dz, o = sv.o;  // o: the attention output, the forward's or recomputed here
   if (dev.is_cpu()) {
     dz = Tensor({N, T, C}, dev);
     Tensor prow({N, 8 * C}, dev);
@@ -440,11 +471,15 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
       r.sum_dz = Tensor({N, C}, dev);
       r.sum_dz_xhat = Tensor({N, C}, dev);
     }
+    // Recomputing, the 'linear' rect's weight gradient needs every sample's o: kept here until
+    // the op returns.
+    if (recompute && lin) o = Tensor({N, T, C}, dev);
+    auto ptr = [](const Tensor& u) { return u.defined() ? u.data() : nullptr; };
     cpu::adashift_ma_backward(g, x.data(), dy.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr,
-                              sv.t.data(), sv.attn.data(), sv.o.data(), sv.z.data(), sv.s.data(),
+                              ptr(sv.t), ptr(sv.attn), ptr(sv.o), ptr(sv.z), sv.s.data(),
                               sv.stats.data(), need_dx, need_dx ? r.dx.data() : nullptr, dz.data(), prow.data(),
                               bn.defined() ? r.sum_dz.data() : nullptr,
-                              bn.defined() ? r.sum_dz_xhat.data() : nullptr);
+                              bn.defined() ? r.sum_dz_xhat.data() : nullptr, ptr(o));
     Tensor sums = sum_rows(prow, N);  // [8 C], samples added in a fixed order
     Tensor* outs[8] = {&r.dq_w, &r.dq_b, &r.dk_w, &r.dk_b, &r.dv_w, &r.dv_b, &r.drect_w, &r.drect_b};
     for (int i = 0; i < 8; ++i) {
@@ -453,18 +488,20 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
     }
   } else {
     const float scale = float(1.0 / std::sqrt(double(d)));
+    const MAContext c = recompute ? ma_context_cuda(x, p, N, T, G, d) : MAContext{sv.t, sv.attn, sv.o, sv.z};
+    o = c.o;
     Tensor ds = gate_backward_reduce(x, dy, sv.s, p.grid);
-    LayerNormOut zl = layernorm_forward(sv.z, p.rect_w, p.rect_b, p.eps);
-    LayerNormGrad rg = layernorm_backward(ds, sv.z, zl.mean, zl.rstd, p.rect_w);
+    LayerNormOut zl = layernorm_forward(c.z, p.rect_w, p.rect_b, p.eps);
+    LayerNormGrad rg = layernorm_backward(ds, c.z, zl.mean, zl.rstd, p.rect_w);
     r.drect_w = rg.dweight;
     r.drect_b = rg.dbias;
     dz = rg.dx;
     Tensor dout = lin ? Tensor::view(matmul(Tensor::view(dz, {N * T, C}), p.lin_w, false, false), {N, T, C}) : dz;
-    LayerNormOut ql = layernorm_forward(sv.t, p.q_w, p.q_b, p.eps);
-    LayerNormOut kl = layernorm_forward(sv.t, p.k_w, p.k_b, p.eps);
-    LayerNormOut vl = layernorm_forward(sv.t, p.v_w, p.v_b, p.eps);
+    LayerNormOut ql = layernorm_forward(c.t, p.q_w, p.q_b, p.eps);
+    LayerNormOut kl = layernorm_forward(c.t, p.k_w, p.k_b, p.eps);
+    LayerNormOut vl = layernorm_forward(c.t, p.v_w, p.v_b, p.eps);
     Tensor q = ma_split(ql.y, N, T, G, d), k = ma_split(kl.y, N, T, G, d), v = ma_split(vl.y, N, T, G, d);
-    Tensor a = Tensor::view(sv.attn, {N * G, T, T});
+    Tensor a = Tensor::view(c.attn, {N * G, T, T});
     Tensor dos = ma_split(dout, N, T, G, d);
     Tensor da = matmul(dos, v, false, true);
     Tensor dv = ma_merge(matmul(a, dos, true, false), N, T, G, d);
@@ -472,9 +509,9 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
     Tensor dsc = axpby(scale, dsm, 0.0f, dsm);
     Tensor dq = ma_merge(matmul(dsc, k, false, false), N, T, G, d);
     Tensor dk = ma_merge(matmul(dsc, q, true, false), N, T, G, d);
-    LayerNormGrad lq = layernorm_backward(dq, sv.t, ql.mean, ql.rstd, p.q_w);
-    LayerNormGrad lk = layernorm_backward(dk, sv.t, kl.mean, kl.rstd, p.k_w);
-    LayerNormGrad lv = layernorm_backward(dv, sv.t, vl.mean, vl.rstd, p.v_w);
+    LayerNormGrad lq = layernorm_backward(dq, c.t, ql.mean, ql.rstd, p.q_w);
+    LayerNormGrad lk = layernorm_backward(dk, c.t, kl.mean, kl.rstd, p.k_w);
+    LayerNormGrad lv = layernorm_backward(dv, c.t, vl.mean, vl.rstd, p.v_w);
     r.dq_w = lq.dweight; r.dq_b = lq.dbias;
     r.dk_w = lk.dweight; r.dk_b = lk.dbias;
     r.dv_w = lv.dweight; r.dv_b = lv.dbias;
@@ -483,7 +520,7 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
       r.dx = gate_backward_apply(x, dy, sv.s, dt, p.grid);
     }
   }
-  if (lin) r.dlin_w = matmul(Tensor::view(dz, {N * T, C}), Tensor::view(sv.o, {N * T, C}), true, false);
+  if (lin) r.dlin_w = matmul(Tensor::view(dz, {N * T, C}), Tensor::view(o, {N * T, C}), true, false);
   return r;
 }
 

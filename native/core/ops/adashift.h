@@ -95,17 +95,24 @@ AdaShiftBContextGrad adashift_b_context_backward(const Tensor& ds, const Tensor&
 // LayerNorm backward, the pooled gradient added to dx in cache). The q/k/v LayerNorms share their
 // input's statistics (computed once, and their three backwards run as one). On CUDA it is the
 // same sequence of whole-tensor ops (pool, layernorm, matmul, softmax, permute, gate). Both
-// backends save t, attn, o, z and s; backward recomputes the (cheap, token-sized) q/k/v
-// LayerNorm outputs. The CPU also keeps the LayerNorm statistics (stats), so its backward
-// does not recompute them; CUDA's recomputes them with the outputs.
+// backends save s; with keep_context they also save the context network's t, attn, o and z,
+// else backward computes them again from x (pool, q/k/v LayerNorms, attention, the 'linear'
+// rect's product: the forward's own steps, so the same bits) and the op keeps for backward
+// only its shift and, on the CPU, the LayerNorm statistics. Backward always recomputes the
+// (cheap, token-sized) q/k/v LayerNorm outputs. The CPU keeps the LayerNorm statistics
+// (stats), so its backward does not recompute them; CUDA's recomputes them with the outputs.
 struct AdaShiftMAParams {
   int64_t grid, heads;
   Tensor q_w, q_b, k_w, k_b, v_w, v_b;
   Tensor lin_w;  // [C, C] ('linear' rect) or undefined ('norm' rect)
   Tensor rect_w, rect_b;
   float eps;
+  // Save t, attn, o, z for backward (faster backward; at 7x7 maps with the 7x7 grid about four
+  // times the input's size more) or recompute them there.
+  bool keep_context = true;
 };
 struct AdaShiftMASaved {
+  // t, attn, o, z: all defined (kept by the forward) or all undefined (backward recomputes them).
   Tensor t;     // [N, T, C] pooled tokens
   Tensor attn;  // [N, G, T, T] attention probabilities
   Tensor o;     // [N, T, C] attention output (heads merged)
@@ -161,7 +168,8 @@ struct AdaShiftMAPtrs {
   float eps;
 };
 // bn (nullable): the op's input is then bn(x) + r, laid out sample by sample (BnApply's mean,
-// invstd, weight, bias and r; its s unused).
+// invstd, weight, bias and r; its s unused). t, attn, o, z: all given (written) or all null
+// (not kept).
 void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPtrs& p,
                          const BnApply* bn, float* y, float* t, float* attn, float* o, float* z,
                          float* s, float* stats);
@@ -170,11 +178,13 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
 // parameter gradient rows prow [N, 8, C]: q.w, q.b, k.w, k.b, v.w, v.b, rect.w, rect.b. With bn
 // (need_dx then true), dx is the gradient of bn(x) + r, and sum_dz / sum_dz_xhat [N, C] its
 // per-plane sums (batchnorm_act_backward_reduce with act None).
+// t, attn, o, z: the forward's (all given) or null (all null: recomputed per sample from x;
+// o_out, when given, receives the recomputed o [N, T, C] for the 'linear' rect's weight gradient).
 void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
                           const AdaShiftMAPtrs& p, const BnApply* bn, const float* t,
                           const float* attn, const float* o, const float* z, const float* s,
                           const float* stats, bool need_dx, float* dx, float* dz, float* prow, float* sum_dz,
-                          float* sum_dz_xhat);
+                          float* sum_dz_xhat, float* o_out = nullptr);
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);
