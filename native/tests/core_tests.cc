@@ -1003,6 +1003,33 @@ TEST(gate_backward_reduce) {
     }
 }
 
+// The gate gradient passes can pool x as they go (AdaShift-MA's backward without a kept
+// context): the cell means must be region_pool_forward's to the bit, in both token layouts, and
+// the gradients those of the passes without pooling.
+TEST(gate_backward_pooled) {
+  for (const Shape& sh : kAdaShapes)
+    for (int64_t grid : kGrids)
+      for (bool cm : {false, true}) {
+        GateCase k = make_gate_case(sh, grid);
+        RegionGrid g = region_grid(k.x, grid);
+        g.channel_major = cm;
+        const size_t NT = size_t(g.N * g.tokens() * g.C), E = size_t(k.x.numel());
+        std::vector<float> s(NT), ref(NT), pooled(NT, -1.0f), ds0(NT), ds1(NT), dx0(E), dx1(E);
+        for (size_t i = 0; i < NT; ++i) s[i] = 0.5f * std::sin(float(i));  // any layout will do
+        cpu::region_pool_forward(g, k.x.data(), ref.data());
+        const std::string tag = cat(sstr(sh), " grid ", grid, cm ? " channel-major" : "");
+        cpu::gate_backward_grads(g, k.x.data(), k.dy.data(), s.data(), dx0.data(), ds0.data());
+        cpu::gate_backward_grads(g, k.x.data(), k.dy.data(), s.data(), dx1.data(), ds1.data(), pooled.data());
+        CHECK_MSG(std::memcmp(pooled.data(), ref.data(), NT * sizeof(float)) == 0, "grads pooled ", tag);
+        CHECK_MSG(dx0 == dx1 && ds0 == ds1, "grads unchanged ", tag);
+        std::fill(pooled.begin(), pooled.end(), -1.0f);
+        cpu::gate_backward_reduce(g, k.x.data(), k.dy.data(), s.data(), ds0.data());
+        cpu::gate_backward_reduce(g, k.x.data(), k.dy.data(), s.data(), ds1.data(), pooled.data());
+        CHECK_MSG(std::memcmp(pooled.data(), ref.data(), NT * sizeof(float)) == 0, "reduce pooled ", tag);
+        CHECK_MSG(ds0 == ds1, "reduce unchanged ", tag);
+      }
+}
+
 TEST(gate_backward_apply) {
   for (const Shape& sh : kAdaShapes)
     for (int64_t grid : kGrids)

@@ -202,8 +202,13 @@ inline void for_each_band(const RegionGrid& g, const GridLayout& L, int k, const
   }
 }
 
+static void pool_block(const RegionGrid& g, const GridLayout& L, const float* x, float* t, int64_t p0, int k,
+                       int64_t base);
+
+// pooled: when given, each block's cell means too (pool_block, as region_pool_forward), taken
+// right after the block's gradients, while its x is in cache.
 static void shift_grads_by_plane(const RegionGrid& g, const float* x, const float* dy, const float* s,
-                                 float* dx, float* ds) {
+                                 float* dx, float* ds, float* pooled) {
   const GridLayout& L = layout_of(g);
   const int64_t HW = g.H * g.W, T = g.tokens();
   if (g.W >= kBandRowsMinWidth && !L.identity) {
@@ -217,6 +222,7 @@ static void shift_grads_by_plane(const RegionGrid& g, const float* x, const floa
       float* sums = scratch(2, size_t(k * T));
       loops::cells_from_columns(cols, g.W, k * g.Ph, L.col0.data(), g.Pw, sums);
       store_block_tokens(g, sums, p0, k, ds);
+      if (pooled) pool_block(g, L, x, pooled, p0, k, base);
     });
     return;
   }
@@ -229,6 +235,7 @@ static void shift_grads_by_plane(const RegionGrid& g, const float* x, const floa
     if (dx) loops::gate_grads_v(x + base, dy + base, sm, dx + base, contrib, k * HW);
     else loops::gate_shift_grad_v(x + base, dy + base, sm, contrib, k * HW);
     store_block_tokens(g, cell_sums(g, L, k, contrib, cols, vals), p0, k, ds);
+    if (pooled) pool_block(g, L, x, pooled, p0, k, base);
   });
 }
 
@@ -309,7 +316,7 @@ void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y)
 }
 
 void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, const float* s,
-                          float* ds) {
+                          float* ds, float* pooled) {
   if (g.Pw == 1) {
     for_each_plane(g, [&](int64_t n, int64_t c, int64_t base) {
       for_each_cell(g, [&](const Cell& cell) {
@@ -319,9 +326,10 @@ void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, 
         ds[tok(g, n, cell.token, c)] = acc;
       });
     });
+    if (pooled) region_pool_forward(g, x, pooled);
     return;
   }
-  shift_grads_by_plane(g, x, dy, s, nullptr, ds);
+  shift_grads_by_plane(g, x, dy, s, nullptr, ds, pooled);
 }
 
 void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
@@ -357,8 +365,11 @@ void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, c
 }
 
 void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, const float* s,
-                         float* dx, float* ds) {
-  shift_grads_by_plane(g, x, dy, s, dx, ds);
+                         float* dx, float* ds, float* pooled) {
+  // One-cell-wide grids pool by runs of whole rows (region_pool_forward's own path): pooled
+  // after the pass, with those bits.
+  shift_grads_by_plane(g, x, dy, s, dx, ds, g.Pw == 1 ? nullptr : pooled);
+  if (pooled && g.Pw == 1) region_pool_forward(g, x, pooled);
 }
 
 void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx) {

@@ -2,8 +2,9 @@
 // -> attention per head -> rect -> gate while its x is in cache; backward runs one pass for both
 // gate gradients (direct dx written, ds summed per cell), rect / attention / LayerNorm backward
 // on the sample's T x C tokens, then adds dt / |cell| to the sample's dx while it is in cache.
-// When the op keeps no context (t, attn, o, z), the backward first runs the forward's steps up to
-// z again on the sample (pooling it brings its planes into cache for the gate pass that follows).
+// When the op keeps no context (t, attn, o, z), the backward's gate pass also pools the sample
+// (block by block, while each block is in cache), and the forward's steps from the pooled tokens
+// up to z run again before the rect's backward.
 // With a BatchNorm input, each sample's bn(x) + r is laid out in scratch first and the passes
 // read it there; backward then also sums the sample's dz per plane for BatchNorm.
 // With enough samples each thread takes whole samples (the region kernels called inside then
@@ -131,17 +132,15 @@ inline SampleContext sample_context(const Dims& D, const AdaShiftMAPtrs& p, cons
   return c;
 }
 
-// The forward's steps from a sample's input planes xs to the rect's input z: the pooled tokens
-// into c.t, the q/k/v statistics (computed into new_stats when given, else read from st), q, k,
-// v (and their xhat into xh when given), the attention per head into c.attn and c.o, and z = o
-// W^T ('linear' rect). The forward runs it, and the backward again when the op kept no context:
-// the same calls on the same values, so the same bits.
-void context_to_z(const RegionGrid& g1, const Dims& D, const AdaShiftMAPtrs& p, const float* xs,
-                  float* new_stats, const float* st, const SampleContext& c, float* q, float* k,
-                  float* v, float* xh) {
-  const int64_t T = D.T, C = D.C, TC = T * C;
-  float* pooled = scratch_ma(kPooled, size_t(TC));
-  region_pool_forward(g1, xs, pooled);
+// The forward's steps from a sample's pooled tokens (channel-major [C, T], region_pool_forward's
+// or the backward's gate pass's, the same bits) to the rect's input z: the tokens into c.t, the
+// q/k/v statistics (computed into new_stats when given, else read from st), q, k, v (and their
+// xhat into xh when given), the attention per head into c.attn and c.o, and z = o W^T ('linear'
+// rect). The forward runs it, and the backward again when the op kept no context: the same
+// calls on the same values, so the same bits.
+void context_to_z(const Dims& D, const AdaShiftMAPtrs& p, const float* pooled, float* new_stats,
+                  const float* st, const SampleContext& c, float* q, float* k, float* v, float* xh) {
+  const int64_t T = D.T, C = D.C;
   loops::transpose(pooled, T, C, T, c.t, C);
   // The three LayerNorms share their input, so its statistics are computed once, from the
   // pooled tokens as they are (channel-major: the sums run down the channels with the tokens
@@ -181,7 +180,9 @@ void adashift_ma_forward(const RegionGrid& g, const float* x, const AdaShiftMAPt
     const SampleContext c = sample_context(D, p, t, attn, o, z, n);
     float* st = stats + n * 4 * T;  // q/k/v mean, rstd; rect mean, rstd (kept for backward)
     float* rm = st + 2 * T;
-    context_to_z(g1, D, p, xs, st, st, c, scratch_ma(kQ, size_t(TC)), scratch_ma(kK, size_t(TC)),
+    float* pooled = scratch_ma(kPooled, size_t(TC));
+    region_pool_forward(g1, xs, pooled);
+    context_to_z(D, p, pooled, st, st, c, scratch_ma(kQ, size_t(TC)), scratch_ma(kK, size_t(TC)),
                  scratch_ma(kV, size_t(TC)), nullptr);
     float* ss = s + n * TC;
     layernorm_forward(c.z, p.rect_w, p.rect_b, p.eps, T, C, ss, rm, rm + T);
@@ -221,23 +222,25 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
     const float* st = stats + n * 4 * T;  // q/k/v mean, rstd; rect mean, rstd
     float* xh = scratch_ma(kXhat, size_t(TC));
     float* dt = scratch_ma(kDt, size_t(TC));
-    // The context: the forward's, or computed again from the sample (its statistics are the
-    // forward's), with q, k, v and their xhat; o into o_out when given.
+    // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds;
+    // without a kept context the same pass pools the sample too.
+    float* dxs = need_dx ? dx + n * C * HW : nullptr;
+    float* cm = scratch_ma(kCm, size_t(2 * TC));  // s, then ds, channel-major
+    float* pooled = recompute ? scratch_ma(kPooled, size_t(TC)) : nullptr;
+    loops::transpose(ss, C, T, C, cm, T);
+    if (need_dx) gate_backward_grads(g1, xs, dys, cm, dxs, cm + TC, pooled);
+    else gate_backward_reduce(g1, xs, dys, cm, cm + TC, pooled);
+    loops::transpose(cm + TC, T, C, T, ds, C);
+    // The context: the forward's, or computed again from the pooled sample (its statistics are
+    // the forward's), with q, k, v and their xhat; o into o_out when given.
     SampleContext c = sample_context(D, p, t, attn, o, z, n);
     if (recompute) {
       if (o_out) {
         c.o = o_out + n * TC;
         if (!p.lin_w) c.z = c.o;
       }
-      context_to_z(g1, D, p, xs, nullptr, st, c, q, k, v, xh);
+      context_to_z(D, p, pooled, nullptr, st, c, q, k, v, xh);
     }
-    // Both gate gradients in one pass: the direct input gradient into dx, the shift's to ds.
-    float* dxs = need_dx ? dx + n * C * HW : nullptr;
-    float* cm = scratch_ma(kCm, size_t(2 * TC));  // s, then ds, channel-major
-    loops::transpose(ss, C, T, C, cm, T);
-    if (need_dx) gate_backward_grads(g1, xs, dys, cm, dxs, cm + TC);
-    else gate_backward_reduce(g1, xs, dys, cm, cm + TC);
-    loops::transpose(cm + TC, T, C, T, ds, C);
     // rect's LayerNorm backward (its statistics saved by the forward)
     float* dzs = dz + n * TC;
     layernorm_backward(ds, c.z, st + 2 * T, st + 3 * T, p.rect_w, T, C, dzs, pr + 6 * C, pr + 7 * C);

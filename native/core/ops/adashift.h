@@ -188,16 +188,18 @@ void adashift_ma_backward(const RegionGrid& g, const float* x, const float* dy,
 void region_pool_forward(const RegionGrid& g, const float* x, float* t);
 void region_pool_backward(const RegionGrid& g, const float* dt, float* dx);
 void gate_forward(const RegionGrid& g, const float* x, const float* s, float* y);
+// pooled (nullable): also the cell means of x, as region_pool_forward gives them (the same
+// bits), taken from each block of planes while the pass has it in cache.
 void gate_backward_reduce(const RegionGrid& g, const float* x, const float* dy, const float* s,
-                          float* ds);
+                          float* ds, float* pooled = nullptr);
 void gate_backward_apply(const RegionGrid& g, const float* x, const float* dy, const float* s,
                          const float* dt /* nullable */, float* dx);
 // Both gate gradients in one pass (any grid): dx = the direct input gradient, ds per region.
 // With region_pool_backward_add (dx += dt / |cell|) it computes what reduce + apply do, with
 // one sigmoid per element instead of two (the fused AdaShift-MA backward runs them per sample,
-// so the second pass reads dx from cache).
+// so the second pass reads dx from cache). pooled: as for gate_backward_reduce.
 void gate_backward_grads(const RegionGrid& g, const float* x, const float* dy, const float* s,
-                         float* dx, float* ds);
+                         float* dx, float* ds, float* pooled = nullptr);
 void region_pool_backward_add(const RegionGrid& g, const float* dt, float* dx);
 }  // namespace cpu
 
