@@ -3,9 +3,12 @@
 // AdaShift-MA built twice, recomputing its context network in backward (keepContext false, the
 // default) and keeping it (true), steps alternated pair by pair on one batch (forward, backward,
 // SGD); per setting the median step time and the highest tensor memory above the model during a
-// step, and the median of the paired time ratios (recomputing / keeping).
+// step, and the median of the paired time ratios (recomputing / keeping). With --shape, the
+// activation alone instead: forward + backward of nn.AdaShiftMA (default options otherwise) on
+// one input of that shape, the two settings and this package's SiLU round robin.
 //
 //   node bench/ma-context.js [--model resnet20|resnet50] [--batch B] [--reps R] [--threads N] [--json out.json]
+//   node bench/ma-context.js --shape N,C,H,W [--reps R] [--threads N] [--json out.json]
 //
 // resnet20: 1x28x28 inputs (Fashion-MNIST's size); resnet50: the small-input form, 3x32x32.
 // Needs the compiled package (npm ci builds it).
@@ -14,12 +17,13 @@ const fs = require('fs');
 const as = require('../dist');
 
 const args = process.argv.slice(2);
-const USAGE = 'usage: node bench/ma-context.js [--model resnet20|resnet50] [--batch B] [--reps R] [--threads N] [--json out.json]';
+const USAGE = 'usage: node bench/ma-context.js [--model resnet20|resnet50] [--batch B] [--reps R] [--threads N] [--json out.json]\n' +
+  '       node bench/ma-context.js --shape N,C,H,W [--reps R] [--threads N] [--json out.json]';
 if (args.includes('--help') || args.includes('-h')) {
   console.log(USAGE);
   process.exit(0);
 }
-const known = new Set(['--model', '--batch', '--reps', '--threads', '--json']);
+const known = new Set(['--model', '--batch', '--reps', '--threads', '--json', '--shape']);
 for (let i = 0; i < args.length; i += 2) {
   if (!known.has(args[i]) || i + 1 >= args.length) {
     console.error(`bench/ma-context.js: unexpected argument '${args[i]}'${known.has(args[i]) ? ' (missing its value)' : ''}\n${USAGE}`);
@@ -38,6 +42,19 @@ const positive = (name, dflt) => {
   }
   return v;
 };
+const shapeArg = opt('shape', null);
+let shape = null;
+if (shapeArg !== null) {
+  shape = shapeArg.split(',').map(Number);
+  if (shape.length !== 4 || !shape.every((v) => Number.isInteger(v) && v >= 1)) {
+    console.error(`bench/ma-context.js: --shape is N,C,H,W with positive integers, got '${shapeArg}'\n${USAGE}`);
+    process.exit(2);
+  }
+  if (args.includes('--model') || args.includes('--batch')) {
+    console.error(`bench/ma-context.js: --shape times the activation alone; --model and --batch do not apply\n${USAGE}`);
+    process.exit(2);
+  }
+}
 const model = opt('model', 'resnet20');
 if (model !== 'resnet20' && model !== 'resnet50') {
   console.error(`bench/ma-context.js: --model must be resnet20 or resnet50, got '${model}'\n${USAGE}`);
@@ -45,9 +62,55 @@ if (model !== 'resnet20' && model !== 'resnet50') {
 }
 const small = model === 'resnet20';
 const batch = positive('batch', small ? 64 : 32);
-const reps = positive('reps', small ? 15 : 6);
+const reps = positive('reps', shape ? 30 : small ? 15 : 6);
 if (args.includes('--threads')) as.setNumThreads(positive('threads', 1));
 const warmup = 2;
+const median = (a) => {
+  const b = [...a].sort((p, q) => p - q);
+  return b.length % 2 ? b[b.length >> 1] : (b[b.length / 2 - 1] + b[b.length / 2]) / 2;
+};
+function writeJson(results) {
+  const jsonOut = opt('json', null);
+  if (!jsonOut) return;
+  const { environment } = require('../dist/bench/common');
+  const report = { benchmark: 'ma-context', ...environment('cpu'), ...results };
+  const tmp = `${jsonOut}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + '\n');
+  fs.renameSync(tmp, jsonOut);
+  console.log(`wrote ${jsonOut}`);
+}
+
+if (shape) {
+  // The activation alone: forward + backward on one input, the three round robin.
+  as.manualSeed(2);
+  const C = shape[1];
+  const mods = { recompute: new as.nn.AdaShiftMA(C, { keepContext: false }), keep: new as.nn.AdaShiftMA(C, { keepContext: true }) };
+  const x = as.randn(shape, { requiresGrad: true }), dy = as.randn(shape);
+  const once = (k) => {
+    const t0 = process.hrtime.bigint();
+    as.tidy(() => (k === 'silu' ? as.functional.silu(x) : mods[k].forward(x)).backward(dy));
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    x.grad.dispose();
+    x.grad = null;
+    return ms;
+  };
+  const t = { silu: [], recompute: [], keep: [] };
+  for (let i = 0; i < warmup + reps; ++i)
+    for (const k of ['silu', 'keep', 'recompute']) {
+      const ms = once(k);
+      if (i >= warmup) t[k].push(ms);
+    }
+  const results = {
+    shape, threads: as.getNumThreads(), reps, warmup,
+    siluMs: median(t.silu), recomputeMs: median(t.recompute), keepMs: median(t.keep),
+    timeRatioPaired: median(t.recompute.map((v, i) => v / t.keep[i])),
+    vsSiluRecompute: median(t.silu.map((v, i) => v / t.recompute[i])),
+    vsSiluKeep: median(t.silu.map((v, i) => v / t.keep[i])),
+  };
+  console.log(`AdaShift-MA forward+backward on [${shape}], ${results.threads} thread(s), ${reps} rounds: keepContext false ${results.recomputeMs.toFixed(2)} ms, true ${results.keepMs.toFixed(2)} ms (paired ratio ${results.timeRatioPaired.toFixed(3)}); SiLU ${results.siluMs.toFixed(2)} ms, SiLU time / AdaShift-MA's ${results.vsSiluRecompute.toFixed(2)} (false) and ${results.vsSiluKeep.toFixed(2)} (true), paired`);
+  writeJson(results);
+  process.exit(0);
+}
 const inC = small ? 1 : 3, side = small ? 28 : 32;
 
 function build(keepContext) {
@@ -83,10 +146,6 @@ for (let i = 0; i < warmup + reps; ++i) {
     peak[k] = Math.max(peak[k], s.peak);
   }
 }
-const median = (a) => {
-  const b = [...a].sort((p, q) => p - q);
-  return b.length % 2 ? b[b.length >> 1] : (b[b.length / 2 - 1] + b[b.length / 2]) / 2;
-};
 const ratios = times.recompute.map((v, i) => v / times.keep[i]);
 const mib = (b) => b / 2 ** 20;
 const results = {
@@ -99,12 +158,4 @@ console.log(`${model}, batch ${batch}, ${results.threads} thread(s), AdaShift-MA
 console.log(`  keepContext false (recompute): ${results.recompute.stepMs.toFixed(1)} ms/step, peak ${results.recompute.peakMiB.toFixed(1)} MiB above the model`);
 console.log(`  keepContext true  (keep):      ${results.keep.stepMs.toFixed(1)} ms/step, peak ${results.keep.peakMiB.toFixed(1)} MiB above the model`);
 console.log(`  time recompute / keep, paired median: ${results.timeRatioPaired.toFixed(3)}`);
-const jsonOut = opt('json', null);
-if (jsonOut) {
-  const { environment } = require('../dist/bench/common');
-  const report = { benchmark: 'ma-context', ...environment('cpu'), ...results };
-  const tmp = `${jsonOut}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + '\n');
-  fs.renameSync(tmp, jsonOut);
-  console.log(`wrote ${jsonOut}`);
-}
+writeJson(results);
