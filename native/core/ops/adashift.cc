@@ -337,6 +337,9 @@ static Tensor ma_bn_input(const Tensor& x, const MABatchNormInput& bn) {
                                bn.residual);
 }
 
+// A saved tensor's data, or null when the op did not keep it.
+static float* data_or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
+
 // CUDA: the context network up to the rect's input, as the whole-tensor ops in sequence (each
 // checked against the CPU): the forward's, and the backward's when the forward kept no context.
 struct MAContext {
@@ -386,11 +389,10 @@ AdaShiftMAForward adashift_ma_forward(const Tensor& x, const AdaShiftMAParams& p
     }
     r.saved.s = make({N, T, C});
     r.saved.stats = make({N, 4, T});
-    auto ptr = [](Tensor& u) { return u.defined() ? u.data() : nullptr; };
     if (!empty)
       cpu::adashift_ma_forward(g, x.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr, r.y.data(),
-                               ptr(r.saved.t), ptr(r.saved.attn), ptr(r.saved.o), ptr(r.saved.z),
-                               r.saved.s.data(), r.saved.stats.data());
+                               data_or_null(r.saved.t), data_or_null(r.saved.attn), data_or_null(r.saved.o),
+                               data_or_null(r.saved.z), r.saved.s.data(), r.saved.stats.data());
     return r;
   }
   MAContext c = ma_context_cuda(x, p, N, T, G, d);
@@ -474,12 +476,13 @@ AdaShiftMAGrad adashift_ma_backward(const Tensor& x, const Tensor& dy, const Ada
     // Recomputing, the 'linear' rect's weight gradient needs every sample's o: kept here until
     // the op returns.
     if (recompute && lin) o = Tensor({N, T, C}, dev);
-    auto ptr = [](const Tensor& u) { return u.defined() ? u.data() : nullptr; };
     cpu::adashift_ma_backward(g, x.data(), dy.data(), ma_ptrs(p), bn.defined() ? &bk : nullptr,
-                              ptr(sv.t), ptr(sv.attn), ptr(sv.o), ptr(sv.z), sv.s.data(),
-                              sv.stats.data(), need_dx, need_dx ? r.dx.data() : nullptr, dz.data(), prow.data(),
+                              data_or_null(sv.t), data_or_null(sv.attn), data_or_null(sv.o),
+                              data_or_null(sv.z), sv.s.data(), sv.stats.data(), need_dx,
+                              need_dx ? r.dx.data() : nullptr, dz.data(), prow.data(),
                               bn.defined() ? r.sum_dz.data() : nullptr,
-                              bn.defined() ? r.sum_dz_xhat.data() : nullptr, ptr(o));
+                              bn.defined() ? r.sum_dz_xhat.data() : nullptr,
+                              recompute ? data_or_null(o) : nullptr);
     Tensor sums = sum_rows(prow, N);  // [8 C], samples added in a fixed order
     Tensor* outs[8] = {&r.dq_w, &r.dq_b, &r.dk_w, &r.dk_b, &r.dv_w, &r.dv_b, &r.drect_w, &r.drect_b};
     for (int i = 0; i < 8; ++i) {
