@@ -82,6 +82,11 @@ if [ "$usable" = 1 ]; then
     --repeats 3 --out "$out"
   limited 60 "$node_bin" dist/cli.js bench step --profile --device cuda --models resnet50 --acts adashift-b \
     --repeats 3 --tf32 --out "$out"
+  # AdaShift-MA recomputing its context in backward (the default) against keeping it: step time
+  # and peak memory of ResNet-50 224x224, and the activation alone on the shapes
+  limited 60 "$node_bin" bench/ma-context.js --model resnet50-224 --device cuda --json "$out/ma-context-cuda-resnet50-224.json"
+  limited 30 "$node_bin" bench/ma-context.js --shape 64,64,28,28 --device cuda --json "$out/ma-context-cuda-act-small.json"
+  limited 30 "$node_bin" bench/ma-context.js --shape 32,256,56,56 --device cuda --json "$out/ma-context-cuda-act-large.json"
   # the timm recipe's optimizer (LAMB, capturable: its update inside the graph); PyTorch has none
   limited 90 "$node_bin" dist/cli.js bench step --device cuda --models resnet50 --acts relu,adashift-b \
     --sections step --repeats 5 --graph --opt lamb --no-torch --out "$out"
