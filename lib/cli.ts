@@ -173,7 +173,7 @@ export function progressCallbacks(label = '', stream: NodeJS.WriteStream = proce
       stopBar();
       stream.write(
         `${prefix}epoch ${m.epoch}/${epochs}: train loss ${m.trainLoss.toFixed(4)} acc ${(100 * m.trainAcc).toFixed(2)}% | test loss ${m.testLoss.toFixed(4)} acc ${(100 * m.testAcc).toFixed(2)}% | ` +
-          `lr ${m.lr.toPrecision(3)} | ${m.imagesPerSec.toFixed(0)} img/s | ${m.seconds.toFixed(1)} s\n`,
+          `lr ${m.lr.toPrecision(3)} | ${m.imagesPerSec.toFixed(0)} img/s | ${m.seconds.toFixed(1)} s | peak ${(m.peakBytes / 2 ** 20).toFixed(0)} MiB\n`,
       );
     },
     stop: stopBar,

@@ -72,7 +72,9 @@ describe('train', () => {
     expect(lines).toHaveLength(3);
     for (const [i, m] of lines.entries()) {
       expect(m.epoch).toBe(i + 1);
-      for (const k of ['trainLoss', 'trainAcc', 'testLoss', 'testAcc', 'lr', 'imagesPerSec', 'seconds']) expect(Number.isFinite(m[k])).toBe(true);
+      for (const k of ['trainLoss', 'trainAcc', 'testLoss', 'testAcc', 'lr', 'imagesPerSec', 'seconds', 'peakBytes']) expect(Number.isFinite(m[k])).toBe(true);
+      // the peak holds at least the weights, their gradients and SGD's momentum (4 bytes each)
+      expect(m.peakBytes).toBeGreaterThanOrEqual(3 * 4 * r.params);
     }
     expect(lines[2].trainLoss).toBeLessThan(lines[0].trainLoss);
     expect(lines[2].testAcc).toBeGreaterThan(0.5); // 10 classes: chance is 0.1
@@ -110,7 +112,7 @@ describe('train', () => {
     expect(modelTensors(path.join(split, 'checkpoint.safetensors'))).toEqual(modelTensors(path.join(straight, 'checkpoint.safetensors')));
     const a = fs.readFileSync(path.join(straight, 'metrics.jsonl'), 'utf8').split('\n').map((l) => (l ? JSON.parse(l) : null));
     const b = fs.readFileSync(path.join(split, 'metrics.jsonl'), 'utf8').split('\n').map((l) => (l ? JSON.parse(l) : null));
-    const strip = (m: Record<string, number> | null) => m && { ...m, imagesPerSec: 0, seconds: 0 };
+    const strip = (m: Record<string, number> | null) => m && { ...m, imagesPerSec: 0, seconds: 0, peakBytes: 0 };
     expect(b.map(strip)).toEqual(a.map(strip));
   });
 
@@ -232,7 +234,11 @@ describe('compare', () => {
     }
     expect(r.rows[1].params).toBeGreaterThan(r.rows[0].params); // AdaShift-B adds LayerNorm parameters
     const report = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
-    expect(report).toMatch(/\| activation \| test accuracy \(mean ± std over 2 seeds\) \|/);
+    expect(report).toMatch(/\| activation \| test accuracy \(mean ± std over 2 seeds\) \|.*\| peak tensor memory \(MiB\) \| parameters \|/);
+    for (const row of r.rows) {
+      expect(row.peakBytes).toBe(Math.max(...row.histories.flat().map((e) => e.peakBytes)));
+      expect(report).toContain(`| ${(row.peakBytes / 2 ** 20).toFixed(1)} | ${row.params.toLocaleString('en-US')} |`);
+    }
     expect(report).toMatch(/\| relu \| \d+\.\d\d% ± \d+\.\d\d \|/);
     expect(report).toMatch(/\| adashift-b \| /);
     for (const f of ['test-accuracy.svg', 'train-loss.svg']) {

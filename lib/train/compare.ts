@@ -28,6 +28,8 @@ export interface CompareRow {
   secondsPerEpoch: number;
   /** Median over every epoch of every seed. */
   imagesPerSec: number;
+  /** The highest of the epochs' peakBytes over every seed (bytes of live tensors in a step). */
+  peakBytes: number;
   params: number;
   histories: EpochMetrics[][];
 }
@@ -78,6 +80,7 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
       // shared machine move a mean, not a median.
       secondsPerEpoch: median(epochs.map((e) => e.seconds)),
       imagesPerSec: median(epochs.map((e) => e.imagesPerSec)),
+      peakBytes: Math.max(...epochs.map((e) => e.peakBytes ?? 0)),
       params,
       histories,
     });
@@ -93,13 +96,13 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
 export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}, provenance?: ReturnType<typeof environment>): string {
   const relu = rows.find((r) => r.act === 'relu');
   const lines = [
-    `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch (median) | images / s (median)${relu ? ' | time vs ReLU' : ''} | parameters |`,
-    `| --- | --- | --- | ---${relu ? ' | ---' : ''} | --- |`,
+    `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch (median) | images / s (median)${relu ? ' | time vs ReLU' : ''} | peak tensor memory (MiB) | parameters |`,
+    `| --- | --- | --- | ---${relu ? ' | ---' : ''} | --- | --- |`,
   ];
   for (const r of rows) {
     const acc = `${(100 * r.meanTestAcc).toFixed(2)}% ± ${(100 * r.stdTestAcc).toFixed(2)}`;
     const vs = relu ? ` | ${(r.secondsPerEpoch / relu.secondsPerEpoch).toFixed(2)}x` : '';
-    lines.push(`| ${r.act} | ${acc} | ${r.secondsPerEpoch.toFixed(1)} | ${r.imagesPerSec.toFixed(0)}${vs} | ${r.params.toLocaleString('en-US')} |`);
+    lines.push(`| ${r.act} | ${acc} | ${r.secondsPerEpoch.toFixed(1)} | ${r.imagesPerSec.toFixed(0)}${vs} | ${(r.peakBytes / 2 ** 20).toFixed(1)} | ${r.params.toLocaleString('en-US')} |`);
   }
   const o = options;
   const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} ${(o.epochs ?? 10) === 1 ? 'epoch' : 'epochs'}`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]

@@ -14,7 +14,7 @@ import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
 import type { Labels } from '../ops/loss';
 import { LrScheduler, makeOptimizer, Optimizer, cosineWithWarmup, oneCycle, paramGroups, stepLr } from '../optim';
 import type { BaseHyper, LrSchedule, OptimizerName } from '../optim';
-import { getRngState, keep, manualSeed, setRngState, Tensor, tensor, tidy, zeros } from '../tensor';
+import { getRngState, keep, manualSeed, memory, resetPeakMemory, setRngState, Tensor, tensor, tidy, zeros } from '../tensor';
 import { CudaGraph } from '../graph';
 import { AugmentOptions, DataLoader, Dataset, loadDataset } from '../data';
 import { CheckpointData, disposeCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint';
@@ -68,6 +68,12 @@ export interface EpochMetrics {
   lr: number;
   imagesPerSec: number;
   seconds: number;
+  /**
+   * The highest live tensor bytes on the training device during the epoch's training steps
+   * (memory().peakBytes: the model, the optimizer's state, the batch and what forward keeps for
+   * backward, everything live in the process; kernels' scratch space is not counted).
+   */
+  peakBytes: number;
 }
 
 export interface BatchInfo {
@@ -427,6 +433,7 @@ async function runTraining(
     let { lossSum, correct, seen, seconds } = epoch === startEpoch ? partial : { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
     const first = epoch === startEpoch ? startBatch : 0;
     let lastBatch = first;
+    resetPeakMemory(device);
     for await (const b of loader.epoch(epoch, first)) {
       const t0 = process.hrtime.bigint();
       const n = b.shape[0];
@@ -458,6 +465,7 @@ async function runTraining(
       }
     }
     if (interrupted && lastBatch < loader.batchesPerEpoch) break;
+    const peakBytes = memory().devices.find((d) => d.device === device)?.peakBytes ?? 0;
     callbacks.onEvalStart?.(epoch);
     const ev = evaluate(model, testSet, { device });
     const m: EpochMetrics = {
@@ -469,6 +477,7 @@ async function runTraining(
       lr: opt.paramGroups[0].lr,
       imagesPerSec: seen / seconds,
       seconds,
+      peakBytes,
     };
     history.push(m);
     writeMetrics();
