@@ -200,7 +200,25 @@ function addTrainFlags(cmd: Command): Command {
     .option('--graph', 'CUDA: replay each training step as a captured CUDA graph')
     .option('--tf32', 'CUDA: convolutions in TF32 on the tensor cores (setAllowTF32; off by default)')
     .option('--limit-train <n>', 'use the first N training images', parseIntArg('--limit-train', 1, 1e9))
-    .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9));
+    .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9))
+    .option('--proj', 'AdaShift-B: a Linear(C, C) before its LayerNorm')
+    .option('--grid <n>', 'AdaShift-MA: regions per side (default 7)', parseIntArg('--grid', 1, 1024))
+    .option('--head-dim <n>', 'AdaShift-MA: channels per attention head (default 64)', parseIntArg('--head-dim', 1, 65536))
+    .option('--rect <form>', "AdaShift-MA: 'norm' or 'linear' (default: 'linear' in ResNet-18/34 and the CIFAR ResNets' basic blocks, 'norm' in bottlenecks)", choice('--rect', ['norm', 'linear']))
+    .option('--keep-context', 'AdaShift-MA: keep its context network for backward (faster, more memory; the same results)');
+}
+
+/** The activation options given on the command line (none: undefined, the defaults). */
+function actOptionsFrom(opts: Record<string, unknown>): TrainOptions['actOptions'] {
+  const a = {
+    proj: opts.proj === true ? true : undefined,
+    grid: opts.grid as number | undefined,
+    headDim: opts.headDim as number | undefined,
+    rect: opts.rect as 'norm' | 'linear' | undefined,
+    keepContext: opts.keepContext === true ? true : undefined,
+  };
+  const given = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined));
+  return Object.keys(given).length ? given : undefined;
 }
 
 function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
@@ -223,6 +241,7 @@ function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
     graph: opts.graph === true,
     limitTrain: opts.limitTrain as number | undefined,
     limitTest: opts.limitTest as number | undefined,
+    actOptions: actOptionsFrom(opts),
   };
 }
 
@@ -370,12 +389,13 @@ export function main(argv = process.argv): void {
     if (opts.tf32) setAllowTF32(true);
     const out = (opts.out as string | undefined) ?? path.join('runs', `${opts.model}-${opts.act}-${opts.dataset}-seed${opts.seed}`);
     // A resumed run keeps its configuration: only flags given on this command line are passed
-    // (epochs extends it; device, threads and graph may change; train refuses any other that
-    // differs from the run's), not the defaults of those left out.
+    // (epochs extends it; device, threads, graph and --keep-context may change; train refuses any
+    // other that differs from the run's), not the defaults of those left out (the activation
+    // flags have none).
     const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
     const all: TrainOptions = { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed };
     const options: TrainOptions = opts.resume
-      ? { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out, resume: true }
+      ? { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), actOptions: all.actOptions, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out, resume: true }
       : { ...all, out };
     const stop = interruptible();
     const progress = progressCallbacks();

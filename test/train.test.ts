@@ -160,6 +160,29 @@ describe('train', () => {
     expect(done.history.length).toBe(base.epochs);
   });
 
+  test("the activation's options: recorded with the run, used by eval and resume; keepContext may change on resume", async () => {
+    const o: TrainOptions = { ...base, act: 'adashift-ma', actOptions: { grid: 4, headDim: 8, rect: 'norm' }, limitTrain: 64, limitTest: 30 };
+    const straight = await train({ ...o, out: path.join(tmp, 'act-straight') });
+    const out = path.join(tmp, 'act-split');
+    await train({ ...o, epochs: 1, out });
+    const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect(config.actOptions).toEqual({ grid: 4, headDim: 8, rect: 'norm' });
+    // the BasicBlock's default rect is 'linear' (rect.0.weight); 'norm' was asked for
+    const keys = Object.keys(modelTensors(path.join(out, 'checkpoint.safetensors')));
+    expect(keys).toContain('layer1.0.act1.rect.weight');
+    expect(keys.some((k) => k.includes('rect.0.weight'))).toBe(false);
+    await expect(train({ ...base, out, resume: true, actOptions: { grid: 3 } })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/actOptions\.grid 3 \(the run's: 4\) differs/) });
+    await expect(train({ ...base, out, resume: true, actOptions: { proj: true } })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/actOptions\.proj true \(the run's: not set\) differs/) });
+    // the second epoch keeping the context: the same bits as the straight run
+    const tail = await train({ ...base, out, resume: true, actOptions: { keepContext: true, grid: 4 } });
+    expect(tail.history.length).toBe(2);
+    expect(modelTensors(tail.checkpoint!)).toEqual(modelTensors(straight.checkpoint!));
+    const ev = evaluateCheckpoint(tail.checkpoint!, { dataDir, limit: 30 });
+    expect(ev.acc).toBeCloseTo(tail.history[1].testAcc, 10);
+    await expect(train({ ...base, act: 'adashift-ma', actOptions: { gird: 4 } as never })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/train actOptions: unknown option 'gird'/) });
+    await expect(train({ ...base, act: 'adashift-ma', actOptions: { headDim: 20 }, out: path.join(tmp, 'act-bad') })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/do not split into 3 heads \(headDim 20\)/) });
+  });
+
   test('bad options and missing data give clear errors', async () => {
     await expect(train({ ...base, act: 'tanh' as never })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/unknown activation 'tanh'/) });
     await expect(train({ ...base, epochs: 0 })).rejects.toMatchObject({ code: 'ERR_ARG' });
@@ -297,6 +320,8 @@ describe('CLI', () => {
     [['train', '--lr', 'fast'], /--lr must be a number/],
     [['compare', '--acts', 'relu,swish'], /unknown activation 'swish'/],
     [['eval'], /required option '--checkpoint <file>' not specified/],
+    [['train', '--rect', 'square'], /--rect must be one of norm, linear, got 'square'/],
+    [['train', '--grid', '0'], /--grid must be an integer/],
     [['frobnicate'], /unknown command 'frobnicate'/],
   ])('%j prints the problem and usage, and exits non-zero', (args, message) => {
     const r = run(...(args as string[]));
@@ -328,6 +353,19 @@ describe('CLI', () => {
     const e = run('eval', '--checkpoint', path.join(out, 'checkpoint.safetensors'), '--data-dir', dataDir);
     expect(e.status).toBe(0);
     expect(e.stdout).toMatch(/resnet20 silu after 1 epoch\(s\) on fashion-mnist \(60 test images\): loss \d\.\d{4}, accuracy \d+\.\d\d%/);
+  });
+
+  test("the activation flags reach the run's configuration, and a resume may add --keep-context", () => {
+    const out = path.join(tmp, 'cli-act');
+    const t = run('train', '--act', 'adashift-ma', '--grid', '3', '--head-dim', '4', '--rect', 'norm', '--data-dir', dataDir, '--epochs', '1', '--batch', '50', '--limit-train', '50', '--no-augment', '--out', out);
+    expect(t.status).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).actOptions).toEqual({ grid: 3, headDim: 4, rect: 'norm' });
+    const r = run('train', '--resume', '--out', out, '--epochs', '2', '--keep-context', '--data-dir', dataDir);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/after 2 epoch\(s\)/);
+    const bad = run('train', '--resume', '--out', out, '--epochs', '3', '--head-dim', '8', '--data-dir', dataDir);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/actOptions\.headDim 8 \(the run's: 4\) differs/);
   });
 
   cudaTest('train --device cuda --graph reports how many steps were graph replays', () => {

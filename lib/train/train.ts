@@ -57,7 +57,25 @@ export interface TrainOptions {
    * eagerly. Default false.
    */
   graph?: boolean;
+  /**
+   * The activation's own options, as nn.activation takes them: AdaShift-B's proj, AdaShift-MA's
+   * grid, headDim, rect and keepContext, GELU's approximate (each read by its activation only;
+   * the ResNet's BasicBlocks default AdaShift-MA's rect to 'linear', as the authors' code does).
+   * Recorded with the run: eval and --resume rebuild the same model.
+   */
+  actOptions?: TrainActOptions;
 }
+
+export interface TrainActOptions {
+  proj?: boolean;
+  grid?: number;
+  headDim?: number;
+  rect?: 'norm' | 'linear';
+  /** Changes memory and time, not results: a resumed run may be given another. */
+  keepContext?: boolean;
+  approximate?: 'none' | 'tanh';
+}
+const ACT_OPTION_KEYS = ['proj', 'grid', 'headDim', 'rect', 'keepContext', 'approximate'] as const satisfies readonly (keyof TrainActOptions)[];
 
 export interface EpochMetrics {
   epoch: number;
@@ -127,7 +145,7 @@ const DEFAULTS = {
 /** What a resumed run may be given anew; every other setting is the run's own. */
 const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'threads', 'maxBatches', 'out', 'resume']);
 /** Every option train() takes (the compiler checks the list against TrainOptions, both ways). */
-export const TRAIN_OPTIONS = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph'] as const satisfies readonly (keyof TrainOptions)[];
+export const TRAIN_OPTIONS = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph', 'actOptions'] as const satisfies readonly (keyof TrainOptions)[];
 // An option added to TrainOptions but not to the list would be refused at run time: this fails to compile instead.
 const UNLISTED_TRAIN_OPTIONS: Record<Exclude<keyof TrainOptions, (typeof TRAIN_OPTIONS)[number]>, never> = {};
 void UNLISTED_TRAIN_OPTIONS;
@@ -151,8 +169,17 @@ function normalize(options: TrainOptions) {
     check(ok, 'ERR_ARG', () => `train: invalid ${k}: ${v}`);
   }
   check(typeof o.graph === 'boolean', 'ERR_ARG', () => `train: invalid graph: ${String(o.graph)} (expected a boolean)`);
+  // The values themselves are checked by the activation modules when the model is built.
+  check(o.actOptions === undefined || (o.actOptions !== null && typeof o.actOptions === 'object'), 'ERR_ARG', () => `train: invalid actOptions: ${String(o.actOptions)} (expected an object)`);
+  if (o.actOptions) o.actOptions = actOptionsOf(checkOptions('train actOptions', o.actOptions, ACT_OPTION_KEYS));
   return o;
 }
+
+/** The given activation options only, in a fixed key order (what a run records and compares). */
+function actOptionsOf(a: TrainActOptions): TrainActOptions {
+  return Object.fromEntries(ACT_OPTION_KEYS.filter((k) => a[k] !== undefined).map((k) => [k, a[k]]));
+}
+
 
 function augmentFor(ds: Dataset, on: boolean): AugmentOptions | undefined {
   if (!on) return undefined;
@@ -350,13 +377,25 @@ async function runTraining(
   const saved = resumed?.meta.config as TrainOptions | undefined;
   if (saved) {
     const run = normalize(saved) as unknown as Record<string, unknown>;
-    const differ = Object.entries(options).filter(([k, v]) => v !== undefined && !RESUME_MAY_CHANGE.has(k) && v !== run[k]);
+    // the activation's options one by one, as actOptions.<name> (keepContext may change)
+    const runAct = (run.actOptions ?? {}) as Record<string, unknown>;
+    const given: [string, unknown, unknown][] = [
+      ...Object.entries(options).filter(([k]) => k !== 'actOptions').map(([k, v]): [string, unknown, unknown] => [k, v, run[k]]),
+      ...Object.entries(options.actOptions ?? {}).filter(([k]) => k !== 'keepContext').map(([k, v]): [string, unknown, unknown] => [`actOptions.${k}`, v, runAct[k]]),
+    ];
+    const differ = given.filter(([k, v, r]) => v !== undefined && !RESUME_MAY_CHANGE.has(k) && v !== r);
     if (differ.length) {
-      fail('ERR_ARG', `train: a resumed run keeps its settings, and ${differ.map(([k, v]) => `${k} ${JSON.stringify(v)} (the run's: ${JSON.stringify(run[k])})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or start a new run in another folder`);
+      const was = (r: unknown) => (r === undefined ? 'not set' : JSON.stringify(r));
+      fail('ERR_ARG', `train: a resumed run keeps its settings, and ${differ.map(([k, v, r]) => `${k} ${JSON.stringify(v)} (the run's: ${was(r)})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or start a new run in another folder`);
     }
   }
+  // keepContext (memory against time, the same results) may change when resuming.
+  const keepContext = options.actOptions?.keepContext;
   const cfg = saved
-    ? normalize({ ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, graph: o.graph, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches })
+    ? normalize({
+        ...saved, epochs: options.epochs ?? saved.epochs, device: o.device, graph: o.graph, dataDir: options.dataDir ?? saved.dataDir, resume: true, out, maxBatches: o.maxBatches,
+        ...(keepContext !== undefined ? { actOptions: { ...saved.actOptions, keepContext } } : {}),
+      })
     : o;
   // the output folder first: a bad one fails before the datasets are read and the model built
   if (out) ensureDir(out);
@@ -364,7 +403,7 @@ async function runTraining(
   const trainSet = loadDataset(cfg.dataset, 'train', { dataDir: cfg.dataDir, limit: cfg.limitTrain });
   const testSet = loadDataset(cfg.dataset, 'test', { dataDir: cfg.dataDir, limit: cfg.limitTest });
   manualSeed(cfg.seed);
-  const model = (held.model = resnet(cfg.model, { act: cfg.act, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device }));
+  const model = (held.model = resnet(cfg.model, { act: cfg.act, actOptions: cfg.actOptions, numClasses: trainSet.numClasses, inChannels: trainSet.channels, smallInput: true, device }));
   const loader = (held.loader = new DataLoader(trainSet, { batchSize: cfg.batch, shuffle: true, seed: cfg.seed, augment: augmentFor(trainSet, cfg.augment), dropLast: false }));
   const opt = (held.opt = makeTrainOptimizer(model, cfg, device));
   const schedule = makeSchedule(cfg, loader.batchesPerEpoch);
@@ -495,7 +534,7 @@ export function evaluateCheckpoint(file: string, options: { dataset?: string; da
   const cfg = ck.meta.config as TrainOptions;
   try {
     const ds = loadDataset(options.dataset ?? cfg.dataset ?? 'fashion-mnist', 'test', { dataDir: options.dataDir ?? cfg.dataDir, limit: options.limit });
-    const model = resnet(cfg.model ?? 'resnet20', { act: cfg.act, numClasses: ds.numClasses, inChannels: ds.channels, smallInput: true, device });
+    const model = resnet(cfg.model ?? 'resnet20', { act: cfg.act, actOptions: cfg.actOptions, numClasses: ds.numClasses, inChannels: ds.channels, smallInput: true, device });
     try {
       model.loadStateDict(ck.model);
       return { ...evaluate(model, ds, { device, batch: options.batch }), epoch: ck.meta.epoch, model: cfg.model, act: cfg.act, dataset: ds.name };
