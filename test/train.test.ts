@@ -8,7 +8,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { encodeIdx } from '../lib/data/idx';
 import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
-import { compare } from '../lib/train/compare';
+import { compare, markdownTable } from '../lib/train/compare';
 import { loadCheckpoint, disposeCheckpoint, saveCheckpoint } from '../lib/train/checkpoint';
 import { backendInfo, memory } from '../lib';
 import { gitCommit } from '../lib/provenance';
@@ -270,8 +270,10 @@ describe('compare', () => {
       expect(svg).toMatch(/adashift-b/); // the legend names each activation
       expect(svg).toMatch(/<path/);
     }
+    expect(report).not.toMatch(/activation options/);
     const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
     expect(summary.rows).toHaveLength(2);
+    expect(markdownTable(r.rows, { actOptions: { grid: 4, proj: true } })).toMatch(/^resnet20, .*, activation options grid 4, proj true\n/);
     expect(summary.commit).toMatch(/^([0-9a-f]{12}(-dirty)?|unknown)$/);
     expect(report).toContain(`(commit ${summary.commit})`);
   });

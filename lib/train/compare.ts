@@ -107,6 +107,7 @@ export function markdownTable(rows: CompareRow[], options: Partial<CompareOption
   const o = options;
   const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} ${(o.epochs ?? 10) === 1 ? 'epoch' : 'epochs'}`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]
     .concat(o.limitTrain ? [`first ${o.limitTrain} training images`] : [])
+    .concat(o.actOptions && Object.keys(o.actOptions).length ? [`activation options ${Object.entries(o.actOptions).map(([k, v]) => `${k} ${v}`).join(', ')}`] : [])
     .join(', ');
   const p = provenance;
   const source = p ? `\n\n${p.date}, adashift ${p.version} (commit ${p.commit}), ${p.device === 'cpu' ? `${cpuLabel(p.cpu, p.cpuDetails)}, ${p.threads} thread(s)` : `${p.gpu ?? p.device}`}` : '';
