@@ -133,6 +133,14 @@ describe('AdaShift-B as one op', () => {
   });
 });
 
+// Random AdaShift-MA parameters (std 0.3): the LayerNorm weights around 1, the biases and the
+// 'linear' rect's matrix around 0.
+function randomMAState(m: as.nn.AdaShiftMA): Record<string, as.Tensor> {
+  const sd: Record<string, as.Tensor> = {};
+  for (const [name, p] of m.namedParameters()) sd[name] = as.randn(p.shape, { mean: name.endsWith('weight') && p.shape.length === 1 ? 1 : 0, std: 0.3 });
+  return sd;
+}
+
 describe('AdaShift-MA as one op', () => {
   // The per-sample CPU op must compute what the generic fused path (pool -> autograd attention
   // context -> gate) computes, whether samples or channels are spread across threads. The two
@@ -151,11 +159,7 @@ describe('AdaShift-MA as one op', () => {
       as.manualSeed(13);
       const C = (shape as number[])[1];
       const m = new as.nn.AdaShiftMA(C, { grid: grid as number, headDim: headDim as number, rect: rect as 'norm' | 'linear' });
-      const sd: Record<string, as.Tensor> = {};
-      for (const [name, p] of m.namedParameters()) {
-        sd[name] = p.shape.length === 2 ? as.randn(p.shape, { std: 0.3 }) : name.endsWith('weight') ? as.randn(p.shape, { mean: 1, std: 0.3 }) : as.randn(p.shape, { std: 0.3 });
-      }
-      m.loadStateDict(sd);
+      m.loadStateDict(randomMAState(m));
       const x = as.randn(shape as number[], { std: 1.5, requiresGrad: true });
       const dy = as.randn(shape as number[]);
       const run = (fused: boolean) => {
@@ -201,8 +205,7 @@ describe('AdaShift-MA keepContext', () => {
       const make = (keepContext: boolean) => new as.nn.AdaShiftMA(C, { grid: grid as number, headDim: headDim as number, rect: rect as 'norm' | 'linear', keepContext });
       const kept = make(true), lean = make(false);
       as.manualSeed(21);
-      const sd: Record<string, as.Tensor> = {};
-      for (const [name, p] of kept.namedParameters()) sd[name] = as.randn(p.shape, { mean: name.endsWith('weight') && p.shape.length === 1 ? 1 : 0, std: 0.3 });
+      const sd = randomMAState(kept);
       kept.loadStateDict(sd);
       lean.loadStateDict(sd);
       expect(lean.keepContext).toBe(false);
@@ -237,9 +240,7 @@ describe('AdaShift-MA keepContext', () => {
       const run = (keepContext: boolean) => {
         const m = new as.nn.AdaShiftMA(6, { grid: 4, headDim: 3, rect: 'linear', keepContext });
         as.manualSeed(3);
-        const sd: Record<string, as.Tensor> = {};
-        for (const [name, p] of m.namedParameters()) sd[name] = as.randn(p.shape, { mean: p.shape.length === 1 ? 1 : 0, std: 0.3 });
-        m.loadStateDict(sd);
+        m.loadStateDict(randomMAState(m));
         const rm = as.zeros([6]), rv = as.ones([6]);
         const y = as.functional.batchNormAdaShiftMA(x, { weight: w, bias: b, runningMean: rm, runningVar: rv }, m.opParams(), { training: true, residual: r });
         y.backward(dy);

@@ -228,7 +228,8 @@ export type ActivationName = 'relu' | 'gelu' | 'silu' | 'adashift-b' | 'adashift
 export const ACTIVATIONS: readonly ActivationName[] = ['relu', 'gelu', 'silu', 'adashift-b', 'adashift-ma'];
 
 export type ActivationOptions = AdaShiftBOptions & AdaShiftMAOptions & { approximate?: 'none' | 'tanh' };
-const ACTIVATION_OPTIONS = ['device', 'proj', 'grid', 'headDim', 'rect', 'keepContext', 'approximate'];
+/** The option names activation() takes (every activation's; each reads its own). */
+export const ACTIVATION_OPTIONS = ['device', 'proj', 'grid', 'headDim', 'rect', 'keepContext', 'approximate'] as const satisfies readonly (keyof ActivationOptions)[];
 
 /** The activation registry: a module for `name` acting on `channels` channels. */
 export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): Module {

@@ -8,7 +8,7 @@ import { resolveDevice, setNumThreads } from '../device';
 import { environment } from '../provenance';
 import { noGrad } from '../autograd';
 import { ensureDir, writeAtomic } from '../io/safetensors';
-import { ActivationName, ACTIVATIONS } from '../nn/activation';
+import { ActivationName, ActivationOptions, ACTIVATION_OPTIONS, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
 import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
 import type { Labels } from '../ops/loss';
@@ -66,16 +66,9 @@ export interface TrainOptions {
   actOptions?: TrainActOptions;
 }
 
-export interface TrainActOptions {
-  proj?: boolean;
-  grid?: number;
-  headDim?: number;
-  rect?: 'norm' | 'linear';
-  /** Changes memory and time, not results: a resumed run may be given another. */
-  keepContext?: boolean;
-  approximate?: 'none' | 'tanh';
-}
-const ACT_OPTION_KEYS = ['proj', 'grid', 'headDim', 'rect', 'keepContext', 'approximate'] as const satisfies readonly (keyof TrainActOptions)[];
+/** nn.activation's options but the device (the run's); keepContext may change on resume. */
+export type TrainActOptions = Omit<ActivationOptions, 'device'>;
+const ACT_OPTION_KEYS = ACTIVATION_OPTIONS.filter((k): k is Exclude<typeof k, 'device'> => k !== 'device');
 
 export interface EpochMetrics {
   epoch: number;
