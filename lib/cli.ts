@@ -10,7 +10,8 @@ import { benchStep, STEP_MODEL_NAMES, STEP_OPTIMIZER_NAMES, STEP_SECTIONS, StepS
 import { benchProfile, profileTable } from './bench/profile';
 import { RESNETS } from './nn/resnet';
 import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, TrainOptions } from './train/train';
-import { compare } from './train/compare';
+import { compare, parseArm } from './train/compare';
+import { AdaShiftError } from './errors';
 import { DEFAULT_DATA_DIRS } from './data';
 import * as path from 'path';
 import * as os from 'os';
@@ -38,6 +39,20 @@ function parseActs(v: string): ActivationName[] {
     if (!ACTIVATIONS.includes(a as ActivationName)) throw new InvalidArgumentError(`unknown activation '${a}'; expected ${ACTIVATIONS.join(', ')}`);
   }
   return acts as ActivationName[];
+}
+
+// compare's entries: names, each optionally with options of its own ('adashift-ma:grid=4').
+function parseArms(v: string): string[] {
+  const arms = v.split(',').map((s) => s.trim());
+  for (const a of arms) {
+    try {
+      parseArm(a);
+    } catch (e) {
+      if (e instanceof AdaShiftError) throw new InvalidArgumentError(e.message);
+      throw e;
+    }
+  }
+  return arms;
 }
 
 function parseList(name: string, allowed: readonly string[]) {
@@ -205,7 +220,8 @@ function addTrainFlags(cmd: Command): Command {
     .option('--grid <n>', 'AdaShift-MA: regions per side (default 7)', parseIntArg('--grid', 1, 1024))
     .option('--head-dim <n>', 'AdaShift-MA: channels per attention head (default 64)', parseIntArg('--head-dim', 1, 65536))
     .option('--rect <form>', "AdaShift-MA: 'norm' or 'linear' (default: 'linear' in ResNet-18/34 and the CIFAR ResNets' basic blocks, 'norm' in bottlenecks)", choice('--rect', ['norm', 'linear']))
-    .option('--keep-context', 'AdaShift-MA: keep its context network for backward (faster, more memory; the same results)');
+    .option('--keep-context', 'AdaShift-MA: keep its context network for backward (faster, more memory; the same results)')
+    .option('--approximate <form>', "GELU: 'none' (the erf form, default) or 'tanh'", choice('--approximate', ['none', 'tanh']));
 }
 
 /** The activation options given on the command line (none: undefined, the defaults). */
@@ -216,6 +232,7 @@ function actOptionsFrom(opts: Record<string, unknown>): TrainOptions['actOptions
     headDim: opts.headDim as number | undefined,
     rect: opts.rect as 'norm' | 'linear' | undefined,
     keepContext: opts.keepContext === true ? true : undefined,
+    approximate: opts.approximate as 'none' | 'tanh' | undefined,
   };
   const given = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined));
   return Object.keys(given).length ? given : undefined;
@@ -430,7 +447,12 @@ export function main(argv = process.argv): void {
     program
       .command('compare')
       .description('train each activation with several seeds; write a table and plots')
-      .option('--acts <list>', `activations (default ${ACTIVATIONS.join(',')})`, parseActs)
+      .option(
+        '--acts <list>',
+        `activations (default ${ACTIVATIONS.join(',')}); each may carry options of its own, ` +
+          "e.g. 'relu,adashift-b,adashift-b:proj,adashift-ma:grid=4:rect=norm' (names as the flags: proj, grid, head-dim, rect, keep-context, approximate)",
+        parseArms,
+      )
       .option('--seeds <n>', 'runs per activation', parseIntArg('--seeds', 1, 1000), 1)
       .option('--seed <n>', 'first seed', parseIntArg('--seed', 0, 2 ** 31), 0)
       .option('--out <dir>', 'output folder', 'runs/compare'),
@@ -442,9 +464,9 @@ export function main(argv = process.argv): void {
       const r = await compare(
         { ...trainOptionsFrom(opts), acts: opts.acts, seeds: opts.seeds, seed: opts.seed, out: opts.out },
         {
-          onRunStart: (act, seed, i, total) => process.stderr.write(`run ${i + 1}/${total}: ${act}, seed ${seed}\n`),
-          train: (act, seed) => {
-            progress = progressCallbacks(`[${act} s${seed}]`);
+          onRunStart: (label, seed, i, total) => process.stderr.write(`run ${i + 1}/${total}: ${label}, seed ${seed}\n`),
+          train: (label, seed) => {
+            progress = progressCallbacks(`[${label} s${seed}]`);
             return { ...progress, shouldStop: stop.shouldStop };
           },
         },

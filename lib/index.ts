@@ -27,7 +27,7 @@ export function emptyCache(device = 'cpu'): void {
 export * as optim from './optim';
 export * as data from './data';
 export { evaluate, evaluateCheckpoint, train } from './train/train';
-export type { BatchInfo, EpochMetrics, TrainCallbacks, TrainOptions, TrainResult } from './train/train';
-export { compare } from './train/compare';
-export type { CompareOptions, CompareRow } from './train/compare';
+export type { BatchInfo, EpochMetrics, TrainActOptions, TrainCallbacks, TrainOptions, TrainResult } from './train/train';
+export { armLabel, compare, parseArm } from './train/compare';
+export type { CompareArm, CompareCallbacks, CompareOptions, CompareRow } from './train/compare';
 export { benchAct } from './bench/act';

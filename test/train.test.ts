@@ -8,7 +8,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { encodeIdx } from '../lib/data/idx';
 import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
-import { compare, markdownTable } from '../lib/train/compare';
+import { armLabel, compare, markdownTable, parseArm } from '../lib/train/compare';
 import { loadCheckpoint, disposeCheckpoint, saveCheckpoint } from '../lib/train/checkpoint';
 import { backendInfo, memory } from '../lib';
 import { gitCommit } from '../lib/provenance';
@@ -278,6 +278,73 @@ describe('compare', () => {
     expect(report).toContain(`(commit ${summary.commit})`);
   });
 
+  test('entries with options of their own: parsed, labelled, validated', () => {
+    expect(parseArm('relu')).toEqual({ act: 'relu', actOptions: {} });
+    expect(parseArm('adashift-ma:rect=norm:head-dim=32:grid=4:keep-context')).toEqual({ act: 'adashift-ma', actOptions: { rect: 'norm', headDim: 32, grid: 4, keepContext: true } });
+    expect(parseArm('adashift-b:proj=false')).toEqual({ act: 'adashift-b', actOptions: { proj: false } });
+    expect(parseArm('gelu:approximate=tanh')).toEqual({ act: 'gelu', actOptions: { approximate: 'tanh' } });
+    // the label lists options in one order, whatever the order given; it parses back to the entry
+    const label = armLabel(parseArm('adashift-ma:rect=norm:head-dim=32:grid=4:keep-context'));
+    expect(label).toBe('adashift-ma:grid=4:head-dim=32:rect=norm:keep-context');
+    expect(parseArm(label)).toEqual({ act: 'adashift-ma', actOptions: { grid: 4, headDim: 32, rect: 'norm', keepContext: true } });
+    expect(armLabel({ act: 'adashift-b', actOptions: { proj: false } })).toBe('adashift-b:proj=false');
+    expect(armLabel({ act: 'silu' })).toBe('silu');
+    for (const [spec, message] of [
+      ['tanh', /unknown activation 'tanh' in 'tanh'/],
+      ['adashift-ma:size=3', /'adashift-ma:size=3': unknown option 'size' \(known: proj, grid, head-dim, rect, keep-context, approximate\)/],
+      ['adashift-ma:grid', /grid must be grid=<integer>, got no value/],
+      ['adashift-ma:grid=2.5', /grid must be grid=<integer>, got '2.5'/],
+      ['adashift-ma:rect', /rect must be rect=<value>/],
+      ['adashift-b:proj=yes', /proj is a flag \(proj, proj=true or proj=false\), got 'yes'/],
+      ['adashift-ma:grid=3:grid=4', /grid is given twice/],
+    ] as const) {
+      expect(() => parseArm(spec)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(message) }));
+    }
+  });
+
+  test('an entry the activation or the model refuses stops the comparison before any run', async () => {
+    const out = path.join(tmp, 'compare-refused');
+    for (const [acts, message] of [
+      [['relu', 'relu:grid=4'], /^compare: 'relu:grid=4': relu does not read grid \(its options: none\)/],
+      [['relu', 'adashift-b:grid=4'], /adashift-b does not read grid \(its options: proj\)/],
+      [['relu', { act: 'adashift-ma', actOptions: { grid: '4' } }], /^compare: adashift-ma's grid must be an integer, got "4"/],
+      [['relu', 'adashift-ma:head-dim=5'], /^compare: 'adashift-ma:head-dim=5': .*head/i],
+      [['relu', 'adashift-ma:grid=0'], /^compare: 'adashift-ma:grid=0': .*grid/],
+      [['relu', 'gelu:approximate=fast'], /^compare: 'gelu:approximate=fast': GELU: approximate must be 'none' or 'tanh', got "fast"/],
+      [['adashift-ma:grid=4:rect=norm', 'relu', 'adashift-ma:rect=norm:grid=4'], /^compare: 'adashift-ma:grid=4:rect=norm' is listed twice/],
+      [[{ act: 'swish' }], /compare: acts must be activation names or \{act, actOptions\}/],
+      [[], /compare: acts must be a non-empty array/],
+    ] as const) {
+      await expect(compare({ ...base, acts: acts as never, out })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(message) });
+    }
+    expect(fs.existsSync(out)).toBe(false);
+  });
+
+  test("an activation twice with different options: each run is train()'s with the entry's options over the shared ones", async () => {
+    const out = path.join(tmp, 'compare-arms');
+    const small = { ...base, epochs: 1, limitTrain: 64, limitTest: 30 };
+    const r = await compare({ ...small, acts: ['adashift-ma', 'adashift-ma:grid=2', { act: 'adashift-b', actOptions: { proj: true } }], actOptions: { grid: 3, headDim: 4 }, out });
+    expect(r.rows.map((x) => x.label)).toEqual(['adashift-ma', 'adashift-ma:grid=2', 'adashift-b:proj']);
+    expect(r.rows.map((x) => x.actOptions)).toEqual([{}, { grid: 2 }, { proj: true }]);
+    const config = (folder: string) => JSON.parse(fs.readFileSync(path.join(out, folder, 'config.json'), 'utf8'));
+    expect(config('adashift-ma-seed3').actOptions).toEqual({ grid: 3, headDim: 4 });
+    expect(config('adashift-ma_grid-2-seed3').actOptions).toEqual({ grid: 2, headDim: 4 });
+    expect(config('adashift-b_proj-seed3').actOptions).toEqual({ grid: 3, headDim: 4, proj: true });
+    // AdaShift-MA's parameters do not depend on the grid; the proj adds a Linear(C, C) per activation
+    expect(r.rows[1].params).toBe(r.rows[0].params);
+    // the entry's run is the run train() makes with those options (the same seed: the same metrics)
+    const alone = await train({ ...small, act: 'adashift-ma', actOptions: { grid: 2, headDim: 4 }, out: path.join(tmp, 'compare-arms-alone') });
+    const strip = (h: typeof alone.history) => h.map(({ seconds: _s, imagesPerSec: _i, peakBytes: _p, ...m }) => m);
+    expect(strip(r.rows[1].histories[0])).toEqual(strip(alone.history));
+    expect(strip(r.rows[0].histories[0])).not.toEqual(strip(alone.history));
+    const report = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+    expect(report).toMatch(/\| adashift-ma:grid=2 \| \d+\.\d\d% ± /);
+    expect(report).toMatch(/activation options grid 3, headDim 4/);
+    expect(report).not.toMatch(/time vs ReLU/);
+    expect(fs.readFileSync(path.join(out, 'test-accuracy.svg'), 'utf8')).toContain('adashift-ma:grid=2');
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).options.acts).toEqual(['adashift-ma', 'adashift-ma:grid=2', 'adashift-b:proj']);
+  });
+
   // needs the git program (a machine the tree is copied to may lack it: skipped there)
   const gitTest = spawnSync('git', ['--version']).status === 0 ? test : test.skip;
   gitTest('the commit is reported only for a checkout rooted at the package', () => {
@@ -321,6 +388,8 @@ describe('CLI', () => {
     [['train', '--epochs', '-1'], /--epochs must be an integer/],
     [['train', '--lr', 'fast'], /--lr must be a number/],
     [['compare', '--acts', 'relu,swish'], /unknown activation 'swish'/],
+    [['compare', '--acts', 'relu,adashift-ma:grid=x'], /'adashift-ma:grid=x': grid must be grid=<integer>, got 'x'/],
+    [['train', '--approximate', 'fast'], /--approximate must be one of none, tanh, got 'fast'/],
     [['eval'], /required option '--checkpoint <file>' not specified/],
     [['train', '--rect', 'square'], /--rect must be one of norm, linear, got 'square'/],
     [['train', '--grid', '0'], /--grid must be an integer/],

@@ -22,6 +22,8 @@ export class ReLU extends Module {
 export class GELU extends Module {
   constructor(readonly approximate: 'none' | 'tanh' = 'none') {
     super();
+    // checked here as well as by the op: a model with a bad option fails when built, not in its first step
+    check(approximate === 'none' || approximate === 'tanh', 'ERR_ARG', () => `GELU: approximate must be 'none' or 'tanh', got ${JSON.stringify(approximate)}`);
   }
   override forward(x: Tensor): Tensor {
     return gelu(x, { approximate: this.approximate });
@@ -230,6 +232,15 @@ export const ACTIVATIONS: readonly ActivationName[] = ['relu', 'gelu', 'silu', '
 export type ActivationOptions = AdaShiftBOptions & AdaShiftMAOptions & { approximate?: 'none' | 'tanh' };
 /** The option names activation() takes (every activation's; each reads its own). */
 export const ACTIVATION_OPTIONS = ['device', 'proj', 'grid', 'headDim', 'rect', 'keepContext', 'approximate'] as const satisfies readonly (keyof ActivationOptions)[];
+
+/** The options each activation reads (besides device); activation() ignores the others. */
+export const ACTIVATION_OWN_OPTIONS: Readonly<Record<ActivationName, readonly Exclude<(typeof ACTIVATION_OPTIONS)[number], 'device'>[]>> = {
+  relu: [],
+  gelu: ['approximate'],
+  silu: [],
+  'adashift-b': ['proj'],
+  'adashift-ma': ['grid', 'headDim', 'rect', 'keepContext'],
+};
 
 /** The activation registry: a module for `name` acting on `channels` channels. */
 export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): Module {
