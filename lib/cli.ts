@@ -10,7 +10,7 @@ import { benchStep, STEP_MODEL_NAMES, STEP_OPTIMIZER_NAMES, STEP_SECTIONS, StepS
 import { benchProfile, profileTable } from './bench/profile';
 import { RESNETS } from './nn/resnet';
 import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, TrainOptions } from './train/train';
-import { compare, parseArm } from './train/compare';
+import { compare, CompareOptions, parseArm } from './train/compare';
 import { AdaShiftError } from './errors';
 import { DEFAULT_DATA_DIRS } from './data';
 import * as path from 'path';
@@ -154,7 +154,7 @@ export function progressCallbacks(label = '', stream: NodeJS.WriteStream = proce
       stream.write(
         `${prefix}${info.config.model} ${info.config.act} on ${info.config.dataset} (${info.trainCount} train / ${info.testCount} test images), ` +
           `${info.params.toLocaleString('en-US')} parameters, device ${info.device}` +
-          (info.startEpoch || info.startBatch ? `, resuming at epoch ${info.startEpoch + 1} batch ${info.startBatch + 1}` : '') +
+          (info.startEpoch >= epochs ? ', finished' : info.startEpoch || info.startBatch ? `, resuming at epoch ${info.startEpoch + 1} batch ${info.startBatch + 1}` : '') +
           '\n',
       );
     },
@@ -455,22 +455,32 @@ export function main(argv = process.argv): void {
       )
       .option('--seeds <n>', 'runs per activation', parseIntArg('--seeds', 1, 1000), 1)
       .option('--seed <n>', 'first seed', parseIntArg('--seed', 0, 2 ** 31), 0)
-      .option('--out <dir>', 'output folder', 'runs/compare'),
-  ).action(async (opts) => {
+      .option('--out <dir>', 'output folder', 'runs/compare')
+      .option('--resume', 'continue the comparison in <out> (finished runs are kept; --acts and --seeds may add runs)'),
+  ).action(async (opts, cmd: Command) => {
     if (opts.tf32) setAllowTF32(true);
+    // As train --resume: only the flags given on this command line, not the defaults of the others.
+    const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
+    const all: CompareOptions = { ...trainOptionsFrom(opts), acts: opts.acts, seeds: opts.seeds, seed: opts.seed, out: opts.out };
+    const options: CompareOptions = opts.resume
+      ? { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), actOptions: all.actOptions, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out: opts.out, resume: true }
+      : all;
     const stop = interruptible();
     let progress: ReturnType<typeof progressCallbacks> | null = null;
     try {
-      const r = await compare(
-        { ...trainOptionsFrom(opts), acts: opts.acts, seeds: opts.seeds, seed: opts.seed, out: opts.out },
-        {
-          onRunStart: (label, seed, i, total) => process.stderr.write(`run ${i + 1}/${total}: ${label}, seed ${seed}\n`),
-          train: (label, seed) => {
-            progress = progressCallbacks(`[${label} s${seed}]`);
-            return { ...progress, shouldStop: stop.shouldStop };
-          },
+      const r = await compare(options, {
+        shouldStop: stop.shouldStop,
+        onRunStart: (label, seed, i, total) => process.stderr.write(`run ${i + 1}/${total}: ${label}, seed ${seed}\n`),
+        train: (label, seed) => {
+          (progress as ReturnType<typeof progressCallbacks> | null)?.stop();
+          progress = progressCallbacks(`[${label} s${seed}]`);
+          return progress;
         },
-      );
+      });
+      if (r.interrupted) {
+        console.log(`stopped after ${r.runsDone} of ${r.runs} runs; the stopped run saved a checkpoint (continue with: adashift compare --resume --out ${opts.out})`);
+        return;
+      }
       console.log(r.table);
       console.log(`report: ${r.report}; plots: ${r.plots.join(', ')}`);
     } finally {

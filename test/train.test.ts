@@ -7,7 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { encodeIdx } from '../lib/data/idx';
-import { evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
+import { EpochMetrics, evaluateCheckpoint, train, TrainOptions } from '../lib/train/train';
 import { armLabel, compare, markdownTable, parseArm } from '../lib/train/compare';
 import { loadCheckpoint, disposeCheckpoint, saveCheckpoint } from '../lib/train/checkpoint';
 import { backendInfo, memory } from '../lib';
@@ -345,6 +345,77 @@ describe('compare', () => {
     expect(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).options.acts).toEqual(['adashift-ma', 'adashift-ma:grid=2', 'adashift-b:proj']);
   });
 
+  describe('stopped and resumed', () => {
+    const small = { ...base, epochs: 2, acts: ['relu', 'adashift-b'], seeds: 2, limitTrain: 96, limitTest: 30 };
+    const strip = (h: EpochMetrics[]) => h.map(({ seconds: _s, imagesPerSec: _i, peakBytes: _p, ...m }) => m);
+    let straight: Awaited<ReturnType<typeof compare>>;
+    beforeAll(async () => {
+      straight = await compare({ ...small, out: path.join(tmp, 'compare-straight') });
+    });
+
+    test('a comparison stopped in its third run resumes to the straight result', async () => {
+      const out = path.join(tmp, 'compare-stopped');
+      let batches = 0;
+      // asked before each run and after each batch (3 per epoch, 6 per run): the 17th ask
+      // follows the third run's second batch
+      const r = await compare({ ...small, out }, { shouldStop: () => ++batches >= 2 * 7 + 3 });
+      expect(r).toMatchObject({ interrupted: true, runsDone: 2, runs: 4, table: '' });
+      expect(r.report).toBeUndefined();
+      const ck = loadCheckpoint(path.join(out, 'adashift-b-seed3', 'checkpoint.safetensors'));
+      expect(ck.meta).toMatchObject({ epoch: 0, batch: 2 });
+      disposeCheckpoint(ck);
+      expect(r.rows.map((x) => x.label)).toEqual(['relu']);
+      expect(fs.existsSync(path.join(out, 'report.md'))).toBe(false);
+      expect(fs.existsSync(path.join(out, 'adashift-b-seed3', 'checkpoint.safetensors'))).toBe(true);
+      expect(fs.existsSync(path.join(out, 'adashift-b-seed4'))).toBe(false);
+      // finished runs are read back without a batch; the stopped one continues
+      const trained: string[] = [];
+      const resumed = await compare({ out, resume: true }, { train: (label, seed) => ({ onBatch: () => void trained.push(`${label} ${seed}`) }) });
+      expect(resumed.interrupted).toBe(false);
+      expect([...new Set(trained)]).toEqual(['adashift-b 3', 'adashift-b 4']);
+      expect(trained.filter((t) => t === 'adashift-b 3')).toHaveLength(4); // its first epoch's last batch, then the second epoch
+      expect(resumed.rows.map((x) => x.label)).toEqual(['relu', 'adashift-b']);
+      resumed.rows.forEach((row, i) => {
+        expect(row.histories.map(strip)).toEqual(straight.rows[i].histories.map(strip));
+        expect(row.params).toBe(straight.rows[i].params);
+      });
+      for (const run of ['relu-seed3', 'adashift-b-seed3', 'adashift-b-seed4']) {
+        expect(modelTensors(path.join(out, run, 'checkpoint.safetensors'))).toEqual(modelTensors(path.join(tmp, 'compare-straight', run, 'checkpoint.safetensors')));
+      }
+      const report = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+      expect(report).toMatch(/\nresumed \d{4}-\d\d-\d\dT.*\(commit /);
+      const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+      expect(summary.resumed).toHaveLength(1);
+      expect(summary.options.acts).toEqual(['relu', 'adashift-b']);
+    });
+
+    test('stopped between runs: the next run is not started', async () => {
+      const out = path.join(tmp, 'compare-between');
+      let done = 0;
+      const r = await compare({ ...small, seeds: 1, out }, { onRunEnd: () => void done++, shouldStop: () => done >= 1 });
+      expect(r).toMatchObject({ interrupted: true, runsDone: 1, runs: 2 });
+      expect(fs.existsSync(path.join(out, 'adashift-b-seed3'))).toBe(false);
+      // resuming with another seed adds its runs; the finished run is kept
+      const trained: string[] = [];
+      const more = await compare({ out, resume: true, seeds: 2 }, { train: (label, seed) => ({ onBatch: () => void trained.push(`${label} ${seed}`) }) });
+      expect([...new Set(trained)]).toEqual(['relu 4', 'adashift-b 3', 'adashift-b 4']);
+      expect(more.rows.map((x) => x.seeds)).toEqual([[3, 4], [3, 4]]);
+      more.rows.forEach((row, i) => expect(row.histories.map(strip)).toEqual(straight.rows[i].histories.map(strip)));
+    });
+
+    test('a resumed comparison refuses settings that differ from its own', async () => {
+      const out = path.join(tmp, 'compare-stopped');
+      await expect(compare({ out, resume: true, lr: 0.2, batch: 32 })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/^compare: a resumed comparison keeps its settings, and lr 0\.2 \(the comparison's: 0\.05\) differs/) });
+      await expect(compare({ out, resume: true, actOptions: { proj: true } })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/actOptions \{"proj":true\} \(the comparison's: not set\) differs/) });
+      await expect(compare({ out, resume: true, opt: 'sgd', epochs: 2 })).resolves.toMatchObject({ interrupted: false });
+      await expect(compare({ out: path.join(tmp, 'no-such-compare'), resume: true })).rejects.toMatchObject({ code: 'ERR_IO', message: expect.stringMatching(/nothing to resume: .*no-such-compare\/compare\.json does not exist/) });
+      const bad = path.join(tmp, 'compare-bad-record');
+      fs.mkdirSync(bad, { recursive: true });
+      fs.writeFileSync(path.join(bad, 'compare.json'), '{"options": 3');
+      await expect(compare({ out: bad, resume: true })).rejects.toMatchObject({ code: 'ERR_IO', message: expect.stringMatching(/compare\.json: not a comparison's record/) });
+    });
+  });
+
   // needs the git program (a machine the tree is copied to may lack it: skipped there)
   const gitTest = spawnSync('git', ['--version']).status === 0 ? test : test.skip;
   gitTest('the commit is reported only for a checkout rooted at the package', () => {
@@ -437,6 +508,33 @@ describe('CLI', () => {
     const bad = run('train', '--resume', '--out', out, '--epochs', '3', '--head-dim', '8', '--data-dir', dataDir);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/actOptions\.headDim 8 \(the run's: 4\) differs/);
+  });
+
+  test('compare: Ctrl-C stops the comparison with a checkpoint; --resume finishes it and refuses other settings', async () => {
+    const out = path.join(tmp, 'cli-compare-sigint');
+    const args = ['--data-dir', dataDir, '--epochs', '100', '--batch', '8', '--limit-train', '16', '--limit-test', '8', '--no-augment', '--out', out];
+    const child = spawn(process.execPath, [cli, 'compare', '--acts', 'relu,silu', ...args], { cwd: ROOT, env: { ...process.env, ADASHIFT_DEVICE: 'cpu' } });
+    let stderr = '', stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    const code = await new Promise<number | null>((resolve) => {
+      child.stderr.on('data', (d) => {
+        stderr += d;
+        if (/\[relu s0\] epoch 1\/100 batch/.test(stderr) && !child.killed) child.kill('SIGINT');
+      });
+      child.on('exit', (c) => resolve(c));
+    });
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/stopped after 0 of 2 runs; the stopped run saved a checkpoint \(continue with: adashift compare --resume --out .*cli-compare-sigint\)/);
+    expect(fs.existsSync(path.join(out, 'relu-seed0', 'checkpoint.safetensors'))).toBe(true);
+    expect(fs.existsSync(path.join(out, 'report.md'))).toBe(false);
+    const bad = run('compare', '--resume', '--out', out, '--lr', '0.3');
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/lr 0\.3 \(the comparison's: 0\.1\) differs/);
+    const r = run('compare', '--resume', '--out', out, '--data-dir', dataDir);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/\[relu s0\] .*resuming at epoch/);
+    expect(r.stdout).toMatch(/\| relu \| .*\n\| silu \| /);
+    expect(fs.readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/\nresumed /);
   });
 
   cudaTest('train --device cuda --graph reports how many steps were graph replays', () => {

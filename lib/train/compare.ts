@@ -2,15 +2,16 @@
 // report: a Markdown table (test accuracy mean and spread, seconds per epoch, images/s,
 // parameters), summary.json, and SVG plots of test accuracy and train loss per epoch. An
 // activation may be listed more than once with options of its own ('adashift-ma:grid=4').
+import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../device';
-import { AdaShiftError, check, checkOptions } from '../errors';
+import { AdaShiftError, check, checkOptions, fail } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS, ACTIVATION_OWN_OPTIONS } from '../nn/activation';
 import { resnet } from '../nn/resnet';
 import { cpuLabel, environment } from '../provenance';
 import { mean, median, std } from '../stats';
-import { EpochMetrics, train, TrainActOptions, TrainCallbacks, TRAIN_OPTIONS, TrainOptions } from './train';
+import { EpochMetrics, train, TrainActOptions, TrainCallbacks, TRAIN_DEFAULTS, TRAIN_OPTIONS, TrainOptions } from './train';
 
 /** One activation of a comparison with options of its own, over the comparison's actOptions. */
 export interface CompareArm {
@@ -19,6 +20,12 @@ export interface CompareArm {
 }
 
 export interface CompareOptions extends Omit<TrainOptions, 'act' | 'out' | 'resume' | 'seed'> {
+  /**
+   * Continue the comparison in out (its compare.json): the settings are its own (entries and
+   * seeds may be given anew, e.g. another seed; device, threads, graph and dataDir may change;
+   * any other setting given must equal the comparison's).
+   */
+  resume?: boolean;
   /**
    * What to compare: activation names, CompareArm objects, or names with options in the
    * command line's form, e.g. 'adashift-b:proj', 'adashift-ma:grid=4:rect=norm' (see parseArm).
@@ -52,6 +59,8 @@ export interface CompareRow {
 }
 
 export interface CompareCallbacks {
+  /** Asked after every batch and before every run: true stops the comparison (resume continues it). */
+  shouldStop?(): boolean;
   /** label: the entry's label (its activation's name when it has no options of its own). */
   onRunStart?(label: string, seed: number, index: number, total: number): void;
   train?: (label: string, seed: number) => TrainCallbacks;
@@ -139,14 +148,78 @@ function resolveArm(entry: ActivationName | CompareArm | string, shared: TrainAc
 // A run folder's name from a label: 'adashift-ma:grid=4' -> 'adashift-ma_grid-4'.
 const folderOf = (label: string) => label.replace(/:/g, '_').replace(/=/g, '-');
 
-export async function compare(options: CompareOptions, callbacks: CompareCallbacks = {}) {
-  // train()'s options but the two compare sets per run (act, resume), and its own
-  checkOptions('compare', options, [...TRAIN_OPTIONS.filter((k) => k !== 'act' && k !== 'resume'), 'acts', 'seeds']);
+/** What compare() resolves to. Without interrupted, every run is done and the report written. */
+export interface CompareResult {
+  /** One row per entry whose runs are all done (every entry's unless interrupted). */
+  rows: CompareRow[];
+  /** The Markdown table ('' when interrupted). */
+  table: string;
+  plots: string[];
+  /** report.md's path (undefined when interrupted). */
+  report?: string;
+  /** A run was stopped (shouldStop): compare({resume: true, out}) continues from there. */
+  interrupted: boolean;
+  /** Runs done of the comparison's runs (entries x seeds). */
+  runsDone: number;
+  runs: number;
+}
+
+// The comparison's record in its folder (compare.json): its options, for resume, and who ran it.
+interface ComparePlan {
+  options: Omit<CompareOptions, 'out' | 'resume' | 'acts'> & { acts: string[] };
+  started: Provenance;
+  resumed: Provenance[];
+}
+type Provenance = ReturnType<typeof environment>;
+
+/** What a resumed comparison may be given anew: what to run (entries, seeds) and where. */
+const COMPARE_RESUME_MAY_CHANGE = new Set(['acts', 'seeds', 'device', 'threads', 'graph', 'dataDir', 'maxBatches', 'out', 'resume']);
+
+// JSON with sorted keys: settings compared by value.
+const stable = (v: unknown): string =>
+  v !== null && typeof v === 'object' && !Array.isArray(v)
+    ? `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${stable((v as Record<string, unknown>)[k])}`).join(',')}}`
+    : JSON.stringify(v) ?? 'undefined';
+
+function readPlan(file: string): ComparePlan {
+  if (!fs.existsSync(file)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${file} does not exist (compare writes it when a comparison starts)`);
+  let plan: ComparePlan;
+  try {
+    plan = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new AdaShiftError('ERR_IO', `${file}: not a comparison's record (${(e as Error).message})`);
+  }
+  check(plan !== null && typeof plan === 'object' && plan.options !== null && typeof plan.options === 'object' && Array.isArray(plan.options.acts) && plan.started !== undefined, 'ERR_IO', () => `${file}: not a comparison's record (options, acts or started missing)`);
+  plan.resumed ??= [];
+  return plan;
+}
+
+/**
+ * Trains every entry of acts seeds times with the same settings, then writes report.md,
+ * summary.json and the plots to out. Each run has its own folder (train()'s files). With
+ * resume, a comparison stopped part-way (its compare.json) continues: finished runs are read
+ * back, a stopped one resumes from its checkpoint, the rest run.
+ */
+export async function compare(options: CompareOptions, callbacks: CompareCallbacks = {}): Promise<CompareResult> {
+  // train()'s options but the two compare sets per run (act, seed is the first seed), and its own
+  checkOptions('compare', options, [...TRAIN_OPTIONS.filter((k) => k !== 'act'), 'acts', 'seeds']);
+  check(typeof options.out === 'string' && options.out.length > 0, 'ERR_ARG', () => 'compare: an output folder (out) is required');
+  const planFile = path.join(options.out, 'compare.json');
+  const plan = options.resume === true ? readPlan(planFile) : null;
+  if (plan) {
+    // The settings are the comparison's; one given now that differs is refused, not dropped.
+    const given = Object.entries(options).filter(([k, v]) => v !== undefined && !COMPARE_RESUME_MAY_CHANGE.has(k));
+    const saved = { ...TRAIN_DEFAULTS, ...plan.options } as Record<string, unknown>;
+    const differ = given.filter(([k, v]) => stable(v) !== stable(saved[k]));
+    if (differ.length) {
+      fail('ERR_ARG', `compare: a resumed comparison keeps its settings, and ${differ.map(([k, v]) => `${k} ${JSON.stringify(v)} (the comparison's: ${saved[k] === undefined ? 'not set' : JSON.stringify(saved[k])})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or compare into another folder`);
+    }
+    options = { ...plan.options, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)), out: options.out };
+  }
   const seeds = options.seeds ?? 1;
   const seed0 = options.seed ?? 0;
   check(options.acts === undefined || (Array.isArray(options.acts) && options.acts.length > 0), 'ERR_ARG', () => `compare: acts must be a non-empty array of activations (${ACTIVATIONS.join(', ')}), got ${JSON.stringify(options.acts)}`);
   check(Number.isInteger(seeds) && seeds >= 1, 'ERR_ARG', () => `compare: seeds must be a positive integer, got ${seeds}`);
-  check(typeof options.out === 'string' && options.out.length > 0, 'ERR_ARG', () => 'compare: an output folder (out) is required');
   check(options.actOptions === undefined || (options.actOptions !== null && typeof options.actOptions === 'object'), 'ERR_ARG', () => `compare: invalid actOptions: ${String(options.actOptions)} (expected an object)`);
   const arms = (options.acts ?? [...ACTIVATIONS]).map((a) => resolveArm(a, options.actOptions));
   for (const [i, a] of arms.entries()) {
@@ -157,17 +230,21 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
   // now, not after the entries before it have trained.
   for (const a of arms) {
     try {
-      resnet(options.model ?? 'resnet20', { act: a.act, actOptions: a.actOptions, numClasses: 10, inChannels: 1, smallInput: true, device: 'cpu' }).dispose();
+      resnet(options.model ?? TRAIN_DEFAULTS.model, { act: a.act, actOptions: a.actOptions, numClasses: 10, inChannels: 1, smallInput: true, device: 'cpu' }).dispose();
     } catch (e) {
       if (e instanceof AdaShiftError) throw new AdaShiftError(e.code, `compare: '${a.label}': ${e.message}`);
       throw e;
     }
   }
   ensureDir(options.out);
-  const { acts: _a, seeds: _s, seed: _sd, out, ...trainOptions } = options;
+  const { acts: _a, seeds: _s, seed: _sd, out, resume: _r, ...trainOptions } = options;
   // Taken before the runs: the code and machine that ran them (an edit to the checkout while
   // they run must not change what the report says they ran).
-  const provenance = environment(resolveDevice(options.device));
+  const now = environment(resolveDevice(options.device));
+  const record: ComparePlan = plan
+    ? { ...plan, options: { ...trainOptions, acts: arms.map((a) => a.label), seeds, seed: seed0 }, resumed: [...plan.resumed, now] }
+    : { options: { ...trainOptions, acts: arms.map((a) => a.label), seeds, seed: seed0 }, started: now, resumed: [] };
+  writeAtomic(planFile, [Buffer.from(JSON.stringify(record, null, 2) + '\n')]);
   const rows: CompareRow[] = [];
   const total = arms.length * seeds;
   let k = 0;
@@ -176,9 +253,17 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
     let params = 0;
     for (let i = 0; i < seeds; i++) {
       const seed = seed0 + i;
-      callbacks.onRunStart?.(arm.label, seed, k++, total);
-      const runOptions = { ...trainOptions, act: arm.act, actOptions: arm.actOptions, seed, out: path.join(out, `${folderOf(arm.label)}-seed${seed}`) };
-      const r = await train(runOptions, callbacks.train?.(arm.label, seed) ?? {});
+      const runOut = path.join(out, `${folderOf(arm.label)}-seed${seed}`);
+      if (callbacks.shouldStop?.() === true) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
+      callbacks.onRunStart?.(arm.label, seed, k, total);
+      // A run of a resumed comparison with a checkpoint continues from it (train() returns a
+      // finished run's history without training).
+      const resumeRun = plan !== null && fs.existsSync(path.join(runOut, 'checkpoint.safetensors'));
+      const runOptions: TrainOptions = { ...trainOptions, act: arm.act, actOptions: arm.actOptions, seed, out: runOut, resume: resumeRun };
+      const own = callbacks.train?.(arm.label, seed) ?? {};
+      const r = await train(runOptions, { ...own, shouldStop: () => own.shouldStop?.() === true || callbacks.shouldStop?.() === true });
+      if (r.history.length < (options.epochs ?? TRAIN_DEFAULTS.epochs)) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
+      k++;
       histories.push(r.history);
       params = r.params;
       callbacks.onRunEnd?.(arm.label, seed, r.history);
@@ -202,15 +287,15 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
       histories,
     });
   }
-  const table = markdownTable(rows, options, provenance);
+  const table = markdownTable(rows, options, record.started, record.resumed);
   const plots = await renderPlots(rows, out);
   writeAtomic(path.join(out, 'report.md'), [Buffer.from(`${table}\n\n![test accuracy](test-accuracy.svg)\n![train loss](train-loss.svg)\n`)]);
-  const summary = { ...provenance, options: { ...trainOptions, acts: arms.map((a) => a.label), seeds, seed: seed0 }, rows };
+  const summary = { ...record.started, resumed: record.resumed, options: record.options, rows };
   writeAtomic(path.join(out, 'summary.json'), [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
-  return { rows, table, plots, report: path.join(out, 'report.md') };
+  return { rows, table, plots, report: path.join(out, 'report.md'), interrupted: false, runsDone: total, runs: total };
 }
 
-export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}, provenance?: ReturnType<typeof environment>): string {
+export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}, provenance?: Provenance, resumed: Provenance[] = []): string {
   const relu = rows.find((r) => r.label === 'relu');
   const lines = [
     `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch (median) | images / s (median)${relu ? ' | time vs ReLU' : ''} | peak tensor memory (MiB) | parameters |`,
@@ -227,8 +312,10 @@ export function markdownTable(rows: CompareRow[], options: Partial<CompareOption
     .concat(o.actOptions && Object.keys(o.actOptions).length ? [`activation options ${Object.entries(o.actOptions).map(([k, v]) => `${k} ${v}`).join(', ')}`] : [])
     .join(', ');
   const p = provenance;
-  const source = p ? `\n\n${p.date}, adashift ${p.version} (commit ${p.commit}), ${p.device === 'cpu' ? `${cpuLabel(p.cpu, p.cpuDetails)}, ${p.threads} thread(s)` : `${p.gpu ?? p.device}`}` : '';
-  return `${setting}${source}\n\n${lines.join('\n')}`;
+  const machine = (q: Provenance) => (q.device === 'cpu' ? `${cpuLabel(q.cpu, q.cpuDetails)}, ${q.threads} thread(s)` : `${q.gpu ?? q.device}`);
+  const source = p ? `\n\n${p.date}, adashift ${p.version} (commit ${p.commit}), ${machine(p)}` : '';
+  const later = resumed.map((q) => `\nresumed ${q.date}, adashift ${q.version} (commit ${q.commit}), ${machine(q)}`).join('');
+  return `${setting}${source}${later}\n\n${lines.join('\n')}`;
 }
 
 /** Line charts per activation (mean over seeds), rendered to SVG with vega-lite + vega. */

@@ -115,7 +115,8 @@ export interface TrainResult {
   graphSteps: number;
 }
 
-const DEFAULTS = {
+/** train()'s defaults for the options not given. */
+export const TRAIN_DEFAULTS = {
   model: 'resnet20' as ResNetName,
   act: 'adashift-b' as ActivationName,
   dataset: 'fashion-mnist',
@@ -144,7 +145,7 @@ const UNLISTED_TRAIN_OPTIONS: Record<Exclude<keyof TrainOptions, (typeof TRAIN_O
 void UNLISTED_TRAIN_OPTIONS;
 
 function normalize(options: TrainOptions) {
-  const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & TrainOptions;
+  const o = { ...TRAIN_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof TRAIN_DEFAULTS & TrainOptions;
   check(RESNETS.includes(o.model), 'ERR_ARG', () => `unknown model '${o.model}'; expected one of ${RESNETS.join(', ')}`);
   check(ACTIVATIONS.includes(o.act), 'ERR_ARG', () => `unknown activation '${o.act}'; expected one of ${ACTIVATIONS.join(', ')}`);
   check(['sgd', 'adamw', 'lamb'].includes(o.opt), 'ERR_ARG', () => `unknown optimizer '${o.opt}'; expected sgd, adamw or lamb`);
