@@ -1,8 +1,10 @@
 // safetensors I/O: round trips (F32 of several shapes incl. 0-d and empty, I64, I32,
 // metadata), the on-disk layout checked by an independent parser, the fixture files, other
 // float dtypes, every kind of corrupt file (ERR_IO with a message that says what is wrong),
-// atomic saves (a failing save leaves the old file and no temp files), and the output folders
-// the CLI makes.
+// atomic saves (a failing save, an integer entry whose data is not its dtype's typed array
+// included, leaves the old file and no temp files), files that are well formed but cannot be
+// loaded (a dtype or rank the tensors do not take: the file and tensor named), and the output
+// folders the CLI makes.
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -214,6 +216,43 @@ describe('corrupt files give ERR_IO with a clear message', () => {
   });
 });
 
+describe('well-formed files that cannot be loaded name the file and the tensor', () => {
+  test.each([
+    ['U8', 1],
+    ['I8', 1],
+    ['I16', 2],
+    ['BOOL', 1],
+  ] as [string, number][])('a valid %s tensor: ERR_DTYPE, nothing left alive', (dtype, size) => {
+    const f = file(`dtype-${dtype}.safetensors`);
+    const data = Buffer.alloc(8 + 3 * size);
+    data.writeFloatLE(1.5, 0);
+    data.writeFloatLE(2.5, 4);
+    writeRaw(f, { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, q: { dtype, shape: [3], data_offsets: [8, 8 + 3 * size] } }, data);
+    const before = cpuTensors();
+    const e = thrown(() => io.loadSafetensors(f), 'ERR_DTYPE');
+    expect(e.message).toContain(f);
+    expect(e.message).toContain(`tensor 'q'`);
+    expect(e.message).toMatch(new RegExp(`dtype ${dtype} cannot be loaded as a tensor \\(supported: F32, F64, F16, BF16, I64, I32\\)`));
+    expect(cpuTensors()).toBe(before); // 'a', decoded first, was freed
+  });
+
+  test('a float tensor of more than 8 dimensions: ERR_SHAPE naming the file, the tensor and the limit', () => {
+    const f = file('rank9.safetensors');
+    const shape = [1, 1, 1, 1, 1, 1, 1, 1, 2];
+    writeRaw(f, { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, deep: { dtype: 'F32', shape, data_offsets: [4, 12] } }, Buffer.alloc(12));
+    const before = cpuTensors();
+    const e = thrown(() => io.loadSafetensors(f), 'ERR_SHAPE');
+    expect(e.message).toContain(f);
+    expect(e.message).toMatch(/tensor 'deep' has 9 dimensions \(shape \[1, 1, 1, 1, 1, 1, 1, 1, 2\]\); a tensor has at most 8/);
+    expect(cpuTensors()).toBe(before);
+    // 8 dimensions load
+    writeRaw(f, { deep: { dtype: 'F32', shape: shape.slice(1), data_offsets: [0, 8] } }, Buffer.alloc(8));
+    const t = io.loadSafetensors(f).deep as as.Tensor;
+    expect(t.shape).toEqual(shape.slice(1));
+    t.dispose();
+  });
+});
+
 describe('atomic saves', () => {
   const tempsIn = (d: string) => fs.readdirSync(d).filter((n) => n.endsWith('.tmp'));
 
@@ -253,6 +292,52 @@ describe('atomic saves', () => {
       expect(fs.readFileSync(target).equals(original)).toBe(true);
       expect(tempsIn(sub)).toEqual([]);
     }
+    a.dispose();
+  });
+
+  test('integer entries whose data is not their dtype\'s typed array, and arguments that are not objects, are refused before anything is written', () => {
+    const sub = fs.mkdtempSync(path.join(dir, 'atomic-'));
+    const target = path.join(sub, 'model.safetensors');
+    const a = as.tensor([1, 2, 3]);
+    io.saveSafetensors(target, { a });
+    const original = fs.readFileSync(target);
+    const int = (e: unknown) => e as as.io.IntTensor;
+    const bad: [string, () => void, string, RegExp][] = [
+      ['I64 with Int32Array data', () => io.saveSafetensors(target, { a, i: { dtype: 'I64', shape: [2], data: new Int32Array([5, 7]) } }), 'ERR_DTYPE',
+        /^saveSafetensors: 'i' has dtype I64, so its data must be a BigInt64Array, got an Int32Array$/],
+      ['I32 with BigInt64Array data', () => io.saveSafetensors(target, { a, i: { dtype: 'I32', shape: [2], data: new BigInt64Array(2) } }), 'ERR_DTYPE',
+        /^saveSafetensors: 'i' has dtype I32, so its data must be an Int32Array, got a BigInt64Array$/],
+      ['I32 with a plain array', () => io.saveSafetensors(target, { a, i: int({ dtype: 'I32', shape: [2], data: [5, 7] }) }), 'ERR_DTYPE',
+        /^saveSafetensors: 'i' has dtype I32, so its data must be an Int32Array, got a plain array$/],
+      ['I32 with Float32Array data', () => io.saveSafetensors(target, { a, i: int({ dtype: 'I32', shape: [2], data: new Float32Array(2) }) }), 'ERR_DTYPE',
+        /'i' has dtype I32, so its data must be an Int32Array, got a Float32Array/],
+      ['I64 with no data', () => io.saveSafetensors(target, { a, i: int({ dtype: 'I64', shape: [2] }) }), 'ERR_DTYPE',
+        /'i' has dtype I64, so its data must be a BigInt64Array, got undefined/],
+      ['a shape that is not an array', () => io.saveSafetensors(target, { a, i: int({ dtype: 'I32', shape: 2, data: new Int32Array(2) }) }), 'ERR_SHAPE',
+        /'i' shape must be an array of non-negative integers, got a number/],
+      ['a negative dimension', () => io.saveSafetensors(target, { a, i: { dtype: 'I32', shape: [-2], data: new Int32Array(2) } }), 'ERR_SHAPE',
+        /'i' shape must be an array of non-negative integers, got \[-2\]/],
+      ['a float object that is not a Tensor', () => io.saveSafetensors(target, { a, f: int({ dtype: 'F32', shape: [2], data: new Float32Array(2) }) }), 'ERR_ARG',
+        /'f' must be a Tensor or \{dtype: 'I64' \| 'I32', shape, data\}, got an object of dtype "F32"/],
+      ['tensors null', () => io.saveSafetensors(target, null as never), 'ERR_ARG', /^saveSafetensors: tensors must be an object of name: Tensor or \{dtype: 'I64' \| 'I32', shape, data\}, got null$/],
+      ['tensors an array', () => io.saveSafetensors(target, [a] as never), 'ERR_ARG', /tensors must be an object .*, got a plain array/],
+      ['tensors a Tensor', () => io.saveSafetensors(target, a as never), 'ERR_ARG', /tensors must be an object .*, got a Tensor/],
+      ['metadata null', () => io.saveSafetensors(target, { a }, null as never), 'ERR_ARG', /^saveSafetensors: metadata must be an object of name: string, got null$/],
+      ['a file name that is not a string', () => io.saveSafetensors(undefined as never, { a }), 'ERR_ARG', /^saveSafetensors: the file must be a non-empty string, got undefined$/],
+    ];
+    for (const [label, fn, code, message] of bad) {
+      const e = thrown(fn);
+      expect([label, e.constructor.name, e.code, e.message]).toEqual([label, 'AdaShiftError', code, expect.stringMatching(message)]);
+      expect(fs.readFileSync(target).equals(original)).toBe(true);
+      expect(tempsIn(sub)).toEqual([]);
+    }
+    expect(fs.readdirSync(sub)).toEqual(['model.safetensors']);
+    // the right typed arrays are written and read back
+    io.saveSafetensors(target, { a, i: { dtype: 'I64', shape: [2], data: new BigInt64Array([5n, 7n]) }, j: { dtype: 'I32', shape: [2], data: new Int32Array([5, 7]) } });
+    const back = io.loadSafetensors(target);
+    expect(Array.from((back.i as as.io.IntTensor).data as BigInt64Array)).toEqual([5n, 7n]);
+    expect(Array.from((back.j as as.io.IntTensor).data as Int32Array)).toEqual([5, 7]);
+    (back.a as as.Tensor).dispose();
     a.dispose();
   });
 

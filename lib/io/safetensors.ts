@@ -4,6 +4,7 @@
 // every offset and size and says what is wrong with a corrupt or truncated file.
 import * as fs from 'fs';
 import * as path from 'path';
+import { types } from 'util';
 import { AdaShiftError, checkOptions } from '../errors';
 import { DeviceSpec } from '../device';
 import { Tensor, tensor } from '../tensor';
@@ -19,6 +20,8 @@ export type SafetensorsEntry = Tensor | IntTensor;
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
 const MAX_HEADER = 100 * 1024 * 1024;
+/** The most dimensions a Tensor has (kMaxDims in native/core/tensor.h). */
+const MAX_DIMS = 8;
 
 function ioError(file: string, msg: string): AdaShiftError {
   return new AdaShiftError('ERR_IO', `${file}: ${msg}`);
@@ -28,8 +31,45 @@ export function isIntTensor(v: unknown): v is IntTensor {
   return !!v && typeof v === 'object' && !(v instanceof Tensor) && ((v as IntTensor).dtype === 'I64' || (v as IntTensor).dtype === 'I32');
 }
 
-/** Writes tensors (and optional string metadata) to `file`, atomically. */
+/** What a value is, for messages: its type, or its constructor's name for an object. */
+function describe(v: unknown): string {
+  if (v === null || v === undefined) return String(v);
+  if (Array.isArray(v)) return 'a plain array';
+  const what = typeof v === 'object' ? (v as object).constructor?.name ?? 'object' : typeof v;
+  return `${/^[aeiouAEIOU]/.test(what) ? 'an' : 'a'} ${what}`;
+}
+
+/**
+ * Checks an integer entry ({dtype, shape, data}) and returns its bytes: the shape must be
+ * non-negative integers, the data the typed array of the dtype (BigInt64Array for I64,
+ * Int32Array for I32; the bytes are written as they are, so another array would make a file
+ * that cannot be read back) with one value per element.
+ */
+function intEntryBytes(name: string, v: IntTensor): Buffer {
+  const shape: unknown = v.shape;
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new AdaShiftError('ERR_SHAPE', `saveSafetensors: '${name}' shape must be an array of non-negative integers, got ${Array.isArray(shape) ? `[${shape.map((d) => String(d)).join(', ')}]` : describe(shape)}`);
+  }
+  // util.types: a typed array made in another realm (a worker's, jest's sandbox) is one too
+  const [ok, want] = v.dtype === 'I64' ? [types.isBigInt64Array(v.data), 'a BigInt64Array'] : [types.isInt32Array(v.data), 'an Int32Array'];
+  if (!ok) throw new AdaShiftError('ERR_DTYPE', `saveSafetensors: '${name}' has dtype ${v.dtype}, so its data must be ${want}, got ${describe(v.data)}`);
+  const n = (shape as number[]).reduce((a, b) => a * b, 1);
+  if (v.data.length !== n) throw new AdaShiftError('ERR_SHAPE', `saveSafetensors: '${name}' has ${v.data.length} values for shape [${shape.join(', ')}] (expected ${n})`);
+  return Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength);
+}
+
+/**
+ * Writes tensors (and optional string metadata) to `file`, atomically. Every entry and the
+ * metadata are checked before anything is written: a refused save leaves `file` as it was.
+ */
 export function saveSafetensors(file: string, tensors: Record<string, SafetensorsEntry>, metadata: Record<string, string> = {}): void {
+  if (typeof file !== 'string' || file === '') throw new AdaShiftError('ERR_ARG', `saveSafetensors: the file must be a non-empty string, got ${typeof file === 'string' ? 'an empty string' : describe(file)}`);
+  if (!tensors || typeof tensors !== 'object' || Array.isArray(tensors) || tensors instanceof Tensor) {
+    throw new AdaShiftError('ERR_ARG', `saveSafetensors: tensors must be an object of name: Tensor or {dtype: 'I64' | 'I32', shape, data}, got ${describe(tensors)}`);
+  }
+  if (!metadata || typeof metadata !== 'object' || Array.isArray(metadata)) {
+    throw new AdaShiftError('ERR_ARG', `saveSafetensors: metadata must be an object of name: string, got ${describe(metadata)}`);
+  }
   const header: Record<string, unknown> = {};
   const chunks: Buffer[] = [];
   let offset = 0;
@@ -44,13 +84,12 @@ export function saveSafetensors(file: string, tensors: Record<string, Safetensor
       dtype = 'F32';
       shape = v.shape;
     } else if (isIntTensor(v)) {
-      const n = v.shape.reduce((a, b) => a * b, 1);
-      if (v.data.length !== n) throw new AdaShiftError('ERR_SHAPE', `saveSafetensors: '${name}' has ${v.data.length} values for shape [${v.shape.join(', ')}]`);
-      buf = Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength);
+      buf = intEntryBytes(name, v);
       dtype = v.dtype;
-      shape = v.shape;
+      shape = [...v.shape];
     } else {
-      throw new AdaShiftError('ERR_ARG', `saveSafetensors: '${name}' must be a Tensor or {dtype: 'I64' | 'I32', shape, data}`);
+      const what = v && typeof v === 'object' && 'dtype' in v ? `an object of dtype ${JSON.stringify((v as { dtype: unknown }).dtype)}` : describe(v);
+      throw new AdaShiftError('ERR_ARG', `saveSafetensors: '${name}' must be a Tensor or {dtype: 'I64' | 'I32', shape, data}, got ${what}`);
     }
     if (!isLittleEndian()) throw new AdaShiftError('ERR_IO', 'saveSafetensors: big-endian hosts are not supported');
     header[name] = { dtype, shape, data_offsets: [offset, offset + buf.length] };
@@ -58,7 +97,7 @@ export function saveSafetensors(file: string, tensors: Record<string, Safetensor
     offset += buf.length;
   }
   for (const [k, v] of Object.entries(metadata)) {
-    if (typeof v !== 'string') throw new AdaShiftError('ERR_ARG', `saveSafetensors: metadata '${k}' must be a string`);
+    if (typeof v !== 'string') throw new AdaShiftError('ERR_ARG', `saveSafetensors: metadata '${k}' must be a string, got ${describe(v)}`);
   }
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let json = JSON.stringify(header);
@@ -144,7 +183,10 @@ export interface SafetensorsFile {
   tensors: Record<string, SafetensorsEntry>;
 }
 
-/** Reads a safetensors file: F32 (and F64/F16/BF16, converted) as Tensors, I64/I32 as IntTensor. */
+/**
+ * Reads a safetensors file: F32 (and F64/F16/BF16, converted; F64 values beyond float32's range
+ * become +-Infinity) as Tensors, I64/I32 as IntTensor.
+ */
 export function readSafetensors(file: string, options: { device?: DeviceSpec | string } = {}): SafetensorsFile {
   options = checkOptions('readSafetensors', options, ['device']);
   let buf: Buffer;
@@ -193,7 +235,7 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec | s
     if (e > dataLen) throw ioError(file, `truncated: tensor '${name}' ends at byte ${e} of the data section, which has ${dataLen} bytes`);
     ranges.push([b, e, name]);
     const bytes = buf.subarray(dataStart + b, dataStart + e);
-    out[name] = decode(bytes, dtype, shape as number[], count, options.device);
+    out[name] = decode(file, name, bytes, dtype, shape as number[], count, options.device);
   }
   } catch (e) {
     // Free what was decoded before the error.
@@ -215,13 +257,18 @@ export function loadSafetensors(file: string, options: { device?: DeviceSpec | s
   return readSafetensors(file, options).tensors;
 }
 
-function decode(bytes: Buffer, dtype: string, shape: number[], count: number, device?: DeviceSpec | string): SafetensorsEntry {
+function decode(file: string, name: string, bytes: Buffer, dtype: string, shape: number[], count: number, device?: DeviceSpec | string): SafetensorsEntry {
+  if (['F32', 'F64', 'F16', 'BF16'].includes(dtype) && shape.length > MAX_DIMS) {
+    throw new AdaShiftError('ERR_SHAPE', `${file}: tensor '${name}' has ${shape.length} dimensions (shape [${shape.join(', ')}]); a tensor has at most ${MAX_DIMS}`);
+  }
   const copy = new Uint8Array(bytes); // aligned copy
   const view = new DataView(copy.buffer);
   switch (dtype) {
     case 'F32':
       return tensor(new Float32Array(copy.buffer, 0, count), shape, { device });
     case 'F64': {
+      // Rounded to the nearest float32, without a word: values beyond float32's range (about
+      // 3.4e38) become +-Infinity, the tiniest ones 0.
       const f = new Float32Array(count);
       for (let i = 0; i < count; i++) f[i] = view.getFloat64(i * 8, true);
       return tensor(f, shape, { device });
@@ -237,7 +284,7 @@ function decode(bytes: Buffer, dtype: string, shape: number[], count: number, de
     case 'I32':
       return { dtype: 'I32', shape, data: new Int32Array(copy.buffer, 0, count) };
     default:
-      throw new AdaShiftError('ERR_DTYPE', `safetensors dtype ${dtype} cannot be loaded as a tensor (supported: F32, F64, F16, BF16, I64, I32)`);
+      throw new AdaShiftError('ERR_DTYPE', `${file}: tensor '${name}': safetensors dtype ${dtype} cannot be loaded as a tensor (supported: F32, F64, F16, BF16, I64, I32)`);
   }
 }
 
