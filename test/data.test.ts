@@ -121,6 +121,32 @@ describe('IDX', () => {
     expectError(() => data.readIdx(bad), 'ERR_IO', bad, 'corrupt gzip');
     expectError(() => data.readIdx(path.join(d, 'nope')), 'ERR_IO', 'nope', 'no such file');
   });
+
+  test('empty arrays: no images, images of zero pixels, no labels', () => {
+    const none = new Uint8Array(0);
+    expectError(() => data.parseIdx(new Uint8Array(idxBytes([0, 28, 28], none)), 'e-images', 3), 'ERR_IO', 'e-images: holds no images', '[0, 28, 28]');
+    expectError(() => data.parseIdx(new Uint8Array(zlib.gzipSync(idxBytes([0, 28, 28], none))), 'gz-images', 3), 'ERR_IO', 'gz-images: holds no images');
+    expectError(() => data.parseIdx(new Uint8Array(idxBytes([7, 0, 28], none)), 'h0', 3), 'ERR_IO', 'h0: holds no images', '0x28 pixels');
+    expectError(() => data.parseIdx(new Uint8Array(idxBytes([7, 28, 0], none)), 'w0', 3), 'ERR_IO', 'w0: holds no images', '28x0 pixels');
+    expectError(() => data.parseIdx(new Uint8Array(idxBytes([0], none)), 'e-labels', 1), 'ERR_IO', 'e-labels: holds no labels', '[0]');
+    const f = writeFile(path.join(dirFor('idx-empty'), 'empty-idx3-ubyte.gz'), idxBytes([0, 28, 28], none), true);
+    expectError(() => data.readIdx(f, 3), 'ERR_IO', f, 'holds no images');
+    expectError(() => data.readIdxDims(f, 3), 'ERR_IO', f, 'holds no images');
+    // Without an expected kind, parseIdx stays a plain reader of any IDX array.
+    expect(data.parseIdx(new Uint8Array(idxBytes([0, 28, 28], none))).dims).toEqual([0, 28, 28]);
+  });
+
+  test('readIdxDims reads the header alone, raw or gzipped, of a large file', () => {
+    const d = dirFor('idx-dims');
+    const big = randomBytes(new Prng(4), 200 * 28 * 28); // random: about 157 KB even gzipped
+    const gz = writeFile(path.join(d, 'big.gz'), idxBytes([200, 28, 28], big), true);
+    expect(fs.statSync(gz).size).toBeGreaterThan(128 * 1024);
+    expect(data.readIdxDims(gz, 3)).toEqual([200, 28, 28]);
+    const raw = writeFile(path.join(d, 'big'), idxBytes([200, 28, 28], big.subarray(0, 1000))); // data not checked
+    expect(data.readIdxDims(raw, 3)).toEqual([200, 28, 28]);
+    expectError(() => data.readIdxDims(raw, 1), 'ERR_IO', raw, 'expected 0x00000801 for labels');
+    expectError(() => data.readIdxDims(path.join(d, 'nope'), 3), 'ERR_IO', 'nope', 'no such file');
+  });
 });
 
 // ---- MNIST-style datasets from IDX files -----------------------------------------------------
@@ -203,6 +229,67 @@ describe('MNIST / Fashion-MNIST from IDX files', () => {
     const f = path.join(t.dir, IDX_NAMES.testImages);
     fs.truncateSync(f, fs.statSync(f).size - 7);
     expectError(() => data.loadDataset('mnist', 'test', { dataDir: t.dir }), 'ERR_IO', f, 'truncated', 'need 120', 'found 113');
+  });
+
+  test('an empty split (no images, no labels, zero-pixel images) is an ERR_IO naming the file', () => {
+    const zt = writeIdxSet('mnist-zero-test', 6, 0);
+    const zti = path.join(zt.dir, IDX_NAMES.testImages);
+    for (const name of ['mnist', 'fashion-mnist']) {
+      expectError(() => data.loadDataset(name, 'test', { dataDir: zt.dir }), 'ERR_IO', `${zti}: holds no images`);
+    }
+    expect(data.loadDataset('mnist', 'train', { dataDir: zt.dir }).count).toBe(6);
+
+    const zr = writeIdxSet('mnist-zero-train', 0, 4);
+    const zri = path.join(zr.dir, IDX_NAMES.trainImages + '.gz');
+    expectError(() => data.loadDataset('fashion-mnist', 'train', { dataDir: zr.dir, limit: 64 }), 'ERR_IO', `${zri}: holds no images`);
+    expect(data.loadDataset('fashion-mnist', 'test', { dataDir: zr.dir }).count).toBe(4);
+
+    const zl = writeIdxSet('mnist-zero-labels', 5, 4);
+    const zll = writeFile(path.join(zl.dir, IDX_NAMES.trainLabels), idxBytes([0], new Uint8Array(0)));
+    expectError(() => data.loadDataset('mnist', 'train', { dataDir: zl.dir }), 'ERR_IO', `${zll}: holds no labels`);
+
+    const h0 = dirFor('mnist-h0');
+    for (const [img, lab] of [[IDX_NAMES.trainImages, IDX_NAMES.trainLabels], [IDX_NAMES.testImages, IDX_NAMES.testLabels]]) {
+      writeFile(path.join(h0, img), idxBytes([8, 0, 28], new Uint8Array(0)));
+      writeFile(path.join(h0, lab), idxBytes([8], new Uint8Array(8)));
+    }
+    expectError(() => data.loadDataset('fashion-mnist', 'train', { dataDir: h0 }), 'ERR_IO', path.join(h0, IDX_NAMES.trainImages), 'holds no images', '0x28 pixels');
+  });
+
+  test('both splits must have images of one size: the file at fault is named', () => {
+    // Writes the four files with train images of trainSize and test images of testSize.
+    const write = (name: string, trainSize: [number, number], testSize: [number, number]) => {
+      const rng = new Prng(8);
+      const d = dirFor(name);
+      for (const [img, lab, n, [h, w], gz] of [
+        [IDX_NAMES.trainImages, IDX_NAMES.trainLabels, 7, trainSize, true],
+        [IDX_NAMES.testImages, IDX_NAMES.testLabels, 3, testSize, false],
+      ] as const) {
+        writeFile(path.join(d, img + (gz ? '.gz' : '')), idxBytes([n, h, w], randomBytes(rng, n * h * w)), gz);
+        writeFile(path.join(d, lab), idxBytes([n], randomBytes(rng, n, 9)));
+      }
+      return { dir: d, train: path.join(d, IDX_NAMES.trainImages + '.gz'), test: path.join(d, IDX_NAMES.testImages) };
+    };
+    // The audit's case: train 28x28 (the real size), test 32x32 -- refused whichever split is loaded.
+    const a = write('mnist-size-test', [28, 28], [32, 32]);
+    for (const split of ['train', 'test'] as const) {
+      expectError(() => data.loadDataset('fashion-mnist', split, { dataDir: a.dir }), 'ERR_IO',
+        `${a.test}: holds 32x32 images, but ${a.train} holds 28x28`, 'Fashion-MNIST', 'one size', '28x28 in the real dataset');
+    }
+    // The training split at fault.
+    const b = write('mnist-size-train', [32, 32], [28, 28]);
+    for (const split of ['train', 'test'] as const) {
+      expectError(() => data.loadDataset('mnist', split, { dataDir: b.dir }), 'ERR_IO', `${b.train}: holds 32x32 images, but ${b.test} holds 28x28`, 'MNIST');
+    }
+    // Neither at the real size (synthetic sets): the training split's size is the dataset's.
+    const c = write('mnist-size-synthetic', [6, 5], [5, 6]);
+    for (const split of ['train', 'test'] as const) {
+      expectError(() => data.loadDataset('mnist', split, { dataDir: c.dir }), 'ERR_IO', `${c.test}: holds 5x6 images, but ${c.train} holds 6x5`);
+    }
+    // One size, whatever it is, loads.
+    const ok = write('mnist-size-ok', [12, 12], [12, 12]);
+    expect(data.loadDataset('mnist', 'test', { dataDir: ok.dir })).toMatchObject({ count: 3, height: 12, width: 12 });
+    expect(data.loadDataset('mnist', 'train', { dataDir: ok.dir })).toMatchObject({ count: 7, height: 12, width: 12 });
   });
 
   const REAL = data.DEFAULT_DATA_DIRS['fashion-mnist']!;
@@ -334,6 +421,23 @@ describe('CIFAR', () => {
     fs.writeFileSync(path.join(h, 'test.bin'), cifarBytes(r, true));
     expect(data.readCifar100(h, 'test', 'fine', { records: 'any' }).count).toBe(2);
     expectError(() => data.readCifar100(h, 'test', 'coarse', { records: 'any' }), 'ERR_IO', 'label 20 of record 0', '0..19');
+  });
+
+  test('an empty batch file (0 records) is an ERR_IO naming the file', () => {
+    const d = dirFor('cifar10-empty');
+    fs.cpSync(c10, d, { recursive: true });
+    const e3 = path.join(d, 'data_batch_3.bin');
+    fs.writeFileSync(e3, Buffer.alloc(0));
+    expectError(() => data.readCifar10(d, 'train', { records: 'any' }), 'ERR_IO', `${e3}: empty file`, 'holds no images', 'record is 3073 bytes');
+    const et = path.join(d, 'test_batch.bin');
+    fs.writeFileSync(et, Buffer.alloc(0));
+    expectError(() => data.loadDataset('cifar10', 'test', { dataDir: d, records: 'any' }), 'ERR_IO', `${et}: empty file`, 'holds no images');
+
+    const h = dirFor('cifar100-empty');
+    fs.writeFileSync(path.join(h, 'train.bin'), cifarBytes(cifarRecords(new Prng(3), 2, 100, 20), true));
+    fs.writeFileSync(path.join(h, 'test.bin'), Buffer.alloc(0));
+    expectError(() => data.readCifar100(h, 'test', 'fine', { records: 'any' }), 'ERR_IO', `${path.join(h, 'test.bin')}: empty file`, 'holds no images', 'record is 3074 bytes');
+    expect(data.readCifar100(h, 'train', 'fine', { records: 'any' }).count).toBe(2);
   });
 });
 

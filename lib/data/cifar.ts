@@ -100,10 +100,16 @@ function readRecords(
   const sizes = files.map((f) => {
     const p = path.join(dir, f);
     const size = fs.statSync(p).size;
-    if (size === 0 || size % recordBytes !== 0) {
+    if (size === 0) {
       throw new AdaShiftError(
         'ERR_IO',
-        `${p}: size ${size} bytes is not a ${size === 0 ? 'positive ' : ''}multiple of the record size ${recordBytes} (${labelBytes} label byte${labelBytes > 1 ? 's' : ''} + ${CIFAR_IMAGE_BYTES} image bytes): truncated or not a CIFAR binary file`,
+        `${p}: empty file (0 bytes): holds no images; a record is ${recordBytes} bytes (${labelBytes} label byte${labelBytes > 1 ? 's' : ''} + ${CIFAR_IMAGE_BYTES} image bytes): the file is incomplete or was written without data`,
+      );
+    }
+    if (size % recordBytes !== 0) {
+      throw new AdaShiftError(
+        'ERR_IO',
+        `${p}: size ${size} bytes is not a multiple of the record size ${recordBytes} (${labelBytes} label byte${labelBytes > 1 ? 's' : ''} + ${CIFAR_IMAGE_BYTES} image bytes): truncated or not a CIFAR binary file`,
       );
     }
     const n = size / recordBytes;

@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { AdaShiftError, checkOptions } from '../errors';
 import { readCifar10, readCifar100, sharedBytes } from './cifar';
-import { readIdx } from './idx';
+import { readIdx, readIdxDims } from './idx';
 
 export type DatasetName = 'fashion-mnist' | 'mnist' | 'cifar10' | 'cifar100';
 
@@ -105,6 +105,46 @@ function findIdx(dir: string, base: string, name: DatasetName, display: string):
   throw new AdaShiftError('ERR_IO', `${display}: ${base} not found in ${dir}; looked for ${candidates.join(', ')}. ${howToGet(name)}`);
 }
 
+/** The image size of the MNIST family's files (height, width). */
+const IDX_IMAGE_SIZE: readonly [number, number] = [28, 28];
+
+/** The first of `base`'s accepted file names present in `dir`, or undefined. */
+function existingIdx(dir: string, base: string): string | undefined {
+  return idxCandidates(base).map((c) => path.join(dir, c)).find((p) => fs.existsSync(p));
+}
+
+/**
+ * Both splits of a dataset hold images of one size: the training split's (28x28 for the real
+ * MNIST family; the small synthetic sets of tests use others). A split is refused when the other
+ * split's images file is present with a different size; the message names the file at fault --
+ * the one that is not 28x28 when the other is, else the test split's. The other file's header
+ * alone is read; when it is missing or unreadable, loading that split reports it.
+ */
+function checkImageSize(display: string, dir: string, split: 'train' | 'test', file: string, h: number, w: number): void {
+  const other = split === 'train' ? 'test' : 'train';
+  const otherFile = existingIdx(dir, IDX_BASES[other].images);
+  if (otherFile === undefined) return;
+  let dims: number[];
+  try {
+    dims = readIdxDims(otherFile, 3);
+  } catch {
+    return;
+  }
+  const [, oh, ow] = dims;
+  if (oh === h && ow === w) return;
+  const [sh, sw] = IDX_IMAGE_SIZE;
+  const standard = (a: number, b: number) => a === sh && b === sw;
+  const self = { file, h, w }, that = { file: otherFile, h: oh, w: ow };
+  let bad: typeof self, good: typeof self;
+  if (standard(h, w) !== standard(oh, ow)) [bad, good] = standard(h, w) ? [that, self] : [self, that];
+  else [bad, good] = split === 'test' ? [self, that] : [that, self];
+  throw new AdaShiftError(
+    'ERR_IO',
+    `${bad.file}: holds ${bad.h}x${bad.w} images, but ${good.file} holds ${good.h}x${good.w}: ` +
+      `the train and test splits of ${display} must have images of one size (${sh}x${sw} in the real dataset)`,
+  );
+}
+
 function loadIdxDataset(name: 'fashion-mnist' | 'mnist', dir: string, split: 'train' | 'test'): Dataset {
   const display = name === 'fashion-mnist' ? 'Fashion-MNIST' : 'MNIST';
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
@@ -124,6 +164,7 @@ function loadIdxDataset(name: 'fashion-mnist' | 'mnist', dir: string, split: 'tr
       throw new AdaShiftError('ERR_IO', `${labelsFile}: label ${labs.data[i]} at index ${i} is out of range: expected 0..9`);
     }
   }
+  checkImageSize(display, dir, split, imagesFile, h, w);
   const images = sharedBytes(imgs.data.length);
   images.set(imgs.data);
   return {
@@ -146,7 +187,9 @@ export function takeFirst(ds: Dataset, n: number): Dataset {
 /**
  * Loads a dataset split into memory. Fashion-MNIST is found at its Debian package location by
  * default; the others need dataDir. Errors: ERR_ARG for an unknown name or bad options, ERR_IO
- * for missing or corrupt files (the message says which file, what is wrong, and how to get it).
+ * for missing or corrupt files, a file that holds no images (or labels), and an IDX dataset whose
+ * two splits have images of different sizes (the message says which file, what is wrong, and
+ * how to get it).
  */
 export function loadDataset(name: DatasetName | string, split: 'train' | 'test', options: LoadDatasetOptions = {}): Dataset {
   const n = resolveDatasetName(name);

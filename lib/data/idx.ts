@@ -41,13 +41,19 @@ export function maybeGunzip(buf: Uint8Array, name = '<buffer>'): Uint8Array {
   }
 }
 
+interface IdxHeader {
+  dims: number[];
+  headerBytes: number;
+  /** The number of data bytes the dimensions call for. */
+  product: number;
+}
+
 /**
- * Parses an unsigned-byte IDX array (gzipped or not). With `expectedDims`, the magic number must
- * be exactly 0x0000080<expectedDims> (0x00000803 for images, 0x00000801 for labels). The
- * returned data is a view into `buf` (or into the decompressed bytes), not a copy.
+ * Checks the magic number and reads the dimensions of (decompressed) IDX bytes; only the header
+ * needs to be present. With `expectedDims` 3 (images) or 1 (labels), an empty array -- no
+ * images, no labels, or images of zero pixels -- is refused: a dataset split must hold data.
  */
-export function parseIdx(buf: Uint8Array, name = '<buffer>', expectedDims?: number): IdxArray {
-  const bytes = maybeGunzip(buf, name);
+function parseIdxHeader(bytes: Uint8Array, name: string, expectedDims?: number): IdxHeader {
   if (bytes.length < 4) {
     throw ioError(name, `truncated IDX file: ${bytes.length} bytes, expected at least 4 for the magic number`);
   }
@@ -79,6 +85,27 @@ export function parseIdx(buf: Uint8Array, name = '<buffer>', expectedDims?: numb
   if (!Number.isSafeInteger(product) || product > 2 ** 32) {
     throw ioError(name, `IDX dimensions [${dims.join(', ')}] are implausibly large (product ${product})`);
   }
+  if (expectedDims === 3 || expectedDims === 1) {
+    const items = expectedDims === 3 ? 'images' : 'labels';
+    if (dims[0] === 0) {
+      throw ioError(name, `holds no ${items} (IDX dimensions [${dims.join(', ')}]): an empty split cannot be trained or evaluated on; the file is incomplete or was written without data`);
+    }
+    if (expectedDims === 3 && (dims[1] === 0 || dims[2] === 0)) {
+      throw ioError(name, `holds no images: its ${dims[0]} images are ${dims[1]}x${dims[2]} pixels (IDX dimensions [${dims.join(', ')}]); an image needs at least one pixel`);
+    }
+  }
+  return { dims, headerBytes, product };
+}
+
+/**
+ * Parses an unsigned-byte IDX array (gzipped or not). With `expectedDims`, the magic number must
+ * be exactly 0x0000080<expectedDims> (0x00000803 for images, 0x00000801 for labels), and the
+ * array must not be empty (no images, images of zero pixels, or no labels). The returned data is
+ * a view into `buf` (or into the decompressed bytes), not a copy.
+ */
+export function parseIdx(buf: Uint8Array, name = '<buffer>', expectedDims?: number): IdxArray {
+  const bytes = maybeGunzip(buf, name);
+  const { dims, headerBytes, product } = parseIdxHeader(bytes, name, expectedDims);
   const actual = bytes.length - headerBytes;
   if (actual < product) {
     throw ioError(name, `truncated IDX data: dimensions [${dims.join(', ')}] need ${product} bytes after the ${headerBytes}-byte header, found ${actual} (file is ${bytes.length} bytes, expected ${headerBytes + product})`);
@@ -87,6 +114,43 @@ export function parseIdx(buf: Uint8Array, name = '<buffer>', expectedDims?: numb
     throw ioError(name, `IDX size mismatch: dimensions [${dims.join(', ')}] (product ${product}) do not match the ${actual} data bytes after the header (file is ${bytes.length} bytes, expected ${headerBytes + product})`);
   }
   return { dims, data: bytes.subarray(headerBytes) };
+}
+
+/** Bytes read for readIdxDims: far more than any header needs, even compressed. */
+const HEADER_PREFIX_BYTES = 64 * 1024;
+
+/**
+ * The dimensions of an IDX file (gzipped or not) from its header alone: only the first bytes of
+ * the file are read and decompressed, and the data is not checked. Errors as parseIdx's header
+ * checks (ERR_IO naming the file).
+ */
+export function readIdxDims(file: string, expectedDims?: number): number[] {
+  let prefix: Uint8Array;
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const buf = Buffer.alloc(HEADER_PREFIX_BYTES);
+      const n = fs.readSync(fd, buf, 0, buf.length, 0);
+      prefix = new Uint8Array(buf.buffer, buf.byteOffset, n);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw ioError(file, err.code === 'ENOENT' ? 'no such file' : `cannot read (${err.message})`);
+  }
+  let bytes = prefix;
+  if (isGzip(prefix)) {
+    try {
+      // A gzip stream cut short decompresses to a prefix of the data with a sync flush.
+      const out = zlib.gunzipSync(prefix, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+      bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      throw ioError(file, `corrupt gzip data (${msg}); the file is damaged or incomplete: download or install it again`);
+    }
+  }
+  return parseIdxHeader(bytes, file, expectedDims).dims;
 }
 
 /** Reads an unsigned-byte IDX file, gzipped or not (see parseIdx). */
