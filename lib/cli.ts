@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The adashift command line: a thin shell over the exported functions (argument parsing and
 // printing only).
+import './cli-load';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { backendInfo, resolveDevice, setAllowTF32, setNumThreads } from './device';
 import { memory } from './tensor';
@@ -23,6 +24,12 @@ function parseIntArg(name: string, lo: number, hi: number) {
     if (!Number.isInteger(n) || n < lo || n > hi) throw new InvalidArgumentError(`${name} must be an integer in [${lo}, ${hi}], got '${v}'`);
     return n;
   };
+}
+
+// The spelling only: whether CUDA is usable here is checked when the command runs (ERR_NO_CUDA).
+function parseDevice(v: string): string {
+  if (!/^(auto|cpu|cuda(:\d+)?)$/.test(v)) throw new InvalidArgumentError(`--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got '${v}'`);
+  return v;
 }
 
 function parseShape(v: string, prev: number[][] = []): number[][] {
@@ -210,10 +217,11 @@ function addTrainFlags(cmd: Command): Command {
     .option('--warmup <epochs>', 'linear warm-up epochs', parseNumberArg('--warmup', 0, 100000), 1)
     .option('--label-smoothing <x>', 'cross-entropy label smoothing', parseNumberArg('--label-smoothing', 0, 0.99), 0)
     .option('--no-augment', 'no random crop / flip')
-    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N' (default: ADASHIFT_DEVICE, else 'auto')", parseDevice)
     .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
     .option('--graph', 'CUDA: replay each training step as a captured CUDA graph')
     .option('--tf32', 'CUDA: convolutions in TF32 on the tensor cores (setAllowTF32; off by default)')
+    .option('--overwrite', 'start anew in an --out that holds a run (or comparison), replacing it')
     .option('--limit-train <n>', 'use the first N training images', parseIntArg('--limit-train', 1, 1e9))
     .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9))
     .option('--proj', 'AdaShift-B: a Linear(C, C) before its LayerNorm')
@@ -256,6 +264,7 @@ function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
     device: opts.device as string,
     threads: opts.threads as number | undefined,
     graph: opts.graph === true,
+    overwrite: opts.overwrite === true ? true : undefined,
     limitTrain: opts.limitTrain as number | undefined,
     limitTest: opts.limitTest as number | undefined,
     actOptions: actOptionsFrom(opts),
@@ -310,7 +319,7 @@ export function main(argv = process.argv): void {
     .option('--shape <N,C,H,W>', 'a shape to measure (repeatable; default 64,64,28,28 and 32,256,56,56)', parseShape)
     .option('--add-shape <N,C,H,W>', 'measure this shape in addition to the defaults', parseShape)
     .option('--acts <list>', `activations (default ${ACTIVATIONS.join(',')})`, parseActs)
-    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N' (default: ADASHIFT_DEVICE, else 'auto')", parseDevice)
     .option('--repeats <n>', 'timed runs (median reported)', parseIntArg('--repeats', 1, 10000), 10)
     .option('--warmup <n>', 'untimed runs first', parseIntArg('--warmup', 0, 1000), 2)
     .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
@@ -341,7 +350,7 @@ export function main(argv = process.argv): void {
     .option('--acts <list>', `activations (default ${ACTIVATIONS.join(',')})`, parseActs)
     .option('--batch <n>', "batch size for every model of the 'step' section (default: resnet20 64, resnet50-small 32, resnet50 128)", parseIntArg('--batch', 1, 65536))
     .option('--sections <list>', `sections to run: ${STEP_SECTIONS.join(', ')} (default all)`, parseList('section', STEP_SECTIONS))
-    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N' (default: ADASHIFT_DEVICE, else 'auto')", parseDevice)
     .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
     .option('--repeats <n>', 'timed steps (median reported)', parseIntArg('--repeats', 1, 10000), 10)
     .option('--warmup <n>', 'untimed steps first', parseIntArg('--warmup', 0, 1000), 2)
@@ -432,14 +441,17 @@ export function main(argv = process.argv): void {
     .command('eval')
     .description('test loss and accuracy of a checkpoint')
     .requiredOption('--checkpoint <file>', 'a checkpoint.safetensors written by train')
-    .option('--dataset <name>', 'evaluate on another dataset of the same shape')
-    .option('--data-dir <dir>', 'dataset folder')
+    .option('--dataset <name>', "evaluate on another dataset of the same shape (from --data-dir, else its default folder)")
+    .option('--data-dir <dir>', "dataset folder (default: the run's, for the run's dataset)")
     .option('--limit-test <n>', 'use the first N test images', parseIntArg('--limit-test', 1, 1e9))
-    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--batch <n>', 'images per forward pass (default 256)', parseIntArg('--batch', 1, 65536))
+    .option('--threads <n>', 'CPU threads', parseIntArg('--threads', 1, 4096))
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N' (default: ADASHIFT_DEVICE, else 'auto')", parseDevice)
     .option('--tf32', 'CUDA: convolutions in TF32 on the tensor cores (setAllowTF32; off by default)')
     .action((opts) => {
       if (opts.tf32) setAllowTF32(true);
-      const r = evaluateCheckpoint(opts.checkpoint, { dataset: opts.dataset, dataDir: opts.dataDir, limit: opts.limitTest, device: opts.device });
+      if (opts.threads !== undefined) setNumThreads(opts.threads);
+      const r = evaluateCheckpoint(opts.checkpoint, { dataset: opts.dataset, dataDir: opts.dataDir, limitTest: opts.limitTest, batch: opts.batch, device: opts.device });
       console.log(`${r.model} ${r.act} after ${r.epoch} epoch(s) on ${r.dataset} (${r.count} test images): loss ${r.loss.toFixed(4)}, accuracy ${(100 * r.acc).toFixed(2)}%`);
     });
 
@@ -492,14 +504,15 @@ export function main(argv = process.argv): void {
   program
     .command('demo')
     .description('the main job: a ResNet-20 with AdaShift-B on part of Fashion-MNIST, then its test accuracy')
-    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--device <device>', "'auto', 'cpu', 'cuda' or 'cuda:N' (default: ADASHIFT_DEVICE, else 'auto')", parseDevice)
     .option('--out <dir>', 'output folder', 'runs/demo')
     .action(async (opts) => {
       const stop = interruptible();
       const progress = progressCallbacks();
       const t0 = Date.now();
       try {
-        const r = await train({ ...DEMO_OPTIONS, device: opts.device, out: opts.out }, { ...progress, shouldStop: stop.shouldStop });
+        // the demo's folder holds the previous demo's run: a new demo replaces it
+        const r = await train({ ...DEMO_OPTIONS, device: opts.device, out: opts.out, overwrite: true }, { ...progress, shouldStop: stop.shouldStop });
         const last = r.history[r.history.length - 1];
         if (last) {
           console.log(

@@ -79,6 +79,18 @@ export function getAllowTF32(): boolean {
   return native.getConvAllowTF32();
 }
 
+// The thread pool's variables (read by the addon, which ignores a value it cannot use): a value
+// that is not a number in range is refused when the package loads, as ADASHIFT_ALLOW_TF32's
+// below, rather than running with a thread count the user did not ask for.
+for (const [name, lo, hi] of [['ADASHIFT_NUM_THREADS', 1, Infinity], ['ADASHIFT_POOL_THREADS', 1, 256], ['ADASHIFT_POOL_SPIN_US', 0, 1e6]] as const) {
+  const v = process.env[name];
+  if (v === undefined || v === '') continue;
+  const n = Number(v);
+  if (!/^\s*\d+\s*$/.test(v) || n < lo || n > hi) {
+    throw new AdaShiftError('ERR_ARG', `${name} must be an integer ${hi === Infinity ? `>= ${lo}` : `in [${lo}, ${hi}]`}, got '${v}'`);
+  }
+}
+
 // ADASHIFT_ALLOW_TF32: '1' or 'true' turns TF32 on, '0', 'false' or '' leaves it off; anything
 // else is refused when the package loads (a misspelt value would otherwise change the numbers
 // without a word).

@@ -8,6 +8,8 @@ import { types } from 'util';
 import * as as from '../lib';
 import { native } from '../lib/native';
 import { thrown } from './helpers/errors';
+import { ensureDist } from './helpers/dist';
+import { spawnSync } from 'child_process';
 
 const F = as.functional;
 const info = as.backendInfo();
@@ -42,6 +44,45 @@ describe('ERR_ARG', () => {
     const e3 = thrown(() => native.binary(0, t, {} as unknown as typeof t), 'ERR_ARG');
     expect(e3.message).toMatch(/binary: argument 'b' must be a tensor, got an object/);
     t.dispose();
+  });
+
+  test('sum, mean and softmax take no dim: an extra argument is refused, not ignored', () => {
+    const x = as.ones([2, 3]);
+    expect(thrown(() => F.sum(x, ...([1] as never[])), 'ERR_ARG').message).toBe('sum: sum(x) adds every element (no dim); it takes no other argument, got 1 more (1)');
+    expect(thrown(() => F.mean(x, ...([{ dim: 1 }] as never[])), 'ERR_ARG').message).toMatch(/^mean: mean\(x\) averages every element \(no dim\); it takes no other argument, got 1 more \(\{"dim":1\}\)/);
+    expect(thrown(() => F.softmax(x, ...([{ dim: 0 }] as never[])), 'ERR_ARG').message).toMatch(/^softmax: softmax\(x\) normalises over the last axis/);
+    expect(as.tidy(() => F.sum(x).item())).toBe(6);
+    x.dispose();
+  });
+
+  test('evaluate: a model, a dataset and a batch size it can use', () => {
+    const model = as.nn.resnet('resnet20', { act: 'relu', inChannels: 1, smallInput: true });
+    const ds = { name: 'd', split: 'test', images: new Uint8Array(2 * 64), labels: new Uint8Array(2), count: 2, channels: 1, height: 8, width: 8, numClasses: 10, mean: [0.5], std: [0.5] } as as.data.Dataset;
+    for (const batch of [0, -1, 1.5, '2']) {
+      expect(thrown(() => as.evaluate(model, ds, { batch: batch as number }), 'ERR_ARG').message).toBe(`evaluate: batch must be a positive integer, got ${JSON.stringify(batch)}`);
+    }
+    expect(thrown(() => as.evaluate(null as never, ds), 'ERR_ARG').message).toMatch(/^evaluate: model must be a module with parameters/);
+    expect(thrown(() => as.evaluate(model, {} as never), 'ERR_ARG').message).toMatch(/^evaluate: ds must be a dataset of at least one image/);
+    expect(as.evaluate(model, ds, { batch: 1 }).count).toBe(2);
+    model.dispose();
+  });
+
+  test('a thread or TF32 variable out of range stops the package from loading; the command line says so in one line', () => {
+    const dist = ensureDist();
+    for (const [name, value, message] of [
+      ['ADASHIFT_NUM_THREADS', 'abc', "ADASHIFT_NUM_THREADS must be an integer >= 1, got 'abc'"],
+      ['ADASHIFT_NUM_THREADS', '1.5', "ADASHIFT_NUM_THREADS must be an integer >= 1, got '1.5'"],
+      ['ADASHIFT_POOL_THREADS', '999', "ADASHIFT_POOL_THREADS must be an integer in [1, 256], got '999'"],
+      ['ADASHIFT_POOL_SPIN_US', '-1', "ADASHIFT_POOL_SPIN_US must be an integer in [0, 1000000], got '-1'"],
+      ['ADASHIFT_ALLOW_TF32', 'yes', "ADASHIFT_ALLOW_TF32 must be 1 or 0 (or true / false), got 'yes'"],
+    ]) {
+      const env = { ...process.env, [name]: value };
+      const lib = spawnSync(process.execPath, ['-e', `try { require(${JSON.stringify(dist)}) } catch (e) { console.log(e.code + ': ' + e.message) }`], { encoding: 'utf8', env });
+      expect(lib.stdout.trim()).toBe(`ERR_ARG: ${message}`);
+      const cli = spawnSync(process.execPath, [path.join(dist, 'cli.js'), 'doctor'], { encoding: 'utf8', env });
+      expect(cli.status).toBe(1);
+      expect(cli.stderr).toBe(`adashift: ${message} (ERR_ARG)\n`);
+    }
   });
 
   test('bad options of ops and modules', () => {
@@ -161,6 +202,29 @@ describe('ERR_SHAPE', () => {
     expect(thrown(() => as.zeros([1, 1, 1, 1, 1, 1, 1, 1, 1]), 'ERR_SHAPE').message).toMatch(/at most 8 dimensions, got 9/);
     expect(thrown(() => as.zeros([2, -1]), 'ERR_SHAPE').message).toMatch(/shape'?\[1\]'? must be a non-negative integer, got -1/);
     expect(thrown(() => as.zeros([2 ** 21, 2 ** 20]), 'ERR_SHAPE').message).toMatch(/more than 2\^40 elements/);
+  });
+
+  test("BatchNorm2d refuses an input of another channel count by its own channels, and does not count it", () => {
+    const bn = new as.nn.BatchNorm2d(4);
+    bn.train();
+    for (const shape of [[2, 3, 4, 4], [2, 4], [1, 5, 1, 1]]) {
+      const x = as.zeros(shape);
+      expect(thrown(() => bn.forward(x), 'ERR_SHAPE').message).toBe(`BatchNorm2d(4): expected an input of shape [N, 4, H, W], got [${shape.join(', ')}]`);
+      x.dispose();
+    }
+    expect(bn.numBatchesTracked.value).toBe(0n);
+    const ok = as.randn([2, 4, 3, 3]);
+    as.tidy(() => bn.forward(ok));
+    expect(bn.numBatchesTracked.value).toBe(1n);
+    // in a ResNet's fused BatchNorm + activation the same
+    const model = as.nn.resnet('resnet20', { act: 'adashift-ma', inChannels: 1, smallInput: true, actOptions: { headDim: 16 } });
+    model.train();
+    const wrong = as.zeros([2, 2, 12, 12]);
+    expect(() => model.forward(wrong)).toThrow(expect.objectContaining({ code: 'ERR_SHAPE' }));
+    expect([...model.namedIntBuffers()].every(([, b]) => b.value === 0n)).toBe(true);
+    [ok, wrong].forEach((t) => t.dispose());
+    bn.dispose();
+    model.dispose();
   });
 
   test('a module input of the wrong rank or channel count', () => {

@@ -387,6 +387,22 @@ describe('handle hygiene', () => {
   });
 });
 
+describe('Module.to', () => {
+  test('to the device a module is on keeps its gradients; nothing is copied or left behind', () => {
+    const lin = new as.nn.Linear(3, 2, { device: 'cpu' });
+    const before = as.memory().tensors;
+    as.tidy(() => as.functional.sum(lin.forward(as.randn([4, 3]))).backward());
+    const g = lin.weight.grad!.toFloat32Array();
+    const w = lin.weight.toFloat32Array();
+    expect(lin.to('cpu')).toBe(lin);
+    expect(lin.weight.grad!.toFloat32Array()).toEqual(g);
+    expect(lin.weight.toFloat32Array()).toEqual(w);
+    expect(as.memory().tensors).toBe(before + 2); // the two gradients
+    lin.zeroGrad();
+    lin.dispose();
+  });
+});
+
 describe('training fits random labels', () => {
   // 64 fixed random 8x8 grey images with random labels; ResNet-20 memorises them. 8x8 keeps
   // this to a few seconds on two cores (stage sizes 8, 4, 2).

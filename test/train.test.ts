@@ -191,6 +191,47 @@ describe('train', () => {
     const bad = path.join(tmp, 'bad.safetensors');
     fs.writeFileSync(bad, Buffer.alloc(5));
     expect(() => evaluateCheckpoint(bad, { dataDir })).toThrow(expect.objectContaining({ code: 'ERR_IO' }));
+    // values of the wrong type are named as given (a string is not a number, nor a boolean)
+    for (const [k, v, expected] of [
+      ['labelSmoothing', '0.1', '"0.1" (expected a number in [0, 1))'],
+      ['lr', '0.1', '"0.1" (expected a number > 0)'],
+      ['augment', 'no', '"no" (expected a boolean)'],
+      ['maxBatches', 0, '0 (expected an integer >= 1)'],
+      ['limitTrain', 2.5, '2.5 (expected an integer >= 1)'],
+      ['out', '', '"" (expected a folder (or null: write nothing))'],
+      ['overwrite', 1, '1 (expected a boolean)'],
+    ] as const) {
+      await expect(train({ ...base, [k]: v } as TrainOptions)).rejects.toMatchObject({ code: 'ERR_ARG', message: `train: invalid ${k}: ${expected}` });
+    }
+  });
+
+  test('a folder that holds a run is not started over unless told to (resume or overwrite)', async () => {
+    const out = path.join(tmp, 'overwrite');
+    const o = { ...base, epochs: 1, limitTrain: 32, limitTest: 16, out };
+    const first = await train(o);
+    const before = checkpointBytes(first.checkpoint!);
+    await expect(train(o)).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/^train: .*overwrite already holds a run \(checkpoint\.safetensors\): continue it with resume \(--resume\), replace it with overwrite \(--overwrite\), or write to another folder/) });
+    expect(checkpointBytes(first.checkpoint!).equals(before)).toBe(true);
+    const again = await train({ ...o, overwrite: true, lr: 0.01 });
+    expect(again.history).toHaveLength(1);
+    expect(checkpointBytes(again.checkpoint!).equals(before)).toBe(false);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'))).not.toHaveProperty('overwrite');
+  });
+
+  test("evaluating on another dataset does not read the run's data folder", async () => {
+    const out = path.join(tmp, 'eval-other');
+    const r = await train({ ...base, epochs: 1, limitTrain: 32, limitTest: 16, out });
+    expect(evaluateCheckpoint(r.checkpoint!, {}).count).toBe(60); // the run's dataset, from the run's folder, its whole test split
+    // the run's folder holds files of MNIST's names: read as MNIST they would give 60 images
+    let count: number | undefined;
+    try {
+      count = evaluateCheckpoint(r.checkpoint!, { dataset: 'mnist' }).count;
+    } catch (e) {
+      expect((e as Error).message).toMatch(/mnist/i);
+    }
+    if (count !== undefined) expect(count).not.toBe(60);
+    expect(evaluateCheckpoint(r.checkpoint!, { dataset: 'mnist', dataDir, limitTest: 7 }).count).toBe(7);
+    expect(() => evaluateCheckpoint(r.checkpoint!, { limit: 3, limitTest: 3 })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
   });
 });
 
@@ -276,6 +317,19 @@ describe('compare', () => {
     expect(markdownTable(r.rows, { actOptions: { grid: 4, proj: true } })).toMatch(/^resnet20, .*, activation options grid 4, proj true\n/);
     expect(summary.commit).toMatch(/^([0-9a-f]{12}(-dirty)?|unknown)$/);
     expect(report).toContain(`(commit ${summary.commit})`);
+  });
+
+  test('a folder that holds a comparison or one of its runs is not started over unless told to', async () => {
+    const out = path.join(tmp, 'compare'); // the first test's comparison
+    const o = { ...base, epochs: 1, acts: ['relu' as const], seeds: 1, out, limitTrain: 64, limitTest: 30 };
+    const stamp = fs.statSync(path.join(out, 'relu-seed3', 'checkpoint.safetensors')).mtimeMs;
+    await expect(compare(o)).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/^compare: .*compare already holds a comparison \(compare\.json\): continue it with resume/) });
+    const lone = path.join(tmp, 'compare-lone');
+    await train({ ...base, act: 'relu', epochs: 1, limitTrain: 32, limitTest: 16, out: path.join(lone, 'relu-seed3') });
+    await expect(compare({ ...o, out: lone })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/already holds a run \(.*relu-seed3\/checkpoint\.safetensors\)/) });
+    expect(fs.statSync(path.join(out, 'relu-seed3', 'checkpoint.safetensors')).mtimeMs).toBe(stamp);
+    const r = await compare({ ...o, out: lone, overwrite: true });
+    expect(r.rows[0].histories[0]).toHaveLength(1);
   });
 
   test('entries with options of their own: parsed, labelled, validated', () => {
@@ -461,6 +515,7 @@ describe('CLI', () => {
     [['compare', '--acts', 'relu,swish'], /unknown activation 'swish'/],
     [['compare', '--acts', 'relu,adashift-ma:grid=x'], /'adashift-ma:grid=x': grid must be grid=<integer>, got 'x'/],
     [['train', '--approximate', 'fast'], /--approximate must be one of none, tanh, got 'fast'/],
+    [['eval', '--checkpoint', 'x', '--device', 'gpu'], /--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'/],
     [['eval'], /required option '--checkpoint <file>' not specified/],
     [['train', '--rect', 'square'], /--rect must be one of norm, linear, got 'square'/],
     [['train', '--grid', '0'], /--grid must be an integer/],
@@ -470,6 +525,16 @@ describe('CLI', () => {
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(message as RegExp);
     expect(r.stderr).toMatch(/Usage: adashift/);
+  });
+
+  (backendInfo().cudaUsable ? test.skip : test)('ADASHIFT_DEVICE is the default of --device (cuda here: refused, not the CPU)', () => {
+    for (const args of [['train', '--data-dir', dataDir, '--epochs', '1', '--out', path.join(tmp, 'env-cuda')], ['bench', 'act', '--shape', '2,4,8,8', '--acts', 'relu', '--no-torch', '--repeats', '1', '--out', tmp]]) {
+      const r = spawnSync(process.execPath, [cli, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ADASHIFT_DEVICE: 'cuda' } });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/device 'cuda' was requested but CUDA is not usable.*\(ERR_NO_CUDA\)/);
+      const cpu = spawnSync(process.execPath, [cli, ...args, '--device', 'cpu', ...(args[0] === 'train' ? ['--overwrite'] : [])], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ADASHIFT_DEVICE: 'cuda' } });
+      expect(cpu.status).toBe(0);
+    }
   });
 
   test('an output folder that cannot be made is an ERR_IO error, not a hang', () => {
@@ -571,7 +636,8 @@ describe('CLI', () => {
     // resume, shortened to 3 epochs in all (an option given on resume replaces the saved one)
     const r = run('train', '--resume', '--epochs', '3', '--out', out, '--data-dir', dataDir);
     expect(r.status).toBe(0);
-    expect(r.stderr).toMatch(/resuming at epoch/);
+    // (a loaded machine may have run past the third epoch before the signal: then it is finished)
+    expect(r.stderr).toMatch(stoppedAt < 3 ? /resuming at epoch/ : /, finished\n/);
     expect(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')).toHaveLength(Math.max(3, stoppedAt));
   });
 });

@@ -2,7 +2,7 @@
 // bandwidth from the counted bytes (ADASHIFT.md) and, when PyTorch is present, the same
 // activations in PyTorch measured in the same run.
 import { resolveDevice } from '../device';
-import { checkOptions } from '../errors';
+import { check, checkOptions } from '../errors';
 import { noGrad } from '../autograd';
 import { native } from '../native';
 import { activation, ActivationName, ACTIVATIONS } from '../nn/activation';
@@ -117,11 +117,16 @@ export function copyBandwidth(n: number, device: string, repeats = 10): number {
 
 export function benchAct(options: BenchActOptions = {}) {
   options = checkOptions('benchAct', options, ['shapes', 'acts', 'device', 'repeats', 'warmup', 'torch', 'outDir', 'onResult']);
-  const device = resolveDevice(options.device ?? 'auto');
+  const device = resolveDevice(options.device);
   const shapes = options.shapes ?? DEFAULT_ACT_SHAPES;
   const acts = options.acts ?? [...ACTIVATIONS];
   const repeats = options.repeats ?? 10;
   const warmup = options.warmup ?? 2;
+  // checked before anything is timed: a bad value would otherwise surface as empty timings
+  check(Array.isArray(shapes) && shapes.length > 0 && shapes.every((s) => Array.isArray(s) && s.length === 4 && s.every((d) => Number.isSafeInteger(d) && d >= 1)), 'ERR_ARG', () => `benchAct: shapes must be a non-empty array of [N, C, H, W] with positive integers, got ${JSON.stringify(shapes)}`);
+  check(Array.isArray(acts) && acts.length > 0 && acts.every((a) => ACTIVATIONS.includes(a)), 'ERR_ARG', () => `benchAct: acts must be a non-empty array of ${ACTIVATIONS.join(', ')}, got ${JSON.stringify(acts)}`);
+  check(Number.isSafeInteger(repeats) && repeats >= 1, 'ERR_ARG', () => `benchAct: repeats must be an integer >= 1, got ${JSON.stringify(repeats)}`);
+  check(Number.isSafeInteger(warmup) && warmup >= 0, 'ERR_ARG', () => `benchAct: warmup must be an integer >= 0, got ${JSON.stringify(warmup)}`);
   manualSeed(0);
   const results: ActResult[] = [];
   const python = options.torch === false ? undefined : findTorchPython();

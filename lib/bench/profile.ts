@@ -335,7 +335,7 @@ export interface ProfileReport extends ReturnType<typeof environment> {
 /** Profiles one model + activation: time per op family per training step. */
 export function benchProfile(options: ProfileOptions = {}): ProfileReport {
   options = checkOptions('benchProfile', options, ['model', 'act', 'batch', 'inputSize', 'device', 'repeats', 'warmup', 'threads', 'opt', 'tf32', 'outDir']);
-  const device = resolveDevice(options.device ?? 'auto');
+  const device = resolveDevice(options.device);
   const spec = modelSpec(options.model ?? 'resnet20', { batch: options.batch, inputSize: options.inputSize });
   const act = options.act ?? 'adashift-b';
   const repeats = options.repeats ?? 10;

@@ -572,7 +572,7 @@ export interface StepReport extends ReturnType<typeof environment> {
 
 export async function benchStep(options: BenchStepOptions = {}): Promise<StepReport> {
   options = checkOptions('benchStep', options, ['models', 'acts', 'batch', 'inputSize', 'device', 'threads', 'repeats', 'warmup', 'torch', 'graph', 'python', 'opt', 'tf32', 'sections', 'batchSizes', 'outDir', 'onResult']);
-  const device = resolveDevice(options.device ?? 'auto');
+  const device = resolveDevice(options.device);
   const cuda = device.startsWith('cuda');
   const graph = options.graph ?? false;
   if (graph && !cuda) throw new AdaShiftError('ERR_CUDA_GRAPH', `bench step --graph times CUDA graph replays and needs a CUDA device; the device is '${device}'`);

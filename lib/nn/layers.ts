@@ -68,12 +68,24 @@ export class BatchNorm2d extends Module {
   }
   /** BN(x), or BN(x) + residual computed in the same pass (x's shape: a block's shortcut). */
   override forward(x: Tensor, residual: Tensor | null = null): Tensor {
-    if (this.training) this.numBatchesTracked.value += 1n;
-    return batchNorm2d(x, this.weight, this.bias, this.runningMean, this.runningVar, {
+    this.checkInput(x);
+    const y = batchNorm2d(x, this.weight, this.bias, this.runningMean, this.runningVar, {
       training: this.training,
       momentum: this.momentum,
       eps: this.eps,
       residual,
     });
+    // counted once the batch is taken: a refused input changes nothing
+    if (this.training) this.numBatchesTracked.value += 1n;
+    return y;
+  }
+  /** Refuses an input this module cannot normalise, naming the module's channels (the ops name their own arguments). */
+  checkInput(x: Tensor): void {
+    check(x instanceof Tensor, 'ERR_ARG', () => `BatchNorm2d.forward: input must be a Tensor, got ${x === null ? 'null' : typeof x}`);
+    check(x.shape.length === 4 && x.shape[1] === this.channels, 'ERR_SHAPE', () => `BatchNorm2d(${this.channels}): expected an input of shape [N, ${this.channels}, H, W], got [${x.shape.join(', ')}]`);
+  }
+  /** The tensors as functional.batchNorm2d, batchNormAct and batchNormAdaShiftMA take them (bn). */
+  opParams(): { weight: Tensor; bias: Tensor; runningMean: Tensor; runningVar: Tensor } {
+    return { weight: this.weight, bias: this.bias, runningMean: this.runningMean, runningVar: this.runningVar };
   }
 }

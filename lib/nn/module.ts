@@ -136,14 +136,16 @@ export class Module {
     return { missing, unexpected };
   }
 
-  /** Moves every parameter and buffer to a device (in place; returns this). */
+  /** Moves every parameter and buffer, and the parameters' gradients, to a device (in place; returns this). */
   to(device: DeviceSpec | string): this {
     const d = resolveDevice(device);
     for (const t of [...this.parameters(), ...this.namedBuffers().map(([, b]) => b)]) {
-      if (t.device !== d) t._setData(new Tensor(native.to(t.handle, d)));
+      if (t.device === d) continue;
+      t._setData(new Tensor(native.to(t.handle, d)));
       if (t.grad) {
+        const moved = new Tensor(native.to(t.grad.handle, d), false);
         t.grad.dispose();
-        t.grad = null;
+        t.grad = moved;
       }
     }
     return this;

@@ -41,19 +41,16 @@ export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, res
     return act.forward(residual ? add(z, residual) : z) as Tensor;
   }
   if (act instanceof AdaShiftMA && bn.training) {
+    bn.checkInput(x);
+    const y = batchNormAdaShiftMA(x, bn.opParams(), act.opParams(), { training: true, momentum: bn.momentum, eps: bn.eps, residual });
     bn.numBatchesTracked.value += 1n;
-    return batchNormAdaShiftMA(
-      x,
-      { weight: bn.weight, bias: bn.bias, runningMean: bn.runningMean, runningVar: bn.runningVar },
-      act.opParams(),
-      { training: true, momentum: bn.momentum, eps: bn.eps, residual },
-    );
+    return y;
   }
   if (kind === null || !bn.training) return act.forward(bn.forward(x, residual)) as Tensor;
-  bn.numBatchesTracked.value += 1n;
-  return batchNormAct(
+  bn.checkInput(x);
+  const y = batchNormAct(
     x,
-    { weight: bn.weight, bias: bn.bias, runningMean: bn.runningMean, runningVar: bn.runningVar },
+    bn.opParams(),
     kind,
     {
       training: true,
@@ -63,6 +60,8 @@ export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, res
       ...(kind === 'adashift-b' ? { shift: (act as AdaShiftB).opParams() } : {}),
     },
   );
+  bn.numBatchesTracked.value += 1n;
+  return y;
 }
 
 function projection(inC: number, outC: number, stride: number, options: ModuleOptions): Sequential {

@@ -3,7 +3,7 @@ import { needsGrad, record } from '../autograd';
 import { check, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
-import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
+import { assertTensor, noMoreArgs, reshapeOwned, shapeStr, wrap } from './util';
 
 /** LayerNorm over the last axis with affine weight and bias (biased variance, like PyTorch). */
 export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
@@ -33,8 +33,9 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): 
 }
 
 /** Softmax over the last axis. */
-export function softmax(x: Tensor): Tensor {
+export function softmax(x: Tensor, ...extra: never[]): Tensor {
   assertTensor(x, 'softmax', 'x');
+  noMoreArgs('softmax', extra, 'softmax(x) normalises over the last axis');
   const out = wrap(native.softmaxForward(x.handle));
   if (!needsGrad(x)) return out;
   // Backward needs only the output; keep a private view so the caller may dispose `out`.

@@ -3,7 +3,7 @@ import { needsGrad, record } from '../autograd';
 import { AdaShiftError, check } from '../errors';
 import { BinaryOp, native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
-import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
+import { assertTensor, noMoreArgs, reshapeOwned, shapeStr, wrap } from './util';
 
 function binaryOp(op: keyof typeof BinaryOp, a: Tensor, b: Tensor): Tensor {
   assertTensor(a, op, 'a');
@@ -61,8 +61,9 @@ export function addScalar(x: Tensor, c: number): Tensor {
 }
 
 /** Sum of all elements, shape []. */
-export function sum(x: Tensor): Tensor {
+export function sum(x: Tensor, ...extra: never[]): Tensor {
   assertTensor(x, 'sum', 'x');
+  noMoreArgs('sum', extra, 'sum(x) adds every element (no dim)');
   const out = wrap(reshapeOwned(native.sumAll(x.handle), []));
   if (!needsGrad(x)) return out;
   const shape = x.shape;
@@ -94,8 +95,9 @@ function spreadScalar(g: Tensor, shape: readonly number[], scale: number): Tenso
 }
 
 /** Mean of all elements, shape []. */
-export function mean(x: Tensor): Tensor {
+export function mean(x: Tensor, ...extra: never[]): Tensor {
   assertTensor(x, 'mean', 'x');
+  noMoreArgs('mean', extra, 'mean(x) averages every element (no dim)');
   const n = x.numel;
   check(n > 0, 'ERR_SHAPE', () => 'mean of an empty tensor');
   const s = native.sumAll(x.handle);

@@ -173,7 +173,7 @@ interface ComparePlan {
 type Provenance = ReturnType<typeof environment>;
 
 /** What a resumed comparison may be given anew: what to run (entries, seeds) and where. */
-const COMPARE_RESUME_MAY_CHANGE = new Set(['acts', 'seeds', 'device', 'threads', 'graph', 'dataDir', 'maxBatches', 'out', 'resume']);
+const COMPARE_RESUME_MAY_CHANGE = new Set(['acts', 'seeds', 'device', 'threads', 'graph', 'dataDir', 'maxBatches', 'out', 'resume', 'overwrite']);
 
 // JSON with sorted keys: settings compared by value.
 const stable = (v: unknown): string =>
@@ -236,14 +236,19 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
       throw e;
     }
   }
+  const runFolder = (a: ResolvedArm, seed: number) => path.join(options.out, `${folderOf(a.label)}-seed${seed}`);
+  if (!plan && options.overwrite !== true) {
+    // A new comparison does not replace an earlier one's runs unless told to (before any run).
+    const held = [planFile, ...arms.flatMap((a) => Array.from({ length: seeds }, (_, i) => path.join(runFolder(a, seed0 + i), 'checkpoint.safetensors')))].filter((f) => fs.existsSync(f));
+    check(held.length === 0, 'ERR_ARG', () => `compare: ${options.out} already holds ${held[0] === planFile ? 'a comparison (compare.json)' : `a run (${held[0]})`}: continue it with resume (--resume), replace it with overwrite (--overwrite), or write to another folder`);
+  }
   ensureDir(options.out);
   const { acts: _a, seeds: _s, seed: _sd, out, resume: _r, ...trainOptions } = options;
   // Taken before the runs: the code and machine that ran them (an edit to the checkout while
   // they run must not change what the report says they ran).
   const now = environment(resolveDevice(options.device));
-  const record: ComparePlan = plan
-    ? { ...plan, options: { ...trainOptions, acts: arms.map((a) => a.label), seeds, seed: seed0 }, resumed: [...plan.resumed, now] }
-    : { options: { ...trainOptions, acts: arms.map((a) => a.label), seeds, seed: seed0 }, started: now, resumed: [] };
+  const settings = { ...trainOptions, overwrite: undefined, acts: arms.map((a) => a.label), seeds, seed: seed0 };
+  const record: ComparePlan = plan ? { ...plan, options: settings, resumed: [...plan.resumed, now] } : { options: settings, started: now, resumed: [] };
   writeAtomic(planFile, [Buffer.from(JSON.stringify(record, null, 2) + '\n')]);
   const rows: CompareRow[] = [];
   const total = arms.length * seeds;
@@ -253,7 +258,7 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
     let params = 0;
     for (let i = 0; i < seeds; i++) {
       const seed = seed0 + i;
-      const runOut = path.join(out, `${folderOf(arm.label)}-seed${seed}`);
+      const runOut = runFolder(arm, seed);
       if (callbacks.shouldStop?.() === true) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
       callbacks.onRunStart?.(arm.label, seed, k, total);
       // A run of a resumed comparison with a checkpoint continues from it (train() returns a

@@ -10,6 +10,7 @@ import { noGrad } from '../autograd';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ActivationOptions, ACTIVATION_OPTIONS, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
+import { Module } from '../nn/module';
 import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
 import type { Labels } from '../ops/loss';
 import { LrScheduler, makeOptimizer, Optimizer, cosineWithWarmup, oneCycle, paramGroups, stepLr } from '../optim';
@@ -39,6 +40,7 @@ export interface TrainOptions {
   labelSmoothing?: number;
   /** Random crop (padding) and horizontal flip; default on. */
   augment?: boolean;
+  /** Default: the default device (setDefaultDevice, else ADASHIFT_DEVICE, else 'auto'). */
   device?: string;
   seed?: number;
   threads?: number;
@@ -48,6 +50,11 @@ export interface TrainOptions {
   limitTest?: number;
   /** Continue from out/checkpoint.safetensors. */
   resume?: boolean;
+  /**
+   * Start a new run in an out that holds one (its checkpoint.safetensors), replacing it. Without
+   * it (or resume) such an out is refused: the run there is not lost to a repeated command.
+   */
+  overwrite?: boolean;
   /** Stop after this many training batches in total (tests, interruption). */
   maxBatches?: number;
   /**
@@ -130,16 +137,15 @@ export const TRAIN_DEFAULTS = {
   warmup: 1,
   labelSmoothing: 0,
   augment: true,
-  device: 'auto',
   seed: 0,
   resume: false,
   graph: false,
 };
 
 /** What a resumed run may be given anew; every other setting is the run's own. */
-const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'threads', 'maxBatches', 'out', 'resume']);
+const RESUME_MAY_CHANGE = new Set(['epochs', 'device', 'graph', 'dataDir', 'threads', 'maxBatches', 'out', 'resume', 'overwrite']);
 /** Every option train() takes (the compiler checks the list against TrainOptions, both ways). */
-export const TRAIN_OPTIONS = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'maxBatches', 'graph', 'actOptions'] as const satisfies readonly (keyof TrainOptions)[];
+export const TRAIN_OPTIONS = ['model', 'act', 'dataset', 'dataDir', 'epochs', 'batch', 'opt', 'lr', 'momentum', 'wd', 'schedule', 'warmup', 'labelSmoothing', 'augment', 'device', 'seed', 'threads', 'out', 'limitTrain', 'limitTest', 'resume', 'overwrite', 'maxBatches', 'graph', 'actOptions'] as const satisfies readonly (keyof TrainOptions)[];
 // An option added to TrainOptions but not to the list would be refused at run time: this fails to compile instead.
 const UNLISTED_TRAIN_OPTIONS: Record<Exclude<keyof TrainOptions, (typeof TRAIN_OPTIONS)[number]>, never> = {};
 void UNLISTED_TRAIN_OPTIONS;
@@ -150,19 +156,32 @@ function normalize(options: TrainOptions) {
   check(ACTIVATIONS.includes(o.act), 'ERR_ARG', () => `unknown activation '${o.act}'; expected one of ${ACTIVATIONS.join(', ')}`);
   check(['sgd', 'adamw', 'lamb'].includes(o.opt), 'ERR_ARG', () => `unknown optimizer '${o.opt}'; expected sgd, adamw or lamb`);
   check(['cosine', 'step', 'onecycle', 'none'].includes(o.schedule), 'ERR_ARG', () => `unknown schedule '${o.schedule}'; expected cosine, step, onecycle or none`);
-  for (const [k, v, ok] of [
-    ['epochs', o.epochs, Number.isInteger(o.epochs) && o.epochs >= 1],
-    ['batch', o.batch, Number.isInteger(o.batch) && o.batch >= 1],
-    ['lr', o.lr, o.lr > 0 && Number.isFinite(o.lr)],
-    ['wd', o.wd, o.wd >= 0 && Number.isFinite(o.wd)],
-    ['momentum', o.momentum, o.momentum >= 0 && o.momentum < 1],
-    ['warmup', o.warmup, o.warmup >= 0 && Number.isFinite(o.warmup)],
-    ['labelSmoothing', o.labelSmoothing, o.labelSmoothing >= 0 && o.labelSmoothing < 1],
-    ['seed', o.seed, Number.isSafeInteger(o.seed) && o.seed >= 0],
-  ] as [string, number, boolean][]) {
-    check(ok, 'ERR_ARG', () => `train: invalid ${k}: ${v}`);
+  const num = (v: unknown, ok: (x: number) => boolean) => typeof v === 'number' && ok(v);
+  const int = (lo: number) => (x: number) => Number.isSafeInteger(x) && x >= lo;
+  for (const [k, v, ok, expected] of [
+    ['epochs', o.epochs, num(o.epochs, int(1)), 'an integer >= 1'],
+    ['batch', o.batch, num(o.batch, int(1)), 'an integer >= 1'],
+    ['lr', o.lr, num(o.lr, (x) => x > 0 && Number.isFinite(x)), 'a number > 0'],
+    ['wd', o.wd, num(o.wd, (x) => x >= 0 && Number.isFinite(x)), 'a number >= 0'],
+    ['momentum', o.momentum, num(o.momentum, (x) => x >= 0 && x < 1), 'a number in [0, 1)'],
+    ['warmup', o.warmup, num(o.warmup, (x) => x >= 0 && Number.isFinite(x)), 'a number of epochs >= 0'],
+    ['labelSmoothing', o.labelSmoothing, num(o.labelSmoothing, (x) => x >= 0 && x < 1), 'a number in [0, 1)'],
+    ['seed', o.seed, num(o.seed, int(0)), 'an integer >= 0'],
+    ['threads', o.threads, o.threads === undefined || num(o.threads, int(1)), 'an integer >= 1'],
+    ['limitTrain', o.limitTrain, o.limitTrain === undefined || num(o.limitTrain, int(1)), 'an integer >= 1'],
+    ['limitTest', o.limitTest, o.limitTest === undefined || num(o.limitTest, int(1)), 'an integer >= 1'],
+    ['maxBatches', o.maxBatches, o.maxBatches === undefined || num(o.maxBatches, int(1)), 'an integer >= 1'],
+    ['augment', o.augment, typeof o.augment === 'boolean', 'a boolean'],
+    ['graph', o.graph, typeof o.graph === 'boolean', 'a boolean'],
+    ['resume', o.resume, typeof o.resume === 'boolean', 'a boolean'],
+    ['overwrite', o.overwrite, o.overwrite === undefined || typeof o.overwrite === 'boolean', 'a boolean'],
+    ['dataset', o.dataset, typeof o.dataset === 'string', 'a dataset name'],
+    ['dataDir', o.dataDir, o.dataDir === undefined || (typeof o.dataDir === 'string' && o.dataDir !== ''), 'a folder'],
+    // '' would write nothing while the run reports its files
+    ['out', o.out, o.out === undefined || o.out === null || (typeof o.out === 'string' && o.out !== ''), 'a folder (or null: write nothing)'],
+  ] as [string, unknown, boolean, string][]) {
+    check(ok, 'ERR_ARG', () => `train: invalid ${k}: ${JSON.stringify(v) ?? String(v)} (expected ${expected})`);
   }
-  check(typeof o.graph === 'boolean', 'ERR_ARG', () => `train: invalid graph: ${String(o.graph)} (expected a boolean)`);
   // The values themselves are checked by the activation modules when the model is built.
   check(o.actOptions === undefined || (o.actOptions !== null && typeof o.actOptions === 'object'), 'ERR_ARG', () => `train: invalid actOptions: ${String(o.actOptions)} (expected an object)`);
   if (o.actOptions) o.actOptions = actOptionsOf(checkOptions('train actOptions', o.actOptions, ACT_OPTION_KEYS));
@@ -267,8 +286,11 @@ function makeSchedule(o: ReturnType<typeof normalize>, stepsPerEpoch: number): L
 /** Test loss and accuracy of a model over a dataset (eval mode, no graph). */
 export function evaluate(model: ResNet, ds: Dataset, options: { batch?: number; device?: string } = {}): { loss: number; acc: number; count: number } {
   options = checkOptions('evaluate', options, ['batch', 'device']);
-  const device = resolveDevice(options.device ?? model.parameters()[0].device);
+  check(model instanceof Module && model.parameters().length > 0, 'ERR_ARG', () => `evaluate: model must be a module with parameters (e.g. nn.resnet), got ${model === null ? 'null' : typeof model}`);
+  check(ds !== null && typeof ds === 'object' && Number.isInteger(ds.count) && ds.count >= 1 && ds.images instanceof Uint8Array && ds.labels instanceof Uint8Array, 'ERR_ARG', () => 'evaluate: ds must be a dataset of at least one image (data.loadDataset)');
   const batch = options.batch ?? 256;
+  check(Number.isInteger(batch) && batch >= 1, 'ERR_ARG', () => `evaluate: batch must be a positive integer, got ${JSON.stringify(batch)}`);
+  const device = resolveDevice(options.device ?? model.parameters()[0].device);
   const wasTraining = model.training;
   model.eval();
   let lossSum = 0, correct = 0;
@@ -391,6 +413,7 @@ async function runTraining(
         ...(keepContext !== undefined ? { actOptions: { ...saved.actOptions, keepContext } } : {}),
       })
     : o;
+  check(o.resume || o.overwrite === true || ckptFile === null || !fs.existsSync(ckptFile), 'ERR_ARG', () => `train: ${out} already holds a run (checkpoint.safetensors): continue it with resume (--resume), replace it with overwrite (--overwrite), or write to another folder`);
   // the output folder first: a bad one fails before the datasets are read and the model built
   if (out) ensureDir(out);
 
@@ -422,7 +445,7 @@ async function runTraining(
   }
   const params = model.numParameters();
   if (out && !resumed) {
-    const config = { ...cfg, resume: undefined, out: undefined, provenance: environment(device) };
+    const config = { ...cfg, resume: undefined, overwrite: undefined, out: undefined, provenance: environment(device) };
     writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
   }
   const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, ...shown } = cfg;
@@ -435,7 +458,7 @@ async function runTraining(
       model: model.stateDict(),
       optimizerBuffers: ob.buffers,
       meta: {
-        config: { ...cfg, resume: false, out: undefined, maxBatches: undefined },
+        config: { ...cfg, resume: false, overwrite: undefined, out: undefined, maxBatches: undefined },
         epoch,
         batch,
         optimizer: ob.meta,
@@ -521,13 +544,18 @@ async function runTraining(
 }
 
 /** Loads a checkpoint's model and evaluates it on its dataset's test split (or another). */
-export function evaluateCheckpoint(file: string, options: { dataset?: string; dataDir?: string; limit?: number; device?: string; batch?: number } = {}) {
-  options = checkOptions('evaluateCheckpoint', options, ['dataset', 'dataDir', 'limit', 'device', 'batch']);
-  const device = resolveDevice(options.device ?? 'auto');
+export function evaluateCheckpoint(file: string, options: { dataset?: string; dataDir?: string; limitTest?: number; limit?: number; device?: string; batch?: number } = {}) {
+  options = checkOptions('evaluateCheckpoint', options, ['dataset', 'dataDir', 'limitTest', 'limit', 'device', 'batch']);
+  check(options.limit === undefined || options.limitTest === undefined, 'ERR_ARG', () => 'evaluateCheckpoint: give limitTest or its older name limit, not both');
+  const device = resolveDevice(options.device);
   const ck = loadCheckpoint(file, device);
   const cfg = ck.meta.config as TrainOptions;
   try {
-    const ds = loadDataset(options.dataset ?? cfg.dataset ?? 'fashion-mnist', 'test', { dataDir: options.dataDir ?? cfg.dataDir, limit: options.limit });
+    // The run's data folder holds the run's dataset: another dataset comes from its own folder
+    // (dataDir, else its default), not from files of the same names in the run's.
+    const dataset = options.dataset ?? cfg.dataset ?? TRAIN_DEFAULTS.dataset;
+    const dataDir = options.dataDir ?? (dataset === (cfg.dataset ?? TRAIN_DEFAULTS.dataset) ? cfg.dataDir : undefined);
+    const ds = loadDataset(dataset, 'test', { dataDir, limit: options.limitTest ?? options.limit });
     const model = resnet(cfg.model ?? 'resnet20', { act: cfg.act, actOptions: cfg.actOptions, numClasses: ds.numClasses, inChannels: ds.channels, smallInput: true, device });
     try {
       model.loadStateDict(ck.model);
