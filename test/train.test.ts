@@ -205,6 +205,14 @@ describe('train', () => {
     }
   });
 
+  test("an epoch's lr is its last step's (not the schedule's next, 0 at the end of a cosine)", async () => {
+    // 200 images in batches of 32: 7 steps per epoch, 14 in all; the last step is the 14th (index 13)
+    const r = await train({ ...base, epochs: 2, warmup: 0, schedule: 'cosine', limitTest: 16, out: null });
+    const cosine = (step: number) => (base.lr! * (1 + Math.cos((Math.PI * step) / 14))) / 2;
+    expect(r.history.map((m) => m.lr)).toEqual([expect.closeTo(cosine(6), 9), expect.closeTo(cosine(13), 9)]);
+    expect(r.history[1].lr).toBeGreaterThan(0);
+  });
+
   test('a folder that holds a run is not started over unless told to (resume or overwrite)', async () => {
     const out = path.join(tmp, 'overwrite');
     const o = { ...base, epochs: 1, limitTrain: 32, limitTest: 16, out };

@@ -83,6 +83,7 @@ export interface EpochMetrics {
   trainAcc: number;
   testLoss: number;
   testAcc: number;
+  /** The learning rate of the epoch's last training step. */
   lr: number;
   imagesPerSec: number;
   seconds: number;
@@ -101,11 +102,12 @@ export interface BatchInfo {
   loss: number;
   acc: number;
   imagesPerSec: number;
+  /** The learning rate of this batch's step. */
   lr: number;
 }
 
 export interface TrainCallbacks {
-  onStart?(info: { config: Required<Omit<TrainOptions, 'out' | 'dataDir' | 'limitTrain' | 'limitTest' | 'maxBatches' | 'threads'>>; params: number; trainCount: number; testCount: number; batchesPerEpoch: number; startEpoch: number; startBatch: number; device: string }): void;
+  onStart?(info: { config: Required<Omit<TrainOptions, 'out' | 'dataDir' | 'limitTrain' | 'limitTest' | 'maxBatches' | 'threads' | 'overwrite'>>; params: number; trainCount: number; testCount: number; batchesPerEpoch: number; startEpoch: number; startBatch: number; device: string }): void;
   onBatch?(info: BatchInfo): void;
   onEvalStart?(epoch: number): void;
   onEpoch?(metrics: EpochMetrics): void;
@@ -448,8 +450,9 @@ async function runTraining(
     const config = { ...cfg, resume: undefined, overwrite: undefined, out: undefined, provenance: environment(device) };
     writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
   }
-  const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, ...shown } = cfg;
-  callbacks.onStart?.({ config: shown as never, params, trainCount: trainSet.count, testCount: testSet.count, batchesPerEpoch: loader.batchesPerEpoch, startEpoch, startBatch, device });
+  const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, overwrite: _w, ...shown } = cfg;
+  // the device as resolved (the options may leave it to the default)
+  callbacks.onStart?.({ config: { ...shown, device } as never, params, trainCount: trainSet.count, testCount: testSet.count, batchesPerEpoch: loader.batchesPerEpoch, startEpoch, startBatch, device });
 
   const save = (epoch: number, batch: number, part: typeof partial | null) => {
     if (!ckptFile) return;
@@ -489,10 +492,13 @@ async function runTraining(
     let { lossSum, correct, seen, seconds } = epoch === startEpoch ? partial : { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
     const first = epoch === startEpoch ? startBatch : 0;
     let lastBatch = first;
+    // the learning rate of the epoch's last step (reported; the schedule has moved on after it)
+    let lr = opt.paramGroups[0].lr;
     resetPeakMemory(device);
     for await (const b of loader.epoch(epoch, first)) {
       const t0 = process.hrtime.bigint();
       const n = b.shape[0];
+      lr = opt.paramGroups[0].lr;
       // With graph: replays for full-size batches once one eager step has run in this process.
       const [l, c] = graph && n === cfg.batch && batchesRun > 0
         ? graph.run(b.images, b.labels)
@@ -510,7 +516,7 @@ async function runTraining(
       seen += n;
       lastBatch = b.index + 1;
       batchesRun++;
-      callbacks.onBatch?.({ epoch, batch: b.index, batches: loader.batchesPerEpoch, loss: lossSum / seen, acc: correct / seen, imagesPerSec: seen / seconds, lr: opt.paramGroups[0].lr });
+      callbacks.onBatch?.({ epoch, batch: b.index, batches: loader.batchesPerEpoch, loss: lossSum / seen, acc: correct / seen, imagesPerSec: seen / seconds, lr });
       if (callbacks.shouldStop?.() || (cfg.maxBatches !== undefined && batchesRun >= cfg.maxBatches)) {
         if (lastBatch < loader.batchesPerEpoch) {
           interrupted = true;
@@ -530,7 +536,7 @@ async function runTraining(
       trainAcc: correct / seen,
       testLoss: ev.loss,
       testAcc: ev.acc,
-      lr: opt.paramGroups[0].lr,
+      lr,
       imagesPerSec: seen / seconds,
       seconds,
       peakBytes,
