@@ -32,9 +32,12 @@ declare const model: ad.nn.ResNet;
 declare const firstImages: ad.Tensor, firstLabels: ad.Tensor;
 declare const batches: { images: ad.Tensor; labels: ad.Tensor }[];
 `;
-function prelude(): Record<string, unknown> {
-  const model = lib.nn.resnet('resnet20', { act: 'relu', inChannels: 1, smallInput: true });
-  return { model };
+function prelude(device: string): Record<string, unknown> {
+  const model = lib.nn.resnet('resnet20', { act: 'relu', inChannels: 1, smallInput: true, device });
+  // a batch of 64 Fashion-MNIST-shaped images and their labels (as a tensor: the CUDA graph example's)
+  const batch = () => ({ images: lib.randn([64, 1, 28, 28]), labels: lib.tensor(Float32Array.from({ length: 64 }, (_, i) => i % 10), [64]) });
+  const first = batch();
+  return { model, firstImages: first.images, firstLabels: first.labels, batches: [batch(), batch()] };
 }
 
 /** The block as a module: its imports first, the rest in an async function (top-level await). */
@@ -102,7 +105,7 @@ describe.each(blocks.map((b, i) => [i + 1, b] as const))('example %d', (_n, bloc
     // callback names are the example's, the budget is not
     const pkg = { ...lib, train: (o: lib.TrainOptions, cb?: lib.TrainCallbacks) => lib.train({ ...o, maxBatches: 2, limitTest: 64, out: path.join(tmp, 'train'), overwrite: true }, cb) };
     const mod = { exports: {} as { __main?: () => Promise<void> } };
-    const given = prelude();
+    const given = prelude(/device: 'cuda'/.test(block.code) ? 'cuda' : 'cpu');
     const log = jest.spyOn(console, 'log').mockImplementation(() => undefined);
     try {
       new Function('require', 'exports', 'module', ...Object.keys(given), js)((id: string) => (id === 'adashift' ? pkg : require(id)), mod.exports, mod, ...Object.values(given));
@@ -110,6 +113,7 @@ describe.each(blocks.map((b, i) => [i + 1, b] as const))('example %d', (_n, bloc
     } finally {
       log.mockRestore();
       (given.model as lib.nn.ResNet).dispose();
+      for (const t of [given.firstImages, given.firstLabels, ...(given.batches as { images: lib.Tensor; labels: lib.Tensor }[]).flatMap((b) => [b.images, b.labels])]) (t as lib.Tensor).dispose();
     }
   });
 });

@@ -99,8 +99,8 @@ target_link_libraries(cuda_emu_selftest PRIVATE adashift_core_emu)
 add_test(NAME cuda_emu_selftest COMMAND cuda_emu_selftest)
 
 # The Node addon on the emulation (build-tests/adashift_emu.node) and the jest suites that need a
-# CUDA device, run with it: CUDA graphs captured and replayed through the TypeScript API, CUDA
-# errors, optimizers on the device. Needs node with node-api-headers and node-addon-api (the
+# CUDA device, run with it: CUDA graphs captured and replayed through the TypeScript API (also
+# the README's example of it), CUDA errors, optimizers on the device. Needs node with node-api-headers and node-addon-api (the
 # package's own dependencies); skipped when they cannot be found.
 find_program(ADASHIFT_NODE node)
 if(ADASHIFT_NODE)
@@ -123,7 +123,7 @@ if(ADASHIFT_NODE AND _emu_napi_rc EQUAL 0 AND _emu_naa_rc EQUAL 0 AND EXISTS ${C
   endif()
   add_test(NAME cuda_emu_jest
            COMMAND ${ADASHIFT_NODE} node_modules/jest/bin/jest.js --silent test/graph.test.ts
-                   test/errors.test.ts test/optim.test.ts test/tf32.test.ts
+                   test/errors.test.ts test/optim.test.ts test/tf32.test.ts test/readme.test.ts
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cuda_emu_jest PROPERTIES TIMEOUT 900
                        ENVIRONMENT "ADASHIFT_ADDON=$<TARGET_FILE:adashift_emu>;ADASHIFT_DEVICE=cpu")
