@@ -20,6 +20,8 @@ export interface GradFn {
    * change that tensor.
    */
   backward(grad: Tensor, pending?: (Tensor | null)[]): (Tensor | null)[];
+  /** What the node saved for backward (its own tensors; freed by release()). */
+  readonly saved?: readonly Tensor[];
   /** Frees what the node saved for backward. */
   release(): void;
   released?: boolean;
@@ -85,6 +87,7 @@ export function record(
     name,
     inputs: inputs.map((t) => (t && t.requiresGrad ? t : null)),
     backward,
+    saved,
     release() {
       if (this.released) return;
       onRelease?.();
@@ -217,7 +220,13 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
         // A tensor the node needs (an input it reads in backward) was disposed after the forward:
         // say which node, not just that some tensor was disposed.
         if (e instanceof AdaShiftError && e.code === 'ERR_DISPOSED') {
-          throw new AdaShiftError('ERR_DISPOSED', `backward(): '${fn.name}' needs a tensor that was disposed after the forward (an input, or a tensor it saved); keep the tensors a graph was built from alive until backward() has run`);
+          const byTidy = [...fn.inputs, ...(fn.saved ?? [])].some((t) => t?.isDisposed && t.disposedByTidy);
+          throw new AdaShiftError(
+            'ERR_DISPOSED',
+            byTidy
+              ? `backward(): '${fn.name}' needs a tensor that a tidy() disposed when it returned (an intermediate of the graph, or a tensor the op saved): run backward() inside the tidy() that built the graph (returning the output keeps only the output)`
+              : `backward(): '${fn.name}' needs a tensor that was disposed after the forward (an input, or a tensor it saved); keep the tensors a graph was built from alive until backward() has run`,
+          );
         }
         throw e;
       }

@@ -42,8 +42,9 @@ function parseShape(v: string, prev: number[][] = []): number[][] {
 
 function parseActs(v: string): ActivationName[] {
   const acts = v.split(',').map((s) => s.trim());
-  for (const a of acts) {
+  for (const [i, a] of acts.entries()) {
     if (!ACTIVATIONS.includes(a as ActivationName)) throw new InvalidArgumentError(`unknown activation '${a}'; expected ${ACTIVATIONS.join(', ')}`);
+    if (acts.indexOf(a) !== i) throw new InvalidArgumentError(`'${a}' is listed twice`);
   }
   return acts as ActivationName[];
 }
@@ -362,8 +363,13 @@ export function main(argv = process.argv): void {
     .option('--out <dir>', 'folder for the JSON result', 'bench/results')
     .addOption(new Option('--input-size <n>', 'override the input height = width (tests)').argParser(parseIntArg('--input-size', 1, 4096)).hideHelp())
     .addOption(new Option('--batch-sizes <list>', "batch sizes of the 'batch' section").argParser(parseIntList('--batch-sizes', 1, 65536)).hideHelp())
-    .action(async (opts) => {
+    .action(async (opts, cmd: Command) => {
       if (opts.profile) {
+        // what the profile does not use is refused, not dropped: one model and activation, one step kind
+        const unused = [['sections', '--sections'], ['torch', '--no-torch'], ['graph', '--graph'], ['batchSizes', '--batch-sizes']].filter(([k]) => cmd.getOptionValueSource(k) === 'cli').map(([, f]) => f);
+        if (opts.models?.length > 1) unused.push('--models with more than one model');
+        if (opts.acts?.length > 1) unused.push('--acts with more than one activation');
+        if (unused.length) cmd.error(`error: --profile profiles one model and one activation's step; it does not take ${unused.join(', ')}`);
         const r = benchProfile({
           model: opts.models?.[0],
           act: opts.acts?.[0],

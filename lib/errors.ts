@@ -44,3 +44,14 @@ export function checkOptions<T extends object>(who: string, options: T | null | 
   }
   return options;
 }
+
+/**
+ * Refuses options given but not booleans: a string such as 'false' or 'no' is truthy and would
+ * turn the option on.
+ */
+export function checkBooleans(who: string, options: object, names: readonly string[]): void {
+  for (const n of names) {
+    const v = (options as Record<string, unknown>)[n];
+    check(v === undefined || typeof v === 'boolean', 'ERR_ARG', () => `${who}: ${n} must be a boolean, got ${JSON.stringify(v) ?? typeof v}`);
+  }
+}

@@ -12,7 +12,7 @@
 //   from JS data are refused during the capture (ERR_CUDA_GRAPH).
 // Run the function eagerly once or twice before capturing (`warmup`), so that lazily made state
 // (optimizer buffers, gradients) exists and is not re-initialised by every replay.
-import { DeviceSpec, resolveDevice } from './device';
+import { backendInfo, DeviceSpec, resolveDevice } from './device';
 import { AdaShiftError, check, checkOptions } from './errors';
 import { native } from './native';
 import { closeCreationLog, keep, openCreationLog, tensorsIn, tidy } from './tensor';
@@ -25,7 +25,14 @@ export interface CaptureOptions {
 }
 
 /** Whether a CUDA graph is being captured on `device` (false for the CPU). */
-export function isCapturing(device: string): boolean {
+export function isCapturing(device?: DeviceSpec | string): boolean {
+  // a device that is not CUDA, or CUDA not usable here, captures nothing; a misspelt one is an error
+  const d = resolveDevice(typeof device === 'string' && device.startsWith('cuda') && !backendInfo().cudaUsable ? 'cpu' : device);
+  return capturingOn(d);
+}
+
+/** @internal isCapturing for a resolved device string (the ops' and optimizers' per-step checks). */
+export function capturingOn(device: string): boolean {
   return device.startsWith('cuda') && native.cudaGraphCapturing(device);
 }
 

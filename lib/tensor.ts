@@ -2,7 +2,7 @@
 // Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
 // the program forgot (and counts it, see memory().leaked).
 import { types } from 'util';
-import { AdaShiftError, check, checkOptions } from './errors';
+import { AdaShiftError, check, checkBooleans, checkOptions, fail } from './errors';
 import { DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
 import type { GradFn } from './autograd';
@@ -42,6 +42,8 @@ export class Tensor {
   // wrapper keeps what cannot change for its handle and its own disposal state (a handle is
   // disposed only through its Tensor: ops dispose raw handles they made, never a Tensor's).
   private gone = false;
+  /** @internal Set when a tidy() disposed this tensor (backward's error says so). */
+  disposedByTidy = false;
   private shp: number[] | null = null;
   private num = -1;
   private dev: string | null = null;
@@ -214,21 +216,27 @@ export function toShape(shape: unknown, fn: string): number[] {
 
 const TENSOR_OPTIONS = ['device', 'requiresGrad'];
 function opts<T extends object>(o: T | null | undefined, fn: string, extra: string[] = []): T {
-  return checkOptions(fn, o, [...TENSOR_OPTIONS, ...extra]);
+  const checked = checkOptions(fn, o, [...TENSOR_OPTIONS, ...extra]);
+  checkBooleans(fn, checked, ['requiresGrad']);
+  return checked;
 }
 
-function flatten(data: unknown, shape: number[], depth: number, out: number[]): void {
+// `rank`: set by the first number met (its depth); every number must sit at that depth, so
+// [1, [2]] is ragged whichever entry comes first.
+function flatten(data: unknown, shape: number[], depth: number, out: number[], rank = { of: -1 }): void {
   if (Array.isArray(data)) {
+    if (rank.of >= 0 && depth >= rank.of) throw new AdaShiftError('ERR_SHAPE', `ragged nested array: an array at depth ${depth}, where numbers are at depth ${rank.of}`);
     if (shape.length === depth) shape.push(data.length);
     else if (shape[depth] !== data.length) {
       throw new AdaShiftError('ERR_SHAPE', `ragged nested array: expected ${shape[depth]} entries at depth ${depth}, got ${data.length}`);
     }
-    for (const d of data) flatten(d, shape, depth + 1, out);
+    for (const d of data) flatten(d, shape, depth + 1, out, rank);
   } else {
     if (typeof data !== 'number') {
       throw new AdaShiftError('ERR_DTYPE', `tensor data must be numbers, got ${data === null ? 'null' : typeof data}`);
     }
     if (depth !== shape.length) throw new AdaShiftError('ERR_SHAPE', 'ragged nested array');
+    rank.of = depth;
     out.push(data);
   }
 }
@@ -256,6 +264,10 @@ export function tensor(
     flatten(data, inferred, 0, flat);
     values = Float32Array.from(flat);
   } else if (data && typeof (data as ArrayLike<number>).length === 'number' && ArrayBuffer.isView(data)) {
+    // BigInt arrays hold bigints, which Float32Array.from cannot convert (a bare TypeError)
+    if (data instanceof BigInt64Array || data instanceof BigUint64Array) {
+      throw new AdaShiftError('ERR_DTYPE', `tensor(): a ${data.constructor.name} holds 64-bit integers; convert them to numbers (e.g. Float32Array.from(data, Number)) first`);
+    }
     values = Float32Array.from(data as ArrayLike<number>);
     inferred = [values.length];
   } else {
@@ -316,12 +328,22 @@ function draw(shape: Shape, kind: number, a: number, b: number, options: TensorO
 /** Uniform samples in [low, high) (default [0, 1)). */
 export function rand(shape: Shape, options: TensorOptions & { low?: number; high?: number } = {}): Tensor {
   options = opts(options, 'rand', ['low', 'high']);
+  checkFinite('rand', options, ['low', 'high']);
   return draw(shape, RandKind.uniform, options.low ?? 0, options.high ?? 1, options);
 }
 /** Normal samples (default mean 0, std 1). */
 export function randn(shape: Shape, options: TensorOptions & { mean?: number; std?: number } = {}): Tensor {
   options = opts(options, 'randn', ['mean', 'std']);
+  checkFinite('randn', options, ['mean', 'std']);
   return draw(shape, RandKind.normal, options.mean ?? 0, options.std ?? 1, options);
+}
+
+// The distribution's numbers, named as the caller gave them (the binding would name its own arguments).
+function checkFinite(fn: string, options: object, names: string[]): void {
+  for (const n of names) {
+    const v = (options as Record<string, unknown>)[n];
+    check(v === undefined || (typeof v === 'number' && Number.isFinite(v)), 'ERR_ARG', () => `${fn}: ${n} must be a finite number, got ${JSON.stringify(v) ?? typeof v}`);
+  }
 }
 
 // ---- scopes and memory ----------------------------------------------------------------------
@@ -345,9 +367,18 @@ export function tensorsIn(value: unknown): Set<Tensor> {
   return found;
 }
 
+function disposeAll(scope: Set<Tensor>): void {
+  for (const t of scope) {
+    t.disposedByTidy = true;
+    t.dispose();
+  }
+}
+
 /**
  * Runs fn and disposes every tensor created inside it, except those it returns (in arrays,
- * Maps or plain objects), those passed to keep(), and gradients stored in leaves' .grad.
+ * Maps or plain objects), those passed to keep(), and gradients stored in leaves' .grad. A
+ * graph built inside it loses its intermediates and what its ops saved: run backward() inside
+ * the tidy() that built the graph (returning the output keeps only the output).
  */
 export function tidy<R>(fn: () => R): R {
   check(typeof fn === 'function', 'ERR_ARG', () => `tidy(fn): fn must be a function, got ${typeof fn}`);
@@ -358,16 +389,22 @@ export function tidy<R>(fn: () => R): R {
     result = fn();
   } catch (e) {
     scopes.pop();
-    for (const t of scope) t.dispose();
+    disposeAll(scope);
     throw e;
   }
   scopes.pop();
-  check(!(result instanceof Promise), 'ERR_ARG', () => 'tidy(): fn must be synchronous (it returned a Promise)');
+  if (result instanceof Promise) {
+    // what it made before its first await is freed; what it makes after runs outside any scope
+    disposeAll(scope);
+    result.catch(() => undefined);
+    fail('ERR_ARG', 'tidy(): fn must be synchronous (it returned a Promise); tensors made after an await are not tracked');
+  }
   const kept = tensorsIn(result);
   for (const t of scope) {
     if (kept.has(t)) {
       if (scopes.length) scopes[scopes.length - 1].add(t);
     } else {
+      t.disposedByTidy = true;
       t.dispose();
     }
   }

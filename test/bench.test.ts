@@ -293,6 +293,15 @@ describe('bench act', () => {
     expect(onDisk.results[2].vsSilu).toBeCloseTo(r.results[2].vsSilu!, 12);
   });
 
+  // a folder under /proc cannot be made (Linux)
+  (fs.existsSync('/proc/self') ? test : test.skip)('an output folder that cannot be made fails before anything is timed', async () => {
+    const t0 = Date.now();
+    expect(() => benchAct({ shapes: [[64, 64, 28, 28]], acts: ['adashift-ma'], repeats: 50, torch: false, device: 'cpu', outDir: '/proc/adashift-no-such' })).toThrow(expect.objectContaining({ code: 'ERR_IO' }));
+    await expect(benchStep({ models: ['resnet20'], acts: ['relu'], sections: ['step'], repeats: 50, torch: false, device: 'cpu', outDir: '/proc/adashift-no-such' })).rejects.toMatchObject({ code: 'ERR_IO' });
+    expect(() => benchProfile({ model: 'resnet20', act: 'relu', repeats: 50, device: 'cpu', outDir: '/proc/adashift-no-such' })).toThrow(expect.objectContaining({ code: 'ERR_IO' }));
+    expect(Date.now() - t0).toBeLessThan(5000); // 50 repeats of each would take far longer
+  });
+
   test('bad options fail before anything is timed', () => {
     for (const [o, message] of [
       [{ repeats: 0 }, /^benchAct: repeats must be an integer >= 1, got 0/],

@@ -85,6 +85,104 @@ describe('ERR_ARG', () => {
     }
   });
 
+  test('backward on a graph a tidy() built and returned names tidy as the cause; an async tidy frees what it made', async () => {
+    const x = as.randn([2, 3], { requiresGrad: true });
+    const l = new as.nn.Linear(3, 2);
+    const { loss } = as.tidy(() => ({ loss: F.sum(l.forward(x)) }));
+    expect(thrown(() => loss.backward(), 'ERR_DISPOSED').message).toMatch(/^backward\(\): 'linear' needs a tensor that a tidy\(\) disposed when it returned .*: run backward\(\) inside the tidy\(\) that built the graph/);
+    // inside the tidy it works
+    as.tidy(() => F.sum(l.forward(x)).backward());
+    expect(x.grad).not.toBeNull();
+    const before = as.memory().tensors;
+    expect(thrown(() => as.tidy((async () => { as.ones([2]); await null; }) as never), 'ERR_ARG').message).toMatch(/fn must be synchronous/);
+    expect(as.memory().tensors).toBe(before);
+    [x, loss].forEach((t) => t.dispose());
+    l.zeroGrad();
+    l.dispose();
+    x.grad?.dispose();
+  });
+
+  test('tensor data: ragged nesting whichever entry comes first, 64-bit integer arrays, a non-boolean requiresGrad', () => {
+    expect(thrown(() => as.tensor([1, [2]] as never), 'ERR_SHAPE').message).toMatch(/ragged nested array/);
+    expect(thrown(() => as.tensor([[1, 2], [3]]), 'ERR_SHAPE').message).toMatch(/ragged nested array/);
+    expect(thrown(() => as.tensor(new BigInt64Array([1n]) as never), 'ERR_DTYPE').message).toMatch(/^tensor\(\): a BigInt64Array holds 64-bit integers/);
+    expect(thrown(() => as.zeros([2], { requiresGrad: 'yes' as never }), 'ERR_ARG').message).toBe('zeros: requiresGrad must be a boolean, got "yes"');
+    expect(thrown(() => as.randn([2], { std: '2' as never }), 'ERR_ARG').message).toBe('randn: std must be a finite number, got "2"');
+    const x = as.ones([2, 3, 4]);
+    expect(thrown(() => F.scale(x, NaN), 'ERR_ARG').message).toBe('scale: the factor must be a finite number, got null');
+    expect(as.tidy(() => F.flatten(x, -2).shape)).toEqual([2, 12]);
+    expect(thrown(() => F.flatten(x, -4), 'ERR_ARG').message).toMatch(/expected an integer in \[-3, 2\]/);
+    x.dispose();
+  });
+
+  test('module options: booleans are booleans, null is not a default, a misplaced options object is named', () => {
+    expect(thrown(() => new as.nn.Conv2d(1, 2, 3, { bias: 'false' as never }), 'ERR_ARG').message).toBe('Conv2d: bias must be a boolean, got "false"');
+    expect(thrown(() => new as.nn.AdaShiftB(4, { proj: 'false' as never }), 'ERR_ARG').message).toBe('AdaShiftB: proj must be a boolean, got "false"');
+    expect(thrown(() => as.nn.resnet('resnet18', { smallInput: 'no' as never }), 'ERR_ARG').message).toBe('resnet: smallInput must be a boolean, got "no"');
+    expect(thrown(() => new as.nn.BatchNorm2d(4, { momentum: null as never }), 'ERR_ARG').message).toMatch(/momentum null \(PyTorch's cumulative moving average\) is not supported/);
+    expect(thrown(() => new as.nn.LayerNorm(4, { device: 'cpu' } as never), 'ERR_ARG').message).toMatch(/^LayerNorm: eps \(the second argument\) must be a finite number > 0, got \{"device":"cpu"\} \(options go third/);
+    expect(thrown(() => new as.nn.Sequential(new as.nn.ReLU(), ((y: unknown) => y) as never), 'ERR_ARG').message).toBe('Sequential: layer 1 must be a Module (with forward), got function');
+  });
+
+  test('a module shared twice: its parameters come once (PyTorch), its state dict names both; a dict entry of undefined is missing', () => {
+    const lin = new as.nn.Linear(2, 2);
+    const m = new as.nn.Sequential(lin, new as.nn.ReLU(), lin);
+    expect(m.numParameters()).toBe(6);
+    expect(m.namedParameters().map(([n]) => n)).toEqual(['0.weight', '0.bias']);
+    expect(m.namedParameters({ removeDuplicate: false }).map(([n]) => n)).toEqual(['0.weight', '0.bias', '2.weight', '2.bias']);
+    expect(Object.keys(m.stateDict())).toEqual(['0.weight', '0.bias', '2.weight', '2.bias']);
+    const opt = new as.optim.SGD(m.parameters(), { lr: 0.1 }); // refused before: "appears more than once"
+    opt.dispose();
+    const other = new as.nn.Linear(2, 2);
+    expect(thrown(() => other.loadStateDict({ ...other.stateDict(), bias: undefined } as never), 'ERR_ARG').message).toBe('loadStateDict: missing keys: bias');
+    expect(other.loadStateDict({ weight: lin.weight, bias: null } as never, { strict: false })).toEqual({ missing: ['bias'], unexpected: [] });
+    const bn = new as.nn.BatchNorm2d(2);
+    const nan = as.tensor(NaN);
+    expect(thrown(() => bn.loadStateDict({ ...bn.stateDict(), num_batches_tracked: nan }), 'ERR_ARG').message).toMatch(/'num_batches_tracked' must be a count \(an integer >= 0\), got NaN/);
+    expect(thrown(() => bn.loadStateDict({ ...bn.stateDict(), num_batches_tracked: { dtype: 'I64', shape: [], data: BigInt64Array.of(-5n) } }), 'ERR_ARG').message).toMatch(/must be a count >= 0, got -5/);
+    [lin, other, bn].forEach((x) => x.dispose());
+    nan.dispose();
+  });
+
+  test('optimizers: a non-leaf parameter, a state dict group key it does not take', () => {
+    const w = as.randn([3], { requiresGrad: true });
+    const v = F.scale(w, 2);
+    expect(thrown(() => new as.optim.SGD([v], { lr: 0.1 }), 'ERR_ARG').message).toMatch(/parameter 0 is the result of an op \('scale'\), not a leaf/);
+    const opt = new as.optim.SGD([w], { lr: 0.1 });
+    const sd = opt.stateDict();
+    expect(thrown(() => opt.loadStateDict({ ...sd, paramGroups: [{ ...sd.paramGroups[0], foo: 1 }] } as never), 'ERR_ARG').message).toMatch(/param group 0 has 'foo', which SGD does not take/);
+    opt.dispose();
+    [v, w].forEach((t) => t.dispose());
+  });
+
+  test('LrScheduler: a group with its own lr, a schedule past its end or giving NaN, oneCycle with no annealing phase', () => {
+    const a = as.randn([2], { requiresGrad: true }), b = as.randn([2], { requiresGrad: true });
+    const own = new as.optim.SGD([{ params: [a] }, { params: [b], lr: 0.5 }], { lr: 0.1 });
+    expect(thrown(() => new as.optim.LrScheduler(own, as.optim.stepLr({ baseLr: 0.1, stepSize: 1 })), 'ERR_ARG').message).toMatch(/param group 1 has its own lr \(0\.5\), which the schedule would replace: .*give the group lrScale/);
+    const scaled = new as.optim.SGD([{ params: [a] }, { params: [b], lrScale: 5 }], { lr: 0.1 });
+    const s = new as.optim.LrScheduler(scaled, as.optim.oneCycle({ maxLr: 1, totalSteps: 2 }));
+    s.step();
+    s.step();
+    const lr = s.lastLr;
+    expect(() => s.step()).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/step 3 is past totalSteps/) }));
+    expect([s.currentStep, s.lastLr]).toEqual([2, lr]); // a refused step changes nothing
+    expect(thrown(() => new as.optim.LrScheduler(scaled, { lrAt: () => NaN }), 'ERR_ARG').message).toMatch(/the schedule's lrAt\(0\) is NaN/);
+    const full = as.optim.oneCycle({ maxLr: 1, totalSteps: 4, pctStart: 1 });
+    expect([0, 1, 2, 3, 4].map((t) => full.lrAt(t)).every(Number.isFinite)).toBe(true);
+    [own, scaled].forEach((o) => o.dispose());
+    [a, b].forEach((t) => t.dispose());
+  });
+
+  test('isCapturing: false where no capture can run, an error for a misspelt device; labels of bigints are named so', () => {
+    expect(as.isCapturing('cpu')).toBe(false);
+    expect(as.isCapturing()).toBe(false);
+    if (!info.cudaUsable) expect(as.isCapturing('cuda')).toBe(false);
+    expect(thrown(() => as.isCapturing('gpu'), 'ERR_DEVICE').message).toMatch(/unknown device 'gpu'/);
+    const logits = as.zeros([2, 3]);
+    expect(thrown(() => F.crossEntropy(logits, new BigInt64Array([2n, 0n]) as never), 'ERR_ARG').message).toMatch(/got bigint 2 \(pass numbers: an Int32Array or a number array\) at index 0/);
+    logits.dispose();
+  });
+
   test('bad options of ops and modules', () => {
     const x = as.zeros([2]);
     expect(thrown(() => F.gelu(x, { approximate: 'fast' as 'tanh' }), 'ERR_ARG').message).toMatch(/approximate must be 'none' or 'tanh', got 'fast'/);

@@ -159,7 +159,7 @@ type Maker = (ps: as.Tensor[], extra?: Record<string, unknown>) => optim.Optimiz
 const makers: [string, Maker][] = [
   ['SGD nesterov', (ps, x = {}) => new optim.SGD([{ params: ps.slice(0, 2) }, { params: ps.slice(2), weightDecay: 0 }], { lr: 0.1, momentum: 0.9, nesterov: true, weightDecay: 1e-3, ...x })],
   ['SGD dampening', (ps, x = {}) => new optim.SGD(ps, { lr: 0.05, momentum: 0.8, dampening: 0.2, ...x })],
-  ['AdamW', (ps, x = {}) => new optim.AdamW([{ params: ps.slice(0, 2) }, { params: ps.slice(2), lr: 3e-3, weightDecay: 0 }], { lr: 1e-2, ...x })],
+  ['AdamW', (ps, x = {}) => new optim.AdamW([{ params: ps.slice(0, 2) }, { params: ps.slice(2), lr: 3e-3, lrScale: 0.3, weightDecay: 0 }], { lr: 1e-2, ...x })],
   ['LAMB', (ps, x = {}) => new optim.LAMB([{ params: ps.slice(0, 2) }, { params: ps.slice(2), weightDecay: 0 }], { lr: 1e-2, weightDecay: 0.02, ...x })],
   ['LAMB decoupled', (ps, x = {}) => new optim.LAMB(ps, { lr: 1e-2, weightDecay: 0.05, decoupledDecay: true, trustClip: true, maxGradNorm: null, ...x })],
 ];

@@ -8,7 +8,7 @@ import { native } from '../native';
 import { activation, ActivationName, ACTIVATIONS } from '../nn/activation';
 import { Module } from '../nn/module';
 import { manualSeed, randn, Tensor, tidy } from '../tensor';
-import { environment, findTorchPython, median, pairedRatio, runPython, scriptPath, timeIt, writeResult } from './common';
+import { environment, findTorchPython, median, pairedRatio, resultDir, runPython, scriptPath, timeIt, writeResult } from './common';
 
 export interface BenchActOptions {
   shapes?: number[][];
@@ -127,6 +127,7 @@ export function benchAct(options: BenchActOptions = {}) {
   check(Array.isArray(acts) && acts.length > 0 && acts.every((a) => ACTIVATIONS.includes(a)), 'ERR_ARG', () => `benchAct: acts must be a non-empty array of ${ACTIVATIONS.join(', ')}, got ${JSON.stringify(acts)}`);
   check(Number.isSafeInteger(repeats) && repeats >= 1, 'ERR_ARG', () => `benchAct: repeats must be an integer >= 1, got ${JSON.stringify(repeats)}`);
   check(Number.isSafeInteger(warmup) && warmup >= 0, 'ERR_ARG', () => `benchAct: warmup must be an integer >= 0, got ${JSON.stringify(warmup)}`);
+  const outDir = resultDir(options.outDir);
   manualSeed(0);
   const results: ActResult[] = [];
   const python = options.torch === false ? undefined : findTorchPython();
@@ -178,9 +179,9 @@ export function benchAct(options: BenchActOptions = {}) {
   }
   const report = { benchmark: 'act', ...environment(device), repeats, warmup, torchPython: python ?? null, ...(options.torch === false ? { torchSkipped: true } : {}), copyBandwidth: copy, results };
   let file: string | undefined;
-  if (options.outDir !== null) {
+  if (outDir !== null) {
     const stamp = report.date.replace(/[:.]/g, '-');
-    file = writeResult(options.outDir ?? 'bench/results', `act-${device.replace(':', '')}-${stamp}.json`, report);
+    file = writeResult(outDir, `act-${device.replace(':', '')}-${stamp}.json`, report);
   }
   return { ...report, file };
 }

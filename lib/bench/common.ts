@@ -40,6 +40,17 @@ export function runPython(python: string, script: string, config: unknown, timeo
   return JSON.parse(lines[lines.length - 1]);
 }
 
+/**
+ * A benchmark's result folder (default bench/results; null: write no file), made before anything
+ * is measured: a folder that cannot be made fails at once, not after the whole run.
+ */
+export function resultDir(outDir: string | null | undefined): string | null {
+  if (outDir === null) return null;
+  const dir = outDir ?? 'bench/results';
+  ensureDir(dir);
+  return dir;
+}
+
 export function writeResult(dir: string, name: string, data: unknown): string {
   ensureDir(dir);
   const file = path.join(dir, name);

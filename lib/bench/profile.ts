@@ -13,7 +13,7 @@ import { AdaShiftB, AdaShiftMA } from '../nn/activation';
 import { resolveDevice } from '../device';
 import { checkOptions } from '../errors';
 import { Tensor } from '../tensor';
-import { applyTF32, environment, median, timeIt, writeResult } from './common';
+import { applyTF32, environment, median, resultDir, timeIt, writeResult } from './common';
 import { modelSpec, StepCase } from './step';
 import type { StepOptimizerName } from './step';
 
@@ -335,6 +335,7 @@ export interface ProfileReport extends ReturnType<typeof environment> {
 /** Profiles one model + activation: time per op family per training step. */
 export function benchProfile(options: ProfileOptions = {}): ProfileReport {
   options = checkOptions('benchProfile', options, ['model', 'act', 'batch', 'inputSize', 'device', 'repeats', 'warmup', 'threads', 'opt', 'tf32', 'outDir']);
+  const outDir = resultDir(options.outDir);
   const device = resolveDevice(options.device);
   const spec = modelSpec(options.model ?? 'resnet20', { batch: options.batch, inputSize: options.inputSize });
   const act = options.act ?? 'adashift-b';
@@ -434,9 +435,9 @@ export function benchProfile(options: ProfileOptions = {}): ProfileReport {
     rows,
     functions,
   };
-  if (options.outDir !== null) {
+  if (outDir !== null) {
     const stamp = report.date.replace(/[:.]/g, '-');
-    report.file = writeResult(options.outDir ?? 'bench/results', `step-profile-${device.replace(':', '')}-${stamp}.json`, report);
+    report.file = writeResult(outDir, `step-profile-${device.replace(':', '')}-${stamp}.json`, report);
   }
   return report;
 }

@@ -16,7 +16,7 @@ import { crossEntropyWithCorrect } from '../ops/loss';
 import { makeOptimizer, paramGroups } from '../optim';
 import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
-import { applyTF32, environment, findTorchPython, median, pairedRatio, scriptPath, timeIt, writeResult } from './common';
+import { applyTF32, environment, findTorchPython, median, pairedRatio, resultDir, scriptPath, timeIt, writeResult } from './common';
 import { cpuLabel } from '../provenance';
 
 /** A benchmark model: a ResNet with its input and batch. */
@@ -572,6 +572,7 @@ export interface StepReport extends ReturnType<typeof environment> {
 
 export async function benchStep(options: BenchStepOptions = {}): Promise<StepReport> {
   options = checkOptions('benchStep', options, ['models', 'acts', 'batch', 'inputSize', 'device', 'threads', 'repeats', 'warmup', 'torch', 'graph', 'python', 'opt', 'tf32', 'sections', 'batchSizes', 'outDir', 'onResult']);
+  const outDir = resultDir(options.outDir);
   const device = resolveDevice(options.device);
   const cuda = device.startsWith('cuda');
   const graph = options.graph ?? false;
@@ -683,9 +684,9 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
     ...(torchError ? { torchError } : {}),
     sections: out,
   };
-  if (options.outDir !== null) {
+  if (outDir !== null) {
     const stamp = report.date.replace(/[:.]/g, '-');
-    report.file = writeResult(options.outDir ?? 'bench/results', `step-${device.replace(':', '')}-${stamp}.json`, report);
+    report.file = writeResult(outDir, `step-${device.replace(':', '')}-${stamp}.json`, report);
   }
   return report;
 }

@@ -1,6 +1,6 @@
 // Activation modules: the baselines (ReLU, GELU, SiLU) and AdaShift-B / AdaShift-MA, with the
 // parameter names and initialisation of the reference implementation (see ADASHIFT.md).
-import { AdaShiftError, check, checkOptions } from '../errors';
+import { AdaShiftError, check, checkBooleans, checkOptions } from '../errors';
 import { DeviceSpec } from '../device';
 import { adashiftB, AdaShiftBParams, adashiftMA, AdaShiftMAParams } from '../ops/adashift';
 import { gelu, relu, silu } from '../ops/activation';
@@ -44,6 +44,7 @@ export class LayerNorm extends Module {
     super();
     options = checkOptions('LayerNorm', options, ['device', 'weightInit']);
     checkChannels(features, 'LayerNorm');
+    check(typeof eps === 'number' && eps > 0 && Number.isFinite(eps), 'ERR_ARG', () => `LayerNorm: eps (the second argument) must be a finite number > 0, got ${JSON.stringify(eps) ?? typeof eps}${eps !== null && typeof eps === 'object' ? ' (options go third: new LayerNorm(features, eps, options))' : ''}`);
     const device = options.device;
     this.weight = this.registerParameter('weight', full([features], options.weightInit ?? 1, { device }))!;
     this.bias = this.registerParameter('bias', full([features], 0, { device }))!;
@@ -60,6 +61,7 @@ export class Linear extends Module {
   constructor(readonly inFeatures: number, readonly outFeatures: number, options: ModuleOptions & { bias?: boolean; weightStd?: number } = {}) {
     super();
     options = checkOptions('Linear', options, ['device', 'bias', 'weightStd']);
+    checkBooleans('Linear', options, ['bias']);
     checkChannels(inFeatures, 'Linear');
     checkChannels(outFeatures, 'Linear');
     const bound = 1 / Math.sqrt(inFeatures);
@@ -94,6 +96,7 @@ export class AdaShiftB extends Module {
   constructor(readonly channels: number, options: AdaShiftBOptions = {}) {
     super();
     options = checkOptions('AdaShiftB', options, ['device', 'proj']);
+    checkBooleans('AdaShiftB', options, ['proj']);
     checkChannels(channels, 'AdaShiftB');
     const device = options.device;
     this.proj = options.proj ? this.registerModule('proj', new Linear(channels, channels, { device })) : null;

@@ -1,5 +1,5 @@
 // Convolution and batch normalisation modules (torchvision's names and initialisation).
-import { check, checkOptions } from '../errors';
+import { check, checkBooleans, checkOptions } from '../errors';
 import { conv2d } from '../ops/conv';
 import { batchNorm2d } from '../ops/norm';
 import { full, randn, Tensor, zeros } from '../tensor';
@@ -21,6 +21,7 @@ export class Conv2d extends Module {
   constructor(readonly inChannels: number, readonly outChannels: number, readonly kernelSize: number, options: Conv2dOptions = {}) {
     super();
     options = checkOptions('Conv2d', options, ['device', 'stride', 'padding', 'bias']);
+    checkBooleans('Conv2d', options, ['bias']);
     for (const [n, v] of [['inChannels', inChannels], ['outChannels', outChannels], ['kernelSize', kernelSize]] as const) {
       check(Number.isInteger(v) && v >= 1, 'ERR_ARG', () => `Conv2d: ${n} must be a positive integer, got ${v}`);
     }
@@ -55,10 +56,12 @@ export class BatchNorm2d extends Module {
     super();
     options = checkOptions('BatchNorm2d', options, ['device', 'eps', 'momentum']);
     check(Number.isInteger(channels) && channels >= 1, 'ERR_ARG', () => `BatchNorm2d: channels must be a positive integer, got ${channels}`);
+    // null is refused rather than read as the default: PyTorch's momentum=None means a cumulative average, which this module does not compute
+    check(options.momentum !== null && options.eps !== null, 'ERR_ARG', () => `BatchNorm2d: ${options.momentum === null ? "momentum null (PyTorch's cumulative moving average) is not supported; give a number in [0, 1]" : 'eps must be a number > 0, got null'}`);
     this.eps = options.eps ?? 1e-5;
     this.momentum = options.momentum ?? 0.1;
-    check(this.eps > 0, 'ERR_ARG', () => `BatchNorm2d: eps must be positive, got ${this.eps}`);
-    check(this.momentum >= 0 && this.momentum <= 1, 'ERR_ARG', () => `BatchNorm2d: momentum must be in [0, 1], got ${this.momentum}`);
+    check(typeof this.eps === 'number' && this.eps > 0, 'ERR_ARG', () => `BatchNorm2d: eps must be a number > 0, got ${JSON.stringify(this.eps)}`);
+    check(typeof this.momentum === 'number' && this.momentum >= 0 && this.momentum <= 1, 'ERR_ARG', () => `BatchNorm2d: momentum must be a number in [0, 1], got ${JSON.stringify(this.momentum)}`);
     const dev = { device: options.device };
     this.weight = this.registerParameter('weight', full([channels], 1, dev))!;
     this.bias = this.registerParameter('bias', zeros([channels], dev))!;

@@ -52,10 +52,21 @@ export class Module {
     for (const [n, m] of this._modules) yield* m.namedModules(prefix ? `${prefix}.${n}` : n);
   }
 
-  namedParameters(): [string, Tensor][] {
+  /**
+   * Parameters with their names. A parameter shared by several modules (tied weights) comes once,
+   * under its first name, as in PyTorch; `{removeDuplicate: false}` lists it under every name
+   * (what stateDict() does).
+   */
+  namedParameters(options: { removeDuplicate?: boolean } = {}): [string, Tensor][] {
+    const removeDuplicate = checkOptions('namedParameters', options, ['removeDuplicate']).removeDuplicate ?? true;
     const out: [string, Tensor][] = [];
+    const seen = new Set<Tensor>();
     for (const [prefix, m] of this.namedModules()) {
-      for (const [n, p] of m._params) if (p) out.push([prefix ? `${prefix}.${n}` : n, p]);
+      for (const [n, p] of m._params) {
+        if (!p || (removeDuplicate && seen.has(p))) continue;
+        seen.add(p);
+        out.push([prefix ? `${prefix}.${n}` : n, p]);
+      }
     }
     return out;
   }
@@ -84,7 +95,7 @@ export class Module {
    */
   stateDict(): Record<string, Tensor | IntTensor> {
     const out: Record<string, Tensor | IntTensor> = {};
-    for (const [n, p] of this.namedParameters()) out[n] = p;
+    for (const [n, p] of this.namedParameters({ removeDuplicate: false })) out[n] = p;
     for (const [n, b] of this.namedBuffers()) out[n] = b;
     for (const [n, b] of this.namedIntBuffers()) out[n] = { dtype: 'I64', shape: [], data: BigInt64Array.of(b.value) };
     return out;
@@ -99,7 +110,8 @@ export class Module {
     const strict = checkOptions('loadStateDict', options, ['strict']).strict ?? true;
     const own = this.stateDict();
     const ints = new Map(this.namedIntBuffers());
-    const missing = Object.keys(own).filter((k) => !(k in dict));
+    // a key whose value is undefined or null (a failed lookup while building the dict) is missing
+    const missing = Object.keys(own).filter((k) => dict[k] === undefined || dict[k] === null);
     const unexpected = Object.keys(dict).filter((k) => !(k in own));
     if (strict && (missing.length || unexpected.length)) {
       throw new AdaShiftError(
@@ -117,10 +129,13 @@ export class Module {
         if (isIntTensor(src)) {
           check(src.data.length === 1, 'ERR_SHAPE', () => `loadStateDict: '${k}' must hold one integer`);
           const v = BigInt(src.data[0]);
+          check(v >= 0n, 'ERR_ARG', () => `loadStateDict: '${k}' must be a count >= 0, got ${v}`);
           loads.push(() => (intBuf.value = v));
         } else {
           check(src instanceof Tensor && src.numel === 1, 'ERR_ARG', () => `loadStateDict: '${k}' must be an integer scalar`);
-          const v = BigInt(Math.round(src.item()));
+          const x = src.item();
+          check(Number.isSafeInteger(x) && x >= 0, 'ERR_ARG', () => `loadStateDict: '${k}' must be a count (an integer >= 0), got ${x}`);
+          const v = BigInt(x);
           loads.push(() => (intBuf.value = v));
         }
         continue;
@@ -185,6 +200,7 @@ export class Sequential extends Module {
   readonly layers: Module[];
   constructor(...layers: Module[]) {
     super();
+    layers.forEach((m, i) => check(m instanceof Module, 'ERR_ARG', () => `Sequential: layer ${i} must be a Module (with forward), got ${m === null ? 'null' : typeof m}`));
     this.layers = layers;
     layers.forEach((m, i) => this.registerModule(String(i), m));
   }

@@ -2,7 +2,7 @@
 // projection shortcuts) and torchvision's (resnet18 ... resnet101), with any activation of the
 // registry in the stem and in every block (AdaShift's placement: ADASHIFT.md). Names follow
 // torchvision/timm, so PyTorch state dicts load unchanged.
-import { AdaShiftError, check, checkOptions } from '../errors';
+import { AdaShiftError, check, checkBooleans, checkOptions } from '../errors';
 import { batchNormAct, batchNormAdaShiftMA, FusableAct } from '../ops/norm';
 import { add } from '../ops/elementwise';
 import { flatten } from '../ops/elementwise';
@@ -184,6 +184,7 @@ export class ResNet extends Module {
   constructor(name: ResNetName, options: ResNetOptions = {}) {
     super();
     options = checkOptions('resnet', options, ['device', 'act', 'actOptions', 'numClasses', 'inChannels', 'smallInput', 'zeroInitResidual', 'fused']);
+    checkBooleans('resnet', options, ['smallInput', 'zeroInitResidual', 'fused']);
     const act = options.act ?? 'relu';
     const numClasses = options.numClasses ?? (name in CIFAR_DEPTH ? 10 : 1000);
     const inChannels = options.inChannels ?? 3;

@@ -47,6 +47,7 @@ export const div = (a: Tensor, b: Tensor): Tensor => binaryOp('div', a, b);
 /** alpha * x */
 export function scale(x: Tensor, alpha: number): Tensor {
   assertTensor(x, 'scale', 'x');
+  check(typeof alpha === 'number' && Number.isFinite(alpha), 'ERR_ARG', () => `scale: the factor must be a finite number, got ${JSON.stringify(alpha) ?? typeof alpha}`);
   const out = wrap(native.axpby(alpha, x.handle, 0, null));
   if (!needsGrad(x)) return out;
   return record(out, 'scale', [x], (g) => [wrap(native.axpby(alpha, g.handle, 0, null))]);
@@ -131,8 +132,11 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
 export function flatten(x: Tensor, startDim = 1): Tensor {
   assertTensor(x, 'flatten', 'x');
   const s = x.shape;
-  check(Number.isInteger(startDim) && startDim >= 0 && startDim < Math.max(s.length, 1), 'ERR_ARG', () => `flatten: startDim ${startDim} out of range for ${shapeStr(s)}`);
-  return reshape(x, [...s.slice(0, startDim), s.slice(startDim).reduce((a, b) => a * b, 1)]);
+  // negative: counted from the end, as in PyTorch (-1: the last axis)
+  const rank = Math.max(s.length, 1);
+  check(Number.isInteger(startDim) && startDim >= -rank && startDim < rank, 'ERR_ARG', () => `flatten: startDim ${startDim} out of range for ${shapeStr(s)} (expected an integer in [${-rank}, ${rank - 1}])`);
+  const d = startDim < 0 ? startDim + rank : startDim;
+  return reshape(x, [...s.slice(0, d), s.slice(d).reduce((a, b) => a * b, 1)]);
 }
 
 /** Reorders the axes: out.shape[i] = x.shape[axes[i]]. */

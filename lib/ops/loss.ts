@@ -2,7 +2,7 @@
 // direction), and the count of correct predictions that comes with it.
 import { needsGrad, noGrad, record } from '../autograd';
 import { AdaShiftError, check, checkOptions } from '../errors';
-import { isCapturing } from '../graph';
+import { capturingOn } from '../graph';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
@@ -28,7 +28,8 @@ export function checkLabelValues(fn: string, values: ArrayLike<number>, N: numbe
   for (let i = 0; i < N; i++) {
     const v = values[i];
     if (!(typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < K)) {
-      throw new AdaShiftError('ERR_ARG', `${fn}: labels must be integers in [0, ${K}) (class indices), got ${String(v)} at index ${i}`);
+      const got = typeof v === 'number' ? String(v) : `${typeof v} ${String(v)}${typeof v === 'bigint' ? ' (pass numbers: an Int32Array or a number array)' : ''}`;
+      throw new AdaShiftError('ERR_ARG', `${fn}: labels must be integers in [0, ${K}) (class indices), got ${got} at index ${i}`);
     }
   }
 }
@@ -41,7 +42,7 @@ function labelTensor(fn: string, labels: Labels, N: number, K: number, device: s
   let values: ArrayLike<number>;
   if (labels instanceof Tensor) {
     check(labels.shape.length === 1, 'ERR_ARG', () => `${fn}: a labels tensor must have shape [${N}], got ${shapeStr(labels.shape)}`);
-    if (labels.device === device && isCapturing(device)) {
+    if (labels.device === device && capturingOn(device)) {
       // Inside a CUDA graph capture nothing can be read back: the kernels check the labels
       // instead (a row whose label is not a class index gets a NaN loss).
       check(labels.shape[0] === N, 'ERR_ARG', () => `${fn}: expected ${N} labels (one per row of the logits), got ${labels.shape[0]}`);

@@ -5,7 +5,7 @@
 // no per-element math happens in JS.
 import { check, checkOptions } from '../errors';
 import { noGrad } from '../autograd';
-import { isCapturing } from '../graph';
+import { capturingOn } from '../graph';
 import { native } from '../native';
 import { keep, Tensor } from '../tensor';
 
@@ -108,6 +108,9 @@ export function checkBool(v: unknown, what: string): boolean {
   return v as boolean;
 }
 
+/** @internal Groups whose spec gave their own lr and no lrScale (LrScheduler refuses to overwrite it silently). */
+export const GROUPS_WITH_OWN_LR = new WeakSet<object>();
+
 export abstract class Optimizer<H extends BaseHyper> {
   readonly paramGroups: ParamGroup<H>[] = [];
   /** Per-parameter state (created on the parameter's first update). */
@@ -153,6 +156,8 @@ export abstract class Optimizer<H extends BaseHyper> {
         const p = Array.isArray(entry) ? entry[1] : undefined;
         check(Array.isArray(entry) && typeof entry[0] === 'string' && p instanceof Tensor, 'ERR_ARG', () => `${where}: parameter ${i} must be a Tensor (or a [name, Tensor] pair)`);
         check(!p!.isDisposed, 'ERR_DISPOSED', () => `${where}: parameter ${i}${entry[0] ? ` ('${entry[0]}')` : ''} was disposed`);
+        // PyTorch's "can't optimize a non-leaf Tensor": the step would write into an op's result, not into what produced it
+        check(p!.gradFn === null, 'ERR_ARG', () => `${where}: parameter ${i}${entry[0] ? ` ('${entry[0]}')` : ''} is the result of an op ('${p!.gradFn!.name}'), not a leaf: optimize the tensors it was computed from (module parameters, or tensors made with requiresGrad)`);
         check(!seen.has(p!), 'ERR_ARG', () => `${where}: parameter ${i}${entry[0] ? ` ('${entry[0]}')` : ''} appears more than once (in this or an earlier group)`);
         seen.add(p!);
       });
@@ -170,7 +175,10 @@ export abstract class Optimizer<H extends BaseHyper> {
         : [[named, {}]];
       for (const [list, extra] of halves) {
         if (options.noDecay && list.length === 0) continue;
-        this.paramGroups.push({ ...hyper, ...extra, params: list.map(([, p]) => p), names: list.map(([n]) => n) } as ParamGroup<H>);
+        const group = { ...hyper, ...extra, params: list.map(([, p]) => p), names: list.map(([n]) => n) } as ParamGroup<H>;
+        // an lr without an lrScale: the group means its own rate, which a scheduler would replace
+        if ('lr' in overrides && !('lrScale' in overrides)) GROUPS_WITH_OWN_LR.add(group);
+        this.paramGroups.push(group);
         this.groupSteps.push(0);
       }
     });
@@ -241,7 +249,7 @@ export abstract class Optimizer<H extends BaseHyper> {
   /** A capturable group's lr cannot be set while its device is being captured. */
   private checkLrSettable(gi: number): void {
     const sched = this.schedules[gi];
-    check(!sched || sched.isDisposed || !isCapturing(sched.device), 'ERR_CUDA_GRAPH', () => `${this.name}: the learning rate cannot be set during a CUDA graph capture (a replay would set it again to this value); set it between replays, where it is written to the device and read by the next replay`);
+    check(!sched || sched.isDisposed || !capturingOn(sched.device), 'ERR_CUDA_GRAPH', () => `${this.name}: the learning rate cannot be set during a CUDA graph capture (a replay would set it again to this value); set it between replays, where it is written to the device and read by the next replay`);
   }
 
   /** One update of every parameter that has a gradient (fused native kernels, no graph). */
@@ -366,7 +374,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     const devices = new Set<string>();
     for (const g of this.paramGroups) for (const p of g.params) if (p.grad) devices.add(p.device);
     for (const d of devices) {
-      if (!isCapturing(d)) continue;
+      if (!capturingOn(d)) continue;
       const why = this.captureProblem();
       check(why === null, 'ERR_CUDA_GRAPH', () => `${this.name}.step() cannot be captured into a CUDA graph: ${why}${this.capturable ? '' : '. Or capture the forward and backward only and call step() after replay()'}`);
     }
@@ -465,7 +473,10 @@ export abstract class Optimizer<H extends BaseHyper> {
         byIndex[id] = g.params[k];
       });
       const { params: _p, step, ...hyper } = sg as Record<string, unknown>;
-      const merged: Record<string, unknown> = { ...this.groupHyper(g), ...hyper };
+      // a key this optimizer does not have (another optimizer's state, a typo) is refused, not merged into the group
+      const own = this.groupHyper(g);
+      for (const k of Object.keys(hyper)) check(k in own, 'ERR_ARG', () => `${n}.loadStateDict: param group ${gi} has '${k}', which ${n} does not take (its group settings: ${Object.keys(own).join(', ')})`);
+      const merged: Record<string, unknown> = { ...own, ...hyper };
       if (Array.isArray(merged.betas)) merged.betas = [...(merged.betas as number[])];
       const h = merged as unknown as H & { lrScale: number };
       this.validate(h, `${n}.loadStateDict: param group ${gi}`);

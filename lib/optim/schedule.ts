@@ -1,7 +1,7 @@
 // Learning-rate schedules (pure functions of the step) and LrScheduler, which applies one to an
 // optimizer's groups step by step, like torch.optim.lr_scheduler.
 import { check, checkOptions } from '../errors';
-import { checkNumber, Optimizer, BaseHyper } from './optimizer';
+import { checkNumber, GROUPS_WITH_OWN_LR, Optimizer, BaseHyper } from './optimizer';
 
 /** A learning rate for every step (0-based: lrAt(0) is the rate of the first update). */
 export interface LrSchedule {
@@ -123,7 +123,8 @@ export function oneCycle(options: OneCycleOptions): LrSchedule {
       let start = 0;
       for (let i = 0; i < phases.length; i++) {
         const [end, a, b] = phases[i];
-        if (step <= end || i === phases.length - 1) return annealFn(a, b, (step - start) / (end - start));
+        // a phase of no steps (pctStart 1: nothing left to anneal) is at its end value
+        if (step <= end || i === phases.length - 1) return annealFn(a, b, end > start ? (step - start) / (end - start) : 1);
         start = end;
       }
       return minLr; // not reached
@@ -143,6 +144,11 @@ export class LrScheduler {
     check(optimizer instanceof Optimizer, 'ERR_ARG', () => 'LrScheduler: optimizer must be an optim optimizer');
     check(schedule !== null && typeof schedule === 'object' && typeof schedule.lrAt === 'function', 'ERR_ARG', () => 'LrScheduler: schedule must have lrAt(step)');
     this.t = checkStep(checkOptions('LrScheduler', options, ['step']).step ?? 0, 'LrScheduler');
+    // A group's own lr would be replaced by the schedule's (PyTorch's schedulers scale each
+    // group's own lr instead): say how to get that here rather than drop it without a word.
+    optimizer.paramGroups.forEach((g, i) => {
+      check(!GROUPS_WITH_OWN_LR.has(g), 'ERR_ARG', () => `LrScheduler: param group ${i} has its own lr (${g.lr}), which the schedule would replace: every group's lr is schedule.lrAt(step) x its lrScale; give the group lrScale (e.g. ${g.lr} / the schedule's base lr) instead of lr, or with it`);
+    });
     this.apply();
   }
 
@@ -157,13 +163,15 @@ export class LrScheduler {
   }
 
   step(): void {
-    this.t++;
-    this.apply();
+    this.apply(this.t + 1);
   }
 
-  private apply(): void {
-    const lr = this.schedule.lrAt(this.t);
+  /** Sets every group's lr for step t, then makes t current (a refused step changes nothing). */
+  private apply(t = this.t): void {
+    const lr = this.schedule.lrAt(t);
+    check(typeof lr === 'number' && Number.isFinite(lr) && lr >= 0, 'ERR_ARG', () => `LrScheduler: the schedule's lrAt(${t}) is ${String(lr)}; a learning rate is a finite number >= 0`);
     for (const g of this.optimizer.paramGroups) g.lr = lr * g.lrScale;
+    this.t = t;
   }
 
   stateDict(): { step: number } {
@@ -172,7 +180,6 @@ export class LrScheduler {
 
   loadStateDict(sd: { step: number }): void {
     check(sd !== null && typeof sd === 'object', 'ERR_ARG', () => 'LrScheduler.loadStateDict: expected {step}');
-    this.t = checkStep(sd.step, 'LrScheduler.loadStateDict');
-    this.apply();
+    this.apply(checkStep(sd.step, 'LrScheduler.loadStateDict'));
   }
 }
