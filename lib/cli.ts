@@ -171,16 +171,18 @@ export function progressCallbacks(label = '', stream: NodeJS.WriteStream = proce
       if (started === 0) started = Date.now();
       done++;
       const remaining = b.batches - b.batch - 1 + (epochs - b.epoch - 1) * b.batches;
-      const eta = (((Date.now() - started) / 1000) / done) * remaining;
+      // unknown until one batch has been timed after the first (the first starts the clock)
+      const eta = done < 2 ? NaN : (((Date.now() - started) / 1000) / (done - 1)) * remaining;
       if (tty) {
         if (!bar) {
           bar = new cliProgress.SingleBar(
-            { format: `${prefix}epoch {epoch}/{epochs} [{bar}] {value}/{total} | loss {loss} | acc {acc}% | {ips} img/s | ETA {eta}`, hideCursor: true, clearOnComplete: true, stream },
+            // runEta: cli-progress fills its own {eta} (this epoch's, in bare seconds) over a payload's
+            { format: `${prefix}epoch {epoch}/{epochs} [{bar}] {value}/{total} | loss {loss} | acc {acc}% | {ips} img/s | ETA {runEta}`, hideCursor: true, clearOnComplete: true, stream },
             cliProgress.Presets.shades_classic,
           );
-          bar.start(b.batches, b.batch, { epoch: b.epoch + 1, epochs, loss: '-', acc: '-', ips: '-', eta: '?' });
+          bar.start(b.batches, b.batch, { epoch: b.epoch + 1, epochs, loss: '-', acc: '-', ips: '-', runEta: '?' });
         }
-        bar.update(b.batch + 1, { loss: b.loss.toFixed(4), acc: (100 * b.acc).toFixed(2), ips: b.imagesPerSec.toFixed(0), eta: fmtEta(eta) });
+        bar.update(b.batch + 1, { loss: b.loss.toFixed(4), acc: (100 * b.acc).toFixed(2), ips: b.imagesPerSec.toFixed(0), runEta: fmtEta(eta) });
       } else {
         const now = Date.now();
         if (now - lastLine > 10000 || b.batch + 1 === b.batches) {

@@ -582,6 +582,31 @@ function expectSameBatches(a: data.Batch[], b: data.Batch[]): void {
 }
 
 describe('DataLoader', () => {
+  test("boolean options must be booleans ('false' would shuffle, drop, prefetch, flip)", () => {
+    const ds = { name: 'd', split: 'train', images: new Uint8Array(4 * 4), labels: new Uint8Array(4), count: 4, channels: 1, height: 2, width: 2, numClasses: 10, mean: [0.5], std: [0.5] } as data.Dataset;
+    for (const [o, message] of [
+      [{ shuffle: 'false' }, 'DataLoader: shuffle must be a boolean, got "false"'],
+      [{ dropLast: 'false' }, 'DataLoader: dropLast must be a boolean, got "false"'],
+      [{ prefetch: 'false' }, 'DataLoader: prefetch must be a boolean, got "false"'],
+      [{ augment: { horizontalFlip: 1 } }, 'augment: horizontalFlip must be a boolean, got 1'],
+    ] as const) {
+      expect(() => new data.DataLoader(ds, { batchSize: 2, ...(o as object) })).toThrow(expect.objectContaining({ code: 'ERR_ARG', message }));
+    }
+  });
+
+  test('loadDataset refuses options of another dataset and empty folder names', () => {
+    for (const [args, message] of [
+      [['fashion-mnist', 'test', { labels: 'coarse' }], /^loadDataset: labels "coarse": only cifar100 has label sets/],
+      [['cifar100', 'test', { labels: 'bogus', dataDir: '/nowhere' }], /^loadDataset: labels "bogus": expected 'fine' or 'coarse'/],
+      [['mnist', 'test', { records: 'any' }], /^loadDataset: records applies to the CIFAR datasets' batch files, not to mnist/],
+      [['mnist', 'test', { dataDir: '' }], /^loadDataset: dataDir must be a folder name, got ""/],
+      [['mnist', 'test', { limit: '5' }], /^loadDataset: limit must be a positive integer, got "5"/],
+      [['mnist', 'test', null], /^mnist: no data directory/], // null options are the defaults (was a TypeError)
+    ] as const) {
+      expect(() => data.loadDataset(...(args as unknown as Parameters<typeof data.loadDataset>))).toThrow(expect.objectContaining({ message: expect.stringMatching(message) }));
+    }
+  });
+
   const ds = syntheticDataset(103);
   const per = 3 * 6 * 5;
 

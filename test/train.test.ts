@@ -213,6 +213,30 @@ describe('train', () => {
     expect(r.history[1].lr).toBeGreaterThan(0);
   });
 
+  test('the test split is evaluated at the training batch size: evaluation does not raise the peak the training step set', async () => {
+    const { memory } = require('../lib/tensor') as typeof import('../lib/tensor');
+    // 60 test images: evaluated at the default 256 they would be one forward of 60, above a step of 8
+    const peaks: [number, number][] = [];
+    await train({ ...base, batch: 8, epochs: 1, limitTrain: 32, out: null }, { onEpoch: (m) => void peaks.push([memory().devices.find((d) => d.device === 'cpu')!.peakBytes, m.peakBytes]) });
+    expect(peaks).toHaveLength(1);
+    expect(peaks[0][0]).toBe(peaks[0][1]);
+  });
+
+  test("threads apply to the run; the process's setting comes back after it", async () => {
+    const { getNumThreads, setNumThreads } = require('../lib/device') as typeof import('../lib/device');
+    const before = getNumThreads();
+    try {
+      setNumThreads(2);
+      const set = getNumThreads(); // 2, or the pool's size where it is 1
+      const seen: number[] = [];
+      await train({ ...base, epochs: 1, limitTrain: 32, limitTest: 16, threads: 1, out: null }, { onBatch: () => void seen.push(getNumThreads()) });
+      expect(seen.every((n) => n === 1)).toBe(true);
+      expect(getNumThreads()).toBe(set);
+    } finally {
+      setNumThreads(before);
+    }
+  });
+
   test('a folder that holds a run is not started over unless told to (resume or overwrite)', async () => {
     const out = path.join(tmp, 'overwrite');
     const o = { ...base, epochs: 1, limitTrain: 32, limitTest: 16, out };
@@ -400,7 +424,11 @@ describe('compare', () => {
     expect(strip(r.rows[1].histories[0])).toEqual(strip(alone.history));
     expect(strip(r.rows[0].histories[0])).not.toEqual(strip(alone.history));
     const report = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
-    expect(report).toMatch(/\| adashift-ma:grid=2 \| \d+\.\d\d% ± /);
+    // one seed: no spread to show (a standard deviation of one value is undefined, not 0)
+    expect(report).toMatch(/\| activation \| test accuracy \(one seed\) \|/);
+    expect(report).toMatch(/\| adashift-ma:grid=2 \| \d+\.\d\d% \| /);
+    expect(r.rows.map((x) => x.stdTestAcc)).toEqual([null, null, null]);
+    expect(report).toMatch(/first 64 training images, accuracy on the first 30 test images, no augmentation/);
     expect(report).toMatch(/activation options grid 3, headDim 4/);
     expect(report).not.toMatch(/time vs ReLU/);
     expect(fs.readFileSync(path.join(out, 'test-accuracy.svg'), 'utf8')).toContain('adashift-ma:grid=2');
@@ -545,6 +573,37 @@ describe('CLI', () => {
       expect(r.stderr).toMatch(/device 'cuda' was requested but CUDA is not usable.*\(ERR_NO_CUDA\)/);
       const cpu = spawnSync(process.execPath, [cli, ...args, '--device', 'cpu', ...(args[0] === 'train' ? ['--overwrite'] : [])], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ADASHIFT_DEVICE: 'cuda' } });
       expect(cpu.status).toBe(0);
+    }
+  });
+
+  test("progress: the run's ETA in minutes and seconds on a terminal (not the bar's own), '?' before a batch is timed", async () => {
+    const { progressCallbacks } = require('../lib/cli') as typeof import('../lib/cli');
+    const { Writable } = require('stream') as typeof import('stream');
+    const text = (tty: boolean) => {
+      let out = '';
+      const stream = Object.assign(new Writable({ write: (c, _e, cb) => ((out += String(c)), cb()) }), { isTTY: tty, columns: 200 }) as unknown as NodeJS.WriteStream;
+      return { stream, read: () => out };
+    };
+    const env = process.env.CI;
+    delete process.env.CI;
+    try {
+      for (const tty of [true, false]) {
+        const t = text(tty);
+        const p = progressCallbacks('', t.stream);
+        p.onStart!({ config: { epochs: 2, model: 'resnet20', act: 'relu', dataset: 'x' } as never, params: 1, trainCount: 8, testCount: 8, batchesPerEpoch: 50, startEpoch: 0, startBatch: 0, device: 'cpu' });
+        for (let i = 0; i < 50; i++) {
+          p.onBatch!({ epoch: 0, batch: i, batches: 50, loss: 1, acc: 0.5, imagesPerSec: 100, lr: 0.1 });
+          if (i === 0 || i === 49) await new Promise((r) => setTimeout(r, 30));
+        }
+        p.stop();
+        // the terminal's cursor and erase codes set apart
+        const etas = [...t.read().replace(/\x1b\[[0-9;]*[A-Za-z]/g, ' ').matchAll(/ETA (\S+)/g)].map((m) => m[1]);
+        expect(etas[0]).toBe('?');
+        expect(etas.length).toBeGreaterThan(1);
+        expect(etas.slice(1).every((e) => /^\d+m\d\ds$/.test(e))).toBe(true);
+      }
+    } finally {
+      if (env !== undefined) process.env.CI = env;
     }
   });
 

@@ -196,9 +196,20 @@ export function loadDataset(name: DatasetName | string, split: 'train' | 'test',
   if (split !== 'train' && split !== 'test') {
     throw new AdaShiftError('ERR_ARG', `loadDataset: split must be 'train' or 'test', got ${JSON.stringify(split)}`);
   }
-  const { limit } = checkOptions('loadDataset', options, ['dataDir', 'limit', 'labels', 'records']);
+  options = checkOptions('loadDataset', options, ['dataDir', 'limit', 'labels', 'records']);
+  const { limit } = options;
   if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) {
-    throw new AdaShiftError('ERR_ARG', `loadDataset: limit must be a positive integer, got ${String(limit)}`);
+    throw new AdaShiftError('ERR_ARG', `loadDataset: limit must be a positive integer, got ${JSON.stringify(limit) ?? String(limit)}`);
+  }
+  // options of another dataset are refused, not ignored (labels: CIFAR-100's; records: CIFAR's)
+  if (options.labels !== undefined && (n !== 'cifar100' || (options.labels !== 'fine' && options.labels !== 'coarse'))) {
+    throw new AdaShiftError('ERR_ARG', `loadDataset: labels ${JSON.stringify(options.labels)}: ${n === 'cifar100' ? "expected 'fine' or 'coarse'" : `only cifar100 has label sets ('fine', 'coarse'); ${n} has one`}`);
+  }
+  if (options.records !== undefined && n !== 'cifar10' && n !== 'cifar100') {
+    throw new AdaShiftError('ERR_ARG', `loadDataset: records applies to the CIFAR datasets' batch files, not to ${n}`);
+  }
+  if (options.dataDir !== undefined && (typeof options.dataDir !== 'string' || options.dataDir === '')) {
+    throw new AdaShiftError('ERR_ARG', `loadDataset: dataDir must be a folder name, got ${JSON.stringify(options.dataDir)}`);
   }
   const dir = options.dataDir ?? DEFAULT_DATA_DIRS[n];
   if (dir === undefined) {

@@ -13,7 +13,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import { AdaShiftError, checkOptions } from '../errors';
+import { AdaShiftError, checkBooleans, checkOptions } from '../errors';
 import type { Dataset } from './datasets';
 import {
   AugmentOptions, augmentedSize, augmentWithTable, normalizationTable, normalizeWithTable, validateAugment,
@@ -245,6 +245,8 @@ export class DataLoader {
 
   constructor(private readonly dataset: Dataset, options: LoaderOptions) {
     const o = checkOptions('DataLoader', options, ['batchSize', 'shuffle', 'seed', 'augment', 'dropLast', 'prefetch']) as LoaderOptions;
+    // 'false' is truthy: it would shuffle, drop, prefetch
+    checkBooleans('DataLoader', o, ['shuffle', 'dropLast', 'prefetch']);
     const bs = o.batchSize;
     if (!(Number.isInteger(bs) && bs > 0)) throw new AdaShiftError('ERR_ARG', `DataLoader: batchSize must be a positive integer, got ${String(bs)}`);
     const seed = o.seed ?? 0;

@@ -3,7 +3,7 @@
 // augmentation (random crop with zero padding, then horizontal flip with p = 0.5, then
 // normalisation). Padding happens in [0, 255] space before normalisation: a padded pixel is 0,
 // exactly as torchvision's RandomCrop(size, padding) applied to the raw image.
-import { AdaShiftError, checkOptions } from '../errors';
+import { AdaShiftError, checkBooleans, checkOptions } from '../errors';
 
 export interface AugmentOptions {
   /** Pad each side with `padding` zero pixels, then crop a random `size` x `size` window (default size: the image's own). */
@@ -43,6 +43,7 @@ export function augmentedSize(h: number, w: number, options: AugmentOptions): [n
 export function validateAugment(h: number, w: number, options: AugmentOptions): void {
   // A misspelt option would otherwise be ignored without a word (no augmentation at all).
   checkOptions('augment', options, ['randomCrop', 'horizontalFlip']);
+  checkBooleans('augment', options, ['horizontalFlip']);
   const rc = options.randomCrop;
   if (!rc) return;
   checkOptions('augment.randomCrop', rc, ['size', 'padding']);

@@ -47,7 +47,8 @@ export interface CompareRow {
   seeds: number[];
   finalTestAcc: number[];
   meanTestAcc: number;
-  stdTestAcc: number;
+  /** The sample standard deviation over the seeds; null with one seed (undefined there, not 0). */
+  stdTestAcc: number | null;
   /** Median over every epoch of every seed. */
   secondsPerEpoch: number;
   /** Median over every epoch of every seed. */
@@ -282,7 +283,7 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
       seeds: histories.map((_, i) => seed0 + i),
       finalTestAcc: finals,
       meanTestAcc: mean(finals),
-      stdTestAcc: std(finals),
+      stdTestAcc: finals.length > 1 ? std(finals) : null,
       // Medians over every epoch of every seed: a few epochs slowed by another process on a
       // shared machine move a mean, not a median.
       secondsPerEpoch: median(epochs.map((e) => e.seconds)),
@@ -302,18 +303,26 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
 
 export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}, provenance?: Provenance, resumed: Provenance[] = []): string {
   const relu = rows.find((r) => r.label === 'relu');
+  const seeds = rows[0]?.finalTestAcc.length ?? 0;
   const lines = [
-    `| activation | test accuracy (mean ± std over ${rows[0]?.finalTestAcc.length ?? 0} seed${rows[0]?.finalTestAcc.length === 1 ? '' : 's'}) | seconds / epoch (median) | images / s (median)${relu ? ' | time vs ReLU' : ''} | peak tensor memory (MiB) | parameters |`,
+    `| activation | test accuracy (${seeds === 1 ? 'one seed' : `mean ± std over ${seeds} seeds`}) | seconds / epoch (median) | images / s (median)${relu ? ' | time vs ReLU' : ''} | peak tensor memory (MiB) | parameters |`,
     `| --- | --- | --- | ---${relu ? ' | ---' : ''} | --- | --- |`,
   ];
   for (const r of rows) {
-    const acc = `${(100 * r.meanTestAcc).toFixed(2)}% ± ${(100 * r.stdTestAcc).toFixed(2)}`;
+    const acc = `${(100 * r.meanTestAcc).toFixed(2)}%${r.stdTestAcc === null ? '' : ` ± ${(100 * r.stdTestAcc).toFixed(2)}`}`;
     const vs = relu ? ` | ${(r.secondsPerEpoch / relu.secondsPerEpoch).toFixed(2)}x` : '';
     lines.push(`| ${r.label} | ${acc} | ${r.secondsPerEpoch.toFixed(1)} | ${r.imagesPerSec.toFixed(0)}${vs} | ${(r.peakBytes / 2 ** 20).toFixed(1)} | ${r.params.toLocaleString('en-US')} |`);
   }
   const o = options;
   const setting = [o.model ?? 'resnet20', o.dataset ?? 'fashion-mnist', `${o.epochs ?? 10} ${(o.epochs ?? 10) === 1 ? 'epoch' : 'epochs'}`, `batch ${o.batch ?? 128}`, `${o.opt ?? 'sgd'} lr ${o.lr ?? 0.1}`, `schedule ${o.schedule ?? 'cosine'}`]
     .concat(o.limitTrain ? [`first ${o.limitTrain} training images`] : [])
+    .concat(o.limitTest ? [`accuracy on the first ${o.limitTest} test images`] : [])
+    // the settings a reader would otherwise take to be train's defaults
+    .concat(o.augment === false ? ['no augmentation'] : [])
+    .concat(o.wd !== undefined && o.wd !== TRAIN_DEFAULTS.wd ? [`weight decay ${o.wd}`] : [])
+    .concat(o.momentum !== undefined && o.momentum !== TRAIN_DEFAULTS.momentum ? [`momentum ${o.momentum}`] : [])
+    .concat(o.warmup !== undefined && o.warmup !== TRAIN_DEFAULTS.warmup ? [`warm-up ${o.warmup} epochs`] : [])
+    .concat(o.labelSmoothing ? [`label smoothing ${o.labelSmoothing}`] : [])
     .concat(o.actOptions && Object.keys(o.actOptions).length ? [`activation options ${Object.entries(o.actOptions).map(([k, v]) => `${k} ${v}`).join(', ')}`] : [])
     .join(', ');
   const p = provenance;

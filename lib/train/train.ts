@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { AdaShiftError, check, checkOptions, fail } from '../errors';
-import { resolveDevice, setNumThreads } from '../device';
+import { getNumThreads, resolveDevice, setNumThreads } from '../device';
 import { environment } from '../provenance';
 import { noGrad } from '../autograd';
 import { ensureDir, writeAtomic } from '../io/safetensors';
@@ -353,7 +353,6 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   // from another version of the package.
   options = checkOptions('train', options, TRAIN_OPTIONS);
   const o = normalize(options);
-  if (o.threads !== undefined) setNumThreads(o.threads);
   const device = resolveDevice(o.device);
   check(!o.graph || device.startsWith('cuda'), 'ERR_ARG', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
   const out = o.out ?? null;
@@ -362,9 +361,13 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   // that does not load, an output folder that cannot be made) must not leave the checkpoint's
   // or the model's tensors alive in the caller's process.
   const held: Held = {};
+  // threads: for this run; the process's setting is restored when it ends
+  const threadsBefore = getNumThreads();
+  if (o.threads !== undefined) setNumThreads(o.threads);
   try {
     return await runTraining(o, options, callbacks, device, out, ckptFile, held);
   } finally {
+    if (o.threads !== undefined) setNumThreads(threadsBefore);
     if (held.resumed) disposeCheckpoint(held.resumed);
     held.graph?.dispose();
     await held.loader?.close();
@@ -529,7 +532,9 @@ async function runTraining(
     if (interrupted && lastBatch < loader.batchesPerEpoch) break;
     const peakBytes = memory().devices.find((d) => d.device === device)?.peakBytes ?? 0;
     callbacks.onEvalStart?.(epoch);
-    const ev = evaluate(model, testSet, { device });
+    // at the training batch size: evaluation keeps a forward's activations until each batch ends,
+    // so a larger batch would need more memory than the training step the user sized
+    const ev = evaluate(model, testSet, { device, batch: cfg.batch });
     const m: EpochMetrics = {
       epoch: epoch + 1,
       trainLoss: lossSum / seen,
