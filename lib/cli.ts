@@ -84,11 +84,31 @@ function cudaVersion(v: number): string {
   return v ? `${Math.floor(v / 1000)}.${(v % 1000) / 10}` : 'none';
 }
 
-export function doctorText(): string {
+/** What doctor reports, as data: the version and platform, the backends, the default device. */
+export function doctorInfo() {
   const info = backendInfo();
+  let defaultDevice: string;
+  try {
+    defaultDevice = resolveDevice(); // what a tensor made without a device gets (ADASHIFT_DEVICE, else 'auto')
+  } catch (e) {
+    defaultDevice = `error: ${(e as Error).message}`;
+  }
+  return {
+    version: require('../package.json').version as string,
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    cpu: cpuLabel(os.cpus()[0]?.model ?? 'an unknown CPU', cpuDetails()),
+    ...info,
+    defaultDevice,
+    adashiftDeviceEnv: process.env.ADASHIFT_DEVICE ?? null,
+  };
+}
+
+export function doctorText(): string {
+  const info = doctorInfo();
   const lines: string[] = [];
-  lines.push(`adashift ${require('../package.json').version} on Node ${process.version} (${process.platform}-${process.arch})`);
-  lines.push(`CPU backend: available, ${info.cpuThreads} thread(s) on ${cpuLabel(os.cpus()[0]?.model ?? 'an unknown CPU', cpuDetails())}`);
+  lines.push(`adashift ${info.version} on Node ${info.node} (${info.platform})`);
+  lines.push(`CPU backend: available, ${info.cpuThreads} thread(s) on ${info.cpu}`);
   lines.push(`CUDA compiled in: ${info.cudaCompiled ? `yes (architectures: ${info.compiledArchs})` : 'no'}`);
   if (info.cudaCompiled) {
     lines.push(`CUDA runtime: ${cudaVersion(info.runtimeVersion)}; driver: ${info.driverVersion ? cudaVersion(info.driverVersion) : 'not found'}`);
@@ -99,13 +119,8 @@ export function doctorText(): string {
     }
   }
   lines.push(`CUDA usable: ${info.cudaUsable ? 'yes' : `no: ${info.reason}`}`);
-  let auto: string;
-  try {
-    auto = resolveDevice(); // what a tensor made without a device gets (ADASHIFT_DEVICE, else 'auto')
-  } catch (e) {
-    auto = `error: ${(e as Error).message}`;
-  }
-  const env = process.env.ADASHIFT_DEVICE;
+  const auto = info.defaultDevice;
+  const env = info.adashiftDeviceEnv;
   lines.push(`default device: ${auto}${env ? ` (ADASHIFT_DEVICE=${env})` : ''}${auto === 'cpu' && !info.cudaUsable ? ' (CUDA not usable, see above)' : ''}`);
   if (!info.cudaCompiled) {
     lines.push('to build for a GPU: install the CUDA toolkit (nvcc) and run `npm rebuild adashift`');
@@ -311,7 +326,7 @@ export function main(argv = process.argv): void {
     .description('show the backends this build and host offer, and why CUDA is or is not used')
     .option('--json', 'print JSON')
     .action((opts) => {
-      if (opts.json) console.log(JSON.stringify({ ...backendInfo(), memory: memory() }, null, 2));
+      if (opts.json) console.log(JSON.stringify({ ...doctorInfo(), memory: memory() }, null, 2));
       else console.log(doctorText());
     });
 

@@ -582,6 +582,19 @@ function expectSameBatches(a: data.Batch[], b: data.Batch[]): void {
 }
 
 describe('DataLoader', () => {
+  test("close() during an epoch's iteration stops it with ERR_DISPOSED (no worker outlives the close); a new epoch() works", async () => {
+    const ds = { name: 'd', split: 'train', images: new Uint8Array(8 * 4), labels: new Uint8Array(8), count: 8, channels: 1, height: 2, width: 2, numClasses: 10, mean: [0.5], std: [0.5] } as data.Dataset;
+    const loader = new data.DataLoader(ds, { batchSize: 2 });
+    const it = loader.epoch(0);
+    expect((await it.next()).done).toBe(false);
+    await loader.close();
+    await expect(it.next()).rejects.toMatchObject({ code: 'ERR_DISPOSED', message: expect.stringMatching(/close\(\) was called during epoch 0's iteration \(before batch 1\)/) });
+    let n = 0;
+    for await (const _b of loader.epoch(1)) n++;
+    expect(n).toBe(4);
+    await loader.close();
+  });
+
   test("boolean options must be booleans ('false' would shuffle, drop, prefetch, flip)", () => {
     const ds = { name: 'd', split: 'train', images: new Uint8Array(4 * 4), labels: new Uint8Array(4), count: 4, channels: 1, height: 2, width: 2, numClasses: 10, mean: [0.5], std: [0.5] } as data.Dataset;
     for (const [o, message] of [

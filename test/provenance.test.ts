@@ -49,4 +49,15 @@ describe('adashift doctor', () => {
     expect(line).toBeDefined();
     expect(line).toContain(cpuLabel(os.cpus()[0]?.model ?? 'an unknown CPU', cpuDetails()));
   });
+
+  test('--json has what the text says: version, Node, platform, CPU, backends, default device', () => {
+    const { doctorInfo, doctorText } = require('../lib/cli') as typeof import('../lib/cli');
+    const info = doctorInfo();
+    expect(info).toMatchObject({ version: require('../package.json').version, node: process.version, platform: `${process.platform}-${process.arch}` });
+    const text = doctorText();
+    expect(text).toContain(`adashift ${info.version} on Node ${info.node} (${info.platform})`);
+    expect(text).toContain(`on ${info.cpu}`);
+    expect(text).toContain(`default device: ${info.defaultDevice}`);
+    expect(Object.keys(info)).toEqual(expect.arrayContaining(['cudaCompiled', 'cudaUsable', 'devices', 'cpuThreads', 'defaultDevice', 'adashiftDeviceEnv']));
+  });
 });

@@ -242,6 +242,8 @@ export class DataLoader {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private counts = { worker: 0, main: 0 };
+  /** close() calls so far: an iteration begun before one stops (see close). */
+  private closings = 0;
 
   constructor(private readonly dataset: Dataset, options: LoaderOptions) {
     const o = checkOptions('DataLoader', options, ['batchSize', 'shuffle', 'seed', 'augment', 'dropLast', 'prefetch']) as LoaderOptions;
@@ -300,8 +302,13 @@ export class DataLoader {
     return this.close();
   }
 
-  /** Stops the prefetch worker, if any (a later epoch() starts a new one). */
+  /**
+   * Stops the prefetch worker, if any (a later epoch() starts a new one). An epoch's iteration
+   * begun before close() and not finished stops with ERR_DISPOSED at its next batch, rather than
+   * starting a worker that would outlive the close.
+   */
   async close(): Promise<void> {
+    this.closings++;
     const w = this.worker;
     if (!w) return;
     this.worker = undefined; // its 'exit' event is now expected, not a failure
@@ -314,9 +321,13 @@ export class DataLoader {
 
   private async *iterate(epoch: number, start: number): AsyncGenerator<Batch, void, undefined> {
     const end = this.batchesPerEpoch;
+    const closings = this.closings;
     let ahead: Promise<RawBatch> | undefined;
     try {
       for (let b = start; b < end; b++) {
+        if (this.closings !== closings) {
+          throw new AdaShiftError('ERR_DISPOSED', `DataLoader: close() was called during epoch ${epoch}'s iteration (before batch ${b}); start a new epoch() after close()`);
+        }
         const cur = ahead ?? this.request(epoch, b);
         ahead = undefined;
         const raw = await cur;
