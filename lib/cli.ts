@@ -289,6 +289,16 @@ function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
   };
 }
 
+/**
+ * What --resume passes (train and compare): only the flags given on this command line, not the
+ * defaults of those left out (the activation flags have none), with the settings a resume may
+ * change; the resumed run or comparison refuses any other that differs from its own.
+ */
+function resumeOptions<T extends { out?: string | null; actOptions?: TrainOptions['actOptions'] }>(all: T, opts: Record<string, unknown>, cmd: Command): T {
+  const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
+  return { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), actOptions: all.actOptions, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out: all.out, resume: true } as unknown as T;
+}
+
 /** Ctrl-C: the first asks training to stop after the current batch (a checkpoint is saved); a second exits at once. */
 function interruptible(): { shouldStop(): boolean; dispose(): void } {
   let stop = false;
@@ -437,15 +447,9 @@ export function main(argv = process.argv): void {
   ).action(async (opts, cmd: Command) => {
     if (opts.tf32) setAllowTF32(true);
     const out = (opts.out as string | undefined) ?? path.join('runs', `${opts.model}-${opts.act}-${opts.dataset}-seed${opts.seed}`);
-    // A resumed run keeps its configuration: only flags given on this command line are passed
-    // (epochs extends it; device, threads, graph and --keep-context may change; train refuses any
-    // other that differs from the run's), not the defaults of those left out (the activation
-    // flags have none).
-    const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
-    const all: TrainOptions = { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed };
-    const options: TrainOptions = opts.resume
-      ? { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), actOptions: all.actOptions, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out, resume: true }
-      : { ...all, out };
+    // resuming, epochs extends the run; device, threads, graph and --keep-context may change
+    const all: TrainOptions = { ...trainOptionsFrom(opts), act: opts.act, seed: opts.seed, out };
+    const options: TrainOptions = opts.resume ? resumeOptions(all, opts, cmd) : all;
     const stop = interruptible();
     const progress = progressCallbacks();
     try {
@@ -494,12 +498,8 @@ export function main(argv = process.argv): void {
       .option('--resume', 'continue the comparison in <out> (finished runs are kept; --acts and --seeds may add runs)'),
   ).action(async (opts, cmd: Command) => {
     if (opts.tf32) setAllowTF32(true);
-    // As train --resume: only the flags given on this command line, not the defaults of the others.
-    const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
     const all: CompareOptions = { ...trainOptionsFrom(opts), acts: opts.acts, seeds: opts.seeds, seed: opts.seed, out: opts.out };
-    const options: CompareOptions = opts.resume
-      ? { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), actOptions: all.actOptions, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out: opts.out, resume: true }
-      : all;
+    const options: CompareOptions = opts.resume ? resumeOptions(all, opts, cmd) : all;
     const stop = interruptible();
     let progress: ReturnType<typeof progressCallbacks> | null = null;
     try {

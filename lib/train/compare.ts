@@ -5,13 +5,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../device';
-import { AdaShiftError, check, checkOptions, fail } from '../errors';
+import { AdaShiftError, check, checkOptions } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ACTIVATIONS, ACTIVATION_OWN_OPTIONS } from '../nn/activation';
 import { resnet } from '../nn/resnet';
 import { cpuLabel, environment } from '../provenance';
 import { mean, median, std } from '../stats';
-import { EpochMetrics, train, TrainActOptions, TrainCallbacks, TRAIN_DEFAULTS, TRAIN_OPTIONS, TrainOptions } from './train';
+import { EpochMetrics, refuseChangedSettings, train, TrainActOptions, TrainCallbacks, TRAIN_DEFAULTS, TRAIN_OPTIONS, TrainOptions } from './train';
 
 /** One activation of a comparison with options of its own, over the comparison's actOptions. */
 export interface CompareArm {
@@ -211,10 +211,7 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
     // The settings are the comparison's; one given now that differs is refused, not dropped.
     const given = Object.entries(options).filter(([k, v]) => v !== undefined && !COMPARE_RESUME_MAY_CHANGE.has(k));
     const saved = { ...TRAIN_DEFAULTS, ...plan.options } as Record<string, unknown>;
-    const differ = given.filter(([k, v]) => stable(v) !== stable(saved[k]));
-    if (differ.length) {
-      fail('ERR_ARG', `compare: a resumed comparison keeps its settings, and ${differ.map(([k, v]) => `${k} ${JSON.stringify(v)} (the comparison's: ${saved[k] === undefined ? 'not set' : JSON.stringify(saved[k])})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or compare into another folder`);
-    }
+    refuseChangedSettings('compare: a resumed comparison', "the comparison's", 'compare into another folder', given.filter(([k, v]) => stable(v) !== stable(saved[k])).map(([k, v]) => [k, v, saved[k]]));
     options = { ...plan.options, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)), out: options.out };
   }
   const seeds = options.seeds ?? 1;

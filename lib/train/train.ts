@@ -190,6 +190,17 @@ function normalize(options: TrainOptions) {
   return o;
 }
 
+/**
+ * Refuses settings given anew to something resumed (a run, a comparison) that keeps its own:
+ * differ lists [name, given, its own], each named in the message.
+ */
+export function refuseChangedSettings(who: string, whose: string, instead: string, differ: [string, unknown, unknown][]): void {
+  if (!differ.length) return;
+  const was = (r: unknown) => (r === undefined ? 'not set' : JSON.stringify(r));
+  const many = differ.length > 1;
+  fail('ERR_ARG', `${who} keeps its settings, and ${differ.map(([k, v, r]) => `${k} ${JSON.stringify(v)} (${whose}: ${was(r)})`).join(', ')} ${many ? 'differ' : 'differs'}: leave ${many ? 'them' : 'it'} out, or ${instead}`);
+}
+
 /** The given activation options only, in a fixed key order (what a run records and compares). */
 function actOptionsOf(a: TrainActOptions): TrainActOptions {
   return Object.fromEntries(ACT_OPTION_KEYS.filter((k) => a[k] !== undefined).map((k) => [k, a[k]]));
@@ -404,11 +415,7 @@ async function runTraining(
       ...Object.entries(options).filter(([k]) => k !== 'actOptions').map(([k, v]): [string, unknown, unknown] => [k, v, run[k]]),
       ...Object.entries(options.actOptions ?? {}).filter(([k]) => k !== 'keepContext').map(([k, v]): [string, unknown, unknown] => [`actOptions.${k}`, v, runAct[k]]),
     ];
-    const differ = given.filter(([k, v, r]) => v !== undefined && !RESUME_MAY_CHANGE.has(k) && v !== r);
-    if (differ.length) {
-      const was = (r: unknown) => (r === undefined ? 'not set' : JSON.stringify(r));
-      fail('ERR_ARG', `train: a resumed run keeps its settings, and ${differ.map(([k, v, r]) => `${k} ${JSON.stringify(v)} (the run's: ${was(r)})`).join(', ')} ${differ.length > 1 ? 'differ' : 'differs'}: leave ${differ.length > 1 ? 'them' : 'it'} out, or start a new run in another folder`);
-    }
+    refuseChangedSettings('train: a resumed run', "the run's", 'start a new run in another folder', given.filter(([k, v, r]) => v !== undefined && !RESUME_MAY_CHANGE.has(k) && v !== r));
   }
   // keepContext (memory against time, the same results) may change when resuming.
   const keepContext = options.actOptions?.keepContext;
