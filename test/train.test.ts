@@ -313,9 +313,9 @@ describe('training with CUDA graphs (graph: true)', () => {
   });
 
   test('graph needs a CUDA device', async () => {
-    await expect(train({ ...base, device: 'cpu', graph: true })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/graph \(CUDA graphs\) needs a CUDA device; the device is 'cpu'/) });
+    await expect(train({ ...base, device: 'cpu', graph: true })).rejects.toMatchObject({ code: 'ERR_CUDA_GRAPH', message: expect.stringMatching(/graph \(CUDA graphs\) needs a CUDA device; the device is 'cpu'/) });
     // checked before a checkpoint is loaded (nothing loaded, nothing to leak)
-    await expect(train({ ...base, device: 'cpu', graph: true, resume: true, out: path.join(tmp, 'no-such-run') })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/needs a CUDA device/) });
+    await expect(train({ ...base, device: 'cpu', graph: true, resume: true, out: path.join(tmp, 'no-such-run') })).rejects.toMatchObject({ code: 'ERR_CUDA_GRAPH', message: expect.stringMatching(/needs a CUDA device/) });
   });
 });
 

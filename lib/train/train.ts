@@ -365,7 +365,7 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
   options = checkOptions('train', options, TRAIN_OPTIONS);
   const o = normalize(options);
   const device = resolveDevice(o.device);
-  check(!o.graph || device.startsWith('cuda'), 'ERR_ARG', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
+  check(!o.graph || device.startsWith('cuda'), 'ERR_CUDA_GRAPH', () => `train: graph (CUDA graphs) needs a CUDA device; the device is '${device}'`);
   const out = o.out ?? null;
   const ckptFile = out ? path.join(out, 'checkpoint.safetensors') : null;
   // What the run has made, freed however it ends: an error before the first batch (a dataset
