@@ -3,7 +3,7 @@
 // an iterative topological sort (deep ResNets overflow recursion) and accumulates gradients
 // with +=. Gradient tensors made during backward are owned (and freed) by the engine; after a
 // backward without retainGraph every node frees what it saved.
-import { AdaShiftError } from './errors';
+import { AdaShiftError, checkSyncFn, refusePromise } from './errors';
 import { native } from './native';
 import type { Tensor } from './tensor';
 
@@ -55,12 +55,16 @@ export function isGradEnabled(): boolean {
 
 /** Runs fn without recording any graph (inference, optimizer updates). */
 export function noGrad<R>(fn: () => R): R {
+  checkSyncFn('noGrad', fn);
+  let result: R;
   gradDepthDisabled++;
   try {
-    return fn();
+    result = fn();
   } finally {
     gradDepthDisabled--;
   }
+  refusePromise('noGrad', result, 'its code after an await recorded the graph again');
+  return result;
 }
 
 /** Whether an op on these inputs must record a node. */

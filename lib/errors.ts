@@ -55,3 +55,22 @@ export function checkBooleans(who: string, options: object, names: readonly stri
     check(v === undefined || typeof v === 'boolean', 'ERR_ARG', () => `${who}: ${n} must be a boolean, got ${JSON.stringify(v) ?? typeof v}`);
   }
 }
+
+/**
+ * The function of a scope that follows the call stack (tidy, noGrad): an async function is
+ * refused before it runs, since after its first await it would run outside the scope (tensors
+ * untracked, gradients recorded again). A plain function that returns a promise is caught by
+ * `refusePromise` after it returns.
+ */
+export function checkSyncFn(who: string, fn: unknown): void {
+  check(typeof fn === 'function', 'ERR_ARG', () => `${who}(fn): fn must be a function, got ${typeof fn}`);
+  check(fn.constructor?.name !== 'AsyncFunction' && fn.constructor?.name !== 'AsyncGeneratorFunction', 'ERR_ARG',
+    () => `${who}(fn): fn must be synchronous, got an async function; its code after an await would run outside ${who} (call ${who} inside the async function instead, around each synchronous step)`);
+}
+
+export function refusePromise(who: string, result: unknown, what: string): void {
+  if (result instanceof Promise) {
+    result.catch(() => undefined);
+    fail('ERR_ARG', `${who}(): fn must be synchronous (it returned a Promise); ${what}`);
+  }
+}

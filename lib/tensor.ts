@@ -2,7 +2,7 @@
 // Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
 // the program forgot (and counts it, see memory().leaked).
 import { types } from 'util';
-import { AdaShiftError, check, checkBooleans, checkOptions, fail } from './errors';
+import { AdaShiftError, check, checkBooleans, checkOptions, checkSyncFn, refusePromise } from './errors';
 import { DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
 import type { GradFn } from './autograd';
@@ -381,7 +381,7 @@ function disposeAll(scope: Set<Tensor>): void {
  * the tidy() that built the graph (returning the output keeps only the output).
  */
 export function tidy<R>(fn: () => R): R {
-  check(typeof fn === 'function', 'ERR_ARG', () => `tidy(fn): fn must be a function, got ${typeof fn}`);
+  checkSyncFn('tidy', fn);
   const scope = new Set<Tensor>();
   scopes.push(scope);
   let result: R;
@@ -396,8 +396,7 @@ export function tidy<R>(fn: () => R): R {
   if (result instanceof Promise) {
     // what it made before its first await is freed; what it makes after runs outside any scope
     disposeAll(scope);
-    result.catch(() => undefined);
-    fail('ERR_ARG', 'tidy(): fn must be synchronous (it returned a Promise); tensors made after an await are not tracked');
+    refusePromise('tidy', result, 'tensors made after an await are not tracked');
   }
   const kept = tensorsIn(result);
   for (const t of scope) {

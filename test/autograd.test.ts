@@ -395,6 +395,14 @@ describe('the engine', () => {
     expect(() => F.sum(y).backward()).toThrow(expect.objectContaining({ code: 'ERR_AUTOGRAD' }));
     expect(() => as.noGrad(() => { throw new Error('inside'); })).toThrow('inside');
     expect(as.isGradEnabled()).toBe(true);
+    // async code would record again after its first await: refused (an async function before it
+    // runs, a function returning a promise when it returns)
+    let ran = false;
+    expect(() => as.noGrad((async () => { ran = true; await null; }) as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/^noGrad\(fn\): fn must be synchronous, got an async function/) }));
+    expect(ran).toBe(false);
+    expect(() => as.noGrad(() => Promise.resolve(1))).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/^noGrad\(\): fn must be synchronous \(it returned a Promise\)/) }));
+    expect(() => as.noGrad('f' as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'noGrad(fn): fn must be a function, got string' }));
+    expect(as.isGradEnabled()).toBe(true);
     const z = F.scale(x, 2);
     expect(z.requiresGrad).toBe(true);
     for (const t of [x, y, z]) t.dispose();

@@ -94,7 +94,11 @@ describe('ERR_ARG', () => {
     as.tidy(() => F.sum(l.forward(x)).backward());
     expect(x.grad).not.toBeNull();
     const before = as.memory().tensors;
-    expect(thrown(() => as.tidy((async () => { as.ones([2]); await null; }) as never), 'ERR_ARG').message).toMatch(/fn must be synchronous/);
+    let ran = false;
+    expect(thrown(() => as.tidy((async () => { ran = true; as.ones([2]); await null; }) as never), 'ERR_ARG').message).toMatch(/^tidy\(fn\): fn must be synchronous, got an async function/);
+    expect(ran).toBe(false);
+    // a plain function that returns a promise runs up to its first await: what it made is freed
+    expect(thrown(() => as.tidy(() => (async () => { as.ones([2]); await null; })()), 'ERR_ARG').message).toMatch(/^tidy\(\): fn must be synchronous \(it returned a Promise\)/);
     expect(as.memory().tensors).toBe(before);
     [x, loss].forEach((t) => t.dispose());
     l.zeroGrad();
