@@ -128,6 +128,49 @@ describe('ERR_ARG', () => {
     expect(thrown(() => new as.nn.Sequential(new as.nn.ReLU(), ((y: unknown) => y) as never), 'ERR_ARG').message).toBe('Sequential: layer 1 must be a Module (with forward), got function');
   });
 
+  test('a Module subclass: modules assigned to properties are its children, as in PyTorch', () => {
+    class Head extends as.nn.Module {
+      fc = new as.nn.Linear(3, 2);
+      owner: as.nn.Module | null = null; // a back-reference: not a child
+      override forward(x: as.Tensor): as.Tensor { return this.fc.forward(x); }
+    }
+    class Net extends as.nn.Module {
+      body = new as.nn.Sequential(new as.nn.Linear(4, 3), new as.nn.ReLU());
+      head = new Head();
+      first = this.body.layers[0]; // an alias of a module below: a child too (PyTorch's rule)
+      constructor() {
+        super();
+        this.head.owner = this;
+      }
+      override forward(x: as.Tensor): as.Tensor { return this.head.forward(this.body.forward(x)); }
+    }
+    const net = new Net();
+    expect(net.namedParameters().map(([n]) => n)).toEqual(['body.0.weight', 'body.0.bias', 'head.fc.weight', 'head.fc.bias']);
+    expect(Object.keys(net.stateDict())).toEqual(['body.0.weight', 'body.0.bias', 'head.fc.weight', 'head.fc.bias', 'first.weight', 'first.bias']);
+    expect([...net.namedModules()].map(([n]) => n)).toEqual(['', 'body', 'body.0', 'body.1', 'head', 'head.fc', 'first']);
+    net.eval();
+    expect([net.head.fc.training, (net.body.layers[0] as as.nn.Module).training]).toEqual([false, false]);
+    // a property given a new module replaces the child of that name
+    const old = net.head.fc;
+    net.head.fc = new as.nn.Linear(3, 5);
+    expect(net.namedParameters().map(([n, p]) => `${n}:${p.shape.join('x')}`)).toEqual(['body.0.weight:3x4', 'body.0.bias:3', 'head.fc.weight:5x3', 'head.fc.bias:5']);
+    old.dispose();
+    // the optimizer sees every parameter, and a step moves them
+    const opt = new as.optim.SGD(net.parameters(), { lr: 0.1 });
+    const x = as.randn([2, 4]);
+    const before = net.head.fc.weight.toFloat32Array();
+    as.tidy(() => as.functional.sum(net.forward(x)).backward());
+    opt.step();
+    expect(net.head.fc.weight.toFloat32Array()).not.toEqual(before);
+    const copy = new Net();
+    copy.head.fc = new as.nn.Linear(3, 5);
+    copy.loadStateDict(net.stateDict());
+    expect(copy.head.fc.weight.toFloat32Array()).toEqual(net.head.fc.weight.toFloat32Array());
+    [net, copy].forEach((m) => { m.zeroGrad(); m.dispose(); });
+    opt.dispose();
+    x.dispose();
+  });
+
   test('a module shared twice: its parameters come once (PyTorch), its state dict names both; a dict entry of undefined is missing', () => {
     const lin = new as.nn.Linear(2, 2);
     const m = new as.nn.Sequential(lin, new as.nn.ReLU(), lin);

@@ -7,7 +7,7 @@ import { gelu, relu, silu } from '../ops/activation';
 import { layerNorm, linear, matmul, softmax } from '../ops/dense';
 import { permute, reshape, scale } from '../ops/elementwise';
 import { full, rand, randn, Tensor } from '../tensor';
-import { Module, Sequential } from './module';
+import { Module, Sequential, TensorModule } from './module';
 
 export interface ModuleOptions {
   device?: DeviceSpec | string;
@@ -246,7 +246,7 @@ export const ACTIVATION_OWN_OPTIONS: Readonly<Record<ActivationName, readonly Ex
 };
 
 /** The activation registry: a module for `name` acting on `channels` channels. */
-export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): Module {
+export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): TensorModule {
   // Options of every activation are accepted (a model passes one set to all its activations);
   // each gets its own.
   const o = checkOptions('activation', options, ACTIVATION_OPTIONS);

@@ -5,4 +5,4 @@ export { BatchNorm2d, Conv2d } from './layers';
 export type { BatchNorm2dOptions, Conv2dOptions } from './layers';
 export { BasicBlock, bnAct, Bottleneck, resnet, ResNet, RESNETS } from './resnet';
 export type { BlockOptions, ResNetName, ResNetOptions } from './resnet';
-export type { IntBuffer } from './module';
+export type { IntBuffer, TensorModule } from './module';

@@ -47,9 +47,32 @@ export class Module {
     throw new AdaShiftError('ERR_ARG', `${this.constructor.name}.forward is not implemented`);
   }
 
+  /**
+   * This module and every module below it, with their dotted names. A module assigned to a
+   * property (`this.fc = new nn.Linear(4, 2)`, or a class field) is a child under the property's
+   * name, as in PyTorch (also when it is a module of the tree under another name: its
+   * parameters then come once from parameters(), its state dict entries under both names);
+   * one registered with registerModule under another name is not added again, and a property
+   * assigned a new module replaces the child of that name.
+   */
   *namedModules(prefix = ''): Generator<[string, Module]> {
+    yield* this.walkModules(prefix, new Set());
+  }
+
+  private *walkModules(prefix: string, ancestors: Set<Module>): Generator<[string, Module]> {
+    this.adoptPropertyModules();
     yield [prefix, this];
-    for (const [n, m] of this._modules) yield* m.namedModules(prefix ? `${prefix}.${n}` : n);
+    ancestors.add(this);
+    // a child that is also an ancestor (a property pointing back up the tree) would never end
+    for (const [n, m] of this._modules) if (!ancestors.has(m)) yield* m.walkModules(prefix ? `${prefix}.${n}` : n, ancestors);
+    ancestors.delete(this);
+  }
+
+  private adoptPropertyModules(): void {
+    const registered = new Set(this._modules.values());
+    for (const [name, value] of Object.entries(this)) {
+      if (value instanceof Module && value !== this && !registered.has(value)) this._modules.set(name, value);
+    }
   }
 
   /**
@@ -193,6 +216,11 @@ export class Module {
   numParameters(): number {
     return this.parameters().reduce((a, p) => a + p.numel, 0);
   }
+}
+
+/** A module whose forward maps one tensor to one tensor: activations, layers, models. */
+export interface TensorModule extends Module {
+  forward(x: Tensor): Tensor;
 }
 
 /** Runs modules in order; children are named '0', '1', ... like PyTorch's nn.Sequential. */

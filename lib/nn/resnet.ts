@@ -11,7 +11,7 @@ import { full, Tensor } from '../tensor';
 import { noGrad } from '../autograd';
 import { activation, ActivationName, ActivationOptions, AdaShiftB, AdaShiftMA, GELU, Linear, ModuleOptions, ReLU, SiLU } from './activation';
 import { BatchNorm2d, Conv2d } from './layers';
-import { Module, Sequential } from './module';
+import { Module, Sequential, TensorModule } from './module';
 
 export interface BlockOptions extends ModuleOptions {
   act: ActivationName;
@@ -30,7 +30,7 @@ const BLOCK_OPTIONS = ['device', 'act', 'actOptions', 'fused'];
  * backward); in eval the residual joins BN's own pass. `fused: false` runs BN, add and the
  * activation as separate ops.
  */
-export function bnAct(x: Tensor, bn: BatchNorm2d, act: Module, fused = true, residual: Tensor | null = null): Tensor {
+export function bnAct(x: Tensor, bn: BatchNorm2d, act: TensorModule, fused = true, residual: Tensor | null = null): Tensor {
   let kind: FusableAct | null = null;
   if (act instanceof ReLU) kind = 'relu';
   else if (act instanceof SiLU) kind = 'silu';
@@ -74,10 +74,10 @@ export class BasicBlock extends Module {
   static readonly expansion = 1;
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;
-  readonly act1: Module;
+  readonly act1: TensorModule;
   readonly conv2: Conv2d;
   readonly bn2: BatchNorm2d;
-  readonly act2: Module;
+  readonly act2: TensorModule;
   readonly downsample: Sequential | null;
   private readonly fused: boolean;
   constructor(inC: number, planes: number, stride: number, options: BlockOptions) {
@@ -109,13 +109,13 @@ export class Bottleneck extends Module {
   static readonly expansion = 4;
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;
-  readonly act1: Module;
+  readonly act1: TensorModule;
   readonly conv2: Conv2d;
   readonly bn2: BatchNorm2d;
-  readonly act2: Module;
+  readonly act2: TensorModule;
   readonly conv3: Conv2d;
   readonly bn3: BatchNorm2d;
-  readonly act3: Module;
+  readonly act3: TensorModule;
   readonly downsample: Sequential | null;
   private readonly fused: boolean;
   constructor(inC: number, planes: number, stride: number, options: BlockOptions) {
@@ -174,7 +174,7 @@ const TV_LAYOUT: Record<string, { block: 'basic' | 'bottleneck'; layers: number[
 export class ResNet extends Module {
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;
-  readonly act1: Module;
+  readonly act1: TensorModule;
   readonly stages: Sequential[];
   readonly fc: Linear;
   readonly maxPool: boolean;

@@ -10,7 +10,7 @@ import { noGrad } from '../autograd';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ActivationOptions, ACTIVATION_OPTIONS, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
-import { Module } from '../nn/module';
+import { Module, TensorModule } from '../nn/module';
 import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
 import type { Labels } from '../ops/loss';
 import { LrScheduler, makeOptimizer, Optimizer, cosineWithWarmup, oneCycle, paramGroups, stepLr } from '../optim';
@@ -297,7 +297,7 @@ function makeSchedule(o: ReturnType<typeof normalize>, stepsPerEpoch: number): L
 }
 
 /** Test loss and accuracy of a model over a dataset (eval mode, no graph). */
-export function evaluate(model: ResNet, ds: Dataset, options: { batch?: number; device?: string } = {}): { loss: number; acc: number; count: number } {
+export function evaluate(model: TensorModule, ds: Dataset, options: { batch?: number; device?: string } = {}): { loss: number; acc: number; count: number } {
   options = checkOptions('evaluate', options, ['batch', 'device']);
   check(model instanceof Module && model.parameters().length > 0, 'ERR_ARG', () => `evaluate: model must be a module with parameters (e.g. nn.resnet), got ${model === null ? 'null' : typeof model}`);
   check(ds !== null && typeof ds === 'object' && Number.isInteger(ds.count) && ds.count >= 1 && ds.images instanceof Uint8Array && ds.labels instanceof Uint8Array, 'ERR_ARG', () => 'evaluate: ds must be a dataset of at least one image (data.loadDataset)');
