@@ -252,6 +252,38 @@ describe('ERR_ARG', () => {
     m.dispose();
   });
 
+  test('loadStateDict as PyTorch: num_batches_tracked may be absent, integers convert, every problem in one message, a prefix named', () => {
+    const m = new as.nn.Sequential(new as.nn.Linear(2, 3), new as.nn.BatchNorm2d(3));
+    // PyTorch's order: module by module, parameters then buffers
+    expect(Object.keys(m.stateDict())).toEqual(['0.weight', '0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var', '1.num_batches_tracked']);
+    // the integer entry is live, as the tensors are
+    const sd = m.stateDict();
+    const x = as.randn([4, 3, 2, 2]);
+    as.tidy(() => { m.layers[1].forward(x); });
+    expect((sd['1.num_batches_tracked'] as as.io.IntTensor).data[0]).toBe(1n);
+    // a dict without num_batches_tracked (older PyTorch files, converters) loads strictly; the count stays
+    const src = new as.nn.Sequential(new as.nn.Linear(2, 3), new as.nn.BatchNorm2d(3));
+    const { ['1.num_batches_tracked']: _, ...noCount } = src.stateDict();
+    expect(m.loadStateDict(noCount)).toEqual({ missing: [], unexpected: [] });
+    expect((m.stateDict()['1.num_batches_tracked'] as as.io.IntTensor).data[0]).toBe(1n);
+    expect((m.layers[0].stateDict().weight as as.Tensor).toFloat32Array()).toEqual((src.stateDict()['0.weight'] as as.Tensor).toFloat32Array());
+    // an integer entry of a float tensor is converted (PyTorch's copy_)
+    m.loadStateDict({ ...noCount, '1.running_var': { dtype: 'I64', shape: [3], data: BigInt64Array.of(2n, 3n, 4n) } });
+    expect(Array.from((m.stateDict()['1.running_var'] as as.Tensor).toFloat32Array())).toEqual([2, 3, 4]);
+    // every problem at once: a missing key, an unexpected one, a wrong shape, a wrong kind
+    const bad = as.zeros([5]);
+    const { ['0.bias']: __, ...partial } = noCount;
+    const e = thrown(() => m.loadStateDict({ ...partial, extra: bad, '1.weight': bad, '1.bias': 'x' as never }), 'ERR_ARG');
+    expect(e.message).toBe("loadStateDict: missing keys: 0.bias; unexpected keys: extra; '1.weight' has shape [5], the module expects [3]; '1.bias' must be a Tensor, got x");
+    // keys behind a prefix: a training checkpoint's 'model.', DataParallel's 'module.'
+    const prefixed = (p: string) => Object.fromEntries(Object.entries(src.stateDict()).map(([k, v]) => [p + k, v]));
+    expect(thrown(() => m.loadStateDict(prefixed('model.')), 'ERR_ARG').message).toMatch(/\(the dict's keys are the module's with the prefix 'model\.' in front: a training checkpoint, read it with loadCheckpoint; take the prefix off its keys\)$/);
+    expect(thrown(() => m.loadStateDict(prefixed('module.')), 'ERR_ARG').message).toMatch(/\(the dict's keys are the module's with the prefix 'module\.' in front; take the prefix off its keys\)$/);
+    expect(thrown(() => new as.nn.Sequential(m).loadStateDict(src.stateDict()), 'ERR_ARG').message).toMatch(/\(the module's keys are the dict's with the prefix '0\.' in front: load it into that submodule\)$/);
+    [m, src].forEach((mod) => mod.dispose());
+    [x, bad].forEach((t) => t.dispose());
+  });
+
   test('a state dict refused for one entry loads none of them', () => {
     const m = new as.nn.Sequential(new as.nn.Linear(3, 4), new as.nn.BatchNorm2d(4));
     const before = Object.fromEntries(Object.entries(m.stateDict()).map(([k, t]) => [k, t instanceof as.Tensor ? Array.from(t.toFloat32Array()) : t]));

@@ -192,6 +192,11 @@ describe('corrupt files give ERR_IO with a clear message', () => {
     ['a size that does not match the shape', (f) => { const g = good(); (g.header.a as any).shape = [3, 2]; writeRaw(f, g.header, g.data); }, /tensor 'a': 16 bytes of data for shape \[3, 2\] of F32 \(expected 24\)/],
     ['overlapping tensors', (f) => { const g = good(); (g.header.b as any).data_offsets = [8, 16]; writeRaw(f, g.header, g.data); }, /corrupt: tensors 'a' and 'b' overlap/],
     ['a truncated data section', (f) => { const g = good(); writeRaw(f, g.header, g.data.subarray(0, 20)); }, /truncated: tensor 'b' ends at byte 24 of the data section, which has 20 bytes/],
+    ['a gap between tensors', (f) => { const g = good(); (g.header.b as any).data_offsets = [20, 28]; writeRaw(f, g.header, Buffer.concat([g.data, Buffer.alloc(4)])); }, /corrupt: bytes 16 to 20 of the data section belong to no tensor \(before 'b'\); the format allows no gaps/],
+    ['bytes after the last tensor', (f) => { const g = good(); writeRaw(f, g.header, Buffer.concat([g.data, Buffer.alloc(8)])); }, /corrupt: the data section has 8 bytes after the last tensor's end \(byte 24\) that belong to no tensor/],
+    ['a metadata value that is not a string', (f) => { const g = good(); writeRaw(f, { ...g.header, __metadata__: { epoch: 3 } }, g.data); }, /corrupt header: __metadata__ 'epoch' must be a string \(the format's metadata maps strings to strings\), got 3/],
+    ["torch.save's zip archive", (f) => fs.writeFileSync(f, Buffer.concat([Buffer.from('PK\x03\x04', 'latin1'), Buffer.alloc(60, 7)])), /a zip archive \(torch\.save's format for \.pt\/\.pth files\), not safetensors; in Python, safetensors\.torch\.save_file/],
+    ["torch.save's older pickle", (f) => fs.writeFileSync(f, Buffer.concat([Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8]), Buffer.alloc(40)])), /a Python pickle \(torch\.save's older format\), not safetensors/],
   ];
   test.each(cases)('%s', (_name, make, message) => {
     const f = file(`corrupt-${_name.replace(/\W+/g, '_')}.safetensors`);

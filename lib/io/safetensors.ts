@@ -198,6 +198,11 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec | s
   if (buf.length < 8) throw ioError(file, `truncated: ${buf.length} bytes, a safetensors file starts with an 8-byte header length`);
   const n = buf.readBigUInt64LE(0);
   if (n > BigInt(Math.min(MAX_HEADER, buf.length - 8))) {
+    // Two files users hand to a safetensors reader by mistake: torch.save's zip archive and its
+    // older pickle (their first bytes read as an impossible header length).
+    const convert = "in Python, safetensors.torch.save_file(model.state_dict(), 'model.safetensors') writes one";
+    if (buf[0] === 0x50 && buf[1] === 0x4b && buf[2] === 0x03 && buf[3] === 0x04) throw ioError(file, `a zip archive (torch.save's format for .pt/.pth files), not safetensors; ${convert}`);
+    if (buf[0] === 0x80 && buf[1] >= 2 && buf[1] <= 5) throw ioError(file, `a Python pickle (torch.save's older format), not safetensors; ${convert}`);
     throw ioError(file, `corrupt or truncated: header length ${n} exceeds the ${buf.length - 8} bytes after it`);
   }
   const headerLen = Number(n);
@@ -216,7 +221,9 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec | s
   try {
   for (const [name, raw] of Object.entries(header)) {
     if (name === '__metadata__') {
-      if (raw && typeof raw === 'object') metadata = raw as Record<string, string>;
+      if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw ioError(file, `corrupt header: __metadata__ must be an object of strings, got ${Array.isArray(raw) ? 'an array' : JSON.stringify(raw)}`);
+      for (const [k, v] of Object.entries(raw)) if (typeof v !== 'string') throw ioError(file, `corrupt header: __metadata__ '${k}' must be a string (the format's metadata maps strings to strings), got ${JSON.stringify(v)}`);
+      metadata = raw as Record<string, string>;
       continue;
     }
     const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
@@ -242,12 +249,21 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec | s
     for (const v of Object.values(out)) if (v instanceof Tensor) v.dispose();
     throw e;
   }
-  ranges.sort((x, y) => x[0] - y[0]);
-  for (let i = 1; i < ranges.length; i++) {
-    if (ranges[i][0] < ranges[i - 1][1]) {
-      for (const v of Object.values(out)) if (v instanceof Tensor) v.dispose();
-      throw ioError(file, `corrupt: tensors '${ranges[i - 1][2]}' and '${ranges[i][2]}' overlap`);
-    }
+  // The tensors must tile the data section: no overlap, and no bytes that no tensor indexes
+  // (the format forbids them: a file must not carry data its header does not describe).
+  ranges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  let end = 0;
+  let problem = '';
+  for (let i = 0; i < ranges.length && !problem; i++) {
+    const [b, e, name] = ranges[i];
+    if (b < end) problem = `corrupt: tensors '${ranges[i - 1][2]}' and '${name}' overlap`;
+    else if (b > end) problem = `corrupt: bytes ${end} to ${b} of the data section belong to no tensor (before '${name}'); the format allows no gaps`;
+    end = Math.max(end, e);
+  }
+  if (!problem && end < dataLen) problem = `corrupt: the data section has ${dataLen - end} bytes after the last tensor's end (byte ${end}) that belong to no tensor`;
+  if (problem) {
+    for (const v of Object.values(out)) if (v instanceof Tensor) v.dispose();
+    throw ioError(file, problem);
   }
   return { metadata, tensors: out };
 }

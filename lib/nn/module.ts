@@ -4,12 +4,40 @@ import { AdaShiftError, check, checkOptions } from '../errors';
 import { DeviceSpec, resolveDevice } from '../device';
 import { noGrad } from '../autograd';
 import { native } from '../native';
-import { keep, Tensor } from '../tensor';
+import { keep, Tensor, tensor } from '../tensor';
 import { IntTensor, isIntTensor } from '../io/safetensors';
 
 /** A scalar integer buffer (PyTorch's int64 num_batches_tracked). */
 export interface IntBuffer {
   value: bigint;
+}
+
+/** What a state dict entry is, for messages. */
+function entryKind(v: unknown): string {
+  if (isIntTensor(v)) return `an ${v.dtype} integer entry of shape [${v.shape.join(', ')}]`;
+  if (v instanceof Tensor) return `a tensor of shape [${v.shape.join(', ')}]`;
+  if (v === null || typeof v !== 'object') return String(v);
+  return Array.isArray(v) ? 'an array' : `an object (${(v as object).constructor?.name ?? 'Object'})`;
+}
+
+/**
+ * When a dict's keys are the module's behind one prefix (a training checkpoint's 'model.', a
+ * DataParallel 'module.') or the module's carry one the dict's lack, says which.
+ */
+function prefixHint(missing: string[], unexpected: string[], own: Record<string, unknown>): string {
+  if (!unexpected.length) return '';
+  const first = missing[0];
+  for (const u of unexpected) {
+    if (u.endsWith(`.${first}`)) {
+      const p = u.slice(0, u.length - first.length);
+      if (missing.every((k) => unexpected.includes(p + k))) return ` (the dict's keys are the module's with the prefix '${p}' in front${p === 'model.' ? ': a training checkpoint, read it with loadCheckpoint' : ''}; take the prefix off its keys)`;
+    }
+    if (first.endsWith(`.${u}`)) {
+      const p = first.slice(0, first.length - u.length);
+      if (unexpected.every((k) => p + k in own)) return ` (the module's keys are the dict's with the prefix '${p}' in front: load it into that submodule)`;
+    }
+  }
+  return '';
 }
 
 export class Module {
@@ -113,20 +141,31 @@ export class Module {
   }
 
   /**
-   * Parameters and buffers by name, in PyTorch's layout (integer buffers such as
-   * num_batches_tracked as I64 scalars). The tensors are the module's own: do not dispose them.
+   * Parameters and buffers by name, in PyTorch's layout and order (module by module: its
+   * parameters, then its buffers; integer buffers such as num_batches_tracked as I64 scalars).
+   * Every entry is live: the tensors are the module's own (do not dispose them) and an integer
+   * buffer's `data` reads its current value.
    */
   stateDict(): Record<string, Tensor | IntTensor> {
     const out: Record<string, Tensor | IntTensor> = {};
-    for (const [n, p] of this.namedParameters({ removeDuplicate: false })) out[n] = p;
-    for (const [n, b] of this.namedBuffers()) out[n] = b;
-    for (const [n, b] of this.namedIntBuffers()) out[n] = { dtype: 'I64', shape: [], data: BigInt64Array.of(b.value) };
+    for (const [prefix, m] of this.namedModules()) {
+      const at = (n: string) => (prefix ? `${prefix}.${n}` : n);
+      for (const [n, p] of m._params) if (p) out[at(n)] = p;
+      for (const [n, b] of m._buffers) out[at(n)] = b;
+      for (const [n, b] of m._intBuffers) {
+        const entry = { dtype: 'I64', shape: [] } as unknown as IntTensor;
+        Object.defineProperty(entry, 'data', { enumerable: true, get: () => BigInt64Array.of(b.value) });
+        out[at(n)] = entry;
+      }
+    }
     return out;
   }
 
   /**
-   * Copies values from a state dict (shapes must match). strict (default true): every key of
-   * the module must be present and no unknown key may appear.
+   * Copies values from a state dict (shapes must match; integer entries of a float tensor are
+   * converted, as PyTorch's copy does). strict (default true): every key of the module must be
+   * present and no unknown key may appear, except BatchNorm's num_batches_tracked, which may be
+   * absent (PyTorch's rule: the module keeps its count). Every problem is named in one error.
    */
   loadStateDict(dict: Record<string, Tensor | IntTensor>, options: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
     check(dict !== null && typeof dict === 'object' && !Array.isArray(dict), 'ERR_ARG', () => `loadStateDict: expected an object of name -> Tensor, got ${dict === null ? 'null' : typeof dict}`);
@@ -134,41 +173,56 @@ export class Module {
     const own = this.stateDict();
     const ints = new Map(this.namedIntBuffers());
     // a key whose value is undefined or null (a failed lookup while building the dict) is missing
-    const missing = Object.keys(own).filter((k) => dict[k] === undefined || dict[k] === null);
+    const absent = (k: string) => dict[k] === undefined || dict[k] === null;
+    const missing = Object.keys(own).filter((k) => absent(k) && !(ints.has(k) && /(^|\.)num_batches_tracked$/.test(k)));
     const unexpected = Object.keys(dict).filter((k) => !(k in own));
-    if (strict && (missing.length || unexpected.length)) {
-      throw new AdaShiftError(
-        'ERR_ARG',
-        `loadStateDict: ${missing.length ? `missing keys: ${missing.join(', ')}` : ''}${missing.length && unexpected.length ? '; ' : ''}${unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''}`,
-      );
-    }
     // Every entry is checked before any is loaded, so a dict that fails leaves the module as it was.
+    const problems: string[] = [];
     const loads: (() => void)[] = [];
     for (const [k, target] of Object.entries(own)) {
       const src = dict[k];
-      if (!src) continue;
+      if (absent(k)) continue;
       const intBuf = ints.get(k);
       if (intBuf) {
+        let v: bigint | null = null;
         if (isIntTensor(src)) {
-          check(src.data.length === 1, 'ERR_SHAPE', () => `loadStateDict: '${k}' must hold one integer`);
-          const v = BigInt(src.data[0]);
-          check(v >= 0n, 'ERR_ARG', () => `loadStateDict: '${k}' must be a count >= 0, got ${v}`);
-          loads.push(() => (intBuf.value = v));
-        } else {
-          check(src instanceof Tensor && src.numel === 1, 'ERR_ARG', () => `loadStateDict: '${k}' must be an integer scalar`);
+          if (src.data.length !== 1) problems.push(`'${k}' must hold one integer, got ${src.data.length}`);
+          else v = BigInt(src.data[0]);
+        } else if (src instanceof Tensor && src.numel === 1) {
           const x = src.item();
-          check(Number.isSafeInteger(x) && x >= 0, 'ERR_ARG', () => `loadStateDict: '${k}' must be a count (an integer >= 0), got ${x}`);
-          const v = BigInt(x);
-          loads.push(() => (intBuf.value = v));
+          if (Number.isSafeInteger(x)) v = BigInt(x);
+          else problems.push(`'${k}' must be a count (an integer >= 0), got ${x}`);
+        } else problems.push(`'${k}' must be an integer scalar, got ${entryKind(src)}`);
+        if (v !== null && v < 0n) problems.push(`'${k}' must be a count >= 0, got ${v}`);
+        else if (v !== null) {
+          const value = v;
+          loads.push(() => (intBuf.value = value));
         }
         continue;
       }
       if (!(target instanceof Tensor)) continue;
-      check(src instanceof Tensor, 'ERR_ARG', () => `loadStateDict: '${k}' is not a Tensor`);
-      const a = target.shape, b = src.shape;
-      check(a.length === b.length && a.every((v, i) => v === b[i]), 'ERR_SHAPE', () => `loadStateDict: '${k}' has shape [${b.join(', ')}], the module expects [${a.join(', ')}]`);
+      const shape = src instanceof Tensor ? src.shape : isIntTensor(src) ? src.shape : null;
+      if (!shape) {
+        problems.push(`'${k}' must be a Tensor, got ${entryKind(src)}`);
+        continue;
+      }
+      const a = target.shape;
+      if (!(a.length === shape.length && a.every((d, i) => d === shape[i]))) {
+        problems.push(`'${k}' has shape [${shape.join(', ')}], the module expects [${a.join(', ')}]`);
+        continue;
+      }
       // Always a copy: the module must never share memory with the dict it loaded from.
-      loads.push(() => noGrad(() => target._setData(new Tensor(src.device === target.device ? native.clone(src.handle) : native.to(src.handle, target.device)))));
+      if (src instanceof Tensor) {
+        loads.push(() => noGrad(() => target._setData(new Tensor(src.device === target.device ? native.clone(src.handle) : native.to(src.handle, target.device)))));
+      } else {
+        const values = Float32Array.from(src.data as ArrayLike<number | bigint>, (x) => Number(x));
+        loads.push(() => noGrad(() => target._setData(tensor(values, shape, { device: target.device }))));
+      }
+    }
+    const keyProblems = strict ? [missing.length ? `missing keys: ${missing.join(', ')}` : '', unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''].filter(Boolean) : [];
+    if (keyProblems.length || problems.length) {
+      const hint = strict && missing.length ? prefixHint(missing, unexpected, own) : '';
+      throw new AdaShiftError(keyProblems.length ? 'ERR_ARG' : problems.some((p) => p.includes('has shape')) ? 'ERR_SHAPE' : 'ERR_ARG', `loadStateDict: ${[...keyProblems, ...problems].join('; ')}${hint}`);
     }
     for (const load of loads) load();
     return { missing, unexpected };
