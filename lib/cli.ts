@@ -267,7 +267,7 @@ function actOptionsFrom(opts: Record<string, unknown>): TrainOptions['actOptions
 function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
   return {
     model: opts.model as TrainOptions['model'],
-    dataset: opts.dataset as string,
+    dataset: opts.dataset as TrainOptions['dataset'],
     dataDir: opts.dataDir as string | undefined,
     epochs: opts.epochs as number,
     batch: opts.batch as number,
@@ -279,7 +279,7 @@ function trainOptionsFrom(opts: Record<string, unknown>): TrainOptions {
     warmup: opts.warmup as number,
     labelSmoothing: opts.labelSmoothing as number,
     augment: opts.augment as boolean,
-    device: opts.device as string,
+    device: opts.device as TrainOptions['device'],
     threads: opts.threads as number | undefined,
     graph: opts.graph === true,
     overwrite: opts.overwrite === true ? true : undefined,

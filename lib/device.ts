@@ -4,7 +4,10 @@
 import { AdaShiftError } from './errors';
 import { native, NativeBackendInfo } from './native';
 
-export type DeviceSpec = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
+/** A concrete device: what tensors report. */
+export type Device = 'cpu' | `cuda:${number}`;
+/** A device to ask for: a concrete one, 'cuda' (cuda:0) or 'auto' (CUDA when usable, else the CPU). */
+export type DeviceSpec = 'auto' | 'cuda' | Device;
 
 let cachedInfo: NativeBackendInfo | undefined;
 export function backendInfo(): NativeBackendInfo {
@@ -21,14 +24,18 @@ export function setDefaultDevice(spec: DeviceSpec | undefined): void {
   defaultOverride = spec;
 }
 
+const DEVICE_SPELLING = /^(auto|cpu|cuda(:\d+)?)$/;
+
+/** ADASHIFT_DEVICE, checked: a misspelt value names the variable (checked at load too, below). */
 function envDevice(): DeviceSpec {
   const v = process.env.ADASHIFT_DEVICE;
   if (v === undefined || v === '') return 'auto';
+  if (!DEVICE_SPELLING.test(v)) throw new AdaShiftError('ERR_ARG', `ADASHIFT_DEVICE must be 'auto', 'cpu', 'cuda' or 'cuda:N', got '${v}'`);
   return v as DeviceSpec;
 }
 
 /** Turns a device spec into a concrete device string ('cpu' or 'cuda:N'). */
-export function resolveDevice(spec?: DeviceSpec | string): string {
+export function resolveDevice(spec?: DeviceSpec | string): Device {
   const s = spec ?? defaultOverride ?? envDevice();
   if (s === 'cpu') return 'cpu';
   const info = backendInfo();
@@ -90,6 +97,8 @@ for (const [name, lo, hi] of [['ADASHIFT_NUM_THREADS', 1, Infinity], ['ADASHIFT_
     throw new AdaShiftError('ERR_ARG', `${name} must be an integer ${hi === Infinity ? `>= ${lo}` : `in [${lo}, ${hi}]`}, got '${v}'`);
   }
 }
+
+envDevice();
 
 // ADASHIFT_ALLOW_TF32: '1' or 'true' turns TF32 on, '0', 'false' or '' leaves it off; anything
 // else is refused when the package loads (a misspelt value would otherwise change the numbers

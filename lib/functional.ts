@@ -1,7 +1,7 @@
 // Stateless, differentiable functions (PyTorch's torch.nn.functional).
 export { relu, gelu, silu } from './ops/activation';
 export type { GeluOptions } from './ops/activation';
-export { adashift, adashiftB, adashiftGate, adashiftMA, regionPool, regionTokens } from './ops/adashift';
+export { adashift, adashiftB, adashiftGate, adashiftMA, regionPool } from './ops/adashift';
 export type { AdaShiftBParams, AdaShiftMAParams } from './ops/adashift';
 export { layerNorm, linear, matmul, softmax } from './ops/dense';
 export { add, addScalar, div, flatten, mean, mul, permute, reshape, scale, sub, sum, transpose } from './ops/elementwise';

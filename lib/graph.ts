@@ -19,13 +19,13 @@ import { closeCreationLog, keep, openCreationLog, tensorsIn, tidy } from './tens
 
 export interface CaptureOptions {
   /** The CUDA device whose work is captured (default: the default device; it must be CUDA). */
-  device?: DeviceSpec | string;
+  device?: DeviceSpec;
   /** Eager runs of fn before the capture (default 0); their results are disposed. */
   warmup?: number;
 }
 
 /** Whether a CUDA graph is being captured on `device` (false for the CPU). */
-export function isCapturing(device?: DeviceSpec | string): boolean {
+export function isCapturing(device?: DeviceSpec): boolean {
   // a device that is not CUDA, or CUDA not usable here, captures nothing; a misspelt one is an error
   const d = resolveDevice(typeof device === 'string' && device.startsWith('cuda') && !backendInfo().cudaUsable ? 'cpu' : device);
   return capturingOn(d);

@@ -2,7 +2,7 @@
 export { AdaShiftError } from './errors';
 export type { ErrorCode } from './errors';
 export { backendInfo, getAllowTF32, getNumThreads, resolveDevice, setAllowTF32, setDefaultDevice, setNumThreads } from './device';
-export type { DeviceSpec } from './device';
+export type { Device, DeviceSpec } from './device';
 export {
   empty, full, getRngState, keep, manualSeed, memory, ones, rand, randn, resetPeakMemory, setRngState, Tensor, tensor, tidy, zeros,
 } from './tensor';

@@ -1,9 +1,9 @@
 // Tensor: a float32, contiguous array in native memory (CPU or CUDA) plus the autograd fields.
 // Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
 // the program forgot (and counts it, see memory().leaked).
-import { types } from 'util';
+import { inspect, InspectOptionsStylized, types } from 'util';
 import { AdaShiftError, check, checkBooleans, checkOptions, checkSyncFn, refusePromise } from './errors';
-import { DeviceSpec, resolveDevice } from './device';
+import { Device, DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
 import type { GradFn } from './autograd';
 import { isGradEnabled, runBackward } from './autograd';
@@ -11,7 +11,7 @@ import { isGradEnabled, runBackward } from './autograd';
 export type Shape = readonly number[];
 
 export interface TensorOptions {
-  device?: DeviceSpec | string;
+  device?: DeviceSpec;
   requiresGrad?: boolean;
 }
 
@@ -46,16 +46,16 @@ export class Tensor {
   disposedByTidy = false;
   private shp: number[] | null = null;
   private num = -1;
-  private dev: string | null = null;
-  /** Whether gradients flow to this tensor (leaves: user's choice; results: derived). */
-  requiresGrad: boolean;
+  private dev: Device | null = null;
+  private rg = false;
   /** Accumulated gradient of a leaf after backward(). */
   grad: Tensor | null = null;
   /** The autograd node that produced this tensor (null for leaves). */
   gradFn: GradFn | null = null;
 
-  /** @internal Wraps a native handle; use tensor(), zeros(), randn(), ... */
+  /** Tensors are made by tensor(), zeros(), randn(), ... and by ops; this wraps the addon's handle. */
   constructor(handle: NativeTensor, requiresGrad = false) {
+    check(handle instanceof native.NativeTensor, 'ERR_ARG', () => 'new Tensor(handle): a Tensor wraps a handle of the addon; make tensors with tensor(), zeros(), ones(), randn(), ...');
     this.h = handle;
     this.requiresGrad = requiresGrad;
     finalizer.register(this, handle, this);
@@ -73,8 +73,8 @@ export class Tensor {
     const h = this.handle;
     return (this.shp ??= h.shape).slice();
   }
-  get device(): string {
-    return (this.dev ??= this.h.device);
+  get device(): Device {
+    return (this.dev ??= this.h.device as Device);
   }
   get numel(): number {
     const h = this.handle;
@@ -88,17 +88,31 @@ export class Tensor {
     return this.gradFn === null;
   }
 
+  /**
+   * Whether gradients flow to this tensor: a leaf's is the user's choice (a boolean), a result's
+   * follows from its inputs and cannot be changed (detach() cuts a result from the graph).
+   */
+  get requiresGrad(): boolean {
+    return this.rg;
+  }
+  set requiresGrad(flag: boolean) {
+    check(typeof flag === 'boolean', 'ERR_ARG', () => `requiresGrad must be a boolean, got ${JSON.stringify(flag) ?? typeof flag}`);
+    if (flag === this.rg) return;
+    check(this.gradFn === null, 'ERR_AUTOGRAD', () => `requiresGrad can only be changed on a leaf tensor (one not computed by an op); detach() gives this result cut from the graph`);
+    this.rg = flag;
+  }
+
   /** Copies the values to a new Float32Array (waits for queued device work). */
   toFloat32Array(): Float32Array {
     return this.handle.toFloat32Array();
   }
 
-  /** Nested JS arrays shaped like the tensor. */
-  toArray(): unknown {
+  /** Nested JS arrays shaped like the tensor (a number for a 0-d tensor). */
+  toArray(): number | NestedArray {
     const data = Array.from(this.toFloat32Array());
     const shape = this.shape;
     if (shape.length === 0) return data[0];
-    const build = (dim: number, offset: number): unknown => {
+    const build = (dim: number, offset: number): NestedArray => {
       const n = shape[dim];
       if (dim === shape.length - 1) return data.slice(offset, offset + n);
       const stride = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
@@ -114,7 +128,7 @@ export class Tensor {
   }
 
   /** A copy on another device (the same tensor when already there). Not differentiable. */
-  to(device: DeviceSpec | string): Tensor {
+  to(device: DeviceSpec): Tensor {
     const d = resolveDevice(device);
     if (d === this.handle.device) return this;
     return new Tensor(native.to(this.handle, d), false);
@@ -126,12 +140,22 @@ export class Tensor {
    * CUDA graph reading this tensor sees the new values on its next replay. Not differentiable:
    * refused on a result of an op, and on a tensor that requires grad outside noGrad().
    */
-  copy_(src: Tensor | Float32Array): this {
+  copy_(src: Tensor | Float32Array | Int32Array | Uint8Array | Float64Array | readonly number[]): this {
     check(this.gradFn === null, 'ERR_AUTOGRAD', () => 'copy_: the tensor is the result of an op; copying into it would break its gradient');
     check(!(this.requiresGrad && isGradEnabled()), 'ERR_AUTOGRAD', () => 'copy_ into a tensor that requires grad is allowed only inside noGrad(() => ...)');
-    if (isFloat32Array(src)) {
-      check(src.length === this.numel, 'ERR_SHAPE', () => `copy_: expected ${this.numel} values for shape [${this.shape.join(', ')}], got ${src.length}`);
-      const h = native.fromArray(src, this.shape, 'cpu');
+    if (!(src instanceof Tensor) && (ArrayBuffer.isView(src) || Array.isArray(src)) && !(src instanceof BigInt64Array || src instanceof BigUint64Array || src instanceof DataView)) {
+      // other typed arrays and plain arrays of numbers (a DataLoader batch's Int32Array labels)
+      // are converted to float32, as tensor() converts them
+      let f32: Float32Array;
+      if (isFloat32Array(src)) f32 = src;
+      else {
+        const values = Array.from(src as ArrayLike<unknown>);
+        const bad = values.findIndex((v) => typeof v !== 'number');
+        check(bad < 0, 'ERR_ARG', () => `copy_: src[${bad}] must be a number, got ${typeof values[bad]}`);
+        f32 = Float32Array.from(values as number[]);
+      }
+      check(f32.length === this.numel, 'ERR_SHAPE', () => `copy_: expected ${this.numel} values for shape [${this.shape.join(', ')}], got ${f32.length}`);
+      const h = native.fromArray(f32, this.shape, 'cpu');
       try {
         native.copy_(this.handle, h);
       } finally {
@@ -139,7 +163,7 @@ export class Tensor {
       }
       return this;
     }
-    check(src instanceof Tensor, 'ERR_ARG', () => `copy_: src must be a Tensor or a Float32Array, got ${src === null ? 'null' : typeof src}`);
+    check(src instanceof Tensor, 'ERR_ARG', () => `copy_: src must be a Tensor, a typed array or an array of numbers, got ${describeValue(src)}`);
     native.copy_(this.handle, src.handle);
     return this;
   }
@@ -171,6 +195,7 @@ export class Tensor {
 
   /** Sets requiresGrad on a leaf (returns this). */
   requiresGrad_(flag = true): this {
+    check(typeof flag === 'boolean', 'ERR_ARG', () => `requiresGrad_(flag): flag must be a boolean, got ${JSON.stringify(flag) ?? typeof flag}`);
     check(this.isLeaf, 'ERR_AUTOGRAD', () => 'requiresGrad_ can only be changed on a leaf tensor (one not computed by an op)');
     this.requiresGrad = flag;
     return this;
@@ -195,8 +220,58 @@ export class Tensor {
 
   toString(): string {
     if (this.isDisposed) return 'Tensor(disposed)';
-    return `Tensor(shape=[${this.shape.join(', ')}], device=${this.device}${this.requiresGrad ? ', requiresGrad' : ''})`;
+    return `Tensor(shape=[${this.shape.join(', ')}], device=${this.device}${this.requiresGrad ? ', requiresGrad' : ''}${this.gradFn ? `, gradFn=${this.gradFn.name}` : ''})`;
   }
+
+  /**
+   * What console.log and util.inspect show: toString() and the values (reading them back from
+   * the device), the first and last ones of a tensor of more than 1000 elements.
+   */
+  [inspect.custom](_depth: number, options: InspectOptionsStylized): string {
+    const head = this.toString();
+    if (this.isDisposed) return head;
+    let values: Float32Array;
+    try {
+      values = this.toFloat32Array();
+    } catch {
+      return head; // values cannot be read now (e.g. inside a CUDA graph capture)
+    }
+    return `${head} ${formatValues(values, this.shape, options)}`;
+  }
+
+  /** JSON.stringify gives the shape, device and values. */
+  toJSON(): { shape: number[]; device: string; values: number | NestedArray } | { disposed: true } {
+    if (this.isDisposed) return { disposed: true };
+    return { shape: this.shape, device: this.device, values: this.toArray() };
+  }
+}
+
+/** Nested arrays of numbers: toArray()'s result. */
+export type NestedArray = number[] | NestedArray[];
+
+/** What a value is, for messages: its type, or its constructor's name for an object. */
+function describeValue(v: unknown): string {
+  if (v === null || v === undefined) return String(v);
+  return typeof v === 'object' ? (v as object).constructor?.name ?? 'object' : typeof v;
+}
+
+const SUMMARY_THRESHOLD = 1000; // elements; PyTorch's print threshold
+const SUMMARY_EDGE = 3; // entries kept at each end of a summarised dimension
+
+/** Nested brackets of the values, summarised PyTorch's way past SUMMARY_THRESHOLD elements. */
+function formatValues(values: Float32Array, shape: number[], options: InspectOptionsStylized): string {
+  const num = (x: number) => options.stylize(Number.isInteger(x) && Math.abs(x) < 1e16 ? `${x}.` : x.toPrecision(4).replace(/(\.\d*?)0+(e|$)/, '$1$2'), 'number');
+  if (shape.length === 0) return num(values[0]);
+  const summarise = values.length > SUMMARY_THRESHOLD;
+  const strides = shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
+  const walk = (dim: number, offset: number, indent: string): string => {
+    const n = shape[dim];
+    const idx = summarise && n > 2 * SUMMARY_EDGE ? [...Array(SUMMARY_EDGE).keys(), -1, ...Array.from({ length: SUMMARY_EDGE }, (_, i) => n - SUMMARY_EDGE + i)] : [...Array(n).keys()];
+    if (dim === shape.length - 1) return `[${idx.map((i) => (i < 0 ? '...' : num(values[offset + i]))).join(', ')}]`;
+    const inner = idx.map((i) => (i < 0 ? '...' : walk(dim + 1, offset + i * strides[dim], `${indent} `)));
+    return `[${inner.join(`,\n${indent} `)}]`;
+  };
+  return walk(0, 0, '');
 }
 
 // ---- creation -------------------------------------------------------------------------------
@@ -301,7 +376,7 @@ const rng = { seed: 0x5eed, offset: 0 };
 
 /** Seeds the generator that rand/randn and parameter initialisation draw from. */
 export function manualSeed(seed: number): void {
-  check(Number.isSafeInteger(seed) && seed >= 0, 'ERR_ARG', () => `manualSeed: seed must be a non-negative safe integer, got ${seed}`);
+  check(Number.isSafeInteger(seed) && seed >= 0, 'ERR_ARG', () => `manualSeed: seed must be a non-negative safe integer, got ${typeof seed === 'bigint' ? `the bigint ${seed}n (pass a number)` : typeof seed === 'number' ? seed : JSON.stringify(seed) ?? typeof seed}`);
   rng.seed = seed;
   rng.offset = 0;
 }
@@ -451,7 +526,7 @@ export interface MemoryInfo {
  * Restarts a device's peak counter (memory().devices[i].peakBytes) at its current live bytes;
  * the default device when none is given.
  */
-export function resetPeakMemory(device?: DeviceSpec | string): void {
+export function resetPeakMemory(device?: DeviceSpec): void {
   native.resetPeakMemory(resolveDevice(device));
 }
 

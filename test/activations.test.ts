@@ -32,7 +32,7 @@ function build(c: Case): as.nn.Module {
     case 'gelu-tanh':
       return as.nn.activation('gelu', C, { approximate: 'tanh' });
     default:
-      return as.nn.activation(c.kind, C);
+      return as.nn.activation(c.kind as as.nn.ActivationName, C);
   }
 }
 

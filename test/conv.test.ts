@@ -473,8 +473,8 @@ describe('conv2d errors', () => {
       thrown(() => conv2d(x(), w(), null, { stride: 0 }), 'ERR_ARG', /'stride' must be an integer >= 1/);
       thrown(() => conv2d(x(), w(), null, { padding: -1 }), 'ERR_ARG', /'padding' must be an integer >= 0/);
       thrown(() => conv2d(x(), w(), null, { stride: [1, 2, 3] as unknown as [number, number] }), 'ERR_ARG', /pair \[h, w\]/);
-      thrown(() => conv2d(x(), w(), null, { dilation: 2 }), 'ERR_ARG', /only dilation 1/);
-      thrown(() => conv2d(x(), w(), null, { groups: 3 }), 'ERR_ARG', /only groups 1/);
+      thrown(() => conv2d(x(), w(), null, { dilation: 2 as never }), 'ERR_ARG', /only dilation 1/);
+      thrown(() => conv2d(x(), w(), null, { groups: 3 as never }), 'ERR_ARG', /only groups 1/);
       thrown(() => native.conv2dForward(x().handle, w().handle, null, 0, 1, 0, 0), 'ERR_ARG', /'strideH' must be an integer/);
     }));
   test('backward with a gradient of the wrong shape', () =>

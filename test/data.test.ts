@@ -188,7 +188,7 @@ describe('MNIST / Fashion-MNIST from IDX files', () => {
         expect(isShared(ds.images)).toBe(true);
       }
     }
-    expect(data.loadDataset('Fashion_MNIST', 'train', { dataDir: s.dir }).name).toBe('fashion-mnist');
+    expect(data.loadDataset('Fashion_MNIST' as never, 'train', { dataDir: s.dir }).name).toBe('fashion-mnist');
     const lim = data.loadDataset('mnist', 'train', { dataDir: s.dir, limit: 4 });
     expect(lim.count).toBe(4);
     expect(Array.from(lim.images)).toEqual(Array.from(s.train.images.subarray(0, 4 * 30)));
@@ -198,7 +198,7 @@ describe('MNIST / Fashion-MNIST from IDX files', () => {
   });
 
   test('errors: unknown name, missing directory or file, count mismatch, label range, bad magic', () => {
-    expectError(() => data.loadDataset('imagenet', 'train'), 'ERR_ARG', 'imagenet', 'fashion-mnist', 'cifar100');
+    expectError(() => data.loadDataset('imagenet' as never, 'train'), 'ERR_ARG', 'imagenet', 'fashion-mnist', 'cifar100');
     expectError(() => data.loadDataset('mnist', 'train'), 'ERR_IO', 'no data directory', '--data-dir', 'train-images-idx3-ubyte');
     expectError(() => data.loadDataset('mnist', 'train', { dataDir: tmp, limit: 0 }), 'ERR_ARG', 'limit');
 
@@ -234,7 +234,7 @@ describe('MNIST / Fashion-MNIST from IDX files', () => {
   test('an empty split (no images, no labels, zero-pixel images) is an ERR_IO naming the file', () => {
     const zt = writeIdxSet('mnist-zero-test', 6, 0);
     const zti = path.join(zt.dir, IDX_NAMES.testImages);
-    for (const name of ['mnist', 'fashion-mnist']) {
+    for (const name of ['mnist', 'fashion-mnist'] as const) {
       expectError(() => data.loadDataset(name, 'test', { dataDir: zt.dir }), 'ERR_IO', `${zti}: holds no images`);
     }
     expect(data.loadDataset('mnist', 'train', { dataDir: zt.dir }).count).toBe(6);
@@ -358,7 +358,7 @@ describe('CIFAR', () => {
     expect(tr.mean).toEqual([0.4914, 0.4822, 0.4465]);
     expect(tr.std).toEqual([0.247, 0.2435, 0.2616]);
     expect(tr.classNames).toEqual(['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']);
-    const te = data.loadDataset('cifar-10', 'test', { dataDir: c10, records: 'any' });
+    const te = data.loadDataset('cifar-10' as never, 'test', { dataDir: c10, records: 'any' });
     expect(te.count).toBe(3);
     expect(Array.from(te.labels)).toEqual(testBatch.labels);
     expect(Buffer.from(te.images).equals(Buffer.from(testBatch.images))).toBe(true);

@@ -30,7 +30,7 @@ const cases: Case[] = JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), '
 const schedules: ScheduleCase[] = JSON.parse(fs.readFileSync(path.join(dir, 'schedules.json'), 'utf8'));
 
 const info = as.backendInfo();
-const devices = ['cpu', ...(info.cudaUsable ? ['cuda'] : [])];
+const devices: as.DeviceSpec[] = ['cpu', ...(info.cudaUsable ? ['cuda' as const] : [])];
 
 // float32 updates against float64 references over 5 steps: each step rounds a handful of
 // float32 operations per element (~1e-7 relative each) and the parameters move by at most a few
@@ -61,7 +61,7 @@ function makeOptimizer(kind: string, params: optim.ParamsArg, options: Record<st
 }
 
 /** Runs a fixture case on a device; returns the comparison of every parameter after every step. */
-function runCase(c: Case, device: string, via: 'groups' | 'helper' | 'noDecay' = 'groups') {
+function runCase(c: Case, device: as.DeviceSpec, via: 'groups' | 'helper' | 'noDecay' = 'groups') {
   const f = as.io.loadSafetensors(path.join(dir, c.file), { device }) as Record<string, as.Tensor>;
   const named: Named = c.params.map((p) => [p.name, as.keep(f[`p0.${p.name}`].to(device)).requiresGrad_()]);
   const byName = new Map(named);
@@ -142,7 +142,7 @@ describe('paramGroups helper', () => {
 });
 
 /** Parameters of awkward sizes with deterministic gradients per step. */
-function problem(device: string, sizes: number[][] = [[5, 7, 3], [13], [4099], [1]]) {
+function problem(device: as.DeviceSpec, sizes: number[][] = [[5, 7, 3], [13], [4099], [1]]) {
   as.manualSeed(7);
   const params = sizes.map((s) => as.keep(as.randn(s, { device })).requiresGrad_());
   const setGrads = (k: number) => {

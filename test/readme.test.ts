@@ -32,7 +32,7 @@ declare const model: ad.nn.ResNet;
 declare const firstImages: ad.Tensor, firstLabels: ad.Tensor;
 declare const batches: { images: ad.Tensor; labels: ad.Tensor }[];
 `;
-function prelude(device: string): Record<string, unknown> {
+function prelude(device: lib.DeviceSpec): Record<string, unknown> {
   const model = lib.nn.resnet('resnet20', { act: 'relu', inChannels: 1, smallInput: true, device });
   // a batch of 64 Fashion-MNIST-shaped images and their labels (as a tensor: the CUDA graph example's)
   const batch = () => ({ images: lib.randn([64, 1, 28, 28]), labels: lib.tensor(Float32Array.from({ length: 64 }, (_, i) => i % 10), [64]) });

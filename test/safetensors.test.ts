@@ -261,6 +261,20 @@ describe('well-formed files that cannot be loaded name the file and the tensor',
 describe('atomic saves', () => {
   const tempsIn = (d: string) => fs.readdirSync(d).filter((n) => n.endsWith('.tmp'));
 
+  test("a killed writer's temp file is removed by the next save of that file; a running process's is kept", () => {
+    const sub = fs.mkdtempSync(path.join(dir, 'stale-'));
+    const target = path.join(sub, 'checkpoint.safetensors');
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!; // a process that has exited
+    const staleName = `.checkpoint.safetensors.${dead}.k1ll3d.tmp`;
+    const liveName = `.checkpoint.safetensors.${process.ppid}.wr1t1ng.tmp`; // the parent still runs
+    const otherName = `.other.safetensors.${dead}.x.tmp`; // another file's: not this save's to touch
+    for (const n of [staleName, liveName, otherName]) fs.writeFileSync(path.join(sub, n), 'partial');
+    const t = as.ones([3]);
+    io.saveSafetensors(target, { t });
+    t.dispose();
+    expect(tempsIn(sub).sort()).toEqual([liveName, otherName].sort());
+  });
+
   test('a save that fails while writing leaves the target untouched and no temp files', () => {
     // The target is a non-empty directory: the temp file is written, then the rename fails.
     const sub = fs.mkdtempSync(path.join(dir, 'atomic-'));

@@ -3,7 +3,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import * as ts from 'typescript';
-import { types } from 'util';
+import { inspect, types } from 'util';
 import * as as from '../lib';
 import { ensureDist } from './helpers/dist';
 import { closeCreationLog, openCreationLog } from '../lib/tensor';
@@ -300,6 +300,7 @@ describe('random streams', () => {
   test('invalid seeds and states are rejected', () => {
     expectCode(() => as.manualSeed(-1), 'ERR_ARG');
     expectCode(() => as.manualSeed(1.5), 'ERR_ARG');
+    expect(() => as.manualSeed(1n as never)).toThrow('manualSeed: seed must be a non-negative safe integer, got the bigint 1n (pass a number)');
     expectCode(() => as.setRngState({ seed: 1, offset: -4 }), 'ERR_ARG');
     expectCode(() => as.rand([2], { low: 1, high: 0 }), 'ERR_ARG');
     expectCode(() => as.randn([2], { std: -1 }), 'ERR_ARG');
@@ -646,5 +647,64 @@ describe('FinalizationRegistry safety net (child process with --expose-gc)', () 
     expect(out.leaked).toBe(3);
     expect(out.after).toEqual({ tensors: out.base.tensors + 1, bytes: out.base.bytes + 20 });
     expect(out.heldValues).toEqual([1, 1, 1, 1, 1]);
+  });
+});
+
+describe('what a user sees of a tensor and a module', () => {
+  test('console.log shows shape, device, autograd state and values; past 1000 elements a summary; JSON has the values', () => {
+    const t = as.tensor([[1, 2], [3, 4.5]], undefined, { requiresGrad: true });
+    expect(inspect(t)).toBe('Tensor(shape=[2, 2], device=cpu, requiresGrad) [[1., 2.],\n [3., 4.5]]');
+    const y = as.functional.scale(t, 2);
+    expect(String(y)).toBe('Tensor(shape=[2, 2], device=cpu, requiresGrad, gradFn=scale)');
+    expect(JSON.parse(JSON.stringify({ y }))).toEqual({ y: { shape: [2, 2], device: 'cpu', values: [[2, 4], [6, 9]] } });
+    const big = as.tensor(Float32Array.from({ length: 40 * 50 }, (_, i) => i), [40, 50]);
+    const lines = inspect(big).split('\n');
+    expect(lines[0]).toBe('Tensor(shape=[40, 50], device=cpu) [[0., 1., 2., ..., 47., 48., 49.],');
+    expect(lines[3]).toBe(' ...,');
+    expect(lines[6]).toBe(' [1950., 1951., 1952., ..., 1997., 1998., 1999.]]');
+    expect(inspect(as.tensor(0.125))).toBe('Tensor(shape=[], device=cpu) 0.125');
+    for (const x of [t, y, big]) x.dispose();
+    expect(inspect(t)).toBe('Tensor(disposed)');
+    expect(JSON.stringify(t)).toBe('{"disposed":true}');
+  });
+
+  test('a module prints as PyTorch prints it', () => {
+    const m = new as.nn.Sequential(new as.nn.Conv2d(1, 4, 3, { padding: 1 }), new as.nn.BatchNorm2d(4), as.nn.activation('adashift-b', 4));
+    expect(inspect(m)).toBe([
+      'Sequential(',
+      '  (0): Conv2d(1, 4, kernelSize=3, stride=1, padding=1, bias=false)',
+      '  (1): BatchNorm2d(4, eps=1e-5, momentum=0.1)',
+      '  (2): AdaShiftB(',
+      '    4, proj=false',
+      '    (norm): LayerNorm(4, eps=1e-6)',
+      '  )',
+      ')',
+    ].join('\n'));
+    m.dispose();
+  });
+
+  test('requiresGrad takes booleans and changes only on leaves; train(mode) a boolean; new Tensor() is the factories\' job', () => {
+    const x = as.ones([2]);
+    expect(() => { x.requiresGrad = 'yes' as never; }).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'requiresGrad must be a boolean, got "yes"' }));
+    expect(() => x.requiresGrad_(1 as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'requiresGrad_(flag): flag must be a boolean, got 1' }));
+    x.requiresGrad = true;
+    const h = as.functional.mul(x, x);
+    // cutting a result from the graph this way would give wrong gradients (x * x * x gave [1, 1])
+    expect(() => { h.requiresGrad = false; }).toThrow(expect.objectContaining({ code: 'ERR_AUTOGRAD', message: expect.stringMatching(/^requiresGrad can only be changed on a leaf tensor/) }));
+    h.requiresGrad = true; // unchanged: allowed
+    const bn = new as.nn.BatchNorm2d(2);
+    expect(() => bn.train('false' as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'BatchNorm2d.train(mode): mode must be a boolean, got "false"' }));
+    expect(bn.training).toBe(true);
+    expect(() => new as.Tensor({} as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/^new Tensor\(handle\): a Tensor wraps a handle of the addon; make tensors with tensor\(\)/) }));
+    // copy_ from the typed arrays a DataLoader gives (Int32Array labels) and from plain arrays
+    const y = as.zeros([3]);
+    y.copy_(Int32Array.of(1, 2, 3));
+    expect(Array.from(y.toFloat32Array())).toEqual([1, 2, 3]);
+    y.copy_([4, 5, 6]);
+    expect(Array.from(y.toFloat32Array())).toEqual([4, 5, 6]);
+    expect(() => y.copy_(new Map() as never)).toThrow('copy_: src must be a Tensor, a typed array or an array of numbers, got Map');
+    expect(() => y.copy_(['a', 1, 2] as never)).toThrow('copy_: src[0] must be a number, got string');
+    for (const t of [x, h, y]) t.dispose();
+    bn.dispose();
   });
 });

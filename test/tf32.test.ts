@@ -13,7 +13,7 @@ const cuda = as.backendInfo().cudaUsable;
 afterEach(() => as.setAllowTF32(false));
 
 /** y, dx and dw of conv2d (square stride and padding) on a device, as float32 arrays. */
-function convOn(device: string, X: Float32Array, Wt: Float32Array, DY: Float32Array, xs: number[], ws: number[], yShape: number[], pad: number, stride: number) {
+function convOn(device: as.DeviceSpec, X: Float32Array, Wt: Float32Array, DY: Float32Array, xs: number[], ws: number[], yShape: number[], pad: number, stride: number) {
   return as.tidy(() => {
     const x = as.tensor(X, xs, { device }), w = as.tensor(Wt, ws, { device }), dy = as.tensor(DY, yShape, { device });
     const y = new as.Tensor(native.conv2dForward(x.handle, w.handle, null, stride, stride, pad, pad)).toFloat32Array();

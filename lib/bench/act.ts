@@ -1,7 +1,7 @@
 // `adashift bench act`: forward+backward of each activation on a few shapes, with effective
 // bandwidth from the counted bytes (ADASHIFT.md) and, when PyTorch is present, the same
 // activations in PyTorch measured in the same run.
-import { resolveDevice } from '../device';
+import { Device, resolveDevice } from '../device';
 import { check, checkOptions } from '../errors';
 import { noGrad } from '../autograd';
 import { native } from '../native';
@@ -71,7 +71,7 @@ function bytesPerElement(act: string): number {
  * module runs before repeat i + 1 of any, so drift in the machine's speed (shared memory
  * bandwidth moves by 1.5x within minutes) hits every activation alike.
  */
-function measureAll(mods: Module[], shape: number[], device: string, repeats: number, warmup: number) {
+function measureAll(mods: Module[], shape: number[], device: Device, repeats: number, warmup: number) {
   const x = randn(shape, { device, requiresGrad: true });
   const dy = randn(shape, { device });
   const fwd: number[][] = mods.map(() => []), bwd: number[][] = mods.map(() => []);
@@ -102,7 +102,7 @@ function measureAll(mods: Module[], shape: number[], device: string, repeats: nu
 }
 
 /** Measured device-to-device copy bandwidth (read + write), GB/s, on a tensor of n floats. */
-export function copyBandwidth(n: number, device: string, repeats = 10): number {
+export function copyBandwidth(n: number, device: Device, repeats = 10): number {
   return noGrad(() => {
     const x = randn([n], { device });
     const times: number[] = [];

@@ -6,7 +6,7 @@
 // (models x activations), 'threads' (1 thread vs all, CPU), 'batch' (batch sizes).
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
-import { getAllowTF32, resolveDevice } from '../device';
+import { Device, getAllowTF32, resolveDevice } from '../device';
 import { AdaShiftError, check, checkOptions } from '../errors';
 import { CudaGraph } from '../graph';
 import { native } from '../native';
@@ -58,7 +58,7 @@ export type StepOptimizerName = keyof typeof STEP_OPTIMIZERS;
 export const STEP_OPTIMIZER_NAMES = Object.keys(STEP_OPTIMIZERS) as StepOptimizerName[];
 
 /** The optimizer of a measured step. */
-function stepOptimizer(model: ResNet, name: StepOptimizerName, device: string): Optimizer<BaseHyper> {
+function stepOptimizer(model: ResNet, name: StepOptimizerName, device: Device): Optimizer<BaseHyper> {
   const h: { lr: number; weightDecay: number; momentum?: number; betas?: readonly number[]; eps?: number; maxGradNorm?: number } = STEP_OPTIMIZERS[name];
   const groups = paramGroups(model, { weightDecay: h.weightDecay, exempt: 'bn-and-bias' });
   return makeOptimizer(name, groups, {
@@ -175,7 +175,7 @@ export class StepCase {
   readonly opt: Optimizer<BaseHyper>;
   readonly x: Tensor;
   readonly labels: Int32Array;
-  constructor(readonly spec: StepModelSpec, readonly act: ActivationName, readonly device: string, optimizer: StepOptimizerName = 'sgd') {
+  constructor(readonly spec: StepModelSpec, readonly act: ActivationName, readonly device: Device, optimizer: StepOptimizerName = 'sgd') {
     manualSeed(0);
     this.model = resnet(spec.model, { act, numClasses: spec.classes, inChannels: spec.input[0], smallInput: spec.smallInput, device });
     this.model.train();
@@ -262,7 +262,7 @@ export class StepCase {
   }
 }
 
-function deviceBytes(device: string): { bytes: number; peakBytes: number } {
+function deviceBytes(device: Device): { bytes: number; peakBytes: number } {
   const d = memory().devices.find((e) => e.device === device);
   return d ? { bytes: d.bytes, peakBytes: d.peakBytes } : { bytes: 0, peakBytes: 0 };
 }
@@ -365,7 +365,7 @@ export function resolveTorchPython(python?: string): string | undefined {
 // ---- measuring ----------------------------------------------------------------------------
 
 interface Ctx {
-  device: string;
+  device: Device;
   repeats: number;
   warmup: number;
   peer: TorchPeer | null;

@@ -8,6 +8,7 @@ import * as path from 'path';
 import { AdaShiftError, checkOptions } from '../errors';
 import type { Dataset } from './datasets';
 
+/** @internal */
 export const CIFAR_IMAGE_BYTES = 3 * 32 * 32;
 
 export const CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'];
@@ -44,15 +45,17 @@ export interface CifarOptions {
   records?: number | 'any';
 }
 
-/** A Uint8Array on a SharedArrayBuffer, so that loader workers can read it without a copy. */
+/** @internal A Uint8Array on a SharedArrayBuffer, so that loader workers can read it without a copy. */
 export function sharedBytes(n: number): Uint8Array {
   return new Uint8Array(new SharedArrayBuffer(Math.max(n, 0)));
 }
 
+/** @internal */
 export function cifar10Files(split: 'train' | 'test'): string[] {
   return split === 'train' ? [1, 2, 3, 4, 5].map((i) => `data_batch_${i}.bin`) : ['test_batch.bin'];
 }
 
+/** @internal */
 export function cifar100Files(split: 'train' | 'test'): string[] {
   return [split === 'train' ? 'train.bin' : 'test.bin'];
 }

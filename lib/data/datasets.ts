@@ -48,7 +48,7 @@ const ALIASES: Record<string, DatasetName> = {
   cifar100: 'cifar100', 'cifar-100': 'cifar100', cifar_100: 'cifar100',
 };
 
-/** The canonical name of a dataset ('Fashion-MNIST', 'fashion_mnist' -> 'fashion-mnist'); ERR_ARG if unknown. */
+/** @internal The canonical name of a dataset ('Fashion-MNIST', 'fashion_mnist' -> 'fashion-mnist'); ERR_ARG if unknown. */
 export function resolveDatasetName(name: string): DatasetName {
   const n = typeof name === 'string' ? ALIASES[name.trim().toLowerCase()] : undefined;
   if (!n) {
@@ -175,7 +175,7 @@ function loadIdxDataset(name: 'fashion-mnist' | 'mnist', dir: string, split: 'tr
   };
 }
 
-/** The first `n` examples of a dataset (a copy; images stay on a SharedArrayBuffer). */
+/** @internal The first `n` examples of a dataset (a copy; images stay on a SharedArrayBuffer). */
 export function takeFirst(ds: Dataset, n: number): Dataset {
   if (n >= ds.count) return ds;
   const per = ds.channels * ds.height * ds.width;
@@ -191,7 +191,7 @@ export function takeFirst(ds: Dataset, n: number): Dataset {
  * two splits have images of different sizes (the message says which file, what is wrong, and
  * how to get it).
  */
-export function loadDataset(name: DatasetName | string, split: 'train' | 'test', options: LoadDatasetOptions = {}): Dataset {
+export function loadDataset(name: DatasetName, split: 'train' | 'test', options: LoadDatasetOptions = {}): Dataset {
   const n = resolveDatasetName(name);
   if (split !== 'train' && split !== 'test') {
     throw new AdaShiftError('ERR_ARG', `loadDataset: split must be 'train' or 'test', got ${JSON.stringify(split)}`);

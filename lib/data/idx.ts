@@ -11,7 +11,7 @@ export interface IdxArray {
   data: Uint8Array;
 }
 
-/** The magic number of an unsigned-byte IDX file with `ndims` dimensions (0x00000803 for images). */
+/** @internal The magic number of an unsigned-byte IDX file with `ndims` dimensions (0x00000803 for images). */
 export function idxMagic(ndims: number): number {
   return 0x0800 | ndims;
 }
@@ -24,12 +24,12 @@ function ioError(name: string, msg: string): AdaShiftError {
   return new AdaShiftError('ERR_IO', `${name}: ${msg}`);
 }
 
-/** True when the bytes start with the gzip magic 1f 8b. */
+/** @internal True when the bytes start with the gzip magic 1f 8b. */
 export function isGzip(buf: Uint8Array): boolean {
   return buf.length >= 2 && buf[0] === 0x1f && buf[1] === 0x8b;
 }
 
-/** Decompresses gzip data (detected by its magic bytes); other data is returned as is. */
+/** @internal Decompresses gzip data (detected by its magic bytes); other data is returned as is. */
 export function maybeGunzip(buf: Uint8Array, name = '<buffer>'): Uint8Array {
   if (!isGzip(buf)) return buf;
   try {
@@ -165,7 +165,7 @@ export function readIdx(file: string, expectedDims?: number): IdxArray {
   return parseIdx(new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength), file, expectedDims);
 }
 
-/** Encodes an unsigned-byte IDX array (for tests and tools). */
+/** @internal Encodes an unsigned-byte IDX array (for tests and tools). */
 export function encodeIdx(dims: number[], data: Uint8Array): Uint8Array {
   const product = dims.reduce((a, b) => a * b, 1);
   if (product !== data.length) {

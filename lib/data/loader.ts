@@ -46,7 +46,7 @@ export interface Batch {
 
 // ---- seeded random numbers -------------------------------------------------------------------
 
-/** A 32-bit integer finaliser (lowbias32): a bijection with good avalanche. */
+/** @internal A 32-bit integer finaliser (lowbias32): a bijection with good avalanche. */
 export function mix32(x: number): number {
   x = (x ^ (x >>> 16)) >>> 0;
   x = Math.imul(x, 0x7feb352d);
@@ -55,7 +55,7 @@ export function mix32(x: number): number {
   return (x ^ (x >>> 16)) >>> 0;
 }
 
-/** Hashes non-negative safe integers into a 32-bit seed (each value's low and high words are mixed in). */
+/** @internal Hashes non-negative safe integers into a 32-bit seed (each value's low and high words are mixed in). */
 export function seedHash(...values: number[]): number {
   let h = 0x243f6a88;
   for (const v of values) {
@@ -66,7 +66,7 @@ export function seedHash(...values: number[]): number {
   return h;
 }
 
-/** mulberry32: a small, fast 32-bit-state PRNG; returns uniforms in [0, 1). */
+/** @internal mulberry32: a small, fast 32-bit-state PRNG; returns uniforms in [0, 1). */
 export function mulberry32(state: number): () => number {
   let s = state >>> 0;
   return () => {
@@ -86,7 +86,7 @@ function seedWords(seed: number): [number, number] {
   return seed >= 0 ? [seed, 0] : [-seed, 1];
 }
 
-/** The order of the examples in `epoch`: a Fisher-Yates shuffle seeded from (seed, epoch). */
+/** @internal The order of the examples in `epoch`: a Fisher-Yates shuffle seeded from (seed, epoch). */
 export function epochPermutation(count: number, seed: number, epoch: number): Int32Array {
   const [s, neg] = seedWords(seed);
   const rng = mulberry32(seedHash(STREAM_ORDER, s, neg, epoch));
@@ -101,7 +101,7 @@ export function epochPermutation(count: number, seed: number, epoch: number): In
   return p;
 }
 
-/** The augmentation PRNG of one example: seeded from (seed, epoch, index in the dataset). */
+/** @internal The augmentation PRNG of one example: seeded from (seed, epoch, index in the dataset). */
 export function exampleRng(seed: number, epoch: number, index: number): () => number {
   const [s, neg] = seedWords(seed);
   return mulberry32(seedHash(STREAM_AUGMENT, s, neg, epoch, index));
@@ -109,7 +109,7 @@ export function exampleRng(seed: number, epoch: number, index: number): () => nu
 
 // ---- batch building (shared by the main thread and the worker) ---------------------------------
 
-/** Everything but the data that a BatchBuilder needs (plain data: it is sent to the worker). */
+/** @internal Everything but the data that a BatchBuilder needs (plain data: it is sent to the worker). */
 export interface BatchPlan {
   count: number;
   channels: number;
@@ -124,12 +124,14 @@ export interface BatchPlan {
   dropLast: boolean;
 }
 
+/** @internal */
 export interface RawBatch {
   images: Float32Array;
   labels: Int32Array;
   indices: Int32Array;
 }
 
+/** @internal */
 export class BatchBuilder {
   readonly batchesPerEpoch: number;
   /** Output C, H, W of one example. */
@@ -189,22 +191,22 @@ export class BatchBuilder {
 
 // ---- the loader ------------------------------------------------------------------------------
 
-/** Message from the loader to its worker. */
+/** @internal Message from the loader to its worker. */
 export interface WorkerRequest {
   id: number;
   epoch: number;
   batch: number;
 }
-/** Reply from the worker: a batch, or what went wrong. */
+/** @internal Reply from the worker: a batch, or what went wrong. */
 export type WorkerReply = ({ id: number } & RawBatch) | { id: number; error: string };
-/** workerData of the loader worker. */
+/** @internal workerData of the loader worker. */
 export interface WorkerInit {
   images: Uint8Array;
   labels: Uint8Array;
   plan: BatchPlan;
 }
 
-/** The compiled worker next to this file, or undefined where there is none (TypeScript sources). */
+/** @internal The compiled worker next to this file, or undefined where there is none (TypeScript sources). */
 export function loaderWorkerFile(): string | undefined {
   if (__filename.endsWith('.ts')) return undefined;
   const f = path.join(__dirname, 'loader-worker.js');

@@ -12,7 +12,7 @@ export interface AugmentOptions {
   horizontalFlip?: boolean;
 }
 
-/**
+/** @internal
  * A lookup table of the normalised value of every byte for every channel:
  * table[ch * 256 + v] = (v/255 - mean[ch]) / std[ch], computed in float64 and rounded once.
  */
@@ -31,7 +31,7 @@ export function normalizationTable(c: number, mean: number[], std: number[]): Fl
   return t;
 }
 
-/** The output height and width of augmentInto for an h x w input. */
+/** @internal The output height and width of augmentInto for an h x w input. */
 export function augmentedSize(h: number, w: number, options: AugmentOptions): [number, number] {
   const rc = options.randomCrop;
   if (!rc) return [h, w];
@@ -39,7 +39,7 @@ export function augmentedSize(h: number, w: number, options: AugmentOptions): [n
   return size === undefined ? [h, w] : [size, size];
 }
 
-/** Checks augmentation options against an h x w image; throws ERR_ARG with what is wrong. */
+/** @internal Checks augmentation options against an h x w image; throws ERR_ARG with what is wrong. */
 export function validateAugment(h: number, w: number, options: AugmentOptions): void {
   // A misspelt option would otherwise be ignored without a word (no augmentation at all).
   checkOptions('augment', options, ['randomCrop', 'horizontalFlip']);
@@ -61,7 +61,7 @@ export function validateAugment(h: number, w: number, options: AugmentOptions): 
   }
 }
 
-/** Normalises one image with a table from normalizationTable (the loader's fast path). */
+/** @internal Normalises one image with a table from normalizationTable (the loader's fast path). */
 export function normalizeWithTable(
   src: Uint8Array, srcOffset: number, dst: Float32Array, dstOffset: number, c: number, h: number, w: number, table: Float32Array,
 ): void {
@@ -72,7 +72,7 @@ export function normalizeWithTable(
   }
 }
 
-/**
+/** @internal
  * Crop + flip + normalise one image with a table from normalizationTable. Random numbers are
  * drawn in a fixed order: crop top, crop left (only with randomCrop), flip (only with
  * horizontalFlip); each draw is one call of rng() (uniform in [0, 1)).
@@ -109,14 +109,14 @@ export function augmentWithTable(
   }
 }
 
-/** dst[dstOffset + (ch*h + y)*w + x] = (src[srcOffset + (ch*h + y)*w + x]/255 - mean[ch]) / std[ch]. */
+/** @internal dst[dstOffset + (ch*h + y)*w + x] = (src[srcOffset + (ch*h + y)*w + x]/255 - mean[ch]) / std[ch]. */
 export function normalizeInto(
   src: Uint8Array, srcOffset: number, dst: Float32Array, dstOffset: number, c: number, h: number, w: number, mean: number[], std: number[],
 ): void {
   normalizeWithTable(src, srcOffset, dst, dstOffset, c, h, w, normalizationTable(c, mean, std));
 }
 
-/**
+/** @internal
  * Random crop with zero padding (padded pixels are 0 in [0, 255] space), then a horizontal flip
  * with p = 0.5, then normalisation, of one CHW uint8 image into dst (C x size x size floats, or
  * C x h x w without randomCrop.size). Deterministic for a given rng.

@@ -1,2 +1,2 @@
-export { isIntTensor, loadSafetensors, readSafetensors, saveSafetensors, writeAtomic } from './safetensors';
+export { isIntTensor, loadSafetensors, readSafetensors, saveSafetensors } from './safetensors';
 export type { IntTensor, SafetensorsEntry, SafetensorsFile } from './safetensors';

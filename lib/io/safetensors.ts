@@ -143,7 +143,33 @@ export function ensureDir(dir: string): void {
   }
 }
 
-/** Writes buffers to a temp file beside `file`, flushes it, then renames over `file`. */
+/**
+ * Temp files of `base` that a killed process left (its pid no longer runs here): removed before
+ * the next write of the same file, so a run killed while saving does not leave one per kill.
+ */
+function removeStaleTemps(dir: string, base: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return; // the write below says what is wrong with the folder
+  }
+  const prefix = `.${base}.`;
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const pid = Number(name.slice(prefix.length).split('.')[0]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+      continue; // that process still runs (it may be writing now)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue; // EPERM: it runs, as another user
+    }
+    fs.rmSync(path.join(dir, name), { force: true });
+  }
+}
+
+/** @internal Writes buffers to a temp file beside `file`, flushes it, then renames over `file`. */
 export function writeAtomic(file: string, parts: Buffer[]): void {
   // A folder in the file's place would be found only at the rename, after a temp file was
   // written into the folder above it.
@@ -155,6 +181,7 @@ export function writeAtomic(file: string, parts: Buffer[]): void {
   }
   if (isDir) throw ioError(file, 'could not write: it is a folder; give a file name');
   const dir = path.dirname(path.resolve(file));
+  removeStaleTemps(dir, path.basename(file));
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`);
   let fd: number | undefined;
   try {
@@ -187,7 +214,7 @@ export interface SafetensorsFile {
  * Reads a safetensors file: F32 (and F64/F16/BF16, converted; F64 values beyond float32's range
  * become +-Infinity) as Tensors, I64/I32 as IntTensor.
  */
-export function readSafetensors(file: string, options: { device?: DeviceSpec | string } = {}): SafetensorsFile {
+export function readSafetensors(file: string, options: { device?: DeviceSpec } = {}): SafetensorsFile {
   options = checkOptions('readSafetensors', options, ['device']);
   let buf: Buffer;
   try {
@@ -269,11 +296,11 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec | s
 }
 
 /** Reads the tensors of a safetensors file (see readSafetensors for the metadata too). */
-export function loadSafetensors(file: string, options: { device?: DeviceSpec | string } = {}): Record<string, SafetensorsEntry> {
+export function loadSafetensors(file: string, options: { device?: DeviceSpec } = {}): Record<string, SafetensorsEntry> {
   return readSafetensors(file, options).tensors;
 }
 
-function decode(file: string, name: string, bytes: Buffer, dtype: string, shape: number[], count: number, device?: DeviceSpec | string): SafetensorsEntry {
+function decode(file: string, name: string, bytes: Buffer, dtype: string, shape: number[], count: number, device?: DeviceSpec): SafetensorsEntry {
   if (['F32', 'F64', 'F16', 'BF16'].includes(dtype) && shape.length > MAX_DIMS) {
     throw new AdaShiftError('ERR_SHAPE', `${file}: tensor '${name}' has ${shape.length} dimensions (shape [${shape.join(', ')}]); a tensor has at most ${MAX_DIMS}`);
   }

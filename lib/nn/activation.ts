@@ -7,10 +7,10 @@ import { gelu, relu, silu } from '../ops/activation';
 import { layerNorm, linear, matmul, softmax } from '../ops/dense';
 import { permute, reshape, scale } from '../ops/elementwise';
 import { full, rand, randn, Tensor } from '../tensor';
-import { Module, Sequential, TensorModule } from './module';
+import { Module, reprNumber, Sequential, TensorModule } from './module';
 
 export interface ModuleOptions {
-  device?: DeviceSpec | string;
+  device?: DeviceSpec;
 }
 
 export class ReLU extends Module {
@@ -24,6 +24,9 @@ export class GELU extends Module {
     super();
     // checked here as well as by the op: a model with a bad option fails when built, not in its first step
     check(approximate === 'none' || approximate === 'tanh', 'ERR_ARG', () => `GELU: approximate must be 'none' or 'tanh', got ${JSON.stringify(approximate)}`);
+  }
+  protected override extraRepr(): string {
+    return this.approximate === 'tanh' ? "approximate='tanh'" : '';
   }
   override forward(x: Tensor): Tensor {
     return gelu(x, { approximate: this.approximate });
@@ -49,6 +52,9 @@ export class LayerNorm extends Module {
     this.weight = this.registerParameter('weight', full([features], options.weightInit ?? 1, { device }))!;
     this.bias = this.registerParameter('bias', full([features], 0, { device }))!;
   }
+  protected override extraRepr(): string {
+    return `${this.features}, eps=${reprNumber(this.eps)}`;
+  }
   override forward(x: Tensor): Tensor {
     return layerNorm(x, this.weight, this.bias, this.eps);
   }
@@ -72,6 +78,9 @@ export class Linear extends Module {
         : rand([outFeatures, inFeatures], { device, low: -bound, high: bound });
     this.weight = this.registerParameter('weight', w)!;
     this.bias = (options.bias ?? true) ? this.registerParameter('bias', rand([outFeatures], { device, low: -bound, high: bound })) : null;
+  }
+  protected override extraRepr(): string {
+    return `inFeatures=${this.inFeatures}, outFeatures=${this.outFeatures}, bias=${this.bias !== null}`;
   }
   override forward(x: Tensor): Tensor {
     return linear(x, this.weight, this.bias);
@@ -101,6 +110,9 @@ export class AdaShiftB extends Module {
     const device = options.device;
     this.proj = options.proj ? this.registerModule('proj', new Linear(channels, channels, { device })) : null;
     this.norm = this.registerModule('norm', new LayerNorm(channels, SHIFT_EPS, { device, weightInit: 0.01 }));
+  }
+  protected override extraRepr(): string {
+    return `${this.channels}, proj=${this.proj !== null}`;
   }
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftB');
@@ -181,6 +193,9 @@ export class AdaShiftMA extends Module {
     }
   }
 
+  protected override extraRepr(): string {
+    return `${this.channels}, grid=${this.grid}, headDim=${this.headDim}, heads=${this.heads}, rect='${this.rect}', keepContext=${this.keepContext}`;
+  }
   override forward(x: Tensor): Tensor {
     checkInput(x, this.channels, 'AdaShiftMA');
     return adashiftMA(x, this.opParams());
@@ -246,7 +261,7 @@ export const ACTIVATION_OWN_OPTIONS: Readonly<Record<ActivationName, readonly Ex
 };
 
 /** The activation registry: a module for `name` acting on `channels` channels. */
-export function activation(name: ActivationName | string, channels: number, options: ActivationOptions = {}): TensorModule {
+export function activation(name: ActivationName, channels: number, options: ActivationOptions = {}): TensorModule {
   // Options of every activation are accepted (a model passes one set to all its activations);
   // each gets its own.
   const o = checkOptions('activation', options, ACTIVATION_OPTIONS);

@@ -3,6 +3,6 @@ export { AdaShiftB, AdaShiftMA, ACTIVATIONS, ACTIVATION_OWN_OPTIONS, activation,
 export type { ActivationName, ActivationOptions, AdaShiftBOptions, AdaShiftMAOptions, ModuleOptions } from './activation';
 export { BatchNorm2d, Conv2d } from './layers';
 export type { BatchNorm2dOptions, Conv2dOptions } from './layers';
-export { BasicBlock, bnAct, Bottleneck, resnet, ResNet, RESNETS } from './resnet';
+export { BasicBlock, Bottleneck, resnet, ResNet, RESNETS } from './resnet';
 export type { BlockOptions, ResNetName, ResNetOptions } from './resnet';
 export type { IntBuffer, TensorModule } from './module';

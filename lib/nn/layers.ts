@@ -4,7 +4,7 @@ import { conv2d } from '../ops/conv';
 import { batchNorm2d } from '../ops/norm';
 import { full, randn, Tensor, zeros } from '../tensor';
 import { ModuleOptions } from './activation';
-import { IntBuffer, Module } from './module';
+import { IntBuffer, Module, reprNumber } from './module';
 
 export interface Conv2dOptions extends ModuleOptions {
   stride?: number;
@@ -32,6 +32,9 @@ export class Conv2d extends Module {
     const fanOut = outChannels * kernelSize * kernelSize;
     this.weight = this.registerParameter('weight', randn([outChannels, inChannels, kernelSize, kernelSize], { device: options.device, std: Math.sqrt(2 / fanOut) }))!;
     this.bias = options.bias ? this.registerParameter('bias', zeros([outChannels], { device: options.device })) : null;
+  }
+  protected override extraRepr(): string {
+    return `${this.inChannels}, ${this.outChannels}, kernelSize=${this.kernelSize}, stride=${this.stride}, padding=${this.padding}, bias=${this.bias !== null}`;
   }
   override forward(x: Tensor): Tensor {
     return conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding });
@@ -70,6 +73,9 @@ export class BatchNorm2d extends Module {
     this.numBatchesTracked = this.registerIntBuffer('num_batches_tracked');
   }
   /** BN(x), or BN(x) + residual computed in the same pass (x's shape: a block's shortcut). */
+  protected override extraRepr(): string {
+    return `${this.channels}, eps=${reprNumber(this.eps)}, momentum=${this.momentum}`;
+  }
   override forward(x: Tensor, residual: Tensor | null = null): Tensor {
     this.checkInput(x);
     const y = batchNorm2d(x, this.weight, this.bias, this.runningMean, this.runningVar, {

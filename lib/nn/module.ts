@@ -2,6 +2,7 @@
 // ("layer1.0.conv1.weight") so state dicts move between the two without renaming.
 import { AdaShiftError, check, checkOptions } from '../errors';
 import { DeviceSpec, resolveDevice } from '../device';
+import { inspect } from 'util';
 import { noGrad } from '../autograd';
 import { native } from '../native';
 import { keep, Tensor, tensor } from '../tensor';
@@ -229,7 +230,7 @@ export class Module {
   }
 
   /** Moves every parameter and buffer, and the parameters' gradients, to a device (in place; returns this). */
-  to(device: DeviceSpec | string): this {
+  to(device: DeviceSpec): this {
     const d = resolveDevice(device);
     for (const t of [...this.parameters(), ...this.namedBuffers().map(([, b]) => b)]) {
       if (t.device === d) continue;
@@ -244,6 +245,7 @@ export class Module {
   }
 
   train(mode = true): this {
+    check(typeof mode === 'boolean', 'ERR_ARG', () => `${this.constructor.name}.train(mode): mode must be a boolean, got ${JSON.stringify(mode) ?? typeof mode}`);
     for (const [, m] of this.namedModules()) m.training = mode;
     return this;
   }
@@ -270,6 +272,38 @@ export class Module {
   numParameters(): number {
     return this.parameters().reduce((a, p) => a + p.numel, 0);
   }
+
+  /** This module's own settings on one line, for toString() (PyTorch's extra_repr). */
+  protected extraRepr(): string {
+    return '';
+  }
+
+  /** The module tree as PyTorch prints it: `Linear(inFeatures=4, outFeatures=8, bias=true)`, children indented. */
+  toString(): string {
+    if (printing.has(this)) return `${this.constructor.name}(...)`; // a property pointing back up the tree
+    printing.add(this);
+    try {
+      this.adoptPropertyModules();
+      const extra = this.extraRepr();
+      if (!this._modules.size) return `${this.constructor.name}(${extra})`;
+      const lines = [...this._modules].map(([n, m]) => `  (${n}): ${m.toString().split('\n').join('\n  ')}`);
+      return `${this.constructor.name}(${extra ? `\n  ${extra}` : ''}\n${lines.join('\n')}\n)`;
+    } finally {
+      printing.delete(this);
+    }
+  }
+
+  /** console.log and util.inspect show toString(). */
+  [inspect.custom](): string {
+    return this.toString();
+  }
+}
+
+const printing = new Set<Module>();
+
+/** A number in a module's description: small ones in exponent form (eps=1e-5, not 0.00001). */
+export function reprNumber(x: number): string {
+  return x !== 0 && Math.abs(x) < 1e-3 ? x.toExponential() : String(x);
 }
 
 /** A module whose forward maps one tensor to one tensor: activations, layers, models. */

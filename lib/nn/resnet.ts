@@ -21,7 +21,7 @@ export interface BlockOptions extends ModuleOptions {
 }
 const BLOCK_OPTIONS = ['device', 'act', 'actOptions', 'fused'];
 
-/**
+/** @internal
  * BN followed by an activation module, with the residual (a block's shortcut) added between
  * them when given: act(bn(x) + residual). In training, ReLU, SiLU, GELU and AdaShift-B run as
  * one fused op (BN statistics and the AdaShift pooled context from one pass over the input; the
@@ -246,6 +246,6 @@ export class ResNet extends Module {
 }
 
 /** Builds a ResNet by name (see ResNetOptions). */
-export function resnet(name: ResNetName | string, options: ResNetOptions = {}): ResNet {
+export function resnet(name: ResNetName, options: ResNetOptions = {}): ResNet {
   return new ResNet(name as ResNetName, options);
 }

@@ -11,7 +11,7 @@ import { native, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { assertTensor, shapeStr, wrap } from './util';
 
-/** Number of region tokens for an input of shape [N, C, H, W] and a grid of P. */
+/** @internal Number of region tokens for an input of shape [N, C, H, W] and a grid of P. */
 export function regionTokens(shape: readonly number[], grid: number): number {
   return Math.min(grid, Math.max(shape[2], 1)) * Math.min(grid, Math.max(shape[3], 1));
 }

@@ -10,10 +10,10 @@ export interface Conv2dOptions {
   stride?: number | [number, number];
   /** Zeros added on each side: one number for both axes, or [h, w]. Default 0. */
   padding?: number | [number, number];
-  /** Only 1 is supported (accepted for PyTorch-like call sites). */
-  dilation?: number | [number, number];
-  /** Only 1 is supported. */
-  groups?: number;
+  /** Only 1 is supported (accepted for PyTorch-like call sites; another value is a type error, and ERR_ARG from JavaScript). */
+  dilation?: 1 | [1, 1];
+  /** Only 1 is supported (as dilation). */
+  groups?: 1;
 }
 
 function pair(v: number | [number, number] | undefined, dflt: number, min: number, name: string): [number, number] {

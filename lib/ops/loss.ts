@@ -5,6 +5,7 @@ import { AdaShiftError, check, checkOptions } from '../errors';
 import { capturingOn } from '../graph';
 import { native } from '../native';
 import { Tensor } from '../tensor';
+import type { Device } from '../device';
 import { assertTensor, reshapeOwned, shapeStr, wrap } from './util';
 
 /** Class indices, one per row of the logits: integers in [0, K). A Tensor holds them as float32. */
@@ -38,7 +39,7 @@ export function checkLabelValues(fn: string, values: ArrayLike<number>, N: numbe
  * Validates labels (integers in [0, K), exactly N of them) and returns them as a float32
  * tensor on `device` that the caller owns (a view when the labels already are such a tensor).
  */
-function labelTensor(fn: string, labels: Labels, N: number, K: number, device: string): Tensor {
+function labelTensor(fn: string, labels: Labels, N: number, K: number, device: Device): Tensor {
   let values: ArrayLike<number>;
   if (labels instanceof Tensor) {
     check(labels.shape.length === 1, 'ERR_ARG', () => `${fn}: a labels tensor must have shape [${N}], got ${shapeStr(labels.shape)}`);

@@ -67,7 +67,7 @@ export interface MakeOptimizerOptions {
   capturable?: boolean;
 }
 
-/** An optimizer by name (train and bench step choose one with a flag). */
+/** @internal An optimizer by name (train and bench step choose one with a flag). */
 export function makeOptimizer(name: OptimizerName, params: ParamsArg, o: MakeOptimizerOptions): Optimizer<BaseHyper> {
   const common = { lr: o.lr, capturable: o.capturable };
   switch (name) {

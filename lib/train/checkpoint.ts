@@ -5,6 +5,7 @@
 import { AdaShiftError } from '../errors';
 import { IntTensor, isIntTensor, readSafetensors, saveSafetensors, SafetensorsEntry } from '../io/safetensors';
 import { Tensor } from '../tensor';
+import type { DeviceSpec } from '../device';
 
 export const CHECKPOINT_FORMAT = 'adashift-checkpoint/1';
 
@@ -122,7 +123,7 @@ function readMeta(file: string, metadata: Record<string, string>): CheckpointMet
   return checkMeta(file, meta);
 }
 
-export function loadCheckpoint(file: string, device?: string): CheckpointData {
+export function loadCheckpoint(file: string, device?: DeviceSpec): CheckpointData {
   const { metadata, tensors } = readSafetensors(file, { device });
   // Whatever is wrong below, no tensor of the file is left alive.
   try {

@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { AdaShiftError, check, checkOptions, fail } from '../errors';
-import { getNumThreads, resolveDevice, setNumThreads } from '../device';
+import { Device, DeviceSpec, getNumThreads, resolveDevice, setNumThreads } from '../device';
 import { environment } from '../provenance';
 import { noGrad } from '../autograd';
 import { ensureDir, writeAtomic } from '../io/safetensors';
@@ -17,7 +17,7 @@ import { LrScheduler, makeOptimizer, Optimizer, cosineWithWarmup, oneCycle, para
 import type { BaseHyper, LrSchedule, OptimizerName } from '../optim';
 import { getRngState, keep, manualSeed, memory, resetPeakMemory, setRngState, Tensor, tensor, tidy, zeros } from '../tensor';
 import { CudaGraph } from '../graph';
-import { AugmentOptions, DataLoader, Dataset, loadDataset } from '../data';
+import { AugmentOptions, DataLoader, Dataset, DatasetName, loadDataset } from '../data';
 import { CheckpointData, disposeCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint';
 
 export type { OptimizerName };
@@ -26,7 +26,7 @@ export type ScheduleName = 'cosine' | 'step' | 'onecycle' | 'none';
 export interface TrainOptions {
   model?: ResNetName;
   act?: ActivationName;
-  dataset?: string;
+  dataset?: DatasetName;
   dataDir?: string;
   epochs?: number;
   batch?: number;
@@ -41,7 +41,7 @@ export interface TrainOptions {
   /** Random crop (padding) and horizontal flip; default on. */
   augment?: boolean;
   /** Default: the default device (setDefaultDevice, else ADASHIFT_DEVICE, else 'auto'). */
-  device?: string;
+  device?: DeviceSpec;
   seed?: number;
   threads?: number;
   /** Output folder: metrics.jsonl, checkpoint.safetensors, config.json. */
@@ -128,7 +128,7 @@ export interface TrainResult {
 export const TRAIN_DEFAULTS = {
   model: 'resnet20' as ResNetName,
   act: 'adashift-b' as ActivationName,
-  dataset: 'fashion-mnist',
+  dataset: 'fashion-mnist' as DatasetName,
   epochs: 10,
   batch: 128,
   opt: 'sgd' as OptimizerName,
@@ -215,7 +215,7 @@ function augmentFor(ds: Dataset, on: boolean): AugmentOptions | undefined {
 
 // On a CUDA device the optimizer is capturable with or without graph: the step's scalars are then
 // derived on the device either way, so a run with graph replays gives the eager run's bits.
-function makeTrainOptimizer(model: ResNet, o: ReturnType<typeof normalize>, device: string): Optimizer<BaseHyper> {
+function makeTrainOptimizer(model: ResNet, o: ReturnType<typeof normalize>, device: Device): Optimizer<BaseHyper> {
   const groups = paramGroups(model, { weightDecay: o.wd, exempt: 'bn-and-bias' });
   return makeOptimizer(o.opt, groups, { lr: o.lr, momentum: o.momentum, capturable: device.startsWith('cuda') });
 }
@@ -238,7 +238,7 @@ class GraphStep {
   constructor(
     private readonly model: ResNet,
     private readonly step: (x: Tensor, y: Tensor) => { loss: Tensor; correct: Tensor },
-    private readonly device: string,
+    private readonly device: Device,
     private readonly shape: number[],
     private readonly numClasses: number,
   ) {
@@ -297,7 +297,7 @@ function makeSchedule(o: ReturnType<typeof normalize>, stepsPerEpoch: number): L
 }
 
 /** Test loss and accuracy of a model over a dataset (eval mode, no graph). */
-export function evaluate(model: TensorModule, ds: Dataset, options: { batch?: number; device?: string } = {}): { loss: number; acc: number; count: number } {
+export function evaluate(model: TensorModule, ds: Dataset, options: { batch?: number; device?: DeviceSpec } = {}): { loss: number; acc: number; count: number } {
   options = checkOptions('evaluate', options, ['batch', 'device']);
   check(model instanceof Module && model.parameters().length > 0, 'ERR_ARG', () => `evaluate: model must be a module with parameters (e.g. nn.resnet), got ${model === null ? 'null' : typeof model}`);
   check(ds !== null && typeof ds === 'object' && Number.isInteger(ds.count) && ds.count >= 1 && ds.images instanceof Uint8Array && ds.labels instanceof Uint8Array, 'ERR_ARG', () => 'evaluate: ds must be a dataset of at least one image (data.loadDataset)');
@@ -392,7 +392,7 @@ async function runTraining(
   o: ReturnType<typeof normalize>,
   options: TrainOptions,
   callbacks: TrainCallbacks,
-  device: string,
+  device: Device,
   out: string | null,
   ckptFile: string | null,
   held: Held,
@@ -562,7 +562,7 @@ async function runTraining(
 }
 
 /** Loads a checkpoint's model and evaluates it on its dataset's test split (or another). */
-export function evaluateCheckpoint(file: string, options: { dataset?: string; dataDir?: string; limitTest?: number; limit?: number; device?: string; batch?: number } = {}) {
+export function evaluateCheckpoint(file: string, options: { dataset?: DatasetName; dataDir?: string; limitTest?: number; limit?: number; device?: DeviceSpec; batch?: number } = {}) {
   options = checkOptions('evaluateCheckpoint', options, ['dataset', 'dataDir', 'limitTest', 'limit', 'device', 'batch']);
   check(options.limit === undefined || options.limitTest === undefined, 'ERR_ARG', () => 'evaluateCheckpoint: give limitTest or its older name limit, not both');
   const device = resolveDevice(options.device);

@@ -904,7 +904,7 @@ const API_SPECS: ApiSpec[] = [
       ['non-scalar without a gradient', (e) => [e.t.g23, undefined]],
     ],
   },
-  { name: 'Tensor#to', kinds: ['self', 'device'], optionalFrom: 1, base: (e) => [e.t.m23, 'cpu'], call: (e, a) => (a[0] as Tn).to(a[1] as string) },
+  { name: 'Tensor#to', kinds: ['self', 'device'], optionalFrom: 1, base: (e) => [e.t.m23, 'cpu'], call: (e, a) => (a[0] as Tn).to(a[1] as never) },
   { name: 'Tensor#toFloat32Array', kinds: ['self'], base: (e) => [e.t.m23], call: (e, a) => (a[0] as Tn).toFloat32Array() },
   { name: 'Tensor#toArray', kinds: ['self'], base: (e) => [e.t.m23], call: (e, a) => (a[0] as Tn).toArray() },
   { name: 'Tensor#detach', kinds: ['self'], base: (e) => [e.t.m23], call: (e, a) => (a[0] as Tn).detach() },
@@ -926,7 +926,7 @@ const API_SPECS: ApiSpec[] = [
   },
   { name: 'nn.Linear', kinds: ['channels', 'channels'], base: () => [3, 4], call: (e, a) => new e.as.nn.Linear(a[0] as number, a[1] as number) },
   { name: 'nn.LayerNorm', kinds: ['channels'], base: () => [3], call: (e, a) => new e.as.nn.LayerNorm(a[0] as number) },
-  { name: 'nn.activation', kinds: ['name', 'channels'], base: () => ['adashift-b', 4], call: (e, a) => e.as.nn.activation(a[0] as string, a[1] as number) },
+  { name: 'nn.activation', kinds: ['name', 'channels'], base: () => ['adashift-b', 4], call: (e, a) => e.as.nn.activation(a[0] as never, a[1] as number) },
   {
     name: 'Module#forward',
     kinds: ['tensor'],
