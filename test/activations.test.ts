@@ -320,3 +320,32 @@ describe('switches that must not change a bit', () => {
     spin.forEach((v, i) => expect(`${i}:${v}`).toBe(`${i}:${sleep[i]}`));
   });
 });
+
+describe('edge values as PyTorch gives them', () => {
+  const run = (f: (x: as.Tensor) => as.Tensor, xs: number[], dy = 5) => {
+    const x = as.tensor(xs, undefined, { requiresGrad: true });
+    const y = f(x);
+    as.tidy(() => as.functional.sum(as.functional.scale(y, dy)).backward());
+    const out = { y: Array.from(y.toFloat32Array()), dx: Array.from(x.grad!.toFloat32Array()) };
+    x.grad!.dispose();
+    [x, y].forEach((t) => t.dispose());
+    return out;
+  };
+  test('ReLU passes NaN forward and backward and keeps -0 (torch.relu)', () => {
+    const { y, dx } = run(as.functional.relu, [NaN, -1, 2, -0, 0]);
+    expect(y).toEqual([NaN, 0, 2, -0, 0]);
+    expect(Object.is(y[3], -0)).toBe(true);
+    expect(dx).toEqual([5, 0, 5, 0, 0]);
+  });
+  test('SiLU and the AdaShift gate are 0 (not x * 6e-39) far below -88, NaN at -inf', () => {
+    const { y, dx } = run(as.functional.silu, [-1e38, -3.4e38, -100, -Infinity]);
+    expect(y.slice(0, 3).map((v) => v === 0)).toEqual([true, true, true]);
+    expect(dx.slice(0, 3).map((v) => v === 0)).toEqual([true, true, true]);
+    expect(Number.isNaN(y[3])).toBe(true); // -inf * sigmoid(-inf) = -inf * 0, as in PyTorch
+    const x = as.tensor([-1e38, 3, -200], [1, 3, 1, 1]);
+    const s = as.zeros([1, 1, 3]);
+    const g = as.functional.adashiftGate(x, s, 1);
+    expect(Array.from(g.toFloat32Array()).map((v) => Math.abs(v))).toEqual([0, Math.fround(3 / (1 + Math.exp(-3))), 0]);
+    [x, s, g].forEach((t) => t.dispose());
+  });
+});

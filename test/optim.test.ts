@@ -668,3 +668,19 @@ describe('errors', () => {
     t.dispose();
   });
 });
+
+describe('LAMB with a NaN gradient element', () => {
+  test("the global clip factor stays 1 (timm's where(norm > max, ...)): only that element's parameter turns NaN", () => {
+    const a = as.keep(as.tensor([1, 2, 3])).requiresGrad_();
+    const b = as.keep(as.tensor([4, 5])).requiresGrad_();
+    a.grad = as.keep(as.tensor([1, NaN, 1]));
+    b.grad = as.keep(as.tensor([1, 1]));
+    const opt = new optim.LAMB([a, b], { lr: 1e-3 });
+    opt.step();
+    const pa = Array.from(a.toFloat32Array()), pb = Array.from(b.toFloat32Array());
+    expect(pa.map(Number.isNaN)).toEqual([false, true, false]);
+    expect(pb.every(Number.isFinite)).toBe(true);
+    opt.dispose();
+    for (const p of [a, b]) { p.grad!.dispose(); p.dispose(); }
+  });
+});

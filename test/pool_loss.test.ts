@@ -340,3 +340,24 @@ describe('determinism', () => {
     }
   });
 });
+
+describe('crossEntropy at extreme logits', () => {
+  test('infinite logits without smoothing, and logits of 1e38, give PyTorch\'s losses (not NaN, not 0)', () => {
+    const loss = (rows: number[][], labels: number[], labelSmoothing = 0) => {
+      const x = as.tensor(rows);
+      const l = crossEntropy(x, Int32Array.from(labels), { labelSmoothing });
+      const v = l.item();
+      [x, l].forEach((t) => t.dispose());
+      return v;
+    };
+    // every other logit -inf: the label's probability is 1 (torch: 0); the label's logit -inf: inf
+    expect(loss([[-Infinity, 2, -Infinity]], [1])).toBe(0);
+    expect(loss([[1, -Infinity, 3]], [1])).toBe(Infinity);
+    // equal huge logits: log(K) (the logits' magnitude must not swallow it)
+    expect(loss([Array(10).fill(3.4e38)], [3])).toBeCloseTo(Math.log(10), 6);
+    expect(loss([Array(10).fill(1e30)], [3], 0.1)).toBeCloseTo(Math.log(10), 6);
+    // one logit 20 above nine equal ones (1e30 apart from 0): the loss of the gaps only
+    const gap = Math.log(1 + 9 * Math.exp(-20));
+    expect(loss([[1e6 + 20, ...Array(9).fill(1e6)]], [0])).toBeCloseTo(gap, 6);
+  });
+});

@@ -40,16 +40,18 @@ AS_HD bool argmax_takes(float v, int64_t i, float mx, int64_t am) {
   return v > mx || (v == mx && i < am);
 }
 
-// e^x with relative error below 3e-7 on [-87, 88]; e^88 (1.65e38) above 88, 0 below about
-// -87.7 (denormals between), NaN for NaN.
-// The argument is clamped to |x| <= 88 by an integer min on its magnitude bits, not by float
+// e^x with relative error below 3e-7 on [-87, 88]; +inf from 88.38 (2^128 e^r: the largest float
+// is e^88.72, so e^x between the two comes out inf), 0 below about -87.7 (denormals between), NaN
+// for NaN. So sigmoid(x) = 1 / (1 + e^-x) is 0 below -88.38 (in float64 it is below 4e-39 there;
+// an e^88 cap made it 6e-39 for every x below -88, and silu(-1e38) -0.6).
+// The argument is clamped to |x| <= 89 by an integer min on its magnitude bits, not by float
 // compare-and-selects: GCC threads a float select's constant through the rest of the formula
 // and splits every caller's loop into saturated and unsaturated lanes (masked arithmetic, and
 // two divisions per vector in the sigmoid), 25% slower in the gate's gradient loop. NaN, whose
 // magnitude bits exceed 88's, is restored by the final select.
 AS_HD float vexp(float x) {
   const int32_t bits = float_to_bits(x);
-  const int32_t kMaxMagnitude = 0x42B00000;  // the bits of 88.0f
+  const int32_t kMaxMagnitude = 0x42B20000;  // the bits of 89.0f
   int32_t magnitude = bits & 0x7FFFFFFF;
   magnitude = magnitude < kMaxMagnitude ? magnitude : kMaxMagnitude;
   const float a = bits_to_float(magnitude | (bits & INT32_MIN));
@@ -69,8 +71,11 @@ AS_HD float vexp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  // n + 127 is in [0, 254]: 0 gives 0 (e^a below the smallest normal float)
-  const float e = p * bits_to_float((n + 127) << 23);
+  // n + 127 is in [-1, 255]: at most 0 gives 0 (e^a below the smallest normal float), 255 +inf
+  // (integer max: see above)
+  int32_t biased = n + 127;
+  biased = biased > 0 ? biased : 0;
+  const float e = p * bits_to_float(biased << 23);
   return x != x ? x : e;
 }
 
@@ -89,8 +94,9 @@ AS_HD float vtanh(float x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
 AS_HD float sigmoid(float x) { return 1.0f / (1.0f + vexp(-x)); }
 
 // --- baseline activations ------------------------------------------------------------------
-AS_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
-AS_HD float relu_grad(float x, float dy) { return x > 0.0f ? dy : 0.0f; }
+// PyTorch's: NaN passes (forward and gradient), -0 stays -0; the gradient is 0 at x <= 0.
+AS_HD float relu(float x) { return x < 0.0f ? 0.0f : x; }
+AS_HD float relu_grad(float x, float dy) { return x <= 0.0f ? 0.0f : dy; }
 
 AS_HD float silu(float x) { return x * sigmoid(x); }
 AS_HD float silu_grad(float x, float dy) {
@@ -259,6 +265,16 @@ AS_HD OutRange pool_outputs_of(int h, int k, int s, int p, int out) {
 }
 // max_pool2d's comparison: a NaN always wins (propagates), ties keep the first maximum.
 AS_HD bool pool_takes(float v, float best) { return v > best || v != v; }
+
+// One row's cross-entropy with label smoothing eps over K classes, from the row's max mx:
+// log(sum e^(x - mx)) + sum_k t_k (mx - x_k), t = (1 - eps) [k == label] + eps / K, written with
+// the label's gap (mx - x_label) and the gaps' sum sd: each term a difference of logits taken
+// before any large value is added, so logits of 1e30 keep the loss's O(1) digits. Without
+// smoothing the gaps' sum plays no part (an infinite gap times 0 would make NaN).
+AS_HD double ce_row_loss(double log_se, double label_gap, double sd, double keep, double eps, int64_t K) {
+  const double smooth = eps > 0.0 ? eps / double(K) * sd : 0.0;
+  return log_se + keep * label_gap + smooth;
+}
 
 // Cross-entropy gradient of one logit: (softmax - target) * scale, with
 // softmax = e^(x - lse) and target = (1 - eps) [k == label] + eps / K; scale = g / N.

@@ -371,15 +371,22 @@ TEST(math_vexp) {
     worst = std::max(worst, std::fabs(double(math::vexp(x)) - std::exp(double(x))) / std::exp(double(x)));
   }
   CHECK(worst < 3e-7);
-  // Saturation and special values.
+  // Saturation and special values: +inf from 127.5 ln 2 = 88.38 (2^128 times e^r; the largest
+  // float is e^88.72), 0 below about -87.7.
   const float top = math::vexp(88.0f);
   CHECK(top > 1.6e38f && std::isfinite(top));
-  CHECK(math::vexp(1e30f) == top && math::vexp(INFINITY) == top);
-  CHECK(math::vexp(-88.0f) == 0.0f && math::vexp(-1e30f) == 0.0f && math::vexp(-INFINITY) == 0.0f);
+  CHECK(std::isfinite(math::vexp(88.3f)) && math::vexp(88.3f) > 2.1e38f && math::vexp(88.4f) == INFINITY);
+  CHECK(math::vexp(88.8f) == INFINITY && math::vexp(89.0f) == INFINITY && math::vexp(1e30f) == INFINITY && math::vexp(INFINITY) == INFINITY);
+  CHECK(math::vexp(-88.0f) == 0.0f && math::vexp(-89.0f) == 0.0f && math::vexp(-1e30f) == 0.0f && math::vexp(-INFINITY) == 0.0f);
   CHECK(math::vexp(0.0f) == 1.0f && math::vexp(-0.0f) == 1.0f);
   CHECK(std::isnan(math::vexp(NAN)) && std::isnan(math::vexp(-NAN)));
-  CHECK(math::sigmoid(-INFINITY) < 1e-38f && math::sigmoid(INFINITY) == 1.0f);
+  // sigmoid far below: 0 as in double (an e^88 cap gave 6e-39, so silu(-1e38) was -0.6)
+  CHECK(math::sigmoid(-INFINITY) == 0.0f && math::sigmoid(-100.0f) == 0.0f && math::sigmoid(INFINITY) == 1.0f);
+  CHECK(math::silu(-1e38f) == 0.0f && math::silu(-3.4e38f) == 0.0f && std::isnan(math::silu(-INFINITY)));
   CHECK(std::isnan(math::sigmoid(NAN)));
+  // ReLU as torch.relu: NaN passes, -0 stays -0, the gradient at NaN is dy and at +-0 is 0
+  CHECK(std::isnan(math::relu(NAN)) && std::signbit(math::relu(-0.0f)) && math::relu(-1.0f) == 0.0f);
+  CHECK(math::relu_grad(NAN, 5.0f) == 5.0f && math::relu_grad(-0.0f, 5.0f) == 0.0f && math::relu_grad(0.0f, 5.0f) == 0.0f);
   // The same through the vectorised loops (vector body and scalar tail): NaN stays NaN,
   // infinities saturate as in the scalar function.
   const float specials[] = {NAN, INFINITY, -INFINITY, 1e30f, -1e30f, 88.5f, -88.5f, 0.5f};

@@ -28,17 +28,17 @@ void cross_entropy_forward(const float* logits, const float* labels, int64_t N, 
       int64_t am = 0;
       for (int64_t k = 1; k < K; ++k)
         if (math::argmax_takes(x[k], k, mx, am)) { mx = x[k]; am = k; }
-      double se = 0.0, sx = 0.0;
+      double se = 0.0, sd = 0.0;
       for (int64_t k = 0; k < K; ++k) {
         se += double(math::vexp(x[k] - mx));
-        sx += double(x[k]);
+        sd += double(mx) - double(x[k]);
       }
-      const double l = double(mx) + std::log(se);
-      lse[i] = float(l);
+      const double log_se = std::log(se);
+      lse[i] = float(double(mx) + log_se);
       const float y = labels[i];
       if (valid_label(y, K)) {
         const int64_t yi = int64_t(y);
-        row_loss[size_t(i)] = l - keep * double(x[yi]) - eps / double(K) * sx;
+        row_loss[size_t(i)] = math::ce_row_loss(log_se, double(mx) - double(x[yi]), sd, keep, eps, K);
         row_ok[size_t(i)] = am == yi;
       } else {
         row_loss[size_t(i)] = NAN;

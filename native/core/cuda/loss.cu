@@ -52,21 +52,21 @@ k_ce_fwd(const float* __restrict__ logits, const float* __restrict__ labels, int
         am = oi;
       }
     }
-    float se = 0.0f, sx = 0.0f;
+    float se = 0.0f, sd = 0.0f;
     for (int64_t k = lane; k < K; k += 32) {
       const float v = x[k];
       se += math::vexp(v - mx);
-      sx += v;
+      sd += mx - v;
     }
     se = warp_sum(se);
-    sx = warp_sum(sx);
+    sd = warp_sum(sd);
     if (lane == 0) {
-      const double l = double(mx) + log(double(se));
-      lse[i] = float(l);
+      const double log_se = log(double(se));
+      lse[i] = float(double(mx) + log_se);
       const float y = labels[i];
       if (valid_label(y, K)) {
         const int64_t yi = int64_t(y);
-        wloss += l - keep * double(x[yi]) - eps / double(K) * double(sx);
+        wloss += math::ce_row_loss(log_se, double(mx) - double(x[yi]), double(sd), keep, eps, K);
         wok += am == yi ? 1.0 : 0.0;
       } else {
         wloss += nan("");

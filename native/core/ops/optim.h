@@ -176,10 +176,10 @@ AS_HD float lamb_trust(float w_norm, float u_norm, bool clip) {
   float r = (w_norm > 0.0f && u_norm > 0.0f) ? w_norm / u_norm : 1.0f;
   return (clip && r > 1.0f) ? 1.0f : r;
 }
-// max(norm / max_norm, 1)
+// norm / max_norm above max_norm, else 1 (timm's where(norm > max_norm, ...): a NaN norm gives
+// 1, so one NaN gradient element spoils only its own parameter, not every one)
 AS_HD float lamb_clip_factor(float norm, float max_norm) {
-  const float c = norm / max_norm;
-  return c < 1.0f ? 1.0f : c;
+  return norm > max_norm ? norm / max_norm : 1.0f;
 }
 
 }  // namespace math
