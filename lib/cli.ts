@@ -7,7 +7,8 @@ import { backendInfo, resolveDevice, setAllowTF32, setNumThreads } from './devic
 import { memory } from './tensor';
 import { ACTIVATIONS, ActivationName } from './nn/activation';
 import { ActResult, benchAct } from './bench/act';
-import { benchStep, STEP_MODEL_NAMES, STEP_OPTIMIZER_NAMES, STEP_SECTIONS, StepSection, stepRowLine, stepTable } from './bench/step';
+import { benchStep, isStepError, STEP_MODEL_NAMES, STEP_OPTIMIZER_NAMES, STEP_SECTIONS, StepSection, stepRowLine, stepTable } from './bench/step';
+import { noTorchReason } from './bench/common';
 import { benchProfile, profileTable } from './bench/profile';
 import { RESNETS } from './nn/resnet';
 import { BatchInfo, EpochMetrics, evaluateCheckpoint, train, TrainCallbacks, TrainOptions } from './train/train';
@@ -299,16 +300,33 @@ function resumeOptions<T extends { out?: string | null; actOptions?: TrainOption
   return { ...Object.fromEntries(Object.entries(all).filter(([k]) => given(k))), actOptions: all.actOptions, device: opts.device, threads: opts.threads, graph: opts.graph === true, dataDir: opts.dataDir, out: all.out, resume: true } as unknown as T;
 }
 
-/** Ctrl-C: the first asks training to stop after the current batch (a checkpoint is saved); a second exits at once. */
-function interruptible(): { shouldStop(): boolean; dispose(): void } {
-  let stop = false;
-  const handler = () => {
-    if (stop) process.exit(130);
-    stop = true;
-    process.stderr.write('\nadashift: stopping after this batch and saving a checkpoint (Ctrl-C again to quit now)\n');
+/**
+ * Ctrl-C (SIGINT) or SIGTERM (what timeout, docker stop, systemd and batch schedulers send): the
+ * first asks training to stop after the current batch (a checkpoint is saved), a second exits at
+ * once. A command that stopped this way exits with 128 + the signal's number (130, 143), as a
+ * process killed by it would, so that `train && eval` does not go on as if it had finished.
+ */
+function interruptible(): { shouldStop(): boolean; dispose(): void; finish(): void } {
+  let stopped: NodeJS.Signals | null = null;
+  const code = (sig: NodeJS.Signals) => 128 + (sig === 'SIGINT' ? 2 : 15);
+  const handler = (sig: NodeJS.Signals) => {
+    if (stopped) process.exit(code(sig));
+    stopped = sig;
+    process.stderr.write(`\nadashift: ${sig === 'SIGINT' ? 'Ctrl-C' : sig}: stopping after this batch and saving a checkpoint (${sig === 'SIGINT' ? 'Ctrl-C' : 'the signal'} again to quit now)\n`);
   };
   process.on('SIGINT', handler);
-  return { shouldStop: () => stop, dispose: () => process.off('SIGINT', handler) };
+  process.on('SIGTERM', handler);
+  return {
+    shouldStop: () => stopped !== null,
+    dispose: () => {
+      process.off('SIGINT', handler);
+      process.off('SIGTERM', handler);
+    },
+    // after the command's own output: the exit status says it was stopped
+    finish: () => {
+      if (stopped) process.exitCode = code(stopped);
+    },
+  };
 }
 
 export const DEMO_OPTIONS: TrainOptions = {
@@ -366,8 +384,8 @@ export function main(argv = process.argv): void {
         outDir: opts.out,
         onResult: (row) => console.log(actRow(row)),
       });
-      console.log(`copy bandwidth: ${r.copyBandwidth.map((c) => `${c.shape.join('x')} ${c.gbPerSec.toFixed(1)} GB/s`).join(', ')}`);
-      console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), ${cpuLabel(r.cpu, r.cpuDetails)}, commit ${r.commit}${r.torchPython ? '' : 'torchSkipped' in r ? '; no PyTorch side (--no-torch)' : '; PyTorch not found (set ADASHIFT_PYTHON)'}`);
+      console.log(`copy bandwidth (before and after each shape's activations): ${r.copyBandwidth.map((c) => `${c.shape.join('x')} ${c.before.toFixed(1)} and ${c.after.toFixed(1)} GB/s`).join(', ')}`);
+      console.log(`device ${r.device}${r.gpu ? ` (${r.gpu})` : ''}, ${r.threads} thread(s), ${cpuLabel(r.cpu, r.cpuDetails)}, commit ${r.commit}${r.torchPython ? '' : 'torchSkipped' in r ? '; no PyTorch side (--no-torch)' : `; ${noTorchReason()}`}`);
       if (r.file) console.log(`wrote ${r.file}`);
     });
 
@@ -434,6 +452,12 @@ export function main(argv = process.argv): void {
       });
       console.log(stepTable(r));
       if (r.file) console.log(`wrote ${r.file}`);
+      // every row an error (out of memory, a model that does not build): the run measured nothing
+      const rows = Object.values(r.sections).flatMap((v) => (Array.isArray(v) ? v : []));
+      if (rows.length > 0 && rows.every(isStepError)) {
+        process.stderr.write('adashift: bench step measured nothing: every row failed (see the errors above)\n');
+        process.exitCode = 1;
+      }
     });
 
   addTrainFlags(
@@ -458,6 +482,7 @@ export function main(argv = process.argv): void {
       if (r.interrupted) console.log(`stopped; checkpoint saved to ${r.checkpoint} (continue with --resume --out ${out})`);
       if (last) console.log(`test accuracy ${(100 * last.testAcc).toFixed(2)}% after ${last.epoch} epoch(s); metrics in ${path.join(out, 'metrics.jsonl')}`);
       if (opts.graph) console.log(`${r.graphSteps} training step(s) ran as CUDA graph replays (the run's first step and smaller last batches run eagerly)`);
+      if (r.interrupted) stop.finish();
     } finally {
       progress.stop();
       stop.dispose();
@@ -514,6 +539,7 @@ export function main(argv = process.argv): void {
       });
       if (r.interrupted) {
         console.log(`stopped after ${r.runsDone} of ${r.runs} runs; the stopped run saved a checkpoint (continue with: adashift compare --resume --out ${opts.out})`);
+        stop.finish();
         return;
       }
       console.log(r.table);
@@ -537,7 +563,10 @@ export function main(argv = process.argv): void {
         // the demo's folder holds the previous demo's run: a new demo replaces it
         const r = await train({ ...DEMO_OPTIONS, device: opts.device, out: opts.out, overwrite: true }, { ...progress, shouldStop: stop.shouldStop });
         const last = r.history[r.history.length - 1];
-        if (last) {
+        if (r.interrupted) {
+          console.log(`demo stopped${last ? ` after ${last.epoch} of ${DEMO_OPTIONS.epochs} epochs` : ''}; its checkpoint is in ${opts.out} (npm run demo starts it again)`);
+          stop.finish();
+        } else if (last) {
           console.log(
             `demo: ResNet-20 with AdaShift-B, ${DEMO_OPTIONS.limitTrain} Fashion-MNIST training images, ${last.epoch} epochs: ` +
               `test accuracy ${(100 * last.testAcc).toFixed(2)}% on ${DEMO_OPTIONS.limitTest} test images in ${((Date.now() - t0) / 1000).toFixed(0)} s`,

@@ -155,6 +155,11 @@ function load(): NativeBinding {
 
 const raw: NativeBinding = load();
 
+/** The file the addon was loaded from (its build: provenance records it), or undefined. */
+export function addonFile(): string | undefined {
+  return Object.keys(require.cache).find((k) => k.endsWith('.node') && require.cache[k]?.exports === raw);
+}
+
 /**
  * The addon's functions. Normally the raw binding itself; while a profiler is installed
  * (setNativeLayer, used by lib/bench/profile.ts) an object of timing wrappers around it. Every

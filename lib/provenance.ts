@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { backendInfo, getAllowTF32 } from './device';
+import { addonFile } from './native';
 
 const packageRoot = path.resolve(__dirname, '..');
 
@@ -108,6 +109,17 @@ export function cpuLabel(name: string, d: CpuDetails | undefined): string {
   return parts.length ? `${name} (${parts.join(', ')})` : name;
 }
 
+/** The loaded addon's file (relative to the package) and when it was built. */
+function addonInfo(): { file: string; built: string } | undefined {
+  const file = addonFile();
+  if (!file) return undefined;
+  try {
+    return { file: path.relative(packageRoot, file), built: fs.statSync(file).mtime.toISOString() };
+  } catch {
+    return { file, built: 'unknown' };
+  }
+}
+
 export function environment(device: string) {
   const info = backendInfo();
   const cpus = os.cpus();
@@ -122,9 +134,14 @@ export function environment(device: string) {
     threads: info.cpuThreads,
     device,
     gpu: device.startsWith('cuda') ? info.devices[Number(device.split(':')[1] ?? 0)]?.name : undefined,
-    cudaRuntime: info.cudaCompiled ? info.runtimeVersion : undefined,
-    cudaDriver: info.cudaCompiled ? info.driverVersion : undefined,
+    cudaRuntime: info.cudaCompiled && info.cudaUsable ? info.runtimeVersion : undefined,
+    cudaDriver: info.cudaCompiled && info.cudaUsable ? info.driverVersion : undefined,
     // whether CUDA convolutions ran in TF32 (setAllowTF32); the CPU computes in float32 always
     allowTF32: device.startsWith('cuda') ? getAllowTF32() : undefined,
+    // the addon that ran (the commit names the sources; a build is not always of them)
+    addon: addonInfo(),
+    // the package's environment variables that were set: several change what is measured
+    // (ADASHIFT_GEMM, ADASHIFT_CPU_GENERIC, ADASHIFT_POOL_SPIN_US, ADASHIFT_TORCH_SETTLE_MS, ...)
+    settings: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('ADASHIFT_')).sort(([a], [b]) => a.localeCompare(b))),
   };
 }

@@ -7,11 +7,13 @@ import * as os from 'os';
 import * as path from 'path';
 import { benchAct } from '../lib/bench/act';
 import { pairedRatio } from '../lib/stats';
-import { benchStep, isStepError, resolveTorchPython, StepError, stepRowLine, StepRow, stepTable } from '../lib/bench/step';
+import { benchStep, isStepError, StepError, stepRowLine, StepRow, stepTable, TorchPeer } from '../lib/bench/step';
+import { findTorchPython, noTorchReason } from '../lib/bench/common';
 import { benchProfile, startNativeProfiler, stopNativeProfiler } from '../lib/bench/profile';
 import { native, rawNative } from '../lib/native';
 import { memory, resetPeakMemory } from '../lib/tensor';
 import { getAllowTF32, ones, zeros } from '../lib';
+import { thrown } from './helpers/errors';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-bench-'));
 const TINY = { models: ['resnet20'], inputSize: 8, batch: 2, repeats: 1, warmup: 0, device: 'cpu' };
@@ -73,7 +75,7 @@ describe('bench step', () => {
     const threadsBefore = native.getNumThreads();
     let r;
     try {
-      expect(resolveTorchPython()).toBeUndefined();
+      expect(findTorchPython()).toBeUndefined();
       const seen: string[] = [];
       r = await benchStep({ ...TINY, acts: ['relu', 'adashift-b'], batchSizes: [2, 4], outDir: tmp, onResult: (s, row) => seen.push(`${s}:${row.act}`) });
       expect(seen.slice(0, 2)).toEqual(['step:relu', 'step:adashift-b']);
@@ -181,7 +183,7 @@ describe('bench step', () => {
     });
   });
 
-  const torchPython = resolveTorchPython();
+  const torchPython = findTorchPython();
   (torchPython ? test : test.skip)('with PyTorch: alternating steps, ratio reported', async () => {
     const r = await benchStep({ ...TINY, repeats: 3, acts: ['adashift-ma'], sections: ['step'], python: torchPython, outDir: null });
     expect(r.torchVersion).toMatch(/\d+\.\d+/);
@@ -332,6 +334,40 @@ describe('bench act', () => {
   });
 });
 
+describe('benchmark plumbing', () => {
+  test('a PyTorch peer that hangs is stopped after the request timeout, and every later request says why', async () => {
+    // answers the hello line, then never again
+    const hanging = path.join(tmp, 'python-hanging-peer');
+    fs.writeFileSync(hanging, `#!${process.execPath}\nprocess.stdout.write(JSON.stringify({ ok: true, torch: 'fake' }) + '\\n');\nsetInterval(() => {}, 1000);\n`, { mode: 0o755 });
+    const peer = await TorchPeer.start(hanging);
+    const t0 = Date.now();
+    const r = await peer.request({ cmd: 'step' }, 300);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(r).toMatchObject({ ok: false, error: expect.stringMatching(/^the PyTorch peer did not answer 'step' within 0\.3 s and was stopped/) });
+    expect(peer.gone).toMatch(/did not answer 'step'/);
+    expect(await peer.request({ cmd: 'threads' })).toMatchObject({ ok: false, error: expect.stringMatching(/did not answer 'step'/) });
+    await peer.close();
+  });
+
+  test('a result folder that exists but cannot be written fails before anything is measured', () => {
+    // /proc: no file can be made there, not even by root
+    const e = thrown(() => benchAct({ shapes: [[1, 2, 3, 3]], acts: ['relu'], device: 'cpu', repeats: 1, warmup: 0, torch: false, outDir: '/proc' }), 'ERR_IO');
+    expect(e.message).toMatch(/^\/proc: the result folder cannot be written to \(\w+\); give another with --out$/);
+  });
+
+  test('ADASHIFT_PYTHON is the only python tried when set: one without torch means no PyTorch side, and the line says so', () => {
+    const saved = process.env.ADASHIFT_PYTHON;
+    process.env.ADASHIFT_PYTHON = noTorch;
+    try {
+      expect(findTorchPython()).toBeUndefined();
+      expect(noTorchReason()).toBe(`ADASHIFT_PYTHON=${noTorch} cannot import torch`);
+    } finally {
+      if (saved === undefined) delete process.env.ADASHIFT_PYTHON;
+      else process.env.ADASHIFT_PYTHON = saved;
+    }
+  });
+});
+
 describe('bench act with a failing PyTorch peer', () => {
   test('each row records the peer\'s error and keeps its own numbers; the run completes', () => {
     // imports torch (passes the check) but fails every benchmark script
@@ -343,8 +379,8 @@ describe('bench act with a failing PyTorch peer', () => {
       const r = benchAct({ shapes: [[1, 2, 3, 3]], acts: ['relu', 'silu'], device: 'cpu', repeats: 1, warmup: 0, torch: true, outDir: null });
       expect(r.torchPython).toBe(failing);
       expect(r.results.map((row) => [row.act, row.torch, row.torchError])).toEqual([
-        ['relu', undefined, 'torch_act.py failed with exit code 3'],
-        ['silu', undefined, 'torch_act.py failed with exit code 3'],
+        ['relu', undefined, 'torch_act.py failed (exit code 3)'],
+        ['silu', undefined, 'torch_act.py failed (exit code 3)'],
       ]);
       expect(r.results.every((row) => row.totalMs > 0)).toBe(true);
     } finally {
@@ -370,7 +406,7 @@ describe('PyTorch peer scripts', () => {
   // columns than the grid) -- as at even ones: uneven cells by ADASHIFT.md's rule, no traceback
   // (it broke on anything but H % 7 == W % 7 == 0). Its values were checked against the package
   // apart from this test; here the peer must run and report its times.
-  const actPeer = resolveTorchPython();
+  const actPeer = findTorchPython();
   (actPeer ? test : test.skip)('torch_act.py runs AdaShift-MA at sizes the grid does not divide', () => {
     const saved = process.env.ADASHIFT_PYTHON;
     process.env.ADASHIFT_PYTHON = actPeer;

@@ -658,7 +658,7 @@ describe('CLI', () => {
       });
       child.on('exit', (c) => resolve(c));
     });
-    expect(code).toBe(0);
+    expect(code).toBe(130); // stopped, not finished: 128 + SIGINT
     expect(stdout).toMatch(/stopped after 0 of 2 runs; the stopped run saved a checkpoint \(continue with: adashift compare --resume --out .*cli-compare-sigint\)/);
     expect(fs.existsSync(path.join(out, 'relu-seed0', 'checkpoint.safetensors'))).toBe(true);
     expect(fs.existsSync(path.join(out, 'report.md'))).toBe(false);
@@ -680,6 +680,77 @@ describe('CLI', () => {
     expect(t.stdout).toMatch(/^1 training step\(s\) ran as CUDA graph replays/m);
   });
 
+  /** Runs the CLI's train, sending the signal when its first progress line of epoch 1 comes. */
+  const signalled = async (out: string, signal: NodeJS.Signals) => {
+    const child = spawn(process.execPath, [cli, 'train', '--act', 'relu', '--data-dir', dataDir, '--epochs', '40', '--batch', '8', '--out', out], {
+      cwd: ROOT,
+      env: { ...process.env, ADASHIFT_DEVICE: 'cpu' },
+    });
+    let stderr = '', stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    let sent = false;
+    const code = await new Promise<number | null>((resolve) => {
+      child.stderr.on('data', (d) => {
+        stderr += d;
+        if (/batch 1\/25/.test(stderr) && !sent) {
+          sent = true;
+          child.kill(signal);
+        }
+      });
+      child.on('exit', (c) => resolve(c));
+    });
+    return { code, stdout, stderr };
+  };
+
+  test('SIGTERM stops like Ctrl-C (a checkpoint, status 143) and soon: the loader being ahead does not starve the signal', async () => {
+    const out = path.join(tmp, 'cli-sigterm');
+    const r = await signalled(out, 'SIGTERM');
+    expect(r.code).toBe(143);
+    expect(r.stderr).toMatch(/SIGTERM: stopping after this batch and saving a checkpoint/);
+    expect(r.stdout).toMatch(/stopped; checkpoint saved/);
+    const ck = loadCheckpoint(path.join(out, 'checkpoint.safetensors'));
+    // sent in epoch 1 of 40: the run stops within a few batches (it used to run to the end)
+    expect(ck.meta.epoch * 25 + ck.meta.batch).toBeLessThan(2 * 25);
+    disposeCheckpoint(ck);
+  });
+
+  test('one process writes a run: a second one given its folder stops at once; a lock left by a killed process is taken over', async () => {
+    const out = path.join(tmp, 'cli-locked');
+    const child = spawn(process.execPath, [cli, 'train', '--act', 'relu', '--data-dir', dataDir, '--epochs', '40', '--batch', '8', '--out', out], { cwd: ROOT, env: { ...process.env, ADASHIFT_DEVICE: 'cpu' } });
+    let stderr = '';
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    await new Promise<void>((resolve) => child.stderr.on('data', (d) => { stderr += d; if (/batch 1\/25/.test(stderr)) resolve(); }));
+    for (const args of [['--resume'], ['--overwrite', '--act', 'silu']]) {
+      const second = run('train', '--data-dir', dataDir, '--epochs', '2', '--batch', '8', '--out', out, ...args);
+      expect(second.status).toBe(1);
+      expect(second.stderr).toMatch(new RegExp(`${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is in use: another adashift process \\(pid ${child.pid} on .*\\) has been writing a training run there since .*; wait for it to end, or write to another folder`));
+    }
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(fs.existsSync(path.join(out, '.adashift.lock'))).toBe(false); // released
+    // a lock whose process is gone (killed with -9) does not block the folder
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+    fs.writeFileSync(path.join(out, '.adashift.lock'), JSON.stringify({ pid: dead, host: os.hostname(), started: '2026-01-01T00:00:00.000Z', what: 'training run' }));
+    const r = run('train', '--resume', '--epochs', '1', '--out', out, '--data-dir', dataDir);
+    expect(r.status).toBe(0);
+  });
+
+  test('--overwrite removes the replaced run first: a new run stopped early leaves no file of the old one', async () => {
+    const out = path.join(tmp, 'overwrite-clean');
+    await train({ ...base, act: 'adashift-b', epochs: 1, out });
+    expect(fs.existsSync(path.join(out, 'metrics.jsonl'))).toBe(true);
+    // the new run stops after one batch (before its first epoch ends)
+    await train({ ...base, act: 'relu', epochs: 1, out, overwrite: true, maxBatches: 1 });
+    expect(fs.existsSync(path.join(out, 'metrics.jsonl'))).toBe(false);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).act).toBe('relu');
+    const ck = loadCheckpoint(path.join(out, 'checkpoint.safetensors'));
+    expect((ck.meta.config as { act: string }).act).toBe('relu');
+    disposeCheckpoint(ck);
+    // a resume that lengthens the run says so in config.json
+    await train({ out, resume: true, epochs: 2, dataDir });
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).epochs).toBe(2);
+  });
+
   test('Ctrl-C saves a checkpoint and exits cleanly; --resume continues', async () => {
     const out = path.join(tmp, 'cli-sigint');
     // 40 epochs: the run must still be going when the signal arrives (a loaded machine can
@@ -697,7 +768,7 @@ describe('CLI', () => {
       });
       child.on('exit', (c) => resolve(c));
     });
-    expect(code).toBe(0);
+    expect(code).toBe(130);
     expect(stdout).toMatch(/stopped; checkpoint saved/);
     const ck = loadCheckpoint(path.join(out, 'checkpoint.safetensors'));
     const stoppedAt = ck.meta.epoch;

@@ -32,7 +32,9 @@ export interface ActResult {
   /** Counted bytes per element (ADASHIFT.md): forward + backward. */
   bytesPerElement: number;
   gbPerSec: number;
-  torch?: { forwardMs: number; backwardMs: number; totalMs: number; melemPerSec: number };
+  torch?: { forwardMs: number; backwardMs: number; totalMs: number; melemPerSec: number; version?: string };
+  /** Forward+backward of each timed round, ms, in round order (the paired ratios come from these). */
+  roundsMs?: number[];
   /** Torch's time over ours (> 1: we are faster). */
   speedupVsTorch?: number;
   /** Why the PyTorch peer gave no result for this row (it failed or ran too long). */
@@ -69,14 +71,18 @@ function bytesPerElement(act: string): number {
 /**
  * Forward and backward times of each module on one input, round robin: repeat i of every
  * module runs before repeat i + 1 of any, so drift in the machine's speed (shared memory
- * bandwidth moves by 1.5x within minutes) hits every activation alike.
+ * bandwidth moves by 1.5x within minutes) hits every activation alike. Round i starts at module
+ * i mod k, so no activation always follows the same one (what ran before leaves its data in the
+ * caches and its threads spinning).
  */
 function measureAll(mods: Module[], shape: number[], device: Device, repeats: number, warmup: number) {
   const x = randn(shape, { device, requiresGrad: true });
   const dy = randn(shape, { device });
   const fwd: number[][] = mods.map(() => []), bwd: number[][] = mods.map(() => []);
   for (let i = 0; i < warmup + repeats; i++) {
-    mods.forEach((m, k) => {
+    mods.forEach((_, j) => {
+      const k = (j + i) % mods.length;
+      const m = mods[k];
       tidy(() => {
         let y!: Tensor;
         const tf = timeIt(device, () => {
@@ -128,16 +134,23 @@ export function benchAct(options: BenchActOptions = {}) {
   check(Number.isSafeInteger(repeats) && repeats >= 1, 'ERR_ARG', () => `benchAct: repeats must be an integer >= 1, got ${JSON.stringify(repeats)}`);
   check(Number.isSafeInteger(warmup) && warmup >= 0, 'ERR_ARG', () => `benchAct: warmup must be an integer >= 0, got ${JSON.stringify(warmup)}`);
   const outDir = resultDir(options.outDir);
+  const env = environment(device); // at the start: the date is when the measurements began
   manualSeed(0);
   const results: ActResult[] = [];
   const python = options.torch === false ? undefined : findTorchPython();
-  const copy = shapes.map((s) => ({ shape: s, gbPerSec: copyBandwidth(s.reduce((a, b) => a * b, 1), device) }));
+  // the copy bandwidth of each shape just before and just after its activations (it drifts by
+  // 1.5x within minutes on a shared machine); their mean is what fractionOfCopy divides by
+  const copy: { shape: number[]; gbPerSec: number; before: number; after: number }[] = [];
   for (const shape of shapes) {
+    const numel = shape.reduce((a, b) => a * b, 1);
+    const before = copyBandwidth(numel, device, repeats);
     const mods = acts.map((act) => activation(act, shape[1]).to(device));
     const times = measureAll(mods, shape, device, repeats, warmup);
     for (const m of mods) m.dispose();
+    const after = copyBandwidth(numel, device, repeats);
+    copy.push({ shape, gbPerSec: (before + after) / 2, before, after });
     const silu = acts.indexOf('silu');
-    const copyGb = copy[shapes.indexOf(shape)].gbPerSec;
+    const copyGb = (before + after) / 2;
     for (const [k, act] of acts.entries()) {
       const { fwd, bwd } = times[k];
       const n = shape.reduce((a, b) => a * b, 1);
@@ -154,6 +167,7 @@ export function benchAct(options: BenchActOptions = {}) {
         vsSilu: silu >= 0 ? (times[silu].fwd + times[silu].bwd) / total : undefined,
         vsSiluPaired: silu >= 0 ? pairedRatio(times[silu].totals, times[k].totals) : undefined,
         fractionOfCopy: (n * bytesPerElement(act)) / total / 1e9 / copyGb,
+        roundsMs: times[k].totals.map((t) => t * 1e3),
       };
       if (python) {
         // A peer that fails (or hangs) costs its row's comparison, not the run's results.
@@ -165,9 +179,9 @@ export function benchAct(options: BenchActOptions = {}) {
             threads: native.getNumThreads(),
             repeats,
             warmup,
-          }) as { forwardMs: number; backwardMs: number };
+          }) as { forwardMs: number; backwardMs: number; torch?: string };
           const tt = t.forwardMs + t.backwardMs;
-          r.torch = { forwardMs: t.forwardMs, backwardMs: t.backwardMs, totalMs: tt, melemPerSec: n / (tt / 1e3) / 1e6 };
+          r.torch = { forwardMs: t.forwardMs, backwardMs: t.backwardMs, totalMs: tt, melemPerSec: n / (tt / 1e3) / 1e6, version: t.torch };
           r.speedupVsTorch = tt / r.totalMs;
         } catch (e) {
           r.torchError = (e as Error).message;
@@ -177,7 +191,7 @@ export function benchAct(options: BenchActOptions = {}) {
       options.onResult?.(r);
     }
   }
-  const report = { benchmark: 'act', ...environment(device), repeats, warmup, torchPython: python ?? null, ...(options.torch === false ? { torchSkipped: true } : {}), copyBandwidth: copy, results };
+  const report = { benchmark: 'act', ...env, repeats, warmup, torchPython: python ?? null, ...(options.torch === false ? { torchSkipped: true } : {}), copyBandwidth: copy, results };
   let file: string | undefined;
   if (outDir !== null) {
     const stamp = report.date.replace(/[:.]/g, '-');

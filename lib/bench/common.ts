@@ -1,9 +1,10 @@
 // Shared pieces of the benchmark programs: timing with device synchronisation, medians,
 // environment description, the PyTorch peer, and result files.
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import { getAllowTF32, setAllowTF32 } from '../device';
-import { check } from '../errors';
+import { AdaShiftError, check } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
 import { native } from '../native';
 export { environment, gitCommit } from '../provenance';
@@ -18,14 +19,25 @@ export function timeIt(device: string, fn: () => void): number {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-/** A python3 that can import torch, or undefined. Prefers ADASHIFT_PYTHON, then Debian's. */
-export function findTorchPython(): string | undefined {
-  const candidates = [process.env.ADASHIFT_PYTHON, '/usr/bin/python3', 'python3'].filter(Boolean) as string[];
+/**
+ * A python3 that can import torch, or undefined: `python` when given, else ADASHIFT_PYTHON when
+ * set (only it: an explicit choice without torch means no PyTorch side, not another
+ * interpreter's), else Debian's /usr/bin/python3, then python3 on the PATH.
+ */
+export function findTorchPython(python?: string): string | undefined {
+  const explicit = python ?? process.env.ADASHIFT_PYTHON;
+  const candidates = explicit ? [explicit] : ['/usr/bin/python3', 'python3'];
   for (const py of candidates) {
     const r = spawnSync(py, ['-c', 'import torch; print(torch.__version__)'], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 60000 });
     if (r.status === 0) return py;
   }
   return undefined;
+}
+
+/** Why there is no PyTorch side, for the terminal line. */
+export function noTorchReason(): string {
+  const explicit = process.env.ADASHIFT_PYTHON;
+  return explicit ? `ADASHIFT_PYTHON=${explicit} cannot import torch` : 'PyTorch not found (set ADASHIFT_PYTHON to a python3 with torch)';
 }
 
 /**
@@ -35,7 +47,7 @@ export function findTorchPython(): string | undefined {
 export function runPython(python: string, script: string, config: unknown, timeoutMs = 300_000): unknown {
   const r = spawnSync(python, [script, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20, timeout: timeoutMs, killSignal: 'SIGKILL' });
   if (r.error && (r.error as NodeJS.ErrnoException).code === 'ETIMEDOUT') throw new Error(`${path.basename(script)} ran past ${timeoutMs / 1000} s and was stopped`);
-  if (r.status !== 0) throw new Error(`${path.basename(script)} failed with exit code ${r.status}`);
+  if (r.status !== 0) throw new Error(`${path.basename(script)} failed (${r.signal ? `killed by ${r.signal}` : `exit code ${r.status}`})`);
   const lines = r.stdout.toString().trim().split('\n');
   return JSON.parse(lines[lines.length - 1]);
 }
@@ -48,6 +60,14 @@ export function resultDir(outDir: string | null | undefined): string | null {
   if (outDir === null) return null;
   const dir = outDir ?? 'bench/results';
   ensureDir(dir);
+  // a folder that exists but cannot be written to fails here too: a probe file, made and removed
+  const probe = path.join(dir, `.adashift-write-probe.${process.pid}`);
+  try {
+    fs.writeFileSync(probe, '');
+    fs.rmSync(probe, { force: true });
+  } catch (e) {
+    throw new AdaShiftError('ERR_IO', `${dir}: the result folder cannot be written to (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give another with --out`);
+  }
   return dir;
 }
 

@@ -4,7 +4,7 @@
 // (bench/torch_step.py, a long-lived peer) measured in the same run, each of our steps
 // alternating with one of theirs so that machine noise affects both alike. Sections: 'step'
 // (models x activations), 'threads' (1 thread vs all, CPU), 'batch' (batch sizes).
-import { ChildProcess, spawn, spawnSync } from 'child_process';
+import { ChildProcess, spawn } from 'child_process';
 import * as os from 'os';
 import { Device, getAllowTF32, resolveDevice } from '../device';
 import { AdaShiftError, check, checkOptions } from '../errors';
@@ -16,7 +16,7 @@ import { crossEntropyWithCorrect } from '../ops/loss';
 import { makeOptimizer, paramGroups } from '../optim';
 import type { BaseHyper, Optimizer } from '../optim';
 import { manualSeed, memory, randn, resetPeakMemory, Tensor, tensor, tidy } from '../tensor';
-import { applyTF32, environment, findTorchPython, median, pairedRatio, resultDir, scriptPath, timeIt, writeResult } from './common';
+import { applyTF32, environment, findTorchPython, median, noTorchReason, pairedRatio, resultDir, scriptPath, timeIt, writeResult } from './common';
 import { cpuLabel } from '../provenance';
 
 /** A benchmark model: a ResNet with its input and batch. */
@@ -279,6 +279,9 @@ export function modelSpec(name: string, overrides: { batch?: number; inputSize?:
 
 type PeerReply = { ok: boolean; error?: string; [k: string]: unknown };
 
+/** The longest one PyTorch peer request may take (a ResNet-50 224x224 step on one CPU thread takes seconds). */
+const PEER_TIMEOUT_MS = 300_000;
+
 /** bench/torch_step.py as a child process, one JSON request / reply per line. */
 export class TorchPeer {
   private buffer = '';
@@ -309,17 +312,24 @@ export class TorchPeer {
     proc.stderr!.on('data', (chunk: string) => {
       this.stderrTail = (this.stderrTail + chunk).slice(-2000);
     });
-    const onGone = (why: string) => {
-      if (this.exited) return;
-      const tail = this.stderrTail.trim().split('\n').slice(-3).join(' | ');
-      this.exited = `${why}${tail ? `: ${tail}` : ''}`;
-      for (const w of this.waiters.splice(0)) w({ ok: false, error: this.exited });
-    };
-    proc.on('exit', (code, signal) => onGone(`the PyTorch peer exited (${signal ?? `code ${code}`})`));
-    proc.on('error', (e) => onGone(`the PyTorch peer failed: ${e.message}`));
+    proc.on('exit', (code, signal) => this.onGone(`the PyTorch peer exited (${signal ?? `code ${code}`})`));
+    proc.on('error', (e) => this.onGone(`the PyTorch peer failed: ${e.message}`));
     proc.stdin!.on('error', () => undefined);
     // the hello line
     this.version = new Promise<PeerReply>((res) => this.waiters.push(res)).then((r) => (r.ok ? String(r.torch) : null));
+  }
+
+  /** The peer is gone (exited, failed, or stopped for hanging): every waiting request gets why. */
+  private onGone(why: string): void {
+    if (this.exited) return;
+    const tail = this.stderrTail.trim().split('\n').slice(-3).join(' | ');
+    this.exited = `${why}${tail ? `: ${tail}` : ''}`;
+    for (const w of this.waiters.splice(0)) w({ ok: false, error: this.exited });
+  }
+
+  /** Whether the peer has gone (the terminal's footer says so instead of "alternating"). */
+  get gone(): string | null {
+    return this.exited;
   }
 
   static async start(python: string): Promise<TorchPeer> {
@@ -330,10 +340,21 @@ export class TorchPeer {
     return peer;
   }
 
-  request(req: Record<string, unknown>): Promise<PeerReply> {
+  /**
+   * One request; a reply that does not come within timeoutMs (a peer that hangs) ends the peer:
+   * it is killed and this and every later request answer with the reason.
+   */
+  request(req: Record<string, unknown>, timeoutMs = PEER_TIMEOUT_MS): Promise<PeerReply> {
     if (this.exited) return Promise.resolve({ ok: false, error: this.exited });
     return new Promise<PeerReply>((res) => {
-      this.waiters.push(res);
+      const timer = setTimeout(() => {
+        this.onGone(`the PyTorch peer did not answer '${String(req.cmd)}' within ${timeoutMs / 1000} s and was stopped`);
+        this.proc.kill('SIGKILL');
+      }, timeoutMs);
+      this.waiters.push((r) => {
+        clearTimeout(timer);
+        res(r);
+      });
       this.proc.stdin!.write(JSON.stringify(req) + '\n');
     });
   }
@@ -347,19 +368,6 @@ export class TorchPeer {
     await gone;
     clearTimeout(timer);
   }
-}
-
-/**
- * The python for the PyTorch side: `python` if given, else ADASHIFT_PYTHON when set (only it:
- * an explicit choice without torch means no PyTorch side), else findTorchPython().
- */
-export function resolveTorchPython(python?: string): string | undefined {
-  const explicit = python ?? process.env.ADASHIFT_PYTHON;
-  if (explicit) {
-    const r = spawnSync(explicit, ['-c', 'import torch'], { stdio: 'ignore', timeout: 60000 });
-    return r.status === 0 ? explicit : undefined;
-  }
-  return findTorchPython();
 }
 
 // ---- measuring ----------------------------------------------------------------------------
@@ -558,6 +566,10 @@ export interface StepReport extends ReturnType<typeof environment> {
   torchPython: string | null;
   torchVersion: string | null;
   torchError?: string;
+  /** Why the peer stopped part-way (it exited, or hung and was stopped); rows after it have no PyTorch time. */
+  torchLost?: string;
+  /** How many activations the step section timed. */
+  activations: number;
   /** The run was asked not to start the PyTorch peer (--no-torch). */
   torchSkipped?: boolean;
   /** PyTorch on CUDA runs with torch.backends.cudnn.benchmark = True (its best case). */
@@ -589,12 +601,13 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
   const tf32 = tf32Mode.tf32;
   const startThreads = native.getNumThreads();
   if (options.threads !== undefined) native.setNumThreads(options.threads);
+  const env = environment(device); // at the start: the date is when the measurements began
   const threads = native.getNumThreads();
   const allThreads = Math.max(1, os.cpus().length);
 
   // An explicit python is tried directly (the peer's start is the check); otherwise one that
   // imports torch is looked for.
-  const python = options.torch === false ? undefined : options.python ?? resolveTorchPython();
+  const python = options.torch === false ? undefined : findTorchPython(options.python);
   let peer: TorchPeer | null = null;
   let torchVersion: string | null = null;
   let torchError: string | undefined;
@@ -608,6 +621,7 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
     }
   }
   const ctx: Ctx = { device, repeats, warmup, peer, graph, opt };
+  let peerLost: string | null = null;
   const overrides = { inputSize: options.inputSize };
   const out: StepReport['sections'] = {};
   const run = async (section: StepSection, spec: StepModelSpec, act: ActivationName, n: number): Promise<StepRow | StepError> => {
@@ -664,13 +678,16 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
       }
     }
   } finally {
-    if (peer) await peer.close();
+    if (peer) {
+      peerLost = peer.gone;
+      await peer.close();
+    }
     native.setNumThreads(options.threads !== undefined ? startThreads : threads);
     tf32Mode.restore();
   }
   const report: StepReport = {
     benchmark: 'step',
-    ...environment(device),
+    ...env,
     // on a CUDA device: ours and (with a peer) PyTorch's convolutions both in TF32, or both not
     allowTF32: cuda ? tf32 : undefined,
     threads,
@@ -682,6 +699,8 @@ export async function benchStep(options: BenchStepOptions = {}): Promise<StepRep
     torchVersion,
     torchCudnnBenchmark: cuda && torchVersion !== null,
     ...(torchError ? { torchError } : {}),
+    ...(peerLost ? { torchLost: peerLost } : {}),
+    activations: acts.length,
     sections: out,
   };
   if (outDir !== null) {
@@ -733,12 +752,10 @@ export function stepTable(report: StepReport): string {
   lines.push(
     `device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, ${report.threads} thread(s), ${cpuLabel(report.cpu, report.cpuDetails)}, optimizer ${report.optimizer.kind}, commit ${report.commit}; ` +
       (report.torchVersion
-        ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step`
+        ? `PyTorch ${report.torchVersion} (${report.torchPython}), alternating step by step${report.torchLost ? `; the peer stopped part-way (${report.torchLost}): the rows after it have no PyTorch time` : ''}`
         : report.torchError
           ? `PyTorch side failed: ${report.torchError}`
-          : report.torchSkipped
-            ? 'no PyTorch side (--no-torch): each step timed round robin with the other activations'
-            : 'PyTorch not found (set ADASHIFT_PYTHON)'),
+          : `${report.torchSkipped ? 'no PyTorch side (--no-torch)' : noTorchReason()}${report.activations > 1 ? ': each step timed round robin with the other activations' : ''}`),
   );
   return lines.join('\n');
 }

@@ -7,6 +7,7 @@ import * as path from 'path';
 import { resolveDevice } from '../device';
 import { AdaShiftError, check, checkOptions } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
+import { acquireRunLock } from './lock';
 import { ActivationName, ACTIVATIONS, ACTIVATION_OWN_OPTIONS } from '../nn/activation';
 import { resnet } from '../nn/resnet';
 import { cpuLabel, environment } from '../provenance';
@@ -174,6 +175,9 @@ interface ComparePlan {
 type Provenance = ReturnType<typeof environment>;
 
 /** What a resumed comparison may be given anew: what to run (entries, seeds) and where. */
+/** A comparison's own files (its runs are in folders of their own). */
+const COMPARISON_FILES = ['compare.json', 'report.md', 'summary.json', 'test-accuracy.svg', 'train-loss.svg'];
+
 const COMPARE_RESUME_MAY_CHANGE = new Set(['acts', 'seeds', 'device', 'threads', 'graph', 'dataDir', 'maxBatches', 'out', 'resume', 'overwrite']);
 
 // JSON with sorted keys: settings compared by value.
@@ -241,61 +245,69 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
     check(held.length === 0, 'ERR_ARG', () => `compare: ${options.out} already holds ${held[0] === planFile ? 'a comparison (compare.json)' : `a run (${held[0]})`}: continue it with resume (--resume), replace it with overwrite (--overwrite), or write to another folder`);
   }
   ensureDir(options.out);
-  const { acts: _a, seeds: _s, seed: _sd, out, resume: _r, ...trainOptions } = options;
-  // Taken before the runs: the code and machine that ran them (an edit to the checkout while
-  // they run must not change what the report says they ran).
-  const now = environment(resolveDevice(options.device));
-  const settings = { ...trainOptions, overwrite: undefined, acts: arms.map((a) => a.label), seeds, seed: seed0 };
-  const record: ComparePlan = plan ? { ...plan, options: settings, resumed: [...plan.resumed, now] } : { options: settings, started: now, resumed: [] };
-  writeAtomic(planFile, [Buffer.from(JSON.stringify(record, null, 2) + '\n')]);
-  const rows: CompareRow[] = [];
-  const total = arms.length * seeds;
-  let k = 0;
-  for (const arm of arms) {
-    const histories: EpochMetrics[][] = [];
-    let params = 0;
-    for (let i = 0; i < seeds; i++) {
-      const seed = seed0 + i;
-      const runOut = runFolder(arm, seed);
-      if (callbacks.shouldStop?.() === true) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
-      callbacks.onRunStart?.(arm.label, seed, k, total);
-      // A run of a resumed comparison with a checkpoint continues from it (train() returns a
-      // finished run's history without training).
-      const resumeRun = plan !== null && fs.existsSync(path.join(runOut, 'checkpoint.safetensors'));
-      const runOptions: TrainOptions = { ...trainOptions, act: arm.act, actOptions: arm.actOptions, seed, out: runOut, resume: resumeRun };
-      const own = callbacks.train?.(arm.label, seed) ?? {};
-      const r = await train(runOptions, { ...own, shouldStop: () => own.shouldStop?.() === true || callbacks.shouldStop?.() === true });
-      if (r.history.length < (options.epochs ?? TRAIN_DEFAULTS.epochs)) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
-      k++;
-      histories.push(r.history);
-      params = r.params;
-      callbacks.onRunEnd?.(arm.label, seed, r.history);
+  // one process writes a comparison (train() locks each run's folder too); one that replaces
+  // another removes its report first, so a stop before the new report leaves none of the old
+  const lock = acquireRunLock(options.out, 'comparison');
+  try {
+    if (!plan && options.overwrite === true) for (const f of COMPARISON_FILES) fs.rmSync(path.join(options.out, f), { force: true });
+    const { acts: _a, seeds: _s, seed: _sd, out, resume: _r, ...trainOptions } = options;
+    // Taken before the runs: the code and machine that ran them (an edit to the checkout while
+    // they run must not change what the report says they ran).
+    const now = environment(resolveDevice(options.device));
+    const settings = { ...trainOptions, overwrite: undefined, acts: arms.map((a) => a.label), seeds, seed: seed0 };
+    const record: ComparePlan = plan ? { ...plan, options: settings, resumed: [...plan.resumed, now] } : { options: settings, started: now, resumed: [] };
+    writeAtomic(planFile, [Buffer.from(JSON.stringify(record, null, 2) + '\n')]);
+    const rows: CompareRow[] = [];
+    const total = arms.length * seeds;
+    let k = 0;
+    for (const arm of arms) {
+      const histories: EpochMetrics[][] = [];
+      let params = 0;
+      for (let i = 0; i < seeds; i++) {
+        const seed = seed0 + i;
+        const runOut = runFolder(arm, seed);
+        if (callbacks.shouldStop?.() === true) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
+        callbacks.onRunStart?.(arm.label, seed, k, total);
+        // A run of a resumed comparison with a checkpoint continues from it (train() returns a
+        // finished run's history without training).
+        const resumeRun = plan !== null && fs.existsSync(path.join(runOut, 'checkpoint.safetensors'));
+        const runOptions: TrainOptions = { ...trainOptions, act: arm.act, actOptions: arm.actOptions, seed, out: runOut, resume: resumeRun };
+        const own = callbacks.train?.(arm.label, seed) ?? {};
+        const r = await train(runOptions, { ...own, shouldStop: () => own.shouldStop?.() === true || callbacks.shouldStop?.() === true });
+        if (r.history.length < (options.epochs ?? TRAIN_DEFAULTS.epochs)) return { rows, table: '', plots: [], interrupted: true, runsDone: k, runs: total };
+        k++;
+        histories.push(r.history);
+        params = r.params;
+        callbacks.onRunEnd?.(arm.label, seed, r.history);
+      }
+      const finals = histories.map((h) => h[h.length - 1].testAcc);
+      const epochs = histories.flat();
+      rows.push({
+        label: arm.label,
+        act: arm.act,
+        actOptions: arm.own,
+        seeds: histories.map((_, i) => seed0 + i),
+        finalTestAcc: finals,
+        meanTestAcc: mean(finals),
+        stdTestAcc: finals.length > 1 ? std(finals) : null,
+        // Medians over every epoch of every seed: a few epochs slowed by another process on a
+        // shared machine move a mean, not a median.
+        secondsPerEpoch: median(epochs.map((e) => e.seconds)),
+        imagesPerSec: median(epochs.map((e) => e.imagesPerSec)),
+        peakBytes: Math.max(...epochs.map((e) => e.peakBytes ?? 0)),
+        params,
+        histories,
+      });
     }
-    const finals = histories.map((h) => h[h.length - 1].testAcc);
-    const epochs = histories.flat();
-    rows.push({
-      label: arm.label,
-      act: arm.act,
-      actOptions: arm.own,
-      seeds: histories.map((_, i) => seed0 + i),
-      finalTestAcc: finals,
-      meanTestAcc: mean(finals),
-      stdTestAcc: finals.length > 1 ? std(finals) : null,
-      // Medians over every epoch of every seed: a few epochs slowed by another process on a
-      // shared machine move a mean, not a median.
-      secondsPerEpoch: median(epochs.map((e) => e.seconds)),
-      imagesPerSec: median(epochs.map((e) => e.imagesPerSec)),
-      peakBytes: Math.max(...epochs.map((e) => e.peakBytes ?? 0)),
-      params,
-      histories,
-    });
+    const table = markdownTable(rows, options, record.started, record.resumed);
+    const plots = await renderPlots(rows, out);
+    writeAtomic(path.join(out, 'report.md'), [Buffer.from(`${table}\n\n![test accuracy](test-accuracy.svg)\n![train loss](train-loss.svg)\n`)]);
+    const summary = { ...record.started, resumed: record.resumed, options: record.options, rows };
+    writeAtomic(path.join(out, 'summary.json'), [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
+    return { rows, table, plots, report: path.join(out, 'report.md'), interrupted: false, runsDone: total, runs: total };
+  } finally {
+    lock.release();
   }
-  const table = markdownTable(rows, options, record.started, record.resumed);
-  const plots = await renderPlots(rows, out);
-  writeAtomic(path.join(out, 'report.md'), [Buffer.from(`${table}\n\n![test accuracy](test-accuracy.svg)\n![train loss](train-loss.svg)\n`)]);
-  const summary = { ...record.started, resumed: record.resumed, options: record.options, rows };
-  writeAtomic(path.join(out, 'summary.json'), [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
-  return { rows, table, plots, report: path.join(out, 'report.md'), interrupted: false, runsDone: total, runs: total };
 }
 
 export function markdownTable(rows: CompareRow[], options: Partial<CompareOptions> = {}, provenance?: Provenance, resumed: Provenance[] = []): string {

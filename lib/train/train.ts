@@ -11,6 +11,7 @@ import { ensureDir, writeAtomic } from '../io/safetensors';
 import { ActivationName, ActivationOptions, ACTIVATION_OPTIONS, ACTIVATIONS } from '../nn/activation';
 import { resnet, ResNet, ResNetName, RESNETS } from '../nn/resnet';
 import { Module, TensorModule } from '../nn/module';
+import { acquireRunLock, RunLock } from './lock';
 import { checkLabelValues, crossEntropyWithCorrect } from '../ops/loss';
 import type { Labels } from '../ops/loss';
 import { LrScheduler, makeOptimizer, Optimizer, cosineWithWarmup, oneCycle, paramGroups, stepLr } from '../optim';
@@ -349,6 +350,9 @@ function optimizerBuffers(opt: Optimizer<BaseHyper>): { buffers: Record<number, 
   return { buffers, meta: { kind: opt.constructor.name, state, paramGroups: sd.paramGroups } };
 }
 
+/** The files of a run in its folder (an overwrite removes them before the new run starts). */
+const RUN_FILES = ['checkpoint.safetensors', 'metrics.jsonl', 'config.json'];
+
 /** What a run holds that must be freed when it ends, however it ends. */
 interface Held {
   resumed?: CheckpointData;
@@ -356,6 +360,7 @@ interface Held {
   opt?: ReturnType<typeof makeTrainOptimizer>;
   loader?: DataLoader;
   graph?: GraphStep;
+  lock?: RunLock;
 }
 
 /** Trains a ResNet (see TrainOptions); resolves when done or stopped. */
@@ -384,6 +389,7 @@ export async function train(options: TrainOptions = {}, callbacks: TrainCallback
     await held.loader?.close();
     held.model?.dispose();
     held.opt?.dispose();
+    held.lock?.release();
   }
 }
 
@@ -397,10 +403,17 @@ async function runTraining(
   ckptFile: string | null,
   held: Held,
 ): Promise<TrainResult> {
+  // The output folder first (a bad one fails before the datasets are read and the model built),
+  // and its lock: one process writes a run (a second one given the folder stops here, before it
+  // reads the first one's checkpoint).
+  if (out) {
+    ensureDir(out);
+    held.lock = acquireRunLock(out, 'training run');
+  }
   let resumed: CheckpointData | null = null;
   if (o.resume) {
     check(ckptFile !== null, 'ERR_ARG', () => 'train: resume needs an output folder (out) holding checkpoint.safetensors');
-    if (!fs.existsSync(ckptFile!)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${ckptFile} does not exist`);
+    if (!fs.existsSync(ckptFile!)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${ckptFile} does not exist (a run stopped before its first checkpoint starts again without resume)`);
     resumed = held.resumed = loadCheckpoint(ckptFile!, device);
   }
   // The run's configuration is the checkpoint's when resuming (flags other than epochs, device,
@@ -426,8 +439,9 @@ async function runTraining(
       })
     : o;
   check(o.resume || o.overwrite === true || ckptFile === null || !fs.existsSync(ckptFile), 'ERR_ARG', () => `train: ${out} already holds a run (checkpoint.safetensors): continue it with resume (--resume), replace it with overwrite (--overwrite), or write to another folder`);
-  // the output folder first: a bad one fails before the datasets are read and the model built
-  if (out) ensureDir(out);
+  // a run this one replaces goes whole, so that no file of it can pass for the new run's if
+  // this one stops early
+  if (out && o.overwrite === true && !o.resume) for (const f of RUN_FILES) fs.rmSync(path.join(out, f), { force: true });
 
   const trainSet = loadDataset(cfg.dataset, 'train', { dataDir: cfg.dataDir, limit: cfg.limitTrain });
   const testSet = loadDataset(cfg.dataset, 'test', { dataDir: cfg.dataDir, limit: cfg.limitTest });
@@ -459,6 +473,16 @@ async function runTraining(
   if (out && !resumed) {
     const config = { ...cfg, resume: undefined, overwrite: undefined, out: undefined, provenance: environment(device) };
     writeAtomic(path.join(out, 'config.json'), [Buffer.from(JSON.stringify(config, null, 2) + '\n')]);
+  } else if (out && saved && cfg.epochs !== saved.epochs) {
+    // a resume that changes the length of the run: config.json says so (its provenance stays the start's)
+    const file = path.join(out, 'config.json');
+    let config: Record<string, unknown> = {};
+    try {
+      config = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch {
+      config = { ...cfg, resume: undefined, overwrite: undefined, out: undefined };
+    }
+    writeAtomic(file, [Buffer.from(JSON.stringify({ ...config, epochs: cfg.epochs }, null, 2) + '\n')]);
   }
   const { out: _o, dataDir: _d, limitTrain: _lt, limitTest: _ls, maxBatches: _m, threads: _t, overwrite: _w, ...shown } = cfg;
   // the device as resolved (the options may leave it to the default)
@@ -527,6 +551,10 @@ async function runTraining(
       lastBatch = b.index + 1;
       batchesRun++;
       callbacks.onBatch?.({ epoch, batch: b.index, batches: loader.batchesPerEpoch, loss: lossSum / seen, acc: correct / seen, imagesPerSec: seen / seconds, lr });
+      // One turn of the event loop per batch: when the loader is ahead, its batches come as
+      // resolved promises and the loop would never reach its timers and signal handlers (a
+      // Ctrl-C took effect only when training ended). A turn costs microseconds.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       if (callbacks.shouldStop?.() || (cfg.maxBatches !== undefined && batchesRun >= cfg.maxBatches)) {
         if (lastBatch < loader.batchesPerEpoch) {
           interrupted = true;
@@ -554,8 +582,10 @@ async function runTraining(
       peakBytes,
     };
     history.push(m);
-    writeMetrics();
+    // the checkpoint first: it is the run (metrics.jsonl is its history written out), so a stop
+    // between the two writes leaves metrics one epoch behind, which the resume rewrites
     save(epoch + 1, 0, null);
+    writeMetrics();
     callbacks.onEpoch?.(m);
   }
   return { history, interrupted, checkpoint: ckptFile ?? undefined, params, graphSteps: graph?.replayCount ?? 0 };
