@@ -360,4 +360,26 @@ describe('crossEntropy at extreme logits', () => {
     const gap = Math.log(1 + 9 * Math.exp(-20));
     expect(loss([[1e6 + 20, ...Array(9).fill(1e6)]], [0])).toBeCloseTo(gap, 6);
   });
+
+  test('the gradient depends on the logits\' differences only: 1e4 added to every logit changes it by float rounding, not by 1e-4', () => {
+    const z = [[0.5, -1.25, 2, 0.75, -0.5], [1, 1.5, -2, 0, 0.25]];
+    const grad = (offset: number) => {
+      const x = as.tensor(z.map((r) => r.map((v) => v + offset)), undefined, { requiresGrad: true });
+      as.tidy(() => crossEntropy(x, Int32Array.of(2, 0), { labelSmoothing: 0.1 }).backward());
+      const g = Array.from(x.grad!.toFloat32Array());
+      x.grad!.dispose();
+      x.dispose();
+      return g;
+    };
+    const g4 = grad(1e4);
+    // the logits themselves round to float32 at 1e4 (ulp 1e-3): compare with the gradient of the
+    // rounded differences, in double
+    const rounded = z.map((r) => r.map((v) => Math.fround(v + 1e4) - 1e4));
+    const ref = rounded.flatMap((r, i) => {
+      const m = Math.max(...r), e = r.map((v) => Math.exp(v - m)), s = e.reduce((a, b) => a + b, 0);
+      return e.map((v, k) => (v / s - ((k === [2, 0][i] ? 0.9 : 0) + 0.1 / 5)) / 2);
+    });
+    expect(g4.length).toBe(ref.length);
+    for (let i = 0; i < ref.length; i++) expect(Math.abs(g4[i] - ref[i])).toBeLessThan(3e-7);
+  });
 });

@@ -276,10 +276,13 @@ AS_HD double ce_row_loss(double log_se, double label_gap, double sd, double keep
   return log_se + keep * label_gap + smooth;
 }
 
-// Cross-entropy gradient of one logit: (softmax - target) * scale, with
-// softmax = e^(x - lse) and target = (1 - eps) [k == label] + eps / K; scale = g / N.
-AS_HD float ce_grad(float x, float lse, float target, float scale) {
-  return (vexp(x - lse) - target) * scale;
+// Cross-entropy gradient of one logit: (softmax - target) * scale, with softmax =
+// e^((x - mx) - log_se) from the row's max mx and log_se = log sum e^(x - mx), and target =
+// (1 - eps) [k == label] + eps / K; scale = g / N. The gap x - mx is taken first: e^(x - lse)
+// with lse = mx + log_se rounded to float lost |mx| * 2^-24 of the exponent (a relative error
+// of 2.6e-4 in the gradient at logits of 1e4).
+AS_HD float ce_grad(float x, float mx, float log_se, float target, float scale) {
+  return (vexp((x - mx) - log_se) - target) * scale;
 }
 
 }  // namespace math

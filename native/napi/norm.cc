@@ -113,7 +113,7 @@ Napi::Value AvgPool2dBackward(const CI& info) {
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------
-// (logits, labels, smoothing) -> [loss [1], lse [N], correct [1]]
+// (logits, labels, smoothing) -> [loss [1], lse [N, 2] (row max, log-sum-exp), correct [1]]
 Napi::Value CrossEntropyForward(const CI& info) {
   Args a{info, "crossEntropy"};
   CrossEntropyOut o = cross_entropy_forward(a.tensor(0, "logits"), a.tensor(1, "labels"),

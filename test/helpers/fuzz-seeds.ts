@@ -1070,17 +1070,17 @@ const MUTATION_SPECS: MutSpec[] = [
         const N = p.int(1, 4), K = p.int(1, 5);
         const labels = c.from(Array.from({ length: N }, () => p.int(0, K - 1)), [N]);
         const smoothing = p.pick([0, 0.1, 1, Math.fround(p.next())]);
-        return bwd ? [c.rand([N, K]), labels, c.rand([N]), c.rand([1]), smoothing] : [c.rand([N, K]), labels, smoothing];
+        return bwd ? [c.rand([N, K]), labels, c.rand([N, 2]), c.rand([1]), smoothing] : [c.rand([N, K]), labels, smoothing];
       },
       semantic: [
         ['logits with no classes', (c, a) => {
           const N = shp(a[0])[0];
           return a.map((x, i) => (i === 0 ? c.rand([N, 0]) : i === 1 ? c.full([N], 0) : x));
         }],
-        ['logits with no rows', (c, a) => a.map((x, i) => (i === 0 ? c.rand([0, shp(a[0])[1]]) : i === 1 || i === 2 && bwd ? c.rand([0]) : x))],
+        ['logits with no rows', (c, a) => a.map((x, i) => (i === 0 ? c.rand([0, shp(a[0])[1]]) : i === 1 ? c.rand([0]) : i === 2 && bwd ? c.rand([0, 2]) : x))],
         ['smoothing that rounds above 1 in float32', (_c, a) => a.map((x, i) => (i === sm ? 1 + 1e-7 : x))],
       ],
-      check: (r, a) => (bwd ? expectShape(r, shp(a[0])) : expectList(r, [[1], [shp(a[0])[0]], [1]])),
+      check: (r, a) => (bwd ? expectShape(r, shp(a[0])) : expectList(r, [[1], [shp(a[0])[0], 2], [1]])),
     };
   }),
   // ---- lib/bindings/optim.ts -----------------------------------------------------------------

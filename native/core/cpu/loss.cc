@@ -34,7 +34,8 @@ void cross_entropy_forward(const float* logits, const float* labels, int64_t N, 
         sd += double(mx) - double(x[k]);
       }
       const double log_se = std::log(se);
-      lse[i] = float(double(mx) + log_se);
+      lse[2 * i] = mx;
+      lse[2 * i + 1] = float(log_se);
       const float y = labels[i];
       if (valid_label(y, K)) {
         const int64_t yi = int64_t(y);
@@ -70,8 +71,8 @@ void cross_entropy_backward(const float* logits, const float* labels, const floa
         continue;
       }
       const int64_t yi = int64_t(y);
-      const float l = lse[i];
-      for (int64_t k = 0; k < K; ++k) d[k] = math::ce_grad(x[k], l, k == yi ? on : off, scale);
+      const float mx = lse[2 * i], log_se = lse[2 * i + 1];
+      for (int64_t k = 0; k < K; ++k) d[k] = math::ce_grad(x[k], mx, log_se, k == yi ? on : off, scale);
     }
   });
 }

@@ -62,7 +62,8 @@ k_ce_fwd(const float* __restrict__ logits, const float* __restrict__ labels, int
     sd = warp_sum(sd);
     if (lane == 0) {
       const double log_se = log(double(se));
-      lse[i] = float(double(mx) + log_se);
+      lse[2 * i] = mx;
+      lse[2 * i + 1] = float(log_se);
       const float y = labels[i];
       if (valid_label(y, K)) {
         const int64_t yi = int64_t(y);
@@ -115,7 +116,7 @@ __global__ void k_ce_bwd(const float* __restrict__ logits, const float* __restri
   for (int64_t j = global_thread(); j < total; j += global_stride()) {
     const int64_t i = j / K, k = j % K;
     const float y = labels[i];
-    dlogits[j] = valid_label(y, K) ? math::ce_grad(logits[j], lse[i], k == int64_t(y) ? on : off, scale)
+    dlogits[j] = valid_label(y, K) ? math::ce_grad(logits[j], lse[2 * i], lse[2 * i + 1], k == int64_t(y) ? on : off, scale)
                                    : nanf("");
   }
 }

@@ -38,7 +38,7 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& labels
   const CeDims d = ce_check(logits, labels, smoothing, "crossEntropy");
   CrossEntropyOut o;
   o.loss = Tensor({1}, logits.device());
-  o.lse = Tensor({d.N}, logits.device());
+  o.lse = Tensor({d.N, 2}, logits.device());
   o.correct = Tensor({1}, logits.device());
   AS_DISPATCH(logits.device(), cross_entropy_forward, logits.data(), labels.data(), d.N, d.K,
               smoothing, o.loss.data(), o.lse.data(), o.correct.data());
@@ -51,7 +51,7 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const 
   const CeDims d = ce_check(logits, labels, smoothing, what);
   check_same_device(logits, lse, what);
   check_same_device(logits, grad, what);
-  check_shape(lse, {d.N}, "crossEntropy backward: saved log-sum-exp");
+  check_shape(lse, {d.N, 2}, "crossEntropy backward: saved row max and log-sum-exp");
   AS_CHECK(grad.numel() == 1, Shape, what, ": the loss gradient must have one element, got ",
            shape_str(grad.shape()));
   Tensor dl(logits.shape(), logits.device());

@@ -6,7 +6,8 @@
 // Forward is one pass over the logits (max, log-sum-exp, the picked and summed logits, and the
 // argmax for the count of correct predictions); backward is one element-wise pass:
 //   dlogits[i, k] = (softmax[i, k] - target[i, k]) * g / N,
-//   target = (1 - eps) [k == y_i] + eps / K, softmax from the saved lse.
+//   target = (1 - eps) [k == y_i] + eps / K, softmax from the saved row max and log-sum (kept
+//   apart: their sum in float loses the gradient's digits when the logits are large).
 // The batch mean adds the rows in a fixed order (double): deterministic.
 // A label that is not an integer in [0, K) makes its row's loss NaN (the kernels never read out
 // of bounds); the Tensor-level function validates labels on the CPU, and the TypeScript layer
@@ -21,7 +22,7 @@ namespace adashift {
 
 struct CrossEntropyOut {
   Tensor loss;     // [1]
-  Tensor lse;      // [N], saved for backward
+  Tensor lse;      // [N, 2]: each row's max logit and log sum e^(x - max), saved for backward
   Tensor correct;  // [1]: rows whose first maximal logit is the label
 };
 CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& labels, float smoothing);
