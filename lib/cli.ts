@@ -345,8 +345,10 @@ export function main(argv = process.argv): void {
   const program = new Command();
   program.name('adashift').description('AdaShift activation: train, evaluate, benchmark').version(require('../package.json').version);
   program.showHelpAfterError();
+  // a usage error (an unknown flag or command, a bad value) exits with 2, as argparse's and
+  // getopt's do; 1 is for a run that failed, 130 / 143 for one stopped by a signal
   program.exitOverride((err) => {
-    process.exit(err.exitCode);
+    process.exit(err.exitCode === 0 ? 0 : 2);
   });
 
   program

@@ -559,9 +559,9 @@ describe('CLI', () => {
     [['train', '--rect', 'square'], /--rect must be one of norm, linear, got 'square'/],
     [['train', '--grid', '0'], /--grid must be an integer/],
     [['frobnicate'], /unknown command 'frobnicate'/],
-  ])('%j prints the problem and usage, and exits non-zero', (args, message) => {
+  ])('%j prints the problem and usage, and exits with 2 (a usage error)', (args, message) => {
     const r = run(...(args as string[]));
-    expect(r.status).not.toBe(0);
+    expect(r.status).toBe(2);
     expect(r.stderr).toMatch(message as RegExp);
     expect(r.stderr).toMatch(/Usage: adashift/);
   });

@@ -144,6 +144,22 @@ export function ensureDir(dir: string): void {
 }
 
 /**
+ * Flushes a folder's entries, so that a rename in it survives a power loss (where the platform
+ * lets a folder be opened and synced; elsewhere the rename stands as the OS keeps it).
+ */
+function syncFolder(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch {
+    // not supported here (e.g. Windows): nothing more to do
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
  * Temp files of `base` that a killed process left (its pid no longer runs here): removed before
  * the next write of the same file, so a run killed while saving does not leave one per kill.
  */
@@ -194,6 +210,7 @@ export function writeAtomic(file: string, parts: Buffer[]): void {
     fs.closeSync(fd);
     fd = undefined;
     fs.renameSync(tmp, file);
+    syncFolder(dir);
   } catch (e) {
     if (fd !== undefined) fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
