@@ -428,14 +428,20 @@ function collect(value: unknown, keep: Set<Tensor>, seen: Set<unknown>): void {
     if (value.grad) keep.add(value.grad);
     return;
   }
-  if (value === null || typeof value !== 'object' || seen.has(value)) return;
+  if (value === null || typeof value !== 'object' || seen.has(value) || ArrayBuffer.isView(value)) return;
   seen.add(value);
   if (Array.isArray(value)) for (const v of value) collect(v, keep, seen);
-  else if (value instanceof Map) for (const v of value.values()) collect(v, keep, seen);
-  else if (Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) collect(v, keep, seen);
+  else if (value instanceof Map) {
+    for (const [k, v] of value) {
+      collect(k, keep, seen);
+      collect(v, keep, seen);
+    }
+  } else if (value instanceof Set) for (const v of value) collect(v, keep, seen);
+  // plain objects and instances of classes alike: their own enumerable properties
+  else for (const v of Object.values(value)) collect(v, keep, seen);
 }
 
-/** The tensors in a value (arrays, Maps and plain objects, at any depth), with their .grad. */
+/** The tensors in a value (arrays, Maps, Sets, objects and class instances, at any depth), with their .grad. */
 export function tensorsIn(value: unknown): Set<Tensor> {
   const found = new Set<Tensor>();
   collect(value, found, new Set());
@@ -451,7 +457,7 @@ function disposeAll(scope: Set<Tensor>): void {
 
 /**
  * Runs fn and disposes every tensor created inside it, except those it returns (in arrays,
- * Maps or plain objects), those passed to keep(), and gradients stored in leaves' .grad. A
+ * Maps, Sets, objects and class instances, at any depth), those passed to keep(), and gradients stored in leaves' .grad. A
  * graph built inside it loses its intermediates and what its ops saved: run backward() inside
  * the tidy() that built the graph (returning the output keeps only the output).
  */

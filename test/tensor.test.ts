@@ -557,6 +557,24 @@ describe('tidy and keep', () => {
     expect(cpuMem()).toEqual(before);
   });
 
+  test('tidy keeps what is returned in Sets, Map keys and class instances (a Set was freed under the caller), and frees the rest', () => {
+    class Pair {
+      constructor(readonly a: as.Tensor, readonly b: as.Tensor) {}
+    }
+    const before = as.memory().tensors;
+    const r = as.tidy(() => {
+      as.ones([3]); // freed
+      const key = as.zeros([1]);
+      return { set: new Set([as.ones([2])]), map: new Map([[key, 1]]), pair: new Pair(as.full([2], 3), as.full([2], 4)), bytes: new Uint8Array(4) };
+    });
+    expect(as.memory().tensors).toBe(before + 4);
+    const [s0] = [...r.set];
+    expect(Array.from(s0.toFloat32Array())).toEqual([1, 1]);
+    expect(Array.from(r.pair.b.toFloat32Array())).toEqual([4, 4]);
+    for (const t of [s0, ...r.map.keys(), r.pair.a, r.pair.b]) t.dispose();
+    expect(as.memory().tensors).toBe(before);
+  });
+
   test('tidy rejects an async function', () => {
     expectCode(() => as.tidy((async () => 1) as unknown as () => number), 'ERR_ARG');
   });
