@@ -147,6 +147,8 @@ void copy_bytes(Device dst_dev, void* dst, Device src_dev, const void* src, size
     // The copy runs on the destination's stream: the source's stream must be done writing src
     // before it, and must not reuse src's block (freed as soon as the caller lets go of it)
     // until the copy has read it, so the copy is waited for too.
+    // both streams are waited for: neither may be capturing (synchronize checks the source's)
+    check_not_capturing(dst_dev, "copying between two GPUs (to the device being captured)");
     synchronize(src_dev);
     CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev.index, src, src_dev.index, bytes,
                                    cuda_stream(dst_dev)));

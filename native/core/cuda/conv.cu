@@ -211,11 +211,14 @@ constexpr int kTcBM = 128, kTcBN = 128;
 constexpr int kTcMinRows = 64;  // below this, the SIMT tiles waste less
 
 // Operands in shared memory, aligned as the fragment loads require (256 bits): a [128][BK] tile
-// has rows of BK + 4 floats, a [BK][128] tile rows of 132 (the padding spreads the fragment
-// loads' rows over the banks); each buffer holds the larger layout.
+// has rows of BK + 4 floats, a [BK][128] tile rows of 136 (the padding spreads the fragment
+// loads' rows over the banks: in the TF32 fragment layout lane (g, t) = (lane / 4, lane % 4)
+// reads row t, column g, i.e. bank (t * stride + g) mod 32, which for a stride of 132 put lanes
+// (t, g) and (t + 1, g - 4) on one bank; 136 gives 8t + g, all 32 apart); each buffer holds the
+// larger layout (4608 floats at BK 32 either way).
 template <int BK>
 struct alignas(32) TcSmem {
-  static constexpr int kLdShort = BK + 4, kLdLong = kTcBM + 4;
+  static constexpr int kLdShort = BK + 4, kLdLong = kTcBM + 8;
   static constexpr int kFloats =
       kTcBM * kLdShort > BK * kLdLong ? kTcBM * kLdShort : BK * kLdLong;
   float a[kFloats];
