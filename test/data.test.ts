@@ -75,6 +75,25 @@ describe('IDX', () => {
   const dims = [3, 5, 4];
   const body = randomBytes(rng, 60);
 
+  test('hostile files: a FIFO, a device and a gzip bomb are refused without blocking, reading without end or inflating', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-hostile-'));
+    try {
+      const fifo = path.join(dir, 'train-images-idx3-ubyte');
+      if (spawnSync('mkfifo', [fifo]).status === 0) {
+        expectError(() => data.readIdx(fifo), 'ERR_IO', fifo, 'a FIFO (named pipe), not a regular file');
+        expectError(() => data.readIdxDims(fifo), 'ERR_IO', 'a FIFO (named pipe), not a regular file');
+      }
+      expectError(() => data.readIdx('/dev/zero'), 'ERR_IO', '/dev/zero: a device, not a regular file');
+      // a header of 2 x 2 x 2 bytes followed by 64 MiB of zeros: 64 KiB gzipped
+      const bomb = path.join(dir, 'bomb.gz');
+      fs.writeFileSync(bomb, zlib.gzipSync(Buffer.concat([Buffer.from(idxBytes([2, 2, 2], new Uint8Array(8))), Buffer.alloc(64 << 20)])));
+      expect(fs.statSync(bomb).size).toBeLessThan(1 << 20);
+      expectError(() => data.readIdx(bomb), 'ERR_IO', 'inflates past the 24 bytes its header declares (dimensions 2 x 2 x 2)');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('parses raw and gzipped arrays, detecting gzip by its magic bytes', () => {
     for (const gz of [false, true]) {
       const raw = idxBytes(dims, body);

@@ -129,6 +129,26 @@ describe('ERR_ARG', () => {
     expect(thrown(() => new as.nn.Sequential(new as.nn.ReLU(), ((y: unknown) => y) as never), 'ERR_ARG').message).toBe('Sequential: layer 1 must be a Module (with forward), got function');
   });
 
+  test("names that every object has ('toString', '__proto__') are not models, and a tensor named __proto__ is an entry, not a prototype", () => {
+    for (const name of ['toString', '__proto__', 'constructor']) expect(thrown(() => as.nn.resnet(name as never), 'ERR_ARG').message).toMatch(new RegExp(`^unknown model '${name}'; expected one of resnet20`));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'adashift-proto-'));
+    const f = path.join(dir, 'p.safetensors');
+    const t = as.ones([2]);
+    // written by hand: a record literal's '__proto__' key would not be an own property
+    const header = Buffer.from(JSON.stringify({ ['__proto__']: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } })); // a computed key is an own property
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    fs.writeFileSync(f, Buffer.concat([len, header, Buffer.from(t.toFloat32Array().buffer)]));
+    const before = as.memory().tensors;
+    const r = as.io.loadSafetensors(f);
+    expect(Object.getPrototypeOf(r)).toBe(Object.prototype);
+    expect(Object.keys(r)).toEqual(['__proto__']);
+    (Object.getOwnPropertyDescriptor(r, '__proto__')!.value as as.Tensor).dispose();
+    expect(as.memory().tensors).toBe(before);
+    t.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   test('a Module subclass: modules assigned to properties are its children, as in PyTorch', () => {
     class Head extends as.nn.Module {
       fc = new as.nn.Linear(3, 2);

@@ -196,6 +196,8 @@ describe('corrupt files give ERR_IO with a clear message', () => {
     ['bytes after the last tensor', (f) => { const g = good(); writeRaw(f, g.header, Buffer.concat([g.data, Buffer.alloc(8)])); }, /corrupt: the data section has 8 bytes after the last tensor's end \(byte 24\) that belong to no tensor/],
     ['a metadata value that is not a string', (f) => { const g = good(); writeRaw(f, { ...g.header, __metadata__: { epoch: 3 } }, g.data); }, /corrupt header: __metadata__ 'epoch' must be a string \(the format's metadata maps strings to strings\), got 3/],
     ["torch.save's zip archive", (f) => fs.writeFileSync(f, Buffer.concat([Buffer.from('PK\x03\x04', 'latin1'), Buffer.alloc(60, 7)])), /a zip archive \(torch\.save's format for \.pt\/\.pth files\), not safetensors; in Python, safetensors\.torch\.save_file/],
+    ['a FIFO', (f) => { fs.rmSync(f, { force: true }); if (spawnSync('mkfifo', [f]).status !== 0) fs.mkdirSync(f); }, /a (FIFO \(named pipe\)|folder), not a regular file/],
+    ['a header past the 100 MiB cap', (f) => { const len = Buffer.alloc(8); len.writeBigUInt64LE(200n << 20n); fs.writeFileSync(f, Buffer.concat([len, Buffer.alloc(1024)])); }, /header length 209715200 is past the 104857600 bytes \(100 MiB\) a header may take here/],
     ["torch.save's older pickle", (f) => fs.writeFileSync(f, Buffer.concat([Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8]), Buffer.alloc(40)])), /a Python pickle \(torch\.save's older format\), not safetensors/],
   ];
   test.each(cases)('%s', (_name, make, message) => {

@@ -513,6 +513,12 @@ describe('compare', () => {
       fs.mkdirSync(bad, { recursive: true });
       fs.writeFileSync(path.join(bad, 'compare.json'), '{"options": 3');
       await expect(compare({ out: bad, resume: true })).rejects.toMatchObject({ code: 'ERR_IO', message: expect.stringMatching(/compare\.json: not a comparison's record/) });
+      // a record that would start endless runs, or break the report after them, stops at once
+      const record = JSON.parse(fs.readFileSync(path.join(out, 'compare.json'), 'utf8'));
+      for (const [edit, message] of [[{ options: { ...record.options, seeds: 1e308 } }, /'seeds' must be an integer in \[1, 1000\], got 1e\+308/], [{ resumed: 5 }, /'resumed' must be an array of objects/], [{ started: 1 }, /'started' must be an object/]] as [Record<string, unknown>, RegExp][]) {
+        fs.writeFileSync(path.join(bad, 'compare.json'), JSON.stringify({ ...record, ...edit }));
+        await expect(compare({ out: bad, resume: true })).rejects.toMatchObject({ code: 'ERR_IO', message: expect.stringMatching(message) });
+      }
     });
   });
 

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { AdaShiftError, checkOptions } from '../errors';
 import type { Dataset } from './datasets';
+import { notRegularFile } from '../io/files';
 
 /** @internal */
 export const CIFAR_IMAGE_BYTES = 3 * 32 * 32;
@@ -84,7 +85,7 @@ function resolveDir(dir: string, sub: string, files: string[], what: string, url
 function readNames(dir: string, file: string, expected: number, fallback: string[]): string[] {
   try {
     const p = path.join(dir, file);
-    if (!fs.existsSync(p)) return fallback.slice();
+    if (notRegularFile(p)) return fallback.slice(); // missing (or a FIFO, which would block)
     const names = fs.readFileSync(p, 'utf8').split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0);
     return names.length === expected ? names : fallback.slice();
   } catch {
@@ -102,7 +103,12 @@ function readRecords(
   }
   const sizes = files.map((f) => {
     const p = path.join(dir, f);
+    const notFile = notRegularFile(p);
+    if (notFile) throw new AdaShiftError('ERR_IO', `${p}: ${notFile}`);
     const size = fs.statSync(p).size;
+    // a CIFAR batch is 30 MB; past 2 GiB Node cannot read a file whole (and no image buffer that
+    // large would be made for it)
+    if (size > 2 ** 31 - 1) throw new AdaShiftError('ERR_IO', `${p}: ${size} bytes: far larger than a CIFAR batch (at most 2 GiB is read)`);
     if (size === 0) {
       throw new AdaShiftError(
         'ERR_IO',

@@ -5,6 +5,7 @@
 import * as fs from 'fs';
 import * as zlib from 'zlib';
 import { AdaShiftError } from '../errors';
+import { notRegularFile } from '../io/files';
 
 export interface IdxArray {
   dims: number[];
@@ -125,6 +126,8 @@ const HEADER_PREFIX_BYTES = 64 * 1024;
  * checks (ERR_IO naming the file).
  */
 export function readIdxDims(file: string, expectedDims?: number): number[] {
+  const notFile = notRegularFile(file);
+  if (notFile) throw ioError(file, notFile);
   let prefix: Uint8Array;
   try {
     const fd = fs.openSync(file, 'r');
@@ -139,22 +142,26 @@ export function readIdxDims(file: string, expectedDims?: number): number[] {
     const err = e as NodeJS.ErrnoException;
     throw ioError(file, err.code === 'ENOENT' ? 'no such file' : `cannot read (${err.message})`);
   }
-  let bytes = prefix;
-  if (isGzip(prefix)) {
-    try {
-      // A gzip stream cut short decompresses to a prefix of the data with a sync flush.
-      const out = zlib.gunzipSync(prefix, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
-      bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-    } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      throw ioError(file, `corrupt gzip data (${msg}); the file is damaged or incomplete: download or install it again`);
-    }
+  return parseIdxHeader(headerBytesOf(prefix, file), file, expectedDims).dims;
+}
+
+/** The first bytes of an IDX file's content from a prefix of the file (decompressed when gzipped). */
+function headerBytesOf(prefix: Uint8Array, file: string): Uint8Array {
+  if (!isGzip(prefix)) return prefix;
+  try {
+    // A gzip stream cut short decompresses to a prefix of the data with a sync flush.
+    const out = zlib.gunzipSync(prefix.subarray(0, HEADER_PREFIX_BYTES), { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    throw ioError(file, `corrupt gzip data (${msg}); the file is damaged or incomplete: download or install it again`);
   }
-  return parseIdxHeader(bytes, file, expectedDims).dims;
 }
 
 /** Reads an unsigned-byte IDX file, gzipped or not (see parseIdx). */
 export function readIdx(file: string, expectedDims?: number): IdxArray {
+  const notFile = notRegularFile(file);
+  if (notFile) throw ioError(file, notFile);
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
@@ -162,7 +169,23 @@ export function readIdx(file: string, expectedDims?: number): IdxArray {
     const err = e as NodeJS.ErrnoException;
     throw ioError(file, err.code === 'ENOENT' ? 'no such file' : `cannot read (${err.message})`);
   }
-  return parseIdx(new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength), file, expectedDims);
+  let bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (isGzip(bytes)) {
+    // the header first, from a prefix: the whole stream is then inflated to at most the size the
+    // header declares (a small file that inflates to gigabytes is refused, not inflated)
+    const h = parseIdxHeader(headerBytesOf(bytes, file), file, expectedDims);
+    const limit = h.headerBytes + h.product;
+    try {
+      const out = zlib.gunzipSync(bytes, { maxOutputLength: limit + 1 });
+      bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ERR_BUFFER_TOO_LARGE') throw ioError(file, `inflates past the ${limit} bytes its header declares (dimensions ${h.dims.join(' x ')}): not an IDX file of that size`);
+      const msg = e instanceof Error ? e.message : String(e);
+      throw ioError(file, `corrupt gzip data (${msg}); the file is damaged or incomplete: download or install it again`);
+    }
+  }
+  return parseIdx(bytes, file, expectedDims);
 }
 
 /** @internal Encodes an unsigned-byte IDX array (for tests and tools). */

@@ -8,6 +8,7 @@ import { types } from 'util';
 import { AdaShiftError, checkOptions } from '../errors';
 import { DeviceSpec } from '../device';
 import { Tensor, tensor } from '../tensor';
+import { notRegularFile } from './files';
 
 /** An integer tensor kept in JS memory (the compute tensors are float32 only). */
 export interface IntTensor {
@@ -233,6 +234,8 @@ export interface SafetensorsFile {
  */
 export function readSafetensors(file: string, options: { device?: DeviceSpec } = {}): SafetensorsFile {
   options = checkOptions('readSafetensors', options, ['device']);
+  const notFile = notRegularFile(file);
+  if (notFile) throw ioError(file, notFile);
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
@@ -247,7 +250,7 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec } =
     const convert = "in Python, safetensors.torch.save_file(model.state_dict(), 'model.safetensors') writes one";
     if (buf[0] === 0x50 && buf[1] === 0x4b && buf[2] === 0x03 && buf[3] === 0x04) throw ioError(file, `a zip archive (torch.save's format for .pt/.pth files), not safetensors; ${convert}`);
     if (buf[0] === 0x80 && buf[1] >= 2 && buf[1] <= 5) throw ioError(file, `a Python pickle (torch.save's older format), not safetensors; ${convert}`);
-    throw ioError(file, `corrupt or truncated: header length ${n} exceeds the ${buf.length - 8} bytes after it`);
+    throw ioError(file, n > BigInt(MAX_HEADER) ? `header length ${n} is past the ${MAX_HEADER} bytes (100 MiB) a header may take here` : `corrupt or truncated: header length ${n} exceeds the ${buf.length - 8} bytes after it`);
   }
   const headerLen = Number(n);
   let header: Record<string, unknown>;
@@ -286,7 +289,8 @@ export function readSafetensors(file: string, options: { device?: DeviceSpec } =
     if (e > dataLen) throw ioError(file, `truncated: tensor '${name}' ends at byte ${e} of the data section, which has ${dataLen} bytes`);
     ranges.push([b, e, name]);
     const bytes = buf.subarray(dataStart + b, dataStart + e);
-    out[name] = decode(file, name, bytes, dtype, shape as number[], count, options.device);
+    // an own property whatever the name ('__proto__' assigned would replace the record's prototype)
+    Object.defineProperty(out, name, { value: decode(file, name, bytes, dtype, shape as number[], count, options.device), enumerable: true, writable: true, configurable: true });
   }
   } catch (e) {
     // Free what was decoded before the error.

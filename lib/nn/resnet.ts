@@ -186,7 +186,7 @@ export class ResNet extends Module {
     options = checkOptions('resnet', options, ['device', 'act', 'actOptions', 'numClasses', 'inChannels', 'smallInput', 'zeroInitResidual', 'fused']);
     checkBooleans('resnet', options, ['smallInput', 'zeroInitResidual', 'fused']);
     const act = options.act ?? 'relu';
-    const numClasses = options.numClasses ?? (name in CIFAR_DEPTH ? 10 : 1000);
+    const numClasses = options.numClasses ?? (Object.hasOwn(CIFAR_DEPTH, name) ? 10 : 1000);
     const inChannels = options.inChannels ?? 3;
     check(Number.isInteger(numClasses) && numClasses >= 1, 'ERR_ARG', () => `resnet: numClasses must be a positive integer, got ${numClasses}`);
     check(Number.isInteger(inChannels) && inChannels >= 1, 'ERR_ARG', () => `resnet: inChannels must be a positive integer, got ${inChannels}`);
@@ -195,13 +195,14 @@ export class ResNet extends Module {
     this.fused = options.fused ?? true;
     this.stages = [];
     let widths: number[], counts: number[], Block: typeof BasicBlock | typeof Bottleneck;
-    if (name in CIFAR_DEPTH) {
+    // own keys only: 'toString' or '__proto__' is in every object (a checkpoint naming one built a net of no blocks)
+    if (Object.hasOwn(CIFAR_DEPTH, name)) {
       widths = [16, 32, 64];
       counts = [CIFAR_DEPTH[name], CIFAR_DEPTH[name], CIFAR_DEPTH[name]];
       Block = BasicBlock;
       this.conv1 = this.registerModule('conv1', new Conv2d(inChannels, 16, 3, { ...dev, padding: 1 }));
       this.maxPool = false;
-    } else if (name in TV_LAYOUT) {
+    } else if (Object.hasOwn(TV_LAYOUT, name)) {
       widths = [64, 128, 256, 512];
       counts = TV_LAYOUT[name].layers;
       Block = TV_LAYOUT[name].block === 'basic' ? BasicBlock : Bottleneck;

@@ -475,7 +475,7 @@ export abstract class Optimizer<H extends BaseHyper> {
       const { params: _p, step, ...hyper } = sg as Record<string, unknown>;
       // a key this optimizer does not have (another optimizer's state, a typo) is refused, not merged into the group
       const own = this.groupHyper(g);
-      for (const k of Object.keys(hyper)) check(k in own, 'ERR_ARG', () => `${n}.loadStateDict: param group ${gi} has '${k}', which ${n} does not take (its group settings: ${Object.keys(own).join(', ')})`);
+      for (const k of Object.keys(hyper)) check(Object.hasOwn(own, k), 'ERR_ARG', () => `${n}.loadStateDict: param group ${gi} has '${k}', which ${n} does not take (its group settings: ${Object.keys(own).join(', ')})`);
       const merged: Record<string, unknown> = { ...own, ...hyper };
       if (Array.isArray(merged.betas)) merged.betas = [...(merged.betas as number[])];
       const h = merged as unknown as H & { lrScale: number };

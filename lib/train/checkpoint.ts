@@ -132,11 +132,11 @@ export function loadCheckpoint(file: string, device?: DeviceSpec): CheckpointDat
     const model: Record<string, Tensor | IntTensor> = {};
     const optimizerBuffers: Record<number, Record<string, Tensor>> = {};
     for (const [k, v] of Object.entries(tensors)) {
-      if (k.startsWith('model.')) model[k.slice(6)] = v;
+      if (k.startsWith('model.')) Object.defineProperty(model, k.slice(6), { value: v, enumerable: true, writable: true, configurable: true });
       else if (k.startsWith('optim.') && v instanceof Tensor) {
         const m = /^optim\.(0|[1-9]\d*)\.(.+)$/.exec(k);
         if (!m) throw new AdaShiftError('ERR_IO', `${file}: corrupt checkpoint: tensor '${k}' is not named optim.<parameter index>.<buffer>`);
-        (optimizerBuffers[Number(m[1])] ??= {})[m[2]] = v;
+        Object.defineProperty((optimizerBuffers[Number(m[1])] ??= {}), m[2], { value: v, enumerable: true, writable: true, configurable: true });
       } else if (v instanceof Tensor) v.dispose();
     }
     return { model, optimizerBuffers, meta };

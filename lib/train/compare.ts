@@ -7,6 +7,7 @@ import * as path from 'path';
 import { resolveDevice } from '../device';
 import { AdaShiftError, check, checkOptions } from '../errors';
 import { ensureDir, writeAtomic } from '../io/safetensors';
+import { notRegularFile } from '../io/files';
 import { acquireRunLock } from './lock';
 import { ActivationName, ACTIVATIONS, ACTIVATION_OWN_OPTIONS } from '../nn/activation';
 import { resnet } from '../nn/resnet';
@@ -175,6 +176,9 @@ interface ComparePlan {
 type Provenance = ReturnType<typeof environment>;
 
 /** What a resumed comparison may be given anew: what to run (entries, seeds) and where. */
+/** The most runs per entry a comparison makes (the command line's bound too). */
+const MAX_SEEDS = 1000;
+
 /** A comparison's own files (its runs are in folders of their own). */
 const COMPARISON_FILES = ['compare.json', 'report.md', 'summary.json', 'test-accuracy.svg', 'train-loss.svg'];
 
@@ -188,6 +192,8 @@ const stable = (v: unknown): string =>
 
 function readPlan(file: string): ComparePlan {
   if (!fs.existsSync(file)) throw new AdaShiftError('ERR_IO', `nothing to resume: ${file} does not exist (compare writes it when a comparison starts)`);
+  const notFile = notRegularFile(file);
+  if (notFile) throw new AdaShiftError('ERR_IO', `${file}: ${notFile}`);
   let plan: ComparePlan;
   try {
     plan = JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -195,7 +201,12 @@ function readPlan(file: string): ComparePlan {
     throw new AdaShiftError('ERR_IO', `${file}: not a comparison's record (${(e as Error).message})`);
   }
   check(plan !== null && typeof plan === 'object' && plan.options !== null && typeof plan.options === 'object' && Array.isArray(plan.options.acts) && plan.started !== undefined, 'ERR_IO', () => `${file}: not a comparison's record (options, acts or started missing)`);
+  const isRecord = (v: unknown) => v !== null && typeof v === 'object' && !Array.isArray(v);
+  check(isRecord(plan.started), 'ERR_IO', () => `${file}: not a comparison's record ('started' must be an object: the date, commit and machine it started on)`);
   plan.resumed ??= [];
+  check(Array.isArray(plan.resumed) && plan.resumed.every(isRecord), 'ERR_IO', () => `${file}: not a comparison's record ('resumed' must be an array of objects)`);
+  const seeds = plan.options.seeds;
+  check(seeds === undefined || (Number.isInteger(seeds) && seeds >= 1 && seeds <= MAX_SEEDS), 'ERR_IO', () => `${file}: 'seeds' must be an integer in [1, ${MAX_SEEDS}], got ${JSON.stringify(seeds)}`);
   return plan;
 }
 
@@ -221,7 +232,7 @@ export async function compare(options: CompareOptions, callbacks: CompareCallbac
   const seeds = options.seeds ?? 1;
   const seed0 = options.seed ?? 0;
   check(options.acts === undefined || (Array.isArray(options.acts) && options.acts.length > 0), 'ERR_ARG', () => `compare: acts must be a non-empty array of activations (${ACTIVATIONS.join(', ')}), got ${JSON.stringify(options.acts)}`);
-  check(Number.isInteger(seeds) && seeds >= 1, 'ERR_ARG', () => `compare: seeds must be a positive integer, got ${seeds}`);
+  check(Number.isInteger(seeds) && seeds >= 1 && seeds <= MAX_SEEDS, 'ERR_ARG', () => `compare: seeds must be an integer in [1, ${MAX_SEEDS}], got ${seeds}`);
   check(options.actOptions === undefined || (options.actOptions !== null && typeof options.actOptions === 'object'), 'ERR_ARG', () => `compare: invalid actOptions: ${String(options.actOptions)} (expected an object)`);
   const arms = (options.acts ?? [...ACTIVATIONS]).map((a) => resolveArm(a, options.actOptions));
   for (const [i, a] of arms.entries()) {

@@ -465,7 +465,8 @@ async function runTraining(
     startEpoch = resumed.meta.epoch;
     startBatch = resumed.meta.batch;
     if (resumed.meta.partial) partial = { ...resumed.meta.partial };
-    history.push(...(resumed.meta.history as unknown as EpochMetrics[]));
+    // one by one: spreading a long history into push's arguments overflows the stack
+    for (const h of resumed.meta.history as unknown as EpochMetrics[]) history.push(h);
     disposeCheckpoint(resumed);
     held.resumed = undefined;
   }
