@@ -547,7 +547,7 @@ describe('ERR_IO', () => {
     const f = path.join(tmp, 'missing.safetensors');
     const e = thrown(() => as.io.readSafetensors(f), 'ERR_IO');
     expect(e.message).toContain(f);
-    expect(e.message).toMatch(/cannot read: ENOENT/);
+    expect(e.message).toMatch(/: no such file$/);
   });
 
   test('reading a corrupt file says what is wrong', () => {
