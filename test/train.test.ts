@@ -739,7 +739,7 @@ describe('CLI', () => {
     for (const args of [['--resume'], ['--overwrite', '--act', 'silu']]) {
       const second = run('train', '--data-dir', dataDir, '--epochs', '2', '--batch', '8', '--out', out, ...args);
       expect(second.status).toBe(1);
-      expect(second.stderr).toMatch(new RegExp(`${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is in use: another adashift process \\(pid ${child.pid} on .*\\) has been writing a training run there since .*; wait for it to end, or write to another folder`));
+      expect(second.stderr).toMatch(new RegExp(`${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is in use: another adashift process \\(pid ${child.pid} on .*\\) has been writing a training run there since .*; wait for it to end, or write to another folder \\(if no such process writes there, its id was reused: remove .*\\.adashift\\.lock\\) \\(ERR_IO\\)`));
     }
     child.kill('SIGINT');
     expect(await exited).toBe(130);

@@ -72,7 +72,7 @@ export function acquireRunLock(dir: string, what: string): RunLock {
       if (!held && isFresh(file)) throw new AdaShiftError('ERR_IO', `${dir} is in use: another process is taking its lock now; write to another folder`);
       if (held && holderRuns(held)) {
         const self = held.pid === process.pid && held.host === info.host;
-        throw new AdaShiftError('ERR_IO', `${dir} is in use: ${self ? 'this process' : `another adashift process (pid ${held.pid} on ${held.host})`} has been writing a ${held.what} there since ${held.started}; wait for it to end, or write to another folder`);
+        throw new AdaShiftError('ERR_IO', `${dir} is in use: ${self ? 'this process' : `another adashift process (pid ${held.pid} on ${held.host})`} has been writing a ${held.what} there since ${held.started}; wait for it to end, or write to another folder (if no such process writes there, its id was reused: remove ${file})`);
       }
       // its process is gone (killed): the lock is stale; another process may take it first
       if (attempt >= 3) throw new AdaShiftError('ERR_IO', `${dir}: cannot take the folder's lock (${file} keeps coming back)`);
