@@ -52,8 +52,19 @@ export function checkOptions<T extends object>(who: string, options: T | null | 
 export function checkBooleans(who: string, options: object, names: readonly string[]): void {
   for (const n of names) {
     const v = (options as Record<string, unknown>)[n];
-    check(v === undefined || typeof v === 'boolean', 'ERR_ARG', () => `${who}: ${n} must be a boolean, got ${JSON.stringify(v) ?? typeof v}`);
+    if (v !== undefined) checkBoolean(`${who}: ${n}`, v);
   }
+}
+
+/** A flag given as an argument or assigned (`label` names it): a boolean, not a truthy string. */
+export function checkBoolean(label: string, v: unknown): asserts v is boolean {
+  check(typeof v === 'boolean', 'ERR_ARG', () => `${label} must be a boolean, got ${JSON.stringify(v) ?? typeof v}`);
+}
+
+/** What a value is, for messages: null or undefined, its constructor's name for an object, else its type. */
+export function typeName(v: unknown): string {
+  if (v === null || v === undefined) return String(v);
+  return typeof v === 'object' ? (v as object).constructor?.name ?? 'object' : typeof v;
 }
 
 /**

@@ -2,7 +2,7 @@
 // Memory is freed deterministically by dispose() / tidy(); a FinalizationRegistry frees what
 // the program forgot (and counts it, see memory().leaked).
 import { inspect, InspectOptionsStylized, types } from 'util';
-import { AdaShiftError, check, checkBooleans, checkOptions, checkSyncFn, refusePromise } from './errors';
+import { AdaShiftError, check, checkBoolean, checkBooleans, checkOptions, checkSyncFn, refusePromise, typeName } from './errors';
 import { Device, DeviceSpec, resolveDevice } from './device';
 import { native, NativeTensor, RandKind } from './native';
 import type { GradFn } from './autograd';
@@ -96,7 +96,7 @@ export class Tensor {
     return this.rg;
   }
   set requiresGrad(flag: boolean) {
-    check(typeof flag === 'boolean', 'ERR_ARG', () => `requiresGrad must be a boolean, got ${JSON.stringify(flag) ?? typeof flag}`);
+    checkBoolean('requiresGrad', flag);
     if (flag === this.rg) return;
     check(this.gradFn === null, 'ERR_AUTOGRAD', () => `requiresGrad can only be changed on a leaf tensor (one not computed by an op); detach() gives this result cut from the graph`);
     this.rg = flag;
@@ -163,7 +163,7 @@ export class Tensor {
       }
       return this;
     }
-    check(src instanceof Tensor, 'ERR_ARG', () => `copy_: src must be a Tensor, a typed array or an array of numbers, got ${describeValue(src)}`);
+    check(src instanceof Tensor, 'ERR_ARG', () => `copy_: src must be a Tensor, a typed array or an array of numbers, got ${typeName(src)}`);
     native.copy_(this.handle, src.handle);
     return this;
   }
@@ -195,7 +195,7 @@ export class Tensor {
 
   /** Sets requiresGrad on a leaf (returns this). */
   requiresGrad_(flag = true): this {
-    check(typeof flag === 'boolean', 'ERR_ARG', () => `requiresGrad_(flag): flag must be a boolean, got ${JSON.stringify(flag) ?? typeof flag}`);
+    checkBoolean('requiresGrad_(flag): flag', flag);
     check(this.isLeaf, 'ERR_AUTOGRAD', () => 'requiresGrad_ can only be changed on a leaf tensor (one not computed by an op)');
     this.requiresGrad = flag;
     return this;
@@ -248,12 +248,6 @@ export class Tensor {
 
 /** Nested arrays of numbers: toArray()'s result. */
 export type NestedArray = number[] | NestedArray[];
-
-/** What a value is, for messages: its type, or its constructor's name for an object. */
-function describeValue(v: unknown): string {
-  if (v === null || v === undefined) return String(v);
-  return typeof v === 'object' ? (v as object).constructor?.name ?? 'object' : typeof v;
-}
 
 const SUMMARY_THRESHOLD = 1000; // elements; PyTorch's print threshold
 const SUMMARY_EDGE = 3; // entries kept at each end of a summarised dimension

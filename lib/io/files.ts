@@ -21,3 +21,13 @@ export function notRegularFile(file: string): string | null {
   const kind = st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO (named pipe)' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : 'not a regular file';
   return `${kind}, not a regular file`;
 }
+
+/** Whether process `pid` runs on this host (as any user: EPERM means it runs, as another). */
+export function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -5,10 +5,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { types } from 'util';
-import { AdaShiftError, checkOptions } from '../errors';
+import { AdaShiftError, checkOptions, typeName } from '../errors';
 import { DeviceSpec } from '../device';
 import { Tensor, tensor } from '../tensor';
-import { notRegularFile } from './files';
+import { notRegularFile, processRuns } from './files';
 
 /** An integer tensor kept in JS memory (the compute tensors are float32 only). */
 export interface IntTensor {
@@ -36,7 +36,7 @@ export function isIntTensor(v: unknown): v is IntTensor {
 function describe(v: unknown): string {
   if (v === null || v === undefined) return String(v);
   if (Array.isArray(v)) return 'a plain array';
-  const what = typeof v === 'object' ? (v as object).constructor?.name ?? 'object' : typeof v;
+  const what = typeName(v);
   return `${/^[aeiouAEIOU]/.test(what) ? 'an' : 'a'} ${what}`;
 }
 
@@ -176,12 +176,7 @@ function removeStaleTemps(dir: string, base: string): void {
     if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
     const pid = Number(name.slice(prefix.length).split('.')[0]);
     if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) continue;
-    try {
-      process.kill(pid, 0);
-      continue; // that process still runs (it may be writing now)
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue; // EPERM: it runs, as another user
-    }
+    if (processRuns(pid)) continue; // it may be writing now
     fs.rmSync(path.join(dir, name), { force: true });
   }
 }

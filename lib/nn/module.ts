@@ -1,6 +1,6 @@
 // Module: a tree of named parameters, buffers and sub-modules, with PyTorch's naming
 // ("layer1.0.conv1.weight") so state dicts move between the two without renaming.
-import { AdaShiftError, check, checkOptions } from '../errors';
+import { AdaShiftError, check, checkBoolean, checkOptions } from '../errors';
 import { DeviceSpec, resolveDevice } from '../device';
 import { inspect } from 'util';
 import { noGrad } from '../autograd';
@@ -179,6 +179,7 @@ export class Module {
     const unexpected = Object.keys(dict).filter((k) => !(k in own));
     // Every entry is checked before any is loaded, so a dict that fails leaves the module as it was.
     const problems: string[] = [];
+    let shapeProblem = false;
     const loads: (() => void)[] = [];
     for (const [k, target] of Object.entries(own)) {
       const src = dict[k];
@@ -210,6 +211,7 @@ export class Module {
       const a = target.shape;
       if (!(a.length === shape.length && a.every((d, i) => d === shape[i]))) {
         problems.push(`'${k}' has shape [${shape.join(', ')}], the module expects [${a.join(', ')}]`);
+        shapeProblem = true;
         continue;
       }
       // Always a copy: the module must never share memory with the dict it loaded from.
@@ -223,7 +225,7 @@ export class Module {
     const keyProblems = strict ? [missing.length ? `missing keys: ${missing.join(', ')}` : '', unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''].filter(Boolean) : [];
     if (keyProblems.length || problems.length) {
       const hint = strict && missing.length ? prefixHint(missing, unexpected, own) : '';
-      throw new AdaShiftError(keyProblems.length ? 'ERR_ARG' : problems.some((p) => p.includes('has shape')) ? 'ERR_SHAPE' : 'ERR_ARG', `loadStateDict: ${[...keyProblems, ...problems].join('; ')}${hint}`);
+      throw new AdaShiftError(keyProblems.length ? 'ERR_ARG' : shapeProblem ? 'ERR_SHAPE' : 'ERR_ARG', `loadStateDict: ${[...keyProblems, ...problems].join('; ')}${hint}`);
     }
     for (const load of loads) load();
     return { missing, unexpected };
@@ -245,7 +247,7 @@ export class Module {
   }
 
   train(mode = true): this {
-    check(typeof mode === 'boolean', 'ERR_ARG', () => `${this.constructor.name}.train(mode): mode must be a boolean, got ${JSON.stringify(mode) ?? typeof mode}`);
+    checkBoolean(`${this.constructor.name}.train(mode): mode`, mode);
     for (const [, m] of this.namedModules()) m.training = mode;
     return this;
   }

@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { AdaShiftError } from '../errors';
+import { processRuns } from '../io/files';
 
 const LOCK_NAME = '.adashift.lock';
 
@@ -21,13 +22,7 @@ export interface RunLock {
 
 /** Whether the process that wrote a lock still runs (on this host; another host's is assumed to). */
 function holderRuns(info: LockInfo): boolean {
-  if (info.host !== os.hostname()) return true;
-  try {
-    process.kill(info.pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'; // it runs, as another user
-  }
+  return info.host !== os.hostname() || processRuns(info.pid);
 }
 
 /** A lock file written in the last few seconds (its writer may not have filled it in yet). */
